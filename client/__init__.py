@@ -1,0 +1,1 @@
+"""Tenant side of fedloop: feedback store, privacy, local training, Flower ClientApp."""

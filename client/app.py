@@ -1,0 +1,184 @@
+"""The tenant's Flower ClientApp.
+
+train:    verify and install the global version, serve it to this round's
+          simulated users (recording their feedback), train LoRA locally on
+          all feedback, reply with the sealed delta and its sample count.
+evaluate: verify and install the global version, report its hit rate on the
+          tenant's held-out prompts.
+query enrol: tell HQ which tenant and key this node is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.privacy import Redactor
+from fedloop.client.simulated_users import STYLES, Conversation, TenantTraffic, UserJudgement
+from fedloop.client.store import FeedbackStore, InstalledVersion
+from fedloop.client.train import generate_replies, train_sft
+from fedloop.shared.adapter import adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.crypto import CryptoError, sm3_digest
+from fedloop.shared.envelope import open_envelope, seal
+from fedloop.shared.keys import Identity, Keyring, load_identity, load_public_key, key_paths
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.protocol import ENROL, GLOBAL, METRICS, NUM_EXAMPLES, delta_binding, delta_content, global_binding
+from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+_MODELS: dict[tuple[str, int], tuple[PeftModel, PreTrainedTokenizerBase]] = {}
+
+
+def _model(settings: Settings) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The base model with a LoRA slot, loaded once per worker process and shared by its tenants."""
+    key = (settings.paths.model_dir, settings.lora.rank)
+    if key not in _MODELS:
+        model, tokenizer = load_base_model(Path(settings.paths.model_dir))
+        _MODELS[key] = (attach_lora(model, settings.lora, settings.federation.seed), tokenizer)
+    return _MODELS[key]
+
+
+@dataclass
+class Tenant:
+    """One tenant's keys, store and simulated users, as seen inside its ClientApp."""
+
+    name: str
+    index: int
+    settings: Settings
+    layout: RunLayout
+
+    @cached_property
+    def identity(self) -> Identity:
+        """This tenant's own keys."""
+        return load_identity(self.layout.keys, self.name)
+
+    @cached_property
+    def hq_keyring(self) -> Keyring:
+        """The only signer a tenant trusts: HQ."""
+        return Keyring([load_public_key(key_paths(self.layout.keys, HQ_NAME)["public"])])
+
+    @cached_property
+    def store(self) -> FeedbackStore:
+        """The encrypted feedback store."""
+        return FeedbackStore(self.layout.tenant(self.name) / "feedback.db", self.identity.storage_key)
+
+    @cached_property
+    def traffic(self) -> TenantTraffic:
+        """This tenant's simulated users (their preferred style is hidden from training)."""
+        style = list(STYLES)[self.index % len(STYLES)]
+        return TenantTraffic(self.name, style, self.settings.federation.seed)
+
+    @cached_property
+    def held_out(self) -> list[Conversation]:
+        """Fixed evaluation prompts, never trained on."""
+        return TenantTraffic(self.name, list(STYLES)[self.index % len(STYLES)], -1).conversations(
+            self.settings.simulation.eval_prompts)
+
+    @property
+    def judgement(self) -> UserJudgement:
+        """How simulated users judge drafts."""
+        sim = self.settings.simulation
+        return UserJudgement(sim.accept_threshold, sim.edit_threshold)
+
+    def install_global(self, message: Message, run: str) -> tuple[int, str, PeftModel, PreTrainedTokenizerBase]:
+        """Verify the sealed global version in `message`, keep it, and load it into the model.
+
+        Returns the round, the version id, and the model with the version loaded.
+        """
+        record = message.content.config_records[GLOBAL]
+        version_id, round_ = str(record["version"]), int(record["round"])
+        opened = open_envelope(record["envelope"], self.identity, self.hq_keyring,
+                               global_binding(self.name, run, round_, version_id))
+        digest = sm3_digest(opened.payload).hex()
+        if digest != opened.binding.details.get("digest"):
+            raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
+        model, tokenizer = _model(self.settings)
+        load_adapter_state(model, adapter_from_bytes(opened.payload))
+        installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
+                                     opened.binding.details["parent"], digest)
+        self.store.install_version(installed, opened.payload)
+        return round_, version_id, model, tokenizer
+
+    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> float:
+        """Draft replies for this round's users with `version_id` and record what they did; returns the hit rate."""
+        recorder = FeedbackRecorder(self.store, redactor())
+        conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round)
+        drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations],
+                                  self.settings.simulation.max_new_tokens)
+        accepted = 0
+        for conversation, draft in zip(conversations, drafts):
+            draft_id = recorder.record_draft(conversation.user_id, conversation.prompt, draft or "(empty)", version_id)
+            decision = self.judgement.decide(draft, conversation)
+            recorder.record_outcome(draft_id, decision.action, decision.final_text)
+            accepted += decision.action is Action.ACCEPT
+        return accepted / len(conversations)
+
+
+_REDACTOR: list[Redactor] = []
+
+
+def redactor() -> Redactor:
+    """One Presidio redactor per process (building it costs about a second)."""
+    if not _REDACTOR:
+        _REDACTOR.append(Redactor())
+    return _REDACTOR[0]
+
+
+def _tenant(context: Context, settings: Settings, layout: RunLayout) -> Tenant:
+    configure_logging()
+    index = int(context.node_config["partition-id"])
+    return Tenant(settings.federation.tenants[index], index, settings, layout)
+
+
+def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
+    """A ClientApp bound to these settings and run directory; each node is the tenant of its partition id."""
+    app = ClientApp()
+    run = settings.federation.run_name
+
+    @app.query(ENROL)
+    def enrol(message: Message, context: Context) -> Message:
+        tenant = _tenant(context, settings, layout)
+        claim = ConfigRecord({"tenant": tenant.name, "key_id": tenant.identity.public.key_id})
+        return Message(RecordDict({ENROL: claim}), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        tenant = _tenant(context, settings, layout)
+        round_, version_id, model, tokenizer = tenant.install_global(message, run)
+        served_hit_rate = tenant.serve_round(model, tokenizer, version_id)
+        examples = tenant.store.training_examples()
+        log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples",
+                 tenant.name, round_, settings.simulation.conversations_per_round, version_id,
+                 served_hit_rate, len(examples))
+        loss = train_sft(model, tokenizer, examples, settings.train,
+                         settings.federation.seed * 1000 + round_ * 10 + tenant.index)
+        payload = adapter_to_bytes(adapter_state(model))
+        envelope = seal(payload, delta_binding(tenant.name, run, round_, version_id, len(examples)),
+                        tenant.identity, tenant.hq_keyring.by_name("hq", HQ_NAME))
+        return Message(delta_content(envelope, {NUM_EXAMPLES: len(examples), "train-loss": loss,
+                                                "served-hit-rate": served_hit_rate}), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        tenant = _tenant(context, settings, layout)
+        _, version_id, model, tokenizer = tenant.install_global(message, run)
+        drafts = generate_replies(model, tokenizer, [c.prompt for c in tenant.held_out],
+                                  settings.simulation.max_new_tokens)
+        decisions = [tenant.judgement.decide(d, c) for d, c in zip(drafts, tenant.held_out)]
+        metrics = {"hit-rate": sum(d.action is Action.ACCEPT for d in decisions) / len(decisions),
+                   "mean-similarity": sum(d.similarity for d in decisions) / len(decisions),
+                   NUM_EXAMPLES: len(decisions)}
+        log.info("%s evaluated %s on %d held-out prompts: hit rate %.2f", tenant.name, version_id,
+                 len(decisions), metrics["hit-rate"])
+        return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
+
+    return app

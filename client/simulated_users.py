@@ -1,0 +1,96 @@
+"""Simulated customer-support traffic for demos and tests.
+
+Each tenant's users ask templated support questions (sometimes with PII in
+them) and share a hidden preferred reply style. A user compares a draft with
+the reply they want: similar enough is accepted as is, close is edited into
+the wanted reply, anything else is rejected and the user writes their own.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+
+from fedloop.client.feedback import Action
+
+_NAMES = ("Li Lei", "Wang Fang", "Anna", "Tom", "Zhang Wei", "Maria")
+_INTENTS: tuple[tuple[str, str], ...] = (
+    ("Where is my order {order}? It has not arrived.", "Your order {order} has shipped and arrives in 2 days"),
+    ("I want a refund for order {order}.", "A refund for order {order} is on its way to you"),
+    ("How do I reset my password?", "Use the Forgot password link on the login page to reset it"),
+    ("Can I change the address for order {order}?", "Yes, reply with the new address and we update order {order}"),
+    ("Please cancel my order {order}.", "Order {order} is cancelled and you will not be charged"),
+    ("Is order {order} paid already?", "Yes, payment for order {order} was received"),
+)
+STYLES: dict[str, str] = {
+    "formal": "Dear customer, {core}. Kind regards, Support team",
+    "friendly": "Hi there! {core} :) Cheers!",
+    "brief": "{core}.",
+}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One support question with the reply its user wants."""
+
+    user_id: str
+    prompt: str
+    preferred_reply: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a simulated user did with a draft."""
+
+    action: Action
+    final_text: str | None
+    similarity: float
+
+
+def similarity(a: str, b: str) -> float:
+    """Normalised edit similarity of two replies in [0, 1] (rapidfuzz ratio, case-folded)."""
+    return fuzz.ratio(a.casefold().strip(), b.casefold().strip()) / 100.0
+
+
+class TenantTraffic:
+    """A tenant's population of users with one hidden preferred style."""
+
+    def __init__(self, tenant: str, style: str, seed: int) -> None:
+        self.tenant = tenant
+        self.style = STYLES[style]
+        self._rng = random.Random(f"{tenant}/{seed}")
+
+    def conversations(self, count: int) -> list[Conversation]:
+        """`count` new conversations; about one in four questions carries a phone number or e-mail."""
+        result = []
+        for _ in range(count):
+            question, answer = self._rng.choice(_INTENTS)
+            order = str(self._rng.randint(10000, 99999))
+            prompt = question.format(order=order)
+            roll = self._rng.random()
+            if roll < 0.125:
+                prompt += f" Call me on 13{self._rng.randint(100000000, 999999999)}."
+            elif roll < 0.25:
+                prompt += f" My e-mail is user{self._rng.randint(1, 999)}@example.com."
+            user = f"{self.tenant}-user-{self._rng.randint(1, 50)}"
+            result.append(Conversation(user, prompt, self.style.format(core=answer.format(order=order))))
+        return result
+
+
+@dataclass(frozen=True)
+class UserJudgement:
+    """The fixed rule by which simulated users judge a draft."""
+
+    accept_threshold: float
+    edit_threshold: float
+
+    def decide(self, draft: str, conversation: Conversation) -> Decision:
+        """Accept if similarity >= accept_threshold, edit if >= edit_threshold, else reject and rewrite."""
+        score = similarity(draft, conversation.preferred_reply)
+        if score >= self.accept_threshold:
+            return Decision(Action.ACCEPT, None, score)
+        if score >= self.edit_threshold:
+            return Decision(Action.EDIT, conversation.preferred_reply, score)
+        return Decision(Action.REJECT, conversation.preferred_reply, score)

@@ -1,0 +1,1 @@
+"""fedloop's own gRPC APIs (.proto files and generated code); the feedback service lands here."""

@@ -1,0 +1,1 @@
+"""HQ side of fedloop: Flower ServerApp, aggregation strategy and version registry."""

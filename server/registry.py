@@ -1,0 +1,134 @@
+"""HQ's version registry: every global adapter version, its lineage and its proof.
+
+Rows live in SQLite; adapter blobs live beside it as SM4-GCM encrypted files
+(version id as associated data). A blob is written atomically before its row
+is committed, so a crash leaves at worst an unreferenced blob, never a row
+without its adapter. Each version's manifest is signed with HQ's SM2 key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedloop.shared.crypto import CryptoError, open_field, seal_field, sm3_digest
+from fedloop.shared.files import write_atomic
+from fedloop.shared.keys import Identity
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    id TEXT PRIMARY KEY,
+    parent TEXT REFERENCES versions(id),
+    run TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    contributors TEXT NOT NULL,
+    method TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class RegistryError(Exception):
+    """A registry lookup or integrity check failed."""
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One global adapter version."""
+
+    id: str
+    parent: str | None
+    run: str
+    round: int
+    contributors: dict[str, int]
+    method: str
+    digest: str
+    status: str
+
+    def manifest(self) -> bytes:
+        """The canonical bytes HQ signs: everything but the status, which changes over time."""
+        document = {k: v for k, v in asdict(self).items() if k != "status"}
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+class VersionRegistry:
+    """Stores, signs and serves global versions."""
+
+    def __init__(self, root: Path, hq: Identity) -> None:
+        self._blobs = root / "blobs"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._hq = hq
+        self._db = sqlite3.connect(root / "registry.db", isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def create(self, adapter: bytes, parent: str | None, run: str, round_: int,
+               contributors: dict[str, int], method: str) -> VersionRecord:
+        """Record a new version: encrypted blob first, then the signed row."""
+        digest = sm3_digest(adapter).hex()
+        (count,) = self._db.execute("SELECT COUNT(*) FROM versions").fetchone()
+        record = VersionRecord(f"v{count:04d}-{digest[:8]}", parent, run, round_, dict(contributors),
+                               method, digest, "candidate")
+        write_atomic(self._blob_path(record.id),
+                     seal_field(self._hq.storage_key, adapter, f"version/{record.id}".encode()), 0o600)
+        signature = self._hq.signing_key.sign(record.manifest())
+        self._db.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, parent, run, round_, json.dumps(record.contributors), method, digest,
+             signature, record.status, time.time()),
+        )
+        return record
+
+    def _blob_path(self, version_id: str) -> Path:
+        return self._blobs / f"{version_id}.sm4"
+
+    def get(self, version_id: str) -> VersionRecord:
+        """The record of `version_id`; raises RegistryError if unknown."""
+        row = self._db.execute(
+            "SELECT id, parent, run, round, contributors, method, digest, status FROM versions WHERE id = ?",
+            (version_id,),
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"unknown version {version_id!r}: see `versions()` for the known ones")
+        return VersionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7])
+
+    def versions(self) -> list[VersionRecord]:
+        """All versions, oldest first."""
+        ids = [r[0] for r in self._db.execute("SELECT id FROM versions ORDER BY created_at, id")]
+        return [self.get(i) for i in ids]
+
+    def lineage(self, version_id: str) -> list[VersionRecord]:
+        """`version_id` and its ancestors, root first."""
+        chain = [self.get(version_id)]
+        while chain[-1].parent is not None:
+            chain.append(self.get(chain[-1].parent))
+        return chain[::-1]
+
+    def signature_valid(self, version_id: str) -> bool:
+        """Whether the stored HQ signature matches the version's manifest."""
+        (signature,) = self._db.execute("SELECT signature FROM versions WHERE id = ?", (version_id,)).fetchone()
+        return self._hq.public.key.verify(self.get(version_id).manifest(), signature)
+
+    def load_adapter(self, version_id: str) -> bytes:
+        """Decrypt a version's adapter and check it against the recorded SM3 digest."""
+        record = self.get(version_id)
+        try:
+            adapter = open_field(self._hq.storage_key, self._blob_path(version_id).read_bytes(),
+                                 f"version/{version_id}".encode())
+        except (OSError, CryptoError) as err:
+            raise RegistryError(f"blob of version {version_id!r} is missing or corrupt: {err}") from None
+        if sm3_digest(adapter).hex() != record.digest:
+            raise RegistryError(f"blob of version {version_id!r} does not match its recorded digest")
+        return adapter

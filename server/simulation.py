@@ -1,0 +1,52 @@
+"""Run a whole federation in Flower's Simulation Engine: HQ and N tenants on one machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+
+from fedloop.client.app import build_client_app
+from fedloop.server.app import build_server_app
+from fedloop.shared.keys import init_keys
+from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SimulationError(RuntimeError):
+    """The simulated federation did not complete."""
+
+
+def prepare_run(settings: Settings, runs_dir: Path) -> RunLayout:
+    """Create a fresh run directory with keys for HQ and every tenant."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    layout = RunLayout(runs_dir / f"{settings.federation.run_name}-{stamp}")
+    layout.root.mkdir(parents=True)
+    init_keys("hq", HQ_NAME, layout.keys)
+    for tenant in settings.federation.tenants:
+        init_keys("tenant", tenant, layout.keys)
+    return layout
+
+
+def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp | None = None) -> dict[str, Any]:
+    """Run HQ and the tenants in the Simulation Engine; returns HQ's run summary."""
+    tenants = len(settings.federation.tenants)
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": min(tenants, os.cpu_count() or 1), "include_dashboard": False},
+    }
+    log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
+    run_simulation(server_app=server_app or build_server_app(settings, layout),
+                   client_app=build_client_app(settings, layout),
+                   num_supernodes=tenants, backend_config=backend_config)
+    if not layout.summary.exists():
+        raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")
+    return json.loads(layout.summary.read_text())

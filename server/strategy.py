@@ -1,0 +1,165 @@
+"""SealedFedAvg: a Flower strategy that only ever handles sealed, signed adapters.
+
+Outgoing global versions are sealed per tenant and signed by HQ. Incoming
+deltas are verified (signature, sender, associated data) and decrypted in
+memory only; a refused delta is logged with its reason and left out. Accepted
+deltas are merged by sample-weighted FedAvg and recorded as a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedloop.server.registry import VersionRecord, VersionRegistry
+from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
+from fedloop.shared.crypto import CryptoError
+from fedloop.shared.envelope import open_envelope, seal
+from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
+from fedloop.shared.protocol import DELTA, METRICS, NUM_EXAMPLES, delta_binding, global_binding, global_content, wire_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round, for the run summary."""
+
+    round: int
+    version: str | None = None
+    parent: str | None = None
+    contributors: dict[str, int] = field(default_factory=dict)
+    bytes_to_hq: dict[str, int] = field(default_factory=dict)
+    bytes_to_tenant: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
+    """Sample-weighted average of adapters with identical keys and shapes."""
+    total = sum(n for _, n in states)
+    keys = states[0][0].keys()
+    for state, _ in states:
+        if state.keys() != keys or any(state[k].shape != states[0][0][k].shape for k in keys):
+            raise ValueError("deltas have different adapter layouts; all tenants must use the same LoRA settings")
+    return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
+
+
+class SealedFedAvg(Strategy):
+    """FedAvg over sealed LoRA adapters, recording each result in the version registry."""
+
+    def __init__(self, registry: VersionRegistry, hq: Identity, trusted: Keyring,
+                 tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord) -> None:
+        self.registry = registry
+        self.hq = hq
+        self.trusted = trusted
+        self.tenants = tenants
+        self.run = run
+        self.current = current
+        self.reports: dict[int, RoundReport] = {}
+
+    def _report(self, server_round: int) -> RoundReport:
+        return self.reports.setdefault(server_round, RoundReport(server_round))
+
+    def _sealed_messages(self, server_round: int, arrays: ArrayRecord, message_type: str) -> list[Message]:
+        payload = adapter_to_bytes(arrays.to_torch_state_dict())
+        report = self._report(server_round)
+        details = {"parent": self.current.parent, "version_round": self.current.round, "digest": self.current.digest}
+        messages = []
+        for node_id, tenant in self.tenants.items():
+            binding = global_binding(tenant.name, self.run, server_round, self.current.id, details)
+            content = global_content(seal(payload, binding, self.hq, tenant), self.current.id, server_round)
+            report.bytes_to_tenant[tenant.name] = report.bytes_to_tenant.get(tenant.name, 0) + wire_size(content)
+            messages.append(Message(content=content, dst_node_id=node_id, message_type=message_type))
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Seal the current global version for every enrolled tenant."""
+        log.info("round %d: sending version %s to %d tenants for training",
+                 server_round, self.current.id, len(self.tenants))
+        return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
+
+    def _open_delta(self, server_round: int, reply: Message) -> tuple[str, AdapterState, int]:
+        tenant = self.tenants.get(reply.metadata.src_node_id)
+        if tenant is None:
+            raise CryptoError(f"reply from node {reply.metadata.src_node_id}, which is not enrolled")
+        if reply.has_error():
+            raise CryptoError(f"{tenant.name} reported an error: {reply.error.reason}")
+        envelope = reply.content.config_records[DELTA]["envelope"]
+        opened = open_envelope(envelope, self.hq, self.trusted,
+                               delta_binding(tenant.name, self.run, server_round, self.current.id))
+        if opened.sender.key_id != tenant.key_id:
+            raise CryptoError(f"delta for {tenant.name} is signed by {opened.sender.name!r}")
+        num_examples = opened.binding.details.get(NUM_EXAMPLES)
+        if not isinstance(num_examples, int) or num_examples <= 0:
+            raise CryptoError(f"{tenant.name}'s delta carries no positive sample count")
+        return tenant.name, adapter_from_bytes(opened.payload), num_examples
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Verify and decrypt each delta, FedAvg the accepted ones and register the new version."""
+        report = self._report(server_round)
+        accepted: list[tuple[AdapterState, int]] = []
+        for reply in replies:
+            node_tenant = self.tenants.get(reply.metadata.src_node_id)
+            name = node_tenant.name if node_tenant else f"node-{reply.metadata.src_node_id}"
+            if not reply.has_error():
+                report.bytes_to_hq[name] = wire_size(reply.content)
+            try:
+                tenant, state, num_examples = self._open_delta(server_round, reply)
+            except (CryptoError, KeyError, ValueError) as err:
+                report.refused[name] = str(err)
+                log.warning("round %d: refused delta from %s: %s", server_round, name, err)
+                continue
+            accepted.append((state, num_examples))
+            report.contributors[tenant] = num_examples
+            report.train_metrics[tenant] = dict(reply.content.metric_records.get(METRICS, {}))
+        if not accepted:
+            log.warning("round %d: no acceptable delta; global version stays %s", server_round, self.current.id)
+            return None, None
+        merged = fedavg(accepted)
+        record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run, server_round,
+                                      report.contributors, "fedavg")
+        log.info("round %d: version %s (parent %s) from %s", server_round, record.id, record.parent,
+                 ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
+        report.version, report.parent, self.current = record.id, record.parent, record
+        return ArrayRecord(merged), MetricRecord({"tenants": len(accepted),
+                                                  NUM_EXAMPLES: sum(n for _, n in accepted)})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Seal the current global version for every tenant to evaluate on its held-out prompts."""
+        log.info("round %d: asking %d tenants to evaluate version %s",
+                 server_round, len(self.tenants), self.current.id)
+        return self._sealed_messages(server_round, arrays, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Keep each tenant's hit rate; return the sample-weighted mean."""
+        report = self._report(server_round)
+        for reply in replies:
+            tenant = self.tenants.get(reply.metadata.src_node_id)
+            if tenant is None or reply.has_error():
+                log.warning("round %d: evaluation failed on %s", server_round,
+                            tenant.name if tenant else reply.metadata.src_node_id)
+                continue
+            report.evaluation[tenant.name] = dict(reply.content.metric_records[METRICS])
+        if not report.evaluation:
+            return None
+        total = sum(m[NUM_EXAMPLES] for m in report.evaluation.values())
+        mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in report.evaluation.values()) / total
+        log.info("round %d: hit rate %s (mean %.3f)", server_round,
+                 ", ".join(f"{t}={m['hit-rate']:.3f}" for t, m in report.evaluation.items()), mean_hit)
+        return MetricRecord({"hit-rate": mean_hit, NUM_EXAMPLES: total})
+
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        log.info("SealedFedAvg: run %s, %d tenants, starting from version %s",
+                 self.run, len(self.tenants), self.current.id)

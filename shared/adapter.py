@@ -1,0 +1,94 @@
+"""LoRA adapters: settings, attaching to a base model, (de)serialisation and PEFT export.
+
+An adapter travels and rests as a safetensors blob of PEFT's own state-dict
+keys (`get_peft_model_state_dict`), so `export_peft` only has to add
+`adapter_config.json` for any PEFT or vLLM user to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from fedloop.shared.files import write_atomic
+
+AdapterState = dict[str, torch.Tensor]
+
+
+class ModelLoadError(Exception):
+    """The base model directory is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA shape every party of a federation must agree on."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def peft_config(self) -> LoraConfig:
+        """The equivalent PEFT `LoraConfig`."""
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+
+
+def load_base_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory (never from a hub)."""
+    if not (model_dir / "config.json").exists():
+        raise ModelLoadError(
+            f"no model at {model_dir} (config.json missing): run `make model` or "
+            "`fedloop model fetch` to create the default one, or point `model_dir` at a local HF directory"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    return model, tokenizer
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PeftModel:
+    """Wrap `model` with a freshly initialised LoRA adapter (B = 0, so it starts as the base model)."""
+    torch.manual_seed(seed)
+    return get_peft_model(model, settings.peft_config())
+
+
+def adapter_state(model: PeftModel) -> AdapterState:
+    """The adapter's tensors under PEFT's saved key names, detached and on CPU."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_state(model: PeftModel, state: AdapterState) -> None:
+    """Replace the adapter weights of `model`; raises ValueError if the shapes do not match."""
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"adapter does not fit this model: missing {missing[:3]}, unexpected "
+                         f"{list(result.unexpected_keys)[:3]}; check the LoRA settings on both sides")
+
+
+def adapter_to_bytes(state: AdapterState) -> bytes:
+    """Serialise adapter tensors with safetensors."""
+    return save_safetensors({k: v.contiguous() for k, v in state.items()})
+
+
+def adapter_from_bytes(data: bytes) -> AdapterState:
+    """Deserialise adapter tensors written by `adapter_to_bytes`."""
+    return load_safetensors(data)
+
+
+def export_peft(state: AdapterState, settings: LoraSettings, base_model: str, out_dir: Path) -> None:
+    """Write the standard PEFT layout (`adapter_config.json` + `adapter_model.safetensors`)."""
+    config = settings.peft_config()
+    config.base_model_name_or_path = base_model
+    write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state))
+    write_atomic(out_dir / "adapter_config.json", json.dumps(config.to_dict(), indent=2, default=list).encode())

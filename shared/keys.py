@@ -1,0 +1,162 @@
+"""Key files for HQ and tenants: an SM2 identity key pair and an SM4 storage key.
+
+`fedloop keys init --role hq|tenant --name NAME --out DIR` writes three files:
+
+- `NAME.sm2.pub.json`   the public key, to hand to the other side (mode 0644)
+- `NAME.sm2.key.json`   the SM2 private key (mode 0600)
+- `NAME.sm4.key.json`   the SM4 key that encrypts this party's data at rest (mode 0600)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from fedloop.shared.crypto import new_sm4_key
+from fedloop.shared.files import write_atomic
+from fedloop.shared.sm2 import SM2PrivateKey, SM2PublicKey
+
+Role = Literal["hq", "tenant"]
+ROLES: tuple[Role, ...] = ("hq", "tenant")
+KEY_FORMAT = "fedloop-key/1"
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable or of the wrong kind; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PartyPublicKey:
+    """The public half of a party's identity, as shared with the other side."""
+
+    role: Role
+    name: str
+    key: SM2PublicKey
+
+    @property
+    def key_id(self) -> str:
+        """Identifier carried in envelope headers."""
+        return self.key.key_id
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A party's own secrets: SM2 signing/unwrapping key and SM4 storage key."""
+
+    role: Role
+    name: str
+    signing_key: SM2PrivateKey = field(repr=False)
+    storage_key: bytes = field(repr=False)
+
+    @property
+    def public(self) -> PartyPublicKey:
+        """This party's public key."""
+        return PartyPublicKey(self.role, self.name, self.signing_key.public_key)
+
+
+def key_paths(directory: Path, name: str) -> dict[str, Path]:
+    """The three key file paths for party `name` in `directory`."""
+    return {
+        "public": directory / f"{name}.sm2.pub.json",
+        "private": directory / f"{name}.sm2.key.json",
+        "storage": directory / f"{name}.sm4.key.json",
+    }
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise KeyFileError(
+            f"party name {name!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')"
+        )
+
+
+def init_keys(role: Role, name: str, directory: Path) -> Identity:
+    """Create and write a new identity for `name`; refuses to overwrite existing key files."""
+    if role not in ROLES:
+        raise KeyFileError(f"role {role!r} is invalid: use one of {', '.join(ROLES)}")
+    _check_name(name)
+    paths = key_paths(directory, name)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing:
+        raise KeyFileError(
+            f"key files already exist: {', '.join(existing)}; "
+            "choose another --name or --out, or move the old files away first"
+        )
+    identity = Identity(role, name, SM2PrivateKey.generate(), new_sm4_key())
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = {"format": KEY_FORMAT, "role": role, "name": name, "created_at": created}
+    key_id = identity.public.key_id
+    write_atomic(paths["private"], _dump({**common, "key_id": key_id,
+                                          "sm2_private_key": identity.signing_key.scalar.hex()}), 0o600)
+    write_atomic(paths["storage"], _dump({**common, "sm4_key": identity.storage_key.hex()}), 0o600)
+    write_atomic(paths["public"], _dump({**common, "key_id": key_id,
+                                         "sm2_public_key": identity.public.key.point.hex()}))
+    return identity
+
+
+def _dump(document: dict[str, str]) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _read(path: Path, field_name: str) -> dict[str, str]:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} not found: create it with `fedloop keys init`") from None
+    except (OSError, ValueError) as err:
+        raise KeyFileError(f"key file {path} is unreadable ({type(err).__name__})") from None
+    if not isinstance(document, dict) or document.get("format") != KEY_FORMAT or field_name not in document:
+        raise KeyFileError(f"{path} is not a {KEY_FORMAT} file holding {field_name!r}")
+    if document.get("role") not in ROLES:
+        raise KeyFileError(f"{path} names an unknown role; expected one of {', '.join(ROLES)}")
+    return document
+
+
+def _hex_field(path: Path, document: dict[str, str], field_name: str) -> bytes:
+    try:
+        return bytes.fromhex(document[field_name])
+    except ValueError:
+        raise KeyFileError(f"{path}: field {field_name!r} is not hex") from None
+
+
+def load_public_key(path: Path) -> PartyPublicKey:
+    """Read a `*.sm2.pub.json` file."""
+    document = _read(path, "sm2_public_key")
+    return PartyPublicKey(document["role"], document["name"],  # type: ignore[arg-type]
+                          SM2PublicKey(_hex_field(path, document, "sm2_public_key")))
+
+
+def load_identity(directory: Path, name: str) -> Identity:
+    """Read party `name`'s private and storage keys from `directory`."""
+    paths = key_paths(directory, name)
+    private = _read(paths["private"], "sm2_private_key")
+    storage = _read(paths["storage"], "sm4_key")
+    return Identity(private["role"], name,  # type: ignore[arg-type]
+                    SM2PrivateKey(_hex_field(paths["private"], private, "sm2_private_key")),
+                    _hex_field(paths["storage"], storage, "sm4_key"))
+
+
+class Keyring:
+    """The public keys a party trusts, looked up by key id."""
+
+    def __init__(self, keys: list[PartyPublicKey]) -> None:
+        self._by_id = {key.key_id: key for key in keys}
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> Keyring:
+        """Trust every `*.sm2.pub.json` file in `directory`."""
+        return cls([load_public_key(path) for path in sorted(directory.glob("*.sm2.pub.json"))])
+
+    def get(self, key_id: str) -> PartyPublicKey | None:
+        """The trusted key with this id, or None."""
+        return self._by_id.get(key_id)
+
+    def by_name(self, role: Role, name: str) -> PartyPublicKey:
+        """The trusted key of party `name` in `role`; raises KeyFileError if none is trusted."""
+        for key in self._by_id.values():
+            if key.role == role and key.name == name:
+                return key
+        raise KeyFileError(f"no trusted {role} public key named {name!r}; add its .sm2.pub.json")

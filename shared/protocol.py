@@ -1,0 +1,52 @@
+"""The fedloop message protocol on top of Flower's Message API.
+
+HQ → tenant (train, evaluate): a RecordDict with ConfigRecord `global` holding
+the sealed global version (`envelope`), its id (`version`) and the round (`round`).
+Tenant → HQ (train): ConfigRecord `delta` holding the sealed adapter
+(`envelope`) and MetricRecord `metrics` (counts and aggregate metrics only).
+Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name and key id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+from fedloop.shared.envelope import Binding
+
+GLOBAL = "global"
+DELTA = "delta"
+METRICS = "metrics"
+ENROL = "enrol"
+NUM_EXAMPLES = "num-examples"
+
+
+def global_binding(tenant: str, run: str, round_: int, version_id: str,
+                   details: dict[str, Any] | None = None) -> Binding:
+    """What a global version sent to `tenant` in `round_` is bound to (the version id is its base).
+
+    `details` (signed by HQ) carry the version's `parent`, `version_round` and SM3 `digest`.
+    """
+    return Binding("global", tenant, run, round_, version_id, details or {})
+
+
+def delta_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0) -> Binding:
+    """What a tenant's delta trained on `base_version` in `round_` is bound to."""
+    return Binding("delta", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples})
+
+
+def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:
+    """The content of a train or evaluate message from HQ (id and round are re-checked against the seal)."""
+    return RecordDict({GLOBAL: ConfigRecord({"envelope": envelope, "version": version_id, "round": round_})})
+
+
+def delta_content(envelope: bytes, metrics: dict[str, float | int]) -> RecordDict:
+    """The content of a tenant's train reply."""
+    return RecordDict({DELTA: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(metrics)})
+
+
+def wire_size(content: RecordDict) -> int:
+    """Bytes of `content` as Flower serialises it for the wire."""
+    return recorddict_to_proto(content).ByteSize()

@@ -1,0 +1,136 @@
+"""Federation settings, read from a TOML file and validated before anything starts.
+
+An unknown section or key, a value of the wrong type or out of range is
+reported with the file, the key and what is allowed; nothing runs with a
+half-understood config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fedloop.shared.adapter import LoraSettings
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    """Who takes part and for how long."""
+
+    run_name: str = "demo"
+    tenants: tuple[str, ...] = ("acme", "bolt", "cobalt")
+    rounds: int = 3
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class PathsSection:
+    """Where the base model is and where run outputs go (relative to the working directory)."""
+
+    model_dir: str = "models/smollm2-135m-instruct"
+    runs_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Local LoRA SFT knobs, per tenant per round."""
+
+    steps: int = 8
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    max_seq_len: int = 160
+
+
+@dataclass(frozen=True)
+class SimulationSection:
+    """Simulated users of each tenant: traffic per round and how they judge drafts."""
+
+    conversations_per_round: int = 24
+    eval_prompts: int = 16
+    max_new_tokens: int = 40
+    accept_threshold: float = 0.8
+    edit_threshold: float = 0.45
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a federated run needs."""
+
+    federation: FederationSection = field(default_factory=FederationSection)
+    paths: PathsSection = field(default_factory=PathsSection)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSection = field(default_factory=TrainSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+
+    def __post_init__(self) -> None:
+        _require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
+        _require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
+        _require(len(set(self.federation.tenants)) == len(self.federation.tenants),
+                 "federation.tenants", "distinct names")
+        _require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
+        _require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
+        _require(self.train.steps >= 1 and self.train.batch_size >= 1, "train.steps / train.batch_size",
+                 "integers >= 1")
+        _require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
+        _require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
+                 "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
+        _require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
+                 "simulation.conversations_per_round / eval_prompts", "integers >= 1")
+
+
+def _require(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {allowed}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint == tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: must be of type {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls: type, table: Any, name: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in table.items()})
+
+
+def settings_from_mapping(document: dict[str, Any]) -> Settings:
+    """Validate a parsed TOML document into Settings (missing keys take their defaults)."""
+    sections = {f.name: f.type for f in fields(Settings)}
+    hints = get_type_hints(Settings)
+    unknown = sorted(set(document) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; allowed: {sorted(sections)}")
+    return Settings(**{name: _section(hints[name], table, name) for name, table in document.items()})
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a TOML settings file; errors name the file."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    try:
+        return settings_from_mapping(document)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,111 @@
+"""End to end in Flower's Simulation Engine: 3 tenants, a tiny model, 2 rounds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.privacy import Redactor
+from fedloop.client.store import FeedbackStore
+from fedloop.server.app import run_hq
+from fedloop.server.registry import VersionRegistry
+from fedloop.server.simulation import prepare_run, run_federation
+from fedloop.shared.adapter import LoraSettings
+from fedloop.shared.keys import load_identity
+from fedloop.shared.protocol import wire_size
+from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
+
+
+class RecordingGrid:
+    """A Grid proxy that keeps the wire bytes of every reply HQ receives."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.replies: list[bytes] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201 - mirrors Grid
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        from flwr.common.serde import recorddict_to_proto
+
+        self.replies += [recorddict_to_proto(r.content).SerializeToString() for r in replies if r.has_content()]
+        return replies
+
+
+@pytest.fixture(scope="module")
+def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(
+        federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
+        paths=PathsSection(model_dir=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
+        lora=LoraSettings(rank=4, alpha=8, target_modules=("q_proj", "v_proj")),
+        train=TrainSection(steps=3, batch_size=4, learning_rate=5e-3, max_seq_len=96),
+        simulation=SimulationSection(conversations_per_round=6, eval_prompts=4, max_new_tokens=12),
+    )
+    layout = prepare_run(settings, Path(settings.paths.runs_dir))
+    canaries = {}
+    for tenant in settings.federation.tenants:
+        canary = f"CANARY-{tenant}-d41d8cd98f"
+        canaries[tenant] = canary
+        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", load_identity(layout.keys, tenant).storage_key)
+        recorder = FeedbackRecorder(store, Redactor())
+        for i in range(3):
+            draft_id = recorder.record_draft(f"user-{canary}", f"question {canary} {i}", f"draft {canary}", "v-pre")
+            recorder.record_outcome(draft_id, Action.EDIT, f"final reply {canary} {i}")
+        store.close()
+    recording: list[RecordingGrid] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        recording.append(RecordingGrid(grid))
+        run_hq(recording[0], settings, layout)
+
+    summary = run_federation(settings, layout, server_app=server_app)
+    return settings, layout, summary, recording[0].replies, canaries
+
+
+def test_a_version_per_round_with_the_right_parent(federated_run) -> None:
+    settings, layout, summary, _, _ = federated_run
+    lineage = summary["lineage"]
+    assert [v["round"] for v in lineage] == [0, 1, 2]
+    assert lineage[0]["parent"] is None
+    assert [v["parent"] for v in lineage[1:]] == [v["id"] for v in lineage[:-1]]
+    assert all(set(v["contributors"]) == set(settings.federation.tenants) for v in lineage[1:])
+    assert summary["signatures_valid"]
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert all(not rounds[r]["refused"] for r in (1, 2))
+    assert all(set(rounds[r]["evaluation"]) == set(settings.federation.tenants) for r in (0, 1, 2))
+    registry = VersionRegistry(layout.hq, load_identity(layout.keys, HQ_NAME))
+    assert [v.id for v in registry.versions()] == [v["id"] for v in lineage]
+    registry.load_adapter(lineage[-1]["id"])  # decrypts and matches its digest
+    registry.close()
+
+
+def test_every_tenant_verified_and_installed_every_version(federated_run) -> None:
+    settings, layout, summary, _, _ = federated_run
+    expected = [(v["id"], v["round"], v["parent"], v["digest"]) for v in summary["lineage"]]
+    for tenant in settings.federation.tenants:
+        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", load_identity(layout.keys, tenant).storage_key)
+        installed = [(v.version_id, v.round, v.parent, v.digest) for v in store.installed_versions()]
+        store.close()
+        assert installed == expected, tenant
+
+
+def test_no_canary_in_any_byte_sent_to_hq(federated_run) -> None:
+    _, layout, _, replies, canaries = federated_run
+    assert len(replies) >= 3 * 4  # enrol + round-0 evaluation + 2 x (train + evaluate)
+    for canary in canaries.values():
+        for needle in (canary.encode(), canary.encode("utf-16-le")):
+            assert not any(needle in reply for reply in replies)
+    for path in layout.hq.rglob("*"):
+        if path.is_file():
+            assert not any(c.encode() in path.read_bytes() for c in canaries.values()), path
