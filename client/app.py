@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,7 +25,7 @@ from fedloop.client.privacy import Redactor
 from fedloop.client.simulated_users import STYLES, Conversation, TenantTraffic, UserJudgement
 from fedloop.client.store import FeedbackStore, InstalledVersion
 from fedloop.client.train import generate_replies, train_sft
-from fedloop.shared.adapter import adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, load_identity, load_public_key, key_paths
@@ -35,19 +35,23 @@ from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
-_MODELS: dict[tuple[str, int], tuple[PeftModel, PreTrainedTokenizerBase]] = {}
+HELD_OUT_BATCH = -1  # conversation batch reserved for evaluation; training rounds use batches >= 1
 
 
-def _model(settings: Settings) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+@lru_cache(maxsize=1)
+def _model(model_dir: str, lora: LoraSettings, seed: int) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """The base model with a LoRA slot, loaded once per worker process and shared by its tenants."""
-    key = (settings.paths.model_dir, settings.lora.rank)
-    if key not in _MODELS:
-        model, tokenizer = load_base_model(Path(settings.paths.model_dir))
-        _MODELS[key] = (attach_lora(model, settings.lora, settings.federation.seed), tokenizer)
-    return _MODELS[key]
+    model, tokenizer = load_base_model(Path(model_dir))
+    return attach_lora(model, lora, seed), tokenizer
 
 
-@dataclass
+@lru_cache(maxsize=1)
+def _redactor() -> Redactor:
+    """One Presidio redactor per process (building it costs about a second)."""
+    return Redactor()
+
+
+@dataclass(eq=False)
 class Tenant:
     """One tenant's keys, store and simulated users, as seen inside its ClientApp."""
 
@@ -80,8 +84,7 @@ class Tenant:
     @cached_property
     def held_out(self) -> list[Conversation]:
         """Fixed evaluation prompts, never trained on."""
-        return TenantTraffic(self.name, list(STYLES)[self.index % len(STYLES)], -1).conversations(
-            self.settings.simulation.eval_prompts)
+        return self.traffic.conversations(self.settings.simulation.eval_prompts, HELD_OUT_BATCH)
 
     @property
     def judgement(self) -> UserJudgement:
@@ -101,17 +104,17 @@ class Tenant:
         digest = sm3_digest(opened.payload).hex()
         if digest != opened.binding.details.get("digest"):
             raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
-        model, tokenizer = _model(self.settings)
+        model, tokenizer = _model(self.settings.paths.model_dir, self.settings.lora, self.settings.federation.seed)
         load_adapter_state(model, adapter_from_bytes(opened.payload))
         installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
                                      opened.binding.details["parent"], digest)
         self.store.install_version(installed, opened.payload)
         return round_, version_id, model, tokenizer
 
-    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> float:
+    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str, round_: int) -> float:
         """Draft replies for this round's users with `version_id` and record what they did; returns the hit rate."""
-        recorder = FeedbackRecorder(self.store, redactor())
-        conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round)
+        recorder = FeedbackRecorder(self.store, _redactor())
+        conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round, round_)
         drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations],
                                   self.settings.simulation.max_new_tokens)
         accepted = 0
@@ -123,20 +126,15 @@ class Tenant:
         return accepted / len(conversations)
 
 
-_REDACTOR: list[Redactor] = []
-
-
-def redactor() -> Redactor:
-    """One Presidio redactor per process (building it costs about a second)."""
-    if not _REDACTOR:
-        _REDACTOR.append(Redactor())
-    return _REDACTOR[0]
+@lru_cache(maxsize=None)
+def _tenant_at(index: int, settings: Settings, layout: RunLayout) -> Tenant:
+    return Tenant(settings.federation.tenants[index], index, settings, layout)
 
 
 def _tenant(context: Context, settings: Settings, layout: RunLayout) -> Tenant:
+    """The tenant this node plays (by partition id), kept for the life of the worker process."""
     configure_logging()
-    index = int(context.node_config["partition-id"])
-    return Tenant(settings.federation.tenants[index], index, settings, layout)
+    return _tenant_at(int(context.node_config["partition-id"]), settings, layout)
 
 
 def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
@@ -154,7 +152,7 @@ def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         tenant = _tenant(context, settings, layout)
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
-        served_hit_rate = tenant.serve_round(model, tokenizer, version_id)
+        served_hit_rate = tenant.serve_round(model, tokenizer, version_id, round_)
         examples = tenant.store.training_examples()
         log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples",
                  tenant.name, round_, settings.simulation.conversations_per_round, version_id,

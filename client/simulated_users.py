@@ -60,21 +60,25 @@ class TenantTraffic:
     def __init__(self, tenant: str, style: str, seed: int) -> None:
         self.tenant = tenant
         self.style = STYLES[style]
-        self._rng = random.Random(f"{tenant}/{seed}")
+        self.seed = seed
 
-    def conversations(self, count: int) -> list[Conversation]:
-        """`count` new conversations; about one in four questions carries a phone number or e-mail."""
+    def conversations(self, count: int, batch: int) -> list[Conversation]:
+        """`count` conversations of batch number `batch` (the same batch always gives the same ones).
+
+        About one in four questions carries a phone number or e-mail address.
+        """
+        rng = random.Random(f"{self.tenant}/{self.seed}/{batch}")
         result = []
         for _ in range(count):
-            question, answer = self._rng.choice(_INTENTS)
-            order = str(self._rng.randint(10000, 99999))
+            question, answer = rng.choice(_INTENTS)
+            order = str(rng.randint(10000, 99999))
             prompt = question.format(order=order)
-            roll = self._rng.random()
+            roll = rng.random()
             if roll < 0.125:
-                prompt += f" Call me on 13{self._rng.randint(100000000, 999999999)}."
+                prompt += f" Call me on 13{rng.randint(100000000, 999999999)}."
             elif roll < 0.25:
-                prompt += f" My e-mail is user{self._rng.randint(1, 999)}@example.com."
-            user = f"{self.tenant}-user-{self._rng.randint(1, 50)}"
+                prompt += f" My e-mail is user{rng.randint(1, 999)}@example.com."
+            user = f"{self.tenant}-user-{rng.randint(1, 50)}"
             result.append(Conversation(user, prompt, self.style.format(core=answer.format(order=order))))
         return result
 

@@ -7,12 +7,12 @@ decrypt. User ids are stored only as keyed SM3 HMAC pseudonyms.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedloop.shared.crypto import hmac_sm3, open_field, seal_field, sm3_digest
+from fedloop.shared.sqlite_db import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS drafts (
@@ -64,14 +64,9 @@ class FeedbackStore:
     """Encrypted-at-rest storage of drafts, outcomes and installed global versions."""
 
     def __init__(self, path: Path, storage_key: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._key = storage_key
         self._pseudonym_key = sm3_digest(b"fedloop/pseudonym/" + storage_key)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         """Close the database."""

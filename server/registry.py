@@ -9,7 +9,6 @@ without its adapter. Each version's manifest is signed with HQ's SM2 key.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from fedloop.shared.crypto import CryptoError, open_field, seal_field, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
+from fedloop.shared.sqlite_db import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -64,11 +64,7 @@ class VersionRegistry:
         self._blobs = root / "blobs"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._hq = hq
-        self._db = sqlite3.connect(root / "registry.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(root / "registry.db", _SCHEMA)
 
     def close(self) -> None:
         """Close the database."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from fedloop.server.registry import VersionRegistry
 from fedloop.server.simulation import prepare_run, run_federation
 from fedloop.shared.adapter import LoraSettings
 from fedloop.shared.keys import load_identity
-from fedloop.shared.protocol import wire_size
-from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
 
 

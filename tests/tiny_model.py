@@ -21,7 +21,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """Write a ~100k-parameter model and tokenizer to `out_dir` and return it."""
     corpus = []
     for index, style in enumerate(STYLES):
-        for conversation in TenantTraffic(f"corpus{index}", style, seed).conversations(200):
+        for conversation in TenantTraffic(f"corpus{index}", style, seed).conversations(200, batch=0):
             corpus += [conversation.prompt, conversation.preferred_reply]
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

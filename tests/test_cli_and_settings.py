@@ -1,0 +1,54 @@
+"""The command line and settings validation."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedloop.shared.cli import app
+from fedloop.shared.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_keys_init_writes_private_files_0600(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["keys", "init", "--role", "tenant", "--name", "acme", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "acme.sm2.key.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "acme.sm4.key.json").stat().st_mode) == 0o600
+    assert (tmp_path / "acme.sm2.pub.json").exists()
+    private = (tmp_path / "acme.sm2.key.json").read_text()
+    assert private.split('"sm2_private_key": "')[1][:64] not in result.output
+
+
+def test_keys_init_refuses_bad_role_and_overwrite(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(app, ["keys", "init", "--role", "boss", "--name", "x", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "role 'boss' is invalid" in bad.output
+    runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
+    again = runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
+    assert again.exit_code == 2 and "already exist" in again.output
+
+
+def test_shipped_demo_config_is_valid() -> None:
+    settings = load_settings(ROOT / "configs" / "demo.toml")
+    assert len(settings.federation.tenants) == 3 and settings.federation.rounds >= 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[federation]\nround = 2\n", "unknown key"),
+    ("[federation]\nrounds = 'two'\n", "federation.rounds: must be of type int"),
+    ("[federation]\nrounds = 0\n", "federation.rounds: must be an integer >= 1"),
+    ("[trainer]\nsteps = 1\n", "unknown section"),
+    ("[simulation]\naccept_threshold = 0.2\nedit_threshold = 0.5\n", "edit_threshold"),
+    ("not toml = = 1", "not valid TOML"),
+])
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
