@@ -29,7 +29,7 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     for column in ("version", "parent", "round", "method", "contributors (samples)", "SM3 digest"):
         lineage.add_column(column, no_wrap=column != "contributors (samples)")
     for version in summary["lineage"]:
-        contributors = ", ".join(f"{t}={n}" for t, n in version["contributors"].items()) or "-"
+        contributors = ", ".join(f"{t}={n}" for t, n in sorted(version["contributors"].items())) or "-"
         lineage.add_row(version["id"], version["parent"] or "-", str(version["round"]), version["method"],
                         contributors, version["digest"][:16] + "…")
     console.print(lineage)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     except SimulationError as err:
         _fail(str(err))
         return
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 120)
     render_summary(summary, out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
     out.print(f"wall time: {time.monotonic() - started:.0f} s")
