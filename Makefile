@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 
-.PHONY: install model demo test clean
+.PHONY: install model demo test proto clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: model
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Regenerate proto/*_pb2*.py from proto/*.proto (the generated files are committed).
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
 
 clean:
 	rm -rf runs .pytest_cache

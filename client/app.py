@@ -23,7 +23,11 @@ from transformers import PreTrainedTokenizerBase
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.privacy import Redactor
 from fedloop.client.simulated_users import STYLES, Conversation, TenantTraffic, UserJudgement
-from fedloop.client.store import FeedbackStore, InstalledVersion
+from fedloop.client.samples.curation import training_examples
+from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import InstalledVersion
+from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
+from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.client.train import generate_replies, train_sft
 from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
 from fedloop.shared.crypto import CryptoError, sm3_digest
@@ -35,6 +39,7 @@ from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+SIMULATED_DWELL_MS = 4000  # simulated users read a draft for 4 s before deciding
 HELD_OUT_BATCH = -1  # conversation batch reserved for evaluation; training rounds use batches >= 1
 
 
@@ -71,9 +76,16 @@ class Tenant:
         return Keyring([load_public_key(key_paths(self.layout.keys, HQ_NAME)["public"])])
 
     @cached_property
+    def runtime(self) -> TenantRuntime:
+        """The tenant's store and ingestion pipeline (default tenant settings)."""
+        settings = TenantSettings(tenant=TenantSection(self.name, str(self.layout.keys),
+                                                       str(self.layout.tenant(self.name))))
+        return open_tenant(settings, self.identity, redactor=_redactor())
+
+    @property
     def store(self) -> FeedbackStore:
         """The encrypted feedback store."""
-        return FeedbackStore(self.layout.tenant(self.name) / "feedback.db", self.identity.storage_key)
+        return self.runtime.store
 
     @cached_property
     def traffic(self) -> TenantTraffic:
@@ -113,7 +125,7 @@ class Tenant:
 
     def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str, round_: int) -> float:
         """Draft replies for this round's users with `version_id` and record what they did; returns the hit rate."""
-        recorder = FeedbackRecorder(self.store, _redactor())
+        recorder = FeedbackRecorder(self.runtime.pipeline)
         conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round, round_)
         drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations],
                                   self.settings.simulation.max_new_tokens)
@@ -121,7 +133,7 @@ class Tenant:
         for conversation, draft in zip(conversations, drafts):
             draft_id = recorder.record_draft(conversation.user_id, conversation.prompt, draft or "(empty)", version_id)
             decision = self.judgement.decide(draft, conversation)
-            recorder.record_outcome(draft_id, decision.action, decision.final_text)
+            recorder.record_outcome(draft_id, decision.action, decision.final_text, SIMULATED_DWELL_MS)
             accepted += decision.action is Action.ACCEPT
         return accepted / len(conversations)
 
@@ -153,7 +165,7 @@ def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
         tenant = _tenant(context, settings, layout)
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
         served_hit_rate = tenant.serve_round(model, tokenizer, version_id, round_)
-        examples = tenant.store.training_examples()
+        examples = training_examples(tenant.store, tenant.runtime.settings.curation)
         log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples",
                  tenant.name, round_, settings.simulation.conversations_per_round, version_id,
                  served_hit_rate, len(examples))

@@ -1,15 +1,14 @@
-"""The tenant's Python API for recording drafts and what users did with them.
-
-Every text passes through PII redaction before it reaches the store.
-"""
+"""The tenant's Python API for recording drafts and outcomes, over the same pipeline as the gRPC service."""
 
 from __future__ import annotations
 
 import uuid
 from enum import Enum
 
-from fedloop.client.privacy import Redactor
-from fedloop.client.store import FeedbackStore
+from fedloop.client.ingest.pipeline import IngestPipeline
+from fedloop.client.ingest.validation import IngestError
+from fedloop.client.samples.curation import BASE_REWARDS
+from fedloop.proto import feedback_pb2 as pb
 
 
 class Action(str, Enum):
@@ -20,33 +19,41 @@ class Action(str, Enum):
     REJECT = "reject"
 
 
-REWARDS: dict[Action, float] = {Action.ACCEPT: 1.0, Action.EDIT: 0.3, Action.REJECT: 0.0}
+_PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.REJECT: pb.REJECT}
 
 
 class FeedbackError(ValueError):
-    """A recording call was refused; nothing was stored."""
+    """A recording call was refused; nothing was stored. `status` is the matching gRPC status name."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class FeedbackRecorder:
-    """Records drafts and outcomes, redacted, into a tenant's encrypted store."""
+    """Records drafts and outcomes through the ingestion pipeline (redacted, encrypted, curated)."""
 
-    def __init__(self, store: FeedbackStore, redactor: Redactor) -> None:
-        self._store = store
-        self._redactor = redactor
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self._pipeline = pipeline
 
-    def record_draft(self, user_id: str, prompt: str, draft: str, model_version: str) -> str:
-        """Record a draft shown to `user_id` for `prompt`; returns the new draft id."""
-        for name, value in (("user_id", user_id), ("prompt", prompt), ("draft", draft),
-                            ("model_version", model_version)):
-            if not value.strip():
-                raise FeedbackError(f"{name} is empty: every draft needs a user, prompt, draft and model version")
+    def _ingest(self, event: pb.Event) -> None:
+        try:
+            self._pipeline.ingest([event])
+        except IngestError as err:
+            raise FeedbackError(err.status, str(err)) from None
+
+    def record_draft(self, user_id: str, prompt: str, draft: str, model_version: str,
+                     session_id: str = "default", prompt_version: str = "default") -> str:
+        """Record a draft shown to `user_id`; returns the new draft id."""
         draft_id = uuid.uuid4().hex
-        self._store.insert_draft(draft_id, user_id, self._redactor.redact(prompt),
-                                 self._redactor.redact(draft), model_version)
+        self._ingest(pb.Event(draft=pb.DraftEvent(
+            event_id=f"draft-{draft_id}", draft_id=draft_id, user_id=user_id, session_id=session_id, prompt=prompt,
+            draft=draft, model_version=model_version, prompt_version=prompt_version)))
         return draft_id
 
-    def record_outcome(self, draft_id: str, action: Action | str, final_text: str | None = None) -> float:
-        """Record what the user did with draft `draft_id`; returns the reward (1.0 / 0.3 / 0).
+    def record_outcome(self, draft_id: str, action: Action | str, final_text: str | None = None,
+                       dwell_ms: int = 0) -> float:
+        """Record what the user did with a draft; returns the base reward (1.0 / 0.3 / 0).
 
         `final_text` is the edited reply for EDIT (required) and the user's own
         reply for REJECT (optional); ACCEPT takes none.
@@ -54,16 +61,9 @@ class FeedbackRecorder:
         try:
             action = Action(action)
         except ValueError:
-            raise FeedbackError(f"unknown action {action!r}: use one of "
+            raise FeedbackError("INVALID_ARGUMENT", f"unknown action {action!r}: use one of "
                                 f"{', '.join(a.value for a in Action)}") from None
-        if action is Action.EDIT and not (final_text or "").strip():
-            raise FeedbackError("an edit outcome needs final_text: the reply the user sent after editing")
-        if action is Action.ACCEPT and final_text is not None:
-            raise FeedbackError("an accept outcome takes no final_text: the accepted draft is the final text")
-        if not self._store.has_draft(draft_id):
-            raise FeedbackError(f"unknown draft id {draft_id!r}: record the draft before its outcome")
-        if self._store.has_outcome(draft_id):
-            raise FeedbackError(f"draft {draft_id!r} already has an outcome")
-        redacted = None if not final_text else self._redactor.redact(final_text)
-        self._store.insert_outcome(draft_id, action.value, redacted, REWARDS[action])
-        return REWARDS[action]
+        self._ingest(pb.Event(outcome=pb.OutcomeEvent(
+            event_id=f"outcome-{draft_id}", draft_id=draft_id, action=_PROTO_ACTIONS[action],
+            final_text=final_text or "", dwell_ms=dwell_ms)))
+        return BASE_REWARDS[action.value]

@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store import TrainingExample
+from fedloop.client.store_api import TrainingExample
 from fedloop.shared.settings import TrainSection
 
 IGNORE_INDEX = -100

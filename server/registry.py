@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fedloop.shared.crypto import CryptoError, open_field, seal_field, sm3_digest
+from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
 from fedloop.shared.sqlite_db import open_database
@@ -78,7 +78,7 @@ class VersionRegistry:
         record = VersionRecord(f"v{count:04d}-{digest[:8]}", parent, run, round_, dict(contributors),
                                method, digest, "candidate")
         write_atomic(self._blob_path(record.id),
-                     seal_field(self._hq.storage_key, adapter, f"version/{record.id}".encode()), 0o600)
+                     self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
         signature = self._hq.signing_key.sign(record.manifest())
         self._db.execute(
             "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -121,8 +121,7 @@ class VersionRegistry:
         """Decrypt a version's adapter and check it against the recorded SM3 digest."""
         record = self.get(version_id)
         try:
-            adapter = open_field(self._hq.storage_key, self._blob_path(version_id).read_bytes(),
-                                 f"version/{version_id}".encode())
+            adapter = self._hq.storage.open(self._blob_path(version_id).read_bytes(), f"version/{version_id}".encode())
         except (OSError, CryptoError) as err:
             raise RegistryError(f"blob of version {version_id!r} is missing or corrupt: {err}") from None
         if sm3_digest(adapter).hex() != record.digest:

@@ -4,7 +4,8 @@
 
 - `NAME.sm2.pub.json`   the public key, to hand to the other side (mode 0644)
 - `NAME.sm2.key.json`   the SM2 private key (mode 0600)
-- `NAME.sm4.key.json`   the SM4 key that encrypts this party's data at rest (mode 0600)
+- `NAME.sm4.key.json`   the numbered SM4 keys that encrypt this party's data at rest, and
+                        the HMAC key for user pseudonyms (mode 0600)
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import os
 
 from fedloop.shared.crypto import new_sm4_key
 from fedloop.shared.files import write_atomic
 from fedloop.shared.sm2 import SM2PrivateKey, SM2PublicKey
+from fedloop.shared.storage_keys import StorageKeyring
 
 Role = Literal["hq", "tenant"]
 ROLES: tuple[Role, ...] = ("hq", "tenant")
@@ -44,12 +48,13 @@ class PartyPublicKey:
 
 @dataclass(frozen=True)
 class Identity:
-    """A party's own secrets: SM2 signing/unwrapping key and SM4 storage key."""
+    """A party's own secrets: SM2 signing/unwrapping key, SM4 storage keys, pseudonym HMAC key."""
 
     role: Role
     name: str
     signing_key: SM2PrivateKey = field(repr=False)
-    storage_key: bytes = field(repr=False)
+    storage: StorageKeyring = field(repr=False)
+    pseudonym_key: bytes = field(repr=False)
 
     @property
     def public(self) -> PartyPublicKey:
@@ -85,23 +90,46 @@ def init_keys(role: Role, name: str, directory: Path) -> Identity:
             f"key files already exist: {', '.join(existing)}; "
             "choose another --name or --out, or move the old files away first"
         )
-    identity = Identity(role, name, SM2PrivateKey.generate(), new_sm4_key())
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    common = {"format": KEY_FORMAT, "role": role, "name": name, "created_at": created}
+    identity = Identity(role, name, SM2PrivateKey.generate(), StorageKeyring({1: new_sm4_key()}, 1),
+                        os.urandom(32))
+    common = _common(role, name)
     key_id = identity.public.key_id
     write_atomic(paths["private"], _dump({**common, "key_id": key_id,
                                           "sm2_private_key": identity.signing_key.scalar.hex()}), 0o600)
-    write_atomic(paths["storage"], _dump({**common, "sm4_key": identity.storage_key.hex()}), 0o600)
+    write_storage_keys(directory, identity)
     write_atomic(paths["public"], _dump({**common, "key_id": key_id,
                                          "sm2_public_key": identity.public.key.point.hex()}))
     return identity
 
 
-def _dump(document: dict[str, str]) -> bytes:
+def _common(role: str, name: str) -> dict[str, str]:
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"format": KEY_FORMAT, "role": role, "name": name, "created_at": created}
+
+
+def write_storage_keys(directory: Path, identity: Identity) -> None:
+    """(Re)write `identity`'s storage key file atomically, mode 0600."""
+    document = {**_common(identity.role, identity.name),
+                "sm4_keys": {str(n): k.hex() for n, k in sorted(identity.storage.keys.items())},
+                "active_sm4_key": str(identity.storage.active),
+                "pseudonym_key": identity.pseudonym_key.hex()}
+    write_atomic(key_paths(directory, identity.name)["storage"], _dump(document), 0o600)
+
+
+def rotate_storage_key(directory: Path, name: str) -> Identity:
+    """Add a new active SM4 storage key for `name`, keeping the old ones for reading."""
+    identity = load_identity(directory, name)
+    rotated = Identity(identity.role, name, identity.signing_key, identity.storage.with_new_key(new_sm4_key()),
+                       identity.pseudonym_key)
+    write_storage_keys(directory, rotated)
+    return rotated
+
+
+def _dump(document: dict[str, object]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-def _read(path: Path, field_name: str) -> dict[str, str]:
+def _read(path: Path, field_name: str) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
@@ -115,11 +143,15 @@ def _read(path: Path, field_name: str) -> dict[str, str]:
     return document
 
 
-def _hex_field(path: Path, document: dict[str, str], field_name: str) -> bytes:
+def _hex(path: Path, value: Any, field_name: str) -> bytes:
     try:
-        return bytes.fromhex(document[field_name])
-    except ValueError:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
         raise KeyFileError(f"{path}: field {field_name!r} is not hex") from None
+
+
+def _hex_field(path: Path, document: dict[str, Any], field_name: str) -> bytes:
+    return _hex(path, document[field_name], field_name)
 
 
 def load_public_key(path: Path) -> PartyPublicKey:
@@ -133,10 +165,15 @@ def load_identity(directory: Path, name: str) -> Identity:
     """Read party `name`'s private and storage keys from `directory`."""
     paths = key_paths(directory, name)
     private = _read(paths["private"], "sm2_private_key")
-    storage = _read(paths["storage"], "sm4_key")
-    return Identity(private["role"], name,  # type: ignore[arg-type]
+    storage = _read(paths["storage"], "sm4_keys")
+    try:
+        keys = {int(n): _hex(paths["storage"], k, "sm4_keys") for n, k in storage["sm4_keys"].items()}
+        keyring = StorageKeyring(keys, int(storage["active_sm4_key"]))
+    except (AttributeError, KeyError, ValueError) as err:
+        raise KeyFileError(f"{paths['storage']}: invalid sm4_keys / active_sm4_key ({err})") from None
+    return Identity(private["role"], name,
                     SM2PrivateKey(_hex_field(paths["private"], private, "sm2_private_key")),
-                    _hex_field(paths["storage"], storage, "sm4_key"))
+                    keyring, _hex_field(paths["storage"], storage, "pseudonym_key"))
 
 
 class Keyring:

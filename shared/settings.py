@@ -10,9 +10,18 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from fedloop.shared.adapter import LoraSettings
+
+
+T = TypeVar("T")
+
+
+def require(ok: bool, key: str, allowed: str) -> None:
+    """Raise ConfigError naming `key` and what is `allowed` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: must be {allowed}")
 
 
 class ConfigError(ValueError):
@@ -69,24 +78,19 @@ class Settings:
     simulation: SimulationSection = field(default_factory=SimulationSection)
 
     def __post_init__(self) -> None:
-        _require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
-        _require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
-        _require(len(set(self.federation.tenants)) == len(self.federation.tenants),
+        require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
+        require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
+        require(len(set(self.federation.tenants)) == len(self.federation.tenants),
                  "federation.tenants", "distinct names")
-        _require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
-        _require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
-        _require(self.train.steps >= 1 and self.train.batch_size >= 1, "train.steps / train.batch_size",
+        require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
+        require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
+        require(self.train.steps >= 1 and self.train.batch_size >= 1, "train.steps / train.batch_size",
                  "integers >= 1")
-        _require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
-        _require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
+        require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
+        require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
                  "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
-        _require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
+        require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
                  "simulation.conversations_per_round / eval_prompts", "integers >= 1")
-
-
-def _require(ok: bool, key: str, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: must be {allowed}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -112,18 +116,18 @@ def _section(cls: type, table: Any, name: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in table.items()})
 
 
-def settings_from_mapping(document: dict[str, Any]) -> Settings:
-    """Validate a parsed TOML document into Settings (missing keys take their defaults)."""
-    sections = {f.name: f.type for f in fields(Settings)}
-    hints = get_type_hints(Settings)
-    unknown = sorted(set(document) - set(sections))
+def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
+    """Validate a parsed TOML document into the sectioned dataclass `root` (missing keys take defaults)."""
+    hints = get_type_hints(root)
+    sections = {f.name for f in fields(root)}  # type: ignore[arg-type]
+    unknown = sorted(set(document) - sections)
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; allowed: {sorted(sections)}")
-    return Settings(**{name: _section(hints[name], table, name) for name, table in document.items()})
+    return root(**{name: _section(hints[name], table, name) for name, table in document.items()})
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate a TOML settings file; errors name the file."""
+def load_sections(root: type[T], path: Path) -> T:
+    """Read and validate a TOML file into `root`; errors name the file."""
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -131,6 +135,11 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     try:
-        return settings_from_mapping(document)
+        return sections_from_mapping(root, document)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a federation settings file."""
+    return load_sections(Settings, path)

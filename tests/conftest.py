@@ -1,11 +1,16 @@
-"""Shared fixtures: a tiny model built once per test session."""
+"""Shared fixtures: a tiny model built once per session, tenant runtimes on temporary stores."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fedloop.client.privacy import Redactor
+from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
+from fedloop.client.tenant_settings import TenantSection, TenantSettings
+from fedloop.shared.keys import init_keys
 from tiny_model import build_tiny_model
 
 
@@ -13,3 +18,27 @@ from tiny_model import build_tiny_model
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny causal LM with tokenizer and chat template, built in seconds."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def redactor() -> Redactor:
+    """One Presidio redactor for the whole session (building one takes about a second)."""
+    return Redactor()
+
+
+@pytest.fixture()
+def make_tenant(tmp_path: Path, redactor: Redactor) -> Iterator[Callable[..., TenantRuntime]]:
+    """Open tenant runtimes on fresh keys and stores under tmp_path; closed after the test."""
+    opened: list[TenantRuntime] = []
+
+    def make(name: str = "acme", **sections: object) -> TenantRuntime:
+        keys = tmp_path / "keys"
+        identity = init_keys("tenant", name, keys)
+        settings = TenantSettings(tenant=TenantSection(name, str(keys), str(tmp_path / name)), **sections)  # type: ignore[arg-type]
+        runtime = open_tenant(settings, identity, redactor=redactor)
+        opened.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in opened:
+        runtime.close()

@@ -63,7 +63,7 @@ def test_wrong_recipient_key_is_refused(parties, envelope: bytes) -> None:
 
 def test_same_key_id_but_wrong_private_key_fails_unwrap(parties, envelope: bytes) -> None:
     hq, _, other_hq, keyring, _ = parties
-    impostor = Identity("hq", "hq", other_hq.signing_key, hq.storage_key)
+    impostor = Identity("hq", "hq", other_hq.signing_key, hq.storage, hq.pseudonym_key)
     forged_header = envelope.replace(hq.public.key_id.encode(), impostor.public.key_id.encode())
     with pytest.raises(EnvelopeError, match="bad signature"):
         open_envelope(forged_header, impostor, keyring, BINDING)
@@ -103,7 +103,7 @@ def test_key_files(tmp_path: Path, parties) -> None:
     assert stat.S_IMODE(paths["private"].stat().st_mode) == 0o600
     assert stat.S_IMODE(paths["storage"].stat().st_mode) == 0o600
     loaded = load_identity(tmp_path, "bolt")
-    assert "sm2_private_key" not in repr(loaded) and loaded.storage_key.hex() not in repr(loaded)
+    assert "sm2_private_key" not in repr(loaded) and loaded.storage.keys[1].hex() not in repr(loaded)
     with pytest.raises(KeyFileError, match="already exist"):
         init_keys("tenant", "bolt", tmp_path)
     with pytest.raises(KeyFileError, match="role"):

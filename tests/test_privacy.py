@@ -1,34 +1,49 @@
-"""PII redaction before storage."""
+"""PII redaction before storage: recognizers, stable placeholders."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedloop.client.privacy import Redactor, resident_id_check_digit_ok
-
-
-@pytest.fixture(scope="module")
-def redactor() -> Redactor:
-    return Redactor()
+from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
+from fedloop.client.privacy.redaction import PlaceholderMap
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("请拨打13812345678联系我", "请拨打<CN_MOBILE>联系我"),
-    ("call +86 139-1234-5678 today", "call <CN_MOBILE> today"),
-    ("身份证号11010519491231002X已登记", "身份证号<CN_RESIDENT_ID>已登记"),
-    ("my id is 110101199003074514.", "my id is <CN_RESIDENT_ID>."),
-    ("write to li.lei@example.com.cn please", "write to <EMAIL_ADDRESS> please"),
-    ("邮箱zhang_san@qq.com", "邮箱<EMAIL_ADDRESS>"),
+    ("请拨打13812345678联系我", "请拨打<CN_MOBILE_1>联系我"),
+    ("call +86 139-1234-5678 today", "call <CN_MOBILE_1> today"),
+    ("座机010-62345678", "座机<CN_LANDLINE_1>"),
+    ("身份证号11010519491231002X已登记", "身份证号<CN_RESIDENT_ID_1>已登记"),
+    ("my id is 110101199003074514.", "my id is <CN_RESIDENT_ID_1>."),
+    ("write to li.lei@example.com.cn please", "write to <EMAIL_ADDRESS_1> please"),
+    ("邮箱zhang_san@qq.com", "邮箱<EMAIL_ADDRESS_1>"),
+    ("卡号6222021234567890128", "卡号<BANK_CARD_1>"),
+    ("server 10.1.2.3 is down", "server <IP_ADDRESS_1> is down"),
+    ("地址：北京市海淀区中关村大街27号", "地址：<CN_ADDRESS_1>"),
+    ("我叫王小明，谢谢", "我叫<CN_PERSON_1>，谢谢"),
 ])
 def test_pii_is_replaced_by_typed_placeholders(redactor: Redactor, text: str, expected: str) -> None:
-    assert redactor.redact(text) == expected
+    assert redactor.redact(text).text == expected
 
 
 def test_resident_id_with_invalid_check_digit_is_left_alone(redactor: Redactor) -> None:
     assert not resident_id_check_digit_ok("110105194912310021")
-    assert redactor.redact("id 110105194912310021 here") == "id 110105194912310021 here"
+    assert redactor.redact("id 110105194912310021 here").text == "id 110105194912310021 here"
+
+
+def test_luhn() -> None:
+    assert luhn_ok("6222021234567890128") and not luhn_ok("6222021234567890127")
+
+
+def test_placeholders_are_stable_within_a_record(redactor: Redactor) -> None:
+    record = PlaceholderMap()
+    first = redactor.redact("call 13812345678 or 13987654321", record)
+    second = redactor.redact("I called 13987654321 back", record)
+    assert first.text == "call <CN_MOBILE_1> or <CN_MOBILE_2>"
+    assert second.text == "I called <CN_MOBILE_2> back" and second.new_entries == []
+    assert first.new_entries == [("<CN_MOBILE_1>", "13812345678"), ("<CN_MOBILE_2>", "13987654321")]
 
 
 def test_text_without_pii_is_unchanged(redactor: Redactor) -> None:
     text = "Order 12345 ships in 2 days; ticket 2024-05-01."
-    assert redactor.redact(text) == text
+    assert redactor.redact(text).text == text

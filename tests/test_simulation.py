@@ -10,8 +10,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.privacy import Redactor
 from fedloop.client.store import FeedbackStore
+from fedloop.client.tenant_runtime import open_tenant
+from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.server.app import run_hq
 from fedloop.server.registry import VersionRegistry
 from fedloop.server.simulation import prepare_run, run_federation
@@ -40,7 +41,7 @@ class RecordingGrid:
 
 
 @pytest.fixture(scope="module")
-def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, redactor):
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model_dir=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
@@ -53,12 +54,13 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     for tenant in settings.federation.tenants:
         canary = f"CANARY-{tenant}-d41d8cd98f"
         canaries[tenant] = canary
-        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", load_identity(layout.keys, tenant).storage_key)
-        recorder = FeedbackRecorder(store, Redactor())
+        runtime = open_tenant(TenantSettings(tenant=TenantSection(tenant, str(layout.keys), str(layout.tenant(tenant)))),
+                              load_identity(layout.keys, tenant), redactor=redactor)
+        recorder = FeedbackRecorder(runtime.pipeline)
         for i in range(3):
             draft_id = recorder.record_draft(f"user-{canary}", f"question {canary} {i}", f"draft {canary}", "v-pre")
-            recorder.record_outcome(draft_id, Action.EDIT, f"final reply {canary} {i}")
-        store.close()
+            recorder.record_outcome(draft_id, Action.EDIT, f"final reply {canary} {i}", dwell_ms=2000)
+        runtime.close()
     recording: list[RecordingGrid] = []
     server_app = ServerApp()
 
@@ -92,7 +94,8 @@ def test_every_tenant_verified_and_installed_every_version(federated_run) -> Non
     settings, layout, summary, _, _ = federated_run
     expected = [(v["id"], v["round"], v["parent"], v["digest"]) for v in summary["lineage"]]
     for tenant in settings.federation.tenants:
-        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", load_identity(layout.keys, tenant).storage_key)
+        identity = load_identity(layout.keys, tenant)
+        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", identity.storage, identity.pseudonym_key)
         installed = [(v.version_id, v.round, v.parent, v.digest) for v in store.installed_versions()]
         store.close()
         assert installed == expected, tenant

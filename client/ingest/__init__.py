@@ -1,0 +1,1 @@
+"""Feedback ingestion: validation, the pipeline from event to sample, the gRPC service."""

@@ -1,0 +1,145 @@
+"""The ingestion pipeline: event -> validate -> pseudonymise -> redact -> store -> curate.
+
+`ingest` takes a batch of events and stores all of them in one transaction or
+none: any refusal rolls the whole batch back. Events are idempotent by id: the
+same id with the same content is acknowledged as a duplicate and stored once;
+the same id with different content is refused with ALREADY_EXISTS. The gRPC
+service and the Python API both call this one pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
+from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.client.samples.curation import BASE_REWARDS, Curator, PendingIndexEntry
+from fedloop.client.samples.signals import absence_flags, immediate_flags
+from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import DraftRecord, OutcomeRecord, SignalRecord
+from fedloop.client.tenant_settings import TenantSettings
+from fedloop.proto import feedback_pb2 as pb
+from fedloop.shared.crypto import hmac_sm3
+
+log = logging.getLogger(__name__)
+
+
+class IngestPipeline:
+    """Everything between a feedback event and the tenant's store."""
+
+    def __init__(self, store: FeedbackStore, redactor: Redactor, curator: Curator, settings: TenantSettings,
+                 mac_key: bytes) -> None:
+        self.store = store
+        self.curator = curator
+        self._redactor = redactor
+        self._settings = settings
+        self._mac_key = mac_key
+        self.redactions_by_type: dict[str, int] = {}
+
+    def ingest(self, events: Sequence[pb.Event]) -> list[bool]:
+        """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one."""
+        limits = self._settings.ingest
+        if len(events) > limits.max_batch_events:
+            raise IngestError("INVALID_ARGUMENT", f"batch of {len(events)} events exceeds ingest.max_batch_events "
+                                                  f"({limits.max_batch_events}); split it")
+        kinds = []
+        for position, event in enumerate(events):
+            try:
+                kinds.append(check_event(event, limits))
+            except IngestError as err:
+                raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
+        pending: list[PendingIndexEntry] = []
+        duplicates: list[bool] = []
+        with self.store.transaction():
+            seen: dict[str, str] = {}
+            for position, (kind, event) in enumerate(zip(kinds, events)):
+                body = getattr(event, kind)
+                mac = hmac_sm3(self._mac_key, kind.encode() + body.SerializeToString(deterministic=True)).hex()
+                stored = seen.get(body.event_id) or self.store.event_mac(body.event_id)
+                if stored is not None:
+                    if stored != mac:
+                        raise IngestError("ALREADY_EXISTS", f"event_id {body.event_id!r} was already used for "
+                                                            "different content; use a new id for a new event")
+                    duplicates.append(True)
+                    continue
+                later_drafts = {e.draft.draft_id for e in events[position + 1:] if e.WhichOneof("event") == "draft"}
+                handler = {"draft": self._draft, "outcome": self._outcome, "signal": self._signal}[kind]
+                entry = handler(body, later_drafts)
+                if entry is not None:
+                    pending.append(entry)
+                self.store.insert_event(body.event_id, kind, mac)
+                seen[body.event_id] = mac
+                duplicates.append(False)
+        self.curator.index(pending)
+        return duplicates
+
+    def _redact(self, record_id: str, placeholders: PlaceholderMap, text: str) -> str:
+        redaction = self._redactor.redact(text, placeholders)
+        for placeholder, original in redaction.new_entries:
+            self.store.vault_add(record_id, placeholder, original)
+        for entity in redaction.entity_types:
+            self.redactions_by_type[entity] = self.redactions_by_type.get(entity, 0) + 1
+        return redaction.text
+
+    def _draft(self, event: pb.DraftEvent, later_drafts: set[str]) -> None:
+        if self.store.get_draft(event.draft_id) is not None:
+            raise IngestError("ALREADY_EXISTS", f"draft_id {event.draft_id!r} already exists under another event id")
+        placeholders = self.store.placeholder_map(event.draft_id)
+        self.store.insert_draft(DraftRecord(
+            id=event.draft_id, user_pseudonym=self.store.pseudonym(event.user_id),
+            session_pseudonym=self.store.pseudonym(event.session_id),
+            prompt=self._redact(event.draft_id, placeholders, event.prompt),
+            draft=self._redact(event.draft_id, placeholders, event.draft),
+            model_version=event.model_version, prompt_version=event.prompt_version, position=event.position,
+            shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest)))
+
+    def _outcome(self, event: pb.OutcomeEvent, later_drafts: set[str]) -> PendingIndexEntry:
+        draft = self.store.get_draft(event.draft_id)
+        if draft is None:
+            if event.draft_id in later_drafts:
+                raise IngestError("FAILED_PRECONDITION", f"outcome for draft {event.draft_id!r} comes before its "
+                                                         "draft in the batch; send the draft first")
+            raise IngestError("NOT_FOUND", f"unknown draft_id {event.draft_id!r}: record the draft before its outcome")
+        decided = timestamp("outcome.timestamp_ms", event.timestamp_ms, self._settings.ingest)
+        if decided < draft.shown_at_ms:
+            raise IngestError("FAILED_PRECONDITION", f"outcome time {decided} is before draft "
+                                                     f"{event.draft_id!r} was shown ({draft.shown_at_ms})")
+        if self.store.has_outcome(event.draft_id):
+            raise IngestError("ALREADY_EXISTS", f"draft {event.draft_id!r} already has an outcome")
+        action = ACTIONS[event.action]
+        final = self._redact(event.draft_id, self.store.placeholder_map(event.draft_id), event.final_text) \
+            if event.final_text else None
+        outcome = OutcomeRecord(event.draft_id, action, final, event.dwell_ms, BASE_REWARDS[action], decided)
+        self.store.insert_outcome(outcome)
+        entity_types = self.store.placeholder_map(event.draft_id).entity_types()
+        _, entry = self.curator.make_sample(draft, outcome, entity_types)
+        return entry
+
+    def _signal(self, event: pb.SignalEvent, later_drafts: set[str]) -> None:
+        if event.draft_id and self.store.get_draft(event.draft_id) is None:
+            raise IngestError("NOT_FOUND", f"signal refers to unknown draft_id {event.draft_id!r}")
+        record_id = event.draft_id or f"signal-{event.event_id}"
+        value = self._redact(record_id, self.store.placeholder_map(record_id), event.value) if event.value else None
+        session = self.store.pseudonym(event.session_id)
+        signal = SignalRecord(event.event_id, self.store.pseudonym(event.user_id), session, SIGNAL_KINDS[event.kind],
+                              event.draft_id or None, value,
+                              timestamp("signal.timestamp_ms", event.timestamp_ms, self._settings.ingest))
+        self.store.insert_signal(signal)
+        history = self.store.session_signals(session)
+        for flag in immediate_flags(signal, history, self.store.session_drafts(session), self._settings.signals):
+            self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, signal.at_ms)
+
+    def sweep(self, now_ms: int | None = None, lookback_ms: int = 86_400_000) -> int:
+        """Apply the absence rules to recent sessions; returns how many new flags were raised."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        raised = 0
+        with self.store.transaction():
+            for session in self.store.open_sessions(now_ms - lookback_ms):
+                flags = absence_flags(self.store.session_signals(session), self.store.session_drafts(session),
+                                      now_ms, self._settings.signals)
+                for flag in flags:
+                    raised += self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, now_ms)
+        return raised

@@ -1,0 +1,139 @@
+"""The gRPC FeedbackService: a thin layer that maps the pipeline's results and refusals to gRPC.
+
+Requests are deserialised by fedloop, not by grpcio, so that a request that is
+not valid protobuf (for example a string field holding invalid UTF-8) gets
+INVALID_ARGUMENT instead of grpcio's generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from fedloop.client.ingest.validation import IngestError
+from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.proto import feedback_pb2 as pb
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "fedloop.feedback.v1.FeedbackService"
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are not a valid message of the expected type."""
+
+    reason: str
+
+
+def _deserializer(message_type: type) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            return Undecodable(str(err) or "not a valid protobuf message")
+    return deserialize
+
+
+class FeedbackServicer:
+    """Implements FeedbackService over a tenant's ingestion pipeline."""
+
+    def __init__(self, runtime: TenantRuntime) -> None:
+        self._pipeline = runtime.pipeline
+
+    def _store(self, events: list[pb.Event], context: grpc.ServicerContext) -> list[bool]:
+        try:
+            return self._pipeline.ingest(events)
+        except IngestError as err:
+            context.abort(grpc.StatusCode[err.status], str(err))
+            raise  # unreachable: abort raises
+
+    def _unary(self, field: str) -> Callable[[Any, grpc.ServicerContext], pb.Ack]:
+        def handle(request: Any, context: grpc.ServicerContext) -> pb.Ack:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {field} event "
+                                                                f"({request.reason}); strings must be UTF-8")
+            [duplicate] = self._store([pb.Event(**{field: request})], context)
+            return pb.Ack(event_id=request.event_id, duplicate=duplicate)
+        return handle
+
+    def record_batch(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.BatchAck:
+        """Validate the whole stream, then store it in one transaction."""
+        events = []
+        for position, request in enumerate(requests):
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"event #{position} is not a valid Event "
+                                                                f"({request.reason}); nothing was stored")
+            events.append(request)
+        duplicates = self._store(events, context)
+        return pb.BatchAck(stored=duplicates.count(False), duplicates=duplicates.count(True))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler registering every method of the service."""
+        unary = {"RecordDraft": ("draft", pb.DraftEvent), "RecordOutcome": ("outcome", pb.OutcomeEvent),
+                 "RecordSignal": ("signal", pb.SignalEvent)}
+        methods = {
+            name: grpc.unary_unary_rpc_method_handler(self._unary(field), _deserializer(message_type),
+                                                      pb.Ack.SerializeToString)
+            for name, (field, message_type) in unary.items()
+        }
+        methods["RecordBatch"] = grpc.stream_unary_rpc_method_handler(
+            self.record_batch, _deserializer(pb.Event), pb.BatchAck.SerializeToString)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+class MaintenanceLoop:
+    """Background work of a running service: absence-rule sweeps and picking up rotated storage keys."""
+
+    def __init__(self, runtime: TenantRuntime, reload_keys: Callable[[], None], sweep_every_s: float = 30.0,
+                 reload_every_s: float = 1.0) -> None:
+        self._runtime = runtime
+        self._reload_keys = reload_keys
+        self._sweep_every = sweep_every_s
+        self._reload_every = reload_every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedloop-maintenance", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop in a daemon thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for it."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        since_sweep = 0.0
+        while not self._stop.wait(self._reload_every):
+            try:
+                self._reload_keys()
+                since_sweep += self._reload_every
+                if since_sweep >= self._sweep_every:
+                    since_sweep = 0.0
+                    raised = self._runtime.pipeline.sweep()
+                    if raised:
+                        log.info("derived-signal sweep flagged %d drafts", raised)
+            except Exception:  # keep serving; the failure is logged with its traceback
+                log.exception("maintenance step failed")
+
+
+def start_server(runtime: TenantRuntime, address: str, max_workers: int) -> tuple[grpc.Server, int]:
+    """Start the FeedbackService on `address`; returns the server and the bound port."""
+    receive_limit = max(4 * 2**20, 4 * runtime.settings.ingest.max_text_bytes + 2**16)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers),
+        options=[("grpc.max_receive_message_length", receive_limit * 16)],
+    )
+    server.add_generic_rpc_handlers((FeedbackServicer(runtime).handler(),))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: is the port in use? set ingest.address in the tenant config")
+    server.start()
+    return server, port

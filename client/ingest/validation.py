@@ -1,0 +1,107 @@
+"""Static checks of ingestion events: required fields, sizes, enums, durations, timestamps.
+
+Each failure raises IngestError with the gRPC status name the service returns
+and a message that names the field and the fix. Checks that need the store
+(unknown draft, replayed ids) live in the pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fedloop.client.tenant_settings import IngestSection
+from fedloop.proto import feedback_pb2 as pb
+
+EARLIEST_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake (seconds for milliseconds)
+ACTIONS = {pb.ACCEPT: "accept", pb.EDIT_ACCEPT: "edit", pb.REJECT: "reject"}
+SIGNAL_KINDS = {k: pb.SignalKind.Name(k) for k in pb.SignalKind.values() if k != pb.SIGNAL_KIND_UNSPECIFIED}
+SIGNALS_WITH_VALUE = {pb.DIALOGUE_STATE, pb.USER_MESSAGE}
+
+
+class IngestError(Exception):
+    """An event was refused; `status` is the gRPC status name, the message says what to fix."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _text(name: str, value: str, limits: IngestSection, required: bool = True) -> None:
+    if required and not value.strip():
+        raise IngestError("INVALID_ARGUMENT", f"{name} is missing or empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise IngestError("INVALID_ARGUMENT", f"{name} is not valid UTF-8 text") from None
+    if size > limits.max_text_bytes:
+        raise IngestError("INVALID_ARGUMENT", f"{name} is {size} bytes; the limit is {limits.max_text_bytes} "
+                                              "(ingest.max_text_bytes)")
+
+
+def _identifier(name: str, value: str, limits: IngestSection) -> None:
+    _text(name, value, limits)
+    if len(value) > limits.max_id_chars or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise IngestError("INVALID_ARGUMENT", f"{name} must be 1-{limits.max_id_chars} printable characters "
+                                              "without spaces")
+
+
+def timestamp(name: str, value: int, limits: IngestSection) -> int:
+    """The event time in ms: `value`, or now when 0; refuses negative, pre-2000 and far-future times."""
+    now = int(time.time() * 1000)
+    if value == 0:
+        return now
+    if value < EARLIEST_MS or value > now + limits.max_clock_skew_ms:
+        raise IngestError("INVALID_ARGUMENT", f"{name} {value} is not a plausible Unix time in milliseconds "
+                                              "(0 means 'now')")
+    return value
+
+
+def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
+    """Static checks of a DraftEvent."""
+    for name in ("event_id", "draft_id", "user_id", "session_id"):
+        _identifier(f"draft.{name}", getattr(event, name), limits)
+    for name in ("prompt", "draft", "model_version", "prompt_version"):
+        _text(f"draft.{name}", getattr(event, name), limits)
+    if not 0 <= event.position <= limits.max_position:
+        raise IngestError("INVALID_ARGUMENT", f"draft.position {event.position} must be in [0, {limits.max_position}]")
+    timestamp("draft.timestamp_ms", event.timestamp_ms, limits)
+
+
+def check_outcome(event: pb.OutcomeEvent, limits: IngestSection) -> None:
+    """Static checks of an OutcomeEvent."""
+    _identifier("outcome.event_id", event.event_id, limits)
+    _identifier("outcome.draft_id", event.draft_id, limits)
+    if event.action not in ACTIONS:
+        raise IngestError("INVALID_ARGUMENT", f"outcome.action {event.action} is not one of ACCEPT, EDIT_ACCEPT, "
+                                              "REJECT")
+    if event.action == pb.EDIT_ACCEPT:
+        _text("outcome.final_text", event.final_text, limits)
+    elif event.action == pb.ACCEPT and event.final_text:
+        raise IngestError("INVALID_ARGUMENT", "outcome.final_text must be empty for ACCEPT: the draft is the final text")
+    else:
+        _text("outcome.final_text", event.final_text, limits, required=False)
+    if not 0 <= event.dwell_ms <= limits.max_dwell_ms:
+        raise IngestError("INVALID_ARGUMENT", f"outcome.dwell_ms {event.dwell_ms} must be in "
+                                              f"[0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)")
+    timestamp("outcome.timestamp_ms", event.timestamp_ms, limits)
+
+
+def check_signal(event: pb.SignalEvent, limits: IngestSection) -> None:
+    """Static checks of a SignalEvent."""
+    for name in ("event_id", "user_id", "session_id"):
+        _identifier(f"signal.{name}", getattr(event, name), limits)
+    if event.kind not in SIGNAL_KINDS:
+        raise IngestError("INVALID_ARGUMENT", f"signal.kind {event.kind} is not one of {sorted(SIGNAL_KINDS.values())}")
+    if event.draft_id:
+        _identifier("signal.draft_id", event.draft_id, limits)
+    _text("signal.value", event.value, limits, required=event.kind in SIGNALS_WITH_VALUE)
+    timestamp("signal.timestamp_ms", event.timestamp_ms, limits)
+
+
+def check_event(event: pb.Event, limits: IngestSection) -> str:
+    """Static checks of any Event; returns its kind (draft, outcome or signal)."""
+    kind = event.WhichOneof("event")
+    if kind is None:
+        raise IngestError("INVALID_ARGUMENT", "event is empty: set one of draft, outcome or signal")
+    {"draft": check_draft, "outcome": check_outcome, "signal": check_signal}[kind](getattr(event, kind), limits)
+    return kind

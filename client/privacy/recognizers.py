@@ -1,0 +1,169 @@
+"""fedloop's Presidio recognizers: Chinese PII by pattern and checksum, English PII by Presidio's own.
+
+Everything runs on a blank spaCy pipeline with no model download: patterns,
+checksums (resident-id check digit, Luhn), a surname gazetteer with context
+words for Chinese names, and Presidio's pattern-based English recognizers
+(phone, credit card, IBAN, IP, US SSN). English person names would need an NER
+model and are not recognised.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tldextract
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
+from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer, IbanRecognizer,
+                                                      IpRecognizer, PhoneRecognizer, UsSsnRecognizer)
+
+LANGUAGE = "zh"
+_OFFLINE_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK_CHARS = "10X98765432"
+# The most common Chinese surnames (single characters), enough to cover the large majority of people.
+SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
+            "姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤")
+
+
+def resident_id_check_digit_ok(number: str) -> bool:
+    """True when an 18-character resident id's last character matches its GB 11643 check digit."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS))
+    return _ID_CHECK_CHARS[total % 11] == number[17].upper()
+
+
+def luhn_ok(number: str) -> bool:
+    """True when the digits of `number` pass the Luhn checksum."""
+    digits = [int(c) for c in number if c.isdigit()]
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return bool(digits) and total % 10 == 0
+
+
+class ChineseMobileRecognizer(PatternRecognizer):
+    """Mainland mobile numbers: 1[3-9] plus 9 digits, optionally prefixed by +86."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CN_MOBILE", supported_language=LANGUAGE,
+            patterns=[Pattern("cn_mobile", r"(?<![\d.])(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2}(?![\d.])", 0.7)],
+            context=["手机", "电话", "mobile", "phone", "tel", "call"],
+        )
+
+
+class ChineseLandlineRecognizer(PatternRecognizer):
+    """Landline numbers with an area code: 0 + 2-3 digits, then 7-8 digits."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CN_LANDLINE", supported_language=LANGUAGE,
+            patterns=[Pattern("cn_landline", r"(?<![\d.])(?:\+?86[- ]?)?\(?0\d{2,3}\)?[- ]?\d{7,8}(?![\d.])", 0.6)],
+            context=["电话", "座机", "固话", "tel", "phone", "landline"],
+        )
+
+
+class ResidentIdRecognizer(PatternRecognizer):
+    """18-digit resident identity numbers; a wrong check digit is not reported."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CN_RESIDENT_ID", supported_language=LANGUAGE,
+            patterns=[Pattern("cn_resident_id", r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])", 0.8)],
+            context=["身份证", "id", "identity"],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        """Accept only numbers whose check digit is valid."""
+        return resident_id_check_digit_ok(pattern_text)
+
+
+class BankCardRecognizer(PatternRecognizer):
+    """Bank card numbers of 16 to 19 digits (spaces or dashes allowed) that pass Luhn."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="BANK_CARD", supported_language=LANGUAGE,
+            patterns=[Pattern("bank_card", r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{4,7}(?![\d-])", 0.5)],
+            context=["卡号", "银行卡", "card", "bank"],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        """Accept 16-19 digit numbers that pass Luhn."""
+        digits = re.sub(r"\D", "", pattern_text)
+        return 16 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    """Presidio's e-mail recognizer, validating domains with the bundled suffix list (no network)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_language=LANGUAGE,
+            context=["邮箱", "email", "e-mail", "mail"],
+            # ASCII-bounded so that adjacent Chinese characters are not taken into the address
+            patterns=[Pattern("email_ascii", r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@"
+                                             r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])", 0.5)],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        """Accept addresses whose domain ends in a known public suffix."""
+        return bool(_OFFLINE_SUFFIXES(pattern_text.rsplit("@", 1)[-1]).top_domain_under_public_suffix)
+
+
+class ChineseAddressRecognizer(PatternRecognizer):
+    """Chinese postal addresses: province/city/district followed by a street-level part."""
+
+    def __init__(self) -> None:
+        admin = r"[\u4e00-\u9fa5]{2,8}?(?:省|自治区|市)"
+        local = r"(?:[\u4e00-\u9fa5]{1,8}?(?:市|区|县|镇|乡))*"
+        street = r"[\u4e00-\u9fa5A-Za-z0-9]{1,12}?(?:路|街|大道|道|巷|弄|胡同|村)"
+        number = r"(?:[0-9一二三四五六七八九十百]+(?:号|弄|栋|幢|楼|单元|室|号楼))*"
+        super().__init__(
+            supported_entity="CN_ADDRESS", supported_language=LANGUAGE,
+            patterns=[Pattern("cn_address", admin + local + street + number, 0.6),
+                      Pattern("cn_street", r"[\u4e00-\u9fa5]{1,8}?(?:区|县)" + street + number + r"(?<=号|室|楼|元)", 0.5)],
+            context=["地址", "住址", "收货", "寄到", "送到", "address"],
+        )
+
+
+_NAME_AFTER = r"(?:我叫|我是|姓名[:：]?|联系人[:：]?|收件人[:：]?|收货人[:：]?)\s*"
+_NAME_BEFORE = r"(?=先生|女士|小姐|同学|老师|经理)"
+
+
+class ChineseNameRecognizer(EntityRecognizer):
+    """Chinese person names: a common surname plus one or two characters, next to a context word."""
+
+    _after = re.compile(_NAME_AFTER + f"([{SURNAMES}][\u4e00-\u9fa5]{{1,2}})")
+    _before = re.compile(f"([{SURNAMES}][\u4e00-\u9fa5]{{0,2}}?){_NAME_BEFORE}")
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["CN_PERSON"], supported_language=LANGUAGE, name="ChineseNameRecognizer")
+
+    def load(self) -> None:
+        """Nothing to load: the gazetteer is built in."""
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None) -> list[RecognizerResult]:
+        """Names introduced by a context word ("我叫…", "姓名：…") or followed by a title ("…先生")."""
+        results = []
+        for pattern in (self._after, self._before):
+            for match in pattern.finditer(text):
+                results.append(RecognizerResult("CN_PERSON", match.start(1), match.end(1), 0.7))
+        return results
+
+
+def fedloop_recognizers() -> list[EntityRecognizer]:
+    """Every recognizer the redactor uses, registered for the analyzer's one language."""
+    return [
+        ChineseMobileRecognizer(), ChineseLandlineRecognizer(), ResidentIdRecognizer(), BankCardRecognizer(),
+        OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(),
+        IpRecognizer(supported_language=LANGUAGE),
+        PhoneRecognizer(supported_language=LANGUAGE, supported_regions=("US", "GB", "CA", "AU", "IN", "DE", "FR")),
+        CreditCardRecognizer(supported_language=LANGUAGE),
+        IbanRecognizer(supported_language=LANGUAGE),
+        UsSsnRecognizer(supported_language=LANGUAGE),
+    ]

@@ -1,0 +1,103 @@
+"""Replace PII with typed placeholders that are stable within a record.
+
+Within one record (a draft with its prompt, outcome and follow-up messages) the
+same original always maps to the same placeholder, e.g. `<CN_MOBILE_1>`, so a
+reply that repeats the customer's number stays coherent. The originals are
+handed back to the caller for the SM4-encrypted vault; they are never logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import spacy
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+from fedloop.client.privacy.recognizers import LANGUAGE, fedloop_recognizers
+
+
+class _BlankSpacyEngine(SpacyNlpEngine):
+    """Presidio's spaCy engine over a blank pipeline: tokenisation only, nothing downloaded."""
+
+    def __init__(self) -> None:
+        super().__init__(models=[{"lang_code": LANGUAGE, "model_name": "blank"}])
+
+    def load(self) -> None:
+        """Create the blank pipeline instead of loading a trained model by name."""
+        self.nlp = {LANGUAGE: spacy.blank(LANGUAGE)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of PII found in a text."""
+
+    entity_type: str
+    start: int
+    end: int
+
+
+@dataclass
+class PlaceholderMap:
+    """The placeholders of one record: original text -> placeholder, numbered per entity type."""
+
+    by_original: dict[str, str] = field(default_factory=dict)
+
+    def entity_types(self) -> set[str]:
+        """The entity types found so far in this record."""
+        return {p[1:-1].rsplit("_", 1)[0] for p in self.by_original.values()}
+
+    def placeholder_for(self, entity_type: str, original: str) -> tuple[str, bool]:
+        """The placeholder for `original`, and whether it is new to this record."""
+        if original in self.by_original:
+            return self.by_original[original], False
+        number = 1 + sum(1 for p in self.by_original.values() if p.startswith(f"<{entity_type}_"))
+        placeholder = f"<{entity_type}_{number}>"
+        self.by_original[original] = placeholder
+        return placeholder, True
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """A redacted text and the (placeholder, original) pairs it introduced."""
+
+    text: str
+    new_entries: list[tuple[str, str]]
+    entity_types: list[str]
+
+
+class Redactor:
+    """Finds PII with Presidio and replaces it with typed, record-stable placeholders."""
+
+    def __init__(self) -> None:
+        registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+        for recognizer in fedloop_recognizers():
+            registry.add_recognizer(recognizer)
+        engine = _BlankSpacyEngine()
+        engine.load()
+        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=[LANGUAGE])
+
+    def find(self, text: str) -> list[Finding]:
+        """Non-overlapping findings, left to right; on overlap the longer, then higher-scored, span wins."""
+        results = sorted(self._analyzer.analyze(text=text, language=LANGUAGE),
+                         key=lambda r: (-(r.end - r.start), -r.score, r.start))
+        chosen: list[Finding] = []
+        for result in results:
+            if all(result.end <= f.start or result.start >= f.end for f in chosen):
+                chosen.append(Finding(result.entity_type, result.start, result.end))
+        return sorted(chosen, key=lambda f: f.start)
+
+    def redact(self, text: str, placeholders: PlaceholderMap | None = None) -> Redaction:
+        """`text` with each finding replaced by its placeholder in `placeholders` (a fresh map if None)."""
+        placeholders = placeholders if placeholders is not None else PlaceholderMap()
+        findings = self.find(text)
+        pieces, new_entries, cursor = [], [], 0
+        for finding in findings:
+            original = text[finding.start:finding.end]
+            placeholder, is_new = placeholders.placeholder_for(finding.entity_type, original)
+            if is_new:
+                new_entries.append((placeholder, original))
+            pieces += [text[cursor:finding.start], placeholder]
+            cursor = finding.end
+        pieces.append(text[cursor:])
+        return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings])

@@ -1,0 +1,1 @@
+"""Curation: sample weights, near-duplicate merging, poisoning guard, pools, derived signals."""

@@ -1,0 +1,192 @@
+"""From an outcome to a weighted, moderated, de-duplicated sample in a pool.
+
+Weights (documented in docs/curation.md):
+- accept: reward 1.0; weight 1.0, or 0.6 when the user decided faster than
+  `min_dwell_ms` (probably not read);
+- edit then accept: reward 0.3 + 0.4 x similarity(draft, final); weight
+  0.3 + 0.7 x similarity — a light edit says the draft was nearly right and the
+  final is confirmed by the user;
+- reject: reward 0; the user's own reply, if any, is a target with weight
+  `user_reply_weight`; the rejected draft is kept as the "rejected" side of a
+  preference pair.
+A dwell longer than `long_dwell_ms` multiplies the weight by 0.8 (distracted user).
+
+Poisoning guard: near-duplicates (MinHash LSH) share a cluster; within a
+cluster one user's samples together weigh at most `per_user_cluster_cap`, and a
+cluster trains only when `min_distinct_users` distinct pseudonyms back it. A user
+above `max_samples_per_user_per_hour` has further samples kept but rate-limited
+(weight 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from datasketch import MinHash
+from rapidfuzz import fuzz
+
+from fedloop.client.privacy.moderation import ModerationFilter
+from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
+from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import BASELINE_POOLS, DraftRecord, OutcomeRecord, SampleRecord, TrainingExample
+from fedloop.client.tenant_settings import CurationSection, ModerationSection
+
+log = logging.getLogger(__name__)
+BASE_REWARDS = {"accept": 1.0, "edit": 0.3, "reject": 0.0}
+HIGH_RISK_ENTITIES = {"CN_RESIDENT_ID", "BANK_CARD", "CREDIT_CARD", "IBAN_CODE", "US_SSN"}
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Normalised edit similarity in [0, 1] (rapidfuzz ratio, case-folded)."""
+    return fuzz.ratio(a.casefold().strip(), b.casefold().strip()) / 100.0
+
+
+def reward_and_weight(action: str, draft: str, final: str | None, dwell_ms: int,
+                      settings: CurationSection) -> tuple[float, float]:
+    """The refined reward of the draft and the weight of the sample's target, both in [0, 1]."""
+    if action == "accept":
+        reward, weight = 1.0, (1.0 if dwell_ms >= settings.min_dwell_ms else 0.6)
+    elif action == "edit":
+        similarity = text_similarity(draft, final or "")
+        reward, weight = 0.3 + 0.4 * similarity, 0.3 + 0.7 * similarity
+    else:
+        reward, weight = 0.0, (settings.user_reply_weight if final else 0.0)
+    if dwell_ms > settings.long_dwell_ms:
+        weight *= 0.8
+    return reward, min(1.0, max(0.0, weight))
+
+
+@dataclass(frozen=True)
+class PendingIndexEntry:
+    """A sample to add to the near-duplicate index once its transaction has committed."""
+
+    sample_id: str
+    cluster_id: str
+    minhash: MinHash
+
+
+class Curator:
+    """Turns decided drafts into samples; owns the near-duplicate index and the moderation breaker."""
+
+    def __init__(self, store: FeedbackStore, curation: CurationSection, moderation_settings: ModerationSection,
+                 moderation: ModerationFilter) -> None:
+        self._store = store
+        self._settings = curation
+        self._moderation_settings = moderation_settings
+        self._moderation = moderation
+        self._index = NearDuplicateIndex(curation.near_duplicate_threshold)
+        for sample_id, cluster_id, data in store.sample_signatures():
+            self._index.add(sample_id, cluster_id, signature_from_bytes(data))
+
+    def make_sample(self, draft: DraftRecord, outcome: OutcomeRecord,
+                    entity_types: set[str]) -> tuple[SampleRecord, PendingIndexEntry]:
+        """Build and store the sample of a decided draft (call inside the ingest transaction)."""
+        target = draft.draft if outcome.action == "accept" else outcome.final_text
+        rejected = draft.draft if outcome.action == "reject" else None
+        reward, weight = reward_and_weight(outcome.action, draft.draft, outcome.final_text, outcome.dwell_ms,
+                                           self._settings)
+        minhash = signature(f"{draft.prompt}\n{target or draft.draft}")
+        sample_id = f"s-{draft.id}"
+        cluster_id = self._index.cluster_for(minhash) or sample_id
+        status, reason = self._admission(draft, target, rejected)
+        if status == "rate_limited":
+            weight = 0.0
+        sample = SampleRecord(
+            id=sample_id, draft_id=draft.id, cluster_id=cluster_id, user_pseudonym=draft.user_pseudonym,
+            prompt=draft.prompt, target=target, rejected=rejected, reward=reward, weight=weight, pool="candidate",
+            problem_type=None, risk="high" if entity_types & HIGH_RISK_ENTITIES else "low",
+            first_seen_version=draft.model_version, status=status, reason=reason, label=None,
+            created_at_ms=int(time.time() * 1000))
+        self._store.insert_sample(sample, signature_bytes(minhash))
+        if status == "quarantined":
+            self._check_breaker()
+        return sample, PendingIndexEntry(sample_id, cluster_id, minhash)
+
+    def _admission(self, draft: DraftRecord, target: str | None, rejected: str | None) -> tuple[str, str | None]:
+        hour_ago = int(time.time() * 1000) - 3_600_000
+        if self._store.user_sample_count(draft.user_pseudonym, hour_ago) >= self._settings.max_samples_per_user_per_hour:
+            return "rate_limited", f"user above {self._settings.max_samples_per_user_per_hour} samples per hour"
+        for text in (draft.prompt, target, rejected):
+            if text:
+                verdict = self._moderation.review(text)
+                if not verdict.allowed:
+                    return "quarantined", verdict.reason
+        tripped, _ = self._store.breaker_state()
+        if tripped:
+            return "held", "moderation breaker tripped: waiting for an operator reset"
+        return "admitted", None
+
+    def _check_breaker(self) -> None:
+        settings = self._moderation_settings
+        statuses = [s for s in self._store.recent_statuses(settings.breaker_window) if s != "rate_limited"]
+        if len(statuses) < settings.breaker_min_samples:
+            return
+        rate = statuses.count("quarantined") / len(statuses)
+        if rate > settings.breaker_max_rate and not self._store.breaker_state()[0]:
+            reason = f"quarantine rate {rate:.0%} over the last {len(statuses)} samples > {settings.breaker_max_rate:.0%}"
+            self._store.set_breaker(True, reason)
+            self._store.audit("fedloop", "breaker.trip", reason)
+            log.warning("moderation breaker tripped: %s", reason)
+
+    def index(self, entries: list[PendingIndexEntry]) -> None:
+        """Add committed samples to the near-duplicate index."""
+        for entry in entries:
+            self._index.add(entry.sample_id, entry.cluster_id, entry.minhash)
+
+    def reset_breaker(self, operator: str) -> tuple[int, int]:
+        """Reset the breaker; held samples are reviewed again. Returns (admitted, quarantined)."""
+        admitted = quarantined = 0
+        with self._store.transaction():
+            self._store.set_breaker(False, None)
+            for sample in self._store.samples("status = 'held'"):
+                verdicts = [self._moderation.review(t) for t in (sample.prompt, sample.target, sample.rejected) if t]
+                refusal = next((v for v in verdicts if not v.allowed), None)
+                if refusal is None:
+                    self._store.update_sample(sample.id, status="admitted", reason=None)
+                    admitted += 1
+                else:
+                    self._store.update_sample(sample.id, status="quarantined", reason=refusal.reason)
+                    quarantined += 1
+            self._store.audit(operator, "breaker.reset", f"held samples: {admitted} admitted, {quarantined} quarantined")
+        return admitted, quarantined
+
+    def flag_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
+        """Record a derived-signal problem; returns False if the draft already had it.
+
+        The draft's sample moves to the problem pool unless a human already put it in a baseline pool.
+        """
+        if not self._store.record_problem(draft_id, problem_type, model_version, at_ms):
+            return False
+        for sample in self._store.samples("draft_id = ?", (draft_id,)):
+            if sample.pool not in BASELINE_POOLS:
+                self._store.update_sample(sample.id, pool="problem", problem_type=problem_type, risk="medium")
+        return True
+
+
+def training_examples(store: FeedbackStore, settings: CurationSection,
+                      pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
+                      ) -> list[TrainingExample]:
+    """Admitted samples with targets, weighted under the poisoning guard.
+
+    Within a near-duplicate cluster, each user's samples share at most
+    `per_user_cluster_cap` of weight; clusters backed by fewer than
+    `min_distinct_users` users are left out.
+    """
+    marks = ",".join("?" * len(pools))
+    samples = store.samples(f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})", pools)
+    users_in_cluster: dict[str, set[str]] = defaultdict(set)
+    user_cluster_weight: dict[tuple[str, str], float] = defaultdict(float)
+    for sample in samples:
+        users_in_cluster[sample.cluster_id].add(sample.user_pseudonym)
+        user_cluster_weight[(sample.cluster_id, sample.user_pseudonym)] += sample.weight
+    examples = []
+    for sample in samples:
+        if len(users_in_cluster[sample.cluster_id]) < settings.min_distinct_users:
+            continue
+        total = user_cluster_weight[(sample.cluster_id, sample.user_pseudonym)]
+        scale = min(1.0, settings.per_user_cluster_cap / total)
+        examples.append(TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool))
+    return examples

@@ -1,0 +1,58 @@
+"""Near-duplicate lookup over samples with MinHash LSH (datasketch)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+NUM_PERM = 64
+SCHEME = "affine32"  # datasketch's default hashing scheme, stated so stored signatures stay readable
+_SPACES = re.compile(r"\s+")
+
+
+def shingles(text: str, size: int = 3) -> set[bytes]:
+    """Character shingles of the case-folded, space-normalised text (works for Chinese and English)."""
+    normal = _SPACES.sub(" ", text.casefold()).strip()
+    if len(normal) <= size:
+        return {normal.encode()}
+    return {normal[i:i + size].encode() for i in range(len(normal) - size + 1)}
+
+
+def signature(text: str) -> MinHash:
+    """The MinHash of `text`'s shingles."""
+    minhash = MinHash(num_perm=NUM_PERM, scheme=SCHEME)
+    minhash.update_batch(list(shingles(text)))
+    return minhash
+
+
+def signature_bytes(minhash: MinHash) -> bytes:
+    """A MinHash's hash values as bytes, for storage."""
+    return np.asarray(minhash.hashvalues, dtype=np.uint64).tobytes()
+
+
+def signature_from_bytes(data: bytes) -> MinHash:
+    """Rebuild a MinHash from `signature_bytes`."""
+    return MinHash(num_perm=NUM_PERM, hashvalues=np.frombuffer(data, dtype=np.uint64).copy(), scheme=SCHEME)
+
+
+class NearDuplicateIndex:
+    """Maps each sample to a cluster: the first stored sample it nearly duplicates, or itself."""
+
+    def __init__(self, threshold: float) -> None:
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+        self._cluster_of: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._cluster_of)
+
+    def cluster_for(self, minhash: MinHash) -> str | None:
+        """The cluster of an already indexed near-duplicate of `minhash`, or None."""
+        matches = self._lsh.query(minhash)
+        return min((self._cluster_of[m] for m in matches), default=None)
+
+    def add(self, sample_id: str, cluster_id: str, minhash: MinHash) -> None:
+        """Index a sample under its cluster."""
+        self._lsh.insert(sample_id, minhash)
+        self._cluster_of[sample_id] = cluster_id

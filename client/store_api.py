@@ -1,0 +1,127 @@
+"""What the tenant store holds, and the interface any store implementation fills.
+
+`FeedbackStore` (SQLite, store.py) is the default; a PostgreSQL store for large
+tenants implements the same `FeedbackStoreAPI` protocol. Texts in these records
+are already redacted and ids already pseudonymised when they reach a store.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.shared.storage_keys import StorageKeyring
+
+POOLS = ("problem", "candidate", "secondary_baseline", "core_baseline")
+BASELINE_POOLS = ("secondary_baseline", "core_baseline")
+
+
+@dataclass(frozen=True)
+class DraftRecord:
+    """A draft shown to a user."""
+
+    id: str
+    user_pseudonym: str
+    session_pseudonym: str
+    prompt: str
+    draft: str
+    model_version: str
+    prompt_version: str
+    position: int
+    shown_at_ms: int
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """What the user did with a draft."""
+
+    draft_id: str
+    action: str
+    final_text: str | None
+    dwell_ms: int
+    reward: float
+    decided_at_ms: int
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """An implicit signal from the product."""
+
+    event_id: str
+    user_pseudonym: str
+    session_pseudonym: str
+    kind: str
+    draft_id: str | None
+    value: str | None
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """A curated training sample in a pool."""
+
+    id: str
+    draft_id: str
+    cluster_id: str
+    user_pseudonym: str
+    prompt: str
+    target: str | None
+    rejected: str | None
+    reward: float
+    weight: float
+    pool: str
+    problem_type: str | None
+    risk: str
+    first_seen_version: str
+    status: str
+    reason: str | None
+    label: str | None
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """A prompt and the reply to learn, with its sample weight and pool."""
+
+    prompt: str
+    target: str
+    weight: float
+    pool: str
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    """A global version this tenant verified and installed."""
+
+    version_id: str
+    round: int
+    parent: str | None
+    digest: str
+
+
+class FeedbackStoreAPI(Protocol):
+    """The operations the ingestion pipeline, curation and tools need from a store."""
+
+    def transaction(self) -> AbstractContextManager[None]: """Atomic unit of writes."""
+    def use_keys(self, keys: StorageKeyring) -> None: """Switch to a rotated keyring."""
+    def pseudonym(self, identifier: str) -> str: """Keyed pseudonym of a user or session id."""
+    def event_mac(self, event_id: str) -> str | None: """Stored content MAC of an event id."""
+    def insert_event(self, event_id: str, kind: str, content_mac: str) -> None: """Record an event id."""
+    def insert_draft(self, draft: DraftRecord) -> None: """Store a draft."""
+    def get_draft(self, draft_id: str) -> DraftRecord | None: """Fetch a draft."""
+    def has_outcome(self, draft_id: str) -> bool: """Whether a draft has an outcome."""
+    def insert_outcome(self, outcome: OutcomeRecord) -> None: """Store an outcome."""
+    def insert_signal(self, signal: SignalRecord) -> None: """Store a signal."""
+    def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]: """Signals."""
+    def session_drafts(self, session_pseudonym: str) -> list[tuple[str, str, int]]: """Drafts of a session."""
+    def placeholder_map(self, record_id: str) -> PlaceholderMap: """Placeholders of a record."""
+    def vault_add(self, record_id: str, placeholder: str, original: str) -> None: """Vault an original."""
+    def audit(self, actor: str, action: str, subject: str) -> None: """Append an audit entry."""
+    def insert_sample(self, sample: SampleRecord, signature: bytes) -> None: """Store a sample."""
+    def samples(self, where: str = "1=1", params: tuple = ()) -> list[SampleRecord]: """Query samples."""  # type: ignore[type-arg]
+    def update_sample(self, sample_id: str, **fields: object) -> None: """Change a sample's plain fields."""
+    def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool: """Flag."""
+    def breaker_state(self) -> tuple[bool, str | None]: """Moderation breaker state."""
+    def set_breaker(self, tripped: bool, reason: str | None) -> None: """Trip or reset the breaker."""

@@ -1,0 +1,41 @@
+"""Open a tenant's store, privacy pipeline and curation from its settings and keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedloop.client.ingest.pipeline import IngestPipeline
+from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.moderation import LocalModeration, ModerationFilter
+from fedloop.client.samples.curation import Curator
+from fedloop.client.store import FeedbackStore
+from fedloop.client.tenant_settings import TenantSettings
+from fedloop.shared.crypto import sm3_digest
+from fedloop.shared.keys import Identity
+
+
+@dataclass
+class TenantRuntime:
+    """A tenant's open store and the pipeline in front of it."""
+
+    settings: TenantSettings
+    identity: Identity
+    store: FeedbackStore
+    curator: Curator
+    pipeline: IngestPipeline
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+
+def open_tenant(settings: TenantSettings, identity: Identity, store_path: Path | None = None,
+                redactor: Redactor | None = None, moderation: ModerationFilter | None = None) -> TenantRuntime:
+    """Open (creating if needed) the tenant's store and build its ingestion pipeline."""
+    store = FeedbackStore(store_path or settings.store_path, identity.storage, identity.pseudonym_key)
+    moderation = moderation or LocalModeration(settings.moderation.blocklist, settings.moderation.patterns)
+    curator = Curator(store, settings.curation, settings.moderation, moderation)
+    mac_key = sm3_digest(b"fedloop/event-mac/" + identity.pseudonym_key)
+    pipeline = IngestPipeline(store, redactor or Redactor(), curator, settings, mac_key)
+    return TenantRuntime(settings, identity, store, curator, pipeline)
