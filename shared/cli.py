@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
 from fedloop.shared.settings import ConfigError, load_settings
@@ -19,6 +20,9 @@ keys_app = typer.Typer(help="Create and manage key files.", no_args_is_help=True
 model_app = typer.Typer(help="Prepare base models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(vault_app, name="vault")
+app.add_typer(samples_app, name="samples")
 console = Console(stderr=True)
 
 
@@ -42,6 +46,13 @@ def keys_init(
     for kind, path in key_paths(out, name).items():
         typer.echo(f"{kind:8} {path}")
     typer.echo(f"key id   {identity.public.key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(config: Path = typer.Option(Path("configs/tenant.toml"), help="The tenant's TOML settings."),
+                operator: str = typer.Option(..., help="Who rotates (audited).")) -> None:
+    """Add a new active SM4 storage key and re-encrypt the tenant's store while it keeps serving."""
+    rotate_keys(config, operator)
 
 
 @model_app.command("fetch")

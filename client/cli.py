@@ -1,0 +1,253 @@
+"""Tenant commands: `fedloop tenant`, `fedloop vault`, `fedloop samples`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
+from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
+from fedloop.shared.keys import KeyFileError, key_paths, load_identity
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.settings import ConfigError
+
+tenant_app = typer.Typer(help="Run a tenant's services.", no_args_is_help=True)
+vault_app = typer.Typer(help="Reverse placeholders (authorised operators only; every reveal is audited).",
+                        no_args_is_help=True)
+samples_app = typer.Typer(help="Curated samples: review, pools, sweeps, the moderation breaker.", no_args_is_help=True)
+review_app = typer.Typer(help="Human review of samples and pool promotions.", no_args_is_help=True)
+samples_app.add_typer(review_app, name="review")
+console = Console(stderr=True)
+CONFIG = typer.Option(Path("configs/tenant.toml"), "--config", help="The tenant's TOML settings.")
+OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in the audit log).")
+
+
+def fail(message: str) -> None:
+    """Print an error and exit with status 2."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def _settings(config: Path) -> TenantSettings:
+    try:
+        return load_tenant_settings(config)
+    except ConfigError as err:
+        fail(str(err))
+        raise
+
+
+def _open(config: Path) -> TenantRuntime:
+    settings = _settings(config)
+    try:
+        identity = load_identity(Path(settings.tenant.keys_dir), settings.tenant.name)
+    except KeyFileError as err:
+        fail(str(err))
+        raise
+    return open_tenant(settings, identity)
+
+
+@tenant_app.command("serve")
+def serve(config: Path = CONFIG) -> None:
+    """Serve the gRPC FeedbackService until interrupted (SIGINT/SIGTERM)."""
+    from fedloop.client.ingest.service import MaintenanceLoop, start_server
+
+    configure_logging()
+    runtime = _open(config)
+    key_file = key_paths(Path(runtime.settings.tenant.keys_dir), runtime.settings.tenant.name)["storage"]
+    seen = [key_file.stat().st_mtime_ns]
+
+    def reload_keys() -> None:
+        mtime = key_file.stat().st_mtime_ns
+        if mtime != seen[0]:
+            seen[0] = mtime
+            runtime.store.use_keys(load_identity(key_file.parent, runtime.settings.tenant.name).storage)
+            console.print("storage key file changed: now writing with the new active key")
+
+    try:
+        server, port = start_server(runtime, runtime.settings.ingest.address, runtime.settings.ingest.max_workers)
+    except OSError as err:
+        fail(str(err))
+        return
+    maintenance = MaintenanceLoop(runtime, reload_keys)
+    maintenance.start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    host = runtime.settings.ingest.address.rsplit(":", 1)[0]
+    typer.echo(f"fedloop FeedbackService for tenant {runtime.settings.tenant.name!r} listening on {host}:{port}",
+               err=False)
+    stop.wait()
+    maintenance.stop()
+    server.stop(grace=5).wait()
+    runtime.close()
+    typer.echo("stopped")
+
+
+@vault_app.command("reveal")
+def reveal(record: str = typer.Option(..., help="Record id (the draft id, or signal-<event id>)."),
+           placeholder: str = typer.Option(..., help="Placeholder as it appears, e.g. '<CN_MOBILE_1>'."),
+           reason: str = typer.Option(..., help="Why the original is needed (audited)."),
+           operator: str = OPERATOR, config: Path = CONFIG) -> None:
+    """Print the original behind a placeholder; the reveal (not the value) is audited."""
+    if not operator.strip() or not reason.strip():
+        fail("--operator and --reason must not be empty: every reveal is audited")
+    runtime = _open(config)
+    try:
+        with runtime.store.transaction():
+            original = runtime.store.vault_lookup(record, placeholder)
+            outcome = "revealed" if original is not None else "not found"
+            runtime.store.audit(operator, "vault.reveal", f"{record} {placeholder} ({outcome}); reason: {reason}")
+    finally:
+        runtime.close()
+    if original is None:
+        fail(f"no placeholder {placeholder!r} in record {record!r}")
+    typer.echo(original)
+
+
+def _print_samples(samples: list) -> None:  # type: ignore[type-arg]
+    table = Table()
+    for column in ("id", "pool", "status", "weight", "problem", "risk", "first seen", "prompt"):
+        table.add_column(column)
+    for s in samples:
+        table.add_row(s.id, s.pool, s.status, f"{s.weight:.2f}", s.problem_type or "", s.risk, s.first_seen_version,
+                      s.prompt[:50])
+    Console().print(table)
+
+
+@review_app.command("list")
+def review_list(pool: str = typer.Option("", help="Only this pool."), status: str = typer.Option("", help="Only this status."),
+                limit: int = typer.Option(50, help="At most this many."), config: Path = CONFIG) -> None:
+    """List samples (redacted)."""
+    runtime = _open(config)
+    where, params = ["1=1"], []
+    if pool:
+        where.append("pool = ?"), params.append(pool)
+    if status:
+        where.append("status = ?"), params.append(status)
+    samples = runtime.store.samples(" AND ".join(where), tuple(params))[-limit:]
+    runtime.close()
+    _print_samples(samples)
+
+
+@review_app.command("show")
+def review_show(sample_id: str, config: Path = CONFIG) -> None:
+    """Show one sample in full (redacted texts only)."""
+    runtime = _open(config)
+    found = runtime.store.samples("id = ?", (sample_id,))
+    runtime.close()
+    if not found:
+        fail(f"unknown sample {sample_id!r}")
+    for name, value in vars(found[0]).items():
+        if name != "user_pseudonym":
+            typer.echo(f"{name:19} {value}")
+
+
+def _review_action(action: str, sample_id: str, value: str, operator: str, config: Path) -> None:
+    from fedloop.client.samples import pools
+
+    runtime = _open(config)
+    try:
+        sample = getattr(pools, action)(runtime.store, sample_id, value, operator)
+    except pools.ReviewError as err:
+        fail(str(err))
+        return
+    finally:
+        runtime.close()
+    typer.echo(f"{sample.id}: pool {sample.pool}, label {sample.label!r}")
+
+
+@review_app.command("promote")
+def review_promote(sample_id: str, to: str = typer.Option(..., help="secondary_baseline or core_baseline, ..."),
+                   operator: str = OPERATOR, config: Path = CONFIG) -> None:
+    """Move a sample up the pool lifecycle (a human decision, audited)."""
+    _review_action("promote", sample_id, to, operator, config)
+
+
+@review_app.command("demote")
+def review_demote(sample_id: str, to: str = typer.Option(..., help="A lower pool."), operator: str = OPERATOR,
+                  config: Path = CONFIG) -> None:
+    """Move a sample down the pool lifecycle (audited)."""
+    _review_action("demote", sample_id, to, operator, config)
+
+
+@review_app.command("label")
+def review_label(sample_id: str, text: str = typer.Option(..., "--text", help="The label."), operator: str = OPERATOR,
+                 config: Path = CONFIG) -> None:
+    """Attach a label to a sample (audited)."""
+    _review_action("label", sample_id, text, operator, config)
+
+
+@review_app.command("export")
+def review_export(out: Path = typer.Option(..., help="Label Studio tasks JSON to write."), config: Path = CONFIG) -> None:
+    """Export admitted samples as Label Studio tasks (config: configs/label_studio.xml)."""
+    from fedloop.client.samples.pools import export_label_studio
+
+    runtime = _open(config)
+    count = export_label_studio(runtime.store, out)
+    runtime.close()
+    typer.echo(f"{count} tasks written to {out}")
+
+
+@review_app.command("import")
+def review_import(path: Path, operator: str = OPERATOR, config: Path = CONFIG) -> None:
+    """Apply a Label Studio JSON export: pool choices and labels (all checked before any change)."""
+    from fedloop.client.samples.pools import ReviewError, import_label_studio
+
+    runtime = _open(config)
+    try:
+        counts = import_label_studio(runtime.store, path, operator)
+    except ReviewError as err:
+        fail(str(err))
+        return
+    finally:
+        runtime.close()
+    typer.echo(f"{counts['moved']} samples moved, {counts['labelled']} labelled")
+
+
+@samples_app.command("sweep")
+def samples_sweep(config: Path = CONFIG) -> None:
+    """Apply the absence rules (no click, no order, no response, no conversion) now."""
+    runtime = _open(config)
+    raised = runtime.pipeline.sweep()
+    runtime.close()
+    typer.echo(f"{raised} drafts flagged")
+
+
+@samples_app.command("breaker-reset")
+def breaker_reset(operator: str = OPERATOR, config: Path = CONFIG) -> None:
+    """Reset the moderation breaker; held samples are moderated again."""
+    runtime = _open(config)
+    admitted, quarantined = runtime.curator.reset_breaker(operator)
+    runtime.close()
+    typer.echo(f"breaker reset: {admitted} held samples admitted, {quarantined} quarantined")
+
+
+@samples_app.command("problem-rate")
+def problem_rate(problem_type: str = typer.Option(..., "--type", help="e.g. repeated_question"),
+                 versions: list[str] = typer.Option(..., "--version", help="Model version (repeatable)."),
+                 config: Path = CONFIG) -> None:
+    """Share of each version's drafts flagged with a problem type."""
+    runtime = _open(config)
+    for version in versions:
+        flagged, total = runtime.store.problem_rate(problem_type, version)
+        rate = f"{flagged / total:.1%}" if total else "n/a"
+        typer.echo(f"{version}\t{problem_type}\t{flagged}/{total}\t{rate}")
+    runtime.close()
+
+
+def rotate_keys(config: Path, operator: str) -> None:
+    """`fedloop keys rotate`: new active storage key, store re-encrypted while services run."""
+    from fedloop.client.key_rotation import rotate_tenant_storage_key
+
+    settings = _settings(config)
+    try:
+        total = rotate_tenant_storage_key(settings, operator, lambda n: console.print(f"re-encrypted {n} values"))
+    except KeyFileError as err:
+        fail(str(err))
+        return
+    typer.echo(f"storage key rotated for {settings.tenant.name!r}; {total} values re-encrypted")

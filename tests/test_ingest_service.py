@@ -1,0 +1,127 @@
+"""The gRPC FeedbackService, started for real on 127.0.0.1: statuses, idempotency, atomic batches."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedloop.client.ingest.service import start_server
+from fedloop.proto import feedback_pb2 as pb
+from grpc_helpers import draft, outcome, status_of, stub
+
+BAD = grpc.StatusCode
+
+
+@pytest.fixture()
+def service(make_tenant):
+    tenant = make_tenant()
+    server, port = start_server(tenant, "127.0.0.1:0", 4)
+    channel, client = stub(port)
+    yield tenant, client, channel
+    channel.close()
+    server.stop(grace=None).wait()
+
+
+def test_events_are_stored_once_and_replays_are_acknowledged(service) -> None:
+    tenant, client, _ = service
+    ack = client.RecordDraft(draft("e1", "d1"))
+    assert ack.event_id == "e1" and not ack.duplicate
+    assert client.RecordDraft(draft("e1", "d1")).duplicate
+    assert not client.RecordOutcome(outcome("e2", "d1")).duplicate
+    assert client.RecordOutcome(outcome("e2", "d1")).duplicate
+    signal = pb.SignalEvent(event_id="e3", user_id="user-1", session_id="session-1", kind=pb.USER_MESSAGE,
+                            value="thanks", draft_id="d1")
+    assert not client.RecordSignal(signal).duplicate
+    assert tenant.store.count_events() == 3
+    assert tenant.store.outcome_counts() == {"accept": 1}
+
+
+@pytest.mark.parametrize("method, message, expected", [
+    ("RecordDraft", draft("x1", "dx", prompt=""), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("", "dx"), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("x1", "dx", user_id="has space"), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("x1", "dx", prompt="x" * 65537), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("x1", "dx", position=-1), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("x1", "dx", timestamp_ms=-5), BAD.INVALID_ARGUMENT),
+    ("RecordDraft", draft("x1", "dx", timestamp_ms=1_700_000), BAD.INVALID_ARGUMENT),
+    ("RecordOutcome", outcome("x2", "never-recorded"), BAD.NOT_FOUND),
+    ("RecordOutcome", outcome("x2", "d0", dwell_ms=-1), BAD.INVALID_ARGUMENT),
+    ("RecordOutcome", outcome("x2", "d0", dwell_ms=10**12), BAD.INVALID_ARGUMENT),
+    ("RecordOutcome", outcome("x2", "d0", action=99), BAD.INVALID_ARGUMENT),
+    ("RecordOutcome", outcome("x2", "d0", action=pb.EDIT_ACCEPT), BAD.INVALID_ARGUMENT),
+    ("RecordOutcome", outcome("x2", "d0", timestamp_ms=1_000_000_000_000), BAD.FAILED_PRECONDITION),
+    ("RecordOutcome", outcome("e0", "d0"), BAD.ALREADY_EXISTS),
+    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=42), BAD.INVALID_ARGUMENT),
+    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.USER_MESSAGE),
+     BAD.INVALID_ARGUMENT),
+    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.CTA_SHOWN, draft_id="nope"),
+     BAD.NOT_FOUND),
+])
+def test_bad_input_gets_a_precise_status_and_nothing_is_stored(service, method, message, expected) -> None:
+    tenant, client, _ = service
+    client.RecordDraft(draft("e0", "d0"))
+    before = tenant.store.count_events()
+    assert status_of(getattr(client, method), message) == expected
+    assert tenant.store.count_events() == before
+    assert tenant.store.outcome_counts() == {}
+
+
+def test_invalid_utf8_is_invalid_argument(service) -> None:
+    tenant, _, channel = service
+    raw = channel.unary_unary("/fedloop.feedback.v1.FeedbackService/RecordDraft",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    valid = draft("u1", "du").SerializeToString()
+    broken = valid.replace(b"Where is my order", b"Where is my \xff\xfe\xfd\xfc\xfb")
+    assert status_of(raw, broken) == BAD.INVALID_ARGUMENT
+    assert tenant.store.count_events() == 0
+
+
+def test_a_batch_is_stored_whole_or_not_at_all(service) -> None:
+    tenant, client, _ = service
+    good = [pb.Event(draft=draft("b1", "db1")), pb.Event(outcome=outcome("b2", "db1"))]
+    bad_tail = good + [pb.Event(outcome=outcome("b3", "unknown"))]
+    assert status_of(client.RecordBatch, iter(bad_tail)) == BAD.NOT_FOUND
+    assert tenant.store.count_events() == 0
+    out_of_order = [pb.Event(outcome=outcome("b2", "db1")), pb.Event(draft=draft("b1", "db1"))]
+    assert status_of(client.RecordBatch, iter(out_of_order)) == BAD.FAILED_PRECONDITION
+    ack = client.RecordBatch(iter(good))
+    assert (ack.stored, ack.duplicates) == (2, 0)
+    ack = client.RecordBatch(iter(good))
+    assert (ack.stored, ack.duplicates) == (0, 2)
+    assert tenant.store.count_events() == 2
+
+
+ALLOWED = {BAD.OK, BAD.INVALID_ARGUMENT, BAD.NOT_FOUND, BAD.FAILED_PRECONDITION, BAD.ALREADY_EXISTS}
+texts = st.text(max_size=40) | st.sampled_from(["", " ", "d0", "e0", "x" * 70000])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=300), method=st.sampled_from(["RecordDraft", "RecordOutcome", "RecordSignal"]))
+def test_random_bytes_never_crash_the_server(service, payload: bytes, method: str) -> None:
+    tenant, client, channel = service
+    raw = channel.unary_unary(f"/fedloop.feedback.v1.FeedbackService/{method}",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    before = tenant.store.count_events()
+    code = status_of(raw, payload)
+    assert code in ALLOWED
+    if code != BAD.OK:
+        assert tenant.store.count_events() == before
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event_id=texts, draft_id=texts, prompt=texts, action=st.integers(-3, 6), dwell=st.integers(-10, 10**11),
+       final=texts, kind=st.integers(-2, 9))
+def test_random_messages_get_precise_statuses(service, event_id, draft_id, prompt, action, dwell, final, kind) -> None:
+    tenant, client, _ = service
+    calls = [(client.RecordDraft, draft(event_id, draft_id, prompt=prompt)),
+             (client.RecordOutcome, outcome(event_id, draft_id, action=action, dwell_ms=dwell, final_text=final)),
+             (client.RecordSignal, pb.SignalEvent(event_id=event_id, user_id="u", session_id="s", kind=kind,
+                                                  value=final, draft_id=draft_id))]
+    for call, message in calls:
+        before = tenant.store.count_events()
+        code = status_of(call, message)
+        assert code in ALLOWED, (code, message)
+        if code != BAD.OK:
+            assert tenant.store.count_events() == before
