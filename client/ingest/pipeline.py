@@ -10,13 +10,14 @@ service and the Python API both call this one pipeline.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
 from fedloop.client.privacy import Redactor
 from fedloop.client.privacy.redaction import PlaceholderMap
-from fedloop.client.samples.curation import BASE_REWARDS, Curator, PendingIndexEntry
+from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import DraftRecord, OutcomeRecord, SignalRecord
@@ -38,6 +39,7 @@ class IngestPipeline:
         self._settings = settings
         self._mac_key = mac_key
         self.redactions_by_type: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def ingest(self, events: Sequence[pb.Event]) -> list[bool]:
         """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one."""
@@ -51,8 +53,18 @@ class IngestPipeline:
                 kinds.append(check_event(event, limits))
             except IngestError as err:
                 raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
-        pending: list[PendingIndexEntry] = []
         duplicates: list[bool] = []
+        with self._lock:  # the near-duplicate index must follow exactly this transaction's fate
+            try:
+                self._store_events(events, kinds, duplicates)
+            except BaseException:
+                self.curator.forget_uncommitted()
+                raise
+            self.curator.committed()
+        return duplicates
+
+    def _store_events(self, events: Sequence[pb.Event], kinds: list[str], duplicates: list[bool]) -> None:
+        draft_position = {e.draft.draft_id: i for i, e in enumerate(events) if e.WhichOneof("event") == "draft"}
         with self.store.transaction():
             seen: dict[str, str] = {}
             for position, (kind, event) in enumerate(zip(kinds, events)):
@@ -65,16 +77,12 @@ class IngestPipeline:
                                                             "different content; use a new id for a new event")
                     duplicates.append(True)
                     continue
-                later_drafts = {e.draft.draft_id for e in events[position + 1:] if e.WhichOneof("event") == "draft"}
+                later_drafts = {d for d, p in draft_position.items() if p > position} if kind == "outcome" else set()
                 handler = {"draft": self._draft, "outcome": self._outcome, "signal": self._signal}[kind]
-                entry = handler(body, later_drafts)
-                if entry is not None:
-                    pending.append(entry)
+                handler(body, later_drafts)
                 self.store.insert_event(body.event_id, kind, mac)
                 seen[body.event_id] = mac
                 duplicates.append(False)
-        self.curator.index(pending)
-        return duplicates
 
     def _redact(self, record_id: str, placeholders: PlaceholderMap, text: str) -> str:
         redaction = self._redactor.redact(text, placeholders)
@@ -96,7 +104,7 @@ class IngestPipeline:
             model_version=event.model_version, prompt_version=event.prompt_version, position=event.position,
             shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest)))
 
-    def _outcome(self, event: pb.OutcomeEvent, later_drafts: set[str]) -> PendingIndexEntry:
+    def _outcome(self, event: pb.OutcomeEvent, later_drafts: set[str]) -> None:
         draft = self.store.get_draft(event.draft_id)
         if draft is None:
             if event.draft_id in later_drafts:
@@ -115,8 +123,7 @@ class IngestPipeline:
         outcome = OutcomeRecord(event.draft_id, action, final, event.dwell_ms, BASE_REWARDS[action], decided)
         self.store.insert_outcome(outcome)
         entity_types = self.store.placeholder_map(event.draft_id).entity_types()
-        _, entry = self.curator.make_sample(draft, outcome, entity_types)
-        return entry
+        self.curator.make_sample(draft, outcome, entity_types)
 
     def _signal(self, event: pb.SignalEvent, later_drafts: set[str]) -> None:
         if event.draft_id and self.store.get_draft(event.draft_id) is None:

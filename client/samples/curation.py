@@ -23,9 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
-from datasketch import MinHash
 from rapidfuzz import fuzz
 
 from fedloop.client.privacy.moderation import ModerationFilter
@@ -59,15 +57,6 @@ def reward_and_weight(action: str, draft: str, final: str | None, dwell_ms: int,
     return reward, min(1.0, max(0.0, weight))
 
 
-@dataclass(frozen=True)
-class PendingIndexEntry:
-    """A sample to add to the near-duplicate index once its transaction has committed."""
-
-    sample_id: str
-    cluster_id: str
-    minhash: MinHash
-
-
 class Curator:
     """Turns decided drafts into samples; owns the near-duplicate index and the moderation breaker."""
 
@@ -78,12 +67,17 @@ class Curator:
         self._moderation_settings = moderation_settings
         self._moderation = moderation
         self._index = NearDuplicateIndex(curation.near_duplicate_threshold)
+        self._uncommitted: list[str] = []
         for sample_id, cluster_id, data in store.sample_signatures():
             self._index.add(sample_id, cluster_id, signature_from_bytes(data))
 
-    def make_sample(self, draft: DraftRecord, outcome: OutcomeRecord,
-                    entity_types: set[str]) -> tuple[SampleRecord, PendingIndexEntry]:
-        """Build and store the sample of a decided draft (call inside the ingest transaction)."""
+    def make_sample(self, draft: DraftRecord, outcome: OutcomeRecord, entity_types: set[str]) -> SampleRecord:
+        """Build and store the sample of a decided draft (call inside the ingest transaction).
+
+        The sample enters the near-duplicate index at once, so later samples of
+        the same batch find it; `forget_uncommitted` takes it out again if the
+        transaction rolls back.
+        """
         target = draft.draft if outcome.action == "accept" else outcome.final_text
         rejected = draft.draft if outcome.action == "reject" else None
         reward, weight = reward_and_weight(outcome.action, draft.draft, outcome.final_text, outcome.dwell_ms,
@@ -101,9 +95,11 @@ class Curator:
             first_seen_version=draft.model_version, status=status, reason=reason, label=None,
             created_at_ms=int(time.time() * 1000))
         self._store.insert_sample(sample, signature_bytes(minhash))
+        self._index.add(sample_id, cluster_id, minhash)
+        self._uncommitted.append(sample_id)
         if status == "quarantined":
             self._check_breaker()
-        return sample, PendingIndexEntry(sample_id, cluster_id, minhash)
+        return sample
 
     def _admission(self, draft: DraftRecord, target: str | None, rejected: str | None) -> tuple[str, str | None]:
         hour_ago = int(time.time() * 1000) - 3_600_000
@@ -131,10 +127,15 @@ class Curator:
             self._store.audit("fedloop", "breaker.trip", reason)
             log.warning("moderation breaker tripped: %s", reason)
 
-    def index(self, entries: list[PendingIndexEntry]) -> None:
-        """Add committed samples to the near-duplicate index."""
-        for entry in entries:
-            self._index.add(entry.sample_id, entry.cluster_id, entry.minhash)
+    def committed(self) -> None:
+        """The transaction holding the latest samples committed: keep them in the index."""
+        self._uncommitted.clear()
+
+    def forget_uncommitted(self) -> None:
+        """The transaction holding the latest samples rolled back: drop them from the index."""
+        for sample_id in self._uncommitted:
+            self._index.remove(sample_id)
+        self._uncommitted.clear()
 
     def reset_breaker(self, operator: str) -> tuple[int, int]:
         """Reset the breaker; held samples are reviewed again. Returns (admitted, quarantined)."""

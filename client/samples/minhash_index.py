@@ -56,3 +56,8 @@ class NearDuplicateIndex:
         """Index a sample under its cluster."""
         self._lsh.insert(sample_id, minhash)
         self._cluster_of[sample_id] = cluster_id
+
+    def remove(self, sample_id: str) -> None:
+        """Take a sample out of the index."""
+        self._lsh.remove(sample_id)
+        del self._cluster_of[sample_id]
