@@ -47,3 +47,13 @@ def test_placeholders_are_stable_within_a_record(redactor: Redactor) -> None:
 def test_text_without_pii_is_unchanged(redactor: Redactor) -> None:
     text = "Order 12345 ships in 2 days; ticket 2024-05-01."
     assert redactor.redact(text).text == text
+
+
+def test_precision_and_recall_on_the_labelled_set(redactor: Redactor) -> None:
+    from pathlib import Path
+
+    from fedloop.client.privacy.evaluation import evaluate
+
+    report = evaluate(redactor, Path(__file__).parent / "data" / "pii_labelled.jsonl")
+    assert report.sentences >= 200
+    assert report.precision() >= 0.95 and report.recall() >= 0.95, (report.precision(), report.recall())

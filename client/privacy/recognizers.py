@@ -115,24 +115,50 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return bool(_OFFLINE_SUFFIXES(pattern_text.rsplit("@", 1)[-1]).top_domain_under_public_suffix)
 
 
+PROVINCES = ("北京|天津|上海|重庆|河北|山西|辽宁|吉林|黑龙江|江苏|浙江|安徽|福建|江西|山东|河南|湖北|湖南|广东|海南|"
+             "四川|贵州|云南|陕西|甘肃|青海|台湾|内蒙古|广西|西藏|宁夏|新疆|香港|澳门")
+
+
 class ChineseAddressRecognizer(PatternRecognizer):
-    """Chinese postal addresses: province/city/district followed by a street-level part."""
+    """Chinese postal addresses: a province-level name, then city/district, street and number."""
 
     def __init__(self) -> None:
-        admin = r"[\u4e00-\u9fa5]{2,8}?(?:省|自治区|市)"
-        local = r"(?:[\u4e00-\u9fa5]{1,8}?(?:市|区|县|镇|乡))*"
-        street = r"[\u4e00-\u9fa5A-Za-z0-9]{1,12}?(?:路|街|大道|道|巷|弄|胡同|村)"
-        number = r"(?:[0-9一二三四五六七八九十百]+(?:号|弄|栋|幢|楼|单元|室|号楼))*"
+        admin = f"(?:{PROVINCES})(?:省|市|自治区|特别行政区)?"
+        local = r"(?:[\u4e00-\u9fa5]{1,6}?(?:市|区|县|镇|乡))*"
+        street = r"(?:[\u4e00-\u9fa5A-Za-z0-9]{1,12}?(?:路|街|大道|道|巷|弄|胡同|村)){1,2}"
+        number = r"(?:[0-9一二三四五六七八九十百]+(?:号楼|号|弄|栋|幢|楼|单元|室|段))*"
         super().__init__(
             supported_entity="CN_ADDRESS", supported_language=LANGUAGE,
             patterns=[Pattern("cn_address", admin + local + street + number, 0.6),
-                      Pattern("cn_street", r"[\u4e00-\u9fa5]{1,8}?(?:区|县)" + street + number + r"(?<=号|室|楼|元)", 0.5)],
+                      Pattern("cn_street", r"[\u4e00-\u9fa5]{1,3}?(?:区|县)" + street + number
+                              + r"(?<=号|室|楼|元)", 0.5)],
             context=["地址", "住址", "收货", "寄到", "送到", "address"],
         )
 
 
+def may_contain_pii(text: str) -> bool:
+    """A cheap pre-check: False only when no recognizer here can match (no digit, '@', ':',
+    name context word or province name), so the full analysis can be skipped."""
+    return _TRIGGERS.search(text) is not None
+
+
 _NAME_AFTER = r"(?:我叫|我是|姓名[:：]?|联系人[:：]?|收件人[:：]?|收货人[:：]?)\s*"
 _NAME_BEFORE = r"(?=先生|女士|小姐|同学|老师|经理)"
+
+
+class IPv4Recognizer(PatternRecognizer):
+    """IPv4 addresses bounded by non-digits, so adjacent Chinese characters do not hide them."""
+
+    def __init__(self) -> None:
+        octet = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+        super().__init__(
+            supported_entity="IP_ADDRESS", supported_language=LANGUAGE,
+            patterns=[Pattern("ipv4", rf"(?<![\d.]){octet}(?:\.{octet}){{3}}(?![\d.])", 0.8)],
+            context=["ip", "地址", "登录", "server"],
+        )
+
+
+_TRIGGERS = re.compile(r"[\d@:]|我叫|我是|姓名|联系人|收件人|收货人|先生|女士|小姐|同学|老师|经理|" + PROVINCES)
 
 
 class ChineseNameRecognizer(EntityRecognizer):
@@ -161,7 +187,7 @@ def fedloop_recognizers() -> list[EntityRecognizer]:
     return [
         ChineseMobileRecognizer(), ChineseLandlineRecognizer(), ResidentIdRecognizer(), BankCardRecognizer(),
         OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(),
-        IpRecognizer(supported_language=LANGUAGE),
+        IPv4Recognizer(), IpRecognizer(supported_language=LANGUAGE),
         PhoneRecognizer(supported_language=LANGUAGE, supported_regions=("US", "GB", "CA", "AU", "IN", "DE", "FR")),
         CreditCardRecognizer(supported_language=LANGUAGE),
         IbanRecognizer(supported_language=LANGUAGE),

@@ -14,7 +14,10 @@ import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
-from fedloop.client.privacy.recognizers import LANGUAGE, fedloop_recognizers
+from fedloop.client.privacy.recognizers import LANGUAGE, fedloop_recognizers, may_contain_pii
+
+
+SPECIFICITY = {"CN_RESIDENT_ID": 3, "IP_ADDRESS": 2, "BANK_CARD": 1, "CREDIT_CARD": 1}
 
 
 class _BlankSpacyEngine(SpacyNlpEngine):
@@ -78,9 +81,15 @@ class Redactor:
         self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=[LANGUAGE])
 
     def find(self, text: str) -> list[Finding]:
-        """Non-overlapping findings, left to right; on overlap the longer, then higher-scored, span wins."""
+        """Non-overlapping findings, left to right.
+
+        On overlap the longer span wins, then the more specific type (a valid
+        resident id over a card number that also passes Luhn), then the score.
+        """
+        if not may_contain_pii(text):
+            return []
         results = sorted(self._analyzer.analyze(text=text, language=LANGUAGE),
-                         key=lambda r: (-(r.end - r.start), -r.score, r.start))
+                         key=lambda r: (-(r.end - r.start), -SPECIFICITY.get(r.entity_type, 0), -r.score, r.start))
         chosen: list[Finding] = []
         for result in results:
             if all(result.end <= f.start or result.start >= f.end for f in chosen):
