@@ -188,7 +188,9 @@ def fedloop_recognizers() -> list[EntityRecognizer]:
         ChineseMobileRecognizer(), ChineseLandlineRecognizer(), ResidentIdRecognizer(), BankCardRecognizer(),
         OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(),
         IPv4Recognizer(), IpRecognizer(supported_language=LANGUAGE),
-        PhoneRecognizer(supported_language=LANGUAGE, supported_regions=("US", "GB", "CA", "AU", "IN", "DE", "FR")),
+        # Numbers written with a +country prefix are found whatever the region; the regions only
+        # add national formats, and each costs a full phonenumbers pass over the text.
+        PhoneRecognizer(supported_language=LANGUAGE, supported_regions=("US", "GB")),
         CreditCardRecognizer(supported_language=LANGUAGE),
         IbanRecognizer(supported_language=LANGUAGE),
         UsSsnRecognizer(supported_language=LANGUAGE),

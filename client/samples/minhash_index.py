@@ -10,6 +10,7 @@ from datasketch import MinHash, MinHashLSH
 NUM_PERM = 64
 SCHEME = "affine32"  # datasketch's default hashing scheme, stated so stored signatures stay readable
 _SPACES = re.compile(r"\s+")
+_PERMUTATIONS = MinHash(num_perm=NUM_PERM, scheme=SCHEME).permutations  # computed once, shared by every MinHash
 
 
 def shingles(text: str, size: int = 3) -> set[bytes]:
@@ -22,7 +23,7 @@ def shingles(text: str, size: int = 3) -> set[bytes]:
 
 def signature(text: str) -> MinHash:
     """The MinHash of `text`'s shingles."""
-    minhash = MinHash(num_perm=NUM_PERM, scheme=SCHEME)
+    minhash = MinHash(num_perm=NUM_PERM, scheme=SCHEME, permutations=_PERMUTATIONS)
     minhash.update_batch(list(shingles(text)))
     return minhash
 
@@ -34,7 +35,8 @@ def signature_bytes(minhash: MinHash) -> bytes:
 
 def signature_from_bytes(data: bytes) -> MinHash:
     """Rebuild a MinHash from `signature_bytes`."""
-    return MinHash(num_perm=NUM_PERM, hashvalues=np.frombuffer(data, dtype=np.uint64).copy(), scheme=SCHEME)
+    return MinHash(num_perm=NUM_PERM, hashvalues=np.frombuffer(data, dtype=np.uint64).copy(), scheme=SCHEME,
+                   permutations=_PERMUTATIONS)
 
 
 class NearDuplicateIndex:
