@@ -13,6 +13,7 @@ from rich.table import Table
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.keys import KeyFileError, key_paths, load_identity
+from fedloop.shared.console import output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.settings import ConfigError
 
@@ -112,11 +113,11 @@ def reveal(record: str = typer.Option(..., help="Record id (the draft id, or sig
 def _print_samples(samples: list) -> None:  # type: ignore[type-arg]
     table = Table()
     for column in ("id", "pool", "status", "weight", "problem", "risk", "first seen", "prompt"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "prompt")
     for s in samples:
         table.add_row(s.id, s.pool, s.status, f"{s.weight:.2f}", s.problem_type or "", s.risk, s.first_seen_version,
                       s.prompt[:50])
-    Console().print(table)
+    output_console().print(table)
 
 
 @review_app.command("list")

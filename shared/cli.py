@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
+from fedloop.shared.console import output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
 from fedloop.shared.settings import ConfigError, load_settings
@@ -91,7 +91,7 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     except SimulationError as err:
         _fail(str(err))
         return
-    out = Console(width=None if sys.stdout.isatty() else 120)
+    out = output_console()
     render_summary(summary, out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
     out.print(f"wall time: {time.monotonic() - started:.0f} s")

@@ -133,3 +133,23 @@ def test_generated_grpc_code_is_reproducible_from_the_proto(tmp_path: Path) -> N
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     for generated in module.generate(tmp_path):
         assert generated.read_text() == (ROOT / "proto" / generated.name).read_text(), generated.name
+
+
+def test_review_cli_lists_promotes_and_reports_problem_rates(make_tenant, tmp_path: Path) -> None:
+    tenant = make_tenant()
+    sample_id = _one_sample(tenant, "call me on 13812345678")
+    config = _config(tenant, tmp_path)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["samples", "review", "list", "--config", str(config)])
+    assert listed.exit_code == 0 and sample_id in listed.output and "13812345678" not in listed.output
+    shown = runner.invoke(app, ["samples", "review", "show", sample_id, "--config", str(config)])
+    assert "<CN_MOBILE_1>" in shown.output and "13812345678" not in shown.output
+    promoted = runner.invoke(app, ["samples", "review", "promote", sample_id, "--to", "core_baseline",
+                                   "--operator", "ana", "--config", str(config)])
+    assert promoted.exit_code == 0 and "pool core_baseline" in promoted.output
+    refused = runner.invoke(app, ["samples", "review", "promote", sample_id, "--to", "candidate",
+                                  "--operator", "ana", "--config", str(config)])
+    assert refused.exit_code == 2 and "promote goes up" in refused.output
+    rates = runner.invoke(app, ["samples", "problem-rate", "--type", "repeated_question", "--version", "v1",
+                                "--version", "v2", "--config", str(config)])
+    assert rates.exit_code == 0 and "v1\trepeated_question\t0/1" in rates.output and "v2\trepeated_question\t0/0\tn/a" in rates.output
