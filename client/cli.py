@@ -7,13 +7,12 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.keys import KeyFileError, key_paths, load_identity
-from fedloop.shared.console import output_console
+from fedloop.shared.console import errors, fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.settings import ConfigError
 
@@ -23,15 +22,8 @@ vault_app = typer.Typer(help="Reverse placeholders (authorised operators only; e
 samples_app = typer.Typer(help="Curated samples: review, pools, sweeps, the moderation breaker.", no_args_is_help=True)
 review_app = typer.Typer(help="Human review of samples and pool promotions.", no_args_is_help=True)
 samples_app.add_typer(review_app, name="review")
-console = Console(stderr=True)
 CONFIG = typer.Option(Path("configs/tenant.toml"), "--config", help="The tenant's TOML settings.")
 OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in the audit log).")
-
-
-def fail(message: str) -> None:
-    """Print an error and exit with status 2."""
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=2)
 
 
 def _settings(config: Path) -> TenantSettings:
@@ -39,7 +31,6 @@ def _settings(config: Path) -> TenantSettings:
         return load_tenant_settings(config)
     except ConfigError as err:
         fail(str(err))
-        raise
 
 
 def _open(config: Path) -> TenantRuntime:
@@ -48,7 +39,6 @@ def _open(config: Path) -> TenantRuntime:
         identity = load_identity(Path(settings.tenant.keys_dir), settings.tenant.name)
     except KeyFileError as err:
         fail(str(err))
-        raise
     return open_tenant(settings, identity)
 
 
@@ -67,13 +57,12 @@ def serve(config: Path = CONFIG) -> None:
         if mtime != seen[0]:
             seen[0] = mtime
             runtime.store.use_keys(load_identity(key_file.parent, runtime.settings.tenant.name).storage)
-            console.print("storage key file changed: now writing with the new active key")
+            errors.print("storage key file changed: now writing with the new active key")
 
     try:
         server, port = start_server(runtime, runtime.settings.ingest.address, runtime.settings.ingest.max_workers)
     except OSError as err:
         fail(str(err))
-        return
     maintenance = MaintenanceLoop(runtime, reload_keys)
     maintenance.start()
     stop = threading.Event()
@@ -156,7 +145,6 @@ def _review_action(action: str, sample_id: str, value: str, operator: str, confi
         sample = getattr(pools, action)(runtime.store, sample_id, value, operator)
     except pools.ReviewError as err:
         fail(str(err))
-        return
     finally:
         runtime.close()
     typer.echo(f"{sample.id}: pool {sample.pool}, label {sample.label!r}")
@@ -204,7 +192,6 @@ def review_import(path: Path, operator: str = OPERATOR, config: Path = CONFIG) -
         counts = import_label_studio(runtime.store, path, operator)
     except ReviewError as err:
         fail(str(err))
-        return
     finally:
         runtime.close()
     typer.echo(f"{counts['moved']} samples moved, {counts['labelled']} labelled")
@@ -247,8 +234,7 @@ def rotate_keys(config: Path, operator: str) -> None:
 
     settings = _settings(config)
     try:
-        total = rotate_tenant_storage_key(settings, operator, lambda n: console.print(f"re-encrypted {n} values"))
+        total = rotate_tenant_storage_key(settings, operator, lambda n: errors.print(f"re-encrypted {n} values"))
     except KeyFileError as err:
         fail(str(err))
-        return
     typer.echo(f"storage key rotated for {settings.tenant.name!r}; {total} values re-encrypted")

@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
-from fedloop.shared.console import output_console
+from fedloop.shared.console import fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
 from fedloop.shared.settings import ConfigError, load_settings
@@ -23,12 +22,6 @@ app.add_typer(model_app, name="model")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(vault_app, name="vault")
 app.add_typer(samples_app, name="samples")
-console = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=2)
 
 
 @keys_app.command("init")
@@ -41,8 +34,7 @@ def keys_init(
     try:
         identity = init_keys(role, name, out)  # type: ignore[arg-type]
     except KeyFileError as err:
-        _fail(str(err))
-        return
+        fail(str(err))
     for kind, path in key_paths(out, name).items():
         typer.echo(f"{kind:8} {path}")
     typer.echo(f"key id   {identity.public.key_id}")
@@ -67,7 +59,7 @@ def model_fetch(
     try:
         typer.echo(f"model ready at {ensure_default_model(out, cache)}")
     except ModelFetchError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 @app.command("demo")
@@ -80,17 +72,15 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     try:
         settings = load_settings(config)
     except ConfigError as err:
-        _fail(str(err))
-        return
+        fail(str(err))
     if not (Path(settings.paths.model_dir) / "config.json").exists():
-        _fail(f"no model at {settings.paths.model_dir}: run `fedloop model fetch` (or `make model`) first")
+        fail(f"no model at {settings.paths.model_dir}: run `fedloop model fetch` (or `make model`) first")
     started = time.monotonic()
     layout = prepare_run(settings, Path(settings.paths.runs_dir))
     try:
         summary = run_federation(settings, layout)
     except SimulationError as err:
-        _fail(str(err))
-        return
+        fail(str(err))
     out = output_console()
     render_summary(summary, out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
+import typer
 from rich.console import Console
 
 PIPED_WIDTH = 160
+errors = Console(stderr=True)
 
 
 def output_console() -> Console:
     """A rich Console for stdout: the terminal's width, or PIPED_WIDTH columns when not a terminal."""
     return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def fail(message: str) -> NoReturn:
+    """Print `message` as an error on stderr and exit with status 2."""
+    errors.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)

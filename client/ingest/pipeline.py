@@ -19,8 +19,7 @@ from fedloop.client.privacy import Redactor
 from fedloop.client.privacy.redaction import PlaceholderMap
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
-from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import DraftRecord, OutcomeRecord, SignalRecord
+from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.crypto import hmac_sm3
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 class IngestPipeline:
     """Everything between a feedback event and the tenant's store."""
 
-    def __init__(self, store: FeedbackStore, redactor: Redactor, curator: Curator, settings: TenantSettings,
+    def __init__(self, store: FeedbackStoreAPI, redactor: Redactor, curator: Curator, settings: TenantSettings,
                  mac_key: bytes) -> None:
         self.store = store
         self.curator = curator

@@ -28,8 +28,8 @@ from rapidfuzz import fuzz
 
 from fedloop.client.privacy.moderation import ModerationFilter
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
-from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import BASELINE_POOLS, DraftRecord, OutcomeRecord, SampleRecord, TrainingExample
+from fedloop.client.store_api import (BASELINE_POOLS, DraftRecord, FeedbackStoreAPI, OutcomeRecord, SampleRecord,
+                                      TrainingExample)
 from fedloop.client.tenant_settings import CurationSection, ModerationSection
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def reward_and_weight(action: str, draft: str, final: str | None, dwell_ms: int,
 class Curator:
     """Turns decided drafts into samples; owns the near-duplicate index and the moderation breaker."""
 
-    def __init__(self, store: FeedbackStore, curation: CurationSection, moderation_settings: ModerationSection,
+    def __init__(self, store: FeedbackStoreAPI, curation: CurationSection, moderation_settings: ModerationSection,
                  moderation: ModerationFilter) -> None:
         self._store = store
         self._settings = curation
@@ -167,7 +167,7 @@ class Curator:
         return True
 
 
-def training_examples(store: FeedbackStore, settings: CurationSection,
+def training_examples(store: FeedbackStoreAPI, settings: CurationSection,
                       pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
                       ) -> list[TrainingExample]:
     """Admitted samples with targets, weighted under the poisoning guard.

@@ -18,15 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import POOLS, SampleRecord
+from fedloop.client.store_api import POOLS, FeedbackStoreAPI, SampleRecord
 
 
 class ReviewError(ValueError):
     """A review action was refused; nothing changed."""
 
 
-def _sample(store: FeedbackStore, sample_id: str) -> SampleRecord:
+def _sample(store: FeedbackStoreAPI, sample_id: str) -> SampleRecord:
     found = store.samples("id = ?", (sample_id,))
     if not found:
         raise ReviewError(f"unknown sample {sample_id!r}: see `fedloop samples review list`")
@@ -39,7 +38,7 @@ def _operator(operator: str) -> str:
     return operator.strip()
 
 
-def move(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> SampleRecord:
+def move(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -> SampleRecord:
     """Put a sample in `pool` (any direction) on an operator's decision."""
     operator = _operator(operator)
     if pool not in POOLS:
@@ -54,7 +53,7 @@ def move(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> Samp
     return _sample(store, sample_id)
 
 
-def promote(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> SampleRecord:
+def promote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -> SampleRecord:
     """Move a sample up the lifecycle (to a later pool)."""
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) <= POOLS.index(current):
@@ -62,7 +61,7 @@ def promote(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> S
     return move(store, sample_id, pool, operator)
 
 
-def demote(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> SampleRecord:
+def demote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -> SampleRecord:
     """Move a sample down the lifecycle (to an earlier pool)."""
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) >= POOLS.index(current):
@@ -70,7 +69,7 @@ def demote(store: FeedbackStore, sample_id: str, pool: str, operator: str) -> Sa
     return move(store, sample_id, pool, operator)
 
 
-def label(store: FeedbackStore, sample_id: str, text: str, operator: str) -> SampleRecord:
+def label(store: FeedbackStoreAPI, sample_id: str, text: str, operator: str) -> SampleRecord:
     """Attach a free-text label (e.g. a problem type or a note) to a sample."""
     operator = _operator(operator)
     with store.transaction():
@@ -80,7 +79,7 @@ def label(store: FeedbackStore, sample_id: str, text: str, operator: str) -> Sam
     return _sample(store, sample_id)
 
 
-def export_label_studio(store: FeedbackStore, out: Path, pools: tuple[str, ...] = POOLS) -> int:
+def export_label_studio(store: FeedbackStoreAPI, out: Path, pools: tuple[str, ...] = POOLS) -> int:
     """Write Label Studio tasks for admitted samples in `pools`; returns how many."""
     marks = ",".join("?" * len(pools))
     tasks = [{"data": {"sample_id": s.id, "prompt": s.prompt, "reply": s.target or "", "rejected": s.rejected or "",
@@ -104,7 +103,7 @@ def _latest_annotation(task: dict[str, Any]) -> tuple[str | None, str | None]:
     return pool, text
 
 
-def import_label_studio(store: FeedbackStore, path: Path, operator: str) -> dict[str, int]:
+def import_label_studio(store: FeedbackStoreAPI, path: Path, operator: str) -> dict[str, int]:
     """Apply annotations from a Label Studio JSON export; returns counts of moves and labels.
 
     Every task is checked before anything changes: an unknown sample or pool
