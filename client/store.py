@@ -21,7 +21,7 @@ from fedloop.client.privacy.redaction import PlaceholderMap
 from fedloop.client.store_api import (DraftRecord, InstalledVersion, OutcomeRecord, SampleRecord, SignalRecord)
 from fedloop.shared.crypto import hmac_sm3
 from fedloop.shared.sqlite_db import open_database
-from fedloop.shared.storage_keys import StorageKeyring
+from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -312,21 +312,21 @@ class FeedbackStore:
         Each batch is its own short transaction, so ingestion keeps running during a rotation.
         """
         done = 0
-        active = self._keys.active
+        active = self._keys.active_tag()
         with self.transaction():
             for table, (key_expr, columns) in ENCRYPTED_COLUMNS.items():
                 for column in columns:
                     rows = self._db.execute(
-                        f"SELECT rowid, {key_expr}, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall()
+                        f"SELECT rowid, {key_expr}, {column} FROM {table} "
+                        f"WHERE {column} IS NOT NULL AND substr({column}, {KEY_TAG_POSITION}, 2) != ? LIMIT ?",
+                        (active, batch_size - done)).fetchall()
                     for rowid, row_key, sealed in rows:
-                        if done >= batch_size:
-                            return done
-                        if StorageKeyring.key_number(sealed) == active:
-                            continue
                         aad = f"{table}/{column}/{row_key}".encode()
                         resealed = self._keys.seal(self._keys.open(sealed, aad), aad)
                         self._db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (resealed, rowid))
                         done += 1
+                    if done >= batch_size:
+                        return done
         return done
 
     def raw_connection(self) -> sqlite3.Connection:

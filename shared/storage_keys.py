@@ -14,6 +14,7 @@ from fedloop.shared.crypto import CryptoError, open_field, seal_field
 
 _PREFIX = struct.Struct(">BH")
 _FORMAT = 1
+KEY_TAG_POSITION = 2  # 1-based byte position of the 2-byte key number in a sealed value (for SQL substr)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class StorageKeyring:
         if key_no not in self.keys:
             raise CryptoError(f"value was sealed with storage key {key_no}, which this keyring does not hold")
         return open_field(self.keys[key_no], sealed[_PREFIX.size:], aad)
+
+    def active_tag(self) -> bytes:
+        """The 2 bytes at KEY_TAG_POSITION of every value sealed by the active key."""
+        return self.active.to_bytes(2, "big")
 
     @staticmethod
     def key_number(sealed: bytes) -> int:
