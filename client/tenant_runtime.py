@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.finders import Finder, LocalFinder, PoolFinder
 from fedloop.client.privacy.moderation import LocalModeration, ModerationFilter
 from fedloop.client.samples.curation import Curator
 from fedloop.client.store import FeedbackStore
@@ -25,17 +26,25 @@ class TenantRuntime:
     curator: Curator
     pipeline: IngestPipeline
 
+    finder: Finder
+
     def close(self) -> None:
-        """Close the store."""
+        """Close the store and stop any redaction workers."""
         self.store.close()
+        self.finder.close()
 
 
 def open_tenant(settings: TenantSettings, identity: Identity, store_path: Path | None = None,
                 redactor: Redactor | None = None, moderation: ModerationFilter | None = None) -> TenantRuntime:
-    """Open (creating if needed) the tenant's store and build its ingestion pipeline."""
+    """Open (creating if needed) the tenant's store and build its ingestion pipeline.
+
+    With `ingest.redaction_workers` > 0, PII is found in that many worker processes.
+    """
     store = FeedbackStore(store_path or settings.store_path, identity.storage, identity.pseudonym_key)
     moderation = moderation or LocalModeration(settings.moderation.blocklist, settings.moderation.patterns)
     curator = Curator(store, settings.curation, settings.moderation, moderation)
     mac_key = sm3_digest(b"fedloop/event-mac/" + identity.pseudonym_key)
-    pipeline = IngestPipeline(store, redactor or Redactor(), curator, settings, mac_key)
-    return TenantRuntime(settings, identity, store, curator, pipeline)
+    workers = settings.ingest.redaction_workers
+    finder: Finder = PoolFinder(workers) if workers else LocalFinder(redactor or Redactor())
+    pipeline = IngestPipeline(store, finder, curator, settings, mac_key)
+    return TenantRuntime(settings, identity, store, curator, pipeline, finder)

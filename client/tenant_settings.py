@@ -29,6 +29,7 @@ class IngestSection:
     max_position: int = 1000
     max_clock_skew_ms: int = 86_400_000
     max_batch_events: int = 1000
+    redaction_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class TenantSettings:
 
     def __post_init__(self) -> None:
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
+        require(0 <= self.ingest.redaction_workers <= 64, "ingest.redaction_workers",
+                "an integer in [0, 64] (0 = find PII in the service process)")
         require(1 <= self.ingest.max_text_bytes <= 16 * 2**20, "ingest.max_text_bytes", "in [1, 16 MiB]")
         require(0.0 < self.moderation.breaker_max_rate <= 1.0, "moderation.breaker_max_rate", "in (0, 1]")
         require(0.0 < self.curation.near_duplicate_threshold <= 1.0, "curation.near_duplicate_threshold",

@@ -57,3 +57,15 @@ def test_precision_and_recall_on_the_labelled_set(redactor: Redactor) -> None:
     report = evaluate(redactor, Path(__file__).parent / "data" / "pii_labelled.jsonl")
     assert report.sentences >= 200
     assert report.precision() >= 0.95 and report.recall() >= 0.95, (report.precision(), report.recall())
+
+
+def test_worker_pool_finds_what_the_local_redactor_finds(redactor: Redactor) -> None:
+    from fedloop.client.privacy.finders import LocalFinder, PoolFinder
+
+    texts = ["请拨打13812345678联系我", "nothing here", "邮箱zhang_san@qq.com 和 10.1.2.3", ""]
+    pool = PoolFinder(1)
+    try:
+        assert pool.find_many(texts) == LocalFinder(redactor).find_many(texts)
+        assert pool.find_many([]) == []
+    finally:
+        pool.close()

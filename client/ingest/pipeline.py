@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
-from fedloop.client.privacy import Redactor
-from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.client.privacy.finders import Finder
+from fedloop.client.privacy.redaction import Finding, PlaceholderMap, apply_placeholders
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
 from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
@@ -27,14 +27,24 @@ from fedloop.shared.crypto import hmac_sm3
 log = logging.getLogger(__name__)
 
 
+def _texts(body: pb.DraftEvent | pb.OutcomeEvent | pb.SignalEvent) -> tuple[str, ...]:
+    """The free texts of an event, which redaction must see."""
+    if isinstance(body, pb.DraftEvent):
+        return body.prompt, body.draft
+    if isinstance(body, pb.OutcomeEvent):
+        return (body.final_text,)
+    return (body.value,)
+
+
 class IngestPipeline:
     """Everything between a feedback event and the tenant's store."""
 
-    def __init__(self, store: FeedbackStoreAPI, redactor: Redactor, curator: Curator, settings: TenantSettings,
+    def __init__(self, store: FeedbackStoreAPI, finder: Finder, curator: Curator, settings: TenantSettings,
                  mac_key: bytes) -> None:
         self.store = store
         self.curator = curator
-        self._redactor = redactor
+        self._finder = finder
+        self._findings: dict[str, list[Finding]] = {}
         self._settings = settings
         self._mac_key = mac_key
         self.redactions_by_type: dict[str, int] = {}
@@ -52,8 +62,11 @@ class IngestPipeline:
                 kinds.append(check_event(event, limits))
             except IngestError as err:
                 raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
+        texts = sorted({t for event, kind in zip(events, kinds) for t in _texts(getattr(event, kind)) if t})
+        findings = dict(zip(texts, self._finder.find_many(texts)))  # the costly part, outside the lock
         duplicates: list[bool] = []
         with self._lock:  # the near-duplicate index must follow exactly this transaction's fate
+            self._findings = findings
             try:
                 self._store_events(events, kinds, duplicates)
             except BaseException:
@@ -84,7 +97,7 @@ class IngestPipeline:
                 duplicates.append(False)
 
     def _redact(self, record_id: str, placeholders: PlaceholderMap, text: str) -> str:
-        redaction = self._redactor.redact(text, placeholders)
+        redaction = apply_placeholders(text, self._findings[text], placeholders)
         for placeholder, original in redaction.new_entries:
             self.store.vault_add(record_id, placeholder, original)
         for entity in redaction.entity_types:

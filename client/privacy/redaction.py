@@ -103,15 +103,18 @@ class Redactor:
 
     def redact(self, text: str, placeholders: PlaceholderMap | None = None) -> Redaction:
         """`text` with each finding replaced by its placeholder in `placeholders` (a fresh map if None)."""
-        placeholders = placeholders if placeholders is not None else PlaceholderMap()
-        findings = self.find(text)
-        pieces, new_entries, cursor = [], [], 0
-        for finding in findings:
-            original = text[finding.start:finding.end]
-            placeholder, is_new = placeholders.placeholder_for(finding.entity_type, original)
-            if is_new:
-                new_entries.append((placeholder, original))
-            pieces += [text[cursor:finding.start], placeholder]
-            cursor = finding.end
-        pieces.append(text[cursor:])
-        return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings])
+        return apply_placeholders(text, self.find(text), placeholders if placeholders is not None else PlaceholderMap())
+
+
+def apply_placeholders(text: str, findings: list[Finding], placeholders: PlaceholderMap) -> Redaction:
+    """Replace each finding in `text` by its record-stable placeholder."""
+    pieces, new_entries, cursor = [], [], 0
+    for finding in findings:
+        original = text[finding.start:finding.end]
+        placeholder, is_new = placeholders.placeholder_for(finding.entity_type, original)
+        if is_new:
+            new_entries.append((placeholder, original))
+        pieces += [text[cursor:finding.start], placeholder]
+        cursor = finding.end
+    pieces.append(text[cursor:])
+    return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings])
