@@ -28,7 +28,8 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
-from fedloop.client.train import generate_replies, train_sft
+from fedloop.client.train.generate import generate_replies
+from fedloop.client.train.recipe import run_recipe
 from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope, seal
@@ -169,12 +170,12 @@ def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
         log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples",
                  tenant.name, round_, settings.simulation.conversations_per_round, version_id,
                  served_hit_rate, len(examples))
-        loss = train_sft(model, tokenizer, examples, settings.train,
-                         settings.federation.seed * 1000 + round_ * 10 + tenant.index)
+        report = run_recipe(model, tokenizer, examples, settings.train,
+                            settings.federation.seed * 1000 + round_ * 10 + tenant.index)
         payload = adapter_to_bytes(adapter_state(model))
         envelope = seal(payload, delta_binding(tenant.name, run, round_, version_id, len(examples)),
                         tenant.identity, tenant.hq_keyring.by_name("hq", HQ_NAME))
-        return Message(delta_content(envelope, {NUM_EXAMPLES: len(examples), "train-loss": loss,
+        return Message(delta_content(envelope, {NUM_EXAMPLES: len(examples), "train-loss": report.sft_loss if report.sft_steps else report.dpo_loss,
                                                 "served-hit-rate": served_hit_rate}), reply_to=message)
 
     @app.evaluate()

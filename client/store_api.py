@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.shared.settings import POOL_NAMES
 from fedloop.shared.storage_keys import StorageKeyring
 
-POOLS = ("problem", "candidate", "secondary_baseline", "core_baseline")
+POOLS = POOL_NAMES
 BASELINE_POOLS = ("secondary_baseline", "core_baseline")
 
 
@@ -83,12 +84,13 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """A prompt and the reply to learn, with its sample weight and pool."""
+    """A prompt and the reply to learn, with its sample weight and pool (and the rejected draft, if any)."""
 
     prompt: str
     target: str
     weight: float
     pool: str
+    rejected: str | None = None
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,30 @@ class PathsSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    """Local LoRA SFT knobs, per tenant per round."""
+    """The local training recipe (client/train/recipe.py): every knob it has."""
 
-    steps: int = 8
+    method: str = "sft"
+    epochs: int = 1
+    max_steps: int = 8
     batch_size: int = 8
+    grad_accum: int = 1
     learning_rate: float = 2e-3
+    warmup_steps: int = 0
     max_seq_len: int = 160
+    dpo_beta: float = 0.1
+    weight_core_baseline: float = 1.0
+    weight_secondary_baseline: float = 0.8
+    weight_candidate: float = 0.6
+    weight_problem: float = 0.4
+    curriculum: tuple[float, ...] = (0.8, 0.5, 0.0)
+
+    def pool_weight(self, pool: str) -> float:
+        """The configured weight of a sample pool."""
+        return float(getattr(self, f"weight_{pool}"))
+
+
+TRAIN_METHODS = ("sft", "dpo", "sft_then_dpo")
+POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
 @dataclass(frozen=True)
@@ -81,16 +99,25 @@ class Settings:
         require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
         require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
         require(len(set(self.federation.tenants)) == len(self.federation.tenants),
-                 "federation.tenants", "distinct names")
+                "federation.tenants", "distinct names")
         require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
         require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
-        require(self.train.steps >= 1 and self.train.batch_size >= 1, "train.steps / train.batch_size",
-                 "integers >= 1")
+        train = self.train
+        require(train.method in TRAIN_METHODS, "train.method", f"one of {', '.join(TRAIN_METHODS)}")
+        require(train.epochs >= 1 and train.batch_size >= 1 and train.grad_accum >= 1,
+                "train.epochs / batch_size / grad_accum", "integers >= 1")
+        require(train.max_steps >= 0 and train.warmup_steps >= 0, "train.max_steps / warmup_steps",
+                "integers >= 0 (max_steps 0 = no cap)")
+        require(train.dpo_beta > 0, "train.dpo_beta", "a number > 0")
+        require(all(0.0 <= train.pool_weight(p) for p in POOL_NAMES), "train.weight_*", "numbers >= 0")
+        require(len(train.curriculum) >= 1 and list(train.curriculum) == sorted(train.curriculum, reverse=True)
+                and all(0.0 <= c <= 1.0 for c in train.curriculum), "train.curriculum",
+                "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]")
         require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
         require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
-                 "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
+                "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
         require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
-                 "simulation.conversations_per_round / eval_prompts", "integers >= 1")
+                "simulation.conversations_per_round / eval_prompts", "integers >= 1")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -100,6 +127,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
+    if hint == tuple[float, ...]:
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
+        raise ConfigError(f"{key}: must be a list of numbers, got {value!r}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: must be of type {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -46,7 +46,7 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model_dir=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
         lora=LoraSettings(rank=4, alpha=8, target_modules=("q_proj", "v_proj")),
-        train=TrainSection(steps=3, batch_size=4, learning_rate=5e-3, max_seq_len=96),
+        train=TrainSection(max_steps=3, batch_size=4, learning_rate=5e-3, max_seq_len=96),
         simulation=SimulationSection(conversations_per_round=6, eval_prompts=4, max_new_tokens=12),
     )
     layout = prepare_run(settings, Path(settings.paths.runs_dir))

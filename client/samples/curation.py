@@ -189,5 +189,6 @@ def training_examples(store: FeedbackStoreAPI, settings: CurationSection,
             continue
         total = user_cluster_weight[(sample.cluster_id, sample.user_pseudonym)]
         scale = min(1.0, settings.per_user_cluster_cap / total)
-        examples.append(TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool))
+        examples.append(TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool,
+                                        sample.rejected))
     return examples

@@ -1,0 +1,1 @@
+"""Local training: the recipe (SFT / DPO), its data mix and curriculum, and drafting with the chat template."""

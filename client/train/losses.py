@@ -1,0 +1,34 @@
+"""Losses: reward-weighted SFT and DPO (Rafailov et al., 2023), on per-sequence log-probabilities."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fedloop.client.train.data import IGNORE_INDEX
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log-probabilities of the labelled tokens per sequence, and how many tokens were labelled.
+
+    `logits[:, t]` predicts `labels[:, t + 1]`; IGNORE_INDEX positions do not count.
+    """
+    shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
+    mask = shifted_labels != IGNORE_INDEX
+    token_logprobs = torch.gather(F.log_softmax(shifted_logits.float(), dim=-1), 2,
+                                  shifted_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logprobs * mask).sum(-1), mask.sum(-1)
+
+
+def weighted_sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood of each sequence, averaged with `weights`."""
+    logprobs, counts = sequence_logprobs(logits, labels)
+    per_sequence = -logprobs / counts.clamp(min=1)
+    return (per_sequence * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over the pairs."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin).mean()

@@ -1,0 +1,83 @@
+"""The training recipe: DPO loss by hand, pool weighting and curriculum, SFT and DPO on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from fedloop.client.store_api import TrainingExample
+from fedloop.client.train.data import curriculum, mix
+from fedloop.client.train.losses import dpo_loss, sequence_logprobs
+from fedloop.client.train.recipe import run_recipe
+from fedloop.shared.adapter import LoraSettings, adapter_state, attach_lora, load_base_model
+from fedloop.shared.settings import TrainSection
+
+
+def test_dpo_loss_matches_a_hand_computed_value() -> None:
+    # margin = (-1.0 - -2.0) - (-3.0 - -2.5) = 1.0 + 0.5 = 1.5; beta 0.1 -> -log(sigmoid(0.15))
+    expected = -math.log(1 / (1 + math.exp(-0.15)))
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), 0.1)
+    assert abs(loss.item() - expected) < 1e-6
+    assert abs(expected - 0.6210) < 1e-4  # log(1 + e^-0.15), by hand
+
+
+def test_sequence_logprobs_count_only_labelled_tokens() -> None:
+    logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens: log(1/4) each
+    labels = torch.tensor([[-100, 2, 3]])
+    logprobs, counts = sequence_logprobs(logits, labels)
+    assert counts.item() == 2 and abs(logprobs.item() - 2 * math.log(0.25)) < 1e-6
+
+
+def example(prompt: str, weight: float, pool: str, rejected: str | None = None) -> TrainingExample:
+    return TrainingExample(prompt, f"reply to {prompt}", weight, pool, rejected)
+
+
+def test_pool_weights_multiply_sample_weights_and_zero_drops() -> None:
+    settings = TrainSection(weight_core_baseline=1.0, weight_candidate=0.5, weight_problem=0.0)
+    mixed = mix([example("a", 0.8, "core_baseline"), example("b", 0.8, "candidate"), example("c", 1.0, "problem")],
+                settings)
+    assert [(w.example.prompt, round(w.weight, 3)) for w in mixed] == [("a", 0.8), ("b", 0.4)]
+
+
+def test_curriculum_starts_confident_and_adds_marginal_samples() -> None:
+    settings = TrainSection()
+    mixed = mix([example("sure", 1.0, "candidate"), example("likely", 0.6, "candidate"),
+                 example("marginal", 0.3, "candidate")], settings)
+    stages = curriculum(mixed, (0.8, 0.5, 0.0), seed=1)
+    assert [sorted(w.example.prompt for w in stage) for stage in stages] == [
+        ["sure"], ["likely", "sure"], ["likely", "marginal", "sure"]]
+    assert curriculum(mixed, (0.99, 0.0), seed=1)[0][0].example.prompt in {"sure", "likely", "marginal"}
+
+
+def _model(tiny_model_dir: Path):
+    model, tokenizer = load_base_model(tiny_model_dir)
+    return attach_lora(model, LoraSettings(rank=4, alpha=8), seed=0), tokenizer
+
+
+def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir: Path) -> None:
+    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.5, "candidate",
+                                rejected=f"I cannot help with order {i}.") for i in range(6)]
+    settings = TrainSection(method="sft_then_dpo", max_steps=4, batch_size=3, learning_rate=1e-2, max_seq_len=64)
+    states = []
+    for _ in range(2):
+        model, tokenizer = _model(tiny_model_dir)
+        report = run_recipe(model, tokenizer, examples, settings, seed=5)
+        states.append(adapter_state(model))
+    assert report.sft_steps == 4 and report.dpo_steps == 2 and report.pairs == 6  # 2 curriculum stages x 2 batches
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+    model, tokenizer = _model(tiny_model_dir)
+    from fedloop.client.train.recipe import _pair_logprobs
+    from fedloop.client.train.data import mix as mix_examples
+
+    pairs = mix_examples(examples, settings)
+    with torch.no_grad():
+        chosen, rejected = _pair_logprobs(model, tokenizer, pairs, settings)
+    before = (chosen - rejected).mean().item()
+    run_recipe(model, tokenizer, examples, replace(settings, method="dpo", max_steps=6, learning_rate=3e-2), seed=5)
+    with torch.no_grad():
+        chosen, rejected = _pair_logprobs(model, tokenizer, pairs, settings)
+    assert (chosen - rejected).mean().item() > before
