@@ -30,7 +30,9 @@ from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.recipe import run_recipe
-from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.client.evaluate.drift import forgetting_gate, kl_gate
+from fedloop.client.evaluate.hit_rate import hit_rate
+from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, load_identity, load_public_key, key_paths
@@ -65,6 +67,7 @@ class Tenant:
     index: int
     settings: Settings
     layout: RunLayout
+    serving_adapter: AdapterState | None = None
 
     @cached_property
     def identity(self) -> Identity:
@@ -181,15 +184,23 @@ def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         tenant = _tenant(context, settings, layout)
+        serving = tenant.serving_adapter
         _, version_id, model, tokenizer = tenant.install_global(message, run)
-        drafts = generate_replies(model, tokenizer, [c.prompt for c in tenant.held_out],
-                                  settings.simulation.max_new_tokens)
-        decisions = [tenant.judgement.decide(d, c) for d, c in zip(drafts, tenant.held_out)]
-        metrics = {"hit-rate": sum(d.action is Action.ACCEPT for d in decisions) / len(decisions),
-                   "mean-similarity": sum(d.similarity for d in decisions) / len(decisions),
-                   NUM_EXAMPLES: len(decisions)}
-        log.info("%s evaluated %s on %d held-out prompts: hit rate %.2f", tenant.name, version_id,
-                 len(decisions), metrics["hit-rate"])
+        metrics = hit_rate(model, tokenizer, tenant.held_out, tenant.judgement, settings.simulation.max_new_tokens)
+        tenant.store.record_evaluation(version_id, "hit_rate", metrics)
+        gates = tenant.runtime.settings.evaluation
+        candidate = adapter_state(model)
+        references = [f"{c.prompt}\n{c.preferred_reply}" for c in tenant.held_out]
+        results = [forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
+        if serving is not None:
+            results.append(kl_gate(model, tokenizer, candidate, serving, references, gates.kl_bound))
+        for gate in results:
+            tenant.store.record_evaluation(version_id, gate.name, vars(gate))
+            metrics[gate.name.replace("_", "-")] = gate.value
+        tenant.serving_adapter = candidate
+        log.info("%s evaluated %s on %d held-out prompts: hit rate %.2f; %s", tenant.name, version_id,
+                 metrics[NUM_EXAMPLES], metrics["hit-rate"],
+                 ", ".join(f"{g.name} {g.value:.4f} ({'pass' if g.passed else 'REFUSE'})" for g in results))
         return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
 
     return app

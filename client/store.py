@@ -10,6 +10,7 @@ a PostgreSQL implementation would fill.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS problems (
     detected_at_ms INTEGER NOT NULL, PRIMARY KEY (draft_id, problem_type));
 CREATE TABLE IF NOT EXISTS breaker (
     id INTEGER PRIMARY KEY CHECK (id = 1), tripped INTEGER NOT NULL, reason TEXT, changed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, version_id TEXT NOT NULL, kind TEXT NOT NULL, metrics TEXT NOT NULL,
+    at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS installed_versions (
     version_id TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT, digest TEXT NOT NULL, adapter BLOB NOT NULL,
     installed_at REAL NOT NULL);
@@ -290,6 +294,18 @@ class FeedbackStore:
     def set_breaker(self, tripped: bool, reason: str | None) -> None:
         """Trip or reset the moderation breaker."""
         self._db.execute("INSERT OR REPLACE INTO breaker VALUES (1, ?, ?, ?)", (int(tripped), reason, time.time()))
+
+    # -- evaluations --------------------------------------------------------------------------
+    def record_evaluation(self, version_id: str, kind: str, metrics: dict[str, float | bool | str]) -> None:
+        """Keep an evaluation (aggregate numbers only) with the version it evaluated."""
+        self._db.execute("INSERT INTO evaluations (version_id, kind, metrics, at) VALUES (?, ?, ?, ?)",
+                         (version_id, kind, json.dumps(metrics, sort_keys=True), time.time()))
+
+    def evaluations(self, version_id: str) -> list[tuple[str, dict[str, float | bool | str]]]:
+        """(kind, metrics) of every evaluation of `version_id`, oldest first."""
+        rows = self._db.execute("SELECT kind, metrics FROM evaluations WHERE version_id = ? ORDER BY seq",
+                                (version_id,)).fetchall()
+        return [(kind, json.loads(metrics)) for kind, metrics in rows]
 
     # -- installed versions -------------------------------------------------
     def install_version(self, version: InstalledVersion, adapter_bytes: bytes) -> None:

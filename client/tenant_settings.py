@@ -70,6 +70,14 @@ class SignalsSection:
 
 
 @dataclass(frozen=True)
+class EvaluationSection:
+    """Gates a received version must pass before it may serve."""
+
+    kl_bound: float = 0.02
+    forgetting_bound: float = 0.10
+
+
+@dataclass(frozen=True)
 class TenantSettings:
     """Everything `fedloop tenant serve` and the tenant tools need."""
 
@@ -78,6 +86,7 @@ class TenantSettings:
     moderation: ModerationSection = field(default_factory=ModerationSection)
     curation: CurationSection = field(default_factory=CurationSection)
     signals: SignalsSection = field(default_factory=SignalsSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
 
     def __post_init__(self) -> None:
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
@@ -89,6 +98,8 @@ class TenantSettings:
                 "in (0, 1]")
         require(self.curation.min_distinct_users >= 1, "curation.min_distinct_users", "an integer >= 1")
         require(0.0 <= self.curation.user_reply_weight <= 1.0, "curation.user_reply_weight", "in [0, 1]")
+        require(self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
+                "evaluation.kl_bound / forgetting_bound", "numbers > 0")
 
     @property
     def store_path(self) -> Path:

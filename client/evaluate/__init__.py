@@ -1,0 +1,1 @@
+"""Evaluation of adapter versions: hit rate with simulated users, drift (KL) and forgetting gates."""

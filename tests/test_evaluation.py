@@ -1,0 +1,52 @@
+"""Evaluation gates: KL to the serving version, forgetting against the base model, stored evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fedloop.client.evaluate.drift import forgetting_gate, general_texts, kl_gate, mean_token_kl
+from fedloop.shared.adapter import LoraSettings, adapter_state, attach_lora, load_base_model
+
+REFERENCES = ["Where is my order 12345?\nYour order 12345 has shipped.", "How do I reset my password?\nUse the link."]
+
+
+def _model(tiny_model_dir: Path):
+    model, tokenizer = load_base_model(tiny_model_dir)
+    return attach_lora(model, LoraSettings(rank=4, alpha=8), seed=0), tokenizer
+
+
+def _drifted(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {k: v + scale * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+
+
+def test_kl_gate_refuses_a_deliberately_drifted_adapter(tiny_model_dir: Path) -> None:
+    model, tokenizer = _model(tiny_model_dir)
+    serving = adapter_state(model)
+    assert mean_token_kl(model, tokenizer, serving, serving, REFERENCES) < 1e-9
+    bound = 0.02  # the product default
+    slight = kl_gate(model, tokenizer, _drifted(serving, 1e-3), serving, REFERENCES, bound=bound)
+    drifted = kl_gate(model, tokenizer, _drifted(serving, 1.0), serving, REFERENCES, bound=bound)
+    assert slight.passed and slight.value < 1e-4
+    assert not drifted.passed and drifted.value > bound
+    assert all(torch.equal(v, adapter_state(model)[k]) for k, v in serving.items()), "model adapter restored"
+
+
+def test_forgetting_gate_compares_with_the_base_model(tiny_model_dir: Path) -> None:
+    model, tokenizer = _model(tiny_model_dir)
+    assert len(general_texts()) >= 20
+    unchanged = forgetting_gate(model, tokenizer, adapter_state(model), bound=0.10)
+    assert unchanged.passed and abs(unchanged.value) < 1e-6
+    broken = forgetting_gate(model, tokenizer, _drifted(adapter_state(model), 1.0), bound=0.10)
+    assert not broken.passed
+
+
+def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
+    tenant = make_tenant()
+    tenant.store.record_evaluation("v0001-abc", "hit_rate", {"hit-rate": 0.5, "num-examples": 16})
+    tenant.store.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.01, "passed": True})
+    tenant.store.record_evaluation("v0002-def", "hit_rate", {"hit-rate": 0.7, "num-examples": 16})
+    assert tenant.store.evaluations("v0001-abc") == [("hit_rate", {"hit-rate": 0.5, "num-examples": 16}),
+                                                     ("kl_to_serving", {"passed": True, "value": 0.01})]
