@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.privacy import Redactor
-from fedloop.client.simulated_users import STYLES, Conversation, TenantTraffic, UserJudgement
+from fedloop.client.simulated_users import Conversation, TenantTraffic, UserJudgement
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
@@ -94,8 +94,8 @@ class Tenant:
     @cached_property
     def traffic(self) -> TenantTraffic:
         """This tenant's simulated users (their preferred style is hidden from training)."""
-        style = list(STYLES)[self.index % len(STYLES)]
-        return TenantTraffic(self.name, style, self.settings.federation.seed)
+        styles = self.settings.simulation.styles
+        return TenantTraffic(self.name, styles[self.index % len(styles)], self.settings.federation.seed)
 
     @cached_property
     def held_out(self) -> list[Conversation]:

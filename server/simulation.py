@@ -13,10 +13,11 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fedloop.client.app import build_client_app
+from fedloop.client.simulated_users import STYLES
 from fedloop.server.app import build_server_app
 from fedloop.shared.keys import init_keys
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
-from fedloop.shared.settings import Settings
+from fedloop.shared.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ class SimulationError(RuntimeError):
 
 def prepare_run(settings: Settings, runs_dir: Path) -> RunLayout:
     """Create a fresh run directory with keys for HQ and every tenant."""
+    unknown = sorted(set(settings.simulation.styles) - set(STYLES))
+    if unknown or not settings.simulation.styles:
+        raise ConfigError(f"simulation.styles: unknown or empty {unknown}; choose from {sorted(STYLES)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     layout = RunLayout(runs_dir / f"{settings.federation.run_name}-{stamp}")
     layout.root.mkdir(parents=True)

@@ -83,6 +83,7 @@ class SimulationSection:
     max_new_tokens: int = 40
     accept_threshold: float = 0.8
     edit_threshold: float = 0.45
+    styles: tuple[str, ...] = ("formal", "friendly", "brief")  # hidden preferred styles, tenant i gets i mod n
 
 
 @dataclass(frozen=True)

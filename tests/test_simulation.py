@@ -45,9 +45,11 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model_dir=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
-        lora=LoraSettings(rank=4, alpha=8, target_modules=("q_proj", "v_proj")),
-        train=TrainSection(max_steps=3, batch_size=4, learning_rate=5e-3, max_seq_len=96),
-        simulation=SimulationSection(conversations_per_round=6, eval_prompts=4, max_new_tokens=12),
+        lora=LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj")),
+        train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),
+        simulation=SimulationSection(conversations_per_round=12, eval_prompts=12, max_new_tokens=24,
+                                     styles=("brief",)),  # one shared, learnable preference
     )
     layout = prepare_run(settings, Path(settings.paths.runs_dir))
     canaries = {}
@@ -110,3 +112,16 @@ def test_no_canary_in_any_byte_sent_to_hq(federated_run) -> None:
     for path in layout.hq.rglob("*"):
         if path.is_file():
             assert not any(c.encode() in path.read_bytes() for c in canaries.values()), path
+
+
+def test_two_federated_rounds_raise_the_hit_rate_on_a_learnable_preference(federated_run) -> None:
+    """All tenants' users want the same templated reply style; a tiny model learns it within two rounds."""
+    _, _, summary, _, _ = federated_run
+    rounds = {r["round"]: r for r in summary["rounds"]}
+
+    def mean(round_: int, key: str) -> float:
+        metrics = rounds[round_]["evaluation"].values()
+        return sum(m[key] for m in metrics) / len(metrics)
+
+    assert mean(2, "hit-rate") > mean(0, "hit-rate")
+    assert mean(2, "mean-similarity") > mean(0, "mean-similarity") + 0.1
