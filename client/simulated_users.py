@@ -11,9 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rapidfuzz import fuzz
-
 from fedloop.client.feedback import Action
+from fedloop.client.samples.curation import text_similarity
 
 _NAMES = ("Li Lei", "Wang Fang", "Anna", "Tom", "Zhang Wei", "Maria")
 _INTENTS: tuple[tuple[str, str], ...] = (
@@ -47,11 +46,6 @@ class Decision:
     action: Action
     final_text: str | None
     similarity: float
-
-
-def similarity(a: str, b: str) -> float:
-    """Normalised edit similarity of two replies in [0, 1] (rapidfuzz ratio, case-folded)."""
-    return fuzz.ratio(a.casefold().strip(), b.casefold().strip()) / 100.0
 
 
 class TenantTraffic:
@@ -92,7 +86,7 @@ class UserJudgement:
 
     def decide(self, draft: str, conversation: Conversation) -> Decision:
         """Accept if similarity >= accept_threshold, edit if >= edit_threshold, else reject and rewrite."""
-        score = similarity(draft, conversation.preferred_reply)
+        score = text_similarity(draft, conversation.preferred_reply)
         if score >= self.accept_threshold:
             return Decision(Action.ACCEPT, None, score)
         if score >= self.edit_threshold:

@@ -76,7 +76,10 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     if not (Path(settings.paths.model_dir) / "config.json").exists():
         fail(f"no model at {settings.paths.model_dir}: run `fedloop model fetch` (or `make model`) first")
     started = time.monotonic()
-    layout = prepare_run(settings, Path(settings.paths.runs_dir))
+    try:
+        layout = prepare_run(settings, Path(settings.paths.runs_dir))
+    except ConfigError as err:
+        fail(f"{config}: {err}")
     try:
         summary = run_federation(settings, layout)
     except SimulationError as err:

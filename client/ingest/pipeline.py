@@ -107,7 +107,7 @@ class IngestPipeline:
     def _draft(self, event: pb.DraftEvent, later_drafts: set[str]) -> None:
         if self.store.get_draft(event.draft_id) is not None:
             raise IngestError("ALREADY_EXISTS", f"draft_id {event.draft_id!r} already exists under another event id")
-        placeholders = self.store.placeholder_map(event.draft_id)
+        placeholders = PlaceholderMap()  # a new draft starts a new record
         self.store.insert_draft(DraftRecord(
             id=event.draft_id, user_pseudonym=self.store.pseudonym(event.user_id),
             session_pseudonym=self.store.pseudonym(event.session_id),
@@ -130,12 +130,11 @@ class IngestPipeline:
         if self.store.has_outcome(event.draft_id):
             raise IngestError("ALREADY_EXISTS", f"draft {event.draft_id!r} already has an outcome")
         action = ACTIONS[event.action]
-        final = self._redact(event.draft_id, self.store.placeholder_map(event.draft_id), event.final_text) \
-            if event.final_text else None
+        placeholders = self.store.placeholder_map(event.draft_id)
+        final = self._redact(event.draft_id, placeholders, event.final_text) if event.final_text else None
         outcome = OutcomeRecord(event.draft_id, action, final, event.dwell_ms, BASE_REWARDS[action], decided)
         self.store.insert_outcome(outcome)
-        entity_types = self.store.placeholder_map(event.draft_id).entity_types()
-        self.curator.make_sample(draft, outcome, entity_types)
+        self.curator.make_sample(draft, outcome, placeholders.entity_types())
 
     def _signal(self, event: pb.SignalEvent, later_drafts: set[str]) -> None:
         if event.draft_id and self.store.get_draft(event.draft_id) is None:
