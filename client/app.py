@@ -47,9 +47,9 @@ HELD_OUT_BATCH = -1  # conversation batch reserved for evaluation; training roun
 
 
 @lru_cache(maxsize=1)
-def _model(model_dir: str, lora: LoraSettings, seed: int) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+def _model(model_path: str, lora: LoraSettings, seed: int) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """The base model with a LoRA slot, loaded once per worker process and shared by its tenants."""
-    model, tokenizer = load_base_model(Path(model_dir))
+    model, tokenizer = load_base_model(Path(model_path))
     return attach_lora(model, lora, seed), tokenizer
 
 
@@ -120,7 +120,7 @@ class Tenant:
         digest = sm3_digest(opened.payload).hex()
         if digest != opened.binding.details.get("digest"):
             raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
-        model, tokenizer = _model(self.settings.paths.model_dir, self.settings.lora, self.settings.federation.seed)
+        model, tokenizer = _model(self.settings.paths.model, self.settings.lora, self.settings.federation.seed)
         load_adapter_state(model, adapter_from_bytes(opened.payload))
         installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
                                      opened.binding.details["parent"], digest)

@@ -17,7 +17,10 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
   steps of batch `batch_size` (local: on its own samples; federated: `steps`
   per round per tenant from the global version, FedAvg by sample count;
   centralized: on all tenants' samples pooled).
-- Ablation: federated SFT vs federated SFT then DPO.
+- Every arm runs the same recipe (`--method`, default SFT then DPO: `steps`
+  SFT steps, then up to `steps` DPO steps on the round's rejected drafts).
+- Ablation: the federated arm again with the other recipe (SFT only, or SFT
+  then DPO when `--method sft`).
 
 Run: .venv/bin/python scripts/bench_hit_rate.py --data ../shared/data/bitext/bitext_customer_support_4514.csv [--quick]
 """
@@ -48,6 +51,7 @@ from fedloop.shared.settings import TrainSection
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = 4
 REFERENCE_CHARS = 120
+METHOD_LABELS = {"sft": "SFT", "sft_then_dpo": "SFT+DPO"}
 
 
 class CutJudgement(UserJudgement):
@@ -146,12 +150,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small protocol, about 10 minutes on 2 cores")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "hit_rate.png")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--method", choices=tuple(METHOD_LABELS), default="sft_then_dpo",
+                        help="the training recipe of every arm (the ablation uses the other one)")
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"--data {args.data} not found: pass the path of bitext_customer_support_4514.csv")
     n_train, n_eval, rounds, steps = (24, 16, 2, 4) if args.quick else (64, 32, 3, 8)
     max_new_tokens = 32
-    settings = TrainSection(batch_size=8, learning_rate=2e-3, max_seq_len=128, curriculum=(0.8, 0.0))
+    settings = TrainSection(batch_size=8, learning_rate=2e-3, max_seq_len=128, curriculum=(0.8, 0.0),
+                            method=args.method)
+    ablation_method = "sft" if args.method != "sft" else "sft_then_dpo"
     lora = LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -162,7 +170,8 @@ def main() -> None:
     model = attach_lora(base_model, lora, args.seed)
     init = adapter_state(model)
     print(f"protocol: {'quick' if args.quick else 'default'}; {TENANTS} tenants x {n_train} train / {n_eval} "
-          f"held-out prompts; {rounds} rounds x {steps} steps, batch {settings.batch_size}", flush=True)
+          f"held-out prompts; {rounds} rounds x {steps} steps, batch {settings.batch_size}; "
+          f"recipe {METHOD_LABELS[args.method]}", flush=True)
     data = [feedback_examples(model, tokenizer, t, max_new_tokens) for t in tenants]
     print(f"  feedback collected ({time.monotonic() - started:.0f} s)", flush=True)
 
@@ -178,11 +187,15 @@ def main() -> None:
     central_state = train_from(model, tokenizer, init, pooled, settings, rounds * steps, args.seed)
     results["centralized"] = [evaluate(model, tokenizer, central_state, t, max_new_tokens) for t in tenants]
     print(f"  centralized done ({time.monotonic() - started:.0f} s)", flush=True)
-    dpo_state = federated(model, tokenizer, init, data, replace(settings, method="sft_then_dpo"), rounds, steps,
-                          args.seed)
-    results["federated SFT+DPO"] = [evaluate(model, tokenizer, dpo_state, t, max_new_tokens) for t in tenants]
+    ablation_state = federated(model, tokenizer, init, data, replace(settings, method=ablation_method), rounds,
+                               steps, args.seed)
+    ablation_arm = f"federated {METHOD_LABELS[ablation_method]}"
+    results[ablation_arm] = [evaluate(model, tokenizer, ablation_state, t, max_new_tokens) for t in tenants]
     elapsed = time.monotonic() - started
     report(tenants, results, elapsed, args.plot)
+    ablation = {arm: sum(r["hit-rate"] for r in results[arm]) / len(tenants) for arm in ("federated", ablation_arm)}
+    print(f"ablation (federated): {METHOD_LABELS[args.method]} {ablation['federated']:.1%} vs "
+          f"{METHOD_LABELS[ablation_method]} {ablation[ablation_arm]:.1%}")
 
 
 def report(tenants: list[TenantData], results: dict[str, list[dict[str, float]]], elapsed: float, plot: Path) -> None:
@@ -211,7 +224,6 @@ def report(tenants: list[TenantData], results: dict[str, list[dict[str, float]]]
     worse = [t.name for t, r in zip(tenants, rows) if r[0] < r[1]]
     print(f"goal federated >= local for every tenant: {'met' if not worse else 'missed for ' + ', '.join(worse)}")
     print(f"goal federated uplift >= 0.9 x centralized: {'met' if ratio >= 0.9 else 'missed'} ({ratio:.2f})")
-    print(f"ablation (federated): SFT {means['federated']:.1%} vs SFT then DPO {means['federated SFT+DPO']:.1%}")
     write_plot(tenants, results, plot)
     print(f"plot: {plot}")
 

@@ -62,7 +62,7 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
     registry = VersionRegistry(layout.hq, hq)
     try:
         tenants = enrol_tenants(grid, trusted, len(settings.federation.tenants))
-        model, _ = load_base_model(Path(settings.paths.model_dir))
+        model, _ = load_base_model(Path(settings.paths.model))
         initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
         genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init")
         log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)

@@ -23,7 +23,7 @@ AdapterState = dict[str, torch.Tensor]
 
 
 class ModelLoadError(Exception):
-    """The base model directory is missing or incomplete."""
+    """The base model is missing or is neither a local HF directory nor a GGUF file."""
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,36 @@ class LoraSettings:
                           target_modules=list(self.target_modules), task_type="CAUSAL_LM")
 
 
-def load_base_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory (never from a hub)."""
-    if not (model_dir / "config.json").exists():
-        raise ModelLoadError(
-            f"no model at {model_dir} (config.json missing): run `make model` or "
-            "`fedloop model fetch` to create the default one, or point `model_dir` at a local HF directory"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+def check_model_path(model_path: Path) -> None:
+    """Raise ModelLoadError unless `model_path` is a local HF directory or a .gguf file."""
+    if model_path.suffix == ".gguf" and model_path.is_file():
+        return
+    if (model_path / "config.json").is_file():
+        return
+    raise ModelLoadError(
+        f"no model at {model_path} (neither a .gguf file nor a directory with config.json): run `make model` "
+        "or `fedloop model fetch` to create the default one, or set `paths.model` to a local Hugging Face "
+        "directory or a .gguf file"
+    )
+
+
+def load_base_model(model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (with its chat template) from a local HF directory or a GGUF file.
+
+    A GGUF file is de-quantised to float32 on every load (seconds for a small model); `fedloop model
+    fetch` converts the default one to a directory once. Nothing is ever fetched from a hub.
+    """
+    check_model_path(model_path)
+    if model_path.suffix == ".gguf":
+        source: dict[str, str | Path] = {"pretrained_model_name_or_path": model_path.parent,
+                                         "gguf_file": model_path.name}
+    else:
+        source = {"pretrained_model_name_or_path": model_path}
+    tokenizer = AutoTokenizer.from_pretrained(**source, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(**source, local_files_only=True, dtype=torch.float32)
     return model, tokenizer
 
 

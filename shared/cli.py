@@ -67,14 +67,17 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
     from fedloop.server.simulation import SimulationError, prepare_run, run_federation
     from fedloop.server.summary_view import render_summary
+    from fedloop.shared.adapter import ModelLoadError, check_model_path
 
     configure_logging()
     try:
         settings = load_settings(config)
     except ConfigError as err:
         fail(str(err))
-    if not (Path(settings.paths.model_dir) / "config.json").exists():
-        fail(f"no model at {settings.paths.model_dir}: run `fedloop model fetch` (or `make model`) first")
+    try:
+        check_model_path(Path(settings.paths.model))
+    except ModelLoadError as err:
+        fail(f"{config}: {err}")
     started = time.monotonic()
     try:
         layout = prepare_run(settings, Path(settings.paths.runs_dir))

@@ -40,9 +40,9 @@ class FederationSection:
 
 @dataclass(frozen=True)
 class PathsSection:
-    """Where the base model is and where run outputs go (relative to the working directory)."""
+    """Where the base model is (a local HF directory or a .gguf file) and where run outputs go."""
 
-    model_dir: str = "models/smollm2-135m-instruct"
+    model: str = "models/smollm2-135m-instruct"
     runs_dir: str = "runs"
 
 

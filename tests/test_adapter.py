@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from peft import PeftModel
 
 from fedloop.shared.adapter import (LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
-                                    export_peft, load_adapter_state, load_base_model)
+                                    export_peft, load_adapter_state, load_base_model, ModelLoadError)
 from fedloop.server.strategy import fedavg
+from tiny_model import write_tiny_gguf
 
 
 def test_round_trip_and_peft_export_loads_in_peft(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -34,3 +36,21 @@ def test_fedavg_is_sample_weighted() -> None:
     b = {"w": torch.ones(2, 2)}
     merged = fedavg([(a, 30), (b, 10)])
     assert torch.allclose(merged["w"], torch.full((2, 2), 0.25))
+
+
+def test_base_model_loads_from_a_gguf_file_with_its_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:
+    gguf_path = write_tiny_gguf(tiny_model_dir, tmp_path / "tiny.gguf")
+    from_gguf, gguf_tokenizer = load_base_model(gguf_path)
+    from_dir, dir_tokenizer = load_base_model(tiny_model_dir)
+    messages = [{"role": "user", "content": "Where is my order? Thanks"}]
+    prompt = dir_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert gguf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == prompt
+    ids = dir_tokenizer(prompt, return_tensors="pt")["input_ids"]
+    assert torch.equal(gguf_tokenizer(prompt, return_tensors="pt")["input_ids"], ids)
+    with torch.no_grad():
+        assert torch.allclose(from_gguf(ids).logits, from_dir(ids).logits, atol=1e-5)
+
+
+def test_a_missing_model_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="model.gguf.*fedloop model fetch"):
+        load_base_model(tmp_path / "model.gguf")

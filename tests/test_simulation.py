@@ -44,7 +44,7 @@ class RecordingGrid:
 def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, redactor):
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
-        paths=PathsSection(model_dir=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
+        paths=PathsSection(model=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
         lora=LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj")),
         train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),

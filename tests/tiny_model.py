@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -58,3 +59,60 @@ def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+
+
+def _permute_for_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's row order for q/k projections (transformers undoes it when it reads a GGUF)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
+    """Write the tiny model of `model_dir` as a llama-architecture GGUF file (f32), the way llama.cpp would."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = model.config
+    writer = gguf.GGUFWriter(str(out_path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if token in SPECIALS else 1 for token, _ in vocab])
+    merges = json.loads((model_dir / "tokenizer.json").read_text())["model"]["merges"]
+    writer.add_token_merges([" ".join(pair) if isinstance(pair, list) else pair for pair in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(CHAT_TEMPLATE)
+    state = model.state_dict()
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"].numpy())
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"].numpy())
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        q = _permute_for_gguf(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads)
+        k = _permute_for_gguf(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads)
+        for name, tensor in (("attn_q", q), ("attn_k", k), ("attn_v", state[prefix + "self_attn.v_proj.weight"]),
+                             ("attn_output", state[prefix + "self_attn.o_proj.weight"]),
+                             ("ffn_gate", state[prefix + "mlp.gate_proj.weight"]),
+                             ("ffn_up", state[prefix + "mlp.up_proj.weight"]),
+                             ("ffn_down", state[prefix + "mlp.down_proj.weight"]),
+                             ("attn_norm", state[prefix + "input_layernorm.weight"]),
+                             ("ffn_norm", state[prefix + "post_attention_layernorm.weight"])):
+            writer.add_tensor(f"blk.{layer}.{name}.weight", tensor.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path
