@@ -66,7 +66,8 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
         initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
         genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init")
         log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
-        strategy = SealedFedAvg(registry, hq, trusted, tenants, settings.federation.run_name, genesis)
+        strategy = SealedFedAvg(registry, hq, trusted, tenants, settings.federation.run_name, genesis, initial,
+                                settings.lora, settings.aggregation)
         arrays = ArrayRecord(initial)
         before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid))
         strategy.aggregate_evaluate(0, before)

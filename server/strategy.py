@@ -2,8 +2,10 @@
 
 Outgoing global versions are sealed per tenant and signed by HQ. Incoming
 deltas are verified (signature, sender, associated data) and decrypted in
-memory only; a refused delta is logged with its reason and left out. Accepted
-deltas are merged by sample-weighted FedAvg and recorded as a new version.
+memory only; a refused delta is logged with its tenant, round and reason,
+counted by reason in the round report, and left out; the round goes on. The
+accepted adapters are merged as `[aggregation]` says (server/aggregation.py)
+and recorded as a new version.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_update, lora_scaling, merge
 from fedloop.server.registry import VersionRecord, VersionRegistry
-from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
+from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_to_bytes
 from fedloop.shared.crypto import CryptoError
-from fedloop.shared.envelope import open_envelope, seal
+from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
+from fedloop.shared.settings import AggregationSection
 from fedloop.shared.protocol import DELTA, METRICS, NUM_EXAMPLES, delta_binding, global_binding, global_content, wire_size
 
 log = logging.getLogger(__name__)
@@ -38,31 +41,36 @@ class RoundReport:
     bytes_to_hq: dict[str, int] = field(default_factory=dict)
     bytes_to_tenant: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+    merge_notes: dict[str, str] = field(default_factory=dict)
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
-    """Sample-weighted average of adapters with identical keys and shapes."""
-    total = sum(n for _, n in states)
-    keys = states[0][0].keys()
-    for state, _ in states:
-        if state.keys() != keys or any(state[k].shape != states[0][0][k].shape for k in keys):
-            raise ValueError("deltas have different adapter layouts; all tenants must use the same LoRA settings")
-    return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
+class DeltaRefused(Exception):
+    """A tenant's reply was not merged; `reason` is the short code counted in the round report."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SealedFedAvg(Strategy):
-    """FedAvg over sealed LoRA adapters, recording each result in the version registry."""
+    """Merging of sealed LoRA adapters, recording each result in the version registry."""
 
     def __init__(self, registry: VersionRegistry, hq: Identity, trusted: Keyring,
-                 tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord) -> None:
+                 tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord,
+                 current_state: AdapterState, lora: LoraSettings,
+                 aggregation: AggregationSection | None = None) -> None:
         self.registry = registry
         self.hq = hq
         self.trusted = trusted
         self.tenants = tenants
         self.run = run
         self.current = current
+        self.current_state = current_state
+        self.scaling = lora_scaling(lora.alpha, lora.rank)
+        self.aggregation = aggregation or AggregationSection()
         self.reports: dict[int, RoundReport] = {}
 
     def _report(self, server_round: int) -> RoundReport:
@@ -87,52 +95,72 @@ class SealedFedAvg(Strategy):
                  server_round, self.current.id, len(self.tenants))
         return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
 
-    def _open_delta(self, server_round: int, reply: Message) -> tuple[str, AdapterState, int]:
+    def _open_delta(self, server_round: int, reply: Message) -> TenantUpdate:
         tenant = self.tenants.get(reply.metadata.src_node_id)
         if tenant is None:
-            raise CryptoError(f"reply from node {reply.metadata.src_node_id}, which is not enrolled")
+            raise DeltaRefused(f"reply from node {reply.metadata.src_node_id}, which is not enrolled", "unknown-node")
         if reply.has_error():
-            raise CryptoError(f"{tenant.name} reported an error: {reply.error.reason}")
-        envelope = reply.content.config_records[DELTA]["envelope"]
-        opened = open_envelope(envelope, self.hq, self.trusted,
-                               delta_binding(tenant.name, self.run, server_round, self.current.id))
+            raise DeltaRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
+        try:
+            envelope = reply.content.config_records[DELTA]["envelope"]
+            opened = open_envelope(envelope, self.hq, self.trusted,
+                                   delta_binding(tenant.name, self.run, server_round, self.current.id))
+        except EnvelopeError as err:
+            raise DeltaRefused(str(err), err.reason) from None
+        except (CryptoError, KeyError, TypeError) as err:
+            raise DeltaRefused(f"{tenant.name}'s reply is not a readable sealed delta: {err}", "malformed") from None
         if opened.sender.key_id != tenant.key_id:
-            raise CryptoError(f"delta for {tenant.name} is signed by {opened.sender.name!r}")
+            raise DeltaRefused(f"delta for {tenant.name} is signed by {opened.sender.name!r}", "wrong-sender")
         num_examples = opened.binding.details.get(NUM_EXAMPLES)
         if not isinstance(num_examples, int) or num_examples <= 0:
-            raise CryptoError(f"{tenant.name}'s delta carries no positive sample count")
-        return tenant.name, adapter_from_bytes(opened.payload), num_examples
+            raise DeltaRefused(f"{tenant.name}'s delta carries no positive sample count", "no-samples")
+        try:
+            state = adapter_from_bytes(opened.payload)
+            check_update(state, self.current_state, tenant.name)
+        except UpdateRejected as err:
+            raise DeltaRefused(str(err), err.reason) from None
+        except Exception as err:  # safetensors raises its own error types for a corrupt blob
+            raise DeltaRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
+        return TenantUpdate(tenant.name, state, num_examples, self.scaling)
+
+    def _refuse(self, report: RoundReport, name: str, err: DeltaRefused) -> None:
+        report.refused[name] = str(err)
+        report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
+        log.warning("round %d: refused delta from %s (%s): %s", report.round, name, err.reason, err)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Verify and decrypt each delta, FedAvg the accepted ones and register the new version."""
+        """Verify and decrypt each delta, merge the accepted ones and register the new version."""
         report = self._report(server_round)
-        accepted: list[tuple[AdapterState, int]] = []
+        updates: list[TenantUpdate] = []
         for reply in replies:
             node_tenant = self.tenants.get(reply.metadata.src_node_id)
             name = node_tenant.name if node_tenant else f"node-{reply.metadata.src_node_id}"
             if not reply.has_error():
                 report.bytes_to_hq[name] = wire_size(reply.content)
             try:
-                tenant, state, num_examples = self._open_delta(server_round, reply)
-            except (CryptoError, KeyError, ValueError) as err:
-                report.refused[name] = str(err)
-                log.warning("round %d: refused delta from %s: %s", server_round, name, err)
+                update = self._open_delta(server_round, reply)
+            except DeltaRefused as err:
+                self._refuse(report, name, err)
                 continue
-            accepted.append((state, num_examples))
-            report.contributors[tenant] = num_examples
-            report.train_metrics[tenant] = dict(reply.content.metric_records.get(METRICS, {}))
-        if not accepted:
-            log.warning("round %d: no acceptable delta; global version stays %s", server_round, self.current.id)
+            updates.append(update)
+            report.contributors[update.tenant] = update.num_examples
+            report.train_metrics[update.tenant] = dict(reply.content.metric_records.get(METRICS, {}))
+        if len(updates) < self.aggregation.min_tenants:
+            log.warning("round %d: %d acceptable delta(s), fewer than aggregation.min_tenants = %d; global version "
+                        "stays %s", server_round, len(updates), self.aggregation.min_tenants, self.current.id)
+            report.contributors.clear()
             return None, None
-        merged = fedavg(accepted)
+        merged, report.merge_notes = merge(updates, self.current_state, self.scaling, self.aggregation)
+        for tenant, note in report.merge_notes.items():
+            log.warning("round %d: %s: %s", server_round, tenant, note)
         record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run, server_round,
-                                      report.contributors, "fedavg")
-        log.info("round %d: version %s (parent %s) from %s", server_round, record.id, record.parent,
-                 ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
-        report.version, report.parent, self.current = record.id, record.parent, record
-        return ArrayRecord(merged), MetricRecord({"tenants": len(accepted),
-                                                  NUM_EXAMPLES: sum(n for _, n in accepted)})
+                                      report.contributors, self.aggregation.method)
+        log.info("round %d: version %s (parent %s, %s) from %s", server_round, record.id, record.parent,
+                 self.aggregation.method, ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
+        report.version, report.parent, self.current, self.current_state = record.id, record.parent, record, merged
+        return ArrayRecord(merged), MetricRecord({"tenants": len(updates),
+                                                  NUM_EXAMPLES: sum(u.num_examples for u in updates)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

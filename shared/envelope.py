@@ -33,7 +33,16 @@ _PREFIX = struct.Struct(">5sBI")
 
 
 class EnvelopeError(CryptoError):
-    """An envelope was refused; the message says why."""
+    """An envelope was refused; the message says why and `reason` names the check for counting.
+
+    Reasons: `malformed`, `unknown-key`, `bad-signature` (any altered byte, or a forgery: the
+    signature covers every byte before it), `unsupported`, `wrong-recipient`, `replay` (sealed
+    for an earlier round or base version), `wrong-associated-data`.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -135,18 +144,17 @@ def open_envelope(envelope: bytes, recipient: Identity, trusted: Keyring, expect
     sender = trusted.get(str(header.get("sender")))
     if sender is None:
         raise EnvelopeError(
-            f"envelope sender key {header.get('sender')!r} is not trusted: add its .sm2.pub.json to the keyring"
-        )
+            f"envelope sender key {header.get('sender')!r} is not trusted: add its .sm2.pub.json to the keyring",
+            "unknown-key")
     if not sender.key.verify(sm3_digest(body), signature):
         raise EnvelopeError(f"bad signature: envelope claims to be from {sender.role} {sender.name!r} "
-                            "but its SM2 signature does not verify (altered or forged)")
+                            "but its SM2 signature does not verify (altered or forged)", "bad-signature")
     if header.get("alg") != ALGORITHMS or header.get("v") != FORMAT_VERSION:
-        raise EnvelopeError(f"unsupported algorithms {header.get('alg')!r}; expected {ALGORITHMS}")
+        raise EnvelopeError(f"unsupported algorithms {header.get('alg')!r}; expected {ALGORITHMS}", "unsupported")
     if header.get("recipient") != recipient.public.key_id:
         raise EnvelopeError(
             f"envelope is addressed to key {header.get('recipient')!r}, not to this party's key "
-            f"{recipient.public.key_id!r} ({recipient.role} {recipient.name!r})"
-        )
+            f"{recipient.public.key_id!r} ({recipient.role} {recipient.name!r})", "wrong-recipient")
     try:
         binding = Binding(**header["binding"])
     except (KeyError, TypeError):
@@ -154,8 +162,9 @@ def open_envelope(envelope: bytes, recipient: Identity, trusted: Keyring, expect
     for name in ("kind", "tenant", "run", "round", "base_version"):
         got, want = getattr(binding, name), getattr(expect, name)
         if got != want:
+            stale = name in ("round", "base_version") and binding.kind == expect.kind
             raise EnvelopeError(f"associated data mismatch: {name} is {got!r}, expected {want!r} "
-                                "(replayed, spliced or stale envelope)")
+                                "(replayed, spliced or stale envelope)", "replay" if stale else "wrong-associated-data")
     data_key = recipient.signing_key.unwrap(wrapped)
     payload = sm4_gcm_decrypt(data_key, bytes.fromhex(header["nonce"]), ciphertext, header_bytes)
     return OpenedEnvelope(binding, sender, payload)

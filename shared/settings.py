@@ -71,6 +71,20 @@ class TrainSection:
 
 
 TRAIN_METHODS = ("sft", "dpo", "sft_then_dpo")
+MERGE_METHODS = ("fedavg", "exact")
+ROBUST_METHODS = ("none", "trimmed_mean", "krum")
+
+
+@dataclass(frozen=True)
+class AggregationSection:
+    """How HQ merges a round's adapters (see server/aggregation.py)."""
+
+    method: str = "fedavg"  # "fedavg" of A and B, or "exact": SVD of the summed updates B·A
+    robust: str = "none"  # "trimmed_mean" or "krum" (Flower's) on top of the norm bound
+    norm_bound: float = 3.0  # an update's distance to the current version is cut to this × the median; 0 = off
+    trim_fraction: float = 0.34  # share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)
+    krum_malicious: int = 1  # tenants Krum assumes may be malicious
+    min_tenants: int = 1  # fewest accepted updates for a round to produce a version
 POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
@@ -95,6 +109,7 @@ class Settings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSection = field(default_factory=TrainSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    aggregation: AggregationSection = field(default_factory=AggregationSection)
 
     def __post_init__(self) -> None:
         require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
@@ -117,6 +132,14 @@ class Settings:
         require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
         require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
                 "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
+        merging = self.aggregation
+        require(merging.method in MERGE_METHODS, "aggregation.method", f"one of {', '.join(MERGE_METHODS)}")
+        require(merging.robust in ROBUST_METHODS, "aggregation.robust", f"one of {', '.join(ROBUST_METHODS)}")
+        require(merging.norm_bound >= 0, "aggregation.norm_bound", "a number >= 0 (0 = off)")
+        require(0.0 <= merging.trim_fraction < 0.5, "aggregation.trim_fraction", "a number in [0, 0.5)")
+        require(merging.krum_malicious >= 0, "aggregation.krum_malicious", "an integer >= 0")
+        require(1 <= merging.min_tenants <= len(self.federation.tenants), "aggregation.min_tenants",
+                "an integer between 1 and the number of tenants")
         require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
                 "simulation.conversations_per_round / eval_prompts", "integers >= 1")
 

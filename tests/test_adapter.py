@@ -10,7 +10,6 @@ from peft import PeftModel
 
 from fedloop.shared.adapter import (LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
                                     export_peft, load_adapter_state, load_base_model, ModelLoadError)
-from fedloop.server.strategy import fedavg
 from tiny_model import write_tiny_gguf
 
 
@@ -29,13 +28,6 @@ def test_round_trip_and_peft_export_loads_in_peft(tiny_model_dir: Path, tmp_path
 
     load_adapter_state(peft_model, state)
     assert all(torch.equal(state[k], v) for k, v in adapter_state(peft_model).items())
-
-
-def test_fedavg_is_sample_weighted() -> None:
-    a = {"w": torch.zeros(2, 2)}
-    b = {"w": torch.ones(2, 2)}
-    merged = fedavg([(a, 30), (b, 10)])
-    assert torch.allclose(merged["w"], torch.full((2, 2), 0.25))
 
 
 def test_base_model_loads_from_a_gguf_file_with_its_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:

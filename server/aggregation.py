@@ -1,0 +1,209 @@
+"""Merging tenants' LoRA adapters into a global one: FedAvg, the exact merge, and robust merging.
+
+- `fedavg`: sample-weighted average of A and B separately (the common baseline;
+  the average of products is not the product of averages, so it is inexact).
+- `exact_merge`: ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module (sᵢ = alphaᵢ / rankᵢ, so tenants
+  may use different ranks), re-factorised by truncated SVD into the global
+  rank: A = Vᵣᵀ (orthonormal rows, never dead), B = Uᵣ·Σᵣ / s.
+- Robust merging before either: every update's distance to the current global
+  adapter is bounded (`norm_bound` × the round's median distance), and
+  optionally Flower's trimmed mean or (Multi-)Krum decides what is averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, RecordDict
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.multikrum import select_multikrum
+
+from fedloop.shared.adapter import AdapterState
+from fedloop.shared.settings import AggregationSection
+
+LORA_A, LORA_B = ".lora_A.", ".lora_B."
+
+
+class UpdateRejected(ValueError):
+    """A tenant's adapter cannot be merged; `reason` is `shape-or-dtype` or `non-finite`."""
+
+    def __init__(self, message: str, reason: str = "shape-or-dtype") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TenantUpdate:
+    """One tenant's trained adapter, its sample count and its LoRA scaling (alpha / rank)."""
+
+    tenant: str
+    state: AdapterState
+    num_examples: int
+    scaling: float
+
+
+def check_update(state: AdapterState, reference: AdapterState, tenant: str, same_rank: bool = True) -> None:
+    """Raise UpdateRejected unless `state` has the reference's modules, float tensors of fitting shape, all finite."""
+    if state.keys() != reference.keys():
+        missing, extra = sorted(reference.keys() - state.keys()), sorted(state.keys() - reference.keys())
+        raise UpdateRejected(f"{tenant}: shape mismatch: adapter modules differ (missing {missing[:2]}, "
+                             f"unexpected {extra[:2]})")
+    for key, tensor in state.items():
+        expected = reference[key]
+        if not tensor.is_floating_point() or tensor.dtype != expected.dtype:
+            raise UpdateRejected(f"{tenant}: dtype mismatch at {key}: {tensor.dtype}, expected {expected.dtype}")
+        fits = tensor.shape == expected.shape if same_rank else _fits_other_rank(key, tensor, expected)
+        if not fits:
+            raise UpdateRejected(f"{tenant}: shape mismatch at {key}: {tuple(tensor.shape)}, "
+                                 f"expected {tuple(expected.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise UpdateRejected(f"{tenant}: non-finite value in {key}", "non-finite")
+
+
+def _fits_other_rank(key: str, tensor: torch.Tensor, expected: torch.Tensor) -> bool:
+    """A and B of another rank: A is (r, in), B is (out, r)."""
+    if tensor.dim() != 2:
+        return False
+    return tensor.shape[1] == expected.shape[1] if LORA_A in key else tensor.shape[0] == expected.shape[0]
+
+
+def lora_pairs(state: AdapterState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) per adapted module, keyed by the module's name."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        for part in (LORA_A, LORA_B):
+            if part in key:
+                module, suffix = key.split(part, 1)
+                pairs.setdefault(f"{module}\0{suffix}", {})[part] = tensor
+    incomplete = [m.split("\0")[0] for m, p in pairs.items() if len(p) != 2]
+    if incomplete:
+        raise UpdateRejected(f"modules without both LoRA factors: {incomplete[:3]}")
+    return {module: (p[LORA_A], p[LORA_B]) for module, p in pairs.items()}
+
+
+def dense_deltas(state: AdapterState, scaling: float) -> dict[str, torch.Tensor]:
+    """ΔW = s·B·A per module, in float64."""
+    return {m: scaling * (b.double() @ a.double()) for m, (a, b) in lora_pairs(state).items()}
+
+
+def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
+    """Sample-weighted average of adapters with identical keys and shapes."""
+    total = sum(n for _, n in states)
+    keys = states[0][0].keys()
+    for state, _ in states:
+        if state.keys() != keys or any(state[k].shape != states[0][0][k].shape for k in keys):
+            raise ValueError("deltas have different adapter layouts; all tenants must use the same LoRA settings")
+    return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
+
+
+def refactorise(deltas: dict[str, torch.Tensor], template: AdapterState, scaling: float) -> AdapterState:
+    """Truncated SVD of each module's ΔW into the template's rank: A = Vᵣᵀ, B = Uᵣ·Σᵣ / s."""
+    merged: AdapterState = {}
+    for key, tensor in template.items():
+        part = LORA_A if LORA_A in key else LORA_B
+        module, suffix = key.split(part, 1)
+        delta = deltas[f"{module}\0{suffix}"]
+        rank = template[f"{module}{LORA_A}{suffix}"].shape[0]
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        if part == LORA_A:
+            merged[key] = vh[:rank].to(tensor.dtype).contiguous()
+        else:
+            merged[key] = (u[:, :rank] * s[:rank] / scaling).to(tensor.dtype).contiguous()
+    return merged
+
+
+def exact_merge(updates: list[TenantUpdate], template: AdapterState, scaling: float) -> AdapterState:
+    """ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module, re-factorised into `template`'s rank with global scaling `scaling`."""
+    total = sum(u.num_examples for u in updates)
+    summed: dict[str, torch.Tensor] = {}
+    for update in updates:
+        for module, delta in dense_deltas(update.state, update.scaling).items():
+            summed[module] = summed.get(module, 0) + delta * (update.num_examples / total)
+    return refactorise(summed, template, scaling)
+
+
+def _flat(state: AdapterState) -> torch.Tensor:
+    return torch.cat([state[k].double().flatten() for k in sorted(state)])
+
+
+def bound_norms(updates: list[TenantUpdate], current: AdapterState, factor: float) -> tuple[list[TenantUpdate],
+                                                                                               dict[str, float]]:
+    """Scale each update's distance to `current` down to `factor` × the round's median distance.
+
+    Returns the bounded updates and, for each tenant that was scaled, its original distance / bound.
+    """
+    if factor <= 0 or not updates:
+        return updates, {}
+    distances = [float(torch.linalg.vector_norm(_flat(u.state) - _flat(current))) for u in updates]
+    bound = factor * float(np.median(distances))
+    bounded, scaled = [], {}
+    for update, distance in zip(updates, distances):
+        if distance > bound > 0:
+            shrink = bound / distance
+            state = {k: current[k] + (v - current[k]) * shrink for k, v in update.state.items()}
+            bounded.append(TenantUpdate(update.tenant, state, update.num_examples, update.scaling))
+            scaled[update.tenant] = distance / bound
+        else:
+            bounded.append(update)
+    return bounded, scaled
+
+
+def krum_select(updates: list[TenantUpdate], malicious: int) -> list[TenantUpdate]:
+    """Flower's Multi-Krum: keep the n - f updates closest to the others."""
+    keep = len(updates) - malicious
+    if keep < 1 or len(updates) < 2 * malicious + 3:
+        raise ValueError(f"Krum needs at least {2 * malicious + 3} updates for {malicious} malicious "
+                         f"tenant(s), got {len(updates)}")
+    contents = [RecordDict({"arrays": ArrayRecord(dict(sorted(u.state.items())))})
+                for u in updates]
+    chosen = select_multikrum(contents, malicious, keep)
+    return [u for u, c in zip(updates, contents) if any(c is x for x in chosen)]
+
+
+def trimmed_mean(updates: list[TenantUpdate], fraction: float) -> AdapterState:
+    """Flower's coordinate-wise trimmed mean of the adapters (unweighted, as the method requires)."""
+    keys = updates[0].state.keys()
+    return {k: torch.from_numpy(trim_mean(np.stack([u.state[k].numpy() for u in updates]), fraction)).to(
+        updates[0].state[k].dtype) for k in keys}
+
+
+def trimmed_mean_exact(updates: list[TenantUpdate], fraction: float, template: AdapterState,
+                       scaling: float) -> AdapterState:
+    """Coordinate-wise trimmed mean of the dense ΔW per module, re-factorised into the global rank."""
+    deltas = [dense_deltas(u.state, u.scaling) for u in updates]
+    summed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction))
+              for m in deltas[0]}
+    return refactorise(summed, template, scaling)
+
+
+def merge(updates: list[TenantUpdate], current: AdapterState, scaling: float,
+          settings: AggregationSection) -> tuple[AdapterState, dict[str, str]]:
+    """The round's global adapter, and a note for each tenant whose update was bounded or left out."""
+    notes: dict[str, str] = {}
+    same_shape = all(u.state[k].shape == current[k].shape for u in updates for k in current)
+    if settings.method == "fedavg" and not same_shape:
+        raise ValueError("tenants use different LoRA ranks: set aggregation.method = \"exact\"")
+    if same_shape:
+        updates, scaled = bound_norms(updates, current, settings.norm_bound)
+        notes.update({t: f"norm bounded (distance {ratio:.1f}x the bound)" for t, ratio in scaled.items()})
+    if settings.robust == "krum":
+        kept = krum_select(updates, settings.krum_malicious)
+        notes.update({u.tenant: "left out by Krum" for u in updates if u not in kept})
+        updates = kept
+    if settings.robust == "trimmed_mean":
+        if settings.method == "exact":
+            return trimmed_mean_exact(updates, settings.trim_fraction, current, scaling), notes
+        return trimmed_mean(updates, settings.trim_fraction), notes
+    if settings.method == "exact":
+        return exact_merge(updates, current, scaling), notes
+    return fedavg([(u.state, u.num_examples) for u in updates]), notes
+
+
+def lora_scaling(alpha: float, rank: int) -> float:
+    """PEFT's LoRA scaling s = alpha / rank."""
+    if rank <= 0 or not math.isfinite(alpha):
+        raise ValueError(f"invalid LoRA alpha {alpha} / rank {rank}")
+    return alpha / rank

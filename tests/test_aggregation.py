@@ -1,0 +1,114 @@
+"""Merging LoRA adapters: exact merge against the dense sum, validation, and robust merging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedloop.shared.settings import AggregationSection
+from fedloop.server.aggregation import (TenantUpdate, UpdateRejected, check_update,
+                                        dense_deltas, exact_merge, fedavg, lora_scaling, merge)
+
+MODULES = ("layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj")
+OUT, IN = 24, 20
+
+
+def adapter(rank: int, seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A random PEFT-keyed adapter of `rank` over MODULES."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for module in MODULES:
+        state[f"{module}.lora_A.weight"] = torch.randn(rank, IN, generator=generator) * scale
+        state[f"{module}.lora_B.weight"] = torch.randn(OUT, rank, generator=generator) * scale
+    return state
+
+
+def dense_sum(updates: list[TenantUpdate]) -> dict[str, torch.Tensor]:
+    total = sum(u.num_examples for u in updates)
+    result: dict[str, torch.Tensor] = {}
+    for update in updates:
+        for module, delta in dense_deltas(update.state, update.scaling).items():
+            result[module] = result.get(module, 0) + delta * update.num_examples / total
+    return result
+
+
+def test_exact_merge_equals_the_dense_sum_when_the_rank_allows_even_with_different_ranks() -> None:
+    updates = [TenantUpdate("a", adapter(4, 1), 30, lora_scaling(8, 4)),
+               TenantUpdate("b", adapter(8, 2), 10, lora_scaling(16, 8)),
+               TenantUpdate("c", adapter(2, 3), 20, lora_scaling(2, 2))]
+    global_scaling = lora_scaling(32, 16)
+    merged = exact_merge(updates, adapter(16, 0), global_scaling)  # 4 + 8 + 2 <= 16: nothing is lost
+    assert merged["layers.0.q_proj.lora_A.weight"].shape == (16, IN)
+    expected, got = dense_sum(updates), dense_deltas(merged, global_scaling)
+    for module in expected:
+        assert torch.allclose(got[module], expected[module], atol=1e-4, rtol=1e-4)
+
+
+def test_exact_merge_truncates_to_the_best_rank_r_approximation() -> None:
+    updates = [TenantUpdate(name, adapter(8, seed), 10, 2.0) for name, seed in (("a", 1), ("b", 2), ("c", 3))]
+    merged = exact_merge(updates, adapter(8, 0), 2.0)
+    for module, target in dense_sum(updates).items():
+        tail = torch.linalg.svdvals(target)[8:]
+        error = torch.linalg.matrix_norm(dense_deltas(merged, 2.0)[module] - target)
+        assert error == pytest.approx(float(torch.linalg.vector_norm(tail)), rel=1e-4)
+
+
+def test_fedavg_of_factors_is_not_the_average_update_but_is_sample_weighted() -> None:
+    a, b = TenantUpdate("a", adapter(4, 1), 30, 2.0), TenantUpdate("b", adapter(4, 2), 10, 2.0)
+    averaged = fedavg([(a.state, 30), (b.state, 10)])
+    assert torch.allclose(averaged["layers.0.q_proj.lora_A.weight"],
+                          0.75 * a.state["layers.0.q_proj.lora_A.weight"] + 0.25 * b.state["layers.0.q_proj.lora_A.weight"])
+    module = next(iter(dense_sum([a, b])))
+    assert not torch.allclose(dense_deltas(averaged, 2.0)[module], dense_sum([a, b])[module], atol=1e-3)
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda s: {**s, "layers.0.q_proj.lora_A.weight": s["layers.0.q_proj.lora_A.weight"].double()}, "dtype mismatch"),
+    (lambda s: {**s, "layers.0.q_proj.lora_A.weight": torch.zeros(4, IN + 1)}, "shape mismatch"),
+    (lambda s: {k: v for k, v in s.items() if "v_proj" not in k}, "shape mismatch"),
+    (lambda s: {**s, "layers.1.q_proj.lora_B.weight": s["layers.1.q_proj.lora_B.weight"] * float("nan")},
+     "non-finite"),
+    (lambda s: {**s, "layers.1.q_proj.lora_B.weight": torch.full((OUT, 4), float("inf"))}, "non-finite"),
+])
+def test_an_update_that_does_not_fit_is_rejected_with_its_reason(corrupt, reason: str) -> None:
+    reference = adapter(4, 0)
+    check_update(adapter(4, 1), reference, "bolt")
+    with pytest.raises(UpdateRejected, match=f"bolt: {reason}"):
+        check_update(corrupt(adapter(4, 1)), reference, "bolt")
+
+
+def honest_round(current: dict[str, torch.Tensor], count: int) -> list[TenantUpdate]:
+    """Small, similar updates around `current`, as tenants training from it produce."""
+    common = adapter(4, 99, 0.05)
+    return [TenantUpdate(f"t{i}", {k: current[k] + common[k] + adapter(4, 10 + i, 0.01)[k] for k in current}, 20, 2.0)
+            for i in range(count)]
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(sum(torch.linalg.vector_norm(a[k] - b[k]) ** 2 for k in a) ** 0.5)
+
+
+@pytest.mark.parametrize("method", ["fedavg", "exact"])
+def test_a_scaled_poisoned_update_is_norm_bounded(method: str) -> None:
+    current = adapter(4, 0, 0.1)
+    honest = honest_round(current, 3)
+    clean, _ = merge(honest, current, 2.0, AggregationSection(method=method))
+    poisoned = honest[:2] + [TenantUpdate("t2", {k: current[k] + (v - current[k]) * 50
+                                                   for k, v in honest[2].state.items()}, 20, 2.0)]
+    unprotected, _ = merge(poisoned, current, 2.0, AggregationSection(method=method, norm_bound=0))
+    protected, notes = merge(poisoned, current, 2.0, AggregationSection(method=method))
+    assert "norm bounded" in notes["t2"]
+    assert distance(protected, clean) < 0.1 * distance(unprotected, clean)
+
+
+def test_krum_leaves_out_a_noise_update_and_trimmed_mean_ignores_it() -> None:
+    current = adapter(4, 0, 0.1)
+    honest = honest_round(current, 4)
+    noise = TenantUpdate("noisy", {k: torch.randn_like(v) * 3 for k, v in current.items()}, 20, 2.0)
+    clean, _ = merge(honest, current, 2.0, AggregationSection(norm_bound=0))
+    krum, notes = merge(honest + [noise], current, 2.0, AggregationSection(robust="krum", norm_bound=0))
+    assert notes == {"noisy": "left out by Krum"}
+    assert distance(krum, clean) < 1e-5
+    trimmed, _ = merge(honest + [noise], current, 2.0, AggregationSection(robust="trimmed_mean", trim_fraction=0.2))
+    plain, _ = merge(honest + [noise], current, 2.0, AggregationSection(norm_bound=0))
+    assert distance(trimmed, clean) < 0.2 * distance(plain, clean)

@@ -1,0 +1,96 @@
+"""Every kind of bad delta is refused with its reason, counted, and the round goes on without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedloop.server.registry import VersionRegistry
+from fedloop.server.strategy import SealedFedAvg
+from fedloop.shared.adapter import LoraSettings, adapter_to_bytes
+from fedloop.shared.envelope import seal
+from fedloop.shared.keys import Identity, Keyring, init_keys
+from fedloop.shared.protocol import delta_binding, delta_content
+from fedloop.shared.settings import AggregationSection
+
+RUN = "refusal-run"
+TENANTS = ("honest1", "honest2", "unknown", "badsig", "tampered", "wrongad", "replay", "shape", "dtype", "nonfinite")
+
+
+def adapter(scale: float = 0.0) -> dict[str, torch.Tensor]:
+    return {"m.q_proj.lora_A.weight": torch.full((2, 6), 0.1), "m.q_proj.lora_B.weight": torch.full((6, 2), scale)}
+
+
+@pytest.fixture
+def strategy(tmp_path: Path) -> tuple[SealedFedAvg, Identity, dict[str, Identity]]:
+    keys = tmp_path / "keys"
+    hq = init_keys("hq", "hq", keys)
+    tenants = {name: init_keys("tenant", name, keys) for name in TENANTS if name != "unknown"}
+    tenants["unknown"] = init_keys("tenant", "unknown", tmp_path / "elsewhere")  # HQ never trusted it
+    trusted = Keyring.from_directory(keys)
+    registry = VersionRegistry(tmp_path / "hq", hq)
+    genesis = registry.create(adapter_to_bytes(adapter()), None, RUN, 0, {}, "init")
+    nodes = {index: tenants[name].public for index, name in enumerate(TENANTS, start=1)}
+    sealed = SealedFedAvg(registry, hq, trusted, nodes, RUN, genesis, adapter(), LoraSettings(rank=2, alpha=4),
+                          AggregationSection(min_tenants=1))
+    return sealed, hq, tenants
+
+
+def reply(node_id: int, envelope: bytes) -> Message:
+    """A train reply as node `node_id` would send it (Flower stamps ids from the task identity)."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    instruction = Message(RecordDict({"x": ConfigRecord({})}), dst_node_id=node_id, message_type="train")
+    TaskIdentity.node_id = node_id
+    answer = Message(delta_content(envelope, {"num-examples": 10}), reply_to=instruction)
+    assert answer.metadata.src_node_id == node_id
+    return answer
+
+
+def test_each_bad_delta_is_refused_with_its_reason_and_the_round_goes_on(strategy) -> None:
+    sealed, hq, tenants = strategy
+    base = sealed.current.id
+
+    def sealed_delta(name: str, state: dict[str, torch.Tensor], round_: int = 1, run: str = RUN) -> bytes:
+        return seal(adapter_to_bytes(state), delta_binding(name, run, round_, base, 10), tenants[name], hq.public)
+
+    def flipped(envelope: bytes, position: int) -> bytes:
+        altered = bytearray(envelope)
+        altered[position] ^= 0x01
+        return bytes(altered)
+
+    replies = {
+        "honest1": sealed_delta("honest1", adapter(0.2)),
+        "honest2": sealed_delta("honest2", adapter(0.4)),
+        "unknown": sealed_delta("unknown", adapter(0.2)),
+        "badsig": flipped(sealed_delta("badsig", adapter(0.2)), -1),  # a byte of the signature itself
+        "tampered": flipped(sealed_delta("tampered", adapter(0.2)), 400),  # a byte of the ciphertext
+        "wrongad": sealed_delta("wrongad", adapter(0.2), run="another-run"),
+        "replay": sealed_delta("replay", adapter(0.2), round_=0),
+        "shape": sealed_delta("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
+        "dtype": sealed_delta("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
+        "nonfinite": sealed_delta("nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}),
+    }
+    arrays, metrics = sealed.aggregate_train(1, [reply(TENANTS.index(n) + 1, e) for n, e in replies.items()])
+
+    report = sealed.reports[1]
+    assert report.contributors == {"honest1": 10, "honest2": 10}
+    assert report.refused_by_reason == {"unknown-key": 1, "bad-signature": 2, "wrong-associated-data": 1,
+                                        "replay": 1, "shape-or-dtype": 2, "non-finite": 1}
+    assert set(report.refused) == set(TENANTS) - {"honest1", "honest2"}
+    assert metrics["tenants"] == 2 and report.version == sealed.current.id
+    merged = arrays.to_torch_state_dict()["m.q_proj.lora_B.weight"]
+    assert torch.allclose(merged, torch.full((6, 2), 0.3))
+
+
+def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
+    sealed, hq, tenants = strategy
+    sealed.aggregation = AggregationSection(min_tenants=2)
+    before = sealed.current.id
+    envelope = seal(adapter_to_bytes(adapter(0.2)), delta_binding("honest1", RUN, 1, before, 10),
+                    tenants["honest1"], hq.public)
+    assert sealed.aggregate_train(1, [reply(1, envelope)]) == (None, None)
+    assert sealed.current.id == before and sealed.reports[1].contributors == {}
