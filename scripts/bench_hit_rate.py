@@ -17,10 +17,12 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
   steps of batch `batch_size` (local: on its own samples; federated: `steps`
   per round per tenant from the global version, FedAvg by sample count;
   centralized: on all tenants' samples pooled).
-- Every arm runs the same recipe (`--method`, default SFT then DPO: `steps`
-  SFT steps, then up to `steps` DPO steps on the round's rejected drafts).
+- Every arm runs the same recipe (`--method`, default SFT; `sft_then_dpo`
+  adds up to as many DPO steps on the rejected drafts after the SFT steps).
 - Ablation: the federated arm again with the other recipe (SFT only, or SFT
-  then DPO when `--method sft`).
+  then DPO when `--method sft`); and federated SFT with the exact merge
+  (SVD of the summed B·A) against FedAvg of A and B. Every federated arm uses
+  fedloop's merge with its default norm bound.
 
 Run: .venv/bin/python scripts/bench_hit_rate.py --data ../shared/data/bitext/bitext_customer_support_4514.csv [--quick]
 """
@@ -44,9 +46,9 @@ from fedloop.client.store_api import TrainingExample
 from fedloop.client.tenant_settings import CurationSection
 from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.recipe import run_recipe
-from fedloop.server.strategy import fedavg
+from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
 from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_state, attach_lora, load_adapter_state, load_base_model
-from fedloop.shared.settings import TrainSection
+from fedloop.shared.settings import AggregationSection, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = 4
@@ -131,14 +133,19 @@ def train_from(model, tokenizer, start: AdapterState, examples: list[TrainingExa
 
 
 def federated(model, tokenizer, init: AdapterState, data: list[list[TrainingExample]], settings: TrainSection,
-              rounds: int, steps: int, seed: int) -> AdapterState:
-    """fedloop's loop in-process: each round every tenant trains from the global version, then FedAvg."""
+              rounds: int, steps: int, seed: int, lora: LoraSettings, merge_method: str = "fedavg") -> AdapterState:
+    """fedloop's loop in-process: each round every tenant trains from the global version, then HQ merges.
+
+    The merge is fedloop's own (server/aggregation.py, default robust settings) with `merge_method`.
+    """
     global_state = init
+    scaling = lora_scaling(lora.alpha, lora.rank)
     for round_ in range(1, rounds + 1):
-        updates = [(train_from(model, tokenizer, global_state, examples, settings, steps, seed + 100 * round_ + i),
-                    len(examples)) for i, examples in enumerate(data)]
-        global_state = fedavg(updates)
-        print(f"  federated round {round_}/{rounds} done", flush=True)
+        updates = [TenantUpdate(f"tenant{i}", train_from(model, tokenizer, global_state, examples, settings, steps,
+                                                         seed + 100 * round_ + i), len(examples), scaling)
+                   for i, examples in enumerate(data)]
+        global_state, _ = merge(updates, global_state, scaling, AggregationSection(method=merge_method))
+        print(f"  federated ({merge_method}) round {round_}/{rounds} done", flush=True)
     return global_state
 
 
@@ -150,7 +157,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small protocol, about 10 minutes on 2 cores")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "hit_rate.png")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--method", choices=tuple(METHOD_LABELS), default="sft_then_dpo",
+    parser.add_argument("--method", choices=tuple(METHOD_LABELS), default="sft",
                         help="the training recipe of every arm (the ablation uses the other one)")
     args = parser.parse_args()
     if not args.data.exists():
@@ -181,21 +188,31 @@ def main() -> None:
                                  train_from(model, tokenizer, init, data[i], settings, rounds * steps, args.seed + i),
                                  t, max_new_tokens) for i, t in enumerate(tenants)]
     print(f"  local done ({time.monotonic() - started:.0f} s)", flush=True)
-    fed_state = federated(model, tokenizer, init, data, settings, rounds, steps, args.seed)
+    fed_state = federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora)
     results["federated"] = [evaluate(model, tokenizer, fed_state, t, max_new_tokens) for t in tenants]
     pooled = [e for examples in data for e in examples]
     central_state = train_from(model, tokenizer, init, pooled, settings, rounds * steps, args.seed)
     results["centralized"] = [evaluate(model, tokenizer, central_state, t, max_new_tokens) for t in tenants]
     print(f"  centralized done ({time.monotonic() - started:.0f} s)", flush=True)
     ablation_state = federated(model, tokenizer, init, data, replace(settings, method=ablation_method), rounds,
-                               steps, args.seed)
+                               steps, args.seed, lora)
     ablation_arm = f"federated {METHOD_LABELS[ablation_method]}"
     results[ablation_arm] = [evaluate(model, tokenizer, ablation_state, t, max_new_tokens) for t in tenants]
+    exact_state = federated(model, tokenizer, init, data, replace(settings, method="sft"), rounds, steps, args.seed,
+                            lora, "exact")
+    results["federated SFT exact"] = [evaluate(model, tokenizer, exact_state, t, max_new_tokens) for t in tenants]
     elapsed = time.monotonic() - started
     report(tenants, results, elapsed, args.plot)
-    ablation = {arm: sum(r["hit-rate"] for r in results[arm]) / len(tenants) for arm in ("federated", ablation_arm)}
-    print(f"ablation (federated): {METHOD_LABELS[args.method]} {ablation['federated']:.1%} vs "
-          f"{METHOD_LABELS[ablation_method]} {ablation[ablation_arm]:.1%}")
+    print(f"ablation (federated): {METHOD_LABELS[args.method]} {mean_hit_rate(results['federated']):.1%} vs "
+          f"{METHOD_LABELS[ablation_method]} {mean_hit_rate(results[ablation_arm]):.1%}")
+    fedavg_sft = "federated" if args.method == "sft" else ablation_arm
+    print(f"merge (federated SFT): FedAvg of A and B {mean_hit_rate(results[fedavg_sft]):.1%} vs exact "
+          f"{mean_hit_rate(results['federated SFT exact']):.1%}")
+
+
+def mean_hit_rate(per_tenant: list[dict[str, float]]) -> float:
+    """Mean hit rate over tenants."""
+    return sum(r["hit-rate"] for r in per_tenant) / len(per_tenant)
 
 
 def report(tenants: list[TenantData], results: dict[str, list[dict[str, float]]], elapsed: float, plot: Path) -> None:
@@ -212,7 +229,7 @@ def report(tenants: list[TenantData], results: dict[str, list[dict[str, float]]]
         print(f"| {tenant.name} ({', '.join(c.lower() for c in tenant.categories)}) | "
               + " | ".join(f"{h:.1%}" for h in hits)
               + f" | {(fed - base) * 100:+.1f} | {(local - base) * 100:+.1f} | {(central - base) * 100:+.1f} |")
-    means = {a: sum(r["hit-rate"] for r in results[a]) / len(tenants) for a in arms}
+    means = {a: mean_hit_rate(results[a]) for a in arms}
     sims = {a: sum(r["mean-similarity"] for r in results[a]) / len(tenants) for a in arms}
     fed_up, local_up, central_up = (sum(r[k] for r in rows) / len(rows) for k in range(3))
     print("| **mean** | " + " | ".join(f"**{means[a]:.1%}**" for a in arms)

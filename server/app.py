@@ -64,7 +64,8 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
         tenants = enrol_tenants(grid, trusted, len(settings.federation.tenants))
         model, _ = load_base_model(Path(settings.paths.model))
         initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
-        genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init")
+        genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init",
+                                  {"lora": asdict(settings.lora)})
         log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
         strategy = SealedFedAvg(registry, hq, trusted, tenants, settings.federation.run_name, genesis, initial,
                                 settings.lora, settings.aggregation)

@@ -3,15 +3,25 @@
 Rows live in SQLite; adapter blobs live beside it as SM4-GCM encrypted files
 (version id as associated data). A blob is written atomically before its row
 is committed, so a crash leaves at worst an unreferenced blob, never a row
-without its adapter. Each version's manifest is signed with HQ's SM2 key.
+without its adapter. Each version's manifest (everything but its status and
+metrics, which change over time) is signed with HQ's SM2 key.
+
+Release: a version is `candidate` when created, `canary` while tenants try it
+on a share of their traffic, `stable` when promoted, `rolled_back` when pulled.
+The stable pointer is the newest row of `releases`; rolling back the stable
+version appends the previous stable one, so a rollback is one small
+transaction (a pointer swap), and the history of the pointer is kept.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.files import write_atomic
@@ -29,9 +39,19 @@ CREATE TABLE IF NOT EXISTS versions (
     digest TEXT NOT NULL,
     signature BLOB NOT NULL,
     status TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS releases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL REFERENCES versions(id),
+    action TEXT NOT NULL,
+    at REAL NOT NULL
 );
 """
+STATUSES = ("candidate", "canary", "stable", "rolled_back")
+_NEXT_STATUS = {"candidate": "canary", "canary": "stable"}
 
 
 class RegistryError(Exception):
@@ -50,10 +70,12 @@ class VersionRecord:
     method: str
     digest: str
     status: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> bytes:
-        """The canonical bytes HQ signs: everything but the status, which changes over time."""
-        document = {k: v for k, v in asdict(self).items() if k != "status"}
+        """The canonical bytes HQ signs: everything but the status and metrics, which change over time."""
+        document = {k: v for k, v in asdict(self).items() if k not in ("status", "metrics")}
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -71,19 +93,22 @@ class VersionRegistry:
         self._db.close()
 
     def create(self, adapter: bytes, parent: str | None, run: str, round_: int,
-               contributors: dict[str, int], method: str) -> VersionRecord:
-        """Record a new version: encrypted blob first, then the signed row."""
+               contributors: dict[str, int], method: str, settings: dict[str, Any] | None = None) -> VersionRecord:
+        """Record a new version: encrypted blob first, then the signed row.
+
+        `settings` are what produced it (aggregation and LoRA settings), kept with the signed manifest.
+        """
         digest = sm3_digest(adapter).hex()
         (count,) = self._db.execute("SELECT COUNT(*) FROM versions").fetchone()
         record = VersionRecord(f"v{count:04d}-{digest[:8]}", parent, run, round_, dict(contributors),
-                               method, digest, "candidate")
+                               method, digest, "candidate", dict(settings or {}))
         write_atomic(self._blob_path(record.id),
                      self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
         signature = self._hq.signing_key.sign(record.manifest())
         self._db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
             (record.id, parent, run, round_, json.dumps(record.contributors), method, digest,
-             signature, record.status, time.time()),
+             signature, record.status, time.time(), json.dumps(record.settings, sort_keys=True)),
         )
         return record
 
@@ -93,12 +118,13 @@ class VersionRegistry:
     def get(self, version_id: str) -> VersionRecord:
         """The record of `version_id`; raises RegistryError if unknown."""
         row = self._db.execute(
-            "SELECT id, parent, run, round, contributors, method, digest, status FROM versions WHERE id = ?",
-            (version_id,),
+            "SELECT id, parent, run, round, contributors, method, digest, status, settings, metrics "
+            "FROM versions WHERE id = ?", (version_id,),
         ).fetchone()
         if row is None:
-            raise RegistryError(f"unknown version {version_id!r}: see `versions()` for the known ones")
-        return VersionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7])
+            raise RegistryError(f"unknown version {version_id!r}: `fedloop versions list` shows the known ones")
+        return VersionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
+                             json.loads(row[8]), json.loads(row[9]))
 
     def versions(self) -> list[VersionRecord]:
         """All versions, oldest first."""
@@ -127,3 +153,56 @@ class VersionRegistry:
         if sm3_digest(adapter).hex() != record.digest:
             raise RegistryError(f"blob of version {version_id!r} does not match its recorded digest")
         return adapter
+
+    def record_metrics(self, version_id: str, metrics: dict[str, Any]) -> None:
+        """Merge `metrics` (e.g. hit rate per tenant) into the version's metrics."""
+        merged = {**self.get(version_id).metrics, **metrics}
+        self._db.execute("UPDATE versions SET metrics = ? WHERE id = ?", (json.dumps(merged, sort_keys=True),
+                                                                          version_id))
+
+    def stable(self) -> VersionRecord | None:
+        """The version the stable pointer names: the newest release not rolled back since, if any."""
+        row = self._db.execute("SELECT r.version FROM releases r JOIN versions v ON v.id = r.version "
+                               "WHERE v.status = 'stable' ORDER BY r.seq DESC LIMIT 1").fetchone()
+        return self.get(row[0]) if row else None
+
+    def promote(self, version_id: str) -> VersionRecord:
+        """candidate → canary, or canary → stable (moving the stable pointer); returns the updated record."""
+        record = self.get(version_id)
+        target = _NEXT_STATUS.get(record.status)
+        if target is None:
+            raise RegistryError(f"version {version_id} is {record.status}; only a candidate or a canary can be "
+                                "promoted")
+        with self._transaction():
+            self._db.execute("UPDATE versions SET status = ? WHERE id = ?", (target, version_id))
+            if target == "stable":
+                self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'promote', ?)",
+                                 (version_id, time.time()))
+        return self.get(version_id)
+
+    def rollback(self, version_id: str) -> VersionRecord | None:
+        """Mark `version_id` rolled back; if it was the stable one, point stable back at the one before.
+
+        Returns the stable version afterwards (None if there is none left).
+        """
+        record = self.get(version_id)
+        if record.status == "rolled_back":
+            raise RegistryError(f"version {version_id} is already rolled back")
+        with self._transaction():
+            self._db.execute("UPDATE versions SET status = 'rolled_back' WHERE id = ?", (version_id,))
+            if record.status == "stable":
+                previous = self.stable()
+                if previous is not None:
+                    self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'rollback', ?)",
+                                     (previous.id, time.time()))
+        return self.stable()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -70,6 +70,7 @@ class SealedFedAvg(Strategy):
         self.current = current
         self.current_state = current_state
         self.scaling = lora_scaling(lora.alpha, lora.rank)
+        self.lora = lora
         self.aggregation = aggregation or AggregationSection()
         self.reports: dict[int, RoundReport] = {}
 
@@ -155,7 +156,8 @@ class SealedFedAvg(Strategy):
         for tenant, note in report.merge_notes.items():
             log.warning("round %d: %s: %s", server_round, tenant, note)
         record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run, server_round,
-                                      report.contributors, self.aggregation.method)
+                                      report.contributors, self.aggregation.method,
+                                      {"aggregation": asdict(self.aggregation), "lora": asdict(self.lora)})
         log.info("round %d: version %s (parent %s, %s) from %s", server_round, record.id, record.parent,
                  self.aggregation.method, ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
         report.version, report.parent, self.current, self.current_state = record.id, record.parent, record, merged
@@ -181,6 +183,8 @@ class SealedFedAvg(Strategy):
             report.evaluation[tenant.name] = dict(reply.content.metric_records[METRICS])
         if not report.evaluation:
             return None
+        self.registry.record_metrics(self.current.id, {"hit-rate": {t: m["hit-rate"]
+                                                                    for t, m in report.evaluation.items()}})
         total = sum(m[NUM_EXAMPLES] for m in report.evaluation.values())
         mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in report.evaluation.values()) / total
         log.info("round %d: hit rate %s (mean %.3f)", server_round,

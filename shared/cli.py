@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
+from fedloop.server.versions_cli import versions_app
 from fedloop.shared.console import fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
@@ -22,6 +23,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(vault_app, name="vault")
 app.add_typer(samples_app, name="samples")
+app.add_typer(versions_app, name="versions")
 
 
 @keys_app.command("init")

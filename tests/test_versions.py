@@ -1,0 +1,93 @@
+"""The version registry's release states and `fedloop versions list|show|diff|export|promote|rollback`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from typer.testing import CliRunner
+
+from fedloop.server.registry import RegistryError, VersionRegistry
+from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.cli import app
+from fedloop.shared.keys import init_keys, load_identity
+from fedloop.shared.run_layout import HQ_NAME, RunLayout
+
+LORA = LoraSettings(rank=4, alpha=8)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, list[str], dict[str, torch.Tensor]]:
+    """A run directory whose registry holds version 0 and two trained versions of the tiny model's adapter."""
+    layout = RunLayout(tmp_path / "run")
+    hq = init_keys("hq", HQ_NAME, layout.keys)
+    model, _ = load_base_model(tiny_model_dir)
+    initial = adapter_state(attach_lora(model, LORA, seed=1))
+    registry = VersionRegistry(layout.hq, hq)
+    ids = [registry.create(adapter_to_bytes(initial), None, "r", 0, {}, "init", {"lora": asdict(LORA)}).id]
+    state = initial
+    for round_ in (1, 2):
+        state = {k: v + 0.01 * round_ for k, v in state.items()}
+        ids.append(registry.create(adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact",
+                                   {"lora": asdict(LORA)}).id)
+    registry.record_metrics(ids[2], {"hit-rate": {"acme": 0.5, "bolt": 0.25}})
+    registry.close()
+    return layout.root, ids, state
+
+
+def test_release_states_and_rollback_is_a_pointer_swap(run_dir) -> None:
+    root, ids, _ = run_dir
+    registry = VersionRegistry(RunLayout(root).hq, load_identity(RunLayout(root).keys, HQ_NAME))
+    assert registry.stable() is None
+    assert registry.promote(ids[1]).status == "canary" and registry.stable() is None
+    assert registry.promote(ids[1]).status == "stable"
+    with pytest.raises(RegistryError, match="only a candidate or a canary"):
+        registry.promote(ids[1])
+    assert registry.get(ids[1]).status == "stable" and registry.stable().id == ids[1]
+    registry.promote(ids[2])
+    registry.promote(ids[2])
+    assert registry.stable().id == ids[2]
+    assert registry.rollback(ids[2]).id == ids[1]
+    assert registry.get(ids[2]).status == "rolled_back" and registry.signature_valid(ids[2])
+    with pytest.raises(RegistryError, match="already rolled back"):
+        registry.rollback(ids[2])
+    registry.close()
+
+
+def test_versions_cli(run_dir, tiny_model_dir: Path, tmp_path: Path) -> None:
+    root, ids, state = run_dir
+    runner = CliRunner()
+    where = ["--run", str(root)]
+
+    listed = runner.invoke(app, ["versions", "list", *where])
+    assert listed.exit_code == 0, listed.output
+    assert all(i in listed.output for i in ids) and "37.5%" in listed.output
+
+    shown = json.loads(runner.invoke(app, ["versions", "show", ids[2], *where]).output)
+    assert shown["signature_valid"] and shown["lineage"] == ids and shown["status"] == "candidate"
+
+    compared = runner.invoke(app, ["versions", "diff", ids[1], ids[2], *where])
+    assert compared.exit_code == 0 and "all modules" in compared.output
+
+    for expected in ("canary", "stable"):
+        promoted = runner.invoke(app, ["versions", "promote", ids[2], *where])
+        assert promoted.exit_code == 0 and f"now {expected}" in promoted.output
+    rolled = runner.invoke(app, ["versions", "rollback", ids[2], *where])
+    assert rolled.exit_code == 0 and "stable is now none" in rolled.output
+
+    out = tmp_path / "export"
+    exported = runner.invoke(app, ["versions", "export", ids[2], "--out", str(out), "--base-model",
+                                   str(tiny_model_dir), *where])
+    assert exported.exit_code == 0, exported.output
+    base, _ = load_base_model(tiny_model_dir)
+    loaded = adapter_state(PeftModel.from_pretrained(base, out))
+    assert all(torch.allclose(loaded[k], v) for k, v in state.items())
+
+    unknown = runner.invoke(app, ["versions", "show", "v9999-deadbeef", *where])
+    assert unknown.exit_code == 2 and "unknown version" in unknown.output
+    nowhere = runner.invoke(app, ["versions", "list"])
+    assert nowhere.exit_code == 2 and "--run" in nowhere.output
