@@ -11,6 +11,7 @@ query enrol: tell HQ which tenant and key this node is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -39,7 +40,7 @@ from fedloop.shared.keys import Identity, Keyring, load_identity, load_public_ke
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.protocol import ENROL, GLOBAL, METRICS, NUM_EXAMPLES, delta_binding, delta_content, global_binding
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
-from fedloop.shared.settings import Settings
+from fedloop.shared.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 SIMULATED_DWELL_MS = 4000  # simulated users read a draft for 4 s before deciding
@@ -143,30 +144,52 @@ class Tenant:
 
 
 @lru_cache(maxsize=None)
-def _tenant_at(index: int, settings: Settings, layout: RunLayout) -> Tenant:
-    return Tenant(settings.federation.tenants[index], index, settings, layout)
+def _tenant_at(name: str, index: int, settings: Settings, layout: RunLayout) -> Tenant:
+    return Tenant(name, index, settings, layout)
 
 
-def _tenant(context: Context, settings: Settings, layout: RunLayout) -> Tenant:
-    """The tenant this node plays (by partition id), kept for the life of the worker process."""
+TenantResolver = Callable[[Context], Tenant]
+
+
+def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
+    """Simulation: each node plays the tenant of its partition id, all in one run directory."""
+    def resolve(context: Context) -> Tenant:
+        configure_logging()
+        index = int(context.node_config["partition-id"])
+        return _tenant_at(settings.federation.tenants[index], index, settings, layout)
+    return resolve
+
+
+def deployed_tenant(context: Context) -> Tenant:
+    """Deployment: the SuperNode's node config names the tenant, its home directory and its settings file.
+
+    `fedloop tenant up` sets `tenant`, `home` (keys/ and tenants/<tenant>/ inside) and `settings`.
+    """
     configure_logging()
-    return _tenant_at(int(context.node_config["partition-id"]), settings, layout)
+    config = context.node_config
+    missing = [k for k in ("tenant", "home", "settings") if k not in config]
+    if missing:
+        raise ValueError(f"SuperNode node config lacks {missing}: start it with `fedloop tenant up`")
+    settings = load_settings(Path(str(config["settings"])))
+    name = str(config["tenant"])
+    index = settings.federation.tenants.index(name) if name in settings.federation.tenants else 0
+    return _tenant_at(name, index, settings, RunLayout(Path(str(config["home"]))))
 
 
-def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
-    """A ClientApp bound to these settings and run directory; each node is the tenant of its partition id."""
+def build_client_app(tenant_for: TenantResolver) -> ClientApp:
+    """The tenant's ClientApp; `tenant_for` says which tenant a node is (simulation or deployment)."""
     app = ClientApp()
-    run = settings.federation.run_name
 
     @app.query(ENROL)
     def enrol(message: Message, context: Context) -> Message:
-        tenant = _tenant(context, settings, layout)
+        tenant = tenant_for(context)
         claim = ConfigRecord({"tenant": tenant.name, "key_id": tenant.identity.public.key_id})
         return Message(RecordDict({ENROL: claim}), reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        tenant = _tenant(context, settings, layout)
+        tenant = tenant_for(context)
+        settings, run = tenant.settings, tenant.settings.federation.run_name
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
         served_hit_rate = tenant.serve_round(model, tokenizer, version_id, round_)
         examples = training_examples(tenant.store, tenant.runtime.settings.curation)
@@ -183,7 +206,8 @@ def build_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        tenant = _tenant(context, settings, layout)
+        tenant = tenant_for(context)
+        settings, run = tenant.settings, tenant.settings.federation.run_name
         serving = tenant.serving_adapter
         _, version_id, model, tokenizer = tenant.install_global(message, run)
         metrics = hit_rate(model, tokenizer, tenant.held_out, tenant.judgement, settings.simulation.max_new_tokens)

@@ -12,7 +12,7 @@ from typing import Any
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.app import build_client_app
+from fedloop.client.app import build_client_app, simulated_tenants
 from fedloop.client.simulated_users import STYLES
 from fedloop.server.app import build_server_app
 from fedloop.shared.keys import init_keys
@@ -49,7 +49,7 @@ def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp 
     }
     log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
     run_simulation(server_app=server_app or build_server_app(settings, layout),
-                   client_app=build_client_app(settings, layout),
+                   client_app=build_client_app(simulated_tenants(settings, layout)),
                    num_supernodes=tenants, backend_config=backend_config)
     if not layout.summary.exists():
         raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")

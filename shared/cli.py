@@ -9,6 +9,7 @@ import typer
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
 from fedloop.server.versions_cli import versions_app
+from fedloop.shared.deploy_cli import certs, hq_app, run, tenant_up
 from fedloop.shared.console import fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
@@ -24,6 +25,10 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(vault_app, name="vault")
 app.add_typer(samples_app, name="samples")
 app.add_typer(versions_app, name="versions")
+app.add_typer(hq_app, name="hq")
+app.command("certs")(certs)
+app.command("run")(run)
+tenant_app.command("up")(tenant_up)
 
 
 @keys_app.command("init")

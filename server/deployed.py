@@ -1,0 +1,31 @@
+"""HQ's ServerApp as Flower's Deployment Engine loads it (`fedloop.server.deployed:app`).
+
+`fedloop run` passes the run config: `settings` (the federation settings TOML)
+and `home` (HQ's directory: `keys/` with HQ's key pair and the tenants' public
+keys, `hq/` with the registry; the run summary is written there too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedloop.server.app import run_hq
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.run_layout import RunLayout
+from fedloop.shared.settings import load_settings
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation described by the run config's settings file."""
+    configure_logging()
+    missing = [k for k in ("settings", "home") if not context.run_config.get(k)]
+    if missing:
+        raise ValueError(f"run config lacks {missing}: submit the run with `fedloop run`")
+    settings = load_settings(Path(str(context.run_config["settings"])))
+    run_hq(grid, settings, RunLayout(Path(str(context.run_config["home"]))))

@@ -1,0 +1,138 @@
+"""Flower's Deployment Engine as fedloop runs it: SuperLink at HQ, a SuperNode per tenant, `flwr run`.
+
+Everything here builds the command lines of Flower's own executables (from the
+same environment as fedloop) and the Flower CLI configuration they read; the
+transport, TLS and SuperNode authentication are Flower's. TLS is always on:
+there is no insecure mode. Nothing is installed at run time
+(`--disable-runtime-dependency-installation`): the Flower App bundle carries
+only `server/flower_app/pyproject.toml`, whose components are fedloop's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "server" / "flower_app"
+CONNECTION = "fedloop"
+
+
+class DeploymentError(RuntimeError):
+    """A Flower process or CLI call failed; the message says which and why."""
+
+
+def flower_executable(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (the same environment as fedloop)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise DeploymentError(f"`{name}` not found next to {sys.executable} or on PATH: install fedloop's "
+                              "dependencies (`make install`)")
+    return found
+
+
+def _require_files(**paths: Path) -> None:
+    missing = [f"{label} {path}" for label, path in paths.items() if not path.is_file()]
+    if missing:
+        raise DeploymentError(f"missing {', '.join(missing)}: create them with `fedloop certs` or bring your own")
+
+
+@dataclass(frozen=True)
+class SuperLinkSpec:
+    """How HQ's SuperLink listens and proves itself."""
+
+    home: Path  # HQ's home: keys/, hq/ (registry), superlink.db, flwr/ (Flower CLI config)
+    ca_certificate: Path
+    certificate: Path
+    private_key: Path
+    host: str = "127.0.0.1"
+    port: int = 9300
+
+    @property
+    def address(self) -> str:
+        """host:port as SuperNodes and the Flower CLI reach it."""
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """`flower-superlink` with TLS, SuperNode authentication and a persistent state database."""
+        _require_files(ca_certificate=self.ca_certificate, certificate=self.certificate, private_key=self.private_key)
+        return [flower_executable("flower-superlink"),
+                "--ssl-ca-certfile", str(self.ca_certificate), "--ssl-certfile", str(self.certificate),
+                "--ssl-keyfile", str(self.private_key), "--enable-supernode-auth",
+                "--database", str(self.home / "superlink.db"), "--disable-runtime-dependency-installation",
+                "--host", self.host, "--port", str(self.port)]
+
+
+@dataclass(frozen=True)
+class SuperNodeSpec:
+    """One tenant's SuperNode: whom it connects to, how it authenticates, which tenant it is."""
+
+    tenant: str
+    home: Path  # the tenant's home: keys/ (its keys, HQ's public key) and tenants/<tenant>/ (its store)
+    settings: Path
+    superlink: str
+    ca_certificate: Path
+    node_key: Path
+    runtime_port: int = 9400
+
+    def command(self) -> list[str]:
+        """`flower-supernode` over TLS, signing in with the tenant's node key."""
+        _require_files(ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings)
+        node_config = f'tenant="{self.tenant}" home="{self.home.resolve()}" settings="{self.settings.resolve()}"'
+        return [flower_executable("flower-supernode"), "--superlink", self.superlink,
+                "--root-certificates", str(self.ca_certificate), "--auth-supernode-private-key", str(self.node_key),
+                "--node-config", node_config, "--port", str(self.runtime_port), "--max-retries", "10"]
+
+
+def flower_home(home: Path) -> Path:
+    """Where Flower's CLI and SuperExec keep their state for this party (FLWR_HOME)."""
+    return home / "flwr"
+
+
+def write_cli_config(home: Path, address: str, ca_certificate: Path) -> Path:
+    """Write the Flower CLI's connection `fedloop` (TLS, checked against `ca_certificate`) for this HQ home."""
+    path = flower_home(home) / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n'
+                    f'root-certificates = "{ca_certificate.resolve()}"\n')
+    return path
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment for a Flower process of the party living in `home`."""
+    return {**os.environ, "FLWR_HOME": str(flower_home(home).resolve())}
+
+
+def _flwr(home: Path, *args: str, timeout: float = 120.0) -> str:
+    result = subprocess.run([flower_executable("flwr"), *args], env=flower_env(home), capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise DeploymentError(f"`flwr {' '.join(args[:2])}` failed (exit {result.returncode}): "
+                              f"{(result.stderr or result.stdout).strip()[-600:]}")
+    return result.stdout
+
+
+def register_node(home: Path, public_key: Path, name: str) -> str:
+    """Register a tenant's SuperNode public key with the running SuperLink; returns Flower's output."""
+    if not public_key.is_file():
+        raise DeploymentError(f"node public key {public_key} not found: the tenant makes it with `fedloop certs`")
+    return _flwr(home, "supernode", "register", str(public_key), CONNECTION, "--name", name)
+
+
+def submit_run(home: Path, settings: Path, stream: bool = True, timeout: float | None = None) -> int:
+    """`flwr run` the fedloop Flower App with HQ's settings; streams its log; returns the exit status."""
+    run_config = f'settings="{settings.resolve()}" home="{home.resolve()}"'
+    command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", run_config]
+    if stream:
+        command.append("--stream")
+    return subprocess.run(command, env=flower_env(home), timeout=timeout).returncode
+
+
+def exec_flower(command: list[str], home: Path) -> None:
+    """Replace this process with a Flower process (signals and logs go straight to it)."""
+    flower_home(home).mkdir(parents=True, exist_ok=True)
+    os.execve(command[0], command, flower_env(home))
