@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 
-.PHONY: install model demo test proto clean
+.PHONY: install model demo test browser proto config-reference clean
 
 install: $(STAMP)
 
@@ -23,12 +23,22 @@ model: $(STAMP)
 demo: model
 	$(VENV)/bin/fedloop demo --config configs/demo.toml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The report test opens the HTML report in headless Chromium (Debian's package; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) || \
+		{ echo "make test needs Chromium for the report test: install Debian's chromium package"; exit 1; }
 
 # Regenerate proto/*_pb2*.py from proto/*.proto (the generated files are committed).
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
+
+# Regenerate docs/configuration.md from the settings classes (a test checks it is current).
+config-reference: $(STAMP)
+	$(PY) scripts/gen_config_reference.py
 
 clean:
 	rm -rf runs .pytest_cache

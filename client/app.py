@@ -1,18 +1,23 @@
 """The tenant's Flower ClientApp.
 
-train:    verify and install the global version, serve it to this round's
-          simulated users (recording their feedback), train LoRA locally on
-          all feedback, reply with the sealed delta and its sample count.
+train:    verify and install the global version, serve this round's simulated
+          users with the version the release controller routes each one to
+          (recording their feedback), train LoRA locally from the global
+          version on all feedback, reply with the sealed delta and its sample
+          count, then let the release controller widen, promote or roll back.
 evaluate: verify and install the global version, report its hit rate on the
-          tenant's held-out prompts.
+          tenant's held-out prompts, run the KL and forgetting gates, and offer
+          a version that passes them to the release controller (canary).
 query enrol: tell HQ which tenant and key this node is.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -24,16 +29,18 @@ from transformers import PreTrainedTokenizerBase
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.privacy import Redactor
 from fedloop.client.simulated_users import Conversation, TenantTraffic, UserJudgement
-from fedloop.client.samples.curation import training_examples
+from fedloop.client.samples.curation import dataset_version, training_examples
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
-from fedloop.client.tenant_settings import TenantSection, TenantSettings
+from fedloop.client.release.controller import ACTOR, ReleaseController
+from fedloop.client.tenant_settings import TenantSection, TenantSettings, load_tenant_settings
 from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.recipe import run_recipe
-from fedloop.client.evaluate.drift import forgetting_gate, kl_gate
+from fedloop.client.evaluate.drift import GateResult, forgetting_gate, kl_gate
 from fedloop.client.evaluate.hit_rate import hit_rate
-from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes,
+                                    attach_lora, load_adapter_state, load_base_model)
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, load_identity, load_public_key, key_paths
@@ -62,35 +69,42 @@ def _redactor() -> Redactor:
 
 @dataclass(eq=False)
 class Tenant:
-    """One tenant's keys, store and simulated users, as seen inside its ClientApp."""
+    """One tenant as seen inside its ClientApp: federation settings, its own settings, keys, store, users."""
 
-    name: str
     index: int
     settings: Settings
-    layout: RunLayout
-    serving_adapter: AdapterState | None = None
+    local: TenantSettings
+    adapters: dict[str, AdapterState] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The tenant's name."""
+        return self.local.tenant.name
 
     @cached_property
     def identity(self) -> Identity:
         """This tenant's own keys."""
-        return load_identity(self.layout.keys, self.name)
+        return load_identity(Path(self.local.tenant.keys_dir), self.name)
 
     @cached_property
     def hq_keyring(self) -> Keyring:
         """The only signer a tenant trusts: HQ."""
-        return Keyring([load_public_key(key_paths(self.layout.keys, HQ_NAME)["public"])])
+        return Keyring([load_public_key(key_paths(Path(self.local.tenant.keys_dir), HQ_NAME)["public"])])
 
     @cached_property
     def runtime(self) -> TenantRuntime:
-        """The tenant's store and ingestion pipeline (default tenant settings)."""
-        settings = TenantSettings(tenant=TenantSection(self.name, str(self.layout.keys),
-                                                       str(self.layout.tenant(self.name))))
-        return open_tenant(settings, self.identity, redactor=_redactor())
+        """The tenant's store and ingestion pipeline."""
+        return open_tenant(self.local, self.identity, redactor=_redactor())
 
     @property
     def store(self) -> FeedbackStore:
         """The encrypted feedback store."""
         return self.runtime.store
+
+    @cached_property
+    def release(self) -> ReleaseController:
+        """The tenant's release pointer (serving version, canary, share)."""
+        return ReleaseController(self.store, self.local.release)
 
     @cached_property
     def traffic(self) -> TenantTraffic:
@@ -109,6 +123,12 @@ class Tenant:
         sim = self.settings.simulation
         return UserJudgement(sim.accept_threshold, sim.edit_threshold)
 
+    def adapter(self, version_id: str) -> AdapterState:
+        """An installed version's adapter, from memory or decrypted from the store."""
+        if version_id not in self.adapters:
+            self.adapters[version_id] = adapter_from_bytes(self.store.installed_adapter(version_id))
+        return self.adapters[version_id]
+
     def install_global(self, message: Message, run: str) -> tuple[int, str, PeftModel, PreTrainedTokenizerBase]:
         """Verify the sealed global version in `message`, keep it, and load it into the model.
 
@@ -122,33 +142,75 @@ class Tenant:
         if digest != opened.binding.details.get("digest"):
             raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
         model, tokenizer = _model(self.settings.paths.model, self.settings.lora, self.settings.federation.seed)
-        load_adapter_state(model, adapter_from_bytes(opened.payload))
+        state = adapter_from_bytes(opened.payload)
+        load_adapter_state(model, state)
         installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
                                      opened.binding.details["parent"], digest)
         self.store.install_version(installed, opened.payload)
+        current = self.release.state()
+        keep = {version_id} | ({current.serving, current.canary} if current else set())
+        self.adapters = {v: a for v, a in self.adapters.items() if v in keep}
+        self.adapters[version_id] = state
         return round_, version_id, model, tokenizer
 
-    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str, round_: int) -> float:
-        """Draft replies for this round's users with `version_id` and record what they did; returns the hit rate."""
-        recorder = FeedbackRecorder(self.runtime.pipeline)
+    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, global_version: str,
+                    round_: int) -> float:
+        """Draft replies for this round's users, each with the version the release pointer routes them to.
+
+        Records every draft (with its model and prompt version) and outcome; leaves
+        `global_version` loaded for training. Returns the hit rate of the drafts.
+        """
         conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round, round_)
-        drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations],
-                                  self.settings.simulation.max_new_tokens)
+        if not conversations:
+            return 0.0
+        routed = [self.release.route(self.store.pseudonym(c.user_id)) or global_version for c in conversations]
+        drafts = [""] * len(conversations)
+        for version in sorted(set(routed)):
+            indexes = [i for i, v in enumerate(routed) if v == version]
+            load_adapter_state(model, self.adapter(version))
+            replies = generate_replies(model, tokenizer, [conversations[i].prompt for i in indexes],
+                                       self.settings.simulation.max_new_tokens)
+            for i, reply in zip(indexes, replies):
+                drafts[i] = reply
+        load_adapter_state(model, self.adapter(global_version))
+        recorder = FeedbackRecorder(self.runtime.pipeline)
         accepted = 0
-        for conversation, draft in zip(conversations, drafts):
-            draft_id = recorder.record_draft(conversation.user_id, conversation.prompt, draft or "(empty)", version_id)
+        for conversation, draft, version in zip(conversations, drafts, routed):
+            draft_id = recorder.record_draft(conversation.user_id, conversation.prompt, draft or "(empty)", version,
+                                             prompt_version=self.settings.simulation.prompt_version)
             decision = self.judgement.decide(draft, conversation)
             recorder.record_outcome(draft_id, decision.action, decision.final_text, SIMULATED_DWELL_MS)
             accepted += decision.action is Action.ACCEPT
         return accepted / len(conversations)
 
+    def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> list[GateResult]:
+        """Forgetting against the base model, and KL to the serving version (when one serves)."""
+        gates = self.local.evaluation
+        candidate = adapter_state(model)
+        results = [forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
+        current = self.release.state()
+        if current is not None and current.serving not in (None, version_id):
+            references = [f"{c.prompt}\n{c.preferred_reply}" for c in self.held_out]
+            results.append(kl_gate(model, tokenizer, candidate, self.adapter(current.serving), references,
+                                   gates.kl_bound))
+        for result in results:
+            self.store.record_evaluation(version_id, result.name, vars(result))
+        return results
+
 
 @lru_cache(maxsize=None)
-def _tenant_at(name: str, index: int, settings: Settings, layout: RunLayout) -> Tenant:
-    return Tenant(name, index, settings, layout)
+def _tenant_at(index: int, settings: Settings, local: TenantSettings) -> Tenant:
+    return Tenant(index, settings, local)
 
 
 TenantResolver = Callable[[Context], Tenant]
+
+
+def simulated_tenant_settings(settings: Settings, layout: RunLayout, name: str) -> TenantSettings:
+    """A simulated tenant's own settings: `simulation.tenant_config` (or the defaults), living in the run directory."""
+    base = load_tenant_settings(Path(settings.simulation.tenant_config)) if settings.simulation.tenant_config \
+        else TenantSettings()
+    return replace(base, tenant=TenantSection(name, str(layout.keys), str(layout.tenant(name))))
 
 
 def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
@@ -156,24 +218,29 @@ def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
     def resolve(context: Context) -> Tenant:
         configure_logging()
         index = int(context.node_config["partition-id"])
-        return _tenant_at(settings.federation.tenants[index], index, settings, layout)
+        name = settings.federation.tenants[index]
+        return _tenant_at(index, settings, simulated_tenant_settings(settings, layout, name))
     return resolve
 
 
 def deployed_tenant(context: Context) -> Tenant:
-    """Deployment: the SuperNode's node config names the tenant, its home directory and its settings file.
+    """Deployment: the SuperNode's node config names the tenant's own TOML and the federation settings.
 
-    `fedloop tenant up` sets `tenant`, `home` (keys/ and tenants/<tenant>/ inside) and `settings`.
+    `fedloop tenant up` sets `tenant-config` (keys, store, gates, release), `settings`, and `workdir`
+    (where it was started: relative paths in both files mean what they mean on its command line).
     """
     configure_logging()
     config = context.node_config
-    missing = [k for k in ("tenant", "home", "settings") if k not in config]
+    missing = [k for k in ("tenant-config", "settings") if k not in config]
     if missing:
         raise ValueError(f"SuperNode node config lacks {missing}: start it with `fedloop tenant up`")
+    if config.get("workdir"):
+        os.chdir(str(config["workdir"]))
     settings = load_settings(Path(str(config["settings"])))
-    name = str(config["tenant"])
+    local = load_tenant_settings(Path(str(config["tenant-config"])))
+    name = local.tenant.name
     index = settings.federation.tenants.index(name) if name in settings.federation.tenants else 0
-    return _tenant_at(name, index, settings, RunLayout(Path(str(config["home"]))))
+    return _tenant_at(index, settings, local)
 
 
 def build_client_app(tenant_for: TenantResolver) -> ClientApp:
@@ -192,39 +259,44 @@ def build_client_app(tenant_for: TenantResolver) -> ClientApp:
         settings, run = tenant.settings, tenant.settings.federation.run_name
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
         served_hit_rate = tenant.serve_round(model, tokenizer, version_id, round_)
-        examples = training_examples(tenant.store, tenant.runtime.settings.curation)
-        log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples",
+        examples = training_examples(tenant.store, tenant.local.curation)
+        dataset = dataset_version(tenant.store)
+        log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples (dataset %s)",
                  tenant.name, round_, settings.simulation.conversations_per_round, version_id,
-                 served_hit_rate, len(examples))
+                 served_hit_rate, len(examples), dataset)
+        started = time.monotonic()
         report = run_recipe(model, tokenizer, examples, settings.train,
                             settings.federation.seed * 1000 + round_ * 10 + tenant.index)
+        loss = report.sft_loss if report.sft_steps else report.dpo_loss
+        tenant.store.record_evaluation(version_id, "training", {
+            "round": round_, "method": report.method, "examples": report.examples, "loss": loss,
+            "sft_losses": report.sft_losses, "dpo_losses": report.dpo_losses,
+            "duration_s": time.monotonic() - started, "dataset_version": dataset})
         payload = adapter_to_bytes(adapter_state(model))
-        envelope = seal(payload, delta_binding(tenant.name, run, round_, version_id, len(examples)),
+        envelope = seal(payload, delta_binding(tenant.name, run, round_, version_id, len(examples), dataset),
                         tenant.identity, tenant.hq_keyring.by_name("hq", HQ_NAME))
-        return Message(delta_content(envelope, {NUM_EXAMPLES: len(examples), "train-loss": report.sft_loss if report.sft_steps else report.dpo_loss,
+        tenant.release.decide()
+        return Message(delta_content(envelope, {NUM_EXAMPLES: len(examples), "train-loss": loss,
                                                 "served-hit-rate": served_hit_rate}), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
         settings, run = tenant.settings, tenant.settings.federation.run_name
-        serving = tenant.serving_adapter
         _, version_id, model, tokenizer = tenant.install_global(message, run)
         metrics = hit_rate(model, tokenizer, tenant.held_out, tenant.judgement, settings.simulation.max_new_tokens)
         tenant.store.record_evaluation(version_id, "hit_rate", metrics)
-        gates = tenant.runtime.settings.evaluation
-        candidate = adapter_state(model)
-        references = [f"{c.prompt}\n{c.preferred_reply}" for c in tenant.held_out]
-        results = [forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
-        if serving is not None:
-            results.append(kl_gate(model, tokenizer, candidate, serving, references, gates.kl_bound))
+        results = tenant.gate(model, tokenizer, version_id)
         for gate in results:
-            tenant.store.record_evaluation(version_id, gate.name, vars(gate))
             metrics[gate.name.replace("_", "-")] = gate.value
-        tenant.serving_adapter = candidate
+        verdicts = ", ".join(f"{g.name} {g.value:.4f} ({'pass' if g.passed else 'REFUSE'})" for g in results)
+        if all(g.passed for g in results):
+            tenant.release.offer(version_id, f"hit rate {metrics['hit-rate']:.2f}; {verdicts}")
+        else:
+            tenant.store.audit(ACTOR, "release-refused", f"{version_id}: {verdicts}")
+        metrics["gates-passed"] = int(all(g.passed for g in results))
         log.info("%s evaluated %s on %d held-out prompts: hit rate %.2f; %s", tenant.name, version_id,
-                 metrics[NUM_EXAMPLES], metrics["hit-rate"],
-                 ", ".join(f"{g.name} {g.value:.4f} ({'pass' if g.passed else 'REFUSE'})" for g in results))
+                 metrics[NUM_EXAMPLES], metrics["hit-rate"], verdicts)
         return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
 
     return app

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -12,8 +11,10 @@ from rich.table import Table
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.keys import KeyFileError, key_paths, load_identity
-from fedloop.shared.console import errors, fail, output_console
+from fedloop.shared.console import audited, errors, fail, output_console
+from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.logs import configure_logging
+from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.settings import ConfigError
 
 tenant_app = typer.Typer(help="Run a tenant's services.", no_args_is_help=True)
@@ -33,7 +34,8 @@ def _settings(config: Path) -> TenantSettings:
         fail(str(err))
 
 
-def _open(config: Path) -> TenantRuntime:
+def open_runtime(config: Path) -> TenantRuntime:
+    """The tenant's store and pipeline from its TOML; exits with a clear error if the config or keys are bad."""
     settings = _settings(config)
     try:
         identity = load_identity(Path(settings.tenant.keys_dir), settings.tenant.name)
@@ -42,13 +44,10 @@ def _open(config: Path) -> TenantRuntime:
     return open_tenant(settings, identity)
 
 
-@tenant_app.command("serve")
-def serve(config: Path = CONFIG) -> None:
-    """Serve the gRPC FeedbackService until interrupted (SIGINT/SIGTERM)."""
+def _start_service(runtime: TenantRuntime) -> Callable[[], None]:
+    """Start the FeedbackService and its maintenance loop; returns what stops them and closes the store."""
     from fedloop.client.ingest.service import MaintenanceLoop, start_server
 
-    configure_logging()
-    runtime = _open(config)
     key_file = key_paths(Path(runtime.settings.tenant.keys_dir), runtime.settings.tenant.name)["storage"]
     seen = [key_file.stat().st_mtime_ns]
 
@@ -63,18 +62,67 @@ def serve(config: Path = CONFIG) -> None:
         server, port = start_server(runtime, runtime.settings.ingest.address, runtime.settings.ingest.max_workers)
     except OSError as err:
         fail(str(err))
+    metrics_address = runtime.settings.metrics.address
+    try:
+        exporter = serve_metrics(runtime.metrics, metrics_address)[0] if metrics_address else None
+    except OSError as err:
+        server.stop(grace=0)
+        fail(f"{err} (set metrics.address in the tenant config)")
     maintenance = MaintenanceLoop(runtime, reload_keys)
     maintenance.start()
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     host = runtime.settings.ingest.address.rsplit(":", 1)[0]
-    typer.echo(f"fedloop FeedbackService for tenant {runtime.settings.tenant.name!r} listening on {host}:{port}",
-               err=False)
-    stop.wait()
-    maintenance.stop()
-    server.stop(grace=5).wait()
-    runtime.close()
+    typer.echo(f"fedloop FeedbackService for tenant {runtime.settings.tenant.name!r} listening on {host}:{port}"
+               + (f"; metrics on http://{metrics_address}/metrics" if exporter else ""), err=False)
+
+    def stop() -> None:
+        maintenance.stop()
+        server.stop(grace=5).wait()
+        if exporter is not None:
+            exporter.shutdown()
+        runtime.close()
+
+    return stop
+
+
+@tenant_app.command("serve")
+def serve(config: Path = CONFIG) -> None:
+    """Serve the gRPC FeedbackService until interrupted (SIGINT/SIGTERM)."""
+    configure_logging()
+    stop_service = _start_service(open_runtime(config))
+    stop_on_signals().wait()
+    stop_service()
+    typer.echo("stopped")
+
+
+@tenant_app.command("up")
+def up(config: Path = CONFIG,
+       settings: Path = typer.Option(..., help="The federation settings TOML HQ shared."),
+       superlink: str = typer.Option("127.0.0.1:9300", help="HQ's SuperLink as host:port."),
+       ca: Path = typer.Option(Path("certs/ca.crt"), help="The CA certificate HQ's SuperLink is checked against."),
+       node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
+       port: int = typer.Option(9400, help="Local port of the SuperNode's runtime API (127.0.0.1).")) -> None:
+    """Run this tenant: its FeedbackService and its SuperNode (TLS, node key), until SIGINT/SIGTERM stops both."""
+    from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec, start_flower, supervise
+    from fedloop.shared.settings import load_settings
+
+    configure_logging()
+    try:
+        load_settings(settings)
+    except ConfigError as err:
+        fail(str(err))
+    runtime = open_runtime(config)
+    stop_service = _start_service(runtime)
+    try:
+        supernode = start_flower(SuperNodeSpec(config, settings, superlink, ca, node_key, port).command(),
+                                 Path(runtime.settings.tenant.data_dir))
+    except (DeploymentError, OSError) as err:
+        stop_service()
+        fail(str(err))
+    ended_by_itself = supervise(supernode)
+    stop_service()
+    if ended_by_itself:
+        fail(f"the SuperNode exited with status {supernode.returncode}: see its log above; the FeedbackService "
+             "was stopped too")
     typer.echo("stopped")
 
 
@@ -84,9 +132,8 @@ def reveal(record: str = typer.Option(..., help="Record id (the draft id, or sig
            reason: str = typer.Option(..., help="Why the original is needed (audited)."),
            operator: str = OPERATOR, config: Path = CONFIG) -> None:
     """Print the original behind a placeholder; the reveal (not the value) is audited."""
-    if not operator.strip() or not reason.strip():
-        fail("--operator and --reason must not be empty: every reveal is audited")
-    runtime = _open(config)
+    operator = audited(operator, reason)
+    runtime = open_runtime(config)
     try:
         with runtime.store.transaction():
             original = runtime.store.vault_lookup(record, placeholder)
@@ -113,7 +160,7 @@ def _print_samples(samples: list) -> None:  # type: ignore[type-arg]
 def review_list(pool: str = typer.Option("", help="Only this pool."), status: str = typer.Option("", help="Only this status."),
                 limit: int = typer.Option(50, help="At most this many."), config: Path = CONFIG) -> None:
     """List samples (redacted)."""
-    runtime = _open(config)
+    runtime = open_runtime(config)
     where, params = ["1=1"], []
     if pool:
         where.append("pool = ?"), params.append(pool)
@@ -127,7 +174,7 @@ def review_list(pool: str = typer.Option("", help="Only this pool."), status: st
 @review_app.command("show")
 def review_show(sample_id: str, config: Path = CONFIG) -> None:
     """Show one sample in full (redacted texts only)."""
-    runtime = _open(config)
+    runtime = open_runtime(config)
     found = runtime.store.samples("id = ?", (sample_id,))
     runtime.close()
     if not found:
@@ -140,7 +187,7 @@ def review_show(sample_id: str, config: Path = CONFIG) -> None:
 def _review_action(action: str, sample_id: str, value: str, operator: str, config: Path) -> None:
     from fedloop.client.samples import pools
 
-    runtime = _open(config)
+    runtime = open_runtime(config)
     try:
         sample = getattr(pools, action)(runtime.store, sample_id, value, operator)
     except pools.ReviewError as err:
@@ -176,7 +223,7 @@ def review_export(out: Path = typer.Option(..., help="Label Studio tasks JSON to
     """Export admitted samples as Label Studio tasks (config: configs/label_studio.xml)."""
     from fedloop.client.samples.pools import export_label_studio
 
-    runtime = _open(config)
+    runtime = open_runtime(config)
     count = export_label_studio(runtime.store, out)
     runtime.close()
     typer.echo(f"{count} tasks written to {out}")
@@ -187,7 +234,7 @@ def review_import(path: Path, operator: str = OPERATOR, config: Path = CONFIG) -
     """Apply a Label Studio JSON export: pool choices and labels (all checked before any change)."""
     from fedloop.client.samples.pools import ReviewError, import_label_studio
 
-    runtime = _open(config)
+    runtime = open_runtime(config)
     try:
         counts = import_label_studio(runtime.store, path, operator)
     except ReviewError as err:
@@ -200,7 +247,7 @@ def review_import(path: Path, operator: str = OPERATOR, config: Path = CONFIG) -
 @samples_app.command("sweep")
 def samples_sweep(config: Path = CONFIG) -> None:
     """Apply the absence rules (no click, no order, no response, no conversion) now."""
-    runtime = _open(config)
+    runtime = open_runtime(config)
     raised = runtime.pipeline.sweep()
     runtime.close()
     typer.echo(f"{raised} drafts flagged")
@@ -209,7 +256,7 @@ def samples_sweep(config: Path = CONFIG) -> None:
 @samples_app.command("breaker-reset")
 def breaker_reset(operator: str = OPERATOR, config: Path = CONFIG) -> None:
     """Reset the moderation breaker; held samples are moderated again."""
-    runtime = _open(config)
+    runtime = open_runtime(config)
     admitted, quarantined = runtime.curator.reset_breaker(operator)
     runtime.close()
     typer.echo(f"breaker reset: {admitted} held samples admitted, {quarantined} quarantined")
@@ -220,7 +267,7 @@ def problem_rate(problem_type: str = typer.Option(..., "--type", help="e.g. repe
                  versions: list[str] = typer.Option(..., "--version", help="Model version (repeatable)."),
                  config: Path = CONFIG) -> None:
     """Share of each version's drafts flagged with a problem type."""
-    runtime = _open(config)
+    runtime = open_runtime(config)
     for version in versions:
         flagged, total = runtime.store.problem_rate(problem_type, version)
         rate = f"{flagged / total:.1%}" if total else "n/a"

@@ -17,11 +17,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fedloop.client.privacy.redaction import PlaceholderMap
-from fedloop.client.store_api import (DraftRecord, InstalledVersion, OutcomeRecord, SampleRecord, SignalRecord)
+from fedloop.client.store_api import (ArmStats, DraftRecord, InstalledVersion, OutcomeRecord, ReleaseRecord,
+                                      SampleRecord, SignalRecord)
+from fedloop.shared.audit import AuditEntry, AuditLog
 from fedloop.shared.crypto import hmac_sm3
-from fedloop.shared.sqlite_db import open_database
+from fedloop.shared.sqlite_db import immediate_transaction, open_database
 from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
 
 _SCHEMA = """
@@ -42,9 +45,6 @@ CREATE INDEX IF NOT EXISTS signals_by_session ON signals(session_pseudonym, at_m
 CREATE TABLE IF NOT EXISTS vault (
     record_id TEXT NOT NULL, placeholder TEXT NOT NULL, original BLOB NOT NULL,
     PRIMARY KEY (record_id, placeholder));
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
-    subject TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY, draft_id TEXT NOT NULL UNIQUE REFERENCES drafts(id), cluster_id TEXT NOT NULL,
     user_pseudonym TEXT NOT NULL, prompt BLOB NOT NULL, target BLOB, rejected BLOB, signature BLOB NOT NULL,
@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE TABLE IF NOT EXISTS installed_versions (
     version_id TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT, digest TEXT NOT NULL, adapter BLOB NOT NULL,
     installed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, action TEXT NOT NULL, serving TEXT,
+    canary TEXT, share REAL NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS drafts_by_version ON drafts(model_version, shown_at_ms);
 """
 # Encrypted columns and the key column of their table: what key rotation walks over.
 ENCRYPTED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -85,6 +89,8 @@ class FeedbackStore:
         self._pseudonym_key = pseudonym_key
         self._db = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
+        self.audit_log = AuditLog(self._db)
+        self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
     def close(self) -> None:
         """Close the database."""
@@ -93,18 +99,14 @@ class FeedbackStore:
     def use_keys(self, keys: StorageKeyring) -> None:
         """Switch to a (rotated) keyring: new writes use its active key, old values stay readable."""
         self._keys = keys
+        with self._lock:
+            self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything written inside is committed together, or not at all."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate_transaction(self._db):
+            yield
 
     # -- encryption helpers -------------------------------------------------------------------
     def _seal(self, table: str, column: str, row_id: str, value: str | bytes | None) -> bytes | None:
@@ -218,13 +220,13 @@ class FeedbackStore:
         return None if row is None else self._open("vault", "original", f"{record_id}/{placeholder}", row[0])
 
     def audit(self, actor: str, action: str, subject: str) -> None:
-        """Append an audit entry (never containing a secret or an original)."""
-        self._db.execute("INSERT INTO audit (at, actor, action, subject) VALUES (?, ?, ?, ?)",
-                         (time.time(), actor, action, subject))
+        """Append an entry to the chained audit log (never containing a secret or an original)."""
+        with self._lock:
+            self.audit_log.append(actor, action, subject)
 
-    def audit_entries(self) -> list[tuple[int, float, str, str, str]]:
+    def audit_entries(self) -> list[AuditEntry]:
         """All audit entries, oldest first."""
-        return self._db.execute("SELECT seq, at, actor, action, subject FROM audit ORDER BY seq").fetchall()
+        return self.audit_log.entries()
 
     # -- samples ------------------------------------------------------------------------------
     def insert_sample(self, sample: SampleRecord, signature: bytes) -> None:
@@ -296,16 +298,49 @@ class FeedbackStore:
         self._db.execute("INSERT OR REPLACE INTO breaker VALUES (1, ?, ?, ?)", (int(tripped), reason, time.time()))
 
     # -- evaluations --------------------------------------------------------------------------
-    def record_evaluation(self, version_id: str, kind: str, metrics: dict[str, float | bool | str]) -> None:
-        """Keep an evaluation (aggregate numbers only) with the version it evaluated."""
+    def record_evaluation(self, version_id: str, kind: str, metrics: dict[str, Any]) -> None:
+        """Keep an evaluation or training record (aggregate numbers only) with the version it concerns."""
         self._db.execute("INSERT INTO evaluations (version_id, kind, metrics, at) VALUES (?, ?, ?, ?)",
                          (version_id, kind, json.dumps(metrics, sort_keys=True), time.time()))
 
-    def evaluations(self, version_id: str) -> list[tuple[str, dict[str, float | bool | str]]]:
+    def evaluations(self, version_id: str) -> list[tuple[str, dict[str, Any]]]:
         """(kind, metrics) of every evaluation of `version_id`, oldest first."""
         rows = self._db.execute("SELECT kind, metrics FROM evaluations WHERE version_id = ? ORDER BY seq",
                                 (version_id,)).fetchall()
         return [(kind, json.loads(metrics)) for kind, metrics in rows]
+
+    def latest_evaluation(self, kind: str) -> tuple[str, dict[str, Any]] | None:
+        """(version id, metrics) of the newest record of `kind` (e.g. "training"), or None."""
+        row = self._db.execute("SELECT version_id, metrics FROM evaluations WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                               (kind,)).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    # -- figures for operators (metrics, status, reports) --------------------------------------
+    def sample_counts(self) -> dict[tuple[str, str], int]:
+        """How many samples have each (status, pool)."""
+        rows = self._db.execute("SELECT status, pool, COUNT(*) FROM samples GROUP BY status, pool").fetchall()
+        return {(status, pool): count for status, pool, count in rows}
+
+    def problem_types(self) -> list[str]:
+        """Every problem type a derived-signal rule has flagged so far."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT problem_type FROM problems ORDER BY problem_type")]
+
+    def drafting_versions(self) -> list[str]:
+        """Model versions that drafted, in the order they first did."""
+        return [r[0] for r in self._db.execute("SELECT model_version FROM drafts GROUP BY model_version "
+                                               "ORDER BY MIN(shown_at_ms), MIN(rowid)")]
+
+    def evaluations_of_kind(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """(version id, metrics) of every record of `kind`, oldest first."""
+        rows = self._db.execute("SELECT version_id, metrics FROM evaluations WHERE kind = ? ORDER BY seq", (kind,))
+        return [(version, json.loads(metrics)) for version, metrics in rows.fetchall()]
+
+    def outcomes_by_version(self) -> list[tuple[str, str, int, int]]:
+        """(model version, prompt version, decided drafts, accepted drafts) for every pair that served."""
+        return self._db.execute(
+            "SELECT d.model_version, d.prompt_version, COUNT(*), COALESCE(SUM(o.action = 'accept'), 0) "
+            "FROM drafts d JOIN outcomes o ON o.draft_id = d.id GROUP BY d.model_version, d.prompt_version "
+            "ORDER BY MIN(d.shown_at_ms)").fetchall()
 
     # -- installed versions -------------------------------------------------
     def install_version(self, version: InstalledVersion, adapter_bytes: bytes) -> None:
@@ -320,6 +355,43 @@ class FeedbackStore:
         rows = self._db.execute(
             "SELECT version_id, round, parent, digest FROM installed_versions ORDER BY round, installed_at").fetchall()
         return [InstalledVersion(*row) for row in rows]
+
+    def installed_adapter(self, version_id: str) -> bytes:
+        """The adapter bytes of an installed version, decrypted; KeyError if it was never installed."""
+        row = self._db.execute("SELECT adapter FROM installed_versions WHERE version_id = ?",
+                               (version_id,)).fetchone()
+        if row is None:
+            raise KeyError(version_id)
+        return self._keys.open(row[0], f"installed_versions/adapter/{version_id}".encode())
+
+    # -- release pointer ----------------------------------------------------------------------
+    def release_state(self) -> ReleaseRecord | None:
+        """The newest release record: what serves, which canary runs and on what share."""
+        row = self._db.execute("SELECT at_ms, action, serving, canary, share, reason FROM releases "
+                               "ORDER BY seq DESC LIMIT 1").fetchone()
+        return ReleaseRecord(*row) if row else None
+
+    def release_history(self) -> list[ReleaseRecord]:
+        """Every release record, oldest first."""
+        rows = self._db.execute("SELECT at_ms, action, serving, canary, share, reason FROM releases ORDER BY seq")
+        return [ReleaseRecord(*row) for row in rows.fetchall()]
+
+    def append_release(self, record: ReleaseRecord) -> None:
+        """Move the release pointer: one appended row (a rollback is exactly this)."""
+        self._db.execute("INSERT INTO releases (at_ms, action, serving, canary, share, reason) VALUES "
+                         "(?, ?, ?, ?, ?, ?)", (record.at_ms, record.action, record.serving, record.canary,
+                                                record.share, record.reason))
+
+    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
+        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule."""
+        decided, accepts, rejects = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(o.action = 'accept'), 0), COALESCE(SUM(o.action = 'reject'), 0) "
+            "FROM drafts d JOIN outcomes o ON o.draft_id = d.id WHERE d.model_version = ? AND d.shown_at_ms >= ?",
+            (model_version, since_ms)).fetchone()
+        (flagged,) = self._db.execute(
+            "SELECT COUNT(DISTINCT p.draft_id) FROM problems p JOIN drafts d ON d.id = p.draft_id "
+            "WHERE d.model_version = ? AND d.shown_at_ms >= ?", (model_version, since_ms)).fetchone()
+        return ArmStats(model_version, decided, accepts, rejects, flagged)
 
     # -- key rotation -------------------------------------------------------------------------
     def reencrypt_batch(self, batch_size: int = 500) -> int:

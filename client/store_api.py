@@ -103,6 +103,44 @@ class InstalledVersion:
     digest: str
 
 
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One move of the tenant's release pointer: which version serves, which is in canary, on what share."""
+
+    at_ms: int
+    action: str
+    serving: str | None
+    canary: str | None
+    share: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """What users did with one version's drafts over an observation window."""
+
+    version: str
+    decided: int
+    accepts: int
+    rejects: int
+    flagged: int
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of decided drafts accepted as they were."""
+        return self.accepts / self.decided if self.decided else 0.0
+
+    @property
+    def reject_rate(self) -> float:
+        """Share of decided drafts rejected."""
+        return self.rejects / self.decided if self.decided else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        """Share of decided drafts a derived-signal rule flagged as a problem."""
+        return self.flagged / self.decided if self.decided else 0.0
+
+
 class FeedbackStoreAPI(Protocol):
     """The operations the ingestion pipeline, curation and tools need from a store."""
 
@@ -131,3 +169,7 @@ class FeedbackStoreAPI(Protocol):
     def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool: """Flag."""
     def breaker_state(self) -> tuple[bool, str | None]: """Moderation breaker state."""
     def set_breaker(self, tripped: bool, reason: str | None) -> None: """Trip or reset the breaker."""
+    def release_state(self) -> ReleaseRecord | None: """The newest release record."""
+    def release_history(self) -> list[ReleaseRecord]: """Every release record, oldest first."""
+    def append_release(self, record: ReleaseRecord) -> None: """Move the release pointer."""
+    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats: """Outcomes of a version's drafts."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from fedloop.client.ingest.pipeline import IngestPipeline
+from fedloop.client.metrics import tenant_registry
 from fedloop.client.privacy import Redactor
 from fedloop.client.privacy.finders import Finder, LocalFinder, PoolFinder
 from fedloop.client.privacy.moderation import LocalModeration, ModerationFilter
@@ -25,8 +28,8 @@ class TenantRuntime:
     store: FeedbackStore
     curator: Curator
     pipeline: IngestPipeline
-
     finder: Finder
+    metrics: CollectorRegistry
 
     def close(self) -> None:
         """Close the store and stop any redaction workers."""
@@ -46,5 +49,6 @@ def open_tenant(settings: TenantSettings, identity: Identity, store_path: Path |
     mac_key = sm3_digest(b"fedloop/event-mac/" + identity.pseudonym_key)
     workers = settings.ingest.redaction_workers
     finder: Finder = PoolFinder(workers) if workers else LocalFinder(redactor or Redactor())
-    pipeline = IngestPipeline(store, finder, curator, settings, mac_key)
-    return TenantRuntime(settings, identity, store, curator, pipeline, finder)
+    metrics, counters = tenant_registry(store, settings.release)
+    pipeline = IngestPipeline(store, finder, curator, settings, mac_key, counters)
+    return TenantRuntime(settings, identity, store, curator, pipeline, finder, metrics)

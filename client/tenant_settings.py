@@ -5,76 +5,94 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedloop.shared.settings import load_sections, require
+from fedloop.shared.settings import is_host_port, load_sections, require
 
 
 @dataclass(frozen=True)
 class TenantSection:
     """Who this tenant is and where its keys and data live."""
 
-    name: str = "acme"
-    keys_dir: str = "keys"
-    data_dir: str = "data"
+    name: str = "acme"  # the tenant's name, as in the federation settings and its key files
+    keys_dir: str = "keys"  # holds <name>.sm2.key.json, <name>.sm4.key.json and hq.sm2.pub.json
+    data_dir: str = "data"  # the store: <data_dir>/feedback.db
 
 
 @dataclass(frozen=True)
 class IngestSection:
     """The gRPC feedback service and its input limits."""
 
-    address: str = "127.0.0.1:50051"
-    max_workers: int = 8
-    max_text_bytes: int = 65536
-    max_id_chars: int = 128
-    max_dwell_ms: int = 86_400_000
-    max_position: int = 1000
-    max_clock_skew_ms: int = 86_400_000
-    max_batch_events: int = 1000
-    redaction_workers: int = 0
+    address: str = "127.0.0.1:50051"  # host:port the FeedbackService listens on
+    max_workers: int = 8  # gRPC handler threads
+    max_text_bytes: int = 65536  # longest accepted text field, in bytes (up to 16 MiB)
+    max_id_chars: int = 128  # longest accepted id
+    max_dwell_ms: int = 86_400_000  # longest accepted dwell time
+    max_position: int = 1000  # highest accepted draft position
+    max_clock_skew_ms: int = 86_400_000  # how far an event's timestamp may be from now
+    max_batch_events: int = 1000  # most events in one RecordBatch stream
+    redaction_workers: int = 0  # > 0: find PII in that many worker processes (0..64)
 
 
 @dataclass(frozen=True)
 class ModerationSection:
     """The built-in local filter and the quarantine breaker."""
 
-    blocklist: tuple[str, ...] = ("kill yourself", "bomb making", "炸药制作")
-    patterns: tuple[str, ...] = (r"\b(?:buy|sell)\s+(?:drugs|weapons)\b",)
-    breaker_max_rate: float = 0.3
-    breaker_window: int = 200
-    breaker_min_samples: int = 50
+    blocklist: tuple[str, ...] = ("kill yourself", "bomb making", "炸药制作")  # phrases that send a sample to quarantine
+    patterns: tuple[str, ...] = (r"\b(?:buy|sell)\s+(?:drugs|weapons)\b",)  # regexes that quarantine
+    breaker_max_rate: float = 0.3  # quarantine rate above which the breaker holds new samples, in (0, 1]
+    breaker_window: int = 200  # latest samples the rate is computed over
+    breaker_min_samples: int = 50  # samples needed before the breaker may trip
 
 
 @dataclass(frozen=True)
 class CurationSection:
     """How outcomes become weighted samples, and the poisoning guard."""
 
-    min_dwell_ms: int = 1500
-    long_dwell_ms: int = 600_000
-    user_reply_weight: float = 0.5
-    near_duplicate_threshold: float = 0.8
-    per_user_cluster_cap: float = 1.0
-    min_distinct_users: int = 1
-    max_samples_per_user_per_hour: int = 60
+    min_dwell_ms: int = 1500  # an accept faster than this weighs 0.6 (probably not read)
+    long_dwell_ms: int = 600_000  # a dwell longer than this multiplies the weight by 0.8
+    user_reply_weight: float = 0.5  # weight of the reply a user wrote after rejecting, in [0, 1]
+    near_duplicate_threshold: float = 0.8  # MinHash Jaccard similarity that makes two samples one cluster, in (0, 1]
+    per_user_cluster_cap: float = 1.0  # most weight one user's samples carry within a cluster
+    min_distinct_users: int = 1  # users a cluster needs before it trains (poisoning guard)
+    max_samples_per_user_per_hour: int = 60  # further samples of a user are kept at weight 0
 
 
 @dataclass(frozen=True)
 class SignalsSection:
     """Derived-signal rules that flag low-quality interactions into the problem pool."""
 
-    repeated_question_lookback: int = 3
-    repeated_question_similarity: float = 0.85
-    stuck_dialogue_turns: int = 3
-    cta_window_ms: int = 300_000
-    order_window_ms: int = 1_800_000
-    no_response_ms: int = 600_000
-    conversion_window_ms: int = 3_600_000
+    repeated_question_lookback: int = 3  # earlier user messages a question is compared with
+    repeated_question_similarity: float = 0.85  # similarity that counts as asking again
+    stuck_dialogue_turns: int = 3  # turns without a new dialogue state that count as stuck
+    cta_window_ms: int = 300_000  # a CTA shown and not clicked within this is flagged
+    order_window_ms: int = 1_800_000  # a cart with no order within this is flagged
+    no_response_ms: int = 600_000  # a draft with no outcome within this is flagged
+    conversion_window_ms: int = 3_600_000  # a session with drafts and no conversion within this is flagged
 
 
 @dataclass(frozen=True)
 class EvaluationSection:
     """Gates a received version must pass before it may serve."""
 
-    kl_bound: float = 0.02
-    forgetting_bound: float = 0.10
+    kl_bound: float = 0.02  # refuse a version whose mean per-token KL to the serving version is above this
+    forgetting_bound: float = 0.10  # refuse above this relative NLL rise over base
+
+
+@dataclass(frozen=True)
+class ReleaseSection:
+    """How a version that passed the gates reaches users: canary, widening, promotion, automatic rollback."""
+
+    canary_share: float = 0.05  # users (by hash of their pseudonym) who first see a new version
+    widened_share: float = 0.30  # the canary's share after its first win
+    promote_margin: float = 0.02  # canary hit rate must beat the serving version's by this much
+    rollback_margin: float = 0.01  # canary hit rate this far below the serving version's: automatic rollback
+    min_drafts_per_arm: int = 200  # decided drafts per arm before any decision
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """Where the tenant service serves its Prometheus metrics."""
+
+    address: str = "127.0.0.1:9464"  # host:port of /metrics; "" = no endpoint
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,8 @@ class TenantSettings:
     curation: CurationSection = field(default_factory=CurationSection)
     signals: SignalsSection = field(default_factory=SignalsSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    release: ReleaseSection = field(default_factory=ReleaseSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
     def __post_init__(self) -> None:
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
@@ -100,6 +120,14 @@ class TenantSettings:
         require(0.0 <= self.curation.user_reply_weight <= 1.0, "curation.user_reply_weight", "in [0, 1]")
         require(self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
                 "evaluation.kl_bound / forgetting_bound", "numbers > 0")
+        release = self.release
+        require(0.0 < release.canary_share <= release.widened_share <= 1.0,
+                "release.canary_share / widened_share", "0 < canary_share <= widened_share <= 1")
+        require(release.promote_margin >= 0 and release.rollback_margin >= 0,
+                "release.promote_margin / rollback_margin", "numbers >= 0 (shares of drafts, 0.02 = 2 points)")
+        require(release.min_drafts_per_arm >= 1, "release.min_drafts_per_arm", "an integer >= 1")
+        require(self.metrics.address == "" or is_host_port(self.metrics.address), "metrics.address",
+                "host:port (e.g. 127.0.0.1:9464), or \"\" for no endpoint")
 
     @property
     def store_path(self) -> Path:

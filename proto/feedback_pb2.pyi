@@ -117,3 +117,17 @@ class BatchAck(_message.Message):
     stored: int
     duplicates: int
     def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("model_version", "canary")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    canary: bool
+    def __init__(self, model_version: _Optional[str] = ..., canary: bool = ...) -> None: ...

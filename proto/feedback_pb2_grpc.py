@@ -54,6 +54,11 @@ class FeedbackServiceStub(object):
                 request_serializer=fedloop_dot_proto_dot_feedback__pb2.Event.SerializeToString,
                 response_deserializer=fedloop_dot_proto_dot_feedback__pb2.BatchAck.FromString,
                 _registered_method=True)
+        self.RouteDraft = channel.unary_unary(
+                '/fedloop.feedback.v1.FeedbackService/RouteDraft',
+                request_serializer=fedloop_dot_proto_dot_feedback__pb2.RouteRequest.SerializeToString,
+                response_deserializer=fedloop_dot_proto_dot_feedback__pb2.Route.FromString,
+                _registered_method=True)
 
 
 class FeedbackServiceServicer(object):
@@ -87,6 +92,14 @@ class FeedbackServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RouteDraft(self, request, context):
+        """Which model version should draft for this user now: the canary inside its share, else the serving one.
+        FAILED_PRECONDITION until the tenant has released a version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.RecordBatch,
                     request_deserializer=fedloop_dot_proto_dot_feedback__pb2.Event.FromString,
                     response_serializer=fedloop_dot_proto_dot_feedback__pb2.BatchAck.SerializeToString,
+            ),
+            'RouteDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.RouteDraft,
+                    request_deserializer=fedloop_dot_proto_dot_feedback__pb2.RouteRequest.FromString,
+                    response_serializer=fedloop_dot_proto_dot_feedback__pb2.Route.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class FeedbackService(object):
             '/fedloop.feedback.v1.FeedbackService/RecordBatch',
             fedloop_dot_proto_dot_feedback__pb2.Event.SerializeToString,
             fedloop_dot_proto_dot_feedback__pb2.BatchAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloop.feedback.v1.FeedbackService/RouteDraft',
+            fedloop_dot_proto_dot_feedback__pb2.RouteRequest.SerializeToString,
+            fedloop_dot_proto_dot_feedback__pb2.Route.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,18 +8,25 @@
 - Robust merging before either: every update's distance to the current global
   adapter is bounded (`norm_bound` × the round's median distance), and
   optionally Flower's trimmed mean or (Multi-)Krum decides what is averaged.
+- Optional central differential privacy (`dp_clipping_norm` > 0), with
+  Flower's own fixed-clipping helpers: each tenant's update (its adapter minus
+  the current one) is clipped to the norm, the clipped updates are averaged
+  with equal weights, and Gaussian noise of std `dp_noise_multiplier` ×
+  clipping norm / tenants is added. What this does and does not guarantee:
+  docs/federation.md.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
 from fedloop.shared.adapter import AdapterState
 from fedloop.shared.settings import AggregationSection
@@ -37,12 +44,13 @@ class UpdateRejected(ValueError):
 
 @dataclass(frozen=True)
 class TenantUpdate:
-    """One tenant's trained adapter, its sample count and its LoRA scaling (alpha / rank)."""
+    """One tenant's trained adapter, its sample count, its LoRA scaling (alpha / rank) and its dataset version."""
 
     tenant: str
     state: AdapterState
     num_examples: int
     scaling: float
+    dataset_version: str = ""
 
 
 def check_update(state: AdapterState, reference: AdapterState, tenant: str, same_rank: bool = True) -> None:
@@ -144,7 +152,7 @@ def bound_norms(updates: list[TenantUpdate], current: AdapterState, factor: floa
         if distance > bound > 0:
             shrink = bound / distance
             state = {k: current[k] + (v - current[k]) * shrink for k, v in update.state.items()}
-            bounded.append(TenantUpdate(update.tenant, state, update.num_examples, update.scaling))
+            bounded.append(replace(update, state=state))
             scaled[update.tenant] = distance / bound
         else:
             bounded.append(update)
@@ -179,10 +187,28 @@ def trimmed_mean_exact(updates: list[TenantUpdate], fraction: float, template: A
     return refactorise(summed, template, scaling)
 
 
+def private_mean(updates: list[TenantUpdate], current: AdapterState, clipping_norm: float,
+                 noise_multiplier: float) -> AdapterState:
+    """Central DP with fixed clipping (Flower's helpers): clip each update, average equally, add Gaussian noise."""
+    keys = sorted(current)
+    reference = [current[k].double().numpy() for k in keys]
+    clipped = []
+    for update in updates:
+        arrays = [update.state[k].double().numpy().copy() for k in keys]
+        compute_clip_model_update(arrays, reference, clipping_norm)
+        clipped.append(arrays)
+    mean = [sum(arrays[i] for arrays in clipped) / len(clipped) for i in range(len(keys))]
+    if noise_multiplier > 0:
+        add_gaussian_noise_inplace(mean, compute_stdv(noise_multiplier, clipping_norm, len(updates)))
+    return {k: torch.from_numpy(m).to(current[k].dtype) for k, m in zip(keys, mean)}
+
+
 def merge(updates: list[TenantUpdate], current: AdapterState, scaling: float,
           settings: AggregationSection) -> tuple[AdapterState, dict[str, str]]:
     """The round's global adapter, and a note for each tenant whose update was bounded or left out."""
     notes: dict[str, str] = {}
+    if settings.dp_clipping_norm > 0:
+        return private_mean(updates, current, settings.dp_clipping_norm, settings.dp_noise_multiplier), notes
     same_shape = all(u.state[k].shape == current[k].shape for u in updates for k in current)
     if settings.method == "fedavg" and not same_shape:
         raise ValueError("tenants use different LoRA ranks: set aggregation.method = \"exact\"")

@@ -1,4 +1,4 @@
-"""HQ's Flower ServerApp: enrol tenants, seed version 0, run SealedFedAvg, write the summary."""
+"""HQ's Flower ServerApp: enrol tenants, seed version 0, run SealedMerge, write the summary."""
 
 from __future__ import annotations
 
@@ -11,25 +11,30 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedloop.server.registry import VersionRegistry
-from fedloop.server.strategy import SealedFedAvg
-from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.server.registry import VersionRecord, VersionRegistry
+from fedloop.server.strategy import SealedMerge
+from fedloop.server.tracking import MlflowTracker
+from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
+                                    load_base_model)
 from fedloop.shared.keys import Keyring, PartyPublicKey, load_identity
 from fedloop.shared.protocol import ENROL
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
-ENROL_TIMEOUT_S = 120.0
 
 
-class EnrolmentError(RuntimeError):
-    """Too few tenants could be enrolled to start a run."""
+class RunStartError(RuntimeError):
+    """A run cannot start: too few tenants enrolled, or the registry does not fit the settings."""
 
 
-def enrol_tenants(grid: Grid, trusted: Keyring, expected: int) -> dict[int, PartyPublicKey]:
-    """Wait for `expected` nodes, ask each who it is, and keep those whose key HQ trusts."""
-    deadline = time.monotonic() + ENROL_TIMEOUT_S
+def enrol_tenants(grid: Grid, trusted: Keyring, expected: int, minimum: int, wait_s: float,
+                  reply_timeout_s: float) -> dict[int, PartyPublicKey]:
+    """Wait up to `wait_s` for `expected` nodes, ask each who it is, keep those whose key HQ trusts.
+
+    The run starts with at least `minimum` enrolled tenants (aggregation.min_tenants); fewer is an error.
+    """
+    deadline = time.monotonic() + wait_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -37,7 +42,7 @@ def enrol_tenants(grid: Grid, trusted: Keyring, expected: int) -> dict[int, Part
     queries = [Message(content=RecordDict({ENROL: ConfigRecord({"hello": "hq"})}),
                        dst_node_id=n, message_type=f"{MessageType.QUERY}.{ENROL}") for n in node_ids]
     tenants: dict[int, PartyPublicKey] = {}
-    for reply in grid.send_and_receive(queries, timeout=ENROL_TIMEOUT_S):
+    for reply in grid.send_and_receive(queries, timeout=reply_timeout_s):
         if reply.has_error():
             log.warning("node %s failed to enrol: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
@@ -48,11 +53,38 @@ def enrol_tenants(grid: Grid, trusted: Keyring, expected: int) -> dict[int, Part
                         reply.metadata.src_node_id, claim["tenant"])
             continue
         tenants[reply.metadata.src_node_id] = key
+    if len(tenants) < minimum:
+        raise RunStartError(f"only {len(tenants)} of {expected} tenants enrolled within {wait_s:.0f} s, "
+                            f"fewer than aggregation.min_tenants = {minimum}; check that the tenants' SuperNodes are "
+                            "up and their public keys are in HQ's keyring")
     if len(tenants) < expected:
-        raise EnrolmentError(f"only {len(tenants)} of {expected} tenants enrolled within {ENROL_TIMEOUT_S:.0f} s; "
-                             "check that every tenant's public key is in HQ's keyring")
+        log.warning("only %d of %d tenants enrolled; the run goes on with them (aggregation.min_tenants = %d)",
+                    len(tenants), expected, minimum)
     log.info("enrolled tenants: %s", ", ".join(sorted(t.name for t in tenants.values())))
     return tenants
+
+
+def starting_version(registry: VersionRegistry, settings: Settings) -> tuple[VersionRecord, AdapterState]:
+    """Continue from the registry's newest version, or record version 0 (B = 0: the base model) if it is empty.
+
+    HQ killed mid-run leaves only complete versions behind (blob before row), so
+    a restarted run picks up from the last one the registry holds.
+    """
+    latest = registry.latest()
+    if latest is None:
+        model, _ = load_base_model(Path(settings.paths.model))
+        initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
+        genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init",
+                                  {"lora": asdict(settings.lora)})
+        log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
+        return genesis, initial
+    recorded = {**latest.settings.get("lora", {})}
+    if recorded and recorded != json.loads(json.dumps(asdict(settings.lora))):
+        raise RunStartError(f"the registry's newest version {latest.id} has LoRA settings {recorded}, but the "
+                            f"settings ask for {asdict(settings.lora)}: use the same [lora] or a new registry")
+    log.info("continuing from version %s (round %d of run %s), the newest in the registry",
+             latest.id, latest.round, latest.run)
+    return latest, adapter_from_bytes(registry.load_adapter(latest.id))
 
 
 def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
@@ -61,18 +93,21 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
     trusted = Keyring.from_directory(layout.keys)
     registry = VersionRegistry(layout.hq, hq)
     try:
-        tenants = enrol_tenants(grid, trusted, len(settings.federation.tenants))
-        model, _ = load_base_model(Path(settings.paths.model))
-        initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
-        genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init",
-                                  {"lora": asdict(settings.lora)})
-        log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
-        strategy = SealedFedAvg(registry, hq, trusted, tenants, settings.federation.run_name, genesis, initial,
-                                settings.lora, settings.aggregation)
+        federation = settings.federation
+        tenants = enrol_tenants(grid, trusted, len(federation.tenants), settings.aggregation.min_tenants,
+                                federation.enrol_timeout_s, federation.round_timeout_s)
+        start, initial = starting_version(registry, settings)
+        tracking = settings.tracking
+        tracker = (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts,
+                                 settings.federation.run_name, settings.lora, settings.paths.model)
+                   if tracking.mlflow_uri else None)
+        strategy = SealedMerge(registry, hq, trusted, tenants, settings.federation.run_name, start, initial,
+                               settings.lora, settings.aggregation, tracker)
         arrays = ArrayRecord(initial)
-        before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid))
+        timeout = settings.federation.round_timeout_s
+        before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid), timeout=timeout)
         strategy.aggregate_evaluate(0, before)
-        strategy.start(grid, arrays, num_rounds=settings.federation.rounds)
+        strategy.start(grid, arrays, num_rounds=settings.federation.rounds, timeout=timeout)
         summary = {
             "run": settings.federation.run_name,
             "tenants": sorted(t.name for t in tenants.values()),
@@ -81,6 +116,8 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
             "signatures_valid": all(registry.signature_valid(v.id) for v in registry.versions()),
         }
         layout.summary.write_text(json.dumps(summary, indent=2))
+        if tracker is not None:
+            tracker.close()
     finally:
         registry.close()
 

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedloop.shared.audit import AuditLog
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
-from fedloop.shared.sqlite_db import open_database
+from fedloop.shared.sqlite_db import immediate_transaction, open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -48,6 +47,14 @@ CREATE TABLE IF NOT EXISTS releases (
     version TEXT NOT NULL REFERENCES versions(id),
     action TEXT NOT NULL,
     at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    version TEXT,
+    finished_at REAL NOT NULL,
+    report TEXT NOT NULL
 );
 """
 STATUSES = ("candidate", "canary", "stable", "rolled_back")
@@ -87,6 +94,8 @@ class VersionRegistry:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._hq = hq
         self._db = open_database(root / "registry.db", _SCHEMA)
+        self.audit_log = AuditLog(self._db)
+        self.audit_log.note_first_use("sm2-key", [f"HQ SM2 key {hq.public.key_id}"])
 
     def close(self) -> None:
         """Close the database."""
@@ -131,6 +140,12 @@ class VersionRegistry:
         ids = [r[0] for r in self._db.execute("SELECT id FROM versions ORDER BY created_at, id")]
         return [self.get(i) for i in ids]
 
+    def latest(self) -> VersionRecord | None:
+        """The newest version that was not rolled back: where the next run continues from."""
+        row = self._db.execute("SELECT id FROM versions WHERE status != 'rolled_back' "
+                               "ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+        return self.get(row[0]) if row else None
+
     def lineage(self, version_id: str) -> list[VersionRecord]:
         """`version_id` and its ancestors, root first."""
         chain = [self.get(version_id)]
@@ -166,21 +181,39 @@ class VersionRegistry:
                                "WHERE v.status = 'stable' ORDER BY r.seq DESC LIMIT 1").fetchone()
         return self.get(row[0]) if row else None
 
-    def promote(self, version_id: str) -> VersionRecord:
+    def record_round(self, run: str, round_: int, version: str | None, report: dict[str, Any]) -> None:
+        """Keep what happened in a round (contributors, refusals, bytes, timings, evaluations: no tenant data)."""
+        self._db.execute("INSERT INTO rounds (run, round, version, finished_at, report) VALUES (?, ?, ?, ?, ?)",
+                         (run, round_, version, time.time(), json.dumps(report, sort_keys=True)))
+
+    def rounds(self, run: str | None = None) -> list[dict[str, Any]]:
+        """Round reports, oldest first (of one run, or of all), each with its run, round and finish time."""
+        where, params = ("WHERE run = ?", (run,)) if run else ("", ())
+        rows = self._db.execute(f"SELECT run, round, version, finished_at, report FROM rounds {where} ORDER BY seq",
+                                params).fetchall()
+        return [{**json.loads(report), "run": r, "round": n, "version": v, "finished_at": at}
+                for r, n, v, at, report in rows]
+
+    def audit(self, actor: str, action: str, subject: str) -> None:
+        """Append an entry to HQ's chained audit log."""
+        self.audit_log.append(actor, action, subject)
+
+    def promote(self, version_id: str, actor: str = "hq") -> VersionRecord:
         """candidate → canary, or canary → stable (moving the stable pointer); returns the updated record."""
         record = self.get(version_id)
         target = _NEXT_STATUS.get(record.status)
         if target is None:
             raise RegistryError(f"version {version_id} is {record.status}; only a candidate or a canary can be "
                                 "promoted")
-        with self._transaction():
+        with immediate_transaction(self._db):
             self._db.execute("UPDATE versions SET status = ? WHERE id = ?", (target, version_id))
             if target == "stable":
                 self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'promote', ?)",
                                  (version_id, time.time()))
+            self.audit_log.append(actor, "version.promote", f"{version_id}: {record.status} -> {target}")
         return self.get(version_id)
 
-    def rollback(self, version_id: str) -> VersionRecord | None:
+    def rollback(self, version_id: str, actor: str = "hq") -> VersionRecord | None:
         """Mark `version_id` rolled back; if it was the stable one, point stable back at the one before.
 
         Returns the stable version afterwards (None if there is none left).
@@ -188,21 +221,12 @@ class VersionRegistry:
         record = self.get(version_id)
         if record.status == "rolled_back":
             raise RegistryError(f"version {version_id} is already rolled back")
-        with self._transaction():
+        with immediate_transaction(self._db):
             self._db.execute("UPDATE versions SET status = 'rolled_back' WHERE id = ?", (version_id,))
             if record.status == "stable":
                 previous = self.stable()
                 if previous is not None:
                     self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'rollback', ?)",
                                      (previous.id, time.time()))
+            self.audit_log.append(actor, "version.rollback", f"{version_id}: {record.status} -> rolled_back")
         return self.stable()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")

@@ -14,8 +14,11 @@ from flwr.simulation import run_simulation
 
 from fedloop.client.app import build_client_app, simulated_tenants
 from fedloop.client.simulated_users import STYLES
+from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.tenant_settings import load_tenant_settings
 from fedloop.server.app import build_server_app
-from fedloop.shared.keys import init_keys
+from fedloop.shared.keys import init_keys, key_paths, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import ConfigError, Settings
 
@@ -26,11 +29,30 @@ class SimulationError(RuntimeError):
     """The simulated federation did not complete."""
 
 
-def prepare_run(settings: Settings, runs_dir: Path) -> RunLayout:
-    """Create a fresh run directory with keys for HQ and every tenant."""
+def check_simulation(settings: Settings) -> None:
+    """Raise ConfigError for simulation settings that cannot run: unknown styles, an invalid tenant config."""
     unknown = sorted(set(settings.simulation.styles) - set(STYLES))
     if unknown or not settings.simulation.styles:
         raise ConfigError(f"simulation.styles: unknown or empty {unknown}; choose from {sorted(STYLES)}")
+    if settings.simulation.tenant_config:
+        load_tenant_settings(Path(settings.simulation.tenant_config))  # fails here, naming the file and key
+
+
+def resume_run(settings: Settings, root: Path) -> RunLayout:
+    """An earlier run directory, to continue from the newest version in its registry."""
+    check_simulation(settings)
+    layout = RunLayout(root)
+    missing = [tenant for tenant in (HQ_NAME, *settings.federation.tenants)
+               if not key_paths(layout.keys, tenant)["private"].exists()]
+    if missing:
+        raise SimulationError(f"{root} is not a run directory of these settings: no keys for {missing} in "
+                              f"{layout.keys}; pass a directory `fedloop demo` created with the same tenants")
+    return layout
+
+
+def prepare_run(settings: Settings, runs_dir: Path) -> RunLayout:
+    """Create a fresh run directory with keys for HQ and every tenant."""
+    check_simulation(settings)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     layout = RunLayout(runs_dir / f"{settings.federation.run_name}-{stamp}")
     layout.root.mkdir(parents=True)
@@ -38,6 +60,19 @@ def prepare_run(settings: Settings, runs_dir: Path) -> RunLayout:
     for tenant in settings.federation.tenants:
         init_keys("tenant", tenant, layout.keys)
     return layout
+
+
+def release_histories(settings: Settings, layout: RunLayout) -> dict[str, list[ReleaseRecord]]:
+    """Each simulated tenant's release pointer moves, read from its own store (the simulation holds every key)."""
+    histories = {}
+    for tenant in settings.federation.tenants:
+        identity = load_identity(layout.keys, tenant)
+        store = FeedbackStore(layout.tenant(tenant) / "feedback.db", identity.storage, identity.pseudonym_key)
+        try:
+            histories[tenant] = store.release_history()
+        finally:
+            store.close()
+    return histories
 
 
 def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp | None = None) -> dict[str, Any]:

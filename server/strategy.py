@@ -1,4 +1,4 @@
-"""SealedFedAvg: a Flower strategy that only ever handles sealed, signed adapters.
+"""SealedMerge: a Flower strategy that only ever handles sealed, signed adapters.
 
 Outgoing global versions are sealed per tenant and signed by HQ. Incoming
 deltas are verified (signature, sender, associated data) and decrypted in
@@ -11,6 +11,7 @@ and recorded as a new version.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -20,12 +21,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_update, lora_scaling, merge
 from fedloop.server.registry import VersionRecord, VersionRegistry
+from fedloop.server.tracking import MlflowTracker
 from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_to_bytes
 from fedloop.shared.crypto import CryptoError
 from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.settings import AggregationSection
-from fedloop.shared.protocol import DELTA, METRICS, NUM_EXAMPLES, delta_binding, global_binding, global_content, wire_size
+from fedloop.shared.protocol import (DATASET_VERSION, DELTA, METRICS, NUM_EXAMPLES, delta_binding, global_binding,
+                                     global_content, wire_size)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,10 @@ class RoundReport:
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     merge_notes: dict[str, str] = field(default_factory=dict)
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    dataset_versions: dict[str, str] = field(default_factory=dict)  # signed by each tenant, no data behind it
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    started_at: float = 0.0  # wall clock when the round's first message was sealed
+    duration_s: float = 0.0  # from then until the tenants' evaluations were back
 
 
 class DeltaRefused(Exception):
@@ -55,13 +61,13 @@ class DeltaRefused(Exception):
         self.reason = reason
 
 
-class SealedFedAvg(Strategy):
+class SealedMerge(Strategy):
     """Merging of sealed LoRA adapters, recording each result in the version registry."""
 
     def __init__(self, registry: VersionRegistry, hq: Identity, trusted: Keyring,
                  tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord,
                  current_state: AdapterState, lora: LoraSettings,
-                 aggregation: AggregationSection | None = None) -> None:
+                 aggregation: AggregationSection | None = None, tracker: MlflowTracker | None = None) -> None:
         self.registry = registry
         self.hq = hq
         self.trusted = trusted
@@ -72,7 +78,9 @@ class SealedFedAvg(Strategy):
         self.scaling = lora_scaling(lora.alpha, lora.rank)
         self.lora = lora
         self.aggregation = aggregation or AggregationSection()
+        self.tracker = tracker
         self.reports: dict[int, RoundReport] = {}
+        self._sent: list[Message] = []  # the latest messages out; Flower stamps their ids when it sends them
 
     def _report(self, server_round: int) -> RoundReport:
         return self.reports.setdefault(server_round, RoundReport(server_round))
@@ -87,19 +95,28 @@ class SealedFedAvg(Strategy):
             content = global_content(seal(payload, binding, self.hq, tenant), self.current.id, server_round)
             report.bytes_to_tenant[tenant.name] = report.bytes_to_tenant.get(tenant.name, 0) + wire_size(content)
             messages.append(Message(content=content, dst_node_id=node_id, message_type=message_type))
+        self._sent = messages
         return messages
+
+    def _replying_node(self, reply: Message) -> int:
+        """The node a reply answers for: its sender, or for an error the SuperLink raised, the original addressee."""
+        if reply.metadata.src_node_id in self.tenants:
+            return reply.metadata.src_node_id
+        addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        return addressed.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Seal the current global version for every enrolled tenant."""
         log.info("round %d: sending version %s to %d tenants for training",
                  server_round, self.current.id, len(self.tenants))
+        self._report(server_round).started_at = time.time()
         return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
 
-    def _open_delta(self, server_round: int, reply: Message) -> TenantUpdate:
-        tenant = self.tenants.get(reply.metadata.src_node_id)
+    def _open_delta(self, server_round: int, reply: Message, node_id: int) -> TenantUpdate:
+        tenant = self.tenants.get(node_id)
         if tenant is None:
-            raise DeltaRefused(f"reply from node {reply.metadata.src_node_id}, which is not enrolled", "unknown-node")
+            raise DeltaRefused(f"reply from node {node_id}, which is not enrolled", "unknown-node")
         if reply.has_error():
             raise DeltaRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
         try:
@@ -122,11 +139,13 @@ class SealedFedAvg(Strategy):
             raise DeltaRefused(str(err), err.reason) from None
         except Exception as err:  # safetensors raises its own error types for a corrupt blob
             raise DeltaRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
-        return TenantUpdate(tenant.name, state, num_examples, self.scaling)
+        return TenantUpdate(tenant.name, state, num_examples, self.scaling,
+                            str(opened.binding.details.get(DATASET_VERSION, "")))
 
     def _refuse(self, report: RoundReport, name: str, err: DeltaRefused) -> None:
         report.refused[name] = str(err)
         report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
+        self.registry.audit("hq", "delta.refused", f"run {self.run} round {report.round} {name}: {err.reason}")
         log.warning("round %d: refused delta from %s (%s): %s", report.round, name, err.reason, err)
 
     def aggregate_train(self, server_round: int,
@@ -134,19 +153,26 @@ class SealedFedAvg(Strategy):
         """Verify and decrypt each delta, merge the accepted ones and register the new version."""
         report = self._report(server_round)
         updates: list[TenantUpdate] = []
+        silent = dict(self.tenants)
         for reply in replies:
-            node_tenant = self.tenants.get(reply.metadata.src_node_id)
-            name = node_tenant.name if node_tenant else f"node-{reply.metadata.src_node_id}"
+            node_id = self._replying_node(reply)
+            silent.pop(node_id, None)
+            node_tenant = self.tenants.get(node_id)
+            name = node_tenant.name if node_tenant else f"node-{node_id}"
             if not reply.has_error():
                 report.bytes_to_hq[name] = wire_size(reply.content)
             try:
-                update = self._open_delta(server_round, reply)
+                update = self._open_delta(server_round, reply, node_id)
             except DeltaRefused as err:
                 self._refuse(report, name, err)
                 continue
             updates.append(update)
             report.contributors[update.tenant] = update.num_examples
+            report.dataset_versions[update.tenant] = update.dataset_version
             report.train_metrics[update.tenant] = dict(reply.content.metric_records.get(METRICS, {}))
+        for tenant in silent.values():
+            self._refuse(report, tenant.name, DeltaRefused(f"{tenant.name} sent no reply within the round's "
+                                                           "timeout (federation.round_timeout_s)", "no-reply"))
         if len(updates) < self.aggregation.min_tenants:
             log.warning("round %d: %d acceptable delta(s), fewer than aggregation.min_tenants = %d; global version "
                         "stays %s", server_round, len(updates), self.aggregation.min_tenants, self.current.id)
@@ -174,13 +200,19 @@ class SealedFedAvg(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Keep each tenant's hit rate; return the sample-weighted mean."""
         report = self._report(server_round)
+        if report.started_at:
+            report.duration_s = time.time() - report.started_at
         for reply in replies:
-            tenant = self.tenants.get(reply.metadata.src_node_id)
+            node_id = self._replying_node(reply)
+            tenant = self.tenants.get(node_id)
             if tenant is None or reply.has_error():
-                log.warning("round %d: evaluation failed on %s", server_round,
-                            tenant.name if tenant else reply.metadata.src_node_id)
+                log.warning("round %d: evaluation failed on %s: %s", server_round, tenant.name if tenant else node_id,
+                            reply.error.reason if reply.has_error() else "not an enrolled tenant")
                 continue
             report.evaluation[tenant.name] = dict(reply.content.metric_records[METRICS])
+        self.registry.record_round(self.run, server_round, self.current.id, asdict(report))
+        if self.tracker is not None:
+            self.tracker.log_round(server_round, asdict(report), self.current.id, self.current_state)
         if not report.evaluation:
             return None
         self.registry.record_metrics(self.current.id, {"hit-rate": {t: m["hit-rate"]
@@ -193,5 +225,5 @@ class SealedFedAvg(Strategy):
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log.info("SealedFedAvg: run %s, %d tenants, starting from version %s",
+        log.info("SealedMerge: run %s, %d tenants, starting from version %s",
                  self.run, len(self.tenants), self.current.id)

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedloop.client.store_api import ReleaseRecord
+
 
 def render_summary(summary: dict[str, Any], console: Console) -> None:
     """Print hit rate before/after per tenant, the version lineage and bytes per tenant per round."""
@@ -44,3 +46,15 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
             traffic.add_row(str(number), tenant, f"{report['bytes_to_hq'].get(tenant, 0):,}",
                             f"{report['bytes_to_tenant'].get(tenant, 0):,}", report["refused"].get(tenant, ""))
     console.print(traffic)
+
+
+def render_releases(histories: dict[str, list[ReleaseRecord]], console: Console) -> None:
+    """Print each tenant's release pointer moves: bootstrap, canary, widen, promote, rollback."""
+    table = Table(title="Tenant releases (each tenant's own pointer, decided on its own traffic)")
+    for column in ("tenant", "action", "serving", "canary (share)", "why"):
+        table.add_column(column, no_wrap=column != "why")
+    for tenant, records in histories.items():
+        for record in records:
+            canary = f"{record.canary} ({record.share:.0%})" if record.canary else "-"
+            table.add_row(tenant, record.action, record.serving or "-", canary, record.reason)
+    console.print(table)

@@ -16,7 +16,7 @@ from rich.table import Table
 from fedloop.server.aggregation import dense_deltas, lora_scaling
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
 from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, export_peft
-from fedloop.shared.console import fail, output_console
+from fedloop.shared.console import audited, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 
@@ -127,17 +127,22 @@ def export(version: str, out: Path = typer.Option(..., help="Directory for adapt
     typer.echo(f"exported {version} to {out}")
 
 
+OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in HQ's audit log).")
+
+
 @versions_app.command("promote")
-def promote(version: str, run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None) -> None:
+def promote(version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None,
+            keys: KeysDir = None) -> None:
     """candidate → canary, or canary → stable."""
     with open_registry(run, registry, keys) as versions:
-        record = versions.promote(version)
+        record = versions.promote(version, audited(operator))
     typer.echo(f"{version} is now {record.status}")
 
 
 @versions_app.command("rollback")
-def rollback(version: str, run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None) -> None:
+def rollback(version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None,
+             keys: KeysDir = None) -> None:
     """Mark a version rolled back; if it was stable, the stable pointer goes back to the previous one."""
     with open_registry(run, registry, keys) as versions:
-        stable = versions.rollback(version)
+        stable = versions.rollback(version, audited(operator))
     typer.echo(f"{version} rolled back; stable is now {stable.id if stable else 'none'}")

@@ -30,10 +30,10 @@ class ModelLoadError(Exception):
 class LoraSettings:
     """The LoRA shape every party of a federation must agree on."""
 
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    rank: int = 8  # LoRA rank r (>= 1)
+    alpha: int = 16  # LoRA alpha; the update is scaled by alpha / rank
+    dropout: float = 0.0  # LoRA dropout, in [0, 1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # module names that get a LoRA adapter
 
     def peft_config(self) -> LoraConfig:
         """The equivalent PEFT `LoraConfig`."""

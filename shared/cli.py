@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
+from fedloop.client.release_cli import release_app
 from fedloop.server.versions_cli import versions_app
-from fedloop.shared.deploy_cli import certs, hq_app, run, tenant_up
+from fedloop.server.hq_cli import hq_app, run
+from fedloop.shared.certs import CertificateError, make_federation_certificates
 from fedloop.shared.console import fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
+from fedloop.shared.operations_cli import audit_app, report, status
 from fedloop.shared.settings import ConfigError, load_settings
 
 app = typer.Typer(help="fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.",
@@ -25,10 +29,12 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(vault_app, name="vault")
 app.add_typer(samples_app, name="samples")
 app.add_typer(versions_app, name="versions")
+app.add_typer(release_app, name="release")
 app.add_typer(hq_app, name="hq")
-app.command("certs")(certs)
 app.command("run")(run)
-tenant_app.command("up")(tenant_up)
+app.command("status")(status)
+app.command("report")(report)
+app.add_typer(audit_app, name="audit")
 
 
 @keys_app.command("init")
@@ -54,6 +60,22 @@ def keys_rotate(config: Path = typer.Option(Path("configs/tenant.toml"), help="T
     rotate_keys(config, operator)
 
 
+@app.command("certs")
+def certs(out: Path = typer.Option(Path("certs"), help="Directory for the CA, SuperLink and node key files."),
+          tenant: list[str] = typer.Option(..., help="A tenant that needs a SuperNode key (repeat the option)."),
+          host: list[str] = typer.Option(["127.0.0.1", "localhost"], help="Name or IP the SuperLink is reached at "
+                                                                          "(repeat the option).")) -> None:
+    """Make a CA, the SuperLink's TLS certificate and each tenant's SuperNode key (tests, first deployments)."""
+    try:
+        made = make_federation_certificates(out, tenant, host)
+    except CertificateError as err:
+        fail(str(err))
+    typer.echo(f"CA certificate       {made.ca_certificate} (give it to every tenant)")
+    typer.echo(f"SuperLink TLS        {made.superlink_certificate}, {made.superlink_key} (HQ only)")
+    for name, key in made.node_keys.items():
+        typer.echo(f"{name:20} {key} (that tenant only); register {made.node_public_key(name)} at HQ")
+
+
 @model_app.command("fetch")
 def model_fetch(
     out: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="Where to write the converted model."),
@@ -70,10 +92,12 @@ def model_fetch(
 
 
 @app.command("demo")
-def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run.")) -> None:
+def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run."),
+         resume: Optional[Path] = typer.Option(None, help="An earlier run directory (runs/<run>/) to continue "
+                                                          "from the newest version in its registry.")) -> None:
     """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
-    from fedloop.server.simulation import SimulationError, prepare_run, run_federation
-    from fedloop.server.summary_view import render_summary
+    from fedloop.server.simulation import SimulationError, prepare_run, release_histories, resume_run, run_federation
+    from fedloop.server.summary_view import render_releases, render_summary
     from fedloop.shared.adapter import ModelLoadError, check_model_path
 
     configure_logging()
@@ -87,15 +111,18 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
         fail(f"{config}: {err}")
     started = time.monotonic()
     try:
-        layout = prepare_run(settings, Path(settings.paths.runs_dir))
+        layout = resume_run(settings, resume) if resume else prepare_run(settings, Path(settings.paths.runs_dir))
     except ConfigError as err:
         fail(f"{config}: {err}")
+    except SimulationError as err:
+        fail(str(err))
     try:
         summary = run_federation(settings, layout)
     except SimulationError as err:
         fail(str(err))
     out = output_console()
     render_summary(summary, out)
+    render_releases(release_histories(settings, layout), out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
     out.print(f"wall time: {time.monotonic() - started:.0f} s")
 

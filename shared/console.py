@@ -21,3 +21,11 @@ def fail(message: str) -> NoReturn:
     """Print `message` as an error on stderr and exit with status 2."""
     errors.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
+
+
+def audited(operator: str, reason: str | None = None) -> str:
+    """The operator's name, stripped; exits with an error if it (or a given reason) is blank (both are audited)."""
+    if not operator.strip() or (reason is not None and not reason.strip()):
+        fail("--operator" + (" and --reason" if reason is not None else "") + " must not be empty: the action is "
+             "recorded in the audit log")
+    return operator.strip()

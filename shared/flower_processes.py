@@ -10,10 +10,13 @@ only `server/flower_app/pyproject.toml`, whose components are fedloop's.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +74,8 @@ class SuperLinkSpec:
 class SuperNodeSpec:
     """One tenant's SuperNode: whom it connects to, how it authenticates, which tenant it is."""
 
-    tenant: str
-    home: Path  # the tenant's home: keys/ (its keys, HQ's public key) and tenants/<tenant>/ (its store)
-    settings: Path
+    tenant_config: Path  # the tenant's own TOML: name, keys, store, gates, release
+    settings: Path  # the federation settings HQ shared
     superlink: str
     ca_certificate: Path
     node_key: Path
@@ -81,8 +83,10 @@ class SuperNodeSpec:
 
     def command(self) -> list[str]:
         """`flower-supernode` over TLS, signing in with the tenant's node key."""
-        _require_files(ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings)
-        node_config = f'tenant="{self.tenant}" home="{self.home.resolve()}" settings="{self.settings.resolve()}"'
+        _require_files(ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings,
+                       tenant_config=self.tenant_config)
+        node_config = (f'tenant-config="{self.tenant_config.resolve()}" settings="{self.settings.resolve()}" '
+                       f'workdir="{Path.cwd()}"')
         return [flower_executable("flower-supernode"), "--superlink", self.superlink,
                 "--root-certificates", str(self.ca_certificate), "--auth-supernode-private-key", str(self.node_key),
                 "--node-config", node_config, "--port", str(self.runtime_port), "--max-retries", "10"]
@@ -103,8 +107,13 @@ def write_cli_config(home: Path, address: str, ca_certificate: Path) -> Path:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """The environment for a Flower process of the party living in `home`."""
-    return {**os.environ, "FLWR_HOME": str(flower_home(home).resolve())}
+    """The environment for a Flower process of the party living in `home`.
+
+    Flower starts its helpers (`flower-superexec`, `flwr-serverapp`, ...) by name, so
+    this environment's executables come first on PATH even when it is not activated.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flower_home(home).resolve())}
 
 
 def _flwr(home: Path, *args: str, timeout: float = 120.0) -> str:
@@ -125,14 +134,55 @@ def register_node(home: Path, public_key: Path, name: str) -> str:
 
 def submit_run(home: Path, settings: Path, stream: bool = True, timeout: float | None = None) -> int:
     """`flwr run` the fedloop Flower App with HQ's settings; streams its log; returns the exit status."""
-    run_config = f'settings="{settings.resolve()}" home="{home.resolve()}"'
+    run_config = f'settings="{settings.resolve()}" home="{home.resolve()}" workdir="{Path.cwd()}"'
     command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", run_config]
     if stream:
         command.append("--stream")
     return subprocess.run(command, env=flower_env(home), timeout=timeout).returncode
 
 
-def exec_flower(command: list[str], home: Path) -> None:
-    """Replace this process with a Flower process (signals and logs go straight to it)."""
+def _end_with_parent() -> None:
+    """In the child, on Linux: receive SIGTERM when the process that started it dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def start_flower(command: list[str], home: Path) -> subprocess.Popen:
+    """Start a Flower process in its own process group (so its `flower-superexec` children stop with it).
+
+    It is told to end if the fedloop process that started it dies, so no SuperNode outlives its tenant service.
+    """
     flower_home(home).mkdir(parents=True, exist_ok=True)
-    os.execve(command[0], command, flower_env(home))
+    return subprocess.Popen(command, env=flower_env(home), start_new_session=True, preexec_fn=_end_with_parent)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (install from the main thread)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def supervise(process: subprocess.Popen) -> bool:
+    """Run until SIGINT/SIGTERM or until `process` ends by itself; then stop it. True if it ended by itself."""
+    stop = stop_on_signals()
+    threading.Thread(target=lambda: (process.wait(), stop.set()), daemon=True).start()
+    stop.wait()
+    ended_by_itself = process.poll() is not None
+    stop_flower(process)
+    return ended_by_itself
+
+
+def stop_flower(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not ended within `grace_s`."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

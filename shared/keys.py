@@ -176,6 +176,19 @@ def load_identity(directory: Path, name: str) -> Identity:
                     keyring, _hex_field(paths["storage"], storage, "pseudonym_key"))
 
 
+def key_ages(directory: Path, name: str) -> dict[str, dict[str, Any]]:
+    """When party `name`'s SM2 key was created and its storage key file last written (a rotation), with ages."""
+    paths = key_paths(directory, name)
+    private, storage = _read(paths["private"], "sm2_private_key"), _read(paths["storage"], "sm4_keys")
+    now = datetime.now(timezone.utc)
+
+    def age(document: dict[str, Any]) -> dict[str, Any]:
+        days = (now - datetime.fromisoformat(document["created_at"])).total_seconds() / 86400
+        return {"created_at": document["created_at"], "age_days": round(days, 2)}
+
+    return {"sm2": age(private), "storage": {**age(storage), "active_key": int(storage["active_sm4_key"])}}
+
+
 class Keyring:
     """The public keys a party trusts, looked up by key id."""
 
@@ -186,6 +199,10 @@ class Keyring:
     def from_directory(cls, directory: Path) -> Keyring:
         """Trust every `*.sm2.pub.json` file in `directory`."""
         return cls([load_public_key(path) for path in sorted(directory.glob("*.sm2.pub.json"))])
+
+    def parties(self) -> list[PartyPublicKey]:
+        """Every trusted public key."""
+        return list(self._by_id.values())
 
     def get(self, key_id: str) -> PartyPublicKey | None:
         """The trusted key with this id, or None."""

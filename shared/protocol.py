@@ -21,6 +21,7 @@ DELTA = "delta"
 METRICS = "metrics"
 ENROL = "enrol"
 NUM_EXAMPLES = "num-examples"
+DATASET_VERSION = "dataset-version"
 
 
 def global_binding(tenant: str, run: str, round_: int, version_id: str,
@@ -32,9 +33,13 @@ def global_binding(tenant: str, run: str, round_: int, version_id: str,
     return Binding("global", tenant, run, round_, version_id, details or {})
 
 
-def delta_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0) -> Binding:
-    """What a tenant's delta trained on `base_version` in `round_` is bound to."""
-    return Binding("delta", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples})
+def delta_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0,
+                  dataset: str = "") -> Binding:
+    """What a tenant's delta trained on `base_version` in `round_` is bound to.
+
+    The signed details carry the sample count and the tenant's dataset version (a digest, no data).
+    """
+    return Binding("delta", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples, DATASET_VERSION: dataset})
 
 
 def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:

@@ -24,6 +24,12 @@ def require(ok: bool, key: str, allowed: str) -> None:
         raise ConfigError(f"{key}: must be {allowed}")
 
 
+def is_host_port(address: str) -> bool:
+    """Whether `address` looks like host:port with a port in 1..65535."""
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 class ConfigError(ValueError):
     """A config file is invalid; the message names the file and the key."""
 
@@ -32,38 +38,41 @@ class ConfigError(ValueError):
 class FederationSection:
     """Who takes part and for how long."""
 
-    run_name: str = "demo"
-    tenants: tuple[str, ...] = ("acme", "bolt", "cobalt")
-    rounds: int = 3
-    seed: int = 7
+    run_name: str = "demo"  # names the run in the registry and binds every sealed message to it
+    tenants: tuple[str, ...] = ("acme", "bolt", "cobalt")  # the tenants taking part (simulation: one SuperNode each)
+    rounds: int = 3  # federated rounds per run (>= 1)
+    seed: int = 7  # seeds LoRA initialisation, data order and simulated users
+    round_timeout_s: float = 3600.0  # HQ stops waiting for a tenant's reply after this; the round goes on
+    enrol_timeout_s: float = 120.0  # HQ waits this long for every tenant's SuperNode before starting
 
 
 @dataclass(frozen=True)
 class PathsSection:
     """Where the base model is (a local HF directory or a .gguf file) and where run outputs go."""
 
-    model: str = "models/smollm2-135m-instruct"
-    runs_dir: str = "runs"
+    model: str = "models/smollm2-135m-instruct"  # a local Hugging Face directory or .gguf file
+    runs_dir: str = "runs"  # where `fedloop demo` creates its run directories
 
 
 @dataclass(frozen=True)
 class TrainSection:
     """The local training recipe (client/train/recipe.py): every knob it has."""
 
-    method: str = "sft"
-    epochs: int = 1
-    max_steps: int = 8
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 2e-3
-    warmup_steps: int = 0
-    max_seq_len: int = 160
-    dpo_beta: float = 0.1
-    weight_core_baseline: float = 1.0
-    weight_secondary_baseline: float = 0.8
-    weight_candidate: float = 0.6
-    weight_problem: float = 0.4
-    curriculum: tuple[float, ...] = (0.8, 0.5, 0.0)
+    method: str = "sft"  # sft | dpo | sft_then_dpo
+    epochs: int = 1  # passes over the training mix (max_steps caps them)
+    max_steps: int = 8  # optimiser steps per round and phase; 0 = as many as epochs give
+    batch_size: int = 8  # examples per step (before gradient accumulation)
+    grad_accum: int = 1  # batches accumulated into one optimiser step
+    learning_rate: float = 2e-3  # AdamW learning rate, in (0, 1]
+    warmup_steps: int = 0  # linear warmup steps; 0 = none
+    max_seq_len: int = 160  # tokens of prompt + reply kept (left-truncated)
+    dpo_beta: float = 0.1  # DPO temperature beta, > 0
+    proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training
+    weight_core_baseline: float = 1.0  # pool weight, multiplied by each sample's curated weight
+    weight_secondary_baseline: float = 0.8  # pool weight of secondary_baseline samples
+    weight_candidate: float = 0.6  # pool weight of candidate samples
+    weight_problem: float = 0.4  # pool weight of current problem samples
+    curriculum: tuple[float, ...] = (0.8, 0.5, 0.0)  # stage thresholds, highest first, in [0, 1]
 
     def pool_weight(self, pool: str) -> float:
         """The configured weight of a sample pool."""
@@ -79,12 +88,14 @@ ROBUST_METHODS = ("none", "trimmed_mean", "krum")
 class AggregationSection:
     """How HQ merges a round's adapters (see server/aggregation.py)."""
 
-    method: str = "fedavg"  # "fedavg" of A and B, or "exact": SVD of the summed updates B·A
+    method: str = "exact"  # "exact": SVD of the summed updates B·A (default), or "fedavg" of A and B
     robust: str = "none"  # "trimmed_mean" or "krum" (Flower's) on top of the norm bound
     norm_bound: float = 3.0  # an update's distance to the current version is cut to this × the median; 0 = off
     trim_fraction: float = 0.34  # share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)
     krum_malicious: int = 1  # tenants Krum assumes may be malicious
     min_tenants: int = 1  # fewest accepted updates for a round to produce a version
+    dp_clipping_norm: float = 0.0  # central DP: clip each tenant's update to this L2 norm; 0 = off
+    dp_noise_multiplier: float = 0.0  # central DP: Gaussian noise std = this × clipping norm / tenants
 POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
@@ -92,12 +103,23 @@ POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # 
 class SimulationSection:
     """Simulated users of each tenant: traffic per round and how they judge drafts."""
 
-    conversations_per_round: int = 24
-    eval_prompts: int = 16
-    max_new_tokens: int = 40
-    accept_threshold: float = 0.8
-    edit_threshold: float = 0.45
+    conversations_per_round: int = 24  # simulated users per tenant per round; 0 = none
+    eval_prompts: int = 16  # held-out simulated prompts per tenant for the hit rate
+    max_new_tokens: int = 40  # tokens drafted per reply
+    accept_threshold: float = 0.8  # similarity at or above which a simulated user accepts the draft
+    edit_threshold: float = 0.45  # similarity at or above which a simulated user edits instead of rejecting
     styles: tuple[str, ...] = ("formal", "friendly", "brief")  # hidden preferred styles, tenant i gets i mod n
+    prompt_version: str = "default"  # recorded with every simulated draft, beside the model version
+    tenant_config: str = ""  # a tenant TOML (gates, release, curation...) for every simulated tenant; "" = defaults
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    """Optional MLflow tracking of HQ's rounds (install the `mlflow` extra)."""
+
+    mlflow_uri: str = ""  # e.g. "sqlite:///mlflow.db" or "http://mlflow.internal:5000"; "" = off
+    experiment: str = "fedloop"  # MLflow experiment the runs go to
+    artifacts: str = ""  # where a new experiment keeps artifacts (e.g. a directory); "" = MLflow's default
 
 
 @dataclass(frozen=True)
@@ -110,9 +132,12 @@ class Settings:
     train: TrainSection = field(default_factory=TrainSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
     aggregation: AggregationSection = field(default_factory=AggregationSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
 
     def __post_init__(self) -> None:
         require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
+        require(self.federation.round_timeout_s > 0 and self.federation.enrol_timeout_s > 0,
+                "federation.round_timeout_s / enrol_timeout_s", "numbers of seconds > 0")
         require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
         require(len(set(self.federation.tenants)) == len(self.federation.tenants),
                 "federation.tenants", "distinct names")
@@ -125,6 +150,7 @@ class Settings:
         require(train.max_steps >= 0 and train.warmup_steps >= 0, "train.max_steps / warmup_steps",
                 "integers >= 0 (max_steps 0 = no cap)")
         require(train.dpo_beta > 0, "train.dpo_beta", "a number > 0")
+        require(train.proximal_mu >= 0, "train.proximal_mu", "a number >= 0 (0 = off; FedProx typically 0.001-1)")
         require(all(0.0 <= train.pool_weight(p) for p in POOL_NAMES), "train.weight_*", "numbers >= 0")
         require(len(train.curriculum) >= 1 and list(train.curriculum) == sorted(train.curriculum, reverse=True)
                 and all(0.0 <= c <= 1.0 for c in train.curriculum), "train.curriculum",
@@ -140,8 +166,14 @@ class Settings:
         require(merging.krum_malicious >= 0, "aggregation.krum_malicious", "an integer >= 0")
         require(1 <= merging.min_tenants <= len(self.federation.tenants), "aggregation.min_tenants",
                 "an integer between 1 and the number of tenants")
-        require(self.simulation.conversations_per_round >= 1 and self.simulation.eval_prompts >= 1,
-                "simulation.conversations_per_round / eval_prompts", "integers >= 1")
+        require(merging.dp_clipping_norm >= 0 and merging.dp_noise_multiplier >= 0,
+                "aggregation.dp_clipping_norm / dp_noise_multiplier", "numbers >= 0 (clipping norm 0 = DP off)")
+        require(merging.dp_clipping_norm == 0 or (merging.method == "fedavg" and merging.robust == "none"),
+                "aggregation.method / robust", "\"fedavg\" and \"none\" when dp_clipping_norm > 0 (the DP "
+                "guarantee holds for the clipped parameter average only)")
+        require(self.simulation.conversations_per_round >= 0, "simulation.conversations_per_round",
+                "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)")
+        require(self.simulation.eval_prompts >= 1, "simulation.eval_prompts", "an integer >= 1")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -112,3 +112,14 @@ def test_krum_leaves_out_a_noise_update_and_trimmed_mean_ignores_it() -> None:
     trimmed, _ = merge(honest + [noise], current, 2.0, AggregationSection(robust="trimmed_mean", trim_fraction=0.2))
     plain, _ = merge(honest + [noise], current, 2.0, AggregationSection(norm_bound=0))
     assert distance(trimmed, clean) < 0.2 * distance(plain, clean)
+
+
+def test_differential_privacy_clips_each_update_and_adds_calibrated_noise() -> None:
+    current = adapter(4, 0, 0.1)
+    updates = [TenantUpdate(f"t{i}", {k: current[k] + adapter(4, 20 + i, scale)[k] for k in current}, 10 * (i + 1),
+                            2.0) for i, scale in enumerate((0.01, 0.02, 5.0))]
+    clipped, _ = merge(updates, current, 2.0, AggregationSection(dp_clipping_norm=0.5))
+    assert distance(clipped, current) <= 0.5 + 1e-6  # a mean of updates each clipped to 0.5
+    noisy, _ = merge(updates, current, 2.0, AggregationSection(dp_clipping_norm=0.5, dp_noise_multiplier=1.0))
+    noise = torch.cat([(noisy[k] - clipped[k]).flatten() for k in sorted(current)])
+    assert float(noise.std()) == pytest.approx(1.0 * 0.5 / 3, rel=0.1)  # z · C / n, as Flower computes it

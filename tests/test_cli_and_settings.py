@@ -52,3 +52,37 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) 
     with pytest.raises(ConfigError, match=message) as info:
         load_settings(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("loader, text, message", [
+    ("tenant", "[release]\ncanary_share = 0.5\nwidened_share = 0.3\n", "release.canary_share / widened_share"),
+    ("tenant", "[metrics]\naddress = \"nowhere\"\n", "metrics.address: must be host:port"),
+    ("tenant", "[tenant]\nnmae = \"acme\"\n", r"\[tenant\] has unknown key\(s\) \['nmae'\]; allowed: \['data_dir'"),
+    ("hq", "[hq]\nport = 70000\n", "hq.port: must be a port number"),
+    ("hq", "[hq]\nport = \"9300\"\n", "hq.port: must be of type int"),
+    ("hq", "[superlink]\nport = 1\n", r"unknown section\(s\) \['superlink'\]; allowed: \['hq'\]"),
+])
+def test_tenant_and_hq_configs_are_validated_on_start(tmp_path: Path, loader: str, text: str, message: str) -> None:
+    from fedloop.client.tenant_settings import load_tenant_settings
+    from fedloop.server.hq_settings import load_hq_settings
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        {"tenant": load_tenant_settings, "hq": load_hq_settings}[loader](path)
+    assert str(path) in str(info.value)
+
+
+def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
+    import subprocess
+    import sys
+
+    from fedloop.client.tenant_settings import load_tenant_settings
+    from fedloop.server.hq_settings import load_hq_settings
+
+    load_tenant_settings(ROOT / "configs" / "tenant.toml")
+    load_tenant_settings(ROOT / "configs" / "demo_tenant.toml")
+    load_hq_settings(ROOT / "configs" / "hq.toml")
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -46,7 +46,7 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     init_keys("tenant", "acme", tmp_path / "keys")
     config = tmp_path / "tenant.toml"
     config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "keys"\ndata_dir = "data"\n'
-                      f'[ingest]\naddress = "127.0.0.1:{port}"\n')
+                      f'[ingest]\naddress = "127.0.0.1:{port}"\n[metrics]\naddress = ""\n')
     log = tmp_path / "server.log"
     server = _start(config, port, log)
     acked: list[list[str]] = [[] for _ in range(CLIENTS)]

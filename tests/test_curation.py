@@ -89,7 +89,8 @@ def test_unsafe_samples_are_quarantined_and_the_breaker_trips_and_resets(make_te
     assert tenant.store.samples("status = 'held'")[0].prompt.startswith("a perfectly fine question")
     assert tenant.curator.reset_breaker("ops-oncall") == (1, 0)
     assert not tenant.store.breaker_state()[0]
-    assert [a[3] for a in tenant.store.audit_entries()] == ["breaker.trip", "breaker.reset"]
+    assert [a.action for a in tenant.store.audit_entries() if a.action.startswith("breaker")] == [
+        "breaker.trip", "breaker.reset"]
 
 
 def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_tenant) -> None:

@@ -125,3 +125,19 @@ def test_random_messages_get_precise_statuses(service, event_id, draft_id, promp
         assert code in ALLOWED, (code, message)
         if code != BAD.OK:
             assert tenant.store.count_events() == before
+
+
+def test_route_draft_follows_the_release_pointer(service) -> None:
+    from fedloop.client.release.controller import ReleaseController
+
+    tenant, client, _ = service
+    assert status_of(client.RouteDraft, pb.RouteRequest(user_id="user-1")) == BAD.FAILED_PRECONDITION
+    assert status_of(client.RouteDraft, pb.RouteRequest(user_id="")) == BAD.INVALID_ARGUMENT
+    controller = ReleaseController(tenant.store, tenant.settings.release)
+    controller.offer("v1", "gates passed")
+    assert client.RouteDraft(pb.RouteRequest(user_id="user-1")) == pb.Route(model_version="v1", canary=False)
+    controller.offer("v2", "gates passed")
+    routes = [client.RouteDraft(pb.RouteRequest(user_id=f"user-{i}")) for i in range(400)]
+    in_canary = [r for r in routes if r.canary]
+    assert all(r.model_version == "v2" for r in in_canary) and 0 < len(in_canary) < 50  # about 5 % of 400
+    assert all(r.model_version == "v1" for r in routes if not r.canary)

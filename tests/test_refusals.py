@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedloop.server.registry import VersionRegistry
-from fedloop.server.strategy import SealedFedAvg
+from fedloop.server.strategy import SealedMerge
 from fedloop.shared.adapter import LoraSettings, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.keys import Identity, Keyring, init_keys
@@ -26,7 +26,7 @@ def adapter(scale: float = 0.0) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def strategy(tmp_path: Path) -> tuple[SealedFedAvg, Identity, dict[str, Identity]]:
+def strategy(tmp_path: Path) -> tuple[SealedMerge, Identity, dict[str, Identity]]:
     keys = tmp_path / "keys"
     hq = init_keys("hq", "hq", keys)
     tenants = {name: init_keys("tenant", name, keys) for name in TENANTS if name != "unknown"}
@@ -35,8 +35,8 @@ def strategy(tmp_path: Path) -> tuple[SealedFedAvg, Identity, dict[str, Identity
     registry = VersionRegistry(tmp_path / "hq", hq)
     genesis = registry.create(adapter_to_bytes(adapter()), None, RUN, 0, {}, "init")
     nodes = {index: tenants[name].public for index, name in enumerate(TENANTS, start=1)}
-    sealed = SealedFedAvg(registry, hq, trusted, nodes, RUN, genesis, adapter(), LoraSettings(rank=2, alpha=4),
-                          AggregationSection(min_tenants=1))
+    sealed = SealedMerge(registry, hq, trusted, nodes, RUN, genesis, adapter(), LoraSettings(rank=2, alpha=4),
+                         AggregationSection(method="fedavg", min_tenants=1))
     return sealed, hq, tenants
 
 

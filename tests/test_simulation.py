@@ -19,7 +19,8 @@ from fedloop.server.simulation import prepare_run, run_federation
 from fedloop.shared.adapter import LoraSettings
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
-from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
+from fedloop.shared.settings import (FederationSection, PathsSection, Settings, SimulationSection, TrackingSection,
+                                     TrainSection)
 
 
 class RecordingGrid:
@@ -42,6 +43,7 @@ class RecordingGrid:
 
 @pytest.fixture(scope="module")
 def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, redactor):
+    tracking_dir = tmp_path_factory.mktemp("mlflow")
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
@@ -50,6 +52,8 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),
         simulation=SimulationSection(conversations_per_round=12, eval_prompts=12, max_new_tokens=24,
                                      styles=("brief",)),  # one shared, learnable preference
+        tracking=TrackingSection(mlflow_uri=f"sqlite:///{tracking_dir / 'mlflow.db'}", experiment="e2e",
+                                 artifacts=str(tracking_dir / "artifacts")),
     )
     layout = prepare_run(settings, Path(settings.paths.runs_dir))
     canaries = {}
@@ -125,3 +129,44 @@ def test_two_federated_rounds_raise_the_hit_rate_on_a_learnable_preference(feder
 
     assert mean(2, "hit-rate") > mean(0, "hit-rate")
     assert mean(2, "mean-similarity") > mean(0, "mean-similarity") + 0.1
+
+
+def test_the_run_report_renders_its_plots_in_a_browser(federated_run, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from fedloop.shared.cli import app
+
+    _, layout, summary, _, _ = federated_run
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--run", str(layout.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    for heading in ("Hit rate per tenant per version", "Training loss", "KL divergence to the serving version",
+                    "Bytes per round", "Dataset version each tenant trained on", "Version lineage"):
+        assert heading in page
+    assert all(v["id"] in page for v in summary["lineage"]) and "http" not in page.split("<script>")[0]
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is needed to check the report renders: `make test` installs it (Debian's chromium)"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
+                          out.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    plots = page.count('class="plot"')
+    assert plots >= 4 and f'data-plots-rendered="{plots}"' in dom and f'data-plots="{plots}"' in dom
+
+
+def test_each_round_is_tracked_in_mlflow_with_its_version(federated_run) -> None:
+    import mlflow
+
+    settings, _, summary, _, _ = federated_run
+    client = mlflow.tracking.MlflowClient(settings.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name("e2e")
+    [run] = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "hit-rate/mean")
+    assert [m.step for m in history] == [0, 1, 2]
+    last = summary["lineage"][-1]["id"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, f"versions/{last}")}
+    assert artifacts == {f"versions/{last}/adapter_config.json", f"versions/{last}/adapter_model.safetensors"}

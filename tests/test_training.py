@@ -81,3 +81,17 @@ def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir
     with torch.no_grad():
         chosen, rejected = _pair_logprobs(model, tokenizer, pairs, settings)
     assert (chosen - rejected).mean().item() > before
+
+
+def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: Path) -> None:
+    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, "candidate")
+                for i in range(8)]
+    settings = TrainSection(max_steps=6, batch_size=4, learning_rate=2e-2, max_seq_len=64, curriculum=(0.0,))
+    drift = {}
+    for mu in (0.0, 50.0):
+        model, tokenizer = _model(tiny_model_dir)
+        start = adapter_state(model)
+        run_recipe(model, tokenizer, examples, replace(settings, proximal_mu=mu), seed=3)
+        end = adapter_state(model)
+        drift[mu] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
+    assert 0 < drift[50.0] < 0.7 * drift[0.0]

@@ -74,9 +74,9 @@ def test_versions_cli(run_dir, tiny_model_dir: Path, tmp_path: Path) -> None:
     assert compared.exit_code == 0 and "all modules" in compared.output
 
     for expected in ("canary", "stable"):
-        promoted = runner.invoke(app, ["versions", "promote", ids[2], *where])
+        promoted = runner.invoke(app, ["versions", "promote", ids[2], "--operator", "hq-ops", *where])
         assert promoted.exit_code == 0 and f"now {expected}" in promoted.output
-    rolled = runner.invoke(app, ["versions", "rollback", ids[2], *where])
+    rolled = runner.invoke(app, ["versions", "rollback", ids[2], "--operator", "hq-ops", *where])
     assert rolled.exit_code == 0 and "stable is now none" in rolled.output
 
     out = tmp_path / "export"

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
 from fedloop.client.privacy.finders import Finder
 from fedloop.client.privacy.redaction import Finding, PlaceholderMap, apply_placeholders
+from fedloop.client.metrics import IngestCounters
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
 from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
@@ -40,18 +41,29 @@ class IngestPipeline:
     """Everything between a feedback event and the tenant's store."""
 
     def __init__(self, store: FeedbackStoreAPI, finder: Finder, curator: Curator, settings: TenantSettings,
-                 mac_key: bytes) -> None:
+                 mac_key: bytes, counters: IngestCounters) -> None:
         self.store = store
         self.curator = curator
+        self.counters = counters
         self._finder = finder
         self._findings: dict[str, list[Finding]] = {}
         self._settings = settings
         self._mac_key = mac_key
-        self.redactions_by_type: dict[str, int] = {}
+        self._redacted: list[str] = []  # entity types replaced in the transaction under way
         self._lock = threading.Lock()
 
     def ingest(self, events: Sequence[pb.Event]) -> list[bool]:
-        """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one."""
+        """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one.
+
+        A refusal raises IngestError (counted by its status); nothing of the batch is stored then.
+        """
+        try:
+            return self._ingest(events)
+        except IngestError as err:
+            self.counters.rejected.labels(err.status).inc()
+            raise
+
+    def _ingest(self, events: Sequence[pb.Event]) -> list[bool]:
         limits = self._settings.ingest
         if len(events) > limits.max_batch_events:
             raise IngestError("INVALID_ARGUMENT", f"batch of {len(events)} events exceeds ingest.max_batch_events "
@@ -66,13 +78,18 @@ class IngestPipeline:
         findings = dict(zip(texts, self._finder.find_many(texts)))  # the costly part, outside the lock
         duplicates: list[bool] = []
         with self._lock:  # the near-duplicate index must follow exactly this transaction's fate
-            self._findings = findings
+            self._findings, self._redacted = findings, []
             try:
                 self._store_events(events, kinds, duplicates)
             except BaseException:
                 self.curator.forget_uncommitted()
                 raise
             self.curator.committed()
+            for kind, duplicate in zip(kinds, duplicates):
+                if not duplicate:
+                    self.counters.events.labels(kind).inc()
+            for entity in self._redacted:
+                self.counters.redactions.labels(entity).inc()
         return duplicates
 
     def _store_events(self, events: Sequence[pb.Event], kinds: list[str], duplicates: list[bool]) -> None:
@@ -100,8 +117,7 @@ class IngestPipeline:
         redaction = apply_placeholders(text, self._findings[text], placeholders)
         for placeholder, original in redaction.new_entries:
             self.store.vault_add(record_id, placeholder, original)
-        for entity in redaction.entity_types:
-            self.redactions_by_type[entity] = self.redactions_by_type.get(entity, 0) + 1
+        self._redacted.extend(redaction.entity_types)
         return redaction.text
 
     def _draft(self, event: pb.DraftEvent, later_drafts: set[str]) -> None:

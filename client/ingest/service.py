@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fedloop.client.ingest.validation import IngestError
+from fedloop.client.release.controller import ReleaseController
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.proto import feedback_pb2 as pb
 
@@ -46,6 +47,12 @@ class FeedbackServicer:
 
     def __init__(self, runtime: TenantRuntime) -> None:
         self._pipeline = runtime.pipeline
+        self._release = ReleaseController(runtime.store, runtime.settings.release)
+        self._max_id_chars = runtime.settings.ingest.max_id_chars
+
+    def _refuse_undecodable(self, context: grpc.ServicerContext, message: str) -> None:
+        self._pipeline.counters.rejected.labels("INVALID_ARGUMENT").inc()
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
     def _store(self, events: list[pb.Event], context: grpc.ServicerContext) -> list[bool]:
         try:
@@ -57,8 +64,8 @@ class FeedbackServicer:
     def _unary(self, field: str) -> Callable[[Any, grpc.ServicerContext], pb.Ack]:
         def handle(request: Any, context: grpc.ServicerContext) -> pb.Ack:
             if isinstance(request, Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {field} event "
-                                                                f"({request.reason}); strings must be UTF-8")
+                self._refuse_undecodable(context, f"request is not a valid {field} event ({request.reason}); "
+                                                  "strings must be UTF-8")
             [duplicate] = self._store([pb.Event(**{field: request})], context)
             return pb.Ack(event_id=request.event_id, duplicate=duplicate)
         return handle
@@ -68,11 +75,23 @@ class FeedbackServicer:
         events = []
         for position, request in enumerate(requests):
             if isinstance(request, Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"event #{position} is not a valid Event "
-                                                                f"({request.reason}); nothing was stored")
+                self._refuse_undecodable(context, f"event #{position} is not a valid Event ({request.reason}); "
+                                                  "nothing was stored")
             events.append(request)
         duplicates = self._store(events, context)
         return pb.BatchAck(stored=duplicates.count(False), duplicates=duplicates.count(True))
+
+    def route_draft(self, request: Any, context: grpc.ServicerContext) -> pb.Route:
+        """The version that drafts for this user now, by the tenant's release pointer."""
+        if isinstance(request, Undecodable) or not request.user_id or len(request.user_id) > self._max_id_chars:
+            self._refuse_undecodable(context, f"user_id must be a non-empty UTF-8 string of at most "
+                                              f"{self._max_id_chars} characters (ingest.max_id_chars)")
+        version = self._release.route(self._pipeline.store.pseudonym(request.user_id))
+        if version is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no version released yet: the first global version "
+                                                               "that passes this tenant's gates will serve")
+        state = self._release.state()
+        return pb.Route(model_version=version, canary=state is not None and version == state.canary)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering every method of the service."""
@@ -85,6 +104,8 @@ class FeedbackServicer:
         }
         methods["RecordBatch"] = grpc.stream_unary_rpc_method_handler(
             self.record_batch, _deserializer(pb.Event), pb.BatchAck.SerializeToString)
+        methods["RouteDraft"] = grpc.unary_unary_rpc_method_handler(
+            self.route_draft, _deserializer(pb.RouteRequest), pb.Route.SerializeToString)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
 

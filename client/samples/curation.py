@@ -31,6 +31,7 @@ from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, 
 from fedloop.client.store_api import (BASELINE_POOLS, DraftRecord, FeedbackStoreAPI, OutcomeRecord, SampleRecord,
                                       TrainingExample)
 from fedloop.client.tenant_settings import CurationSection, ModerationSection
+from fedloop.shared.crypto import sm3_digest
 
 log = logging.getLogger(__name__)
 BASE_REWARDS = {"accept": 1.0, "edit": 0.3, "reject": 0.0}
@@ -192,3 +193,14 @@ def training_examples(store: FeedbackStoreAPI, settings: CurationSection,
         examples.append(TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool,
                                         sample.rejected))
     return examples
+
+
+def dataset_version(store: FeedbackStoreAPI) -> str:
+    """A digest naming the sample set a tenant trains on: every sample's id, pool, status and weight.
+
+    Any admitted, promoted, demoted, quarantined or re-weighted sample changes
+    it; it travels (signed) with the tenant's delta so HQ can say which data
+    version each contribution came from without seeing any of it.
+    """
+    lines = sorted(f"{s.id}:{s.pool}:{s.status}:{s.weight:.6f}" for s in store.samples())
+    return sm3_digest("\n".join(lines).encode()).hex()[:16]

@@ -1,0 +1,1 @@
+"""Tenant-side release of global versions: canary routing, promotion and rollback."""

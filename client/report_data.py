@@ -1,0 +1,36 @@
+"""A tenant's part of the evaluation report: its own evaluations, training curves and problem rates."""
+
+from __future__ import annotations
+
+from fedloop.client.store import FeedbackStore
+from fedloop.shared.report import ReportData
+
+
+def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: list[str] | None = None) -> None:
+    """Add what `tenant`'s store knows, for `versions` only if given (a version's lineage)."""
+    wanted = set(versions) if versions is not None else None
+    for version, metrics in store.evaluations_of_kind("hit_rate"):
+        if wanted is None or version in wanted:
+            data.hit_rates.setdefault(tenant, {})[version] = float(metrics["hit-rate"])
+            if version not in data.versions:
+                data.versions.append(version)
+    for version, metrics in store.evaluations_of_kind("kl_to_serving"):
+        if wanted is None or version in wanted:
+            data.kl_to_serving.setdefault(tenant, {})[version] = float(metrics["value"])
+    curves = {}
+    for version, metrics in store.evaluations_of_kind("training"):
+        if wanted is None or version in wanted:
+            curves[f"round {metrics.get('round', '?')} (from {version})"] = [
+                *metrics.get("sft_losses", []), *metrics.get("dpo_losses", [])]
+    if curves:
+        data.train_losses[tenant] = curves
+    drafting = [v for v in store.drafting_versions() if wanted is None or v in wanted]
+    for problem_type in store.problem_types():
+        previous, previous_rate = None, None
+        for version in drafting:
+            flagged, drafts = store.problem_rate(problem_type, version)
+            rate = flagged / drafts if drafts else 0.0
+            data.problem_rates.append({"tenant": tenant, "problem_type": problem_type, "version": version,
+                                       "rate": rate, "flagged": flagged, "drafts": drafts, "previous": previous,
+                                       "previous_rate": previous_rate})
+            previous, previous_rate = version, rate

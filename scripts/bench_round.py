@@ -1,0 +1,195 @@
+"""One federated round through fedloop against the same round through plain Flower FedAvg.
+
+Both arms run in Flower's Simulation Engine in this one process, with the same
+settings, model, simulated users and tenant work (serve the round's users,
+record their feedback, train the local LoRA recipe, evaluate the hit rate and
+the gates). What differs is what fedloop adds around that work: the fedloop
+arm seals every adapter (SM4-GCM + SM2 wrap + SM2 signature), verifies and
+decrypts on receipt, runs the robust exact merge and writes each version to the
+signed, encrypted registry; the plain arm sends the adapter as a Flower
+ArrayRecord to Flower's own `FedAvg`, with no sealing and no registry.
+
+Printed: round 1's wall time in each arm (from the first training message to
+the last evaluation reply) and the overhead ratio (goal <= 1.10), the bytes
+each tenant sent and received in the round and their share of the full model's
+float32 size, and sealing throughput against gmssl's pure-Python SM4 on the
+same bytes.
+
+Run: .venv/bin/python scripts/bench_round.py [--model models/smollm2-135m-instruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
+
+from fedloop.client.app import _model, simulated_tenants
+from fedloop.client.evaluate.hit_rate import hit_rate
+from fedloop.client.samples.curation import training_examples
+from fedloop.client.train.recipe import run_recipe
+from fedloop.server.simulation import prepare_run, run_federation
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.envelope import open_envelope, seal
+from fedloop.shared.keys import Keyring, init_keys
+from fedloop.shared.protocol import NUM_EXAMPLES, delta_binding
+from fedloop.shared.run_layout import RunLayout
+from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN_VERSION = "plain"
+
+
+class TimedFedAvg(FedAvg):
+    """Flower's FedAvg, timing each round as fedloop's strategy does (first training message to evaluations back)."""
+
+    def __init__(self, nodes: int) -> None:
+        super().__init__(min_train_nodes=nodes, min_evaluate_nodes=nodes, min_available_nodes=nodes)
+        self.started: dict[int, float] = {}
+        self.durations: dict[int, float] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Start the round's clock, then Flower's own configure_train."""
+        self.started[server_round] = time.time()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Stop the round's clock, then Flower's own aggregate_evaluate."""
+        self.durations[server_round] = time.time() - self.started[server_round]
+        return super().aggregate_evaluate(server_round, replies)
+
+
+def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
+    """The same tenant work as fedloop's ClientApp, on unsealed ArrayRecords."""
+    resolve = simulated_tenants(settings, layout)
+    app = ClientApp()
+
+    def install(message: Message, context: Context):  # noqa: ANN202 - (tenant, model, tokenizer)
+        tenant = resolve(context)
+        model, tokenizer = _model(settings.paths.model, settings.lora, settings.federation.seed)
+        tenant.adapters[PLAIN_VERSION] = message.content["arrays"].to_torch_state_dict()
+        load_adapter_state(model, tenant.adapters[PLAIN_VERSION])
+        return tenant, model, tokenizer
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        tenant, model, tokenizer = install(message, context)
+        round_ = int(message.content["config"]["server-round"])
+        tenant.serve_round(model, tokenizer, PLAIN_VERSION, round_)
+        examples = training_examples(tenant.store, tenant.local.curation)
+        run_recipe(model, tokenizer, examples, settings.train,
+                   settings.federation.seed * 1000 + round_ * 10 + tenant.index)
+        return Message(RecordDict({"arrays": ArrayRecord(adapter_state(model)),
+                                   "metrics": MetricRecord({NUM_EXAMPLES: len(examples)})}), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        tenant, model, tokenizer = install(message, context)
+        metrics = hit_rate(model, tokenizer, tenant.held_out, tenant.judgement, settings.simulation.max_new_tokens)
+        tenant.gate(model, tokenizer, PLAIN_VERSION)
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+
+    return app
+
+
+def run_plain(settings: Settings, layout: RunLayout) -> float:
+    """Plain Flower: round-0 evaluation (as fedloop does), then one FedAvg round; returns round 1's wall time."""
+    strategy = TimedFedAvg(len(settings.federation.tenants))
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        model, _ = load_base_model(Path(settings.paths.model))
+        arrays = ArrayRecord(adapter_state(attach_lora(model, settings.lora, settings.federation.seed)))
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < len(settings.federation.tenants):
+            time.sleep(0.5)
+            nodes = list(grid.get_node_ids())
+        evaluate = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 0})}),
+                            dst_node_id=node, message_type=MessageType.EVALUATE) for node in nodes]
+        grid.send_and_receive(evaluate)
+        strategy.start(grid, arrays, num_rounds=1)
+
+    tenants = len(settings.federation.tenants)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    run_simulation(server_app=app, client_app=plain_client_app(settings, layout), num_supernodes=tenants,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": tenants, "include_dashboard": False}})
+    return strategy.durations[1]
+
+
+def sealing_throughput(payload: bytes, directory: Path) -> tuple[float, float, float]:
+    """MB/s of fedloop's seal, of its open (verify + decrypt), and of gmssl's pure-Python SM4 on `payload`."""
+    hq, tenant = init_keys("hq", "hq", directory), init_keys("tenant", "acme", directory)
+    binding = delta_binding("acme", "bench", 1, "v0", 1)
+    started = time.perf_counter()
+    envelope = seal(payload, binding, tenant, hq.public)
+    seal_s = time.perf_counter() - started
+    started = time.perf_counter()
+    open_envelope(envelope, hq, Keyring([tenant.public]), binding)
+    open_s = time.perf_counter() - started
+    cipher = CryptSM4()
+    cipher.set_key(b"0123456789abcdef", SM4_ENCRYPT)
+    started = time.perf_counter()
+    cipher.crypt_ecb(payload)
+    gmssl_s = time.perf_counter() - started
+    megabytes = len(payload) / 1e6
+    return megabytes / seal_s, megabytes / open_s, megabytes / gmssl_s
+
+
+def main() -> None:
+    """Run both arms and the sealing comparison; print the results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct",
+                        help="local model directory or .gguf (default: the one `make model` writes)")
+    args = parser.parse_args()
+    if not (args.model / "config.json").exists() and args.model.suffix != ".gguf":
+        raise SystemExit(f"--model {args.model}: no model there; run `make model` first")
+    work = Path(tempfile.mkdtemp(prefix="bench-round-"))
+    settings = Settings(federation=FederationSection(run_name="bench-round", tenants=("acme", "bolt", "cobalt"),
+                                                     rounds=1),
+                        paths=PathsSection(model=str(args.model), runs_dir=str(work)),
+                        train=TrainSection(max_steps=8, batch_size=8),
+                        simulation=SimulationSection(conversations_per_round=24, eval_prompts=16, max_new_tokens=40))
+    print(f"model {args.model}; 3 tenants, 1 round, 24 users per tenant, 8 local steps; work dir {work}", flush=True)
+
+    plain_s = run_plain(settings, RunLayout(work / "plain"))
+    print(f"  plain Flower FedAvg round: {plain_s:.1f} s", flush=True)
+    layout = prepare_run(replace(settings, federation=replace(settings.federation, run_name="fedloop")), work)
+    summary = run_federation(settings, layout)
+    round_1 = summary["rounds"][1]
+    fedloop_s = round_1["duration_s"]
+    print(f"  fedloop round: {fedloop_s:.1f} s", flush=True)
+
+    base, _ = load_base_model(args.model)
+    model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    payload = adapter_to_bytes(adapter_state(attach_lora(base, settings.lora, 0)))
+    seal_mbs, open_mbs, gmssl_mbs = sealing_throughput(payload, work / "keys")
+
+    print(f"\n| arm | round 1 wall time (s) |\n|---|---|\n| plain Flower FedAvg (no sealing, no registry) | "
+          f"{plain_s:.1f} |\n| fedloop (sealed, verified, exact merge, registry) | {fedloop_s:.1f} |")
+    print(f"overhead ratio fedloop / plain: {fedloop_s / plain_s:.3f} (goal <= 1.10)")
+    print(f"\nfull model (float32): {model_bytes:,} bytes; adapter: {len(payload):,} bytes")
+    print("| tenant | sent to HQ | share of model | received from HQ (train + evaluate) | share of model |")
+    print("|---|---|---|---|---|")
+    for tenant in settings.federation.tenants:
+        sent, received = round_1["bytes_to_hq"][tenant], round_1["bytes_to_tenant"][tenant]
+        print(f"| {tenant} | {sent:,} | {sent / model_bytes:.2%} | {received:,} | {received / model_bytes:.2%} |")
+    print(f"\nsealing {len(payload):,} bytes: fedloop seal {seal_mbs:.1f} MB/s, open (verify + decrypt) "
+          f"{open_mbs:.1f} MB/s; gmssl pure-Python SM4-ECB {gmssl_mbs:.3f} MB/s; "
+          f"ratio seal / gmssl: {seal_mbs / gmssl_mbs:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

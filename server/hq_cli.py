@@ -1,0 +1,87 @@
+"""`fedloop hq up|register-node` and `fedloop run`: HQ on Flower's Deployment Engine."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from fedloop.server.hq_settings import HQSettings, load_hq_settings
+from fedloop.server.metrics import hq_registry
+from fedloop.shared.console import fail
+from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, submit_run,
+                                             supervise, write_cli_config)
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.metrics import serve_metrics
+from fedloop.shared.run_layout import RunLayout
+from fedloop.shared.settings import ConfigError, load_settings
+
+hq_app = typer.Typer(help="Run HQ: the SuperLink, its metrics, and the tenants it admits.", no_args_is_help=True)
+HQ_CONFIG = typer.Option(Path("configs/hq.toml"), "--config", help="HQ's TOML settings (home, certs, addresses).")
+
+
+def hq_settings_or_fail(config: Path) -> HQSettings:
+    """HQ's settings from `config`; exits with the file, key and allowed values if it is invalid."""
+    try:
+        return load_hq_settings(config)
+    except ConfigError as err:
+        fail(str(err))
+
+
+@hq_app.command("up")
+def hq_up(config: Path = HQ_CONFIG) -> None:
+    """Run the SuperLink (TLS, SuperNode authentication on) and HQ's metrics endpoint until SIGINT/SIGTERM."""
+    configure_logging()
+    settings = hq_settings_or_fail(config)
+    hq, certs = settings.hq, settings.certs
+    spec = SuperLinkSpec(settings.home, certs / "ca.crt", certs / "superlink.crt", certs / "superlink.key",
+                         hq.host, hq.port)
+    try:
+        command = spec.command()
+        write_cli_config(settings.home, spec.address if hq.host != "0.0.0.0" else f"127.0.0.1:{hq.port}",
+                         spec.ca_certificate)
+        exporter = (serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"), hq.metrics_address)[0]
+                    if hq.metrics_address else None)
+        superlink = start_flower(command, settings.home)
+    except (DeploymentError, OSError) as err:
+        fail(f"{err} (see {config})")
+    typer.echo(f"SuperLink on {spec.address} (TLS, SuperNode authentication)"
+               + (f"; metrics on http://{hq.metrics_address}/metrics" if exporter else ""))
+    ended_by_itself = supervise(superlink)
+    if exporter is not None:
+        exporter.shutdown()
+    if ended_by_itself:
+        fail(f"the SuperLink exited with status {superlink.returncode}: see its log above")
+    typer.echo("stopped")
+
+
+@hq_app.command("register-node")
+def hq_register_node(key: Path = typer.Option(..., help="The tenant's SuperNode public key (<tenant>.node.pub)."),
+                     name: str = typer.Option(..., help="The tenant's name (shown by `flwr supernode list`)."),
+                     config: Path = HQ_CONFIG) -> None:
+    """Allow a tenant's SuperNode to connect: register its public key with the running SuperLink."""
+    try:
+        typer.echo(register_node(hq_settings_or_fail(config).home, key, name).strip())
+    except DeploymentError as err:
+        fail(str(err))
+
+
+def run(settings: Path = typer.Option(..., help="The federation settings TOML (shared with the tenants)."),
+        config: Path = HQ_CONFIG) -> None:
+    """Submit a federated run to the SuperLink (`flwr run`), stream its log, and fail if it did not finish."""
+    home = hq_settings_or_fail(config).home
+    summary = RunLayout(home).summary
+    started = time.time()
+    try:
+        load_settings(settings)
+        status = submit_run(home, settings)
+    except ConfigError as err:
+        fail(str(err))
+    except DeploymentError as err:
+        fail(str(err))
+    if status != 0:
+        fail(f"`flwr run` exited with {status}; see the log above")
+    if not summary.exists() or summary.stat().st_mtime < started:
+        fail(f"the run did not finish (no new {summary}): see the ServerApp's error in the log above")
+    typer.echo(f"run finished; summary: {summary}")

@@ -1,0 +1,46 @@
+"""HQ's own settings (`configs/hq.toml`): where its home and certificates are, where it listens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedloop.shared.settings import is_host_port, load_sections, require
+
+
+@dataclass(frozen=True)
+class HQSection:
+    """The SuperLink HQ runs and the endpoints it serves."""
+
+    home: str = "hq-home"  # keys/ (HQ's key pair, tenants' public keys), hq/ (registry), superlink.db, flwr/
+    certs: str = "certs"  # ca.crt, superlink.crt, superlink.key (`fedloop certs` makes test ones)
+    host: str = "127.0.0.1"  # address the SuperLink listens on (0.0.0.0 for all)
+    port: int = 9300  # the SuperLink's port (Fleet, Control and Runtime APIs)
+    metrics_address: str = "127.0.0.1:9301"  # host:port of HQ's /metrics; "" = no endpoint
+
+
+@dataclass(frozen=True)
+class HQSettings:
+    """Everything `fedloop hq` and `fedloop run` need besides the federation settings."""
+
+    hq: HQSection = field(default_factory=HQSection)
+
+    def __post_init__(self) -> None:
+        require(0 < self.hq.port < 65536, "hq.port", "a port number in 1..65535")
+        require(self.hq.metrics_address == "" or is_host_port(self.hq.metrics_address), "hq.metrics_address",
+                "host:port (e.g. 127.0.0.1:9301), or \"\" for no endpoint")
+
+    @property
+    def home(self) -> Path:
+        """HQ's home directory."""
+        return Path(self.hq.home)
+
+    @property
+    def certs(self) -> Path:
+        """HQ's certificate directory."""
+        return Path(self.hq.certs)
+
+
+def load_hq_settings(path: Path) -> HQSettings:
+    """Read and validate HQ's TOML."""
+    return load_sections(HQSettings, path)

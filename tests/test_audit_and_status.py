@@ -1,0 +1,103 @@
+"""The chained audit log catches edits and deletions; `fedloop status` and `fedloop audit` on both sides."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedloop.client.release.controller import ReleaseController
+from fedloop.client.store import FeedbackStore
+from fedloop.client.tenant_settings import ReleaseSection
+from fedloop.server.registry import VersionRegistry
+from fedloop.shared.cli import app
+from fedloop.shared.keys import init_keys
+
+
+@pytest.fixture
+def tenant_config(tmp_path: Path) -> Path:
+    """A tenant TOML whose store already holds a few audited actions."""
+    identity = init_keys("tenant", "acme", tmp_path / "keys")
+    store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
+    controller = ReleaseController(store, ReleaseSection(), actor="li.wei")
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    controller.rollback("complaints")
+    store.audit("ana", "vault.reveal", "draft-1 <CN_MOBILE_1>; reason: call back")
+    store.close()
+    config = tmp_path / "tenant.toml"
+    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "{tmp_path / "keys"}"\ndata_dir = "{tmp_path / "data"}"\n')
+    return config
+
+
+def tamper(database: Path, sql: str) -> None:
+    with sqlite3.connect(database) as db:
+        db.execute(sql)
+
+
+def test_an_intact_log_verifies_and_any_edit_or_deletion_is_named(tenant_config: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)])
+    assert ok.exit_code == 0 and "audit log intact: 5 entries" in ok.output  # key first use + 3 release + reveal
+    database = tmp_path / "data" / "feedback.db"
+
+    tamper(database, "UPDATE audit SET actor = 'someone-else' WHERE action = 'vault.reveal'")
+    edited = runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)])
+    assert edited.exit_code == 1 and "entry 5 was altered" in edited.output
+    tamper(database, "UPDATE audit SET actor = 'ana' WHERE action = 'vault.reveal'")
+    assert runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)]).exit_code == 0
+
+    tamper(database, "DELETE FROM audit WHERE seq = 3")
+    deleted = runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)])
+    assert deleted.exit_code == 1 and "entries 3..3 are missing" in deleted.output
+
+
+def test_deleting_the_newest_entries_is_caught_against_a_kept_head(tenant_config: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    head = runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)]).output.split("head ")[1].split()[0]
+    tamper(tmp_path / "data" / "feedback.db", "DELETE FROM audit WHERE seq = 5")
+    assert runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config)]).exit_code == 0  # still a chain
+    truncated = runner.invoke(app, ["audit", "verify", "--tenant", str(tenant_config), "--expect-head", head])
+    assert truncated.exit_code == 1 and "newer entries were deleted" in truncated.output
+
+
+def test_tenant_status_json(tenant_config: Path) -> None:
+    result = CliRunner().invoke(app, ["status", "--tenant", str(tenant_config), "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["tenant"] == "acme" and status["serving"] == "v1" and status["canary"] is None
+    assert status["last_release_action"]["action"] == "rollback"
+    assert status["breaker"] == {"tripped": False, "reason": None} and status["audit"]["intact"]
+    assert status["keys"]["sm2"]["age_days"] >= 0 and status["keys"]["storage"]["active_key"] == 1
+    table = CliRunner().invoke(app, ["status", "--tenant", str(tenant_config)])
+    assert table.exit_code == 0 and "serving" in table.output and "v1" in table.output
+
+
+def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path) -> None:
+    keys = tmp_path / "hq-home" / "keys"
+    init_keys("tenant", "acme", tmp_path / "acme-keys")
+    keys.mkdir(parents=True)
+    (keys / "acme.sm2.pub.json").write_bytes((tmp_path / "acme-keys" / "acme.sm2.pub.json").read_bytes())
+    registry = VersionRegistry(tmp_path / "hq-home" / "hq", init_keys("hq", "hq", keys))
+    first = registry.create(b"a0", None, "run", 0, {}, "init")
+    second = registry.create(b"a1", first.id, "run", 1, {"acme": 3}, "exact")
+    registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}, "duration_s": 9.0, "refused": {}})
+    registry.promote(second.id, "hq-ops")
+    registry.audit("hq", "delta.refused", "run run round 1 bolt: bad-signature")
+    registry.close()
+    config = tmp_path / "hq.toml"
+    config.write_text(f'[hq]\nhome = "{tmp_path / "hq-home"}"\n')
+    runner = CliRunner()
+    result = runner.invoke(app, ["status", "--hq", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["newest"] == second.id and status["versions_by_status"] == {"candidate": 1, "canary": 1}
+    assert status["last_round"]["round"] == 1 and status["trusted_tenants"] == ["acme"]
+    shown = runner.invoke(app, ["audit", "show", "--hq", str(config)])
+    assert shown.exit_code == 0 and "version.promote" in shown.output and "delta.refused" in shown.output
+    assert runner.invoke(app, ["audit", "verify", "--hq", str(config)]).exit_code == 0
+    neither = runner.invoke(app, ["status"])
+    assert neither.exit_code == 2 and "--tenant" in neither.output

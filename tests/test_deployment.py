@@ -1,0 +1,155 @@
+"""Flower's Deployment Engine for real on 127.0.0.1: one SuperLink, three SuperNodes, TLS and node auth on.
+
+Every process is started the way an operator starts it (`fedloop hq up`,
+`fedloop tenant up`, `fedloop run`) and stopped at the end. Tenants receive
+their users' feedback through their own running FeedbackService; one tenant is
+killed in the middle of the last round; a second run continues from the last
+version in HQ's registry.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployment_helpers import (FEDLOOP, Federation, free_port, provision, start_hq, start_tenant, wait_for,
+                                write_tenant_config)
+from fedloop.proto import feedback_pb2 as pb
+from fedloop.server.registry import VersionRegistry
+from fedloop.shared.keys import load_identity
+from fedloop.shared.run_layout import HQ_NAME
+from grpc_helpers import draft, outcome, stub
+
+TENANTS = ("acme", "bolt", "cobalt")
+DOOMED = "cobalt"  # killed in the middle of the last round
+CANARIES = {tenant: f"CANARY-{tenant}-qx7zv9-do-not-leak" for tenant in TENANTS}
+ROUNDS = 2
+
+
+def write_settings(path: Path, model: Path, rounds: int) -> None:
+    path.write_text(f"""
+[federation]
+run_name = "deployed"
+tenants = {json.dumps(list(TENANTS))}
+rounds = {rounds}
+round_timeout_s = 240
+enrol_timeout_s = 20
+[paths]
+model = "{model}"
+[lora]
+rank = 4
+alpha = 8
+[train]
+max_steps = 4
+batch_size = 4
+max_seq_len = 64
+[aggregation]
+min_tenants = 2
+[simulation]
+conversations_per_round = 6
+eval_prompts = 4
+max_new_tokens = 12
+""")
+
+
+def plant_canary(port: int, tenant: str) -> None:
+    """The tenant's product reports drafts whose edited finals carry the tenant's canary: training targets."""
+    channel, service = stub(port)
+    for index in range(4):
+        draft_id = f"{tenant}-draft-{index}"
+        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"),
+                            timeout=30)
+        service.RecordOutcome(outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT,
+                                      final_text=f"Your parcel is on its way. {CANARIES[tenant]}"), timeout=30)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("deployed")
+    federation = Federation(root, free_port())
+    provision(root, TENANTS, extra_node_keys=("rogue",))
+    write_settings(root / "settings.toml", tiny_model_dir, ROUNDS)
+    try:
+        start_hq(federation, TENANTS)
+        for tenant in TENANTS:
+            port = free_port()
+            start_tenant(federation, tenant, write_tenant_config(root, tenant, f"{tenant}-home", port), port)
+            plant_canary(port, tenant)
+        # A SuperNode whose node key HQ never registered, claiming to be acme.
+        start_tenant(federation, "rogue", write_tenant_config(root, "rogue", "acme-home", free_port(), "acme"), None)
+        run, run_log = federation.start("run-1", "run", "--settings", "settings.toml", "--config", "hq.toml")
+        wait_for(lambda: f"round {ROUNDS}: sending version" in run_log.read_text(), f"round {ROUNDS}", run_log, run,
+                 timeout=400)
+        federation.kill(DOOMED, signal.SIGKILL)  # the tenant's machine dies in the middle of the round
+        assert run.wait(timeout=500) == 0, run_log.read_text()[-4000:]
+        federation.runs.append(json.loads((root / "hq-home" / "summary.json").read_text())["lineage"][-1]["id"])
+        write_settings(root / "settings.toml", tiny_model_dir, 1)
+        second = subprocess.run([FEDLOOP, "run", "--settings", "settings.toml", "--config", "hq.toml"], cwd=root,
+                                capture_output=True, text=True, timeout=500)
+        (root / "run-2.log").write_text(second.stdout + second.stderr)
+        assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+        yield federation
+    finally:
+        federation.stop()
+
+
+def summary(federation: Federation) -> dict:
+    return json.loads((federation.root / "hq-home" / "summary.json").read_text())
+
+
+def test_rounds_over_tls_with_authenticated_supernodes_and_a_tenant_lost_mid_round(deployed: Federation) -> None:
+    versions = VersionRegistry(deployed.root / "hq-home" / "hq", load_identity(deployed.root / "hq-home" / "keys",
+                                                                                HQ_NAME))
+    first_run = versions.lineage(deployed.runs[0])
+    assert [v.round for v in first_run] == [0, 1, 2]
+    assert set(first_run[1].contributors) == set(TENANTS)
+    assert set(first_run[2].contributors) == set(TENANTS) - {DOOMED}  # the round went on without it
+    assert all(versions.signature_valid(v.id) for v in versions.versions())
+    versions.close()
+    assert f"refused delta from {DOOMED}" in (deployed.root / "run-1.log").read_text()
+
+
+def test_a_second_run_continues_from_the_last_version(deployed: Federation) -> None:
+    second = summary(deployed)
+    assert second["tenants"] == sorted(set(TENANTS) - {DOOMED})
+    lineage = second["lineage"]
+    assert lineage[-2]["id"] == deployed.runs[0] and lineage[-1]["parent"] == deployed.runs[0]
+    assert f"continuing from version {deployed.runs[0]}" in (deployed.root / "run-2.log").read_text()
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(deployed: Federation) -> None:
+    rogue = deployed.processes["rogue"][1].read_text()
+    assert "Failed to activate SuperNode" in rogue
+    assert "Failed to activate SuperNode" not in deployed.processes["acme"][1].read_text()
+
+
+def test_no_canary_string_reaches_the_superlink_or_the_registry(deployed: Federation) -> None:
+    hq_home = deployed.root / "hq-home"
+    files = [p for p in hq_home.rglob("*") if p.is_file() and p.name.startswith(("superlink.db", "registry.db"))]
+    files += list((hq_home / "hq" / "blobs").iterdir()) + [hq_home / "summary.json"]
+    assert any(p.name == "superlink.db" for p in files) and len(list((hq_home / "hq" / "blobs").iterdir())) == 4
+    for path in files:
+        data = path.read_bytes()
+        for canary in CANARIES.values():
+            assert canary.encode() not in data and canary.encode("utf-16-le") not in data, f"{canary} in {path}"
+
+
+def test_hq_and_tenant_metrics_endpoints_report_the_runs(deployed: Federation) -> None:
+    from urllib.request import urlopen
+
+    from fedloop.client.tenant_settings import load_tenant_settings
+
+    hq = urlopen(f"http://127.0.0.1:{deployed.metrics_port}/metrics", timeout=10).read().decode()
+    assert "fedloop_hq_rounds_total 3.0" in hq  # two rounds of the first run, one of the second
+    assert 'fedloop_hq_refused_deltas_total{reason="tenant-error"} 1.0' in hq
+    assert 'fedloop_hq_versions{status="candidate"} 4.0' in hq
+    acme = load_tenant_settings(deployed.root / "acme.toml").metrics.address
+    tenant = urlopen(f"http://{acme}/metrics", timeout=10).read().decode()
+    assert 'fedloop_tenant_events_ingested_total{kind="draft"} 4.0' in tenant  # the product's drafts via gRPC
+    assert "fedloop_tenant_train_loss" in tenant and 'fedloop_tenant_pool_samples{pool="candidate"}' in tenant

@@ -1,0 +1,134 @@
+"""Tenant release: canary buckets by pseudonym hash, widening, promotion, automatic rollback, pointer swaps."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.release.canary import bucket, in_canary
+from fedloop.client.release.controller import ReleaseController, ReleaseError
+from fedloop.client.tenant_settings import ReleaseSection
+
+SETTINGS = ReleaseSection(canary_share=0.05, widened_share=0.30, min_drafts_per_arm=30)
+
+
+def test_canary_buckets_are_stable_nested_and_sized_by_the_share() -> None:
+    users = [f"pseudonym-{i}" for i in range(20_000)]
+    small = {u for u in users if in_canary(u, 0.05)}
+    wide = {u for u in users if in_canary(u, 0.30)}
+    assert small <= wide
+    assert len(small) / len(users) == pytest.approx(0.05, abs=0.005)
+    assert len(wide) / len(users) == pytest.approx(0.30, abs=0.01)
+    assert all(bucket(u) == bucket(u) for u in users[:100])
+
+
+def steps(count: int, rate: float) -> bool:
+    """Whether the count-th event is one of an evenly spread `rate` share (floor(n x rate) after n)."""
+    return int(count * rate + 1e-9) > int((count - 1) * rate + 1e-9)
+
+
+def serve(controller: ReleaseController, recorder: FeedbackRecorder, store, accept_rate: dict[str, float],
+          drafts: int, reject_rate: dict[str, float] | None = None) -> Counter:
+    """`drafts` users ask; each draft comes from the routed version and is accepted at that version's rate."""
+    served: Counter = Counter()
+    for i in range(drafts):
+        user = f"user-{i}-{len(store.release_history())}"
+        version = controller.route(store.pseudonym(user))
+        assert version is not None
+        served[version] += 1
+        draft_id = recorder.record_draft(user, "Where is my parcel?", "It ships today.", version)
+        if steps(served[version], accept_rate[version]):  # exactly floor(n x rate) accepts after n drafts
+            recorder.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
+        elif reject_rate and steps(served[version], reject_rate[version]):
+            recorder.record_outcome(draft_id, Action.REJECT, "It ships today, tracking by mail.", 3000)
+        else:
+            recorder.record_outcome(draft_id, Action.EDIT, "It ships today, promised.", 3000)
+    return served
+
+
+def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    assert controller.offer("v1", "gates passed").action == "bootstrap"
+    assert controller.route(tenant.store.pseudonym("anyone")) == "v1"
+    assert controller.offer("v2", "gates passed").action == "canary"
+    served = serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.60}, 1200)
+    assert served["v2"] / sum(served.values()) == pytest.approx(0.05, abs=0.03)
+    widened = controller.decide()
+    assert widened is not None and widened.action == "widen" and widened.share == 0.30
+    assert controller.decide() is None  # a fresh window: nothing decided before it fills
+    serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.60}, 200)
+    promoted = controller.decide()
+    assert promoted is not None and (promoted.action, promoted.serving, promoted.canary) == ("promote", "v2", None)
+    actions = [entry.action for entry in tenant.store.audit_entries()]
+    assert actions[-3:] == ["release-canary", "release-widen", "release-promote"]
+
+
+def test_a_worse_canary_is_rolled_back_automatically(make_tenant) -> None:
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.45}, 1200)
+    rolled = controller.decide()
+    assert rolled is not None and (rolled.action, rolled.serving, rolled.canary) == ("rollback", "v1", None)
+    assert rolled.reason.startswith("automatic")
+    assert controller.route(tenant.store.pseudonym("user-1")) == "v1"
+
+
+def test_a_canary_with_more_rejects_is_not_promoted(make_tenant) -> None:
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.45}, 1200, reject_rate={"v1": 0.05, "v2": 0.30})
+    assert controller.decide() is None
+    assert controller.state().canary == "v2"
+
+
+def test_manual_rollback_goes_back_past_rolled_back_versions(make_tenant) -> None:
+    tenant = make_tenant()
+    controller = ReleaseController(tenant.store, SETTINGS)
+    with pytest.raises(ReleaseError, match="nothing has been released"):
+        controller.rollback("operator")
+    for version in ("v1", "v2", "v3"):
+        controller.offer(version, "gates passed")
+        if version != "v1":
+            controller.promote("operator")
+    assert controller.rollback("operator: complaints").serving == "v2"
+    assert controller.rollback("operator: still bad").serving == "v1"
+    with pytest.raises(ReleaseError, match="first version"):
+        controller.rollback("operator")
+
+
+def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_path) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from fedloop.client.store import FeedbackStore
+    from fedloop.shared.cli import app
+    from fedloop.shared.keys import init_keys
+
+    identity = init_keys("tenant", "acme", tmp_path / "keys")
+    config = tmp_path / "tenant.toml"
+    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "{tmp_path / "keys"}"\ndata_dir = "{tmp_path / "data"}"\n')
+    runner = CliRunner()
+    empty = runner.invoke(app, ["release", "status", "--config", str(config)])
+    assert empty.exit_code == 0 and "nothing released yet" in empty.output
+    store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
+    controller = ReleaseController(store, SETTINGS)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    store.close()
+    shown = runner.invoke(app, ["release", "status", "--config", str(config)])
+    assert shown.exit_code == 0 and "canary" in shown.output and "v2 (5%)" in shown.output
+    refused = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", " ", "--reason", "x"])
+    assert refused.exit_code == 2 and "must not be empty" in refused.output
+    rolled = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", "li.wei",
+                                 "--reason", "complaints from the support team"])
+    assert rolled.exit_code == 0 and "serving v1, canary none" in rolled.output
+    store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
+    last = store.audit_entries()[-1]
+    assert (last.actor, last.action) == ("li.wei", "release-rollback")
+    store.close()
