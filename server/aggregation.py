@@ -108,7 +108,11 @@ def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
 
 
 def refactorise(deltas: dict[str, torch.Tensor], template: AdapterState, scaling: float) -> AdapterState:
-    """Truncated SVD of each module's ΔW into the template's rank: A = Vᵣᵀ, B = Uᵣ·Σᵣ / s."""
+    """Truncated SVD of each module's ΔW into the template's rank: A = Vᵣᵀ, B = Uᵣ·Σᵣ / s.
+
+    A rank above what ΔW can hold (min(out, in)) is filled with zero factors, so the
+    result always has the template's shapes.
+    """
     merged: AdapterState = {}
     for key, tensor in template.items():
         part = LORA_A if LORA_A in key else LORA_B
@@ -116,10 +120,14 @@ def refactorise(deltas: dict[str, torch.Tensor], template: AdapterState, scaling
         delta = deltas[f"{module}\0{suffix}"]
         rank = template[f"{module}{LORA_A}{suffix}"].shape[0]
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        kept = min(rank, s.shape[0])
+        factor = vh[:kept] if part == LORA_A else u[:, :kept] * s[:kept] / scaling
+        full = torch.zeros(tensor.shape, dtype=torch.float64)
         if part == LORA_A:
-            merged[key] = vh[:rank].to(tensor.dtype).contiguous()
+            full[:kept] = factor
         else:
-            merged[key] = (u[:, :rank] * s[:rank] / scaling).to(tensor.dtype).contiguous()
+            full[:, :kept] = factor
+        merged[key] = full.to(tensor.dtype).contiguous()
     return merged
 
 

@@ -123,3 +123,12 @@ def test_differential_privacy_clips_each_update_and_adds_calibrated_noise() -> N
     noisy, _ = merge(updates, current, 2.0, AggregationSection(dp_clipping_norm=0.5, dp_noise_multiplier=1.0))
     noise = torch.cat([(noisy[k] - clipped[k]).flatten() for k in sorted(current)])
     assert float(noise.std()) == pytest.approx(1.0 * 0.5 / 3, rel=0.1)  # z · C / n, as Flower computes it
+
+
+def test_exact_merge_keeps_the_global_shapes_when_the_rank_exceeds_the_module() -> None:
+    wide = {k: torch.zeros(40, IN) if "lora_A" in k else torch.zeros(OUT, 40) for k in adapter(40, 0)}  # 40 > 20
+    updates = [TenantUpdate("a", adapter(40, 1), 10, 1.0), TenantUpdate("b", adapter(40, 2), 10, 1.0)]
+    merged = exact_merge(updates, wide, 1.0)
+    assert all(merged[k].shape == wide[k].shape for k in wide)
+    for module, target in dense_sum(updates).items():
+        assert torch.allclose(dense_deltas(merged, 1.0)[module], target, atol=1e-3)

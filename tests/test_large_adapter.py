@@ -54,6 +54,7 @@ max_new_tokens = 4
     summary = json.loads((tmp_path / "hq-home" / "summary.json").read_text())
     round_1 = summary["rounds"][1]
     assert round_1["contributors"] == {"acme": 2} and not round_1["refused"]
+    assert set(round_1["evaluation"]) == {"acme"}  # the merged 64 MB version went back and was evaluated
     assert round_1["bytes_to_hq"]["acme"] > MB64 and round_1["bytes_to_tenant"]["acme"] > 2 * MB64
     registry = VersionRegistry(tmp_path / "hq-home" / "hq", load_identity(tmp_path / "hq-home" / "keys", HQ_NAME))
     assert len(registry.load_adapter(round_1["version"])) > MB64  # decrypted, digest checked
