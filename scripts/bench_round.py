@@ -34,12 +34,12 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
-from fedloop.client.app import _model, simulated_tenants
-from fedloop.client.evaluate.hit_rate import hit_rate
-from fedloop.client.samples.curation import training_examples
-from fedloop.client.train.recipe import run_recipe
+from fedloop.client.app import simulated_tenants
+from fedloop.client.store_api import InstalledVersion
+from fedloop.client.tenant import shared_model
 from fedloop.server.simulation import prepare_run, run_federation
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm3_digest, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys
 from fedloop.shared.protocol import NUM_EXAMPLES, delta_binding
@@ -47,7 +47,6 @@ from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAIN_VERSION = "plain"
 
 
 class TimedFedAvg(FedAvg):
@@ -71,33 +70,34 @@ class TimedFedAvg(FedAvg):
 
 
 def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
-    """The same tenant work as fedloop's ClientApp, on unsealed ArrayRecords."""
+    """The same tenant work as fedloop's ClientApp (Tenant.train_round, Tenant.evaluate_version), unsealed."""
     resolve = simulated_tenants(settings, layout)
     app = ClientApp()
 
-    def install(message: Message, context: Context):  # noqa: ANN202 - (tenant, model, tokenizer)
+    def install(message: Message, context: Context, version_id: str):  # noqa: ANN202 - (tenant, model, tokenizer)
+        """Load the received adapter and keep it in the tenant's store (any worker may serve it later)."""
         tenant = resolve(context)
-        model, tokenizer = _model(settings.paths.model, settings.lora, settings.federation.seed)
-        tenant.adapters[PLAIN_VERSION] = message.content["arrays"].to_torch_state_dict()
-        load_adapter_state(model, tenant.adapters[PLAIN_VERSION])
+        model, tokenizer = shared_model(settings.paths.model, settings.lora, settings.federation.seed)
+        state = message.content["arrays"].to_torch_state_dict()
+        payload = adapter_to_bytes(state)
+        tenant.store.install_version(InstalledVersion(version_id, 0, None, sm3_digest(payload).hex()), payload)
+        tenant.adapters[version_id] = state
+        load_adapter_state(model, state)
         return tenant, model, tokenizer
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        tenant, model, tokenizer = install(message, context)
         round_ = int(message.content["config"]["server-round"])
-        tenant.serve_round(model, tokenizer, PLAIN_VERSION, round_)
-        examples = training_examples(tenant.store, tenant.local.curation)
-        run_recipe(model, tokenizer, examples, settings.train,
-                   settings.federation.seed * 1000 + round_ * 10 + tenant.index)
+        tenant, model, tokenizer = install(message, context, f"plain-{round_ - 1}")
+        outcome = tenant.train_round(model, tokenizer, f"plain-{round_ - 1}", round_)
         return Message(RecordDict({"arrays": ArrayRecord(adapter_state(model)),
-                                   "metrics": MetricRecord({NUM_EXAMPLES: len(examples)})}), reply_to=message)
+                                   "metrics": MetricRecord({NUM_EXAMPLES: outcome.examples})}), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        tenant, model, tokenizer = install(message, context)
-        metrics = hit_rate(model, tokenizer, tenant.held_out, tenant.judgement, settings.simulation.max_new_tokens)
-        tenant.gate(model, tokenizer, PLAIN_VERSION)
+        version_id = f"plain-{int(message.content['config']['server-round'])}"
+        tenant, model, tokenizer = install(message, context, version_id)
+        metrics = tenant.evaluate_version(model, tokenizer, version_id)
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
 
     return app
@@ -129,8 +129,13 @@ def run_plain(settings: Settings, layout: RunLayout) -> float:
     return strategy.durations[1]
 
 
-def sealing_throughput(payload: bytes, directory: Path) -> tuple[float, float, float]:
-    """MB/s of fedloop's seal, of its open (verify + decrypt), and of gmssl's pure-Python SM4 on `payload`."""
+def named(settings: Settings, run_name: str) -> Settings:
+    """The same settings under another run name (each arm gets its own run directory)."""
+    return replace(settings, federation=replace(settings.federation, run_name=run_name))
+
+
+def sealing_throughput(payload: bytes, directory: Path) -> tuple[float, float, float, float]:
+    """MB/s of fedloop's seal, its open (verify + decrypt), its bare SM4-GCM, and gmssl's pure-Python SM4."""
     hq, tenant = init_keys("hq", "hq", directory), init_keys("tenant", "acme", directory)
     binding = delta_binding("acme", "bench", 1, "v0", 1)
     started = time.perf_counter()
@@ -139,13 +144,16 @@ def sealing_throughput(payload: bytes, directory: Path) -> tuple[float, float, f
     started = time.perf_counter()
     open_envelope(envelope, hq, Keyring([tenant.public]), binding)
     open_s = time.perf_counter() - started
+    started = time.perf_counter()
+    sm4_gcm_encrypt(new_sm4_key(), bytes(GCM_NONCE_BYTES), payload, b"")
+    gcm_s = time.perf_counter() - started
     cipher = CryptSM4()
     cipher.set_key(b"0123456789abcdef", SM4_ENCRYPT)
     started = time.perf_counter()
     cipher.crypt_ecb(payload)
     gmssl_s = time.perf_counter() - started
     megabytes = len(payload) / 1e6
-    return megabytes / seal_s, megabytes / open_s, megabytes / gmssl_s
+    return megabytes / seal_s, megabytes / open_s, megabytes / gcm_s, megabytes / gmssl_s
 
 
 def main() -> None:
@@ -164,10 +172,9 @@ def main() -> None:
                         simulation=SimulationSection(conversations_per_round=24, eval_prompts=16, max_new_tokens=40))
     print(f"model {args.model}; 3 tenants, 1 round, 24 users per tenant, 8 local steps; work dir {work}", flush=True)
 
-    plain_s = run_plain(settings, RunLayout(work / "plain"))
+    plain_s = run_plain(settings, prepare_run(named(settings, "plain"), work))  # tenants keep their encrypted stores
     print(f"  plain Flower FedAvg round: {plain_s:.1f} s", flush=True)
-    layout = prepare_run(replace(settings, federation=replace(settings.federation, run_name="fedloop")), work)
-    summary = run_federation(settings, layout)
+    summary = run_federation(settings, prepare_run(named(settings, "fedloop"), work))
     round_1 = summary["rounds"][1]
     fedloop_s = round_1["duration_s"]
     print(f"  fedloop round: {fedloop_s:.1f} s", flush=True)
@@ -175,7 +182,7 @@ def main() -> None:
     base, _ = load_base_model(args.model)
     model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     payload = adapter_to_bytes(adapter_state(attach_lora(base, settings.lora, 0)))
-    seal_mbs, open_mbs, gmssl_mbs = sealing_throughput(payload, work / "keys")
+    seal_mbs, open_mbs, gcm_mbs, gmssl_mbs = sealing_throughput(payload, work / "keys")
 
     print(f"\n| arm | round 1 wall time (s) |\n|---|---|\n| plain Flower FedAvg (no sealing, no registry) | "
           f"{plain_s:.1f} |\n| fedloop (sealed, verified, exact merge, registry) | {fedloop_s:.1f} |")
@@ -186,9 +193,12 @@ def main() -> None:
     for tenant in settings.federation.tenants:
         sent, received = round_1["bytes_to_hq"][tenant], round_1["bytes_to_tenant"][tenant]
         print(f"| {tenant} | {sent:,} | {sent / model_bytes:.2%} | {received:,} | {received / model_bytes:.2%} |")
-    print(f"\nsealing {len(payload):,} bytes: fedloop seal {seal_mbs:.1f} MB/s, open (verify + decrypt) "
-          f"{open_mbs:.1f} MB/s; gmssl pure-Python SM4-ECB {gmssl_mbs:.3f} MB/s; "
-          f"ratio seal / gmssl: {seal_mbs / gmssl_mbs:.0f}x")
+    print(f"\nsealing the {len(payload):,}-byte adapter, MB/s:\n| what | MB/s | ratio to gmssl SM4 |\n|---|---|---|")
+    for label, rate in (("fedloop seal (SM4-GCM + SM2 wrap + SM2 signature over SM3)", seal_mbs),
+                        ("fedloop open (verify + unwrap + decrypt)", open_mbs),
+                        ("SM4-GCM alone (cryptography / OpenSSL)", gcm_mbs),
+                        ("gmssl pure-Python SM4-ECB (baseline)", gmssl_mbs)):
+        print(f"| {label} | {rate:.2f} | {rate / gmssl_mbs:.0f}x |")
 
 
 if __name__ == "__main__":

@@ -107,38 +107,54 @@ def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
     return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
 
 
-def refactorise(deltas: dict[str, torch.Tensor], template: AdapterState, scaling: float) -> AdapterState:
-    """Truncated SVD of each module's ΔW into the template's rank: A = Vᵣᵀ, B = Uᵣ·Σᵣ / s.
+Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U, Σ, Vᴴ of one module's ΔW
+
+
+def factor_svd(left: torch.Tensor, right: torch.Tensor) -> Svd:
+    """The SVD of left @ right (out×R times R×in) without forming it: QR of each factor, SVD of the R×R core.
+
+    Exact, and O((out + in)·R²) instead of O(out·in·min(out, in)) for the dense matrix.
+    """
+    q_left, r_left = torch.linalg.qr(left)
+    q_right, r_right = torch.linalg.qr(right.T)
+    u, s, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
+    return q_left @ u, s, vh @ q_right.T
+
+
+def refactorise(svds: dict[str, Svd], template: AdapterState, scaling: float) -> AdapterState:
+    """Each module's truncated SVD into the template's rank: A = Vᵣᵀ, B = Uᵣ·Σᵣ / s.
 
     A rank above what ΔW can hold (min(out, in)) is filled with zero factors, so the
     result always has the template's shapes.
     """
     merged: AdapterState = {}
-    for key, tensor in template.items():
-        part = LORA_A if LORA_A in key else LORA_B
-        module, suffix = key.split(part, 1)
-        delta = deltas[f"{module}\0{suffix}"]
-        rank = template[f"{module}{LORA_A}{suffix}"].shape[0]
-        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        kept = min(rank, s.shape[0])
-        factor = vh[:kept] if part == LORA_A else u[:, :kept] * s[:kept] / scaling
-        full = torch.zeros(tensor.shape, dtype=torch.float64)
-        if part == LORA_A:
-            full[:kept] = factor
-        else:
-            full[:, :kept] = factor
-        merged[key] = full.to(tensor.dtype).contiguous()
+    for module, (u, s, vh) in svds.items():
+        name, suffix = module.split("\0")
+        key_a, key_b = f"{name}{LORA_A}{suffix}", f"{name}{LORA_B}{suffix}"
+        kept = min(template[key_a].shape[0], s.shape[0])
+        a, b = torch.zeros(template[key_a].shape, dtype=torch.float64), torch.zeros(template[key_b].shape,
+                                                                                       dtype=torch.float64)
+        a[:kept], b[:, :kept] = vh[:kept], u[:, :kept] * s[:kept] / scaling
+        merged[key_a], merged[key_b] = (a.to(template[key_a].dtype).contiguous(),
+                                        b.to(template[key_b].dtype).contiguous())
     return merged
 
 
 def exact_merge(updates: list[TenantUpdate], template: AdapterState, scaling: float) -> AdapterState:
-    """ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module, re-factorised into `template`'s rank with global scaling `scaling`."""
+    """ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module, re-factorised into `template`'s rank with global scaling `scaling`.
+
+    The sum is never formed densely: its SVD comes from the stacked factors [pᵢsᵢBᵢ] and [Aᵢ].
+    """
     total = sum(u.num_examples for u in updates)
-    summed: dict[str, torch.Tensor] = {}
+    lefts: dict[str, list[torch.Tensor]] = {}
+    rights: dict[str, list[torch.Tensor]] = {}
     for update in updates:
-        for module, delta in dense_deltas(update.state, update.scaling).items():
-            summed[module] = summed.get(module, 0) + delta * (update.num_examples / total)
-    return refactorise(summed, template, scaling)
+        weight = update.scaling * update.num_examples / total
+        for module, (a, b) in lora_pairs(update.state).items():
+            lefts.setdefault(module, []).append(b.double() * weight)
+            rights.setdefault(module, []).append(a.double())
+    svds = {m: factor_svd(torch.cat(lefts[m], dim=1), torch.cat(rights[m], dim=0)) for m in lefts}
+    return refactorise(svds, template, scaling)
 
 
 def _flat(state: AdapterState) -> torch.Tensor:
@@ -190,9 +206,9 @@ def trimmed_mean_exact(updates: list[TenantUpdate], fraction: float, template: A
                        scaling: float) -> AdapterState:
     """Coordinate-wise trimmed mean of the dense ΔW per module, re-factorised into the global rank."""
     deltas = [dense_deltas(u.state, u.scaling) for u in updates]
-    summed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction))
-              for m in deltas[0]}
-    return refactorise(summed, template, scaling)
+    trimmed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction))
+               for m in deltas[0]}
+    return refactorise({m: torch.linalg.svd(d, full_matrices=False) for m, d in trimmed.items()}, template, scaling)
 
 
 def private_mean(updates: list[TenantUpdate], current: AdapterState, clipping_norm: float,
