@@ -37,7 +37,7 @@ from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 from fedloop.client.app import simulated_tenants
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant import shared_model
-from fedloop.server.simulation import prepare_run, run_federation
+from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
 from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm3_digest, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
@@ -124,8 +124,7 @@ def run_plain(settings: Settings, layout: RunLayout) -> float:
     tenants = len(settings.federation.tenants)
     layout.root.mkdir(parents=True, exist_ok=True)
     run_simulation(server_app=app, client_app=plain_client_app(settings, layout), num_supernodes=tenants,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": tenants, "include_dashboard": False}})
+                   backend_config=simulation_backend(tenants))
     return strategy.durations[1]
 
 

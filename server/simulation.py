@@ -75,17 +75,21 @@ def release_histories(settings: Settings, layout: RunLayout) -> dict[str, list[R
     return histories
 
 
-def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp | None = None) -> dict[str, Any]:
-    """Run HQ and the tenants in the Simulation Engine; returns HQ's run summary."""
-    tenants = len(settings.federation.tenants)
-    backend_config = {
+def simulation_backend(tenants: int) -> dict[str, Any]:
+    """The Ray backend config: one CPU per tenant actor, as many actors at once as this machine has cores."""
+    return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": min(tenants, os.cpu_count() or 1), "include_dashboard": False},
     }
+
+
+def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp | None = None) -> dict[str, Any]:
+    """Run HQ and the tenants in the Simulation Engine; returns HQ's run summary."""
+    tenants = len(settings.federation.tenants)
     log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
     run_simulation(server_app=server_app or build_server_app(settings, layout),
                    client_app=build_client_app(simulated_tenants(settings, layout)),
-                   num_supernodes=tenants, backend_config=backend_config)
+                   num_supernodes=tenants, backend_config=simulation_backend(tenants))
     if not layout.summary.exists():
         raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")
     return json.loads(layout.summary.read_text())
