@@ -164,13 +164,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--method", choices=tuple(METHOD_LABELS), default="sft",
                         help="the training recipe of every arm (the ablation uses the other one)")
+    parser.add_argument("--dpo-lr", type=float, default=0.0,
+                        help="learning rate of the DPO phase (train.dpo_learning_rate; 0 = the SFT rate 2e-3)")
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"--data {args.data} not found: pass the path of bitext_customer_support_4514.csv")
     n_train, n_eval, rounds, steps = (24, 16, 2, 4) if args.quick else (64, 32, 3, 8)
     max_new_tokens = 32
     settings = TrainSection(batch_size=8, learning_rate=2e-3, max_seq_len=128, curriculum=(0.8, 0.0),
-                            method=args.method)
+                            method=args.method, dpo_learning_rate=args.dpo_lr)
     ablation_method = "sft" if args.method != "sft" else "sft_then_dpo"
     lora = LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
     torch.manual_seed(args.seed)
@@ -183,7 +185,8 @@ def main() -> None:
     init = adapter_state(model)
     print(f"protocol: {'quick' if args.quick else 'default'}; {TENANTS} tenants x {n_train} train / {n_eval} "
           f"held-out prompts; {rounds} rounds x {steps} steps, batch {settings.batch_size}; "
-          f"recipe {METHOD_LABELS[args.method]}", flush=True)
+          f"recipe {METHOD_LABELS[args.method]}, DPO lr {settings.dpo_learning_rate or settings.learning_rate:g}",
+          flush=True)
     data = [feedback_examples(model, tokenizer, t, max_new_tokens) for t in tenants]
     print(f"  feedback collected ({time.monotonic() - started:.0f} s)", flush=True)
 

@@ -67,6 +67,7 @@ class TrainSection:
     warmup_steps: int = 0  # linear warmup steps; 0 = none
     max_seq_len: int = 160  # tokens of prompt + reply kept (left-truncated)
     dpo_beta: float = 0.1  # DPO temperature beta, > 0
+    dpo_learning_rate: float = 0.0  # AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training
     weight_core_baseline: float = 1.0  # pool weight, multiplied by each sample's curated weight
     weight_secondary_baseline: float = 0.8  # pool weight of secondary_baseline samples
@@ -156,6 +157,8 @@ class Settings:
                 and all(0.0 <= c <= 1.0 for c in train.curriculum), "train.curriculum",
                 "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]")
         require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
+        require(0.0 <= self.train.dpo_learning_rate <= 1.0, "train.dpo_learning_rate",
+                "a number in [0, 1] (0 = the SFT learning_rate)")
         require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
                 "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
         merging = self.aggregation

@@ -95,3 +95,17 @@ def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: 
         end = adapter_state(model)
         drift[mu] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
     assert 0 < drift[50.0] < 0.7 * drift[0.0]
+
+
+def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
+    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.5, "candidate",
+                                rejected=f"I cannot help with order {i}.") for i in range(6)]
+    settings = TrainSection(method="dpo", max_steps=3, batch_size=3, learning_rate=3e-2, max_seq_len=64)
+    drift = {}
+    for dpo_rate in (0.0, 3e-4):
+        model, tokenizer = _model(tiny_model_dir)
+        start = adapter_state(model)
+        run_recipe(model, tokenizer, examples, replace(settings, dpo_learning_rate=dpo_rate), seed=5)
+        end = adapter_state(model)
+        drift[dpo_rate] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
+    assert 0 < drift[3e-4] < 0.1 * drift[0.0]  # 0 = the SFT learning rate, 100x larger

@@ -71,8 +71,8 @@ def proximal_term(parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Ten
 
 
 def _optimise(model: PeftModel, batches: list[list[WeightedExample]], settings: TrainSection, label: str,
-              batch_loss: Callable[[list[WeightedExample]], torch.Tensor],
-              anchor: Sequence[torch.Tensor]) -> list[float]:
+              batch_loss: Callable[[list[WeightedExample]], torch.Tensor], anchor: Sequence[torch.Tensor],
+              learning_rate: float) -> list[float]:
     """AdamW with linear warmup over `batches` (grad accumulation, max_steps cap); returns each step's loss.
 
     The reported loss is the task loss; the proximal term towards `anchor` is added to what is optimised.
@@ -83,7 +83,7 @@ def _optimise(model: PeftModel, batches: list[list[WeightedExample]], settings: 
     if steps == 0:
         return []
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / settings.warmup_steps) if settings.warmup_steps else 1.0)
     model.train()
@@ -122,7 +122,7 @@ def _sft(model: PeftModel, tokenizer: PreTrainedTokenizerBase, weighted: list[We
         logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
         return weighted_sft_loss(logits, encoded["labels"], torch.tensor([w.weight for w in batch]))
 
-    return _optimise(model, batches, settings, "sft", loss, anchor)
+    return _optimise(model, batches, settings, "sft", loss, anchor, settings.learning_rate)
 
 
 def _pair_logprobs(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[WeightedExample],
@@ -150,7 +150,8 @@ def _dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[Weigh
         reference_rejected = torch.tensor([reference[id(w)][1] for w in batch])
         return dpo_loss(chosen, rejected, reference_chosen, reference_rejected, settings.dpo_beta)
 
-    return _optimise(model, batches, settings, "dpo", loss, anchor)
+    return _optimise(model, batches, settings, "dpo", loss, anchor,
+                     settings.dpo_learning_rate or settings.learning_rate)
 
 
 def run_recipe(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[TrainingExample],
