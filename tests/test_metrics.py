@@ -47,15 +47,17 @@ def names(samples: dict[str, float]) -> set[str]:
 
 
 @pytest.fixture
-def tenant_samples(make_tenant) -> dict[str, float]:
+def tenant_scrape(make_tenant) -> tuple[dict[str, float], dict[str, list[bool]]]:
     tenant = make_tenant()
     recorder = FeedbackRecorder(tenant.pipeline)
     controller = ReleaseController(tenant.store, tenant.settings.release)
     controller.offer("v1", "gates passed")
     controller.offer("v2", "gates passed")
+    accepted_by_version: dict[str, list[bool]] = {}  # which users the canary takes depends on the pseudonym key
     for index in range(6):
         user = f"user-{index}"
         version = controller.route(tenant.store.pseudonym(user))
+        accepted_by_version.setdefault(version, []).append(bool(index % 2))
         draft_id = recorder.record_draft(user, f"Call me on 1381234567{index}", "Sure, we will call.", version,
                                          prompt_version="p7")
         recorder.record_outcome(draft_id, Action.ACCEPT if index % 2 else Action.REJECT,
@@ -64,19 +66,23 @@ def tenant_samples(make_tenant) -> dict[str, float]:
         recorder.record_outcome("no-such-draft", Action.ACCEPT)
     controller.rollback("operator: test")
     tenant.store.record_evaluation("v2", "training", {"loss": 0.75, "duration_s": 12.5})
-    return scrape(tenant.metrics)
+    return scrape(tenant.metrics), accepted_by_version
 
 
-def test_the_tenant_endpoint_exports_its_metrics(tenant_samples: dict[str, float]) -> None:
-    assert set(TENANT_METRICS) <= names(tenant_samples) | {"fedloop_tenant_canary_hit_rate"}  # no canary left
-    assert tenant_samples['fedloop_tenant_events_ingested_total{kind="draft"}'] == 6
-    assert tenant_samples['fedloop_tenant_events_ingested_total{kind="outcome"}'] == 6
-    assert tenant_samples['fedloop_tenant_rejected_inputs_total{reason="NOT_FOUND"}'] == 1
-    assert tenant_samples['fedloop_tenant_redactions_total{entity_type="CN_MOBILE"}'] == 6
-    assert tenant_samples['fedloop_tenant_hit_rate{model_version="v1",prompt_version="p7"}'] == pytest.approx(0.5)
-    assert tenant_samples["fedloop_tenant_rollbacks_total"] == 1
-    assert tenant_samples["fedloop_tenant_train_loss"] == 0.75
-    assert tenant_samples["fedloop_tenant_breaker_tripped"] == 0
+def test_the_tenant_endpoint_exports_its_metrics(
+        tenant_scrape: tuple[dict[str, float], dict[str, list[bool]]]) -> None:
+    samples, accepted_by_version = tenant_scrape
+    serving = accepted_by_version["v1"]
+    assert set(TENANT_METRICS) <= names(samples) | {"fedloop_tenant_canary_hit_rate"}  # no canary left
+    assert samples['fedloop_tenant_events_ingested_total{kind="draft"}'] == 6
+    assert samples['fedloop_tenant_events_ingested_total{kind="outcome"}'] == 6
+    assert samples['fedloop_tenant_rejected_inputs_total{reason="NOT_FOUND"}'] == 1
+    assert samples['fedloop_tenant_redactions_total{entity_type="CN_MOBILE"}'] == 6
+    assert samples['fedloop_tenant_hit_rate{model_version="v1",prompt_version="p7"}'] == pytest.approx(
+        sum(serving) / len(serving))
+    assert samples["fedloop_tenant_rollbacks_total"] == 1
+    assert samples["fedloop_tenant_train_loss"] == 0.75
+    assert samples["fedloop_tenant_breaker_tripped"] == 0
 
 
 def test_hq_endpoint_exports_rounds_refusals_bytes_and_versions(tmp_path: Path) -> None:
