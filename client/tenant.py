@@ -166,6 +166,8 @@ class Tenant:
         if not conversations:
             return 0.0
         routed = [self.release.route(self.store.pseudonym(c.user_id)) or global_version for c in conversations]
+        log.info("%s round %d: %d users routed by the release pointer: %s", self.name, round_, len(routed),
+                 ", ".join(f"{version} x{routed.count(version)}" for version in sorted(set(routed))))
         drafts = [""] * len(conversations)
         for version in sorted(set(routed)):
             indexes = [i for i, v in enumerate(routed) if v == version]
@@ -209,9 +211,8 @@ class Tenant:
         served_hit_rate = self.serve_round(model, tokenizer, version_id, round_)
         examples = training_examples(self.store, self.local.curation)
         dataset = dataset_version(self.store)
-        log.info("%s round %d: served %d drafts with %s (hit rate %.2f); training on %d examples (dataset %s)",
-                 self.name, round_, settings.simulation.conversations_per_round, version_id, served_hit_rate,
-                 len(examples), dataset)
+        log.info("%s round %d: served drafts (hit rate %.2f); training from %s on %d examples (dataset %s)",
+                 self.name, round_, served_hit_rate, version_id, len(examples), dataset)
         started = time.monotonic()
         report = run_recipe(model, tokenizer, examples, settings.train,
                             settings.federation.seed * 1000 + round_ * 10 + self.index)
