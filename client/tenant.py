@@ -143,17 +143,22 @@ class Tenant:
         digest = sm3_digest(opened.payload).hex()
         if digest != opened.binding.details.get("digest"):
             raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
-        model, tokenizer = shared_model(self.settings.paths.model, self.settings.lora, self.settings.federation.seed)
-        state = adapter_from_bytes(opened.payload)
-        load_adapter_state(model, state)
         installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
                                      opened.binding.details["parent"], digest)
-        self.store.install_version(installed, opened.payload)
-        current = self.release.state()
-        keep = {version_id} | ({current.serving, current.canary} if current else set())
-        self.adapters = {v: a for v, a in self.adapters.items() if v in keep}
-        self.adapters[version_id] = state
+        model, tokenizer = self.install(installed, opened.payload)
         return round_, version_id, model, tokenizer
+
+    def install(self, installed: InstalledVersion, payload: bytes) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+        """Keep a received version in the store and in memory (with the serving and canary ones) and load it."""
+        model, tokenizer = shared_model(self.settings.paths.model, self.settings.lora, self.settings.federation.seed)
+        state = adapter_from_bytes(payload)
+        load_adapter_state(model, state)
+        self.store.install_version(installed, payload)
+        current = self.release.state()
+        keep = {installed.version_id} | ({current.serving, current.canary} if current else set())
+        self.adapters = {v: a for v, a in self.adapters.items() if v in keep}
+        self.adapters[installed.version_id] = state
+        return model, tokenizer
 
     def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, global_version: str,
                     round_: int) -> float:

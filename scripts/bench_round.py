@@ -36,9 +36,8 @@ from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
 from fedloop.client.app import simulated_tenants
 from fedloop.client.store_api import InstalledVersion
-from fedloop.client.tenant import shared_model
 from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
-from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm3_digest, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys
@@ -77,12 +76,8 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     def install(message: Message, context: Context, version_id: str):  # noqa: ANN202 - (tenant, model, tokenizer)
         """Load the received adapter and keep it in the tenant's store (any worker may serve it later)."""
         tenant = resolve(context)
-        model, tokenizer = shared_model(settings.paths.model, settings.lora, settings.federation.seed)
-        state = message.content["arrays"].to_torch_state_dict()
-        payload = adapter_to_bytes(state)
-        tenant.store.install_version(InstalledVersion(version_id, 0, None, sm3_digest(payload).hex()), payload)
-        tenant.adapters[version_id] = state
-        load_adapter_state(model, state)
+        payload = adapter_to_bytes(message.content["arrays"].to_torch_state_dict())
+        model, tokenizer = tenant.install(InstalledVersion(version_id, 0, None, sm3_digest(payload).hex()), payload)
         return tenant, model, tokenizer
 
     @app.train()
