@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,32 +93,30 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
     hq = load_identity(layout.keys, HQ_NAME)
     trusted = Keyring.from_directory(layout.keys)
     registry = VersionRegistry(layout.hq, hq)
+    federation, tracking = settings.federation, settings.tracking
     try:
-        federation = settings.federation
         tenants = enrol_tenants(grid, trusted, len(federation.tenants), settings.aggregation.min_tenants,
                                 federation.enrol_timeout_s, federation.round_timeout_s)
         start, initial = starting_version(registry, settings)
-        tracking = settings.tracking
-        tracker = (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts,
-                                 settings.federation.run_name, settings.lora, settings.paths.model)
-                   if tracking.mlflow_uri else None)
-        strategy = SealedMerge(registry, hq, trusted, tenants, settings.federation.run_name, start, initial,
-                               settings.lora, settings.aggregation, tracker)
-        arrays = ArrayRecord(initial)
-        timeout = settings.federation.round_timeout_s
-        before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid), timeout=timeout)
-        strategy.aggregate_evaluate(0, before)
-        strategy.start(grid, arrays, num_rounds=settings.federation.rounds, timeout=timeout)
+        with (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts, federation.run_name,
+                            settings.lora, settings.paths.model)
+              if tracking.mlflow_uri else nullcontext()) as tracker:
+            strategy = SealedMerge(registry, hq, trusted, tenants, federation.run_name, start, initial,
+                                   settings.lora, settings.aggregation, tracker)
+            arrays = ArrayRecord(initial)
+            timeout = federation.round_timeout_s
+            before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid),
+                                           timeout=timeout)
+            strategy.aggregate_evaluate(0, before)
+            strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
         summary = {
-            "run": settings.federation.run_name,
+            "run": federation.run_name,
             "tenants": sorted(t.name for t in tenants.values()),
             "rounds": [asdict(strategy.reports[r]) for r in sorted(strategy.reports)],
             "lineage": [asdict(v) for v in registry.lineage(strategy.current.id)],
             "signatures_valid": all(registry.signature_valid(v.id) for v in registry.versions()),
         }
         layout.summary.write_text(json.dumps(summary, indent=2))
-        if tracker is not None:
-            tracker.close()
     finally:
         registry.close()
 

@@ -21,7 +21,7 @@ class TrackingError(RuntimeError):
 
 
 class MlflowTracker:
-    """Logs rounds of one run to MLflow."""
+    """Logs rounds of one run to MLflow; a context manager that ends the MLflow run."""
 
     def __init__(self, uri: str, experiment: str, artifacts: str, run_name: str, lora: LoraSettings,
                  base_model: str) -> None:
@@ -59,6 +59,9 @@ class MlflowTracker:
             export_peft(adapter, self._lora, self._base_model, Path(directory))
             self._mlflow.log_artifacts(directory, artifact_path=f"versions/{version_id}")
 
-    def close(self) -> None:
-        """End the MLflow run."""
-        self._mlflow.end_run()
+    def __enter__(self) -> MlflowTracker:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        """End the MLflow run: FINISHED, or FAILED when the federated run raised."""
+        self._mlflow.end_run(status="FAILED" if error_type else "FINISHED")
