@@ -1,21 +1,22 @@
 """The tenant's Flower ClientApp.
 
-train:    verify and install the global version, serve this round's simulated
-          users with the version the release controller routes each one to
-          (recording their feedback), train LoRA locally from the global
-          version on all feedback, reply with the sealed delta and its sample
-          count, then let the release controller widen, promote or roll back.
+train:    verify and install the global version, train LoRA locally from it on
+          the feedback the tenant's product sent (less the held-out slice),
+          reply with the sealed delta and its sample count.
 evaluate: verify and install the global version, report its hit rate on the
-          tenant's held-out prompts, run the KL and forgetting gates, and offer
-          a version that passes them to the release controller (canary).
+          tenant's held-out finals, run the hit-rate, KL and forgetting gates,
+          and offer a version none of them refuses to the release controller.
 query enrol: tell HQ which tenant and key this node is.
+
+The same app runs in deployment (deployed.py) and in the Simulation Engine
+(client/simulation_app.py), where a simulated product sends each round's
+traffic through the tenant's draft service before training.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,38 +24,23 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedloop.client.tenant import Tenant
-from fedloop.client.tenant_settings import TenantSection, TenantSettings, load_tenant_settings
+from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, delta_binding, delta_content
-from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import Settings, load_settings
 
 
 @lru_cache(maxsize=None)
-def _tenant_at(index: int, settings: Settings, local: TenantSettings) -> Tenant:
+def tenant_at(index: int, settings: Settings, local: TenantSettings) -> Tenant:
+    """The process's one `Tenant` for these settings (its store and models are opened once)."""
     return Tenant(index, settings, local)
 
 
 TenantResolver = Callable[[Context], Tenant]
-
-
-def simulated_tenant_settings(settings: Settings, layout: RunLayout, name: str) -> TenantSettings:
-    """A simulated tenant's own settings: `simulation.tenant_config` (or the defaults), living in the run directory."""
-    base = load_tenant_settings(Path(settings.simulation.tenant_config)) if settings.simulation.tenant_config \
-        else TenantSettings()
-    return replace(base, tenant=TenantSection(name, str(layout.keys), str(layout.tenant(name))))
-
-
-def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
-    """Simulation: each node plays the tenant of its partition id, all in one run directory."""
-    def resolve(context: Context) -> Tenant:
-        configure_logging()
-        index = int(context.node_config["partition-id"])
-        name = settings.federation.tenants[index]
-        return _tenant_at(index, settings, simulated_tenant_settings(settings, layout, name))
-    return resolve
+RoundTraffic = Callable[[Tenant, int], None]  # what a product sends a tenant before round N trains
 
 
 def deployed_tenant(context: Context) -> Tenant:
@@ -74,11 +60,15 @@ def deployed_tenant(context: Context) -> Tenant:
     local = load_tenant_settings(Path(str(config["tenant-config"])))
     name = local.tenant.name
     index = settings.federation.tenants.index(name) if name in settings.federation.tenants else 0
-    return _tenant_at(index, settings, local)
+    return tenant_at(index, settings, local)
 
 
-def build_client_app(tenant_for: TenantResolver) -> ClientApp:
-    """The tenant's ClientApp; `tenant_for` says which tenant a node is (simulation or deployment)."""
+def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = None) -> ClientApp:
+    """The tenant's ClientApp; `tenant_for` says which tenant a node is (simulation or deployment).
+
+    `traffic` (simulation only) lets a simulated product use the tenant through its draft service after the
+    global version is installed and before training; a deployed tenant's product talks to its services instead.
+    """
     app = ClientApp()
 
     @app.query(ENROL)
@@ -92,12 +82,14 @@ def build_client_app(tenant_for: TenantResolver) -> ClientApp:
         tenant = tenant_for(context)
         run = tenant.settings.federation.run_name
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
+        if traffic is not None:
+            traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, version_id, round_)
         binding = delta_binding(tenant.name, run, round_, version_id, outcome.examples, outcome.dataset_version)
         envelope = seal(adapter_to_bytes(adapter_state(model)), binding, tenant.identity,
                         tenant.hq_keyring.by_name("hq", HQ_NAME))
-        return Message(delta_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss,
-                                                "served-hit-rate": outcome.served_hit_rate}), reply_to=message)
+        return Message(delta_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss}),
+                       reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
+from fedloop.client.release.loop import ReleaseLoop
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.keys import KeyFileError, key_paths, load_identity
@@ -15,7 +17,10 @@ from fedloop.shared.console import audited, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
-from fedloop.shared.settings import ConfigError
+from fedloop.shared.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from fedloop.client.serve.server import HttpServer
 
 tenant_app = typer.Typer(help="Run a tenant's services.", no_args_is_help=True)
 vault_app = typer.Typer(help="Reverse placeholders (authorised operators only; every reveal is audited).",
@@ -44,9 +49,37 @@ def open_runtime(config: Path) -> TenantRuntime:
     return open_tenant(settings, identity)
 
 
-def _start_service(runtime: TenantRuntime) -> Callable[[], None]:
-    """Start the FeedbackService and its maintenance loop; returns what stops them and closes the store."""
+def _start_draft_endpoint(runtime: TenantRuntime, federation: Settings, release_loop: ReleaseLoop) -> HttpServer:
+    """Load the base model and the released versions, and serve the OpenAI-compatible draft endpoint."""
+    from fedloop.client.serve.drafts import DraftService
+    from fedloop.client.serve.engine import DraftEngine
+    from fedloop.client.serve.http import build_http_app, read_api_keys
+    from fedloop.client.serve.server import start_http
+    from fedloop.shared.adapter import ModelLoadError
+
+    serve = runtime.settings.serve
+    try:
+        keys = read_api_keys(Path(serve.api_keys_file)) if serve.api_keys_file else None
+    except OSError as err:
+        raise OSError(f"serve.api_keys_file: cannot read {serve.api_keys_file} ({err.strerror})") from None
+    if serve.api_keys_file and not keys:
+        raise OSError(f"serve.api_keys_file: {serve.api_keys_file} holds no key: put one bearer key per line")
+    try:
+        engine = DraftEngine(Path(federation.paths.model), federation.lora)
+    except ModelLoadError as err:
+        raise OSError(f"{err} (paths.model in the federation settings)") from None
+    service = DraftService(runtime, engine, release_loop)
+    service.sync()
+    return start_http(build_http_app(service, serve.model_alias, keys), serve.address)
+
+
+def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Callable[[], None]:
+    """Start the FeedbackService, the draft endpoint (with `federation`), the release and maintenance loops.
+
+    Returns what stops them all and closes the store.
+    """
     from fedloop.client.ingest.service import MaintenanceLoop, start_server
+    from fedloop.client.release.controller import ReleaseController
 
     key_file = key_paths(Path(runtime.settings.tenant.keys_dir), runtime.settings.tenant.name)["storage"]
     seen = [key_file.stat().st_mtime_ns]
@@ -58,24 +91,50 @@ def _start_service(runtime: TenantRuntime) -> Callable[[], None]:
             runtime.store.use_keys(load_identity(key_file.parent, runtime.settings.tenant.name).storage)
             errors.print("storage key file changed: now writing with the new active key")
 
+    settings = runtime.settings
+    release_loop = ReleaseLoop(ReleaseController(runtime.store, settings.release), settings.release)
     try:
-        server, port = start_server(runtime, runtime.settings.ingest.address, runtime.settings.ingest.max_workers)
+        server, port = start_server(runtime, settings.ingest.address, settings.ingest.max_workers,
+                                    release_loop.outcomes_recorded)
     except OSError as err:
+        runtime.close()
         fail(str(err))
-    metrics_address = runtime.settings.metrics.address
+    metrics_address = settings.metrics.address
     try:
         exporter = serve_metrics(runtime.metrics, metrics_address)[0] if metrics_address else None
     except OSError as err:
         server.stop(grace=0)
+        runtime.close()
         fail(f"{err} (set metrics.address in the tenant config)")
+    http = None
+    if federation is not None and settings.serve.address:
+        try:
+            http = _start_draft_endpoint(runtime, federation, release_loop)
+        except (OSError, ValueError) as err:
+            server.stop(grace=0)
+            if exporter is not None:
+                exporter.shutdown()
+            runtime.close()
+            fail(str(err))
+    release_loop.start()
     maintenance = MaintenanceLoop(runtime, reload_keys)
     maintenance.start()
-    host = runtime.settings.ingest.address.rsplit(":", 1)[0]
-    typer.echo(f"fedloop FeedbackService for tenant {runtime.settings.tenant.name!r} listening on {host}:{port}"
+    host = settings.ingest.address.rsplit(":", 1)[0]
+    typer.echo(f"fedloop FeedbackService for tenant {settings.tenant.name!r} listening on {host}:{port}"
                + (f"; metrics on http://{metrics_address}/metrics" if exporter else ""), err=False)
+    if http is not None:
+        http_host = settings.serve.address.rsplit(":", 1)[0]
+        typer.echo(f"draft endpoint (OpenAI-compatible) on http://{http_host}:{http.port}/v1/chat/completions "
+                   f"(model {settings.serve.model_alias!r} routes by the release pointer)")
+    else:
+        typer.echo("draft endpoint off: " + ("serve.address is empty" if federation is not None else
+                                             "pass --settings (the federation settings: model and LoRA shape)"))
 
     def stop() -> None:
         maintenance.stop()
+        release_loop.stop()
+        if http is not None:
+            http.stop()
         server.stop(grace=5).wait()
         if exporter is not None:
             exporter.shutdown()
@@ -84,11 +143,21 @@ def _start_service(runtime: TenantRuntime) -> Callable[[], None]:
     return stop
 
 
+def _federation_settings(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as err:
+        fail(str(err))
+
+
 @tenant_app.command("serve")
-def serve(config: Path = CONFIG) -> None:
-    """Serve the gRPC FeedbackService until interrupted (SIGINT/SIGTERM)."""
+def serve(config: Path = CONFIG,
+          settings: Optional[Path] = typer.Option(None, help="The federation settings TOML HQ shared (model and "
+                                                             "LoRA shape): needed for the draft endpoint.")) -> None:
+    """Serve the FeedbackService and, with --settings, the draft endpoint, until interrupted (SIGINT/SIGTERM)."""
     configure_logging()
-    stop_service = _start_service(open_runtime(config))
+    federation = _federation_settings(settings) if settings is not None else None
+    stop_service = _start_service(open_runtime(config), federation)
     stop_on_signals().wait()
     stop_service()
     typer.echo("stopped")
@@ -101,17 +170,13 @@ def up(config: Path = CONFIG,
        ca: Path = typer.Option(Path("certs/ca.crt"), help="The CA certificate HQ's SuperLink is checked against."),
        node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
        port: int = typer.Option(9400, help="Local port of the SuperNode's runtime API (127.0.0.1).")) -> None:
-    """Run this tenant: its FeedbackService and its SuperNode (TLS, node key), until SIGINT/SIGTERM stops both."""
+    """Run this tenant: FeedbackService, draft endpoint and SuperNode (TLS, node key), until SIGINT/SIGTERM."""
     from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec, start_flower, supervise
-    from fedloop.shared.settings import load_settings
 
     configure_logging()
-    try:
-        load_settings(settings)
-    except ConfigError as err:
-        fail(str(err))
+    federation = _federation_settings(settings)
     runtime = open_runtime(config)
-    stop_service = _start_service(runtime)
+    stop_service = _start_service(runtime, federation)
     try:
         supernode = start_flower(SuperNodeSpec(config, settings, superlink, ca, node_key, port).command(),
                                  Path(runtime.settings.tenant.data_dir))

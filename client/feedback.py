@@ -23,11 +23,15 @@ _PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.
 
 
 class FeedbackError(ValueError):
-    """A recording call was refused; nothing was stored. `status` is the matching gRPC status name."""
+    """A recording or drafting call was refused; nothing was stored.
 
-    def __init__(self, status: str, message: str) -> None:
+    `status` is the matching gRPC status name; `param` names the request field at fault, when one is.
+    """
+
+    def __init__(self, status: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
 class FeedbackRecorder:
@@ -43,9 +47,9 @@ class FeedbackRecorder:
             raise FeedbackError(err.status, str(err)) from None
 
     def record_draft(self, user_id: str, prompt: str, draft: str, model_version: str,
-                     session_id: str = "default", prompt_version: str = "default") -> str:
-        """Record a draft shown to `user_id`; returns the new draft id."""
-        draft_id = uuid.uuid4().hex
+                     session_id: str = "default", prompt_version: str = "default", draft_id: str = "") -> str:
+        """Record a draft shown to `user_id`; returns its draft id (`draft_id`, or a new one)."""
+        draft_id = draft_id or uuid.uuid4().hex
         self._ingest(pb.Event(draft=pb.DraftEvent(
             event_id=f"draft-{draft_id}", draft_id=draft_id, user_id=user_id, session_id=session_id, prompt=prompt,
             draft=draft, model_version=model_version, prompt_version=prompt_version)))

@@ -10,7 +10,7 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
     """Add what `tenant`'s store knows, for `versions` only if given (a version's lineage)."""
     wanted = set(versions) if versions is not None else None
     for version, metrics in store.evaluations_of_kind("hit_rate"):
-        if wanted is None or version in wanted:
+        if (wanted is None or version in wanted) and metrics.get("num-examples", 0) > 0:
             data.hit_rates.setdefault(tenant, {})[version] = float(metrics["hit-rate"])
             if version not in data.versions:
                 data.versions.append(version)

@@ -1,10 +1,12 @@
-"""One tenant inside its ClientApp: its settings, keys, store, simulated users, and what it does each round.
+"""One tenant inside its ClientApp: its settings, keys, store, and what it does each round.
 
-`train_round` serves the round's users with the versions the release pointer
-routes them to, trains the local recipe from the global version and lets the
-release controller act; `evaluate_version` measures a version (held-out hit
-rate, KL and forgetting gates) and offers it for release if it passes. The
-ClientApp (app.py) wraps these with the sealed protocol.
+`train_round` trains the local recipe from the global version on the
+feedback the tenant's product sent (less the held-out slice);
+`evaluate_version` measures a version on the tenant's own held-out finals
+(offline hit rate with its interval, the hit-rate, KL and forgetting gates) and
+offers it for release if no gate refuses it. The ClientApp (app.py) wraps these
+with the sealed protocol. Release decisions on live traffic run where outcomes
+arrive (the draft endpoint and FeedbackService, release/loop.py), not here.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from flwr.app import Message
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.evaluate.drift import GateResult, forgetting_gate, kl_gate
-from fedloop.client.evaluate.hit_rate import hit_rate
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.evaluate.drift import GateResult, forgetting_gate, general_texts, kl_gate
+from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate, offline_hit_rate, reference_hit_rate
 from fedloop.client.privacy import Redactor
 from fedloop.client.release.controller import ACTOR, ReleaseController
 from fedloop.client.samples.curation import dataset_version, training_examples
-from fedloop.client.simulated_users import Conversation, TenantTraffic, UserJudgement
+from fedloop.client.samples.held_out import Reference, held_out_references
+from fedloop.client.serve.drafts import DraftService
+from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
@@ -42,8 +45,6 @@ from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
-SIMULATED_DWELL_MS = 4000  # simulated users read a draft for 4 s before deciding
-HELD_OUT_BATCH = -1  # conversation batch reserved for evaluation; training rounds use batches >= 1
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,6 @@ class TrainOutcome:
 
     examples: int
     loss: float
-    served_hit_rate: float
     dataset_version: str
 
 
@@ -71,7 +71,7 @@ def _redactor() -> Redactor:
 
 @dataclass(eq=False)
 class Tenant:
-    """One tenant as seen inside its ClientApp: federation settings, its own settings, keys, store, users."""
+    """One tenant as seen inside its ClientApp: federation settings, its own settings, keys, store."""
 
     index: int
     settings: Settings
@@ -109,21 +109,10 @@ class Tenant:
         return ReleaseController(self.store, self.local.release)
 
     @cached_property
-    def traffic(self) -> TenantTraffic:
-        """This tenant's simulated users (their preferred style is hidden from training)."""
-        styles = self.settings.simulation.styles
-        return TenantTraffic(self.name, styles[self.index % len(styles)], self.settings.federation.seed)
-
-    @cached_property
-    def held_out(self) -> list[Conversation]:
-        """Fixed evaluation prompts, never trained on."""
-        return self.traffic.conversations(self.settings.simulation.eval_prompts, HELD_OUT_BATCH)
-
-    @property
-    def judgement(self) -> UserJudgement:
-        """How simulated users judge drafts."""
-        sim = self.settings.simulation
-        return UserJudgement(sim.accept_threshold, sim.edit_threshold)
+    def drafts(self) -> DraftService:
+        """The tenant's draft service (what its HTTP endpoint calls), with its own copy of the base model."""
+        engine = DraftEngine(Path(self.settings.paths.model), self.settings.lora)
+        return DraftService(self.runtime, engine)
 
     def adapter(self, version_id: str) -> AdapterState:
         """An installed version's adapter, from memory or decrypted from the store."""
@@ -160,64 +149,44 @@ class Tenant:
         self.adapters[installed.version_id] = state
         return model, tokenizer
 
-    def serve_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, global_version: str,
-                    round_: int) -> float:
-        """Draft replies for this round's users, each with the version the release pointer routes them to.
+    def held_out(self) -> list[Reference]:
+        """The newest held-out finals of the tenant's own users (never trained on)."""
+        gates = self.local.evaluation
+        return held_out_references(self.store, gates.held_out_share, gates.max_held_out)
 
-        Records every draft (with its model and prompt version) and outcome; leaves
-        `global_version` loaded for training. Returns the hit rate of the drafts.
-        """
-        conversations = self.traffic.conversations(self.settings.simulation.conversations_per_round, round_)
-        if not conversations:
-            return 0.0
-        routed = [self.release.route(self.store.pseudonym(c.user_id)) or global_version for c in conversations]
-        log.info("%s round %d: %d users routed by the release pointer: %s", self.name, round_, len(routed),
-                 ", ".join(f"{version} x{routed.count(version)}" for version in sorted(set(routed))))
-        drafts = [""] * len(conversations)
-        for version in sorted(set(routed)):
-            indexes = [i for i, v in enumerate(routed) if v == version]
-            load_adapter_state(model, self.adapter(version))
-            replies = generate_replies(model, tokenizer, [conversations[i].prompt for i in indexes],
-                                       self.settings.simulation.max_new_tokens)
-            for i, reply in zip(indexes, replies):
-                drafts[i] = reply
-        load_adapter_state(model, self.adapter(global_version))
-        recorder = FeedbackRecorder(self.runtime.pipeline)
-        accepted = 0
-        for conversation, draft, version in zip(conversations, drafts, routed):
-            draft_id = recorder.record_draft(conversation.user_id, conversation.prompt, draft or "(empty)", version,
-                                             prompt_version=self.settings.simulation.prompt_version)
-            decision = self.judgement.decide(draft, conversation)
-            recorder.record_outcome(draft_id, decision.action, decision.final_text, SIMULATED_DWELL_MS)
-            accepted += decision.action is Action.ACCEPT
-        return accepted / len(conversations)
-
-    def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> list[GateResult]:
-        """Forgetting against the base model, and KL to the serving version (when one serves)."""
+    def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
+             held_out: list[Reference], candidate_hits: HitRate) -> list[GateResult]:
+        """Hit rate against the serving version (or the base model), forgetting, and KL to the serving version."""
         gates = self.local.evaluation
         candidate = adapter_state(model)
-        results = [forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
         current = self.release.state()
-        if current is not None and current.serving not in (None, version_id):
-            references = [f"{c.prompt}\n{c.preferred_reply}" for c in self.held_out]
-            results.append(kl_gate(model, tokenizer, candidate, self.adapter(current.serving), references,
-                                   gates.kl_bound))
+        serving = current.serving if current is not None and current.serving not in (None, version_id) else None
+        serving_state = self.adapter(serving) if serving else None
+        if len(held_out) >= gates.min_held_out:
+            reference = reference_hit_rate(model, tokenizer, held_out, serving_state, gates.hit_similarity,
+                                           gates.max_new_tokens)
+        else:
+            reference = HitRate((), 0.0)
+        results = [hit_rate_gate(candidate_hits, reference, gates.min_held_out, gates.confidence),
+                   forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
+        if serving_state is not None:
+            references = [f"{r.prompt}\n{r.final}" for r in held_out] + general_texts()
+            results.append(kl_gate(model, tokenizer, candidate, serving_state, references, gates.kl_bound))
         for result in results:
             self.store.record_evaluation(version_id, result.name, vars(result))
         return results
 
     def train_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
                     round_: int) -> TrainOutcome:
-        """Serve this round's users, train the local recipe from `version_id` on all feedback, move the release.
+        """Train the local recipe from `version_id` on the product's feedback (less the held-out slice).
 
         The model is left holding the trained adapter; the training run is recorded in the store.
         """
         settings = self.settings
-        served_hit_rate = self.serve_round(model, tokenizer, version_id, round_)
-        examples = training_examples(self.store, self.local.curation)
+        examples = training_examples(self.store, self.local.curation, self.local.evaluation.held_out_share)
         dataset = dataset_version(self.store)
-        log.info("%s round %d: served drafts (hit rate %.2f); training from %s on %d examples (dataset %s)",
-                 self.name, round_, served_hit_rate, version_id, len(examples), dataset)
+        log.info("%s round %d: training from %s on %d examples (dataset %s)", self.name, round_, version_id,
+                 len(examples), dataset)
         started = time.monotonic()
         report = run_recipe(model, tokenizer, examples, settings.train,
                             settings.federation.seed * 1000 + round_ * 10 + self.index)
@@ -226,24 +195,27 @@ class Tenant:
             "round": round_, "method": report.method, "examples": report.examples, "loss": loss,
             "sft_losses": report.sft_losses, "dpo_losses": report.dpo_losses,
             "duration_s": time.monotonic() - started, "dataset_version": dataset})
-        self.release.decide()
-        return TrainOutcome(len(examples), loss, served_hit_rate, dataset)
+        return TrainOutcome(len(examples), loss, dataset)
 
     def evaluate_version(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                          version_id: str) -> dict[str, float]:
-        """Hit rate on the held-out prompts and both gates for the loaded version; offer it if it passes them."""
-        metrics = hit_rate(model, tokenizer, self.held_out, self.judgement, self.settings.simulation.max_new_tokens)
+        """Offline hit rate on the held-out finals and the gates for the loaded version; offer it unless refused."""
+        gates = self.local.evaluation
+        held_out = self.held_out()
+        hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
+        metrics = hits.metrics()
         self.store.record_evaluation(version_id, "hit_rate", metrics)
-        results = self.gate(model, tokenizer, version_id)
+        results = self.gate(model, tokenizer, version_id, held_out, hits)
         for gate in results:
             metrics[gate.name.replace("_", "-")] = gate.value
-        verdicts = ", ".join(f"{g.name} {g.value:.4f} ({'pass' if g.passed else 'REFUSE'})" for g in results)
+        low, high = hits.interval()
+        measured = (f"offline hit rate {hits.rate:.2f} [{low:.2f}, {high:.2f}] on {hits.count} held-out finals"
+                    if hits.count else "no held-out finals yet")
+        verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in results)
         if all(g.passed for g in results):
-            self.release.offer(version_id, f"hit rate {metrics['hit-rate']:.2f}; {verdicts}")
+            self.release.offer(version_id, f"{measured}; {verdicts}")
         else:
             self.store.audit(ACTOR, "release-refused", f"{version_id}: {verdicts}")
         metrics["gates-passed"] = int(all(g.passed for g in results))
-        log.info("%s evaluated %s on %d held-out prompts: hit rate %.2f; %s", self.name, version_id,
-                 metrics[NUM_EXAMPLES], metrics["hit-rate"], verdicts)
+        log.info("%s evaluated %s: %s; %s", self.name, version_id, measured, verdicts)
         return metrics
-

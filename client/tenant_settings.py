@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedloop.shared.settings import is_host_port, load_sections, require
+from fedloop.shared.settings import is_host_port, is_loopback, load_sections, require
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ class EvaluationSection:
 
     kl_bound: float = 0.02  # refuse a version whose mean per-token KL to the serving version is above this
     forgetting_bound: float = 0.10  # refuse above this relative NLL rise over base
+    held_out_share: float = 0.10  # share of the tenant's own finals (keyed hash of the draft id) never trained on
+    min_held_out: int = 30  # fewer held-out finals than this: the hit-rate gate says "insufficient evidence"
+    max_held_out: int = 200  # newest held-out finals a version is evaluated on
+    hit_similarity: float = 0.8  # a draft at least this similar to the user's final text counts as a hit
+    max_new_tokens: int = 48  # tokens drafted per held-out prompt
+    confidence: float = 0.95  # the hit-rate gate refuses a version worse than the serving one with this confidence
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,23 @@ class ReleaseSection:
 
     canary_share: float = 0.05  # users (by hash of their pseudonym) who first see a new version
     widened_share: float = 0.30  # the canary's share after its first win
-    promote_margin: float = 0.02  # canary hit rate must beat the serving version's by this much
-    rollback_margin: float = 0.01  # canary hit rate this far below the serving version's: automatic rollback
+    promote_margin: float = 0.02  # a win: the canary's hit rate beats the serving one's by this much, with confidence
+    confidence: float = 0.95  # family-wise confidence of the sequential test (always valid under repeated looks)
+    mixture_scale: float = 0.05  # mSPRT mixing scale tau: the size of hit-rate gap the test is most sensitive to
     min_drafts_per_arm: int = 200  # decided drafts per arm before any decision
+    decide_every_outcomes: int = 20  # the controller decides after this many new outcomes ...
+    decide_every_s: float = 5.0  # ... and at least this often while outcomes arrive
+
+
+@dataclass(frozen=True)
+class ServeSection:
+    """The OpenAI-compatible draft endpoint (`POST /v1/chat/completions`)."""
+
+    address: str = "127.0.0.1:8000"  # host:port of the HTTP endpoint; "" = no endpoint
+    api_keys_file: str = ""  # file of accepted bearer keys, one per line; required off loopback
+    model_alias: str = "fedloop"  # the `model` name that routes by the release pointer
+    max_new_tokens: int = 128  # most tokens a draft may have (a request's max_tokens is capped to this)
+    max_messages: int = 64  # most messages in one request
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,7 @@ class TenantSettings:
     signals: SignalsSection = field(default_factory=SignalsSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     release: ReleaseSection = field(default_factory=ReleaseSection)
+    serve: ServeSection = field(default_factory=ServeSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
 
     def __post_init__(self) -> None:
@@ -120,12 +141,31 @@ class TenantSettings:
         require(0.0 <= self.curation.user_reply_weight <= 1.0, "curation.user_reply_weight", "in [0, 1]")
         require(self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
                 "evaluation.kl_bound / forgetting_bound", "numbers > 0")
+        evaluation = self.evaluation
+        require(0.0 <= evaluation.held_out_share < 1.0, "evaluation.held_out_share", "a number in [0, 1)")
+        require(1 <= evaluation.min_held_out <= evaluation.max_held_out, "evaluation.min_held_out / max_held_out",
+                "integers with 1 <= min_held_out <= max_held_out")
+        require(0.0 < evaluation.hit_similarity <= 1.0, "evaluation.hit_similarity", "a number in (0, 1]")
+        require(evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "an integer >= 1")
+        require(0.5 <= evaluation.confidence < 1.0, "evaluation.confidence", "a number in [0.5, 1), e.g. 0.95")
         release = self.release
         require(0.0 < release.canary_share <= release.widened_share <= 1.0,
                 "release.canary_share / widened_share", "0 < canary_share <= widened_share <= 1")
-        require(release.promote_margin >= 0 and release.rollback_margin >= 0,
-                "release.promote_margin / rollback_margin", "numbers >= 0 (shares of drafts, 0.02 = 2 points)")
+        require(release.promote_margin >= 0, "release.promote_margin",
+                "a number >= 0 (a share of drafts, 0.02 = 2 points)")
+        require(0.5 <= release.confidence < 1.0, "release.confidence", "a number in [0.5, 1), e.g. 0.95")
+        require(release.mixture_scale > 0, "release.mixture_scale", "a number > 0 (e.g. 0.05 = 5 points)")
         require(release.min_drafts_per_arm >= 1, "release.min_drafts_per_arm", "an integer >= 1")
+        require(release.decide_every_outcomes >= 1 and release.decide_every_s > 0,
+                "release.decide_every_outcomes / decide_every_s", "an integer >= 1 and a number of seconds > 0")
+        serve = self.serve
+        require(serve.address == "" or is_host_port(serve.address), "serve.address",
+                "host:port (e.g. 127.0.0.1:8000), or \"\" for no endpoint")
+        require(serve.address == "" or bool(serve.api_keys_file) or is_loopback(serve.address), "serve.api_keys_file",
+                "set (a file of bearer keys, one per line) when serve.address is not on loopback (127.0.0.1)")
+        require(bool(serve.model_alias.strip()), "serve.model_alias", "a non-empty name, e.g. \"fedloop\"")
+        require(serve.max_new_tokens >= 1 and serve.max_messages >= 1, "serve.max_new_tokens / max_messages",
+                "integers >= 1")
         require(self.metrics.address == "" or is_host_port(self.metrics.address), "metrics.address",
                 "host:port (e.g. 127.0.0.1:9464), or \"\" for no endpoint")
 

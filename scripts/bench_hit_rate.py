@@ -44,7 +44,7 @@ import torch
 
 from fedloop.client.evaluate.hit_rate import hit_rate
 from fedloop.client.samples.curation import reward_and_weight
-from fedloop.client.simulated_users import Conversation, Decision, UserJudgement
+from fedloop.client.simulated_product import Conversation, Decision, UserJudgement
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.tenant_settings import CurationSection
 from fedloop.client.train.generate import generate_replies

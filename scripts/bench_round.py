@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
-from fedloop.client.app import simulated_tenants
+from fedloop.client.simulation_app import simulated_tenants
 from fedloop.client.store_api import InstalledVersion
 from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
@@ -163,7 +163,7 @@ def main() -> None:
                                                      rounds=1),
                         paths=PathsSection(model=str(args.model), runs_dir=str(work)),
                         train=TrainSection(max_steps=8, batch_size=8),
-                        simulation=SimulationSection(conversations_per_round=24, eval_prompts=16, max_new_tokens=40))
+                        simulation=SimulationSection(conversations_per_round=24, max_new_tokens=40))
     print(f"model {args.model}; 3 tenants, 1 round, 24 users per tenant, 8 local steps; work dir {work}", flush=True)
 
     plain_s = run_plain(settings, prepare_run(named(settings, "plain"), work))  # tenants keep their encrypted stores

@@ -22,7 +22,8 @@ def hq_report_data(registry: VersionRegistry, title: str, source: str, version: 
             data.versions.append(evaluated)
         label = f"{report['run']} r{report['round']}"
         for tenant, metrics in report.get("evaluation", {}).items():
-            data.hit_rates.setdefault(tenant, {})[evaluated] = float(metrics["hit-rate"])
+            if metrics.get("num-examples", 0) > 0:
+                data.hit_rates.setdefault(tenant, {})[evaluated] = float(metrics["hit-rate"])
             if "kl-to-serving" in metrics:
                 data.kl_to_serving.setdefault(tenant, {})[evaluated] = float(metrics["kl-to-serving"])
         for tenant, metrics in report.get("train_metrics", {}).items():

@@ -12,8 +12,8 @@ from typing import Any
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.app import build_client_app, simulated_tenants
-from fedloop.client.simulated_users import STYLES
+from fedloop.client.simulated_product import STYLES, ServedRound, read_product_log
+from fedloop.client.simulation_app import simulation_client_app
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import load_tenant_settings
@@ -75,6 +75,11 @@ def release_histories(settings: Settings, layout: RunLayout) -> dict[str, list[R
     return histories
 
 
+def served_rounds(settings: Settings, layout: RunLayout) -> dict[str, list[ServedRound]]:
+    """What each tenant's simulated product was served, round by round (from the products' own logs)."""
+    return {tenant: read_product_log(layout.product_log(tenant)) for tenant in settings.federation.tenants}
+
+
 def simulation_backend(tenants: int) -> dict[str, Any]:
     """The Ray backend config: one CPU per tenant actor, as many actors at once as this machine has cores."""
     return {
@@ -88,7 +93,7 @@ def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp 
     tenants = len(settings.federation.tenants)
     log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
     run_simulation(server_app=server_app or build_server_app(settings, layout),
-                   client_app=build_client_app(simulated_tenants(settings, layout)),
+                   client_app=simulation_client_app(settings, layout),
                    num_supernodes=tenants, backend_config=simulation_backend(tenants))
     if not layout.summary.exists():
         raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")

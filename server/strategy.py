@@ -198,7 +198,7 @@ class SealedMerge(Strategy):
         return self._sealed_messages(server_round, arrays, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Keep each tenant's hit rate; return the sample-weighted mean."""
+        """Keep each tenant's offline hit rate; return the sample-weighted mean over tenants that measured one."""
         report = self._report(server_round)
         if report.started_at:
             report.duration_s = time.time() - report.started_at
@@ -215,12 +215,16 @@ class SealedMerge(Strategy):
             self.tracker.log_round(server_round, asdict(report), self.current.id, self.current_state)
         if not report.evaluation:
             return None
-        self.registry.record_metrics(self.current.id, {"hit-rate": {t: m["hit-rate"]
-                                                                    for t, m in report.evaluation.items()}})
-        total = sum(m[NUM_EXAMPLES] for m in report.evaluation.values())
-        mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in report.evaluation.values()) / total
-        log.info("round %d: hit rate %s (mean %.3f)", server_round,
-                 ", ".join(f"{t}={m['hit-rate']:.3f}" for t, m in report.evaluation.items()), mean_hit)
+        measured = {t: m for t, m in report.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
+        self.registry.record_metrics(self.current.id, {"hit-rate": {t: m["hit-rate"] for t, m in measured.items()}})
+        total = sum(m[NUM_EXAMPLES] for m in measured.values())
+        if not total:
+            log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)
+            return None
+        mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in measured.values()) / total
+        log.info("round %d: offline hit rate on held-out finals %s (mean %.3f)", server_round,
+                 ", ".join(f"{t}={m['hit-rate']:.3f} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
+                 mean_hit)
         return MetricRecord({"hit-rate": mean_hit, NUM_EXAMPLES: total})
 
     def summary(self) -> None:

@@ -7,24 +7,57 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedloop.client.simulated_product import ServedRound
 from fedloop.client.store_api import ReleaseRecord
 
 
-def render_summary(summary: dict[str, Any], console: Console) -> None:
-    """Print hit rate before/after per tenant, the version lineage and bytes per tenant per round."""
-    rounds = {r["round"]: r for r in summary["rounds"]}
-    last = max(rounds)
-    hits = Table(title="Draft hit rate on held-out prompts (simulated users)")
-    for column in ("tenant", "before (v0)", f"after (round {last})", "uplift", "similarity before → after"):
-        hits.add_column(column)
-    for tenant in summary["tenants"]:
-        before, after = rounds[0]["evaluation"].get(tenant), rounds[last]["evaluation"].get(tenant)
-        if before is None or after is None:
-            hits.add_row(tenant, "n/a", "n/a", "n/a", "n/a")
+def _rate(accepted: int, served: int) -> str:
+    return f"{accepted / served:.0%} of {served}" if served else "-"
+
+
+def render_served(served: dict[str, list[ServedRound]], console: Console) -> None:
+    """Print, per tenant and round, how many drafts each version served the product and how many were accepted."""
+    table = Table(title="Drafts each version served the simulated product (accepted as is / drafts), per round")
+    for column in ("tenant", "round", "drafts by version", "hit rate", "refused"):
+        table.add_column(column)
+    for tenant, rounds in sorted(served.items()):
+        for entry in rounds:
+            by_version = ", ".join(f"{v}: {_rate(entry.accepted[v], n)}" for v, n in sorted(entry.served.items()))
+            total = sum(entry.served.values())
+            refused = ", ".join(f"{n} {status}" for status, n in entry.refused.items())
+            table.add_row(tenant, str(entry.round), by_version or "-",
+                          _rate(sum(entry.accepted.values()), total), refused)
+    console.print(table)
+    uplift = Table(title="Draft hit rate the product's users saw: first round against last round")
+    for column in ("tenant", "first round", "last round", "uplift"):
+        uplift.add_column(column)
+    for tenant, rounds in sorted(served.items()):
+        if not rounds:
             continue
-        hits.add_row(tenant, f"{before['hit-rate']:.1%}", f"{after['hit-rate']:.1%}",
-                     f"{(after['hit-rate'] - before['hit-rate']) * 100:+.1f} pts",
-                     f"{before['mean-similarity']:.3f} → {after['mean-similarity']:.3f}")
+        first, last = rounds[0], rounds[-1]
+        rates = [sum(r.accepted.values()) / max(1, sum(r.served.values())) for r in (first, last)]
+        uplift.add_row(tenant, f"round {first.round}: {_rate(sum(first.accepted.values()), sum(first.served.values()))}",
+                       f"round {last.round}: {_rate(sum(last.accepted.values()), sum(last.served.values()))}",
+                       f"{(rates[1] - rates[0]) * 100:+.1f} pts")
+    console.print(uplift)
+
+
+def render_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print the offline hit rate per tenant and round, the version lineage and bytes per tenant per round."""
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    hits = Table(title="Offline hit rate of each round's version on the tenant's held-out finals (95 % interval)")
+    for column in ("round", *summary["tenants"]):
+        hits.add_column(column)
+    for number in sorted(rounds):
+        cells = []
+        for tenant in summary["tenants"]:
+            metrics = rounds[number]["evaluation"].get(tenant)
+            if metrics is None or not metrics.get("num-examples"):
+                cells.append("no held-out finals yet" if metrics is not None else "n/a")
+                continue
+            cells.append(f"{metrics['hit-rate']:.0%} [{metrics['hit-rate-low']:.0%}, {metrics['hit-rate-high']:.0%}] "
+                         f"n={int(metrics['num-examples'])}")
+        hits.add_row(str(number), *cells)
     console.print(hits)
 
     lineage = Table(title="Version lineage (HQ registry, SM2-signed)")

@@ -47,7 +47,7 @@ class MlflowTracker:
 
     def log_round(self, round_: int, report: dict[str, Any], version_id: str, adapter: AdapterState) -> None:
         """The round's figures at step `round_`, and its version as a PEFT-layout artifact."""
-        evaluation = report.get("evaluation", {})
+        evaluation = {t: m for t, m in report.get("evaluation", {}).items() if m.get("num-examples", 0) > 0}
         metrics: dict[str, float] = {f"hit-rate/{t}": m["hit-rate"] for t, m in evaluation.items()}
         if evaluation:
             metrics["hit-rate/mean"] = sum(m["hit-rate"] for m in evaluation.values()) / len(evaluation)

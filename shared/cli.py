@@ -96,8 +96,9 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
          resume: Optional[Path] = typer.Option(None, help="An earlier run directory (runs/<run>/) to continue "
                                                           "from the newest version in its registry.")) -> None:
     """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
-    from fedloop.server.simulation import SimulationError, prepare_run, release_histories, resume_run, run_federation
-    from fedloop.server.summary_view import render_releases, render_summary
+    from fedloop.server.simulation import (SimulationError, prepare_run, release_histories, resume_run,
+                                           run_federation, served_rounds)
+    from fedloop.server.summary_view import render_releases, render_served, render_summary
     from fedloop.shared.adapter import ModelLoadError, check_model_path
 
     configure_logging()
@@ -121,6 +122,7 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
     except SimulationError as err:
         fail(str(err))
     out = output_console()
+    render_served(served_rounds(settings, layout), out)
     render_summary(summary, out)
     render_releases(release_histories(settings, layout), out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")

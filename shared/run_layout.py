@@ -28,6 +28,10 @@ class RunLayout:
         """Tenant `name`'s private data directory."""
         return self.root / "tenants" / name
 
+    def product_log(self, name: str) -> Path:
+        """What tenant `name`'s simulated product was served each round (JSON lines; simulation only)."""
+        return self.root / "product" / f"{name}.jsonl"
+
     @property
     def summary(self) -> Path:
         """The run summary written by HQ at the end."""

@@ -30,6 +30,12 @@ def is_host_port(address: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
+def is_loopback(address: str) -> bool:
+    """Whether host:port names a loopback host (127.0.0.0/8, localhost or ::1)."""
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 class ConfigError(ValueError):
     """A config file is invalid; the message names the file and the key."""
 
@@ -102,11 +108,10 @@ POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # 
 
 @dataclass(frozen=True)
 class SimulationSection:
-    """Simulated users of each tenant: traffic per round and how they judge drafts."""
+    """The simulated product of each tenant (demo, benchmarks, tests): traffic per round, how its users judge drafts."""
 
     conversations_per_round: int = 24  # simulated users per tenant per round; 0 = none
-    eval_prompts: int = 16  # held-out simulated prompts per tenant for the hit rate
-    max_new_tokens: int = 40  # tokens drafted per reply
+    max_new_tokens: int = 40  # max_tokens the simulated product asks each draft for
     accept_threshold: float = 0.8  # similarity at or above which a simulated user accepts the draft
     edit_threshold: float = 0.45  # similarity at or above which a simulated user edits instead of rejecting
     styles: tuple[str, ...] = ("formal", "friendly", "brief")  # hidden preferred styles, tenant i gets i mod n
@@ -176,7 +181,6 @@ class Settings:
                 "guarantee holds for the clipped parameter average only)")
         require(self.simulation.conversations_per_round >= 0, "simulation.conversations_per_round",
                 "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)")
-        require(self.simulation.eval_prompts >= 1, "simulation.eval_prompts", "an integer >= 1")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

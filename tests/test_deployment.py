@@ -52,7 +52,6 @@ max_seq_len = 64
 min_tenants = 2
 [simulation]
 conversations_per_round = 6
-eval_prompts = 4
 max_new_tokens = 12
 """)
 

@@ -54,7 +54,6 @@ batch_size = 4
 max_seq_len = 64
 [simulation]
 conversations_per_round = 4
-eval_prompts = 4
 max_new_tokens = 8
 """)
     log = tmp_path / "first.log"

@@ -41,7 +41,6 @@ batch_size = 2
 max_seq_len = 32
 [simulation]
 conversations_per_round = 2
-eval_prompts = 2
 max_new_tokens = 4
 """)
     try:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fedloop.client.evaluate.hit_rate import hit_rate
-from fedloop.client.simulated_users import TenantTraffic, UserJudgement
+from fedloop.client.simulated_product import TenantTraffic, UserJudgement
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry

@@ -12,6 +12,8 @@ from fedloop.client.release.controller import ReleaseController, ReleaseError
 from fedloop.client.tenant_settings import ReleaseSection
 
 SETTINGS = ReleaseSection(canary_share=0.05, widened_share=0.30, min_drafts_per_arm=30)
+# A large canary share, so a few hundred drafts give the sequential test enough of both arms.
+WIDE = ReleaseSection(canary_share=0.30, widened_share=0.50, min_drafts_per_arm=30)
 
 
 def test_canary_buckets_are_stable_nested_and_sized_by_the_share() -> None:
@@ -50,16 +52,18 @@ def serve(controller: ReleaseController, recorder: FeedbackRecorder, store, acce
 
 def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
     tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
     assert controller.offer("v1", "gates passed").action == "bootstrap"
     assert controller.route(tenant.store.pseudonym("anyone")) == "v1"
     assert controller.offer("v2", "gates passed").action == "canary"
-    served = serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.60}, 1200)
-    assert served["v2"] / sum(served.values()) == pytest.approx(0.05, abs=0.03)
+    served = serve(controller, recorder, tenant.store, {"v1": 0.30, "v2": 0.70}, 500)
+    assert served["v2"] / sum(served.values()) == pytest.approx(0.30, abs=0.06)
+    comparison = controller.compare()
+    assert comparison is not None and comparison.hit_gap.low >= WIDE.promote_margin  # better, with confidence
     widened = controller.decide()
-    assert widened is not None and widened.action == "widen" and widened.share == 0.30
+    assert widened is not None and widened.action == "widen" and widened.share == 0.50
     assert controller.decide() is None  # a fresh window: nothing decided before it fills
-    serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.60}, 200)
+    serve(controller, recorder, tenant.store, {"v1": 0.30, "v2": 0.70}, 300)
     promoted = controller.decide()
     assert promoted is not None and (promoted.action, promoted.serving, promoted.canary) == ("promote", "v2", None)
     actions = [entry.action for entry in tenant.store.audit_entries()]
@@ -68,24 +72,35 @@ def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
 
 def test_a_worse_canary_is_rolled_back_automatically(make_tenant) -> None:
     tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
     controller.offer("v1", "gates passed")
     controller.offer("v2", "gates passed")
-    serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.45}, 1200)
+    serve(controller, recorder, tenant.store, {"v1": 0.70, "v2": 0.30}, 500)
     rolled = controller.decide()
     assert rolled is not None and (rolled.action, rolled.serving, rolled.canary) == ("rollback", "v1", None)
-    assert rolled.reason.startswith("automatic")
+    assert rolled.reason.startswith("automatic (hit rate lower with confidence)")
     assert controller.route(tenant.store.pseudonym("user-1")) == "v1"
 
 
-def test_a_canary_with_more_rejects_is_not_promoted(make_tenant) -> None:
+def test_a_canary_with_more_rejects_is_rolled_back_despite_more_accepts(make_tenant) -> None:
     tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, SETTINGS), FeedbackRecorder(tenant.pipeline)
+    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
     controller.offer("v1", "gates passed")
     controller.offer("v2", "gates passed")
-    serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.45}, 1200, reject_rate={"v1": 0.05, "v2": 0.30})
-    assert controller.decide() is None
-    assert controller.state().canary == "v2"
+    serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.45}, 500, reject_rate={"v1": 0.05, "v2": 0.90})
+    rolled = controller.decide()
+    assert rolled is not None and rolled.action == "rollback" and "reject rate higher" in rolled.reason
+
+
+def test_a_canary_as_good_as_control_keeps_collecting(make_tenant) -> None:
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.50}, 400)
+    assert controller.decide() is None and controller.state().canary == "v2"
+    comparison = controller.compare()
+    assert comparison is not None and comparison.hit_gap.low < 0 < comparison.hit_gap.high
 
 
 def test_manual_rollback_goes_back_past_rolled_back_versions(make_tenant) -> None:
@@ -123,6 +138,7 @@ def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_pa
     store.close()
     shown = runner.invoke(app, ["release", "status", "--config", str(config)])
     assert shown.exit_code == 0 and "canary" in shown.output and "v2 (5%)" in shown.output
+    assert "hit-rate gap" in shown.output and "always valid" in shown.output
     refused = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", " ", "--reason", "x"])
     assert refused.exit_code == 2 and "must not be empty" in refused.output
     rolled = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", "li.wei",

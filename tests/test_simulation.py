@@ -50,7 +50,7 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         lora=LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj")),
         train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),
-        simulation=SimulationSection(conversations_per_round=12, eval_prompts=12, max_new_tokens=24,
+        simulation=SimulationSection(conversations_per_round=12, max_new_tokens=24,
                                      styles=("brief",)),  # one shared, learnable preference
         tracking=TrackingSection(mlflow_uri=f"sqlite:///{tracking_dir / 'mlflow.db'}", experiment="e2e",
                                  artifacts=str(tracking_dir / "artifacts")),

@@ -24,12 +24,17 @@ from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_sta
 
 @dataclass(frozen=True)
 class GateResult:
-    """A gate's measurement, its bound, and whether the candidate passed."""
+    """A gate's measurement, its bound, and its verdict: "pass", "refuse" or "insufficient evidence"."""
 
     name: str
     value: float
     bound: float
-    passed: bool
+    verdict: str
+
+    @property
+    def passed(self) -> bool:
+        """Whether the gate does not refuse (insufficient evidence leaves the decision to the canary)."""
+        return self.verdict != "refuse"
 
 
 def general_texts() -> list[str]:
@@ -91,7 +96,7 @@ def kl_gate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: Ada
             reference_texts: Sequence[str], bound: float) -> GateResult:
     """Refuse a candidate whose mean per-token KL to the serving version exceeds `bound`."""
     value = mean_token_kl(model, tokenizer, candidate, serving, reference_texts)
-    return GateResult("kl_to_serving", value, bound, value <= bound)
+    return GateResult("kl_to_serving", value, bound, "pass" if value <= bound else "refuse")
 
 
 def forgetting_gate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: AdapterState,
@@ -106,4 +111,4 @@ def forgetting_gate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candid
     finally:
         load_adapter_state(model, original)
     increase = (candidate_nll - base_nll) / base_nll
-    return GateResult("general_nll_increase", increase, bound, increase <= bound)
+    return GateResult("general_nll_increase", increase, bound, "pass" if increase <= bound else "refuse")

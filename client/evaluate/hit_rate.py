@@ -1,31 +1,111 @@
-"""Hit rate on held-out prompts, judged by simulated users with a fixed rule.
+"""Offline hit rate on the tenant's held-out finals, and the hit-rate gate.
 
-The rule (client/simulated_users.UserJudgement, documented in docs/evaluation.md)
-was fixed before any result was seen: similarity = rapidfuzz ratio of the
-case-folded draft and reference reply; >= accept_threshold (0.8) is an accept,
->= edit_threshold (0.45) an edit, anything else a reject. The hit rate is the
-share of accepts.
+The rule (documented in docs/evaluation.md) was fixed before any result was
+seen: a draft is a hit when its similarity to the user's final text
+(`curation.text_similarity`: rapidfuzz ratio of the case-folded texts) is at
+least `evaluation.hit_similarity` (0.8). The rate comes with its sample count
+and a 95 % Wilson interval.
+
+The gate compares the candidate with the serving version (the base model
+before anything serves) on the same held-out prompts. The drafts are paired,
+so it tests the prompts where exactly one of them hits (an exact sign test):
+the candidate is refused when it is worse with `evaluation.confidence`. With
+fewer than `evaluation.min_held_out` finals the gate says "insufficient
+evidence" and the online canary decides.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.feedback import Action
-from fedloop.client.simulated_users import Conversation, UserJudgement
+from fedloop.client.evaluate.drift import GateResult
+from fedloop.client.samples.curation import text_similarity
+from fedloop.client.samples.held_out import Reference
 from fedloop.client.train.generate import generate_replies
+from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
+
+Z_95 = 1.959964
 
 
-def hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation],
-             judgement: UserJudgement, max_new_tokens: int) -> dict[str, float]:
-    """Hit rate, mean similarity and counts of the model's drafts for `conversations`."""
-    drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations], max_new_tokens)
-    decisions = [judgement.decide(d, c) for d, c in zip(drafts, conversations)]
-    count = len(decisions)
-    return {"hit-rate": sum(d.action is Action.ACCEPT for d in decisions) / count,
-            "edit-rate": sum(d.action is Action.EDIT for d in decisions) / count,
-            "mean-similarity": sum(d.similarity for d in decisions) / count,
-            "num-examples": count}
+@dataclass(frozen=True)
+class HitRate:
+    """Hits among `count` held-out prompts, the mean similarity, and the 95 % Wilson interval of the rate."""
+
+    hits: tuple[bool, ...]
+    mean_similarity: float
+
+    @property
+    def count(self) -> int:
+        """How many held-out prompts were drafted for."""
+        return len(self.hits)
+
+    @property
+    def rate(self) -> float:
+        """Share of hits (0 when nothing was measured)."""
+        return sum(self.hits) / self.count if self.count else 0.0
+
+    def interval(self) -> tuple[float, float]:
+        """The 95 % Wilson score interval of the rate."""
+        if not self.count:
+            return 0.0, 1.0
+        n, p = self.count, self.rate
+        centre = (p + Z_95 ** 2 / (2 * n)) / (1 + Z_95 ** 2 / n)
+        half = Z_95 * math.sqrt(p * (1 - p) / n + Z_95 ** 2 / (4 * n * n)) / (1 + Z_95 ** 2 / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def metrics(self) -> dict[str, float]:
+        """The figures a tenant records and reports to HQ (aggregates only)."""
+        low, high = self.interval()
+        return {"hit-rate": self.rate, "hit-rate-low": low, "hit-rate-high": high,
+                "mean-similarity": self.mean_similarity, "num-examples": self.count}
+
+
+def score_drafts(drafts: Sequence[str], references: Sequence[Reference], threshold: float) -> HitRate:
+    """Judge drafts against the users' final texts by the fixed similarity rule."""
+    similarities = [text_similarity(d, r.final) for d, r in zip(drafts, references)]
+    mean = sum(similarities) / len(similarities) if similarities else 0.0
+    return HitRate(tuple(s >= threshold for s in similarities), mean)
+
+
+def offline_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[Reference],
+                     threshold: float, max_new_tokens: int) -> HitRate:
+    """Hit rate of the model's loaded adapter on the held-out references."""
+    if not references:
+        return HitRate((), 0.0)
+    drafts = generate_replies(model, tokenizer, [r.prompt for r in references], max_new_tokens)
+    return score_drafts(drafts, references, threshold)
+
+
+def reference_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[Reference],
+                       serving: AdapterState | None, threshold: float, max_new_tokens: int) -> HitRate:
+    """Hit rate of the serving adapter (the base model when None) on the same references; the model is restored."""
+    original = adapter_state(model)
+    try:
+        if serving is None:
+            with model.disable_adapter():
+                return offline_hit_rate(model, tokenizer, references, threshold, max_new_tokens)
+        load_adapter_state(model, serving)
+        return offline_hit_rate(model, tokenizer, references, threshold, max_new_tokens)
+    finally:
+        load_adapter_state(model, original)
+
+
+def worse_p_value(candidate: HitRate, reference: HitRate) -> float:
+    """One-sided exact sign test on paired drafts: P(at least this many reference-only hits | no difference)."""
+    reference_only = sum(r and not c for c, r in zip(candidate.hits, reference.hits))
+    discordant = reference_only + sum(c and not r for c, r in zip(candidate.hits, reference.hits))
+    return sum(math.comb(discordant, k) for k in range(reference_only, discordant + 1)) / 2 ** discordant
+
+
+def hit_rate_gate(candidate: HitRate, reference: HitRate, min_samples: int, confidence: float) -> GateResult:
+    """Refuse a candidate worse than the reference with `confidence`; too few samples: insufficient evidence."""
+    gap = candidate.rate - reference.rate
+    if candidate.count < min_samples:
+        return GateResult("hit_rate_vs_serving", gap, 0.0, "insufficient evidence")
+    refused = worse_p_value(candidate, reference) < 1 - confidence
+    return GateResult("hit_rate_vs_serving", gap, 0.0, "refuse" if refused else "pass")

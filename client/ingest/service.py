@@ -45,10 +45,16 @@ def _deserializer(message_type: type) -> Callable[[bytes], Any]:
 class FeedbackServicer:
     """Implements FeedbackService over a tenant's ingestion pipeline."""
 
-    def __init__(self, runtime: TenantRuntime) -> None:
+    def __init__(self, runtime: TenantRuntime, on_outcomes: Callable[[int], None] | None = None) -> None:
         self._pipeline = runtime.pipeline
         self._release = ReleaseController(runtime.store, runtime.settings.release)
         self._max_id_chars = runtime.settings.ingest.max_id_chars
+        self._on_outcomes = on_outcomes  # release decisions follow the outcomes that arrive
+
+    def _outcomes_stored(self, events: list[pb.Event], duplicates: list[bool]) -> None:
+        count = sum(e.WhichOneof("event") == "outcome" and not d for e, d in zip(events, duplicates))
+        if count and self._on_outcomes is not None:
+            self._on_outcomes(count)
 
     def _refuse_undecodable(self, context: grpc.ServicerContext, message: str) -> None:
         self._pipeline.counters.rejected.labels("INVALID_ARGUMENT").inc()
@@ -56,7 +62,9 @@ class FeedbackServicer:
 
     def _store(self, events: list[pb.Event], context: grpc.ServicerContext) -> list[bool]:
         try:
-            return self._pipeline.ingest(events)
+            duplicates = self._pipeline.ingest(events)
+            self._outcomes_stored(events, duplicates)
+            return duplicates
         except IngestError as err:
             context.abort(grpc.StatusCode[err.status], str(err))
             raise  # unreachable: abort raises
@@ -145,14 +153,18 @@ class MaintenanceLoop:
                 log.exception("maintenance step failed")
 
 
-def start_server(runtime: TenantRuntime, address: str, max_workers: int) -> tuple[grpc.Server, int]:
-    """Start the FeedbackService on `address`; returns the server and the bound port."""
+def start_server(runtime: TenantRuntime, address: str, max_workers: int,
+                 on_outcomes: Callable[[int], None] | None = None) -> tuple[grpc.Server, int]:
+    """Start the FeedbackService on `address`; returns the server and the bound port.
+
+    `on_outcomes` is told how many new outcomes each call stored (the release loop decides on them).
+    """
     receive_limit = max(4 * 2**20, 4 * runtime.settings.ingest.max_text_bytes + 2**16)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers),
         options=[("grpc.max_receive_message_length", receive_limit * 16)],
     )
-    server.add_generic_rpc_handlers((FeedbackServicer(runtime).handler(),))
+    server.add_generic_rpc_handlers((FeedbackServicer(runtime, on_outcomes).handler(),))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}: is the port in use? set ingest.address in the tenant config")

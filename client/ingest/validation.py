@@ -26,7 +26,8 @@ class IngestError(Exception):
         self.status = status
 
 
-def _text(name: str, value: str, limits: IngestSection, required: bool = True) -> None:
+def check_text(name: str, value: str, limits: IngestSection, required: bool = True) -> None:
+    """Refuse a missing (when `required`), non-UTF-8 or over-long text field, naming it."""
     if required and not value.strip():
         raise IngestError("INVALID_ARGUMENT", f"{name} is missing or empty")
     try:
@@ -38,8 +39,9 @@ def _text(name: str, value: str, limits: IngestSection, required: bool = True) -
                                               "(ingest.max_text_bytes)")
 
 
-def _identifier(name: str, value: str, limits: IngestSection) -> None:
-    _text(name, value, limits)
+def check_identifier(name: str, value: str, limits: IngestSection) -> None:
+    """Refuse an id that is empty, too long, or has spaces or unprintable characters, naming it."""
+    check_text(name, value, limits)
     if len(value) > limits.max_id_chars or any(ch.isspace() or not ch.isprintable() for ch in value):
         raise IngestError("INVALID_ARGUMENT", f"{name} must be 1-{limits.max_id_chars} printable characters "
                                               "without spaces")
@@ -59,9 +61,9 @@ def timestamp(name: str, value: int, limits: IngestSection) -> int:
 def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
     """Static checks of a DraftEvent."""
     for name in ("event_id", "draft_id", "user_id", "session_id"):
-        _identifier(f"draft.{name}", getattr(event, name), limits)
+        check_identifier(f"draft.{name}", getattr(event, name), limits)
     for name in ("prompt", "draft", "model_version", "prompt_version"):
-        _text(f"draft.{name}", getattr(event, name), limits)
+        check_text(f"draft.{name}", getattr(event, name), limits)
     if not 0 <= event.position <= limits.max_position:
         raise IngestError("INVALID_ARGUMENT", f"draft.position {event.position} must be in [0, {limits.max_position}]")
     timestamp("draft.timestamp_ms", event.timestamp_ms, limits)
@@ -69,17 +71,17 @@ def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
 
 def check_outcome(event: pb.OutcomeEvent, limits: IngestSection) -> None:
     """Static checks of an OutcomeEvent."""
-    _identifier("outcome.event_id", event.event_id, limits)
-    _identifier("outcome.draft_id", event.draft_id, limits)
+    check_identifier("outcome.event_id", event.event_id, limits)
+    check_identifier("outcome.draft_id", event.draft_id, limits)
     if event.action not in ACTIONS:
         raise IngestError("INVALID_ARGUMENT", f"outcome.action {event.action} is not one of ACCEPT, EDIT_ACCEPT, "
                                               "REJECT")
     if event.action == pb.EDIT_ACCEPT:
-        _text("outcome.final_text", event.final_text, limits)
+        check_text("outcome.final_text", event.final_text, limits)
     elif event.action == pb.ACCEPT and event.final_text:
         raise IngestError("INVALID_ARGUMENT", "outcome.final_text must be empty for ACCEPT: the draft is the final text")
     else:
-        _text("outcome.final_text", event.final_text, limits, required=False)
+        check_text("outcome.final_text", event.final_text, limits, required=False)
     if not 0 <= event.dwell_ms <= limits.max_dwell_ms:
         raise IngestError("INVALID_ARGUMENT", f"outcome.dwell_ms {event.dwell_ms} must be in "
                                               f"[0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)")
@@ -89,12 +91,12 @@ def check_outcome(event: pb.OutcomeEvent, limits: IngestSection) -> None:
 def check_signal(event: pb.SignalEvent, limits: IngestSection) -> None:
     """Static checks of a SignalEvent."""
     for name in ("event_id", "user_id", "session_id"):
-        _identifier(f"signal.{name}", getattr(event, name), limits)
+        check_identifier(f"signal.{name}", getattr(event, name), limits)
     if event.kind not in SIGNAL_KINDS:
         raise IngestError("INVALID_ARGUMENT", f"signal.kind {event.kind} is not one of {sorted(SIGNAL_KINDS.values())}")
     if event.draft_id:
-        _identifier("signal.draft_id", event.draft_id, limits)
-    _text("signal.value", event.value, limits, required=event.kind in SIGNALS_WITH_VALUE)
+        check_identifier("signal.draft_id", event.draft_id, limits)
+    check_text("signal.value", event.value, limits, required=event.kind in SIGNALS_WITH_VALUE)
     timestamp("signal.timestamp_ms", event.timestamp_ms, limits)
 
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 from rapidfuzz import fuzz
 
 from fedloop.client.privacy.moderation import ModerationFilter
+from fedloop.client.samples.held_out import is_held_out
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
 from fedloop.client.store_api import (BASELINE_POOLS, DraftRecord, FeedbackStoreAPI, OutcomeRecord, SampleRecord,
                                       TrainingExample)
@@ -168,17 +169,19 @@ class Curator:
         return True
 
 
-def training_examples(store: FeedbackStoreAPI, settings: CurationSection,
+def training_examples(store: FeedbackStoreAPI, settings: CurationSection, held_out_share: float = 0.0,
                       pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
                       ) -> list[TrainingExample]:
-    """Admitted samples with targets, weighted under the poisoning guard.
+    """Admitted samples with targets, weighted under the poisoning guard, less the held-out slice.
 
+    Samples in the held-out slice (samples/held_out.py, `held_out_share`) never train.
     Within a near-duplicate cluster, each user's samples share at most
     `per_user_cluster_cap` of weight; clusters backed by fewer than
     `min_distinct_users` users are left out.
     """
     marks = ",".join("?" * len(pools))
-    samples = store.samples(f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})", pools)
+    samples = [s for s in store.samples(f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})",
+                                        pools) if not is_held_out(store, s.draft_id, held_out_share)]
     users_in_cluster: dict[str, set[str]] = defaultdict(set)
     user_cluster_weight: dict[tuple[str, str], float] = defaultdict(float)
     for sample in samples:

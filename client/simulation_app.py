@@ -1,0 +1,62 @@
+"""The tenant's ClientApp as Flower's Simulation Engine runs it: simulated tenants, each with a simulated product.
+
+Each node plays the tenant of its partition id, all in one run directory.
+Before a round trains, the tenant's simulated product sends that round's users
+through the tenant's draft service (`fedloop.client.simulated_product`), so the
+feedback the tenant trains on arrives the way a real product's does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+
+from fedloop.client.app import RoundTraffic, TenantResolver, build_client_app, tenant_at
+from fedloop.client.simulated_product import SimulatedProduct, TenantTraffic, UserJudgement
+from fedloop.client.tenant import Tenant
+from fedloop.client.tenant_settings import TenantSection, TenantSettings, load_tenant_settings
+from fedloop.shared.logs import configure_logging
+from fedloop.shared.run_layout import RunLayout
+from fedloop.shared.settings import Settings
+
+
+def simulated_tenant_settings(settings: Settings, layout: RunLayout, name: str) -> TenantSettings:
+    """A simulated tenant's own settings: `simulation.tenant_config` (or the defaults), living in the run directory."""
+    base = load_tenant_settings(Path(settings.simulation.tenant_config)) if settings.simulation.tenant_config \
+        else TenantSettings()
+    return replace(base, tenant=TenantSection(name, str(layout.keys), str(layout.tenant(name))))
+
+
+def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
+    """Each node plays the tenant of its partition id."""
+    def resolve(context: Context) -> Tenant:
+        configure_logging()
+        index = int(context.node_config["partition-id"])
+        name = settings.federation.tenants[index]
+        return tenant_at(index, settings, simulated_tenant_settings(settings, layout, name))
+    return resolve
+
+
+def simulated_product(tenant: Tenant, settings: Settings, layout: RunLayout | None = None) -> SimulatedProduct:
+    """Tenant `tenant`'s simulated product: its users' hidden style and judgement from `settings.simulation`."""
+    sim = settings.simulation
+    traffic = TenantTraffic(tenant.name, sim.styles[tenant.index % len(sim.styles)], settings.federation.seed)
+    return SimulatedProduct(tenant.drafts, traffic, UserJudgement(sim.accept_threshold, sim.edit_threshold),
+                            tenant.local.serve.model_alias, sim.max_new_tokens, sim.prompt_version,
+                            layout.product_log(tenant.name) if layout else None)
+
+
+def simulated_traffic(settings: Settings, layout: RunLayout) -> RoundTraffic:
+    """Before round N trains, `simulation.conversations_per_round` simulated users ask the tenant for drafts."""
+    def send(tenant: Tenant, round_: int) -> None:
+        if settings.simulation.conversations_per_round:
+            simulated_product(tenant, settings, layout).serve(settings.simulation.conversations_per_round, round_)
+    return send
+
+
+def simulation_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
+    """The ClientApp of a simulated run."""
+    return build_client_app(simulated_tenants(settings, layout), simulated_traffic(settings, layout))
