@@ -66,6 +66,7 @@ class Federation:
     metrics_port: int = field(default_factory=lambda: free_port())
     processes: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
+    serve_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"{name}.log"
@@ -92,12 +93,14 @@ class Federation:
             self.kill(name)
 
 
-def write_tenant_config(root: Path, name: str, home: str, ingest_port: int, tenant: str | None = None) -> Path:
-    """A tenant TOML: its name (default `name`), keys and store under `root/home`, its ingestion port."""
+def write_tenant_config(root: Path, name: str, home: str, ingest_port: int, tenant: str | None = None,
+                        serve_port: int | None = None) -> Path:
+    """A tenant TOML: its name (default `name`), keys and store under `root/home`, its ingestion and draft ports."""
     path = root / f"{name}.toml"
     path.write_text(f'[tenant]\nname = "{tenant or name}"\nkeys_dir = "{root / home / "keys"}"\n'
                     f'data_dir = "{root / home / ("data-" + name)}"\n[ingest]\naddress = "127.0.0.1:{ingest_port}"\n'
-                    f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n')
+                    f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n'
+                    f'[serve]\naddress = "127.0.0.1:{serve_port or free_port()}"\n')
     return path
 
 

@@ -2,9 +2,12 @@
 
 Every process is started the way an operator starts it (`fedloop hq up`,
 `fedloop tenant up`, `fedloop run`) and stopped at the end. Tenants receive
-their users' feedback through their own running FeedbackService; one tenant is
-killed in the middle of the last round; a second run continues from the last
-version in HQ's registry.
+their users' feedback only from their product, through their own running
+FeedbackService (the federation settings have no simulated users); one tenant
+is killed in the middle of the last round; a second run continues from the last
+version in HQ's registry. A product then drafts with the released version over
+the tenant's OpenAI-compatible endpoint, with the official `openai` client,
+exactly as docs/tenant-operator.md shows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ TENANTS = ("acme", "bolt", "cobalt")
 DOOMED = "cobalt"  # killed in the middle of the last round
 CANARIES = {tenant: f"CANARY-{tenant}-qx7zv9-do-not-leak" for tenant in TENANTS}
 ROUNDS = 2
+PLANTED_USERS = [f"user-{index}" for index in range(4)]
+PLANTED_EVENTS = 2 * len(PLANTED_USERS)  # a draft and an outcome each
 
 
 def write_settings(path: Path, model: Path, rounds: int) -> None:
@@ -50,18 +55,15 @@ batch_size = 4
 max_seq_len = 64
 [aggregation]
 min_tenants = 2
-[simulation]
-conversations_per_round = 6
-max_new_tokens = 12
 """)
 
 
 def plant_canary(port: int, tenant: str) -> None:
     """The tenant's product reports drafts whose edited finals carry the tenant's canary: training targets."""
     channel, service = stub(port)
-    for index in range(4):
+    for index, user in enumerate(PLANTED_USERS):
         draft_id = f"{tenant}-draft-{index}"
-        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"),
+        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=user, model_version="v0000"),
                             timeout=30)
         service.RecordOutcome(outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT,
                                       final_text=f"Your parcel is on its way. {CANARIES[tenant]}"), timeout=30)
@@ -77,8 +79,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     try:
         start_hq(federation, TENANTS)
         for tenant in TENANTS:
-            port = free_port()
-            start_tenant(federation, tenant, write_tenant_config(root, tenant, f"{tenant}-home", port), port)
+            port, serve_port = free_port(), free_port()
+            federation.serve_ports[tenant] = serve_port
+            start_tenant(federation, tenant, write_tenant_config(root, tenant, f"{tenant}-home", port,
+                                                                 serve_port=serve_port), port)
             plant_canary(port, tenant)
         # A SuperNode whose node key HQ never registered, claiming to be acme.
         start_tenant(federation, "rogue", write_tenant_config(root, "rogue", "acme-home", free_port(), "acme"), None)
@@ -152,3 +156,48 @@ def test_hq_and_tenant_metrics_endpoints_report_the_runs(deployed: Federation) -
     tenant = urlopen(f"http://{acme}/metrics", timeout=10).read().decode()
     assert 'fedloop_tenant_events_ingested_total{kind="draft"} 4.0' in tenant  # the product's drafts via gRPC
     assert "fedloop_tenant_train_loss" in tenant and 'fedloop_tenant_pool_samples{pool="candidate"}' in tenant
+
+
+def open_store(federation: Federation, tenant: str):  # noqa: ANN201
+    from fedloop.client.store import FeedbackStore
+
+    identity = load_identity(federation.root / f"{tenant}-home" / "keys", tenant)
+    return FeedbackStore(federation.root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage,
+                         identity.pseudonym_key)
+
+
+def documented_integration() -> str:
+    """The product integration snippet of docs/tenant-operator.md, as written there."""
+    page = (Path(__file__).parent.parent / "docs" / "tenant-operator.md").read_text()
+    return page.split("<!-- product-integration -->\n```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_tenant_stores_hold_exactly_the_product_events_and_no_simulated_user(deployed: Federation) -> None:
+    for tenant in TENANTS:
+        store = open_store(deployed, tenant)
+        try:
+            assert store.count_events() == PLANTED_EVENTS, tenant  # two rounds trained; nothing else was recorded
+            users = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM drafts")}
+            assert users == {store.pseudonym(u) for u in PLANTED_USERS}, tenant
+            simulated = {store.pseudonym(f"{t}-user-{n}") for t in TENANTS for n in range(1, 51)}
+            samples = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM samples")}
+            assert not (users | samples) & simulated
+            assert store.installed_versions() and store.release_state() is not None  # trained, gated, released
+        finally:
+            store.close()
+
+
+def test_a_product_drafts_with_the_released_version_through_the_openai_client(deployed: Federation) -> None:
+    tenant = "acme"
+    store = open_store(deployed, tenant)
+    serving = store.release_state().serving
+    before = store.count_events()
+    shown: list[str] = []
+    namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
+    snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
+    exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)  # noqa: S102 - the documented code, verbatim
+    draft = namespace["draft"]
+    assert shown == [draft.choices[0].message.content] and draft.model == serving
+    assert store.get_draft(draft.id).model_version == serving
+    assert store.has_outcome(draft.id) and store.count_events() == before + 2  # exactly the draft and its outcome
+    store.close()

@@ -50,3 +50,37 @@ def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
     tenant.store.record_evaluation("v0002-def", "hit_rate", {"hit-rate": 0.7, "num-examples": 16})
     assert tenant.store.evaluations("v0001-abc") == [("hit_rate", {"hit-rate": 0.5, "num-examples": 16}),
                                                      ("kl_to_serving", {"passed": True, "value": 0.01})]
+
+
+def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> None:
+    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.samples.curation import training_examples
+    from fedloop.client.samples.held_out import held_out_references
+
+    tenant = make_tenant()
+    recorder = FeedbackRecorder(tenant.pipeline)
+    for index in range(200):
+        draft_id = recorder.record_draft(f"user-{index}", f"Question number {index} about parcel {index * 7}",
+                                         "A draft.", "v1")
+        recorder.record_outcome(draft_id, Action.EDIT, f"Final reply {index} for parcel {index * 7}.", 3000)
+    held_out = held_out_references(tenant.store, 0.10, limit=1000)
+    assert 8 <= len(held_out) <= 35  # about 10 % of 200
+    assert held_out == held_out_references(tenant.store, 0.10, limit=1000)  # the same slice on every call
+    trained = {e.prompt for e in training_examples(tenant.store, tenant.settings.curation, held_out_share=0.10)}
+    assert not trained & {r.prompt for r in held_out} and len(trained) + len(held_out) == 200
+    assert all(r.final.startswith("Final reply") for r in held_out)  # the user's own final text is the reference
+    assert len(held_out_references(tenant.store, 0.10, limit=5)) == 5
+
+
+def test_the_hit_rate_gate_refuses_only_a_version_worse_with_confidence() -> None:
+    from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate
+
+    def rate(hits: int, count: int) -> HitRate:
+        return HitRate(tuple(i < hits for i in range(count)), 0.5)
+
+    assert hit_rate_gate(rate(2, 10), rate(9, 10), min_samples=30, confidence=0.95).verdict == "insufficient evidence"
+    assert hit_rate_gate(rate(10, 40), rate(30, 40), min_samples=30, confidence=0.95).verdict == "refuse"
+    assert hit_rate_gate(rate(18, 40), rate(20, 40), min_samples=30, confidence=0.95).verdict == "pass"
+    assert hit_rate_gate(rate(30, 40), rate(10, 40), min_samples=30, confidence=0.95).verdict == "pass"
+    low, high = rate(20, 40).interval()
+    assert 0.34 < low < 0.36 and 0.64 < high < 0.66  # Wilson 95 % around 0.5 at n=40

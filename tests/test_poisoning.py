@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedloop.client.evaluate.hit_rate import hit_rate
-from fedloop.client.simulated_product import TenantTraffic, UserJudgement
+from fedloop.client.evaluate.hit_rate import offline_hit_rate
+from fedloop.client.samples.held_out import Reference
+from fedloop.client.simulated_product import TenantTraffic
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry
@@ -34,7 +35,7 @@ HONEST = ("acme", "bolt", "cobalt", "dune")
 MALLORY = "mallory"
 LORA = LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                       "up_proj", "down_proj"))
-JUDGEMENT = UserJudgement(0.8, 0.45)
+HIT_SIMILARITY = 0.8  # the documented hit rule
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def round_inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         run_recipe(model, tokenizer, examples, TrainSection(max_steps=6, epochs=20, batch_size=8, learning_rate=5e-3,
                                                             max_seq_len=96), seed=index)
         trained[tenant] = adapter_state(model)
-    held_out = TenantTraffic("held-out", "brief", seed=99).conversations(100, batch=-1)
+    held_out = [Reference(c.prompt, c.preferred_reply)
+                for c in TenantTraffic("held-out", "brief", seed=99).conversations(100, batch=-1)]
     return model, tokenizer, start, trained, held_out, tmp_path_factory.mktemp("poison")
 
 
@@ -85,7 +87,7 @@ def poisoned(start: AdapterState, honest: AdapterState, attack: str) -> AdapterS
 
 def global_hit_rate(model, tokenizer, state: AdapterState, held_out) -> float:  # noqa: ANN001
     load_adapter_state(model, state)
-    return hit_rate(model, tokenizer, held_out, JUDGEMENT, 24)["hit-rate"]
+    return offline_hit_rate(model, tokenizer, held_out, HIT_SIMILARITY, 24).rate
 
 
 @pytest.mark.parametrize("attack", ["scaled x50", "random noise"])

@@ -41,16 +41,34 @@ class RecordingGrid:
         return replies
 
 
+# The simulated tenants' own settings: gates and release sized for 12 users per round (as the demo's are).
+TENANT_CONFIG = """
+[evaluation]
+kl_bound = 5.0
+held_out_share = 0.25
+min_held_out = 4
+max_new_tokens = 24
+[release]
+canary_share = 0.5
+widened_share = 0.5
+mixture_scale = 0.3
+min_drafts_per_arm = 4
+decide_every_outcomes = 2
+"""
+
+
 @pytest.fixture(scope="module")
 def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, redactor):
     tracking_dir = tmp_path_factory.mktemp("mlflow")
+    tenant_config = tmp_path_factory.mktemp("tenant-config") / "tenant.toml"
+    tenant_config.write_text(TENANT_CONFIG)
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
         lora=LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj")),
         train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),
-        simulation=SimulationSection(conversations_per_round=12, max_new_tokens=24,
+        simulation=SimulationSection(conversations_per_round=12, max_new_tokens=24, tenant_config=str(tenant_config),
                                      styles=("brief",)),  # one shared, learnable preference
         tracking=TrackingSection(mlflow_uri=f"sqlite:///{tracking_dir / 'mlflow.db'}", experiment="e2e",
                                  artifacts=str(tracking_dir / "artifacts")),

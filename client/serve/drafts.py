@@ -94,6 +94,10 @@ class DraftService:
     def _load(self, version: str) -> None:
         self._engine.load(version, adapter_from_bytes(self._store.installed_adapter(version)))
 
+    def loaded(self) -> set[str]:
+        """The versions whose adapters are in memory now."""
+        return self._engine.loaded()
+
     def installed(self) -> list[str]:
         """Ids of the versions this tenant verified and installed, oldest first."""
         return [v.version_id for v in self._store.installed_versions()]

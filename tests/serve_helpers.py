@@ -1,0 +1,52 @@
+"""A tenant with two installed versions of the tiny model, and its draft endpoint on 127.0.0.1 (tests only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedloop.client.release.controller import ReleaseController
+from fedloop.client.serve.drafts import DraftService
+from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.serve.http import build_http_app
+from fedloop.client.serve.server import HttpServer, start_http
+from fedloop.client.store_api import InstalledVersion
+from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+
+LORA = LoraSettings(rank=4, alpha=8)
+
+
+def install_versions(runtime: TenantRuntime, model_dir: Path, versions: tuple[str, ...]) -> None:
+    """Install versions with distinct random adapters (the first one is the base model)."""
+    model, _ = load_base_model(model_dir)
+    state = adapter_state(attach_lora(model, LORA, seed=1))
+    generator = torch.Generator().manual_seed(5)
+    for index, version in enumerate(versions):
+        adapter = {k: v + (0.8 * torch.randn(v.shape, generator=generator) if index else 0) for k, v in state.items()}
+        runtime.store.install_version(InstalledVersion(version, index, None, f"digest-{version}"),
+                                      adapter_to_bytes(adapter))
+
+
+@dataclass
+class Endpoint:
+    """A running draft endpoint and what it serves."""
+
+    runtime: TenantRuntime
+    service: DraftService
+    http: HttpServer
+    controller: ReleaseController
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}/v1"
+
+
+def start_endpoint(runtime: TenantRuntime, model_dir: Path, api_keys: list[bytes] | None = None) -> Endpoint:
+    """The draft endpoint of `runtime` on a free loopback port."""
+    engine = DraftEngine(model_dir, LORA)
+    service = DraftService(runtime, engine)
+    http = start_http(build_http_app(service, runtime.settings.serve.model_alias, api_keys), "127.0.0.1:0")
+    return Endpoint(runtime, service, http, ReleaseController(runtime.store, runtime.settings.release))
