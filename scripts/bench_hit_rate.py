@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fedloop.client.evaluate.hit_rate import hit_rate
+from fedloop.client.feedback import Action
 from fedloop.client.samples.curation import reward_and_weight
 from fedloop.client.simulated_product import Conversation, Decision, UserJudgement
 from fedloop.client.store_api import TrainingExample
@@ -125,7 +125,11 @@ def feedback_examples(model, tokenizer, tenant: TenantData, max_new_tokens: int)
 def evaluate(model, tokenizer, state: AdapterState, tenant: TenantData, max_new_tokens: int) -> dict[str, float]:
     """Hit rate of an adapter on a tenant's held-out prompts."""
     load_adapter_state(model, state)
-    return hit_rate(model, tokenizer, tenant.held_out, JUDGEMENT, max_new_tokens)
+    drafts = generate_replies(model, tokenizer, [c.prompt for c in tenant.held_out], max_new_tokens)
+    decisions = [JUDGEMENT.decide(d, c) for d, c in zip(drafts, tenant.held_out)]
+    count = len(decisions)
+    return {"hit-rate": sum(d.action is Action.ACCEPT for d in decisions) / count,
+            "mean-similarity": sum(d.similarity for d in decisions) / count, "num-examples": count}
 
 
 def train_from(model, tokenizer, start: AdapterState, examples: list[TrainingExample], settings: TrainSection,

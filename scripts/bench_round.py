@@ -1,9 +1,9 @@
 """One federated round through fedloop against the same round through plain Flower FedAvg.
 
 Both arms run in Flower's Simulation Engine in this one process, with the same
-settings, model, simulated users and tenant work (serve the round's users,
-record their feedback, train the local LoRA recipe, evaluate the hit rate and
-the gates). What differs is what fedloop adds around that work: the fedloop
+settings, model, simulated product and tenant work (the product's users ask
+the tenant's draft service and report outcomes, the tenant trains the local
+LoRA recipe, evaluates the hit rate and the gates). What differs is what fedloop adds around that work: the fedloop
 arm seals every adapter (SM4-GCM + SM2 wrap + SM2 signature), verifies and
 decrypts on receipt, runs the robust exact merge and writes each version to the
 signed, encrypted registry; the plain arm sends the adapter as a Flower
@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
-from fedloop.client.simulation_app import simulated_tenants
+from fedloop.client.simulation_app import simulated_tenants, simulated_traffic
 from fedloop.client.store_api import InstalledVersion
 from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
@@ -69,8 +69,9 @@ class TimedFedAvg(FedAvg):
 
 
 def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
-    """The same tenant work as fedloop's ClientApp (Tenant.train_round, Tenant.evaluate_version), unsealed."""
+    """The same tenant work as fedloop's simulation ClientApp (product traffic, train_round, evaluate_version), unsealed."""
     resolve = simulated_tenants(settings, layout)
+    traffic = simulated_traffic(settings, layout)
     app = ClientApp()
 
     def install(message: Message, context: Context, version_id: str):  # noqa: ANN202 - (tenant, model, tokenizer)
@@ -84,6 +85,7 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         round_ = int(message.content["config"]["server-round"])
         tenant, model, tokenizer = install(message, context, f"plain-{round_ - 1}")
+        traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, f"plain-{round_ - 1}", round_)
         return Message(RecordDict({"arrays": ArrayRecord(adapter_state(model)),
                                    "metrics": MetricRecord({NUM_EXAMPLES: outcome.examples})}), reply_to=message)

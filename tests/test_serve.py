@@ -138,3 +138,32 @@ def test_an_endpoint_with_api_keys_refuses_requests_without_one(make_tenant, tin
         assert ok.model == "v0"
     finally:
         served.http.stop()
+
+
+def test_release_export_writes_peft_directories_and_a_routing_manifest(endpoint: Endpoint, tiny_model_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    import json
+
+    from peft import PeftModel
+    from typer.testing import CliRunner
+
+    from fedloop.shared.adapter import load_base_model
+    from fedloop.shared.cli import app
+    from serve_helpers import LORA
+
+    settings = endpoint.runtime.settings
+    config, federation = tmp_path / "tenant.toml", tmp_path / "federation.toml"
+    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "{settings.tenant.keys_dir}"\n'
+                      f'data_dir = "{settings.tenant.data_dir}"\n[release]\ncanary_share = 0.5\nwidened_share = 0.5\n')
+    federation.write_text(f'[paths]\nmodel = "{tiny_model_dir}"\n[lora]\nrank = {LORA.rank}\nalpha = {LORA.alpha}\n')
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["release", "export", "--config", str(config), "--settings", str(federation),
+                                      "--out", str(out), "--operator", "li.wei", "--reason", "vLLM pool"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "routing.json").read_text())
+    assert (manifest["serving"], manifest["canary"], manifest["canary_share"]) == ("v0", "v1", 0.5)
+    for version in ("v0", "v1"):
+        base, _ = load_base_model(tiny_model_dir)
+        PeftModel.from_pretrained(base, out / version)  # any PEFT (or vLLM) user loads it as it is
+    last = endpoint.runtime.store.audit_entries()[-1]
+    assert (last.actor, last.action) == ("li.wei", "release-export") and "vLLM pool" in last.subject

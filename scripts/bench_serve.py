@@ -1,0 +1,213 @@
+"""Drafts through fedloop's OpenAI-compatible endpoint against plain transformers `generate`, and rollback time.
+
+Both arms run in this one process on the same prompts, one request at a time,
+greedy, with the same token budget:
+- fedloop: `POST /v1/chat/completions` on a real uvicorn server on 127.0.0.1,
+  the tenant holding two installed versions (serving v0 and a canary v1 on half
+  of the users, both loaded); each request is checked, routed by the release
+  pointer, drafted with that version's adapter, redacted, encrypted and stored,
+  and answered with its draft id.
+- floor: the base model's `generate` called directly (no HTTP, no adapter, no
+  recording). v0 is the base model and v1 a slight perturbation of it, so both
+  arms draft replies of about the same length (printed).
+
+Then the rollback: a product keeps asking for drafts while an operator's
+process (its own store connection, as `fedloop release rollback` opens it)
+rolls v1 back; measured from the rollback call to the first draft served by v0
+(goal < 1 s), 5 times. The same through the real `fedloop release rollback`
+command is printed too: there Python's start-up and imports come first.
+
+Run: .venv/bin/python scripts/bench_serve.py [--model models/smollm2-135m-instruct] [--prompts 60]
+     [--data ../shared/data/bitext/bitext_customer_support_4514.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import torch
+
+from fedloop.client.release.controller import ReleaseController
+from fedloop.client.serve.drafts import DraftService
+from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.serve.http import build_http_app
+from fedloop.client.serve.server import start_http
+from fedloop.client.simulated_product import TenantTraffic
+from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import InstalledVersion
+from fedloop.client.tenant_runtime import open_tenant
+from fedloop.client.tenant_settings import ReleaseSection, ServeSection, TenantSection, TenantSettings
+from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.keys import init_keys, load_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+FEDLOOP = str(Path(sys.executable).parent / "fedloop")
+
+
+def prompts(count: int, data: Path | None) -> list[str]:
+    """Support questions: the Bitext file's first `count` instructions, or the simulated product's."""
+    if data is not None:
+        return pd.read_csv(data)["instruction"].astype(str).head(count).tolist()
+    return [c.prompt for c in TenantTraffic("bench", "brief", 1).conversations(count, batch=1)]
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The `share` quantile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def install(store: FeedbackStore, model_path: Path, lora: LoraSettings) -> None:
+    """v0: the base model (B = 0); v1: a slight perturbation of it."""
+    model, _ = load_base_model(model_path)
+    state = adapter_state(attach_lora(model, lora, seed=1))
+    generator = torch.Generator().manual_seed(3)
+    for index, version in enumerate(("v0", "v1")):
+        adapter = {k: v + (1e-3 * torch.randn(v.shape, generator=generator) if index else 0) for k, v in state.items()}
+        store.install_version(InstalledVersion(version, index, None, f"bench-{version}"), adapter_to_bytes(adapter))
+
+
+def floor_arm(model_path: Path, questions: list[str], max_tokens: int) -> tuple[list[float], int]:
+    """Plain transformers: chat template, `generate`, decode; one prompt at a time."""
+    model, tokenizer = load_base_model(model_path)
+    model.eval()
+    latencies, tokens = [], 0
+    for question in questions:
+        started = time.perf_counter()
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=max_tokens, min_new_tokens=1, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        tokenizer.decode(output[0][encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        latencies.append(time.perf_counter() - started)
+        tokens += output.shape[1] - encoded["input_ids"].shape[1]
+    return latencies, tokens
+
+
+def endpoint_arm(client: httpx.Client, questions: list[str], max_tokens: int) -> tuple[list[float], int, dict]:
+    """fedloop's endpoint: one POST per prompt, each from its own user."""
+    latencies, tokens, versions = [], 0, {}
+    for index, question in enumerate(questions):
+        started = time.perf_counter()
+        reply = client.post("/v1/chat/completions", json={
+            "model": "fedloop", "user": f"bench-user-{index}", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": question}]})
+        reply.raise_for_status()
+        latencies.append(time.perf_counter() - started)
+        body = reply.json()
+        tokens += body["usage"]["completion_tokens"]
+        versions[body["model"]] = versions.get(body["model"], 0) + 1
+    return latencies, tokens, versions
+
+
+def rollback_times(client: httpx.Client, controller: ReleaseController, operator: ReleaseController,
+                   repeats: int) -> list[float]:
+    """While a product drafts continuously, roll v1 back from another connection; time to the first v0 draft."""
+    times = []
+    for _ in range(repeats):
+        controller.offer("v1", "bench: canary again")
+        controller.promote("bench: v1 serves everyone")
+        stop, first_v0, issued = threading.Event(), [], [0.0]
+
+        def product() -> None:
+            while not stop.is_set():
+                body = client.post("/v1/chat/completions", json={
+                    "model": "fedloop", "user": "product-user", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "Where is my order 12345?"}]}).json()
+                if body["model"] == "v0" and issued[0] and not first_v0:
+                    first_v0.append(time.perf_counter())
+                    stop.set()
+
+        worker = threading.Thread(target=product)
+        worker.start()
+        time.sleep(1.0)  # the product is drafting with v1
+        issued[0] = time.perf_counter()
+        operator.rollback("bench: rollback")
+        worker.join(timeout=30)
+        times.append(first_v0[0] - issued[0])
+    return times
+
+
+def cli_rollback_time(client: httpx.Client, controller: ReleaseController, config: Path) -> float:
+    """`fedloop release rollback` as a subprocess: from its start to the first draft served by v0."""
+    controller.offer("v1", "bench: canary again")
+    controller.promote("bench: v1 serves everyone")
+    started = time.perf_counter()
+    subprocess.run([FEDLOOP, "release", "rollback", "--config", str(config), "--operator", "bench",
+                    "--reason", "bench"], check=True, capture_output=True)
+    while client.post("/v1/chat/completions", json={"model": "fedloop", "user": "product-user", "max_tokens": 1,
+                                                    "messages": [{"role": "user", "content": "Hi"}]}
+                      ).json()["model"] != "v0":
+        pass
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=60)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--data", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    questions = prompts(args.prompts, args.data)
+    lora = LoraSettings(rank=8, alpha=16)
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        identity = init_keys("tenant", "bench", root / "keys")
+        settings = TenantSettings(tenant=TenantSection("bench", str(root / "keys"), str(root / "data")),
+                                  release=ReleaseSection(canary_share=0.5, widened_share=0.5),
+                                  serve=ServeSection(max_new_tokens=max(args.max_tokens, 8)))
+        config = root / "tenant.toml"
+        config.write_text(f'[tenant]\nname = "bench"\nkeys_dir = "{root / "keys"}"\ndata_dir = "{root / "data"}"\n')
+        runtime = open_tenant(settings, identity)
+        install(runtime.store, args.model, lora)
+        controller = ReleaseController(runtime.store, settings.release)
+        controller.offer("v0", "bench")
+        controller.offer("v1", "bench")  # the canary, on half of the users
+        service = DraftService(runtime, DraftEngine(args.model, lora))
+        server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
+        endpoint_arm(client, questions[:3], args.max_tokens)  # warm both arms up
+        floor_arm(args.model, questions[:3], args.max_tokens)
+        floor_latencies, floor_tokens = floor_arm(args.model, questions, args.max_tokens)
+        fed_latencies, fed_tokens, versions = endpoint_arm(client, questions, args.max_tokens)
+        print(f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
+              f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads")
+        rows = (("transformers generate (floor)", floor_latencies, floor_tokens),
+                ("fedloop endpoint", fed_latencies, fed_tokens))
+        for name, latencies, tokens in rows:
+            total = sum(latencies)
+            print(f"{name:30s} {len(latencies) / total:6.3f} drafts/s  {tokens / total:6.1f} tokens/s  "
+                  f"p50 {percentile(latencies, 0.5) * 1000:7.1f} ms  p99 {percentile(latencies, 0.99) * 1000:7.1f} ms"
+                  f"  ({tokens} tokens)")
+        print(f"drafts by version (fedloop): {versions}")
+        ratio = (len(fed_latencies) / sum(fed_latencies)) / (len(floor_latencies) / sum(floor_latencies))
+        print(f"ratio fedloop / floor (drafts per second): {ratio:.3f} (goal >= 0.8)")
+        print(f"p50 overhead per draft: {(percentile(fed_latencies, 0.5) - percentile(floor_latencies, 0.5)) * 1000:+.1f} ms")
+        operator_identity = load_identity(root / "keys", "bench")
+        operator_store = FeedbackStore(settings.store_path, operator_identity.storage, operator_identity.pseudonym_key)
+        times = rollback_times(client, controller, ReleaseController(operator_store, settings.release, "bench"), 5)
+        print(f"rollback -> first draft by the previous version, product drafting continuously (5 runs): median "
+              f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms (goal < 1 s)")
+        print(f"`fedloop release rollback` process start -> first draft by the previous version: "
+              f"{cli_rollback_time(client, controller, config):.2f} s (Python start-up and imports included)")
+        operator_store.close()
+        client.close()
+        server.stop()
+        runtime.close()
+
+
+if __name__ == "__main__":
+    main()
