@@ -12,6 +12,8 @@ from pathlib import Path
 
 
 from deployment_helpers import Federation, free_port, provision, start_hq, start_tenant, write_tenant_config
+from fedloop.proto import feedback_pb2 as pb
+from grpc_helpers import draft, outcome, stub
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
@@ -19,6 +21,18 @@ from fedloop.shared.run_layout import HQ_NAME
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK = 15_500  # tiny model (hidden 32, MLP 64, 2 layers): 1,088 floats per rank unit -> 67.4 MB
 MB64 = 64 * 2**20
+
+
+def report_feedback(port: int) -> None:
+    """The tenant's product reports two edited drafts: what the tenant trains on."""
+    channel, service = stub(port)
+    for index in range(2):
+        draft_id = f"large-{index}"
+        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"),
+                            timeout=30)
+        service.RecordOutcome(outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT,
+                                      final_text=f"Your parcel {index} is on its way."), timeout=30)
+    channel.close()
 
 
 def test_a_64_mb_adapter_goes_to_the_tenant_and_back(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -39,13 +53,14 @@ target_modules = {json.dumps(list(MODULES))}
 max_steps = 1
 batch_size = 2
 max_seq_len = 32
-[simulation]
-conversations_per_round = 2
-max_new_tokens = 4
 """)
     try:
         start_hq(federation, ("acme",))
-        start_tenant(federation, "acme", write_tenant_config(tmp_path, "acme", "acme-home", free_port()), None)
+        port = free_port()
+        config = write_tenant_config(tmp_path, "acme", "acme-home", port)
+        config.write_text(config.read_text() + "[evaluation]\nheld_out_share = 0.0\n")  # both samples train
+        start_tenant(federation, "acme", config, port)
+        report_feedback(port)
         run, log = federation.start("run", "run", "--settings", "settings.toml", "--config", "hq.toml")
         assert run.wait(timeout=600) == 0, log.read_text()[-4000:]
     finally:
