@@ -1,7 +1,7 @@
 """Drafts through fedloop's OpenAI-compatible endpoint against plain transformers `generate`, and rollback time.
 
 Both arms run in this one process on the same prompts, one request at a time,
-greedy, with the same token budget:
+interleaved prompt by prompt, greedy, with the same token budget:
 - fedloop: `POST /v1/chat/completions` on a real uvicorn server on 127.0.0.1,
   the tenant holding two installed versions (serving v0 and a canary v1 on half
   of the users, both loaded); each request is checked, routed by the release
@@ -78,39 +78,50 @@ def install(store: FeedbackStore, model_path: Path, lora: LoraSettings) -> None:
         store.install_version(InstalledVersion(version, index, None, f"bench-{version}"), adapter_to_bytes(adapter))
 
 
-def floor_arm(model_path: Path, questions: list[str], max_tokens: int) -> tuple[list[float], int]:
-    """Plain transformers: chat template, `generate`, decode; one prompt at a time."""
-    model, tokenizer = load_base_model(model_path)
-    model.eval()
-    latencies, tokens = [], 0
-    for question in questions:
-        started = time.perf_counter()
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
-        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+class Floor:
+    """Plain transformers: chat template, `generate`, decode."""
+
+    def __init__(self, model_path: Path) -> None:
+        self.model, self.tokenizer = load_base_model(model_path)
+        self.model.eval()
+
+    def draft(self, question: str, max_tokens: int) -> int:
+        """One greedy draft; returns its token count."""
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                  add_generation_prompt=True)
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            output = model.generate(**encoded, max_new_tokens=max_tokens, min_new_tokens=1, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-        tokenizer.decode(output[0][encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        latencies.append(time.perf_counter() - started)
-        tokens += output.shape[1] - encoded["input_ids"].shape[1]
-    return latencies, tokens
+            output = self.model.generate(**encoded, max_new_tokens=max_tokens, min_new_tokens=1, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+        self.tokenizer.decode(output[0][encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        return output.shape[1] - encoded["input_ids"].shape[1]
 
 
-def endpoint_arm(client: httpx.Client, questions: list[str], max_tokens: int) -> tuple[list[float], int, dict]:
-    """fedloop's endpoint: one POST per prompt, each from its own user."""
-    latencies, tokens, versions = [], 0, {}
+def endpoint_draft(client: httpx.Client, question: str, user: str, max_tokens: int) -> tuple[int, str]:
+    """One POST; returns the draft's token count and the version that drafted it."""
+    reply = client.post("/v1/chat/completions", json={
+        "model": "fedloop", "user": user, "max_tokens": max_tokens, "messages": [{"role": "user", "content": question}]})
+    reply.raise_for_status()
+    body = reply.json()
+    return body["usage"]["completion_tokens"], body["model"]
+
+
+def interleaved(floor: Floor, client: httpx.Client, questions: list[str], max_tokens: int) -> dict[str, dict]:
+    """Each prompt through the floor, then through the endpoint (so drift on the machine hits both arms alike)."""
+    latencies: dict[str, list[float]] = {"floor": [], "fedloop": []}
+    tokens = {"floor": 0, "fedloop": 0}
+    versions: dict[str, int] = {}
     for index, question in enumerate(questions):
         started = time.perf_counter()
-        reply = client.post("/v1/chat/completions", json={
-            "model": "fedloop", "user": f"bench-user-{index}", "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": question}]})
-        reply.raise_for_status()
-        latencies.append(time.perf_counter() - started)
-        body = reply.json()
-        tokens += body["usage"]["completion_tokens"]
-        versions[body["model"]] = versions.get(body["model"], 0) + 1
-    return latencies, tokens, versions
+        tokens["floor"] += floor.draft(question, max_tokens)
+        latencies["floor"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        count, version = endpoint_draft(client, question, f"bench-user-{index}", max_tokens)
+        latencies["fedloop"].append(time.perf_counter() - started)
+        tokens["fedloop"] += count
+        versions[version] = versions.get(version, 0) + 1
+    arms = {name: (latencies[name], tokens[name]) for name in latencies}
+    return {"arms": arms, "versions": versions}
 
 
 def rollback_times(client: httpx.Client, controller: ReleaseController, operator: ReleaseController,
@@ -181,10 +192,12 @@ def main() -> None:
         service = DraftService(runtime, DraftEngine(args.model, lora))
         server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
-        endpoint_arm(client, questions[:3], args.max_tokens)  # warm both arms up
-        floor_arm(args.model, questions[:3], args.max_tokens)
-        floor_latencies, floor_tokens = floor_arm(args.model, questions, args.max_tokens)
-        fed_latencies, fed_tokens, versions = endpoint_arm(client, questions, args.max_tokens)
+        floor = Floor(args.model)
+        interleaved(floor, client, questions[:3], args.max_tokens)  # warm both arms up
+        measured = interleaved(floor, client, questions, args.max_tokens)
+        (floor_latencies, floor_tokens), (fed_latencies, fed_tokens) = (measured["arms"]["floor"],
+                                                                        measured["arms"]["fedloop"])
+        versions = measured["versions"]
         print(f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
               f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads")
         rows = (("transformers generate (floor)", floor_latencies, floor_tokens),
