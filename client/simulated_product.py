@@ -123,18 +123,17 @@ class ServedRound:
 class SimulatedProduct:
     """A tenant's product with simulated users, using the tenant only through its draft service."""
 
+    tenant: str
     drafts: DraftService
-    traffic: TenantTraffic
     judgement: UserJudgement
     model: str = "fedloop"  # the routing alias
     max_tokens: int = 40
     prompt_version: str = "default"
     log_path: Path | None = None
 
-    def serve(self, count: int, batch: int) -> ServedRound:
-        """`count` users of batch `batch` ask for a draft, read it and accept, edit or reject it."""
-        report = ServedRound(batch, self.traffic.tenant)
-        conversations = self.traffic.conversations(count, batch)
+    def serve(self, conversations: list[Conversation], round_: int) -> ServedRound:
+        """Each conversation's user asks for a draft, reads it and accepts, edits or rejects it."""
+        report = ServedRound(round_, self.tenant)
         requests = [DraftRequest(c.user_id, ({"role": "user", "content": c.prompt},), self.model, self.max_tokens,
                                  prompt_version=self.prompt_version) for c in conversations]
         for conversation, result in zip(conversations, self.drafts.draft(requests)):

@@ -41,19 +41,25 @@ def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
 
 
 def simulated_product(tenant: Tenant, settings: Settings, layout: RunLayout | None = None) -> SimulatedProduct:
-    """Tenant `tenant`'s simulated product: its users' hidden style and judgement from `settings.simulation`."""
+    """Tenant `tenant`'s simulated product: its users' judgement from `settings.simulation`."""
     sim = settings.simulation
-    traffic = TenantTraffic(tenant.name, sim.styles[tenant.index % len(sim.styles)], settings.federation.seed)
-    return SimulatedProduct(tenant.drafts, traffic, UserJudgement(sim.accept_threshold, sim.edit_threshold),
+    return SimulatedProduct(tenant.name, tenant.drafts, UserJudgement(sim.accept_threshold, sim.edit_threshold),
                             tenant.local.serve.model_alias, sim.max_new_tokens, sim.prompt_version,
                             layout.product_log(tenant.name) if layout else None)
 
 
 def simulated_traffic(settings: Settings, layout: RunLayout) -> RoundTraffic:
-    """Before round N trains, `simulation.conversations_per_round` simulated users ask the tenant for drafts."""
+    """Before round N trains, `simulation.conversations_per_round` simulated users ask the tenant for drafts.
+
+    Tenant i's users share the hidden reply style `simulation.styles[i mod n]`.
+    """
+    sim = settings.simulation
+
     def send(tenant: Tenant, round_: int) -> None:
-        if settings.simulation.conversations_per_round:
-            simulated_product(tenant, settings, layout).serve(settings.simulation.conversations_per_round, round_)
+        if sim.conversations_per_round:
+            traffic = TenantTraffic(tenant.name, sim.styles[tenant.index % len(sim.styles)], settings.federation.seed)
+            simulated_product(tenant, settings, layout).serve(traffic.conversations(sim.conversations_per_round,
+                                                                                    round_), round_)
     return send
 
 

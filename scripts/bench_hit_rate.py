@@ -9,10 +9,12 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
 - Simulated user rule: similarity = rapidfuzz ratio (case-folded) between the
   reference and the draft cut to the reference's length; >= 0.6 accept,
   >= 0.35 edit, else reject. Hit rate = share of accepts.
-- Training feedback is produced the product's way: the base model drafts a
-  reply for each training prompt, the simulated user decides, and the sample is
-  weighted by fedloop's curation rule (client/samples/curation.py); rejected
-  drafts become DPO pairs.
+- Training feedback is produced the product's way: each tenant runs (its own
+  store and keys, the base model released as its serving version), its
+  simulated product asks the tenant's draft service for a draft for each
+  training prompt and reports what the simulated user did by draft id; the
+  training examples are what the tenant's ingestion and curation made of that
+  feedback (client/samples/curation.py); rejected drafts become DPO pairs.
 - Same budget for every arm: each trained model gets rounds x steps optimiser
   steps of batch `batch_size` (local: on its own samples; federated: `steps`
   per round per tenant from the global version, merged by fedloop's default
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,15 +46,20 @@ import pandas as pd
 import torch
 
 from fedloop.client.feedback import Action
-from fedloop.client.samples.curation import reward_and_weight
-from fedloop.client.simulated_product import Conversation, Decision, UserJudgement
-from fedloop.client.store_api import TrainingExample
-from fedloop.client.tenant_settings import CurationSection
+from fedloop.client.release.controller import ReleaseController
+from fedloop.client.samples.curation import training_examples
+from fedloop.client.serve.drafts import DraftService
+from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.simulated_product import Conversation, Decision, SimulatedProduct, UserJudgement
+from fedloop.client.store_api import InstalledVersion, TrainingExample
+from fedloop.client.tenant_runtime import open_tenant
+from fedloop.client.tenant_settings import EvaluationSection, ServeSection, TenantSection, TenantSettings
 from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
-from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_state, attach_lora, load_adapter_state,
-                                    load_base_model)
+from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_state, adapter_to_bytes, attach_lora,
+                                    load_adapter_state, load_base_model)
+from fedloop.shared.keys import init_keys
 from fedloop.shared.settings import AggregationSection, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,19 +115,24 @@ def split_tenants(path: Path, n_train: int, n_eval: int, seed: int) -> list[Tena
     return tenants
 
 
-def feedback_examples(model, tokenizer, tenant: TenantData, max_new_tokens: int) -> list[TrainingExample]:
-    """The base model drafts, the simulated users decide, fedloop's curation weighs the samples."""
-    drafts = generate_replies(model, tokenizer, [c.prompt for c in tenant.train], max_new_tokens)
-    curation = CurationSection()
-    examples = []
-    for draft, conversation in zip(drafts, tenant.train):
-        decision = JUDGEMENT.decide(draft, conversation)
-        action = decision.action.value
-        target = draft if action == "accept" else conversation.preferred_reply
-        _, weight = reward_and_weight(action, draft, decision.final_text, 4000, curation)
-        examples.append(TrainingExample(conversation.prompt, target, weight, "candidate",
-                                        rejected=draft if action == "reject" else None))
-    return examples
+def feedback_examples(tenant: TenantData, engine: DraftEngine, init: AdapterState, work: Path,
+                      max_new_tokens: int) -> list[TrainingExample]:
+    """The tenant's simulated product drafts through the tenant's draft service; its curation makes the samples."""
+    keys = work / tenant.name / "keys"
+    settings = TenantSettings(tenant=TenantSection(tenant.name, str(keys), str(work / tenant.name / "data")),
+                              evaluation=EvaluationSection(held_out_share=0.0),  # the benchmark holds out its own
+                              serve=ServeSection(max_new_tokens=max_new_tokens))
+    runtime = open_tenant(settings, init_keys("tenant", tenant.name, keys))
+    try:
+        runtime.store.install_version(InstalledVersion("base", 0, None, "base"), adapter_to_bytes(init))
+        ReleaseController(runtime.store, settings.release).offer("base", "the base model serves")
+        product = SimulatedProduct(tenant.name, DraftService(runtime, engine), JUDGEMENT, max_tokens=max_new_tokens)
+        served = product.serve(tenant.train, 1)
+        if served.refused:
+            print(f"  {tenant.name}: {sum(served.refused.values())} drafts refused {dict(served.refused)}", flush=True)
+        return training_examples(runtime.store, settings.curation)
+    finally:
+        runtime.close()
 
 
 def evaluate(model, tokenizer, state: AdapterState, tenant: TenantData, max_new_tokens: int) -> dict[str, float]:
@@ -191,8 +204,12 @@ def main() -> None:
           f"held-out prompts; {rounds} rounds x {steps} steps, batch {settings.batch_size}; "
           f"recipe {METHOD_LABELS[args.method]}, DPO lr {settings.dpo_learning_rate or settings.learning_rate:g}",
           flush=True)
-    data = [feedback_examples(model, tokenizer, t, max_new_tokens) for t in tenants]
-    print(f"  feedback collected ({time.monotonic() - started:.0f} s)", flush=True)
+    engine = DraftEngine(args.model, lora)
+    with tempfile.TemporaryDirectory() as work:
+        data = [feedback_examples(t, engine, init, Path(work), max_new_tokens) for t in tenants]
+    del engine
+    print(f"  feedback collected through each tenant's draft service: {[len(d) for d in data]} training examples "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
 
     results: dict[str, list[dict[str, float]]] = {}
     results["base"] = [evaluate(model, tokenizer, init, t, max_new_tokens) for t in tenants]

@@ -189,15 +189,17 @@ def test_tenant_stores_hold_exactly_the_product_events_and_no_simulated_user(dep
 
 def test_a_product_drafts_with_the_released_version_through_the_openai_client(deployed: Federation) -> None:
     tenant = "acme"
+    from fedloop.client.release.controller import ReleaseController
+
     store = open_store(deployed, tenant)
-    serving = store.release_state().serving
+    routed = ReleaseController.route_in(store.release_state(), store.pseudonym("customer-42"))  # serving or canary
     before = store.count_events()
     shown: list[str] = []
     namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
     snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
     exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)  # noqa: S102 - the documented code, verbatim
     draft = namespace["draft"]
-    assert shown == [draft.choices[0].message.content] and draft.model == serving
-    assert store.get_draft(draft.id).model_version == serving
+    assert shown == [draft.choices[0].message.content] and draft.model == routed
+    assert store.get_draft(draft.id).model_version == routed
     assert store.has_outcome(draft.id) and store.count_events() == before + 2  # exactly the draft and its outcome
     store.close()

@@ -50,6 +50,15 @@ def serve(controller: ReleaseController, recorder: FeedbackRecorder, store, acce
     return served
 
 
+def canary_running(make_tenant):  # noqa: ANN001, ANN201 - (tenant, controller, recorder)
+    """A tenant whose v1 serves and v2 runs as a canary on 30 % of users (WIDE)."""
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    return tenant, controller, recorder
+
+
 def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
     tenant = make_tenant()
     controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
@@ -71,10 +80,7 @@ def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
 
 
 def test_a_worse_canary_is_rolled_back_automatically(make_tenant) -> None:
-    tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
-    controller.offer("v1", "gates passed")
-    controller.offer("v2", "gates passed")
+    tenant, controller, recorder = canary_running(make_tenant)
     serve(controller, recorder, tenant.store, {"v1": 0.70, "v2": 0.30}, 500)
     rolled = controller.decide()
     assert rolled is not None and (rolled.action, rolled.serving, rolled.canary) == ("rollback", "v1", None)
@@ -83,20 +89,14 @@ def test_a_worse_canary_is_rolled_back_automatically(make_tenant) -> None:
 
 
 def test_a_canary_with_more_rejects_is_rolled_back_despite_more_accepts(make_tenant) -> None:
-    tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
-    controller.offer("v1", "gates passed")
-    controller.offer("v2", "gates passed")
+    tenant, controller, recorder = canary_running(make_tenant)
     serve(controller, recorder, tenant.store, {"v1": 0.40, "v2": 0.45}, 500, reject_rate={"v1": 0.05, "v2": 0.90})
     rolled = controller.decide()
     assert rolled is not None and rolled.action == "rollback" and "reject rate higher" in rolled.reason
 
 
 def test_a_canary_as_good_as_control_keeps_collecting(make_tenant) -> None:
-    tenant = make_tenant()
-    controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
-    controller.offer("v1", "gates passed")
-    controller.offer("v2", "gates passed")
+    tenant, controller, recorder = canary_running(make_tenant)
     serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.50}, 400)
     assert controller.decide() is None and controller.state().canary == "v2"
     comparison = controller.compare()

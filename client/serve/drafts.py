@@ -172,21 +172,21 @@ class DraftService:
         Every request is checked and routed before anything is generated; a bad one is refused alone.
         """
         state = self.sync()
-        planned: list[tuple[str, int, str, bool] | FeedbackError] = []
-        for request in requests:
+        results: list[Draft | FeedbackError] = []
+        plans: dict[int, tuple[str, int, str, bool]] = {}  # request index -> prompt, budget, version, canary
+        for index, request in enumerate(requests):
             try:
-                planned.append((*self._check(request), *self._route(request, state)))
+                plans[index] = (*self._check(request), *self._route(request, state))
+                results.append(FeedbackError("UNAVAILABLE", "not drafted"))  # replaced below
             except FeedbackError as err:
-                planned.append(err)
-        results: list[Draft | FeedbackError] = [p for p in planned]  # type: ignore[misc]
+                results.append(err)
         groups: dict[tuple[str, int], list[int]] = {}
-        for index, plan in enumerate(planned):
-            if not isinstance(plan, FeedbackError):
-                groups.setdefault((plan[2], plan[1]), []).append(index)
+        for index, (_, budget, version, _) in plans.items():
+            groups.setdefault((version, budget), []).append(index)
         for (version, budget), indexes in groups.items():
             generations = self._engine.generate(version, [requests[i].messages for i in indexes], budget)
             for index, generation in zip(indexes, generations):
-                prompt, _, _, canary = planned[index]  # type: ignore[misc]
+                prompt, _, _, canary = plans[index]
                 try:
                     results[index] = self._record(requests[index], prompt, version, canary, generation)
                 except FeedbackError as err:
