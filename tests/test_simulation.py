@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,12 @@ class RecordingGrid:
         return replies
 
 
-# The simulated tenants' own settings: gates and release sized for 12 users per round (as the demo's are).
+# The simulated tenants' own settings: gates and release sized for 12 users per round (as the demo's are), and
+# drift bounds for a tiny model trained hard on one reply style (it moves KL ~2.7 and general NLL ~45 %).
 TENANT_CONFIG = """
 [evaluation]
 kl_bound = 5.0
+forgetting_bound = 1.0
 held_out_share = 0.25
 min_held_out = 4
 max_new_tokens = 24
@@ -138,27 +139,41 @@ def test_no_canary_in_any_byte_sent_to_hq(federated_run) -> None:
             assert not any(c.encode() in path.read_bytes() for c in canaries.values()), path
 
 
-def test_the_product_drafts_through_released_versions_and_the_learned_one_drafts_better(federated_run) -> None:
+def test_the_product_drafts_through_released_versions_and_the_tenants_learn_its_users_style(federated_run) -> None:
     """All tenants' users want the same templated reply style; the tenants learn it from their product's feedback.
 
     Round 1's drafts all come from the first version (the base model, bootstrapped by every tenant); round 2's
-    also from the canary the tenants' gates let through, and the users accept its drafts more often.
+    also from the canary the tenants' gates let through. The last version drafts much closer to the style than
+    the base model for users it never saw.
     """
     settings, layout, summary, _, _ = federated_run
     first = summary["lineage"][0]["id"]
     served = {tenant: read_product_log(layout.product_log(tenant)) for tenant in settings.federation.tenants}
     assert all([r.round for r in rounds] == [1, 2] for rounds in served.values())
     assert all(set(rounds[0].served) == {first} and sum(rounds[0].served.values()) == 12 for rounds in served.values())
-    later = Counter(), Counter()
-    for rounds in served.values():
-        for version, count in rounds[1].served.items():
-            if version != first:
-                later[0][version] += count
-                later[1][version] += rounds[1].accepted[version]
-    base = (sum(r.served[first] for rounds in served.values() for r in rounds),
-            sum(r.accepted[first] for rounds in served.values() for r in rounds))
-    assert later[0], "no tenant let a trained version draft in round 2"
-    assert sum(later[1].values()) / sum(later[0].values()) > base[1] / base[0]
+    assert any(set(rounds[1].served) - {first} for rounds in served.values()), "no trained version drafted in round 2"
+    base, last = (_style_similarity(settings, layout, v) for v in (None, summary["lineage"][-1]["id"]))
+    assert last > base + 0.1, (base, last)
+
+
+def _style_similarity(settings: Settings, layout, version: str | None) -> float:  # noqa: ANN001
+    """Mean similarity of a version's drafts (None: the base model) to the preferred replies of 48 fresh users."""
+    from fedloop.client.evaluate.hit_rate import offline_hit_rate, reference_hit_rate
+    from fedloop.client.samples.held_out import Reference
+    from fedloop.client.simulated_product import TenantTraffic
+    from fedloop.shared.adapter import adapter_from_bytes, attach_lora, load_adapter_state, load_base_model
+
+    model, tokenizer = load_base_model(Path(settings.paths.model))
+    model = attach_lora(model, settings.lora, seed=0)
+    references = [Reference(c.prompt, c.preferred_reply)
+                  for c in TenantTraffic("fresh-users", "brief", seed=99).conversations(48, batch=-1)]
+    if version is None:
+        return reference_hit_rate(model, tokenizer, references, None, 0.8, 24).mean_similarity
+    identity = load_identity(layout.keys, "acme")
+    store = FeedbackStore(layout.tenant("acme") / "feedback.db", identity.storage, identity.pseudonym_key)
+    load_adapter_state(model, adapter_from_bytes(store.installed_adapter(version)))
+    store.close()
+    return offline_hit_rate(model, tokenizer, references, 0.8, 24).mean_similarity
 
 
 def test_offline_hit_rates_are_measured_on_held_out_finals_with_their_interval(federated_run) -> None:
