@@ -33,14 +33,13 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings
-from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.recipe import run_recipe
 from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_from_bytes, adapter_state, attach_lora,
                                     load_adapter_state, load_base_model)
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope
 from fedloop.shared.keys import Identity, Keyring, key_paths, load_identity, load_public_key
-from fedloop.shared.protocol import GLOBAL, NUM_EXAMPLES, global_binding
+from fedloop.shared.protocol import GLOBAL, global_binding
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import Settings
 

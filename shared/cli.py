@@ -20,7 +20,8 @@ from fedloop.shared.operations_cli import audit_app, report, status
 from fedloop.shared.settings import ConfigError, load_settings
 
 app = typer.Typer(help="fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)  # a traceback must never print a local (keys, texts)
 keys_app = typer.Typer(help="Create and manage key files.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare base models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
