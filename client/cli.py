@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -92,33 +93,32 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
             errors.print("storage key file changed: now writing with the new active key")
 
     settings = runtime.settings
+    started = ExitStack()  # what is running, stopped in reverse order (on a failed start too)
+    started.callback(runtime.close)
     release_loop = ReleaseLoop(ReleaseController(runtime.store, settings.release), settings.release)
+    metrics_address = settings.metrics.address
     try:
         server, port = start_server(runtime, settings.ingest.address, settings.ingest.max_workers,
                                     release_loop.outcomes_recorded)
-    except OSError as err:
-        runtime.close()
-        fail(str(err))
-    metrics_address = settings.metrics.address
-    try:
-        exporter = serve_metrics(runtime.metrics, metrics_address)[0] if metrics_address else None
-    except OSError as err:
-        server.stop(grace=0)
-        runtime.close()
-        fail(f"{err} (set metrics.address in the tenant config)")
-    http = None
-    if federation is not None and settings.serve.address:
+        started.callback(lambda: server.stop(grace=5).wait())
         try:
-            http = _start_draft_endpoint(runtime, federation, release_loop)
-        except (OSError, ValueError) as err:
-            server.stop(grace=0)
-            if exporter is not None:
-                exporter.shutdown()
-            runtime.close()
-            fail(str(err))
+            exporter = serve_metrics(runtime.metrics, metrics_address)[0] if metrics_address else None
+        except OSError as err:
+            raise OSError(f"{err} (set metrics.address in the tenant config)") from None
+        if exporter is not None:
+            started.callback(exporter.shutdown)
+        http = _start_draft_endpoint(runtime, federation, release_loop) \
+            if federation is not None and settings.serve.address else None
+        if http is not None:
+            started.callback(http.stop)
+    except (OSError, ValueError) as err:
+        started.close()
+        fail(str(err))
     release_loop.start()
+    started.callback(release_loop.stop)
     maintenance = MaintenanceLoop(runtime, reload_keys)
     maintenance.start()
+    started.callback(maintenance.stop)
     host = settings.ingest.address.rsplit(":", 1)[0]
     typer.echo(f"fedloop FeedbackService for tenant {settings.tenant.name!r} listening on {host}:{port}"
                + (f"; metrics on http://{metrics_address}/metrics" if exporter else ""), err=False)
@@ -129,18 +129,7 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     else:
         typer.echo("draft endpoint off: " + ("serve.address is empty" if federation is not None else
                                              "pass --settings (the federation settings: model and LoRA shape)"))
-
-    def stop() -> None:
-        maintenance.stop()
-        release_loop.stop()
-        if http is not None:
-            http.stop()
-        server.stop(grace=5).wait()
-        if exporter is not None:
-            exporter.shutdown()
-        runtime.close()
-
-    return stop
+    return started.close
 
 
 def _federation_settings(path: Path) -> Settings:

@@ -106,8 +106,12 @@ def endpoint_draft(client: httpx.Client, question: str, user: str, max_tokens: i
     return body["usage"]["completion_tokens"], body["model"]
 
 
-def interleaved(floor: Floor, client: httpx.Client, questions: list[str], max_tokens: int) -> dict[str, dict]:
-    """Each prompt through the floor, then through the endpoint (so drift on the machine hits both arms alike)."""
+def interleaved(floor: Floor, client: httpx.Client, questions: list[str],
+                max_tokens: int) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int]]:
+    """Each prompt through the floor, then through the endpoint (so drift on the machine hits both arms alike).
+
+    Returns the latencies and token counts of each arm ("floor", "fedloop") and the drafts per version.
+    """
     latencies: dict[str, list[float]] = {"floor": [], "fedloop": []}
     tokens = {"floor": 0, "fedloop": 0}
     versions: dict[str, int] = {}
@@ -120,8 +124,7 @@ def interleaved(floor: Floor, client: httpx.Client, questions: list[str], max_to
         latencies["fedloop"].append(time.perf_counter() - started)
         tokens["fedloop"] += count
         versions[version] = versions.get(version, 0) + 1
-    arms = {name: (latencies[name], tokens[name]) for name in latencies}
-    return {"arms": arms, "versions": versions}
+    return latencies, tokens, versions
 
 
 def rollback_times(client: httpx.Client, controller: ReleaseController, operator: ReleaseController,
@@ -194,20 +197,16 @@ def main() -> None:
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
         floor = Floor(args.model)
         interleaved(floor, client, questions[:3], args.max_tokens)  # warm both arms up
-        measured = interleaved(floor, client, questions, args.max_tokens)
-        (floor_latencies, floor_tokens), (fed_latencies, fed_tokens) = (measured["arms"]["floor"],
-                                                                        measured["arms"]["fedloop"])
-        versions = measured["versions"]
+        latencies, tokens, versions = interleaved(floor, client, questions, args.max_tokens)
         print(f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
               f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads")
-        rows = (("transformers generate (floor)", floor_latencies, floor_tokens),
-                ("fedloop endpoint", fed_latencies, fed_tokens))
-        for name, latencies, tokens in rows:
-            total = sum(latencies)
-            print(f"{name:30s} {len(latencies) / total:6.3f} drafts/s  {tokens / total:6.1f} tokens/s  "
-                  f"p50 {percentile(latencies, 0.5) * 1000:7.1f} ms  p99 {percentile(latencies, 0.99) * 1000:7.1f} ms"
-                  f"  ({tokens} tokens)")
+        for name, arm in (("transformers generate (floor)", "floor"), ("fedloop endpoint", "fedloop")):
+            total = sum(latencies[arm])
+            print(f"{name:30s} {len(latencies[arm]) / total:6.3f} drafts/s  {tokens[arm] / total:6.1f} tokens/s  "
+                  f"p50 {percentile(latencies[arm], 0.5) * 1000:7.1f} ms  "
+                  f"p99 {percentile(latencies[arm], 0.99) * 1000:7.1f} ms  ({tokens[arm]} tokens)")
         print(f"drafts by version (fedloop): {versions}")
+        floor_latencies, fed_latencies = latencies["floor"], latencies["fedloop"]
         ratio = (len(fed_latencies) / sum(fed_latencies)) / (len(floor_latencies) / sum(floor_latencies))
         print(f"ratio fedloop / floor (drafts per second): {ratio:.3f} (goal >= 0.8)")
         print(f"p50 overhead per draft: {(percentile(fed_latencies, 0.5) - percentile(floor_latencies, 0.5)) * 1000:+.1f} ms")

@@ -65,7 +65,6 @@ class DraftService:
     """A tenant's draft endpoint logic over its store, release pointer and draft engine."""
 
     def __init__(self, runtime: TenantRuntime, engine: DraftEngine, release_loop: ReleaseLoop | None = None) -> None:
-        self._runtime = runtime
         self._settings = runtime.settings
         self._store = runtime.store
         self._engine = engine
