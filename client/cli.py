@@ -14,7 +14,7 @@ from fedloop.client.release.loop import ReleaseLoop
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.keys import KeyFileError, key_paths, load_identity
-from fedloop.shared.console import audited, errors, fail, output_console
+from fedloop.shared.console import command_group, audited, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
@@ -23,11 +23,10 @@ from fedloop.shared.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from fedloop.client.serve.server import HttpServer
 
-tenant_app = typer.Typer(help="Run a tenant's services.", no_args_is_help=True)
-vault_app = typer.Typer(help="Reverse placeholders (authorised operators only; every reveal is audited).",
-                        no_args_is_help=True)
-samples_app = typer.Typer(help="Curated samples: review, pools, sweeps, the moderation breaker.", no_args_is_help=True)
-review_app = typer.Typer(help="Human review of samples and pool promotions.", no_args_is_help=True)
+tenant_app = command_group("Run a tenant's services.")
+vault_app = command_group("Reverse placeholders (authorised operators only; every reveal is audited).")
+samples_app = command_group("Curated samples: review, pools, sweeps, the moderation breaker.")
+review_app = command_group("Human review of samples and pool promotions.")
 samples_app.add_typer(review_app, name="review")
 CONFIG = typer.Option(Path("configs/tenant.toml"), "--config", help="The tenant's TOML settings.")
 OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in the audit log).")

@@ -10,10 +10,9 @@ from rich.table import Table
 from fedloop.client.cli import CONFIG, OPERATOR, open_runtime
 from fedloop.client.release.export import ExportError, export_release
 from fedloop.client.release.controller import ReleaseController, ReleaseError
-from fedloop.shared.console import audited, fail, output_console
+from fedloop.shared.console import command_group, audited, fail, output_console
 
-release_app = typer.Typer(help="The tenant's release pointer: serving version, canary, promotion, rollback.",
-                          no_args_is_help=True)
+release_app = command_group("The tenant's release pointer: serving version, canary, promotion, rollback.")
 
 
 @release_app.command("status")

@@ -9,7 +9,7 @@ import typer
 
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
-from fedloop.shared.console import fail
+from fedloop.shared.console import command_group, fail
 from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, submit_run,
                                              supervise, write_cli_config)
 from fedloop.shared.logs import configure_logging
@@ -17,7 +17,7 @@ from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import ConfigError, load_settings
 
-hq_app = typer.Typer(help="Run HQ: the SuperLink, its metrics, and the tenants it admits.", no_args_is_help=True)
+hq_app = command_group("Run HQ: the SuperLink, its metrics, and the tenants it admits.")
 HQ_CONFIG = typer.Option(Path("configs/hq.toml"), "--config", help="HQ's TOML settings (home, certs, addresses).")
 
 

@@ -16,11 +16,11 @@ from rich.table import Table
 from fedloop.server.aggregation import dense_deltas, lora_scaling
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
 from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, export_peft
-from fedloop.shared.console import audited, fail, output_console
+from fedloop.shared.console import command_group, audited, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 
-versions_app = typer.Typer(help="Inspect and release global versions in HQ's registry.", no_args_is_help=True)
+versions_app = command_group("Inspect and release global versions in HQ's registry.")
 RunDir = Annotated[Optional[Path], typer.Option("--run", help="A run directory (runs/<run>/): its hq/ and keys/.")]
 RegistryDir = Annotated[Optional[Path], typer.Option("--registry", help="HQ's registry directory (instead of --run).")]
 KeysDir = Annotated[Optional[Path], typer.Option("--keys", help="HQ's key directory (instead of --run).")]

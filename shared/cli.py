@@ -7,23 +7,24 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
 from fedloop.client.release_cli import release_app
 from fedloop.server.versions_cli import versions_app
 from fedloop.server.hq_cli import hq_app, run
 from fedloop.shared.certs import CertificateError, make_federation_certificates
-from fedloop.shared.console import fail, output_console
+from fedloop.shared.console import command_group, errors, fail, output_console
+from fedloop.shared.crypto import CryptoError
+from fedloop.shared.sqlite_db import DatabaseFileError
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths
 from fedloop.shared.operations_cli import audit_app, report, status
 from fedloop.shared.settings import ConfigError, load_settings
 
-app = typer.Typer(help="fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.",
-                  no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)  # a traceback must never print a local (keys, texts)
-keys_app = typer.Typer(help="Create and manage key files.", no_args_is_help=True)
-model_app = typer.Typer(help="Prepare base models.", no_args_is_help=True)
+app = command_group("fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False)
+keys_app = command_group("Create and manage key files.")
+model_app = command_group("Prepare base models.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
 app.add_typer(tenant_app, name="tenant")
@@ -131,5 +132,10 @@ def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings T
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a failed cryptographic check or a broken database file ends with its message,
+    never a traceback."""
+    try:
+        app()
+    except (CryptoError, DatabaseFileError) as err:
+        errors.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+        raise SystemExit(2) from None

@@ -12,6 +12,11 @@ PIPED_WIDTH = 160
 errors = Console(stderr=True)
 
 
+def command_group(help: str, **options: object) -> typer.Typer:
+    """A Typer command group whose tracebacks never print local variables (keys, texts, pseudonym keys)."""
+    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_show_locals=False, **options)  # type: ignore[arg-type]
+
+
 def output_console() -> Console:
     """A rich Console for stdout: the terminal's width, or PIPED_WIDTH columns when not a terminal."""
     return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)

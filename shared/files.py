@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of either) and private-file checks."""
 
 from __future__ import annotations
 
@@ -26,3 +26,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class FilePermissionError(Exception):
+    """A private key file can be read by users other than its owner; the message names the `chmod` that fixes it."""
+
+
+def require_private(path: Path) -> None:
+    """Refuse a private key file that group or others may read or write (anything beyond mode 0600)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise FilePermissionError(f"private key file {path} has mode {mode:04o}, readable beyond its owner: "
+                                  f"run `chmod 600 {path}`")

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedloop.shared.files import FilePermissionError, require_private
+
 FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "server" / "flower_app"
 CONNECTION = "fedloop"
 
@@ -38,10 +40,15 @@ def flower_executable(name: str) -> str:
     return found
 
 
-def _require_files(**paths: Path) -> None:
+def _require_files(private: tuple[Path, ...] = (), **paths: Path) -> None:
     missing = [f"{label} {path}" for label, path in paths.items() if not path.is_file()]
     if missing:
         raise DeploymentError(f"missing {', '.join(missing)}: create them with `fedloop certs` or bring your own")
+    for path in private:
+        try:
+            require_private(path)
+        except FilePermissionError as err:
+            raise DeploymentError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,8 @@ class SuperLinkSpec:
 
     def command(self) -> list[str]:
         """`flower-superlink` with TLS, SuperNode authentication and a persistent state database."""
-        _require_files(ca_certificate=self.ca_certificate, certificate=self.certificate, private_key=self.private_key)
+        _require_files((self.private_key,), ca_certificate=self.ca_certificate, certificate=self.certificate,
+                       private_key=self.private_key)
         return [flower_executable("flower-superlink"),
                 "--ssl-ca-certfile", str(self.ca_certificate), "--ssl-certfile", str(self.certificate),
                 "--ssl-keyfile", str(self.private_key), "--enable-supernode-auth",
@@ -83,7 +91,7 @@ class SuperNodeSpec:
 
     def command(self) -> list[str]:
         """`flower-supernode` over TLS, signing in with the tenant's node key."""
-        _require_files(ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings,
+        _require_files((self.node_key,), ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings,
                        tenant_config=self.tenant_config)
         node_config = (f'tenant-config="{self.tenant_config.resolve()}" settings="{self.settings.resolve()}" '
                        f'workdir="{Path.cwd()}"')

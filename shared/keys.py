@@ -19,7 +19,7 @@ from typing import Any, Literal
 import os
 
 from fedloop.shared.crypto import new_sm4_key
-from fedloop.shared.files import write_atomic
+from fedloop.shared.files import FilePermissionError, require_private, write_atomic
 from fedloop.shared.sm2 import SM2PrivateKey, SM2PublicKey
 from fedloop.shared.storage_keys import StorageKeyring
 
@@ -129,11 +129,15 @@ def _dump(document: dict[str, object]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-def _read(path: Path, field_name: str) -> dict[str, Any]:
+def _read(path: Path, field_name: str, private: bool = False) -> dict[str, Any]:
     try:
+        if private:
+            require_private(path)
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} not found: create it with `fedloop keys init`") from None
+    except FilePermissionError as err:
+        raise KeyFileError(str(err)) from None
     except (OSError, ValueError) as err:
         raise KeyFileError(f"key file {path} is unreadable ({type(err).__name__})") from None
     if not isinstance(document, dict) or document.get("format") != KEY_FORMAT or field_name not in document:
@@ -164,8 +168,8 @@ def load_public_key(path: Path) -> PartyPublicKey:
 def load_identity(directory: Path, name: str) -> Identity:
     """Read party `name`'s private and storage keys from `directory`."""
     paths = key_paths(directory, name)
-    private = _read(paths["private"], "sm2_private_key")
-    storage = _read(paths["storage"], "sm4_keys")
+    private = _read(paths["private"], "sm2_private_key", private=True)
+    storage = _read(paths["storage"], "sm4_keys", private=True)
     try:
         keys = {int(n): _hex(paths["storage"], k, "sm4_keys") for n, k in storage["sm4_keys"].items()}
         keyring = StorageKeyring(keys, int(storage["active_sm4_key"]))

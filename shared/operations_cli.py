@@ -12,11 +12,11 @@ import typer
 from rich.table import Table
 
 from fedloop.shared.audit import AuditLog
-from fedloop.shared.console import fail, output_console
+from fedloop.shared.console import command_group, fail, output_console
 
 TENANT = typer.Option(None, "--tenant", help="A tenant's TOML (configs/tenant.toml): the tenant's view.")
 HQ = typer.Option(None, "--hq", help="HQ's TOML (configs/hq.toml): HQ's view.")
-audit_app = typer.Typer(help="The tamper-evident audit log of a tenant or of HQ.", no_args_is_help=True)
+audit_app = command_group("The tamper-evident audit log of a tenant or of HQ.")
 
 
 def _one_side(tenant: Path | None, hq: Path | None) -> None:

@@ -37,7 +37,12 @@ class StorageKeyring:
         key_no = self.key_number(sealed)
         if key_no not in self.keys:
             raise CryptoError(f"value was sealed with storage key {key_no}, which this keyring does not hold")
-        return open_field(self.keys[key_no], sealed[_PREFIX.size:], aad)
+        try:
+            return open_field(self.keys[key_no], sealed[_PREFIX.size:], aad)
+        except CryptoError as err:
+            raise CryptoError(f"stored value {aad.decode(errors='replace')!r} failed its integrity check "
+                              f"({err}): the row was edited outside fedloop, or the key file belongs to "
+                              "another store") from None
 
     def active_tag(self) -> bytes:
         """The 2 bytes at KEY_TAG_POSITION of every value sealed by the active key."""
