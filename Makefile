@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
+NGINX := $(VENV)/nginx/usr/sbin/nginx
 
-.PHONY: install model demo test browser proto config-reference clean
+.PHONY: install model demo test browser gateway proto config-reference clean
 
 install: $(STAMP)
 
@@ -23,7 +24,7 @@ model: $(STAMP)
 demo: model
 	$(VENV)/bin/fedloop demo --config configs/demo.toml
 
-test: $(STAMP) browser
+test: $(STAMP) browser gateway
 	$(PY) -m pytest -q
 
 # The report test opens the HTML report in headless Chromium (Debian's package; no browser download).
@@ -31,6 +32,15 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) || \
 		{ echo "make test needs Chromium for the report test: install Debian's chromium package"; exit 1; }
+
+# HQ's public gateway (`fedloop hq up`) is Debian's nginx: unpacked into .venv/nginx, no service started, nothing
+# installed system-wide. An nginx already on PATH is used as it is.
+gateway:
+	@command -v nginx >/dev/null 2>&1 || test -x $(NGINX) || { tmp=$$(mktemp -d) && \
+		{ (cd $$tmp && apt-get download -q nginx >/dev/null 2>&1) || \
+		  (apt-get update -q >/dev/null && cd $$tmp && apt-get download -q nginx >/dev/null 2>&1); } && \
+		dpkg -x $$tmp/nginx_*.deb $(VENV)/nginx && rm -rf $$tmp; } || \
+		{ echo "make test needs nginx for HQ's gateway: install Debian's nginx package"; exit 1; }
 
 # Regenerate proto/*_pb2*.py from proto/*.proto (the generated files are committed).
 proto: $(STAMP)

@@ -159,7 +159,7 @@ def up(config: Path = CONFIG,
        node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
        port: int = typer.Option(9400, help="Local port of the SuperNode's runtime API (127.0.0.1).")) -> None:
     """Run this tenant: FeedbackService, draft endpoint and SuperNode (TLS, node key), until SIGINT/SIGTERM."""
-    from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec, start_flower, supervise
+    from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec, start_flower, stop_flower, supervise_all
 
     configure_logging()
     federation = _federation_settings(settings)
@@ -171,9 +171,10 @@ def up(config: Path = CONFIG,
     except (DeploymentError, OSError) as err:
         stop_service()
         fail(str(err))
-    ended_by_itself = supervise(supernode)
+    ended = supervise_all({"the SuperNode": supernode})
+    stop_flower(supernode)
     stop_service()
-    if ended_by_itself:
+    if ended is not None:
         fail(f"the SuperNode exited with status {supernode.returncode}: see its log above; the FeedbackService "
              "was stopped too")
     typer.echo("stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -10,8 +11,9 @@ import typer
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
 from fedloop.shared.console import command_group, fail
-from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, submit_run,
-                                             supervise, write_cli_config)
+from fedloop.server.gateway import GatewaySpec
+from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, stop_flower,
+                                             submit_run, supervise_all, write_cli_config)
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.run_layout import RunLayout
@@ -31,28 +33,35 @@ def hq_settings_or_fail(config: Path) -> HQSettings:
 
 @hq_app.command("up")
 def hq_up(config: Path = HQ_CONFIG) -> None:
-    """Run the SuperLink (TLS, SuperNode authentication on) and HQ's metrics endpoint until SIGINT/SIGTERM."""
+    """Run the SuperLink on loopback, the public Fleet-only gateway (nginx, TLS) and HQ's metrics until SIGTERM."""
     configure_logging()
     settings = hq_settings_or_fail(config)
     hq, certs = settings.hq, settings.certs
     spec = SuperLinkSpec(settings.home, certs / "ca.crt", certs / "superlink.crt", certs / "superlink.key",
-                         hq.host, hq.port)
-    try:
-        command = spec.command()
-        write_cli_config(settings.home, spec.address if hq.host != "0.0.0.0" else f"127.0.0.1:{hq.port}",
-                         spec.ca_certificate)
-        exporter = (serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"), hq.metrics_address)[0]
-                    if hq.metrics_address else None)
-        superlink = start_flower(command, settings.home)
-    except (DeploymentError, OSError) as err:
-        fail(f"{err} (see {config})")
-    typer.echo(f"SuperLink on {spec.address} (TLS, SuperNode authentication)"
-               + (f"; metrics on http://{hq.metrics_address}/metrics" if exporter else ""))
-    ended_by_itself = supervise(superlink)
-    if exporter is not None:
-        exporter.shutdown()
-    if ended_by_itself:
-        fail(f"the SuperLink exited with status {superlink.returncode}: see its log above")
+                         "127.0.0.1", hq.superlink_port)
+    gateway = GatewaySpec(settings.home, hq.host, hq.port, spec.certificate, spec.private_key, spec.ca_certificate,
+                          hq.superlink_port)
+    with ExitStack() as running:
+        try:
+            superlink_command, gateway_command = spec.command(), gateway.command()
+            write_cli_config(settings.home, spec.address, spec.ca_certificate)
+            if hq.metrics_address:
+                exporter = serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"),
+                                         hq.metrics_address)[0]
+                running.callback(exporter.shutdown)
+            superlink = start_flower(superlink_command, settings.home)
+            running.callback(stop_flower, superlink)
+            proxy = start_flower(gateway_command, settings.home)
+            running.callback(stop_flower, proxy)
+        except (DeploymentError, OSError) as err:
+            fail(f"{err} (see {config})")
+        typer.echo(f"Fleet API on {hq.host}:{hq.port} (nginx, TLS; SuperNode authentication; every other path "
+                   f"refused); Control API on {spec.address} for HQ's operators"
+                   + (f"; metrics on http://{hq.metrics_address}/metrics" if hq.metrics_address else ""))
+        ended = supervise_all({"the SuperLink": superlink, "the gateway (nginx)": proxy})
+    if ended is not None:
+        fail(f"{ended[0]} exited with status {ended[1]}: see its log above"
+             + (f" and {gateway.directory / 'error.log'}" if "gateway" in ended[0] else ""))
     typer.echo("stopped")
 
 

@@ -14,8 +14,9 @@ class HQSection:
 
     home: str = "hq-home"  # keys/ (HQ's key pair, tenants' public keys), hq/ (registry), superlink.db, flwr/
     certs: str = "certs"  # ca.crt, superlink.crt, superlink.key (`fedloop certs` makes test ones)
-    host: str = "127.0.0.1"  # address the SuperLink listens on (0.0.0.0 for all)
-    port: int = 9300  # the SuperLink's port (Fleet, Control and Runtime APIs)
+    host: str = "127.0.0.1"  # address the public gateway (nginx, Fleet API only) listens on (0.0.0.0 for all)
+    port: int = 9300  # the gateway's port: tenants' SuperNodes connect here
+    superlink_port: int = 9302  # the SuperLink itself, on 127.0.0.1 only: Control API for HQ's operators
     metrics_address: str = "127.0.0.1:9301"  # host:port of HQ's /metrics; "" = no endpoint
 
 
@@ -26,7 +27,9 @@ class HQSettings:
     hq: HQSection = field(default_factory=HQSection)
 
     def __post_init__(self) -> None:
-        require(0 < self.hq.port < 65536, "hq.port", "a port number in 1..65535")
+        for key, port in (("hq.port", self.hq.port), ("hq.superlink_port", self.hq.superlink_port)):
+            require(0 < port < 65536, key, "a port number in 1..65535")
+        require(self.hq.superlink_port != self.hq.port, "hq.superlink_port", "a port other than hq.port")
         require(self.hq.metrics_address == "" or is_host_port(self.hq.metrics_address), "hq.metrics_address",
                 "host:port (e.g. 127.0.0.1:9301), or \"\" for no endpoint")
 

@@ -1,4 +1,4 @@
-"""Test and first-deployment certificates: a CA, the SuperLink's TLS certificate, and tenants' node keys.
+"""Test and first-deployment certificates: a CA and the SuperLink's TLS certificate (HQ); node keys (each tenant).
 
 Production operators bring their own PKI; this module exists so that a fresh
 checkout can start a TLS-protected, node-authenticated federation on one
@@ -6,10 +6,12 @@ machine, and so that the integration tests exercise exactly that.
 
 - `ca.crt` / `ca.key`: a self-signed CA (EC P-384), valid for `days`.
 - `superlink.crt` / `superlink.key`: the SuperLink's server certificate, signed
-  by the CA, with the given host names and IP addresses as subject alternative names.
+  by the CA, with the given host names and IP addresses as subject alternative names, and always
+  127.0.0.1 and localhost (HQ's gateway reaches the SuperLink on loopback and checks the name localhost).
 - `<tenant>.node` / `<tenant>.node.pub`: a SuperNode authentication key pair
   (EC P-384, OpenSSH format, as `flower-supernode --auth-supernode-private-key`
-  and `flwr supernode register` expect).
+  and `flwr supernode register` expect), made by the tenant itself (`fedloop keys node`):
+  only the public half ever goes to HQ.
 
 Private key files are written with mode 0600 and never overwritten.
 """
@@ -42,11 +44,6 @@ class FederationCertificates:
     ca_certificate: Path
     superlink_certificate: Path
     superlink_key: Path
-    node_keys: dict[str, Path]
-
-    def node_public_key(self, tenant: str) -> Path:
-        """The OpenSSH public key HQ registers for `tenant`'s SuperNode."""
-        return self.node_keys[tenant].with_suffix(".node.pub")
 
 
 def _name(common_name: str) -> x509.Name:
@@ -89,12 +86,12 @@ def _certificate(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticC
     return builder.sign(signing_key, hashes.SHA384())
 
 
-def make_federation_certificates(out_dir: Path, tenants: list[str], hosts: list[str],
-                                 days: int = 365) -> FederationCertificates:
-    """Write a CA, a SuperLink certificate for `hosts`, and a node key pair per tenant into `out_dir`."""
+def make_federation_certificates(out_dir: Path, hosts: list[str], days: int = 365) -> FederationCertificates:
+    """Write a CA and a SuperLink certificate for `hosts` (and 127.0.0.1, localhost) into `out_dir`."""
     if not hosts:
         raise CertificateError("no host names: pass at least one --host (the SuperLink's address, e.g. 127.0.0.1)")
-    targets = [out_dir / "ca.key", out_dir / "superlink.key"] + [out_dir / f"{t}.node" for t in tenants]
+    hosts = list(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
+    targets = [out_dir / "ca.key", out_dir / "superlink.key"]
     existing = [str(p) for p in targets if p.exists()]
     if existing:
         raise CertificateError(f"refusing to overwrite {', '.join(existing)}; choose another --out directory")
@@ -108,14 +105,16 @@ def make_federation_certificates(out_dir: Path, tenants: list[str], hosts: list[
     write_atomic(out_dir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
     write_atomic(out_dir / "superlink.key", _pem_key(server_key), 0o600)
     write_atomic(out_dir / "superlink.crt", server_cert.public_bytes(serialization.Encoding.PEM))
-    node_keys = {}
-    for tenant in tenants:
-        node_keys[tenant] = make_node_key(out_dir, tenant)
-    return FederationCertificates(out_dir / "ca.crt", out_dir / "superlink.crt", out_dir / "superlink.key", node_keys)
+    return FederationCertificates(out_dir / "ca.crt", out_dir / "superlink.crt", out_dir / "superlink.key")
 
 
 def make_node_key(out_dir: Path, tenant: str) -> Path:
-    """Write `<tenant>.node` (private, 0600) and `<tenant>.node.pub` in OpenSSH format; return the private path."""
+    """Write `<tenant>.node` (private, 0600) and `<tenant>.node.pub` in OpenSSH format; return the private path.
+
+    `tenant` must be a plain name (letters, digits, '-', '_'): the files land in `out_dir` and nowhere else.
+    """
+    if not tenant or not all(c.isalnum() or c in "-_" for c in tenant):
+        raise CertificateError(f"tenant name {tenant!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')")
     private_path = out_dir / f"{tenant}.node"
     if private_path.exists():
         raise CertificateError(f"refusing to overwrite {private_path}; remove it first if you mean to replace it")

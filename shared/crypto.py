@@ -1,7 +1,7 @@
 """Symmetric GM primitives: SM4-GCM authenticated encryption and SM3 digests.
 
 Both run through `cryptography` (OpenSSL), which is hundreds of times faster
-than gmssl's pure-Python SM4; gmssl is used only for SM2 (see `sm2.py`).
+than gmssl's pure-Python SM4; SM2 runs on OpenSSL's libcrypto too (see `sm2.py`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ class CryptoError(Exception):
     """A cryptographic check failed; the message says which and what to do."""
 
 
-def sm3_digest(data: bytes) -> bytes:
-    """Return the 32-byte SM3 digest of `data`."""
+def sm3_digest(*parts: bytes) -> bytes:
+    """Return the 32-byte SM3 digest of `parts` concatenated (hashed piece by piece, never joined)."""
     digest = hashes.Hash(hashes.SM3())
-    digest.update(data)
+    for part in parts:
+        digest.update(part)
     return digest.finalize()
 
 

@@ -3,7 +3,7 @@
 Layout (all integers big-endian)::
 
     b"FLENV" | format version (u8) | header length (u32) | header (canonical JSON)
-    | wrapped key length (u16) | SM2-wrapped SM4 data key
+    | wrapped key length (u16) | SM4 data key wrapped with SM2 encryption (GM/T 0009 DER)
     | ciphertext length (u64) | SM4-GCM ciphertext + tag
     | SM2 signature (64 bytes) over SM3(everything before it)
 
@@ -27,7 +27,7 @@ from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.sm2 import SIGNATURE_BYTES
 
 MAGIC = b"FLENV"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the data key wrap is GM/T 0009 DER (1 was gmssl's raw C1 || C3 || C2)
 ALGORITHMS = {"enc": "SM4-GCM", "wrap": "SM2", "sig": "SM2-SM3"}
 _PREFIX = struct.Struct(">5sBI")
 
@@ -88,12 +88,9 @@ def seal(payload: bytes, binding: Binding, sender: Identity, recipient: PartyPub
     })
     wrapped = recipient.key.wrap(data_key)
     ciphertext = sm4_gcm_encrypt(data_key, nonce, payload, header)
-    body = b"".join([
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header,
-        struct.pack(">H", len(wrapped)), wrapped,
-        struct.pack(">Q", len(ciphertext)), ciphertext,
-    ])
-    return body + sender.signing_key.sign(sm3_digest(body))
+    head = b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header, struct.pack(">H", len(wrapped)),
+                     wrapped, struct.pack(">Q", len(ciphertext))])
+    return b"".join([head, ciphertext, sender.signing_key.sign(sm3_digest(head, ciphertext))])
 
 
 def _split(envelope: bytes) -> tuple[bytes, dict[str, Any], bytes, bytes, bytes, bytes]:

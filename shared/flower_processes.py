@@ -136,7 +136,7 @@ def _flwr(home: Path, *args: str, timeout: float = 120.0) -> str:
 def register_node(home: Path, public_key: Path, name: str) -> str:
     """Register a tenant's SuperNode public key with the running SuperLink; returns Flower's output."""
     if not public_key.is_file():
-        raise DeploymentError(f"node public key {public_key} not found: the tenant makes it with `fedloop certs`")
+        raise DeploymentError(f"node public key {public_key} not found: the tenant makes it with `fedloop keys node`")
     return _flwr(home, "supernode", "register", str(public_key), CONNECTION, "--name", name)
 
 
@@ -172,14 +172,19 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def supervise(process: subprocess.Popen) -> bool:
-    """Run until SIGINT/SIGTERM or until `process` ends by itself; then stop it. True if it ended by itself."""
+def supervise_all(processes: dict[str, subprocess.Popen]) -> tuple[str, int] | None:
+    """Wait for SIGINT/SIGTERM or for any of `processes` to end by itself; returns (its name, its status) then.
+
+    The processes are left running: the caller stops them (stop_flower), in the order it started them reversed.
+    """
     stop = stop_on_signals()
-    threading.Thread(target=lambda: (process.wait(), stop.set()), daemon=True).start()
+    for process in processes.values():
+        threading.Thread(target=lambda p=process: (p.wait(), stop.set()), daemon=True).start()
     stop.wait()
-    ended_by_itself = process.poll() is not None
-    stop_flower(process)
-    return ended_by_itself
+    for name, process in processes.items():
+        if process.poll() is not None:
+            return name, process.returncode
+    return None
 
 
 def stop_flower(process: subprocess.Popen, grace_s: float = 15.0) -> None:

@@ -78,8 +78,9 @@ def _check_name(name: str) -> None:
         )
 
 
-def init_keys(role: Role, name: str, directory: Path) -> Identity:
-    """Create and write a new identity for `name`; refuses to overwrite existing key files."""
+def init_keys(role: Role, name: str, directory: Path, signing_key: SM2PrivateKey | None = None) -> Identity:
+    """Create and write a new identity for `name` (with `signing_key` if given, e.g. from an HSM's PEM export);
+    refuses to overwrite existing key files."""
     if role not in ROLES:
         raise KeyFileError(f"role {role!r} is invalid: use one of {', '.join(ROLES)}")
     _check_name(name)
@@ -90,7 +91,7 @@ def init_keys(role: Role, name: str, directory: Path) -> Identity:
             f"key files already exist: {', '.join(existing)}; "
             "choose another --name or --out, or move the old files away first"
         )
-    identity = Identity(role, name, SM2PrivateKey.generate(), StorageKeyring({1: new_sm4_key()}, 1),
+    identity = Identity(role, name, signing_key or SM2PrivateKey.generate(), StorageKeyring({1: new_sm4_key()}, 1),
                         os.urandom(32))
     common = _common(role, name)
     key_id = identity.public.key_id

@@ -1,44 +1,73 @@
-"""SM2 signatures and key wrapping on top of gmssl's curve arithmetic.
+"""SM2 keys, signatures and key wrapping (GB/T 32918), computed by OpenSSL (see `openssl_sm2.py`).
 
-gmssl draws its signing and encryption nonces from `random` and does not check
-the C3 hash when decrypting; this module supplies nonces from `secrets`, checks
-that ciphertext points lie on the curve and verifies C3, so a tampered or
-mis-addressed wrapped key fails loudly instead of yielding garbage.
+- Signatures are SM2-with-SM3 with the default user id 1234567812345678, carried
+  as 64 bytes r || s; r and s outside [1, n−1] are refused before any curve math.
+- Key wrapping is SM2 public-key encryption; the wrapped key is GM/T 0009 DER
+  (SEQUENCE {x, y, C3, C2}), which OpenSSL, GmSSL and other GM libraries decrypt.
+- Keys export and import as standard PEM: PKCS#8 and SubjectPublicKeyInfo with
+  the SM2 curve OID, so OpenSSL, an HSM or a KMS can use them.
+- A private scalar must lie in [1, n−2]; a public key must be a point on the curve.
 """
 
 from __future__ import annotations
 
-import hmac
+import base64
+import re
 import secrets
 from dataclasses import dataclass, field
 
-from gmssl import sm2 as gm_sm2
-from gmssl import sm3 as gm_sm3
-
+from fedloop.shared import openssl_sm2 as native
 from fedloop.shared.crypto import CryptoError, sm3_digest
 
-_CURVE = gm_sm2.default_ecc_table
-_N = int(_CURVE["n"], 16)
-_P = int(_CURVE["p"], 16)
-_A = int(_CURVE["a"], 16)
-_B = int(_CURVE["b"], 16)
+N = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123  # the order of the SM2 base point
 _POINT_BYTES = 64
-_C3_BYTES = 32
 SIGNATURE_BYTES = 64
+_ALGORITHM = bytes.fromhex("3013" "06072a8648ce3d0201" "06082a811ccf5501822d")  # id-ecPublicKey, SM2 curve
 
 
-def _random_scalar() -> int:
-    return secrets.randbelow(_N - 2) + 1
+def _der_length(length: int) -> bytes:
+    return bytes([length]) if length < 0x80 else bytes([0x81, length]) if length < 0x100 else \
+        bytes([0x82]) + length.to_bytes(2, "big")
 
 
-def _curve(private_hex: str = "", public_hex: str = "") -> gm_sm2.CryptSM2:
-    return gm_sm2.CryptSM2(private_key=private_hex, public_key=public_hex, mode=1)
+def _der(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
 
 
-def _on_curve(point: bytes) -> bool:
-    x = int.from_bytes(point[:32], "big")
-    y = int.from_bytes(point[32:], "big")
-    return x < _P and y < _P and (y * y - (x * x * x + _A * x + _B)) % _P == 0
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
+    return _der(0x02, body)
+
+
+def signature_to_der(raw: bytes) -> bytes:
+    """r || s as the DER SEQUENCE {r, s} that OpenSSL and other GM libraries read."""
+    return _der(0x30, _der_integer(int.from_bytes(raw[:32], "big")) + _der_integer(int.from_bytes(raw[32:], "big")))
+
+
+def signature_from_der(der: bytes) -> bytes:
+    """r || s from a DER SM2 signature (SEQUENCE of two INTEGERs below 2^256), as OpenSSL writes it."""
+    values, offset = [], 2
+    for _ in range(2):
+        length = der[offset + 1]
+        values.append(int.from_bytes(der[offset + 2 : offset + 2 + length], "big"))
+        offset += 2 + length
+    return b"".join(value.to_bytes(32, "big") for value in values)
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----\n".encode()
+
+
+def _unpem(label: str, pem: bytes) -> bytes:
+    match = re.search(rf"-----BEGIN {label}-----(.*?)-----END {label}-----", pem.decode(errors="replace"), re.S)
+    if match is None:
+        raise CryptoError(f"no '-----BEGIN {label}-----' block found: expected a PEM {label.lower()}")
+    try:
+        return base64.b64decode("".join(match.group(1).split()), validate=True)
+    except ValueError:
+        raise CryptoError(f"the PEM {label.lower()} is not valid base64") from None
 
 
 @dataclass(frozen=True)
@@ -46,10 +75,29 @@ class SM2PublicKey:
     """An SM2 public key: the 64-byte uncompressed point x || y."""
 
     point: bytes
+    _native: native.NativeKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if len(self.point) != _POINT_BYTES or not _on_curve(self.point):
+        if len(self.point) != _POINT_BYTES:
             raise CryptoError("not a valid SM2 public key (64-byte point on the SM2 curve expected)")
+        try:
+            key = native.public_key_from_spki(self.spki())
+        except CryptoError:
+            raise CryptoError("not a valid SM2 public key (64-byte point on the SM2 curve expected)") from None
+        object.__setattr__(self, "_native", key)
+
+    def spki(self) -> bytes:
+        """SubjectPublicKeyInfo DER (id-ecPublicKey with the SM2 curve OID)."""
+        return _der(0x30, _ALGORITHM + _der(0x03, b"\x00\x04" + self.point))
+
+    def to_pem(self) -> bytes:
+        """`-----BEGIN PUBLIC KEY-----` PEM, as `openssl pkey -pubout` writes it."""
+        return _pem("PUBLIC KEY", self.spki())
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SM2PublicKey:
+        """Read a PEM SubjectPublicKeyInfo on the SM2 curve."""
+        return cls(native.encoded_public_point(native.public_key_from_spki(_unpem("PUBLIC KEY", pem)))[1:])
 
     @property
     def key_id(self) -> str:
@@ -57,62 +105,62 @@ class SM2PublicKey:
         return sm3_digest(self.point).hex()[:16]
 
     def verify(self, message: bytes, signature: bytes) -> bool:
-        """Return True when `signature` is this key's SM2-with-SM3 signature of `message`."""
+        """True when `signature` (r || s) is this key's SM2-with-SM3 signature of `message`."""
         if len(signature) != SIGNATURE_BYTES:
             return False
-        return bool(_curve(public_hex=self.point.hex()).verify_with_sm3(signature.hex(), message))
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        if not (1 <= r < N and 1 <= s < N):
+            return False
+        return native.verify_der(self._native, message, signature_to_der(signature))
 
     def wrap(self, secret: bytes) -> bytes:
-        """Encrypt a short secret (a data key) to this key: C1 || C3 || C2 per GB/T 32918.4."""
-        k = _random_scalar()
-        curve = _curve(public_hex=self.point.hex())
-        c1 = curve._kg(k, _CURVE["g"])
-        shared_point = curve._kg(k, self.point.hex())
-        mask = bytes.fromhex(gm_sm3.sm3_kdf(shared_point.encode(), len(secret)))
-        c2 = bytes(a ^ b for a, b in zip(secret, mask))
-        shared = bytes.fromhex(shared_point)
-        c3 = sm3_digest(shared[:32] + secret + shared[32:])
-        return bytes.fromhex(c1) + c3 + c2
+        """Encrypt a short secret (a data key) to this key: SM2 encryption, GM/T 0009 DER."""
+        return native.encrypt(self._native, secret)
 
 
 @dataclass(frozen=True)
 class SM2PrivateKey:
-    """An SM2 private key (a 32-byte scalar); its repr never shows the scalar."""
+    """An SM2 private key (a 32-byte scalar d, 1 ≤ d ≤ n−2) and its public key; its repr never shows the scalar."""
 
     scalar: bytes = field(repr=False)
+    _native: native.NativeKey = field(init=False, repr=False, compare=False)
+    public_key: SM2PublicKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        d = int.from_bytes(self.scalar, "big") if len(self.scalar) == 32 else 0
+        if not 1 <= d <= N - 2:
+            raise CryptoError("not a valid SM2 private key: the scalar must be 32 bytes in [1, n-2]")
+        key = native.private_key_from_pkcs8(self._pkcs8(public=b""))
+        object.__setattr__(self, "_native", key)
+        object.__setattr__(self, "public_key", SM2PublicKey(native.encoded_public_point(key)[1:]))  # d·G by OpenSSL
+
+    def _pkcs8(self, public: bytes) -> bytes:
+        ec_private_key = _der(0x30, bytes.fromhex("020101") + _der(0x04, self.scalar) + public)
+        return _der(0x30, bytes.fromhex("020100") + _ALGORITHM + _der(0x04, ec_private_key))
 
     @classmethod
     def generate(cls) -> SM2PrivateKey:
-        """Create a new random key pair."""
-        return cls(_random_scalar().to_bytes(32, "big"))
+        """Create a new random key pair (d drawn uniformly from [1, n−2] by the OS's CSPRNG)."""
+        return cls((secrets.randbelow(N - 2) + 1).to_bytes(32, "big"))
 
-    @property
-    def public_key(self) -> SM2PublicKey:
-        """The matching public key."""
-        point = _curve()._kg(int.from_bytes(self.scalar, "big"), _CURVE["g"])
-        return SM2PublicKey(bytes.fromhex(point))
+    def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as `openssl genpkey -algorithm SM2` writes it."""
+        return _pem("PRIVATE KEY", self._pkcs8(_der(0xA1, _der(0x03, b"\x00\x04" + self.public_key.point))))
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SM2PrivateKey:
+        """Read an unencrypted PKCS#8 PEM private key on the SM2 curve."""
+        return cls(native.private_scalar(native.private_key_from_pkcs8(_unpem("PRIVATE KEY", pem))))
 
     def sign(self, message: bytes) -> bytes:
         """Sign `message` with SM2-with-SM3 (default user id); returns r || s, 64 bytes."""
-        curve = _curve(self.scalar.hex(), self.public_key.point.hex())
-        nonce = format(_random_scalar(), "064x")
-        return bytes.fromhex(curve.sign_with_sm3(message, nonce))
+        return signature_from_der(native.sign_der(self._native, message))
 
     def unwrap(self, wrapped: bytes) -> bytes:
         """Recover a secret wrapped to this key; raises CryptoError if it was not, or was altered."""
-        if len(wrapped) <= _POINT_BYTES + _C3_BYTES:
-            raise CryptoError("SM2-wrapped key is truncated")
-        c1 = wrapped[:_POINT_BYTES]
-        c3 = wrapped[_POINT_BYTES : _POINT_BYTES + _C3_BYTES]
-        c2 = wrapped[_POINT_BYTES + _C3_BYTES :]
-        if not _on_curve(c1):
-            raise CryptoError("SM2-wrapped key is corrupt (C1 is not a curve point)")
-        shared_point = _curve()._kg(int.from_bytes(self.scalar, "big"), c1.hex())
-        mask = bytes.fromhex(gm_sm3.sm3_kdf(shared_point.encode(), len(c2)))
-        secret = bytes(a ^ b for a, b in zip(c2, mask))
-        shared = bytes.fromhex(shared_point)
-        if not hmac.compare_digest(sm3_digest(shared[:32] + secret + shared[32:]), c3):
+        try:
+            return native.decrypt(self._native, wrapped)
+        except CryptoError:
             raise CryptoError(
                 "SM2 key unwrap failed: the data key was wrapped for another key or was altered"
-            )
-        return secret
+            ) from None

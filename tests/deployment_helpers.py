@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedloop.shared.certs import make_node_key
+from fedloop.shared.certs import make_node_key
 from fedloop.shared.keys import init_keys, key_paths
 from fedloop.shared.run_layout import HQ_NAME
 
@@ -64,6 +66,7 @@ class Federation:
     root: Path
     port: int
     metrics_port: int = field(default_factory=lambda: free_port())
+    superlink_port: int = field(default_factory=lambda: free_port())  # loopback Control API (operators)
     processes: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
     serve_ports: dict[str, int] = field(default_factory=dict)
@@ -106,9 +109,9 @@ def write_tenant_config(root: Path, name: str, home: str, ingest_port: int, tena
 
 def provision(root: Path, tenants: tuple[str, ...], extra_node_keys: tuple[str, ...] = ()) -> None:
     """Certificates (CA, SuperLink, node keys), HQ's and each tenant's SM2/SM4 keys, public keys exchanged."""
-    subprocess.run([FEDLOOP, "certs", "--out", "certs",
-                    *[a for t in (*tenants, *extra_node_keys) for a in ("--tenant", t)]],
-                   cwd=root, check=True, capture_output=True)
+    subprocess.run([FEDLOOP, "certs", "--out", "certs"], cwd=root, check=True, capture_output=True)
+    for tenant in (*tenants, *extra_node_keys):  # each tenant makes its own node key; HQ gets the public half
+        make_node_key(root / "certs", tenant)
     hq_keys = root / "hq-home" / "keys"
     init_keys("hq", HQ_NAME, hq_keys)
     for tenant in tenants:
@@ -121,9 +124,11 @@ def provision(root: Path, tenants: tuple[str, ...], extra_node_keys: tuple[str, 
 def start_hq(federation: Federation, tenants: tuple[str, ...]) -> None:
     """`fedloop hq up` (TLS, SuperNode auth, metrics) and `fedloop hq register-node` for each tenant."""
     (federation.root / "hq.toml").write_text(f'[hq]\nhome = "hq-home"\ncerts = "certs"\nport = {federation.port}\n'
+                                             f'superlink_port = {federation.superlink_port}\n'
                                              f'metrics_address = "127.0.0.1:{federation.metrics_port}"\n')
     hq, hq_log = federation.start("hq", "hq", "up", "--config", "hq.toml")
-    wait_for(lambda: listening(federation.port), "SuperLink port", hq_log, hq)
+    wait_for(lambda: listening(federation.port) and listening(federation.superlink_port), "SuperLink and gateway",
+             hq_log, hq)
     for tenant in tenants:
         subprocess.run([FEDLOOP, "hq", "register-node", "--config", "hq.toml", "--key", f"certs/{tenant}.node.pub",
                         "--name", tenant], cwd=federation.root, check=True, capture_output=True, timeout=60)

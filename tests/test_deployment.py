@@ -12,18 +12,28 @@ exactly as docs/tenant-operator.md shows.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import signal
 import subprocess
+import time
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.common.constant import TIMESTAMP_HEADER
+from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
 
 from deployment_helpers import (FEDLOOP, Federation, free_port, provision, start_hq, start_tenant, wait_for,
                                 write_tenant_config)
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.server.registry import VersionRegistry
+from fedloop.shared.flower_processes import flower_env
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
 from grpc_helpers import draft, outcome, stub
@@ -130,6 +140,72 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(deployed: Federation
     rogue = deployed.processes["rogue"][1].read_text()
     assert "Failed to activate SuperNode" in rogue
     assert "Failed to activate SuperNode" not in deployed.processes["acme"][1].read_text()
+
+
+EVIL_SERVERAPP = """
+from pathlib import Path
+Path({marker!r}).write_text("the attacker's ServerApp ran on HQ")
+from flwr.serverapp import ServerApp
+app = ServerApp()
+"""
+
+
+def _evil_app(directory: Path, marker: Path) -> Path:
+    """A Flower App whose ServerApp, if HQ ever imported it, would leave `marker` behind."""
+    directory.mkdir()
+    (directory / "evil.py").write_text(EVIL_SERVERAPP.format(marker=str(marker)))
+    (directory / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "evil"\nversion = "1.0.0"\ndependencies = []\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["."]\n'
+        '[tool.flwr.app]\npublisher = "mallory"\n'
+        '[tool.flwr.app.components]\nserverapp = "evil:app"\nclientapp = "evil:app"\n[tool.flwr.app.config]\n')
+    return directory
+
+
+def _outsider_flwr(deployed: Federation, *args: str) -> subprocess.CompletedProcess:
+    """The Flower CLI of someone holding only the public ca.crt, pointed at HQ's public port."""
+    home = deployed.root / "outsider"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "hq"\n\n[superlink.hq]\n'
+                                      f'address = "127.0.0.1:{deployed.port}"\n'
+                                      f'root-certificates = "{deployed.root / "certs" / "ca.crt"}"\n')
+    return subprocess.run([str(Path(FEDLOOP).parent / "flwr"), *args], cwd=deployed.root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "FLWR_HOME": str(home)})
+
+
+def test_an_outsider_with_the_ca_certificate_cannot_use_the_control_api(deployed: Federation) -> None:
+    marker = deployed.root / "evil-ran"
+    attempts = {
+        "flwr ls": _outsider_flwr(deployed, "ls", "hq"),
+        "flwr supernode register": _outsider_flwr(deployed, "supernode", "register", "certs/rogue.node.pub", "hq"),
+        "flwr run": _outsider_flwr(deployed, "run", str(_evil_app(deployed.root / "evilapp", marker)), "hq"),
+    }
+    for command, result in attempts.items():
+        print(f"$ {command}  -> exit {result.returncode}\n{(result.stdout + result.stderr).strip()[-400:]}")
+        assert result.returncode != 0, f"{command} got in:\n{result.stdout}{result.stderr}"
+        assert "403" in result.stdout + result.stderr or "Forbidden" in result.stdout + result.stderr
+    time.sleep(3)
+    assert not marker.exists(), "the attacker's ServerApp ran on HQ"
+    operator = subprocess.run([str(Path(FEDLOOP).parent / "flwr"), "supernode", "list", "fedloop"], capture_output=True,
+                              text=True, timeout=120, env=flower_env(deployed.root / "hq-home"))
+    assert operator.returncode == 0 and "rogue" not in operator.stdout, operator.stdout + operator.stderr
+
+
+def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_api(deployed: Federation) -> None:
+    node_key = serialization.load_ssh_private_key((deployed.root / "certs" / "acme.node").read_bytes(), None)
+    for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/control/start-run"):
+        timestamp = datetime.now(timezone.utc).isoformat()
+        signature = node_key.sign(timestamp.encode(), ec.ECDSA(hashes.SHA256()))
+        public = node_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+        headers = {FLEET_HTTP_PUBLIC_KEY_HEADER: base64.b64encode(public).decode(), TIMESTAMP_HEADER: timestamp,
+                   FLEET_HTTP_SIGNATURE_HEADER: base64.b64encode(signature).decode(),
+                   "Content-Type": "application/protobuf"}
+        response = httpx.post(f"https://127.0.0.1:{deployed.port}{path}", content=b"", headers=headers,
+                              verify=str(deployed.root / "certs" / "ca.crt"), timeout=30)
+        print(f"POST {path} as acme's node -> {response.status_code} {response.text}")
+        assert response.status_code == 403 and "only the Fleet API" in response.text
 
 
 def test_no_canary_string_reaches_the_superlink_or_the_registry(deployed: Federation) -> None:

@@ -1,0 +1,109 @@
+"""HQ's public door: nginx in front of the SuperLink, forwarding the Fleet API and nothing else.
+
+In flwr 1.41 the SuperLink serves its Fleet, Control and Runtime APIs on one HTTP
+port, and its only Control API authentication (`flwr login`) needs Flower's
+enterprise license plugin: without it, whoever reaches the port can list runs,
+register SuperNodes and start a ServerApp as HQ. So `fedloop hq up` binds the
+SuperLink to HQ's loopback and puts nginx (Debian's package) on the public
+address: TLS with the SuperLink's certificate, `/v1/fleet/*` proxied to the
+SuperLink (checked against the CA under the name localhost; the SuperLink's SuperNode
+authentication still decides which nodes get in),
+every other path answered 403. HQ's operators reach the Control API on the
+loopback port, from HQ's own host: an operator login there is the credential.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedloop.shared.files import write_atomic
+from fedloop.shared.flower_processes import DeploymentError
+
+FLEET_PREFIX = "/v1/fleet/"
+MAX_BODY = "1g"  # sealed adapters travel as Fleet objects; the registry, not nginx, bounds their size
+
+
+def nginx_executable() -> str:
+    """nginx from PATH, or the copy `make install` unpacks into the virtual environment (Debian's package)."""
+    bundled = Path(sys.prefix) / "nginx" / "usr" / "sbin" / "nginx"
+    found = shutil.which("nginx") or (str(bundled) if bundled.exists() else None)
+    if found is None:
+        raise DeploymentError("nginx not found: `make install` unpacks Debian's nginx package into .venv/nginx, "
+                              "or install it (`apt-get install nginx`)")
+    return found
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """Where the public Fleet door listens, which certificate it shows, and the SuperLink it forwards to."""
+
+    home: Path
+    host: str
+    port: int
+    certificate: Path
+    private_key: Path
+    ca_certificate: Path
+    superlink_port: int
+
+    @property
+    def directory(self) -> Path:
+        """nginx's configuration, pid file, temporary files and logs (under HQ's home)."""
+        return self.home / "gateway"
+
+    def config(self) -> str:
+        """The nginx configuration: Fleet API forwarded over TLS, everything else refused."""
+        d = self.directory.resolve()
+        temp = "\n".join(f"    {kind}_temp_path {d / 'tmp' / kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+        return f"""{user}worker_processes 1;
+pid {d / 'nginx.pid'};
+error_log {d / 'error.log'} warn;
+events {{ worker_connections 512; }}
+http {{
+{temp}
+    access_log {d / 'access.log'};
+    server_tokens off;
+    upstream superlink {{ server 127.0.0.1:{self.superlink_port}; keepalive 16; }}
+    server {{
+        listen {self.host}:{self.port} ssl;
+        ssl_certificate {self.certificate.resolve()};
+        ssl_certificate_key {self.private_key.resolve()};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        client_max_body_size {MAX_BODY};
+        location {FLEET_PREFIX} {{
+            proxy_pass https://superlink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_trusted_certificate {self.ca_certificate.resolve()};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name off;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+        }}
+        location / {{
+            default_type application/json;
+            return 403 '{{"detail": "only the Fleet API is served on this port; HQ operators use the Control API on HQ\\'s loopback"}}';
+        }}
+    }}
+}}
+"""
+
+    def command(self) -> list[str]:
+        """Write the configuration and return the nginx command line (foreground, so fedloop supervises it)."""
+        missing = [str(p) for p in (self.certificate, self.private_key, self.ca_certificate) if not p.is_file()]
+        if missing:
+            raise DeploymentError(f"missing {', '.join(missing)}: create them with `fedloop certs` or bring your own")
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+        path = self.directory / "nginx.conf"
+        write_atomic(path, self.config().encode())
+        return [nginx_executable(), "-c", str(path.resolve()), "-p", str(self.directory.resolve()),
+                "-e", str((self.directory / "error.log").resolve()), "-g", "daemon off;"]
