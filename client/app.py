@@ -28,7 +28,7 @@ from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
-from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, delta_binding, delta_content
+from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, delta_binding, delta_content, enrol_statement
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import Settings, load_settings
 
@@ -74,7 +74,11 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
     @app.query(ENROL)
     def enrol(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
-        claim = ConfigRecord({"tenant": tenant.name, "key_id": tenant.identity.public.key_id})
+        key_id = tenant.identity.public.key_id
+        statement = enrol_statement(str(message.content.config_records[ENROL]["challenge"]), context.run_id,
+                                    context.node_id, tenant.name, key_id)
+        claim = ConfigRecord({"tenant": tenant.name, "key_id": key_id,
+                              "signature": tenant.identity.signing_key.sign(statement).hex()})
         return Message(RecordDict({ENROL: claim}), reply_to=message)
 
     @app.train()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from fedloop.server.tracking import MlflowTracker
 from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
                                     load_base_model)
 from fedloop.shared.keys import Keyring, PartyPublicKey, load_identity
-from fedloop.shared.protocol import ENROL
+from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import Settings
 
@@ -29,31 +30,44 @@ class RunStartError(RuntimeError):
     """A run cannot start: too few tenants enrolled, or the registry does not fit the settings."""
 
 
-def enrol_tenants(grid: Grid, trusted: Keyring, expected: int, minimum: int, wait_s: float,
+def enrol_tenants(grid: Grid, trusted: Keyring, run_id: int, expected: int, minimum: int, wait_s: float,
                   reply_timeout_s: float) -> dict[int, PartyPublicKey]:
-    """Wait up to `wait_s` for `expected` nodes, ask each who it is, keep those whose key HQ trusts.
+    """Wait up to `wait_s` for `expected` nodes, challenge each, keep those that prove they hold a trusted key.
 
-    The run starts with at least `minimum` enrolled tenants (aggregation.min_tenants); fewer is an error.
+    Each node gets a fresh random challenge and must return its SM2 signature over the challenge, this run's id,
+    its own node id, its tenant name and key id (`enrol_statement`): a claimed key id without the private key, or
+    a signature replayed from another run or node, is not enrolled. The run starts with at least `minimum`
+    enrolled tenants (aggregation.min_tenants); fewer is an error.
     """
     deadline = time.monotonic() + wait_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected and time.monotonic() < deadline:
         time.sleep(0.5)
         node_ids = list(grid.get_node_ids())
-    queries = [Message(content=RecordDict({ENROL: ConfigRecord({"hello": "hq"})}),
+    challenges = {n: secrets.token_hex(32) for n in node_ids}
+    queries = [Message(content=RecordDict({ENROL: ConfigRecord({"challenge": challenges[n]})}),
                        dst_node_id=n, message_type=f"{MessageType.QUERY}.{ENROL}") for n in node_ids]
     tenants: dict[int, PartyPublicKey] = {}
     for reply in grid.send_and_receive(queries, timeout=reply_timeout_s):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log.warning("node %s failed to enrol: %s", reply.metadata.src_node_id, reply.error.reason)
+            log.warning("node %s failed to enrol: %s", node, reply.error.reason)
             continue
         claim = reply.content.config_records[ENROL]
         key = trusted.get(str(claim["key_id"]))
         if key is None or key.role != "tenant" or key.name != claim["tenant"]:
-            log.warning("node %s claims tenant %r with an untrusted key; not enrolled",
-                        reply.metadata.src_node_id, claim["tenant"])
+            log.warning("node %s claims tenant %r with an untrusted key; not enrolled", node, claim["tenant"])
             continue
-        tenants[reply.metadata.src_node_id] = key
+        statement = enrol_statement(challenges.get(node, ""), run_id, node, key.name, key.key_id)
+        try:
+            signature = bytes.fromhex(str(claim.get("signature", "")))
+        except ValueError:
+            signature = b""
+        if not key.key.verify(statement, signature):
+            log.warning("node %s claims tenant %r but did not prove it holds that key (bad challenge signature); "
+                        "not enrolled", node, key.name)
+            continue
+        tenants[node] = key
     if len(tenants) < minimum:
         raise RunStartError(f"only {len(tenants)} of {expected} tenants enrolled within {wait_s:.0f} s, "
                             f"fewer than aggregation.min_tenants = {minimum}; check that the tenants' SuperNodes are "
@@ -88,14 +102,14 @@ def starting_version(registry: VersionRegistry, settings: Settings) -> tuple[Ver
     return latest, adapter_from_bytes(registry.load_adapter(latest.id))
 
 
-def run_hq(grid: Grid, settings: Settings, layout: RunLayout) -> None:
-    """The whole HQ side of a federated run."""
+def run_hq(grid: Grid, settings: Settings, layout: RunLayout, run_id: int) -> None:
+    """The whole HQ side of federated run `run_id` (Flower's id, bound into each tenant's enrolment proof)."""
     hq = load_identity(layout.keys, HQ_NAME)
     trusted = Keyring.from_directory(layout.keys)
     registry = VersionRegistry(layout.hq, hq)
     federation, tracking = settings.federation, settings.tracking
     try:
-        tenants = enrol_tenants(grid, trusted, len(federation.tenants), settings.aggregation.min_tenants,
+        tenants = enrol_tenants(grid, trusted, run_id, len(federation.tenants), settings.aggregation.min_tenants,
                                 federation.enrol_timeout_s, federation.round_timeout_s)
         start, initial = starting_version(registry, settings)
         with (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts, federation.run_name,
@@ -127,6 +141,6 @@ def build_server_app(settings: Settings, layout: RunLayout) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_hq(grid, settings, layout)
+        run_hq(grid, settings, layout, context.run_id)
 
     return app

@@ -33,4 +33,4 @@ def main(grid: Grid, context: Context) -> None:
     if context.run_config.get("workdir"):
         os.chdir(str(context.run_config["workdir"]))
     settings = load_settings(Path(str(context.run_config["settings"])))
-    run_hq(grid, settings, RunLayout(Path(str(context.run_config["home"]))))
+    run_hq(grid, settings, RunLayout(Path(str(context.run_config["home"]))), context.run_id)

@@ -4,7 +4,9 @@ HQ → tenant (train, evaluate): a RecordDict with ConfigRecord `global` holding
 the sealed global version (`envelope`), its id (`version`) and the round (`round`).
 Tenant → HQ (train): ConfigRecord `delta` holding the sealed adapter
 (`envelope`) and MetricRecord `metrics` (counts and aggregate metrics only).
-Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name and key id.
+HQ → tenant (query `enrol`): ConfigRecord `enrol` with a fresh random `challenge`.
+Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name, key id and its SM2 signature over
+`enrol_statement` (the challenge, the run id and its node id): proof that it holds the key it names.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def delta_binding(tenant: str, run: str, round_: int, base_version: str, num_exa
     The signed details carry the sample count and the tenant's dataset version (a digest, no data).
     """
     return Binding("delta", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples, DATASET_VERSION: dataset})
+
+
+def enrol_statement(challenge: str, run_id: int, node_id: int, tenant: str, key_id: str) -> bytes:
+    """What a tenant signs to enrol: HQ's fresh challenge bound to this run, this node, its name and key id."""
+    return f"fedloop-enrol/1|{challenge}|run {run_id}|node {node_id}|tenant {tenant}|key {key_id}".encode()
 
 
 def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:

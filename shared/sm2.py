@@ -86,6 +86,9 @@ class SM2PublicKey:
             raise CryptoError("not a valid SM2 public key (64-byte point on the SM2 curve expected)") from None
         object.__setattr__(self, "_native", key)
 
+    def __reduce__(self) -> tuple[type, tuple[bytes]]:
+        return SM2PublicKey, (self.point,)  # the OpenSSL handle is rebuilt, never pickled
+
     def spki(self) -> bytes:
         """SubjectPublicKeyInfo DER (id-ecPublicKey with the SM2 curve OID)."""
         return _der(0x30, _ALGORITHM + _der(0x03, b"\x00\x04" + self.point))
@@ -133,6 +136,9 @@ class SM2PrivateKey:
         key = native.private_key_from_pkcs8(self._pkcs8(public=b""))
         object.__setattr__(self, "_native", key)
         object.__setattr__(self, "public_key", SM2PublicKey(native.encoded_public_point(key)[1:]))  # d·G by OpenSSL
+
+    def __reduce__(self) -> tuple[type, tuple[bytes]]:
+        return SM2PrivateKey, (self.scalar,)  # the OpenSSL handle is rebuilt, never pickled
 
     def _pkcs8(self, public: bytes) -> bytes:
         ec_private_key = _der(0x30, bytes.fromhex("020101") + _der(0x04, self.scalar) + public)

@@ -94,7 +94,7 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         recording.append(RecordingGrid(grid))
-        run_hq(recording[0], settings, layout)
+        run_hq(recording[0], settings, layout, context.run_id)
 
     summary = run_federation(settings, layout, server_app=server_app)
     return settings, layout, summary, recording[0].replies, canaries

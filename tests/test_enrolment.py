@@ -1,0 +1,65 @@
+"""Enrolment with proof of possession, in Flower's Simulation Engine: naming a trusted key is not enough."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedloop.server.app import enrol_tenants
+from fedloop.server.simulation import simulation_backend
+from fedloop.shared.keys import Keyring, init_keys, load_identity, load_public_key, key_paths
+from fedloop.shared.protocol import ENROL, enrol_statement
+from fedloop.shared.sm2 import SM2PrivateKey
+
+
+def _claims(keys: Path) -> ClientApp:
+    """Node 0 is acme and proves it; node 1 names bolt's key without holding it; node 2 holds acme's key but
+    answers with a proof made for another run (a replayed signature)."""
+    app = ClientApp()
+
+    @app.query(ENROL)
+    def enrol(message: Message, context: Context) -> Message:
+        node = int(context.node_config["partition-id"])
+        acme = load_identity(keys, "acme")
+        challenge = str(message.content.config_records[ENROL]["challenge"])
+        if node == 1:
+            bolt = load_public_key(key_paths(keys, "bolt")["public"])
+            signature = SM2PrivateKey.generate().sign(
+                enrol_statement(challenge, context.run_id, context.node_id, "bolt", bolt.key_id))
+            claim = {"tenant": "bolt", "key_id": bolt.key_id, "signature": signature.hex()}
+        else:
+            run = context.run_id if node == 0 else context.run_id + 1
+            signature = acme.signing_key.sign(enrol_statement(challenge, run, context.node_id, "acme",
+                                                              acme.public.key_id))
+            claim = {"tenant": "acme", "key_id": acme.public.key_id, "signature": signature.hex()}
+        return Message(RecordDict({ENROL: ConfigRecord(claim)}), reply_to=message)
+
+    return app
+
+
+def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enrolled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = tmp_path / "keys"
+    for tenant in ("acme", "bolt"):
+        init_keys("tenant", tenant, keys)
+    enrolled: list[list[str]] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        tenants = enrol_tenants(grid, Keyring.from_directory(keys), context.run_id, 3, 1, 60, 60)
+        enrolled.append(sorted(key.name for key in tenants.values()))
+
+    with caplog.at_level(logging.WARNING, logger="fedloop"):
+        run_simulation(server_app=server, client_app=_claims(keys), num_supernodes=3,
+                       backend_config=simulation_backend(3))
+    assert enrolled == [["acme"]]
+    refusals = [r.getMessage() for r in caplog.records if "did not prove it holds that key" in r.getMessage()]
+    print("\n".join(refusals))
+    assert len(refusals) == 2 and any("'bolt'" in r for r in refusals) and any("'acme'" in r for r in refusals)
