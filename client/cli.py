@@ -53,17 +53,13 @@ def _start_draft_endpoint(runtime: TenantRuntime, federation: Settings, release_
     """Load the base model and the released versions, and serve the OpenAI-compatible draft endpoint."""
     from fedloop.client.serve.drafts import DraftService
     from fedloop.client.serve.engine import DraftEngine
-    from fedloop.client.serve.http import build_http_app, read_api_keys
+    from fedloop.client.bearer import load_api_keys
+    from fedloop.client.serve.http import build_http_app
     from fedloop.client.serve.server import start_http
     from fedloop.shared.adapter import ModelLoadError
 
     serve = runtime.settings.serve
-    try:
-        keys = read_api_keys(Path(serve.api_keys_file)) if serve.api_keys_file else None
-    except OSError as err:
-        raise OSError(f"serve.api_keys_file: cannot read {serve.api_keys_file} ({err.strerror})") from None
-    if serve.api_keys_file and not keys:
-        raise OSError(f"serve.api_keys_file: {serve.api_keys_file} holds no key: put one bearer key per line")
+    keys = load_api_keys(serve.api_keys_file, "serve.api_keys_file")
     try:
         engine = DraftEngine(Path(federation.paths.model), federation.lora)
     except ModelLoadError as err:

@@ -21,14 +21,18 @@ class TenantSection:
 class IngestSection:
     """The gRPC feedback service and its input limits."""
 
-    address: str = "127.0.0.1:50051"  # host:port the FeedbackService listens on
+    address: str = "127.0.0.1:50051"  # host:port the FeedbackService listens on (off loopback: TLS and keys required)
+    api_keys_file: str = ""  # file of accepted bearer keys, one per line (gRPC metadata `authorization: Bearer <key>`)
+    tls_certificate: str = ""  # PEM certificate the service presents (with tls_key: TLS on)
+    tls_key: str = ""  # PEM private key of tls_certificate (mode 0600)
     max_workers: int = 8  # gRPC handler threads
     max_text_bytes: int = 65536  # longest accepted text field, in bytes (up to 16 MiB)
     max_id_chars: int = 128  # longest accepted id
     max_dwell_ms: int = 86_400_000  # longest accepted dwell time
     max_position: int = 1000  # highest accepted draft position
     max_clock_skew_ms: int = 86_400_000  # how far an event's timestamp may be from now
-    max_batch_events: int = 1000  # most events in one RecordBatch stream
+    max_batch_events: int = 1000  # most events in one RecordBatch stream (enforced while the stream is read)
+    max_batch_bytes: int = 16 * 2**20  # most bytes of events in one RecordBatch stream
     redaction_workers: int = 0  # > 0: find PII in that many worker processes (0..64)
 
 
@@ -134,6 +138,13 @@ class TenantSettings:
         require(0 <= self.ingest.redaction_workers <= 64, "ingest.redaction_workers",
                 "an integer in [0, 64] (0 = find PII in the service process)")
         require(1 <= self.ingest.max_text_bytes <= 16 * 2**20, "ingest.max_text_bytes", "in [1, 16 MiB]")
+        require(bool(self.ingest.tls_certificate) == bool(self.ingest.tls_key), "ingest.tls_certificate / tls_key",
+                "both set (TLS on) or both empty")
+        require(is_loopback(self.ingest.address) or bool(self.ingest.api_keys_file and self.ingest.tls_certificate),
+                "ingest.api_keys_file / tls_certificate / tls_key", "set when ingest.address is not on loopback "
+                "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys")
+        require(self.ingest.max_batch_bytes >= 4 * self.ingest.max_text_bytes, "ingest.max_batch_bytes",
+                "at least 4 x ingest.max_text_bytes (one event's texts)")
         require(0.0 < self.moderation.breaker_max_rate <= 1.0, "moderation.breaker_max_rate", "in (0, 1]")
         require(0.0 < self.curation.near_duplicate_threshold <= 1.0, "curation.near_duplicate_threshold",
                 "in (0, 1]")

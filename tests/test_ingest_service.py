@@ -8,7 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedloop.client.ingest.service import start_server
+from fedloop.client.tenant_settings import IngestSection, TenantSection, TenantSettings
 from fedloop.proto import feedback_pb2 as pb
+from fedloop.proto import feedback_pb2_grpc as pb_grpc
+from fedloop.shared.certs import make_federation_certificates
+from fedloop.shared.settings import ConfigError
 from grpc_helpers import draft, outcome, status_of, stub
 
 BAD = grpc.StatusCode
@@ -141,3 +145,35 @@ def test_route_draft_follows_the_release_pointer(service) -> None:
     in_canary = [r for r in routes if r.canary]
     assert all(r.model_version == "v2" for r in in_canary) and 0 < len(in_canary) < 50  # about 5 % of 400
     assert all(r.model_version == "v1" for r in routes if not r.canary)
+
+
+
+def test_off_loopback_the_service_needs_tls_and_bearer_keys_and_refuses_strangers(make_tenant, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="ingest.api_keys_file / tls_certificate / tls_key"):
+        TenantSettings(tenant=TenantSection("acme", "k", "d"), ingest=IngestSection(address="0.0.0.0:50051"))
+    certificates = make_federation_certificates(tmp_path / "certs", ["127.0.0.1"])
+    (tmp_path / "keys.txt").write_text("# product backend\nk-3f9c2a\n")
+    tenant = make_tenant(ingest=IngestSection(address="127.0.0.1:0", api_keys_file=str(tmp_path / "keys.txt"),
+                                              tls_certificate=str(certificates.superlink_certificate),
+                                              tls_key=str(certificates.superlink_key)))
+    server, port = start_server(tenant, "127.0.0.1:0", 2)
+    try:
+        plaintext = grpc.insecure_channel(f"127.0.0.1:{port}")
+        assert status_of(pb_grpc.FeedbackServiceStub(plaintext).RecordDraft, draft("e1", "d1")) == BAD.UNAVAILABLE
+        credentials = grpc.ssl_channel_credentials(certificates.ca_certificate.read_bytes())
+        secure = grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+        client = pb_grpc.FeedbackServiceStub(secure)
+        for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "k-3f9c2a"),)):
+            with pytest.raises(grpc.RpcError) as refused:
+                client.RecordDraft(draft("e1", "d1"), metadata=metadata, timeout=10)
+            assert refused.value.code() == BAD.UNAUTHENTICATED and "ingest.api_keys_file" in refused.value.details()
+            with pytest.raises(grpc.RpcError) as refused:
+                client.RecordBatch(iter([pb.Event(draft=draft("e2", "d2"))]), metadata=metadata, timeout=10)
+            assert refused.value.code() == BAD.UNAUTHENTICATED
+        assert tenant.store.count_events() == 0 and tenant.store.get_draft("d1") is None
+        ack = client.RecordDraft(draft("e1", "d1"), metadata=(("authorization", "Bearer k-3f9c2a"),), timeout=10)
+        assert ack.event_id == "e1" and not ack.duplicate
+        plaintext.close()
+        secure.close()
+    finally:
+        server.stop(grace=None).wait()

@@ -12,15 +12,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedloop.client.bearer import bearer_accepted, load_api_keys
 from fedloop.client.ingest.validation import IngestError
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.proto import feedback_pb2 as pb
+from fedloop.shared.files import FilePermissionError, require_private
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "fedloop.feedback.v1.FeedbackService"
@@ -45,9 +48,12 @@ def _deserializer(message_type: type) -> Callable[[bytes], Any]:
 class FeedbackServicer:
     """Implements FeedbackService over a tenant's ingestion pipeline."""
 
-    def __init__(self, runtime: TenantRuntime, on_outcomes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, runtime: TenantRuntime, on_outcomes: Callable[[int], None] | None = None,
+                 api_keys: list[bytes] | None = None) -> None:
         self._pipeline = runtime.pipeline
+        self._api_keys = api_keys  # None: no key needed (loopback only, enforced by the settings)
         self._release = ReleaseController(runtime.store, runtime.settings.release)
+        self._limits = runtime.settings.ingest
         self._max_id_chars = runtime.settings.ingest.max_id_chars
         self._on_outcomes = on_outcomes  # release decisions follow the outcomes that arrive
 
@@ -55,6 +61,16 @@ class FeedbackServicer:
         count = sum(e.WhichOneof("event") == "outcome" and not d for e, d in zip(events, duplicates))
         if count and self._on_outcomes is not None:
             self._on_outcomes(count)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        if self._api_keys is None:
+            return
+        authorization = dict(context.invocation_metadata()).get("authorization", "")
+        if not bearer_accepted(str(authorization), self._api_keys):
+            self._pipeline.counters.rejected.labels("UNAUTHENTICATED").inc()
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key: send metadata "
+                                                           "`authorization: Bearer <key>` with a key from "
+                                                           "ingest.api_keys_file")
 
     def _refuse_undecodable(self, context: grpc.ServicerContext, message: str) -> None:
         self._pipeline.counters.rejected.labels("INVALID_ARGUMENT").inc()
@@ -71,6 +87,7 @@ class FeedbackServicer:
 
     def _unary(self, field: str) -> Callable[[Any, grpc.ServicerContext], pb.Ack]:
         def handle(request: Any, context: grpc.ServicerContext) -> pb.Ack:
+            self._authenticate(context)
             if isinstance(request, Undecodable):
                 self._refuse_undecodable(context, f"request is not a valid {field} event ({request.reason}); "
                                                   "strings must be UTF-8")
@@ -79,18 +96,29 @@ class FeedbackServicer:
         return handle
 
     def record_batch(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.BatchAck:
-        """Validate the whole stream, then store it in one transaction."""
-        events = []
+        """Read the stream within ingest.max_batch_events and ingest.max_batch_bytes, then store it in one
+        transaction; a stream that goes past either limit is cut off there and nothing of it is stored."""
+        self._authenticate(context)
+        events, received = [], 0
         for position, request in enumerate(requests):
             if isinstance(request, Undecodable):
                 self._refuse_undecodable(context, f"event #{position} is not a valid Event ({request.reason}); "
                                                   "nothing was stored")
+            received += request.ByteSize()
+            for exceeded, limit, value in ((position >= self._limits.max_batch_events, "max_batch_events",
+                                            self._limits.max_batch_events),
+                                           (received > self._limits.max_batch_bytes, "max_batch_bytes",
+                                            self._limits.max_batch_bytes)):
+                if exceeded:
+                    self._refuse_undecodable(context, f"stream exceeds ingest.{limit} ({value}) at event #{position}; "
+                                                      "split it into smaller batches; nothing was stored")
             events.append(request)
         duplicates = self._store(events, context)
         return pb.BatchAck(stored=duplicates.count(False), duplicates=duplicates.count(True))
 
     def route_draft(self, request: Any, context: grpc.ServicerContext) -> pb.Route:
         """The version that drafts for this user now, by the tenant's release pointer."""
+        self._authenticate(context)
         if isinstance(request, Undecodable) or not request.user_id or len(request.user_id) > self._max_id_chars:
             self._refuse_undecodable(context, f"user_id must be a non-empty UTF-8 string of at most "
                                               f"{self._max_id_chars} characters (ingest.max_id_chars)")
@@ -157,16 +185,33 @@ def start_server(runtime: TenantRuntime, address: str, max_workers: int,
                  on_outcomes: Callable[[int], None] | None = None) -> tuple[grpc.Server, int]:
     """Start the FeedbackService on `address`; returns the server and the bound port.
 
-    `on_outcomes` is told how many new outcomes each call stored (the release loop decides on them).
+    With ingest.tls_certificate / tls_key it serves TLS, with ingest.api_keys_file every call needs a bearer key
+    (both are required off loopback). `on_outcomes` is told how many new outcomes each call stored.
     """
-    receive_limit = max(4 * 2**20, 4 * runtime.settings.ingest.max_text_bytes + 2**16)
+    ingest = runtime.settings.ingest
+    api_keys = load_api_keys(ingest.api_keys_file, "ingest.api_keys_file")
+    largest_event = 4 * ingest.max_text_bytes + 2**16  # prompt, draft, final text, ids
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers),
-        options=[("grpc.max_receive_message_length", receive_limit * 16)],
+        options=[("grpc.max_receive_message_length", largest_event)],
     )
-    server.add_generic_rpc_handlers((FeedbackServicer(runtime, on_outcomes).handler(),))
-    port = server.add_insecure_port(address)
+    server.add_generic_rpc_handlers((FeedbackServicer(runtime, on_outcomes, api_keys).handler(),))
+    if ingest.tls_certificate:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([_key_pair(ingest.tls_key,
+                                                                                       ingest.tls_certificate)]))
+    else:
+        port = server.add_insecure_port(address)  # loopback only: the settings refuse anything else without TLS
     if port == 0:
         raise OSError(f"cannot listen on {address}: is the port in use? set ingest.address in the tenant config")
     server.start()
     return server, port
+
+
+def _key_pair(key_path: str, certificate_path: str) -> tuple[bytes, bytes]:
+    try:
+        require_private(Path(key_path))
+        return Path(key_path).read_bytes(), Path(certificate_path).read_bytes()
+    except FilePermissionError as err:
+        raise OSError(f"ingest.tls_key: {err}") from None
+    except OSError as err:
+        raise OSError(f"ingest.tls_key / tls_certificate: cannot read {err.filename} ({err.strerror})") from None

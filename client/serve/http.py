@@ -14,11 +14,9 @@ with the HTTP status of the refusal, and nothing of a refused request is stored.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedloop.client.bearer import bearer_accepted
 from fedloop.client.feedback import FeedbackError
 from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService
 
@@ -99,12 +98,6 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def read_api_keys(path: Path) -> list[bytes]:
-    """The accepted bearer keys, one per line (blank lines and # comments skipped)."""
-    lines = path.read_text().splitlines()
-    return [line.strip().encode() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
 def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes] | None = None) -> FastAPI:
     """The FastAPI app of the draft endpoint; with `api_keys`, every route needs `Authorization: Bearer <key>`."""
     app = FastAPI(title="fedloop draft endpoint", docs_url=None, redoc_url=None, openapi_url=None)
@@ -112,8 +105,7 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
     def authenticate(request: Request) -> None:
         if not api_keys:
             return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k) for k in api_keys):
+        if not bearer_accepted(request.headers.get("authorization", ""), api_keys):
             raise FeedbackError("UNAUTHENTICATED", "missing or unknown API key: send `Authorization: Bearer <key>` "
                                                    "with a key from serve.api_keys_file")
 
