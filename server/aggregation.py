@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -227,10 +228,48 @@ def private_mean(updates: list[TenantUpdate], current: AdapterState, clipping_no
     return {k: torch.from_numpy(m).to(current[k].dtype) for k, m in zip(keys, mean)}
 
 
+WEIGHT_UNITS = 1_000_000  # capped shares are carried as sample counts in parts per million
+
+
+def cap_shares(updates: list[TenantUpdate], max_share: float,
+               outlier_factor: float) -> tuple[list[TenantUpdate], dict[str, str]]:
+    """Cap each tenant's share of the sample-weighted merge at `max_share` (the excess goes to the others in
+    proportion), and note tenants claiming more than `outlier_factor` x the median count of the round.
+
+    Counts are what tenants report; the cap bounds what one tenant can buy with an inflated claim.
+    """
+    notes: dict[str, str] = {}
+    counts = [u.num_examples for u in updates]
+    median = statistics.median(counts)
+    for update in updates:
+        if len(updates) > 2 and update.num_examples > outlier_factor * median:
+            notes[update.tenant] = (f"claims {update.num_examples} samples, {update.num_examples / median:.0f}x the "
+                                    f"round's median ({median:g}): outlier")
+    if max_share >= 1.0 or len(updates) < 2:
+        return updates, notes
+    cap = max(max_share, 1.0 / len(updates))  # below 1/n no weighting can satisfy the cap: equal shares
+    shares = {u.tenant: u.num_examples / sum(counts) for u in updates}
+    capped: set[str] = set()
+    while True:  # water-filling: fix the capped tenants at `cap`, share the rest in proportion to the claims
+        free = [u for u in updates if u.tenant not in capped]
+        remaining = 1.0 - cap * len(capped)
+        free_total = sum(u.num_examples for u in free)
+        shares.update({u.tenant: remaining * u.num_examples / free_total for u in free})
+        shares.update({tenant: cap for tenant in capped})
+        over = {u.tenant for u in free if shares[u.tenant] > cap + 1e-12}
+        if not over:
+            break
+        capped |= over
+    for tenant in capped:
+        notes[tenant] = (notes.get(tenant, "") + "; " if tenant in notes else "") + \
+            f"share of the merge capped at {cap:.0%} (aggregation.max_share)"
+    return [replace(u, num_examples=max(1, round(shares[u.tenant] * WEIGHT_UNITS))) for u in updates], notes
+
+
 def merge(updates: list[TenantUpdate], current: AdapterState, scaling: float,
           settings: AggregationSection) -> tuple[AdapterState, dict[str, str]]:
-    """The round's global adapter, and a note for each tenant whose update was bounded or left out."""
-    notes: dict[str, str] = {}
+    """The round's global adapter, and a note for each tenant whose update was capped, bounded or left out."""
+    updates, notes = cap_shares(updates, settings.max_share, settings.outlier_factor)
     if settings.dp_clipping_norm > 0:
         return private_mean(updates, current, settings.dp_clipping_norm, settings.dp_noise_multiplier), notes
     same_shape = all(u.state[k].shape == current[k].shape for u in updates for k in current)

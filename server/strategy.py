@@ -23,7 +23,7 @@ from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_updat
 from fedloop.server.registry import VersionRecord, VersionRegistry
 from fedloop.server.tracking import MlflowTracker
 from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_to_bytes
-from fedloop.shared.crypto import CryptoError
+from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.settings import AggregationSection
@@ -79,6 +79,7 @@ class SealedMerge(Strategy):
         self.lora = lora
         self.aggregation = aggregation or AggregationSection()
         self.tracker = tracker
+        self.seen_envelopes: set[bytes] = set()  # SM3 of every sealed delta received in this run (replay cache)
         self.reports: dict[int, RoundReport] = {}
         self._sent: list[Message] = []  # the latest messages out; Flower stamps their ids when it sends them
 
@@ -142,6 +143,21 @@ class SealedMerge(Strategy):
         return TenantUpdate(tenant.name, state, num_examples, self.scaling,
                             str(opened.binding.details.get(DATASET_VERSION, "")))
 
+    def _check_not_replayed(self, reply: Message, name: str, accepted: set[str]) -> None:
+        """Refuse a sealed delta already seen in this run, and a second delta from a tenant in one round."""
+        if reply.has_error():
+            return
+        try:
+            digest = sm3_digest(bytes(reply.content.config_records[DELTA]["envelope"]))
+        except (KeyError, TypeError):
+            return  # _open_delta names what is missing
+        if digest in self.seen_envelopes:
+            raise DeltaRefused(f"{name}'s sealed delta was already received in this run (replayed)", "replay")
+        self.seen_envelopes.add(digest)
+        if name in accepted:
+            raise DeltaRefused(f"{name} already sent an accepted delta this round; a second one is not merged",
+                               "replay")
+
     def _refuse(self, report: RoundReport, name: str, err: DeltaRefused) -> None:
         report.refused[name] = str(err)
         report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
@@ -162,6 +178,7 @@ class SealedMerge(Strategy):
             if not reply.has_error():
                 report.bytes_to_hq[name] = wire_size(reply.content)
             try:
+                self._check_not_replayed(reply, name, {u.tenant for u in updates})
                 update = self._open_delta(server_round, reply, node_id)
             except DeltaRefused as err:
                 self._refuse(report, name, err)

@@ -101,6 +101,8 @@ class AggregationSection:
     trim_fraction: float = 0.34  # share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)
     krum_malicious: int = 1  # tenants Krum assumes may be malicious
     min_tenants: int = 1  # fewest accepted updates for a round to produce a version
+    max_share: float = 0.5  # most of a merge's sample weight one tenant may hold, in (0, 1]; 1 = uncapped
+    outlier_factor: float = 10.0  # a count above this x the round's median is flagged as an outlier
     dp_clipping_norm: float = 0.0  # central DP: clip each tenant's update to this L2 norm; 0 = off
     dp_noise_multiplier: float = 0.0  # central DP: Gaussian noise std = this × clipping norm / tenants
 POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
@@ -170,6 +172,8 @@ class Settings:
         require(merging.method in MERGE_METHODS, "aggregation.method", f"one of {', '.join(MERGE_METHODS)}")
         require(merging.robust in ROBUST_METHODS, "aggregation.robust", f"one of {', '.join(ROBUST_METHODS)}")
         require(merging.norm_bound >= 0, "aggregation.norm_bound", "a number >= 0 (0 = off)")
+        require(0 < merging.max_share <= 1, "aggregation.max_share", "a share in (0, 1], e.g. 0.5 (1 = uncapped)")
+        require(merging.outlier_factor > 1, "aggregation.outlier_factor", "a number > 1, e.g. 10")
         require(0.0 <= merging.trim_fraction < 0.5, "aggregation.trim_fraction", "a number in [0, 0.5)")
         require(merging.krum_malicious >= 0, "aggregation.krum_malicious", "an integer >= 0")
         require(1 <= merging.min_tenants <= len(self.federation.tenants), "aggregation.min_tenants",

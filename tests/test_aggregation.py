@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from fedloop.shared.settings import AggregationSection
-from fedloop.server.aggregation import (TenantUpdate, UpdateRejected, check_update,
+from fedloop.server.aggregation import (TenantUpdate, UpdateRejected, cap_shares, check_update,
                                         dense_deltas, exact_merge, fedavg, lora_scaling, merge)
 
 MODULES = ("layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj")
@@ -132,3 +134,20 @@ def test_exact_merge_keeps_the_global_shapes_when_the_rank_exceeds_the_module() 
     assert all(merged[k].shape == wide[k].shape for k in wide)
     for module, target in dense_sum(updates).items():
         assert torch.allclose(dense_deltas(merged, 1.0)[module], target, atol=1e-3)
+
+
+def test_a_tenant_claiming_a_billion_samples_does_not_own_the_round() -> None:
+    current = adapter(4, 0, 0.0)
+    honest = honest_round(current, 3)
+    liar = replace(honest[2], tenant="liar", num_examples=10**9,
+                   state={k: current[k] + adapter(4, 99, 0.5)[k] for k in current})
+    capped, notes = cap_shares(honest[:2] + [liar], max_share=0.5, outlier_factor=10)
+    shares = {u.tenant: u.num_examples / sum(c.num_examples for c in capped) for u in capped}
+    assert shares["liar"] == pytest.approx(0.5, abs=1e-6) and shares["t0"] == pytest.approx(0.25, abs=1e-6)
+    assert "outlier" in notes["liar"] and "capped at 50%" in notes["liar"] and "t0" not in notes
+    merged, merge_notes = merge(honest[:2] + [liar], current, 2.0,
+                                AggregationSection(method="fedavg", norm_bound=0, max_share=0.5))
+    uncapped, _ = merge(honest[:2] + [liar], current, 2.0,
+                        AggregationSection(method="fedavg", norm_bound=0, max_share=1.0))
+    assert distance(uncapped, liar.state) < 1e-3 < distance(merged, liar.state)  # uncapped, the liar is the merge
+    assert "capped" in merge_notes["liar"]

@@ -94,3 +94,16 @@ def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
                     tenants["honest1"], hq.public)
     assert sealed.aggregate_train(1, [reply(1, envelope)]) == (None, None)
     assert sealed.current.id == before and sealed.reports[1].contributors == {}
+
+
+def test_the_same_sealed_delta_twice_in_a_round_counts_once(strategy) -> None:
+    sealed, hq, tenants = strategy
+    first = seal(adapter_to_bytes(adapter(0.2)), delta_binding("honest1", RUN, 1, sealed.current.id, 10),
+                 tenants["honest1"], hq.public)
+    second = seal(adapter_to_bytes(adapter(0.9)), delta_binding("honest1", RUN, 1, sealed.current.id, 10),
+                  tenants["honest1"], hq.public)
+    sealed.aggregate_train(1, [reply(1, first), reply(1, first), reply(1, second)])
+    report = sealed.reports[1]
+    assert report.contributors == {"honest1": 10} and report.refused_by_reason["replay"] == 2  # others: no-reply
+    merged = sealed.current_state["m.q_proj.lora_B.weight"]
+    assert torch.allclose(merged, torch.full((6, 2), 0.2))  # the first delta alone, counted once
