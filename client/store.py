@@ -22,7 +22,7 @@ from typing import Any
 from fedloop.client.privacy.redaction import PlaceholderMap
 from fedloop.client.store_api import (ArmStats, DraftRecord, InstalledVersion, OutcomeRecord, ReleaseRecord,
                                       SampleRecord, SignalRecord)
-from fedloop.shared.audit import AuditEntry, AuditLog
+from fedloop.shared.audit import AuditEntry, AuditLog, audit_key
 from fedloop.shared.crypto import hmac_sm3
 from fedloop.shared.sqlite_db import immediate_transaction, open_database
 from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
@@ -89,7 +89,7 @@ class FeedbackStore:
         self._pseudonym_key = pseudonym_key
         self._db = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
-        self.audit_log = AuditLog(self._db)
+        self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
         self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
     def close(self) -> None:

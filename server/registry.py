@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedloop.shared.audit import AuditLog
+from fedloop.shared.audit import AuditLog, audit_key
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
@@ -94,7 +94,7 @@ class VersionRegistry:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._hq = hq
         self._db = open_database(root / "registry.db", _SCHEMA)
-        self.audit_log = AuditLog(self._db)
+        self.audit_log = AuditLog(self._db, audit_key(hq.pseudonym_key))
         self.audit_log.note_first_use("sm2-key", [f"HQ SM2 key {hq.public.key_id}"])
 
     def close(self) -> None:

@@ -1,8 +1,13 @@
-"""An append-only, tamper-evident audit log: every entry is chained to the one before it by SM3.
+"""An append-only, tamper-evident audit log: every entry is chained to the one before it by HMAC-SM3.
 
-Entry n stores `digest_n = SM3(digest_{n-1} || canonical [seq, at, actor,
-action, subject])`. Editing any field of any entry, deleting or reordering
-entries breaks the chain at that point, and `verify` says where. Deleting the
+Entry n stores `digest_n = HMAC-SM3(audit key, digest_{n-1} || canonical [seq,
+at, actor, action, subject])`. The audit key is derived from the party's
+secret keys (never stored in the database), so someone who can write the
+database but does not hold the key files cannot rebuild a chain after an edit.
+Editing any field of any entry, deleting or reordering entries breaks the
+chain at that point, and `verify` says where. A log written by an older fedloop
+(plain SM3 chain) is verified under SM3 once, re-chained under the key, and the
+re-chaining is itself an entry. Deleting the
 newest entries leaves a shorter but consistent chain: to catch that, keep the
 head (`seq:digest`, printed by `fedloop audit verify`) somewhere else and pass
 it back as `expected_head`. Entries never hold secrets or originals, only who
@@ -20,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedloop.shared.crypto import sm3_digest
+from fedloop.shared.crypto import hmac_sm3, sm3_digest
 from fedloop.shared.sqlite_db import immediate_transaction
 
 GENESIS = "0" * 64
@@ -28,6 +33,7 @@ AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     subject TEXT NOT NULL, prev TEXT NOT NULL DEFAULT '', digest TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS audit_chain (keyed INTEGER NOT NULL);
 """
 
 
@@ -54,23 +60,44 @@ class AuditVerdict:
     problem: str | None = None
 
 
-def entry_digest(prev: str, seq: int, at: float, actor: str, action: str, subject: str) -> str:
-    """SM3 over the previous digest and this entry's canonical fields."""
-    body = json.dumps([seq, repr(at), actor, action, subject], ensure_ascii=False, separators=(",", ":"))
-    return sm3_digest(prev.encode() + body.encode()).hex()
+def audit_key(secret: bytes) -> bytes:
+    """The audit chain's HMAC key, derived from a party secret that lives in its key files."""
+    return hmac_sm3(secret, b"fedloop/audit-chain/1")
+
+
+def entry_digest(key: bytes | None, prev: str, seq: int, at: float, actor: str, action: str, subject: str) -> str:
+    """HMAC-SM3 under `key` (plain SM3 for a pre-key log: key None) over the previous digest and this entry."""
+    body = (prev + json.dumps([seq, repr(at), actor, action, subject], ensure_ascii=False,
+                              separators=(",", ":"))).encode()
+    return (hmac_sm3(key, body) if key is not None else sm3_digest(body)).hex()
 
 
 class AuditLog:
     """The chained audit table of one SQLite database (autocommit connection, as `open_database` makes)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, key: bytes) -> None:
         self._db = db
+        self._key = key
         db.executescript(AUDIT_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
         for column in ("prev", "digest"):  # stores made before the chain existed
             if column not in columns:
                 db.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+        if db.execute("SELECT keyed FROM audit_chain").fetchone() is None:
+            self._key_the_chain()
         self._chain_unchained()
+
+    def _key_the_chain(self) -> None:
+        """Once per database: re-chain an intact SM3 chain (older fedloop) under the key, and record that."""
+        unkeyed = self._walk(None)
+        if unkeyed.ok:
+            self._write(lambda: [self._chain(*row) for row in self._db.execute(
+                "SELECT seq, at, actor, action, subject FROM audit ORDER BY seq").fetchall()])
+        self._write(lambda: self._db.execute("INSERT INTO audit_chain VALUES (1)"))
+        if unkeyed.entries:
+            self.append("fedloop", "audit.keyed", f"{unkeyed.entries} SM3-chained entries re-chained under the "
+                                                  "audit key" if unkeyed.ok else f"SM3 chain was already broken: "
+                                                  f"{unkeyed.problem}")
 
     def _chain_unchained(self) -> None:
         """Chain entries written before the log was chained (once, oldest first)."""
@@ -88,7 +115,7 @@ class AuditLog:
                                     (seq,)).fetchone()
         prev = previous[0] if previous else GENESIS
         self._db.execute("UPDATE audit SET prev = ?, digest = ? WHERE seq = ?",
-                         (prev, entry_digest(prev, seq, at, actor, action, subject), seq))
+                         (prev, entry_digest(self._key, prev, seq, at, actor, action, subject), seq))
 
     def _write(self, work: Callable[[], object]) -> None:
         """Run `work` inside the caller's transaction, or in one of its own."""
@@ -107,7 +134,7 @@ class AuditLog:
                                       (at, actor, action, subject, prev))
             seq = int(cursor.lastrowid or 0)
             self._db.execute("UPDATE audit SET digest = ? WHERE seq = ?",
-                             (entry_digest(prev, seq, at, actor, action, subject), seq))
+                             (entry_digest(self._key, prev, seq, at, actor, action, subject), seq))
         self._write(work)
 
     def note_first_use(self, kind: str, key_names: list[str]) -> None:
@@ -124,6 +151,9 @@ class AuditLog:
 
     def verify(self, expected_head: str | None = None) -> AuditVerdict:
         """Walk the chain from the start; report the first entry that does not follow from the one before."""
+        return self._walk(self._key, expected_head)
+
+    def _walk(self, key: bytes | None, expected_head: str | None = None) -> AuditVerdict:
         entries = self.entries()
         prev, expected_seq = GENESIS, None
         for entry in entries:
@@ -133,8 +163,9 @@ class AuditLog:
             if entry.prev != prev:
                 return AuditVerdict(False, len(entries), "", f"entry {entry.seq} does not follow the entry before "
                                                              "it (an earlier entry was deleted or altered)")
-            if entry_digest(prev, entry.seq, entry.at, entry.actor, entry.action, entry.subject) != entry.digest:
-                return AuditVerdict(False, len(entries), "", f"entry {entry.seq} was altered after it was written "
+            if entry_digest(key, prev, entry.seq, entry.at, entry.actor, entry.action, entry.subject) != entry.digest:
+                return AuditVerdict(False, len(entries), "", f"entry {entry.seq} was altered after it was written, "
+                                                             f"or its chain was rebuilt without the audit key "
                                                              f"({entry.action} by {entry.actor})")
             prev, expected_seq = entry.digest, entry.seq + 1
         head = f"{entries[-1].seq}:{entries[-1].digest}" if entries else f"0:{GENESIS}"
