@@ -10,12 +10,13 @@ a PostgreSQL implementation would fill.
 
 from __future__ import annotations
 
+import hmac
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from fedloop.client.privacy.redaction import PlaceholderMap
 from fedloop.client.store_api import (ArmStats, DraftRecord, InstalledVersion, OutcomeRecord, ReleaseRecord,
                                       SampleRecord, SignalRecord)
 from fedloop.shared.audit import AuditEntry, AuditLog, audit_key
-from fedloop.shared.crypto import hmac_sm3
+from fedloop.shared.crypto import CryptoError, hmac_sm3
 from fedloop.shared.sqlite_db import immediate_transaction, open_database
 from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
 
@@ -33,11 +34,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS drafts (
     id TEXT PRIMARY KEY, user_pseudonym TEXT NOT NULL, session_pseudonym TEXT NOT NULL,
     prompt BLOB NOT NULL, draft BLOB NOT NULL, model_version TEXT NOT NULL, prompt_version TEXT NOT NULL,
-    position INTEGER NOT NULL, shown_at_ms INTEGER NOT NULL);
+    position INTEGER NOT NULL, shown_at_ms INTEGER NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS outcomes (
     draft_id TEXT PRIMARY KEY REFERENCES drafts(id), action TEXT NOT NULL
         CHECK (action IN ('accept', 'edit', 'reject')),
-    final_text BLOB, dwell_ms INTEGER NOT NULL, reward REAL NOT NULL, decided_at_ms INTEGER NOT NULL);
+    final_text BLOB, dwell_ms INTEGER NOT NULL, reward REAL NOT NULL, decided_at_ms INTEGER NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS signals (
     event_id TEXT PRIMARY KEY, user_pseudonym TEXT NOT NULL, session_pseudonym TEXT NOT NULL,
     kind TEXT NOT NULL, draft_id TEXT, value BLOB, at_ms INTEGER NOT NULL);
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS samples (
     user_pseudonym TEXT NOT NULL, prompt BLOB NOT NULL, target BLOB, rejected BLOB, signature BLOB NOT NULL,
     reward REAL NOT NULL, weight REAL NOT NULL, pool TEXT NOT NULL, problem_type TEXT, risk TEXT NOT NULL,
     first_seen_version TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, label TEXT,
-    created_at_ms INTEGER NOT NULL);
+    created_at_ms INTEGER NOT NULL, row_mac BLOB);
 CREATE INDEX IF NOT EXISTS samples_by_cluster ON samples(cluster_id);
 CREATE INDEX IF NOT EXISTS samples_by_user ON samples(user_pseudonym, created_at_ms);
 CREATE TABLE IF NOT EXISTS problems (
@@ -69,6 +70,14 @@ CREATE TABLE IF NOT EXISTS releases (
     canary TEXT, share REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS drafts_by_version ON drafts(model_version, shown_at_ms);
 """
+# The plain columns of each row that a MAC authenticates (with the row's key column first).
+MACED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "drafts": ("id", "user_pseudonym", "session_pseudonym", "model_version", "prompt_version", "position",
+               "shown_at_ms"),
+    "outcomes": ("draft_id", "action", "dwell_ms", "reward", "decided_at_ms"),
+    "samples": ("id", "draft_id", "cluster_id", "user_pseudonym", "reward", "weight", "pool", "problem_type", "risk",
+                "first_seen_version", "status", "reason", "label", "created_at_ms"),
+}
 # Encrypted columns and the key column of their table: what key rotation walks over.
 ENCRYPTED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "drafts": ("id", ("prompt", "draft")),
@@ -90,7 +99,46 @@ class FeedbackStore:
         self._db = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
         self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
+        self._row_key = hmac_sm3(pseudonym_key, b"fedloop/row-mac/1")
+        self._mac_rows_without_one()
         self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
+
+    # -- row authentication --------------------------------------------------------------------
+    def _row_mac(self, table: str, fields: tuple) -> bytes:  # type: ignore[type-arg]
+        return hmac_sm3(self._row_key, json.dumps([table, *fields], separators=(",", ":")).encode())
+
+    def _check_row(self, table: str, fields: tuple, mac: bytes | None) -> None:  # type: ignore[type-arg]
+        if mac is None or not hmac.compare_digest(self._row_mac(table, fields), mac):
+            raise CryptoError(f"row {table}/{fields[0]} failed its integrity check: its plain fields "
+                              f"({', '.join(MACED_COLUMNS[table][1:])}) were changed outside fedloop")
+
+    def _maced_select(self, table: str, where: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+        """The MAC'd columns of matching rows, each checked against its row MAC."""
+        columns = MACED_COLUMNS[table]
+        rows = self._db.execute(f"SELECT {', '.join(columns)}, row_mac FROM {table} WHERE {where}", params)
+        checked = []
+        for row in rows.fetchall():
+            self._check_row(table, row[:-1], row[-1])
+            checked.append(row[:-1])
+        return checked
+
+    def _set_row_mac(self, table: str, key: str) -> None:
+        columns = MACED_COLUMNS[table]
+        row = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {columns[0]} = ?", (key,)).fetchone()
+        self._db.execute(f"UPDATE {table} SET row_mac = ? WHERE {columns[0]} = ?", (self._row_mac(table, row), key))
+
+    def _mac_rows_without_one(self) -> None:
+        """Stores from before row MACs: add the column and MAC the rows as they are, once (audited)."""
+        added = 0
+        with self.transaction():
+            for table, columns in MACED_COLUMNS.items():
+                if "row_mac" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN row_mac BLOB")
+                for (key,) in self._db.execute(f"SELECT {columns[0]} FROM {table} WHERE row_mac IS NULL").fetchall():
+                    self._set_row_mac(table, key)
+                    added += 1
+            if added:
+                self.audit_log.append("fedloop", "store.row-macs", f"{added} rows from before row MACs authenticated")
 
     def close(self) -> None:
         """Close the database."""
@@ -142,16 +190,19 @@ class FeedbackStore:
     def insert_draft(self, draft: DraftRecord) -> None:
         """Store a shown draft (texts already redacted, ids already pseudonymised)."""
         self._db.execute(
-            "INSERT INTO drafts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO drafts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (draft.id, draft.user_pseudonym, draft.session_pseudonym,
              self._seal("drafts", "prompt", draft.id, draft.prompt), self._seal("drafts", "draft", draft.id, draft.draft),
-             draft.model_version, draft.prompt_version, draft.position, draft.shown_at_ms))
+             draft.model_version, draft.prompt_version, draft.position, draft.shown_at_ms,
+             self._row_mac("drafts", (draft.id, draft.user_pseudonym, draft.session_pseudonym, draft.model_version,
+                                      draft.prompt_version, draft.position, draft.shown_at_ms))))
 
     def get_draft(self, draft_id: str) -> DraftRecord | None:
         """A stored draft, decrypted, or None."""
         row = self._db.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
         if row is None:
             return None
+        self._check_row("drafts", (row[0], row[1], row[2], row[5], row[6], row[7], row[8]), row[9])
         return DraftRecord(row[0], row[1], row[2], self._open("drafts", "prompt", row[0], row[3]) or "",
                            self._open("drafts", "draft", row[0], row[4]) or "", row[5], row[6], row[7], row[8])
 
@@ -161,16 +212,19 @@ class FeedbackStore:
 
     def insert_outcome(self, outcome: OutcomeRecord) -> None:
         """Store the user's decision on a draft (final text already redacted)."""
-        self._db.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
+        self._db.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (outcome.draft_id, outcome.action,
                           self._seal("outcomes", "final_text", outcome.draft_id, outcome.final_text),
-                          outcome.dwell_ms, outcome.reward, outcome.decided_at_ms))
+                          outcome.dwell_ms, outcome.reward, outcome.decided_at_ms,
+                          self._row_mac("outcomes", (outcome.draft_id, outcome.action, outcome.dwell_ms, outcome.reward,
+                                                     outcome.decided_at_ms))))
 
     def get_outcome(self, draft_id: str) -> OutcomeRecord | None:
         """The outcome of a draft, decrypted, or None."""
         row = self._db.execute("SELECT * FROM outcomes WHERE draft_id = ?", (draft_id,)).fetchone()
         if row is None:
             return None
+        self._check_row("outcomes", (row[0], row[1], row[3], row[4], row[5]), row[6])
         return OutcomeRecord(row[0], row[1], self._open("outcomes", "final_text", row[0], row[2]), row[3], row[4], row[5])
 
     def insert_signal(self, signal: SignalRecord) -> None:
@@ -233,14 +287,18 @@ class FeedbackStore:
         """Store a curated sample with its MinHash signature (both encrypted)."""
         s = sample
         self._db.execute(
-            "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (s.id, s.draft_id, s.cluster_id, s.user_pseudonym, self._seal("samples", "prompt", s.id, s.prompt),
              self._seal("samples", "target", s.id, s.target), self._seal("samples", "rejected", s.id, s.rejected),
              self._seal("samples", "signature", s.id, signature), s.reward, s.weight, s.pool, s.problem_type,
-             s.risk, s.first_seen_version, s.status, s.reason, s.label, s.created_at_ms))
+             s.risk, s.first_seen_version, s.status, s.reason, s.label, s.created_at_ms,
+             self._row_mac("samples", (s.id, s.draft_id, s.cluster_id, s.user_pseudonym, s.reward, s.weight, s.pool,
+                                       s.problem_type, s.risk, s.first_seen_version, s.status, s.reason, s.label,
+                                       s.created_at_ms))))
 
     def _sample(self, row: tuple) -> SampleRecord:  # type: ignore[type-arg]
         sid = row[0]
+        self._check_row("samples", (*row[:4], *row[8:18]), row[18])
         return SampleRecord(sid, row[1], row[2], row[3], self._open("samples", "prompt", sid, row[4]) or "",
                             self._open("samples", "target", sid, row[5]), self._open("samples", "rejected", sid, row[6]),
                             row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17])
@@ -261,7 +319,10 @@ class FeedbackStore:
         if not fields or set(fields) - allowed:
             raise ValueError(f"can only update {sorted(allowed)}, got {sorted(fields)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE samples SET {assignments} WHERE id = ?", (*fields.values(), sample_id))
+        with self._lock, (nullcontext() if self._db.in_transaction else self.transaction()):
+            self._maced_select("samples", "id = ?", (sample_id,))  # an edited row is not laundered by an update
+            self._db.execute(f"UPDATE samples SET {assignments} WHERE id = ?", (*fields.values(), sample_id))
+            self._set_row_mac("samples", sample_id)
 
     def user_sample_count(self, user_pseudonym: str, since_ms: int) -> int:
         """Samples a user contributed since `since_ms`."""
@@ -383,15 +444,19 @@ class FeedbackStore:
                                                 record.share, record.reason))
 
     def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
-        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule."""
-        decided, accepts, rejects = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(o.action = 'accept'), 0), COALESCE(SUM(o.action = 'reject'), 0) "
-            "FROM drafts d JOIN outcomes o ON o.draft_id = d.id WHERE d.model_version = ? AND d.shown_at_ms >= ?",
-            (model_version, since_ms)).fetchone()
+        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule.
+
+        Every draft and outcome counted is checked against its row MAC: an SQL edit cannot sway a release.
+        """
+        drafts = {row[0] for row in self._maced_select("drafts", "model_version = ? AND shown_at_ms >= ?",
+                                                       (model_version, since_ms))}
+        actions = [row[1] for row in self._maced_select(
+            "outcomes", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)",
+            (model_version, since_ms)) if row[0] in drafts]
         (flagged,) = self._db.execute(
             "SELECT COUNT(DISTINCT p.draft_id) FROM problems p JOIN drafts d ON d.id = p.draft_id "
             "WHERE d.model_version = ? AND d.shown_at_ms >= ?", (model_version, since_ms)).fetchone()
-        return ArmStats(model_version, decided, accepts, rejects, flagged)
+        return ArmStats(model_version, len(actions), actions.count("accept"), actions.count("reject"), flagged)
 
     # -- key rotation -------------------------------------------------------------------------
     def reencrypt_batch(self, batch_size: int = 500) -> int:

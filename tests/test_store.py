@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
+from fedloop.shared.crypto import CryptoError
 
 CANARY = "CANARY-7f3a9c-should-never-be-readable"
 
@@ -70,3 +73,31 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
     with pytest.raises(FeedbackError) as replay:
         api.record_outcome(draft_id, Action.REJECT, "other", dwell_ms=1)
     assert replay.value.status == "ALREADY_EXISTS"
+
+
+@pytest.mark.parametrize("edit, read", [
+    ("UPDATE samples SET weight = 50.0", lambda store, draft_id: store.samples()),
+    ("UPDATE samples SET pool = 'core_baseline'", lambda store, draft_id: store.samples()),
+    ("UPDATE outcomes SET action = 'accept', reward = 1.0", lambda store, draft_id: store.get_outcome(draft_id)),
+    ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.get_draft(draft_id)),
+    ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.arm_stats("v1", 0)),
+])
+def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:  # noqa: ANN001
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1")
+    api.record_outcome(draft_id, Action.EDIT, "It ships on Monday.", dwell_ms=3000)
+    assert tenant.store.arm_stats("v1", 0).decided == 1 and len(tenant.store.samples()) == 1
+    with sqlite3.connect(tenant.store.path) as db:
+        db.execute(edit)
+    with pytest.raises(CryptoError, match=r"failed its integrity check: its plain fields .* were changed outside"):
+        read(tenant.store, draft_id)
+
+
+@pytest.mark.parametrize("version", ["", "v1 with spaces", "v1'; DROP TABLE drafts; --", "x" * 129, "ünïcode"])
+def test_model_and_prompt_versions_must_look_like_versions(make_tenant, version: str) -> None:
+    api = FeedbackRecorder(make_tenant().pipeline)
+    with pytest.raises(FeedbackError, match="draft.model_version .* is not a version"):
+        api.record_draft("u1", "Where is my order?", "On its way.", version)
+    with pytest.raises(FeedbackError, match="draft.prompt_version .* is not a version"):
+        api.record_draft("u1", "Where is my order?", "On its way.", "v1", prompt_version=version)

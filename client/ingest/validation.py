@@ -7,6 +7,8 @@ and a message that names the field and the fix. Checks that need the store
 
 from __future__ import annotations
 
+import re
+
 import time
 
 from fedloop.client.tenant_settings import IngestSection
@@ -58,12 +60,24 @@ def timestamp(name: str, value: int, limits: IngestSection) -> int:
     return value
 
 
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
+
+
+def check_version(name: str, value: str) -> None:
+    """A model or prompt version: 1-128 characters, letters, digits and . _ : / + - (no spaces, no quotes)."""
+    if not VERSION_PATTERN.fullmatch(value):
+        raise IngestError("INVALID_ARGUMENT", f"{name} {value[:40]!r} is not a version: use 1-128 letters, digits "
+                                              "and . _ : / + - (e.g. 'v0003-1a2b3c4d' or 'prompt-2026-11')")
+
+
 def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
     """Static checks of a DraftEvent."""
     for name in ("event_id", "draft_id", "user_id", "session_id"):
         check_identifier(f"draft.{name}", getattr(event, name), limits)
-    for name in ("prompt", "draft", "model_version", "prompt_version"):
+    for name in ("prompt", "draft"):
         check_text(f"draft.{name}", getattr(event, name), limits)
+    for name in ("model_version", "prompt_version"):
+        check_version(f"draft.{name}", getattr(event, name))
     if not 0 <= event.position <= limits.max_position:
         raise IngestError("INVALID_ARGUMENT", f"draft.position {event.position} must be in [0, {limits.max_position}]")
     timestamp("draft.timestamp_ms", event.timestamp_ms, limits)
