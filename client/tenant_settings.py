@@ -33,6 +33,7 @@ class IngestSection:
     max_clock_skew_ms: int = 86_400_000  # how far an event's timestamp may be from now
     max_batch_events: int = 1000  # most events in one RecordBatch stream (enforced while the stream is read)
     max_batch_bytes: int = 16 * 2**20  # most bytes of events in one RecordBatch stream
+    max_events_per_user_per_minute: int = 600  # a user's drafts and signals beyond this get RESOURCE_EXHAUSTED; 0 = off
     redaction_workers: int = 0  # > 0: find PII in that many worker processes (0..64)
 
 
@@ -143,6 +144,8 @@ class TenantSettings:
         require(is_loopback(self.ingest.address) or bool(self.ingest.api_keys_file and self.ingest.tls_certificate),
                 "ingest.api_keys_file / tls_certificate / tls_key", "set when ingest.address is not on loopback "
                 "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys")
+        require(self.ingest.max_events_per_user_per_minute >= 0, "ingest.max_events_per_user_per_minute",
+                "an integer >= 0 (0 = no limit)")
         require(self.ingest.max_batch_bytes >= 4 * self.ingest.max_text_bytes, "ingest.max_batch_bytes",
                 "at least 4 x ingest.max_text_bytes (one event's texts)")
         require(0.0 < self.moderation.breaker_max_rate <= 1.0, "moderation.breaker_max_rate", "in (0, 1]")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from fedloop.client.ingest.rate_limit import UserRateLimit
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
 from fedloop.client.privacy.finders import Finder
 from fedloop.client.privacy.redaction import Finding, PlaceholderMap, apply_placeholders
@@ -51,6 +52,7 @@ class IngestPipeline:
         self._mac_key = mac_key
         self._redacted: list[str] = []  # entity types replaced in the transaction under way
         self._lock = threading.Lock()
+        self._rate_limit = UserRateLimit(settings.ingest.max_events_per_user_per_minute)
 
     def ingest(self, events: Sequence[pb.Event]) -> list[bool]:
         """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one.
@@ -74,6 +76,13 @@ class IngestPipeline:
                 kinds.append(check_event(event, limits))
             except IngestError as err:
                 raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
+        users = [getattr(event, kind).user_id for event, kind in zip(events, kinds) if kind in ("draft", "signal")]
+        limited = self._rate_limit.admit([self.store.pseudonym(user) for user in users])
+        if limited is not None:
+            raise IngestError("RESOURCE_EXHAUSTED", f"a user in this batch sent more than "
+                                                    f"{limits.max_events_per_user_per_minute} events in the last minute "
+                                                    "(ingest.max_events_per_user_per_minute); retry later; nothing was "
+                                                    "stored")
         texts = sorted({t for event, kind in zip(events, kinds) for t in _texts(getattr(event, kind)) if t})
         findings = dict(zip(texts, self._finder.find_many(texts)))  # the costly part, outside the lock
         duplicates: list[bool] = []

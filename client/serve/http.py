@@ -29,7 +29,7 @@ from fedloop.client.feedback import FeedbackError
 from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService
 
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-               "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503}
+               "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}
 
 
 class ChatMessageIn(BaseModel):

