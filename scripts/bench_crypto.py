@@ -33,7 +33,7 @@ from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys
 from fedloop.shared.protocol import delta_binding
-from fedloop.shared.sm2 import N, SM2PrivateKey
+from fedloop.shared.sm2 import SM2PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = bytes(32)  # what fedloop signs: an SM3 digest

@@ -12,8 +12,7 @@ ArrayRecord to Flower's own `FedAvg`, with no sealing and no registry.
 Printed: round 1's wall time in each arm (from the first training message to
 the last evaluation reply) and the overhead ratio (goal <= 1.10), the bytes
 each tenant sent and received in the round and their share of the full model's
-float32 size, and sealing throughput against gmssl's pure-Python SM4 on the
-same bytes.
+float32 size. Sealing throughput on its own: scripts/bench_crypto.py.
 
 Run: .venv/bin/python scripts/bench_round.py [--model models/smollm2-135m-instruct]
 """
@@ -32,16 +31,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
-from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
 from fedloop.client.simulation_app import simulated_tenants, simulated_traffic
 from fedloop.client.store_api import InstalledVersion
 from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
-from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm3_digest, sm4_gcm_encrypt
-from fedloop.shared.envelope import open_envelope, seal
-from fedloop.shared.keys import Keyring, init_keys
-from fedloop.shared.protocol import NUM_EXAMPLES, delta_binding
+from fedloop.shared.crypto import sm3_digest
+from fedloop.shared.protocol import NUM_EXAMPLES
 from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
 
@@ -130,30 +126,8 @@ def named(settings: Settings, run_name: str) -> Settings:
     return replace(settings, federation=replace(settings.federation, run_name=run_name))
 
 
-def sealing_throughput(payload: bytes, directory: Path) -> tuple[float, float, float, float]:
-    """MB/s of fedloop's seal, its open (verify + decrypt), its bare SM4-GCM, and gmssl's pure-Python SM4."""
-    hq, tenant = init_keys("hq", "hq", directory), init_keys("tenant", "acme", directory)
-    binding = delta_binding("acme", "bench", 1, "v0", 1)
-    started = time.perf_counter()
-    envelope = seal(payload, binding, tenant, hq.public)
-    seal_s = time.perf_counter() - started
-    started = time.perf_counter()
-    open_envelope(envelope, hq, Keyring([tenant.public]), binding)
-    open_s = time.perf_counter() - started
-    started = time.perf_counter()
-    sm4_gcm_encrypt(new_sm4_key(), bytes(GCM_NONCE_BYTES), payload, b"")
-    gcm_s = time.perf_counter() - started
-    cipher = CryptSM4()
-    cipher.set_key(b"0123456789abcdef", SM4_ENCRYPT)
-    started = time.perf_counter()
-    cipher.crypt_ecb(payload)
-    gmssl_s = time.perf_counter() - started
-    megabytes = len(payload) / 1e6
-    return megabytes / seal_s, megabytes / open_s, megabytes / gcm_s, megabytes / gmssl_s
-
-
 def main() -> None:
-    """Run both arms and the sealing comparison; print the results."""
+    """Run both arms; print the round times, the ratio and the bytes each tenant moved."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct",
                         help="local model directory or .gguf (default: the one `make model` writes)")
@@ -178,7 +152,6 @@ def main() -> None:
     base, _ = load_base_model(args.model)
     model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     payload = adapter_to_bytes(adapter_state(attach_lora(base, settings.lora, 0)))
-    seal_mbs, open_mbs, gcm_mbs, gmssl_mbs = sealing_throughput(payload, work / "keys")
 
     print(f"\n| arm | round 1 wall time (s) |\n|---|---|\n| plain Flower FedAvg (no sealing, no registry) | "
           f"{plain_s:.1f} |\n| fedloop (sealed, verified, exact merge, registry) | {fedloop_s:.1f} |")
@@ -189,12 +162,6 @@ def main() -> None:
     for tenant in settings.federation.tenants:
         sent, received = round_1["bytes_to_hq"][tenant], round_1["bytes_to_tenant"][tenant]
         print(f"| {tenant} | {sent:,} | {sent / model_bytes:.2%} | {received:,} | {received / model_bytes:.2%} |")
-    print(f"\nsealing the {len(payload):,}-byte adapter, MB/s:\n| what | MB/s | ratio to gmssl SM4 |\n|---|---|---|")
-    for label, rate in (("fedloop seal (SM4-GCM + SM2 wrap + SM2 signature over SM3)", seal_mbs),
-                        ("fedloop open (verify + unwrap + decrypt)", open_mbs),
-                        ("SM4-GCM alone (cryptography / OpenSSL)", gcm_mbs),
-                        ("gmssl pure-Python SM4-ECB (baseline)", gmssl_mbs)):
-        print(f"| {label} | {rate:.2f} | {rate / gmssl_mbs:.0f}x |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -203,7 +204,8 @@ def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_ap
                    FLEET_HTTP_SIGNATURE_HEADER: base64.b64encode(signature).decode(),
                    "Content-Type": "application/protobuf"}
         response = httpx.post(f"https://127.0.0.1:{deployed.port}{path}", content=b"", headers=headers,
-                              verify=str(deployed.root / "certs" / "ca.crt"), timeout=30)
+                              verify=ssl.create_default_context(cafile=deployed.root / "certs" / "ca.crt"),
+                              timeout=30)
         print(f"POST {path} as acme's node -> {response.status_code} {response.text}")
         assert response.status_code == 403 and "only the Fleet API" in response.text
 
