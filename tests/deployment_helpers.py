@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedloop.shared.certs import make_node_key
-from fedloop.shared.certs import make_node_key
 from fedloop.shared.keys import init_keys, key_paths
 from fedloop.shared.run_layout import HQ_NAME
 
