@@ -128,17 +128,24 @@ class FeedbackStore:
         self._db.execute(f"UPDATE {table} SET row_mac = ? WHERE {columns[0]} = ?", (self._row_mac(table, row), key))
 
     def _mac_rows_without_one(self) -> None:
-        """Stores from before row MACs: add the column and MAC the rows as they are, once (audited)."""
+        """A store from before row MACs (the column is missing): add it and MAC the rows as they are, once (audited).
+
+        Only a missing column triggers this; a row whose MAC was later cleared with SQL fails its check instead.
+        """
+        missing = [table for table in MACED_COLUMNS
+                   if "row_mac" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}]
+        if not missing:
+            return
         added = 0
         with self.transaction():
-            for table, columns in MACED_COLUMNS.items():
-                if "row_mac" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN row_mac BLOB")
-                for (key,) in self._db.execute(f"SELECT {columns[0]} FROM {table} WHERE row_mac IS NULL").fetchall():
+            for table in missing:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN row_mac BLOB")
+                key_column = MACED_COLUMNS[table][0]
+                for (key,) in self._db.execute(f"SELECT {key_column} FROM {table}").fetchall():
                     self._set_row_mac(table, key)
                     added += 1
-            if added:
-                self.audit_log.append("fedloop", "store.row-macs", f"{added} rows from before row MACs authenticated")
+            self.audit_log.append("fedloop", "store.row-macs", f"{added} rows from before row MACs authenticated "
+                                                               f"({', '.join(missing)})")
 
     def close(self) -> None:
         """Close the database."""

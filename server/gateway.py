@@ -6,10 +6,10 @@ enterprise license plugin: without it, whoever reaches the port can list runs,
 register SuperNodes and start a ServerApp as HQ. So `fedloop hq up` binds the
 SuperLink to HQ's loopback and puts nginx (Debian's package) on the public
 address: TLS with the SuperLink's certificate, `/v1/fleet/*` proxied to the
-SuperLink (checked against the CA under the name localhost; the SuperLink's SuperNode
-authentication still decides which nodes get in),
-every other path answered 403. HQ's operators reach the Control API on the
-loopback port, from HQ's own host: an operator login there is the credential.
+SuperLink (checked against the CA under the name localhost; the SuperLink's
+SuperNode authentication still decides which nodes get in), every other path
+answered 403. HQ's operators reach the Control API on the loopback port, from
+HQ's own host: an operator login there is the credential.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fedloop.shared.flower_processes import DeploymentError
 
 FLEET_PREFIX = "/v1/fleet/"
 MAX_BODY = "1g"  # sealed adapters travel as Fleet objects; the registry, not nginx, bounds their size
+TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # nginx's temporary paths, all under HQ's home
 
 
 def nginx_executable() -> str:
@@ -58,7 +59,7 @@ class GatewaySpec:
         """The nginx configuration: Fleet API forwarded over TLS, everything else refused."""
         d = self.directory.resolve()
         temp = "\n".join(f"    {kind}_temp_path {d / 'tmp' / kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+                         for kind in TEMP_KINDS)
         user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
         return f"""{user}worker_processes 1;
 pid {d / 'nginx.pid'};
@@ -101,7 +102,7 @@ http {{
         missing = [str(p) for p in (self.certificate, self.private_key, self.ca_certificate) if not p.is_file()]
         if missing:
             raise DeploymentError(f"missing {', '.join(missing)}: create them with `fedloop certs` or bring your own")
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        for kind in TEMP_KINDS:
             (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         path = self.directory / "nginx.conf"
         write_atomic(path, self.config().encode())

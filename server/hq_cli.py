@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
+from fedloop.server.gateway import GatewaySpec
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
 from fedloop.shared.console import command_group, fail
-from fedloop.server.gateway import GatewaySpec
 from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, stop_flower,
                                              submit_run, supervise_all, write_cli_config)
 from fedloop.shared.logs import configure_logging

@@ -8,6 +8,7 @@ import pytest
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
+from fedloop.client.store import FeedbackStore
 from fedloop.shared.crypto import CryptoError
 
 CANARY = "CANARY-7f3a9c-should-never-be-readable"
@@ -101,3 +102,16 @@ def test_model_and_prompt_versions_must_look_like_versions(make_tenant, version:
         api.record_draft("u1", "Where is my order?", "On its way.", version)
     with pytest.raises(FeedbackError, match="draft.prompt_version .* is not a version"):
         api.record_draft("u1", "Where is my order?", "On its way.", "v1", prompt_version=version)
+
+
+def test_clearing_a_row_mac_with_sql_does_not_launder_an_edit(make_tenant) -> None:
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1")
+    api.record_outcome(draft_id, Action.REJECT, dwell_ms=3000)
+    with sqlite3.connect(tenant.store.path) as db:
+        db.execute("UPDATE outcomes SET action = 'accept', row_mac = NULL")
+    reopened = FeedbackStore(tenant.store.path, tenant.identity.storage, tenant.identity.pseudonym_key)
+    with pytest.raises(CryptoError, match="outcomes/.* failed its integrity check"):
+        reopened.get_outcome(draft_id)
+    reopened.close()
