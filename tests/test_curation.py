@@ -6,7 +6,7 @@ import time
 
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.samples.curation import reward_and_weight, training_examples
-from fedloop.client.tenant_settings import CurationSection, ModerationSection, SignalsSection
+from fedloop.client.tenant_settings import CurationSection, IngestSection, ModerationSection, SignalsSection
 from fedloop.proto import feedback_pb2 as pb
 
 
@@ -24,7 +24,8 @@ def test_weights_refine_the_base_rewards() -> None:
 
 def test_a_flood_from_one_user_weighs_no_more_than_the_cap(make_tenant) -> None:
     cap = 1.0
-    tenant = make_tenant(curation=CurationSection(per_user_cluster_cap=cap, max_samples_per_user_per_hour=10_000))
+    tenant = make_tenant(curation=CurationSection(per_user_cluster_cap=cap, max_samples_per_user_per_hour=10_000),
+                         ingest=IngestSection(max_events_per_user_per_minute=0))  # curation's caps, not ingestion's
     events = []
     for i in range(1000):
         events += [pb.Event(draft=pb.DraftEvent(event_id=f"d{i}", draft_id=f"d{i}", user_id="mallory", session_id="s",
