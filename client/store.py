@@ -254,6 +254,10 @@ class FeedbackStore:
         return self._db.execute("SELECT id, model_version, shown_at_ms FROM drafts WHERE session_pseudonym = ? "
                                 "ORDER BY shown_at_ms, rowid", (session_pseudonym,)).fetchall()
 
+    def signal_kinds(self) -> set[str]:
+        """Every signal kind the product has ever reported."""
+        return {row[0] for row in self._db.execute("SELECT DISTINCT kind FROM signals")}
+
     def open_sessions(self, since_ms: int) -> list[str]:
         """Sessions with a draft shown since `since_ms`."""
         return [r[0] for r in self._db.execute(

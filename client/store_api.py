@@ -156,6 +156,7 @@ class FeedbackStoreAPI(Protocol):
     def insert_signal(self, signal: SignalRecord) -> None: """Store a signal."""
     def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]: """Signals."""
     def session_drafts(self, session_pseudonym: str) -> list[tuple[str, str, int]]: """Drafts of a session."""
+    def signal_kinds(self) -> set[str]: """Signal kinds the product has ever reported."""
     def open_sessions(self, since_ms: int) -> list[str]: """Sessions with drafts since a time."""
     def placeholder_map(self, record_id: str) -> PlaceholderMap: """Placeholders of a record."""
     def vault_add(self, record_id: str, placeholder: str, original: str) -> None: """Vault an original."""

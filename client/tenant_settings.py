@@ -70,8 +70,8 @@ class SignalsSection:
     stuck_dialogue_turns: int = 3  # turns without a new dialogue state that count as stuck
     cta_window_ms: int = 300_000  # a CTA shown and not clicked within this is flagged
     order_window_ms: int = 1_800_000  # a cart with no order within this is flagged
-    no_response_ms: int = 600_000  # a draft with no outcome within this is flagged
-    conversion_window_ms: int = 3_600_000  # a session with drafts and no conversion within this is flagged
+    no_response_ms: int = 600_000  # draft with no outcome, no USER_MESSAGE after it: flagged (needs USER_MESSAGEs)
+    conversion_window_ms: int = 3_600_000  # session with drafts, no conversion: flagged (needs conversion signals)
 
 
 @dataclass(frozen=True)

@@ -126,4 +126,23 @@ def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_t
     assert tenant.pipeline.sweep(later) > 0
     assert tenant.store.problem_rate("no_conversion", "v1") == (2, 2)
     assert tenant.store.problem_rate("no_conversion", "v2")[0] == 1  # v2-s1 clicked its CTA
-    assert tenant.store.problem_rate("long_no_response", "v2") == (1, 2)  # v2-s1 never wrote back
+    # v2-s1 never wrote back, but its draft was accepted: an answered draft is not "no response"
+    assert tenant.store.problem_rate("long_no_response", "v2") == (0, 2)
+
+
+def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(make_tenant) -> None:
+    """Issue 14: without USER_MESSAGE or conversion signals, 'no response' and 'no conversion' have no evidence."""
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    for index in range(40):
+        draft_id = api.record_draft(f"u{index}", f"Where is order {index}?", "It ships tomorrow.", "v1",
+                                    session_id=f"s{index}")
+        if index % 2:
+            api.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
+    two_hours_later = int(time.time() * 1000) + 2 * 3_600_000
+    assert tenant.pipeline.sweep(two_hours_later) == 0
+    assert all(s.pool != "problem" for s in tenant.store.samples())
+    tenant.pipeline.ingest([pb.Event(signal=pb.SignalEvent(event_id="m", user_id="u0", session_id="s0",
+                                                           kind=pb.USER_MESSAGE, value="hello"))])
+    assert tenant.pipeline.sweep(two_hours_later) == 19  # now messages are reported: the unanswered drafts, not
+    assert tenant.store.problem_rate("long_no_response", "v1") == (19, 40)  # the accepted ones

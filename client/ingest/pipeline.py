@@ -180,9 +180,12 @@ class IngestPipeline:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         raised = 0
         with self.store.transaction():
+            reported = self.store.signal_kinds()
             for session in self.store.open_sessions(now_ms - lookback_ms):
-                flags = absence_flags(self.store.session_signals(session), self.store.session_drafts(session),
-                                      now_ms, self._settings.signals)
+                drafts = self.store.session_drafts(session)
+                answered = {draft_id for draft_id, _, _ in drafts if self.store.has_outcome(draft_id)}
+                flags = absence_flags(self.store.session_signals(session), drafts, now_ms, self._settings.signals,
+                                      reported, answered)
                 for flag in flags:
                     raised += self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, now_ms)
         return raised

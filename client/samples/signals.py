@@ -6,6 +6,12 @@ not advanced for N turns. Absence rules need time to pass and run in `sweep`:
 a CTA shown but not clicked, a cart with no order, a draft with no response,
 and a session with drafts but no conversion at all. Each flags the draft the
 user was reacting to: the latest draft shown before the triggering event.
+
+An absence is evidence only if the product reports the thing that is absent:
+"no response" needs a product that sends USER_MESSAGE signals, "no conversion"
+one that sends conversion signals (CTA_CLICKED, ORDER_EVENT, CART_EVENT). A
+product that sends only drafts and outcomes gets no absence flags at all, and a
+draft that has an outcome was answered.
 """
 
 from __future__ import annotations
@@ -54,8 +60,11 @@ def immediate_flags(latest: SignalRecord, history: list[SignalRecord], drafts: l
 
 
 def absence_flags(signals: list[SignalRecord], drafts: list[tuple[str, str, int]], now_ms: int,
-                  rules: SignalsSection) -> list[Flag]:
-    """Flags for things that should have happened by `now_ms` and did not."""
+                  rules: SignalsSection, reported: set[str], answered: set[str]) -> list[Flag]:
+    """Flags for things that should have happened by `now_ms` and did not.
+
+    `reported`: the signal kinds this tenant's product has ever sent; `answered`: drafts with an outcome.
+    """
     flags: list[Flag] = []
 
     def flag_before(at_ms: int, problem: str) -> None:
@@ -71,11 +80,11 @@ def absence_flags(signals: list[SignalRecord], drafts: list[tuple[str, str, int]
         if signal.kind == "CART_EVENT" and now_ms - signal.at_ms > rules.order_window_ms and not any(
                 s.kind == "ORDER_EVENT" and s.at_ms - signal.at_ms <= rules.order_window_ms for s in later):
             flag_before(signal.at_ms, "no_order")
-    for draft_id, version, shown in drafts:
-        if now_ms - shown > rules.no_response_ms and not any(
+    for draft_id, version, shown in drafts if "USER_MESSAGE" in reported else ():
+        if draft_id not in answered and now_ms - shown > rules.no_response_ms and not any(
                 s.kind == "USER_MESSAGE" and shown < s.at_ms <= shown + rules.no_response_ms for s in signals):
             flags.append(Flag(draft_id, version, "long_no_response"))
-    if drafts:
+    if drafts and reported & CONVERSIONS:
         last_activity = max([d[2] for d in drafts] + [s.at_ms for s in signals])
         if now_ms - last_activity > rules.conversion_window_ms and not any(s.kind in CONVERSIONS for s in signals):
             flags.append(Flag(drafts[-1][0], drafts[-1][1], "no_conversion"))
