@@ -19,6 +19,9 @@ POOLS = POOL_NAMES
 BASELINE_POOLS = ("secondary_baseline", "core_baseline")
 
 
+BASE_VERSION = "base"  # the base model with no adapter: what drafts before any version is released
+
+
 @dataclass(frozen=True)
 class DraftRecord:
     """A draft shown to a user."""

@@ -94,7 +94,7 @@ class FeedbackServiceServicer(object):
 
     def RouteDraft(self, request, context):
         """Which model version should draft for this user now: the canary inside its share, else the serving one.
-        FAILED_PRECONDITION until the tenant has released a version.
+        Before the tenant has released a version: "base", the base model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -135,7 +135,7 @@ def test_route_draft_follows_the_release_pointer(service) -> None:
     from fedloop.client.release.controller import ReleaseController
 
     tenant, client, _ = service
-    assert status_of(client.RouteDraft, pb.RouteRequest(user_id="user-1")) == BAD.FAILED_PRECONDITION
+    assert client.RouteDraft(pb.RouteRequest(user_id="user-1")) == pb.Route(model_version="base", canary=False)
     assert status_of(client.RouteDraft, pb.RouteRequest(user_id="")) == BAD.INVALID_ARGUMENT
     controller = ReleaseController(tenant.store, tenant.settings.release)
     controller.offer("v1", "gates passed")

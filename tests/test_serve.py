@@ -140,6 +140,17 @@ def test_an_endpoint_with_api_keys_refuses_requests_without_one(make_tenant, tin
         served.http.stop()
 
 
+def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenant, tiny_model_dir: Path) -> None:
+    runtime = make_tenant("cobalt")
+    served = start_endpoint(runtime, tiny_model_dir)
+    try:
+        completion = client(served).chat.completions.create(model="fedloop", messages=QUESTION, user="u", max_tokens=4)
+        assert completion.model == "base" and completion.model_extra["fedloop"]["canary"] is False
+        assert runtime.store.get_draft(completion.id).model_version == "base"
+    finally:
+        served.http.stop()
+
+
 def test_release_export_writes_peft_directories_and_a_routing_manifest(endpoint: Endpoint, tiny_model_dir: Path,
                                                                       tmp_path: Path) -> None:
     import json

@@ -122,10 +122,7 @@ class FeedbackServicer:
         if isinstance(request, Undecodable) or not request.user_id or len(request.user_id) > self._max_id_chars:
             self._refuse_undecodable(context, f"user_id must be a non-empty UTF-8 string of at most "
                                               f"{self._max_id_chars} characters (ingest.max_id_chars)")
-        version = self._release.route(self._pipeline.store.pseudonym(request.user_id))
-        if version is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no version released yet: the first global version "
-                                                               "that passes this tenant's gates will serve")
+        version = self._release.route(self._pipeline.store.pseudonym(request.user_id))  # BASE_VERSION before any
         state = self._release.state()
         return pb.Route(model_version=version, canary=state is not None and version == state.canary)
 

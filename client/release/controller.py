@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from fedloop.client.release.canary import in_canary
 from fedloop.client.release.sequential import GapInterval, gap_interval
-from fedloop.client.store_api import ArmStats, FeedbackStoreAPI, ReleaseRecord
+from fedloop.client.store_api import BASE_VERSION, ArmStats, FeedbackStoreAPI, ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,19 @@ class ReleaseController:
         """The current pointer (None before any version was offered)."""
         return self._store.release_state()
 
-    def route(self, user_pseudonym: str) -> str | None:
-        """The version that drafts for this user now: the canary inside its share, else the serving one."""
-        state = self.state()
-        return None if state is None else self.route_in(state, user_pseudonym)
+    def route(self, user_pseudonym: str) -> str:
+        """The version that drafts for this user now: the canary inside its share, else the serving one, else
+        (nothing released yet) the base model, BASE_VERSION."""
+        return self.route_in(self.state(), user_pseudonym)
 
     @staticmethod
-    def route_in(state: ReleaseRecord, user_pseudonym: str) -> str | None:
-        """The version that drafts for this user under the pointer `state`."""
+    def route_in(state: ReleaseRecord | None, user_pseudonym: str) -> str:
+        """The version that drafts for this user under the pointer `state` (BASE_VERSION before any release)."""
+        if state is None:
+            return BASE_VERSION
         if state.canary is not None and in_canary(user_pseudonym, state.share):
             return state.canary
-        return state.serving
+        return state.serving or BASE_VERSION
 
     def _move(self, action: str, serving: str | None, canary: str | None, share: float, reason: str) -> ReleaseRecord:
         record = ReleaseRecord(self._clock(), action, serving, canary, share, reason)

@@ -149,11 +149,8 @@ class DraftService:
             if request.model not in self._engine.loaded():
                 self._load(request.model)
             return request.model, state is not None and request.model == state.canary
-        if state is None or state.serving is None:
-            raise FeedbackError("UNAVAILABLE", "no version released yet: the first global version that passes this "
-                                               "tenant's gates will serve; try again after the next federated round")
-        version = self._release.route_in(state, self._store.pseudonym(request.user_id))
-        return version, version == state.canary
+        version = self._release.route_in(state, self._store.pseudonym(request.user_id))  # the base model before any
+        return version, state is not None and version == state.canary
 
     # -- drafting ----------------------------------------------------------------------------------
     def _record(self, request: DraftRequest, prompt: str, version: str, canary: bool, generation: Generation,

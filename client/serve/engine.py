@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import TextIteratorStreamer
 
+from fedloop.client.store_api import BASE_VERSION
 from fedloop.shared.adapter import AdapterState, LoraSettings, load_base_model
 
 EMPTY_ADAPTER = "fedloop-empty"  # the slot PEFT needs before any version is loaded (B = 0: the base model)
@@ -80,6 +81,10 @@ class DraftEngine:
                 self._model.delete_adapter(version)
                 self._versions.discard(version)
 
+    def _use(self, version: str) -> None:
+        """Make `version` the active adapter; BASE_VERSION is the base model (the empty adapter, B = 0)."""
+        self._model.set_adapter(EMPTY_ADAPTER if version == BASE_VERSION else version)
+
     def _encode(self, conversations: Sequence[Sequence[ChatMessage]]) -> dict[str, torch.Tensor]:
         texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
                  for c in conversations]
@@ -99,7 +104,7 @@ class DraftEngine:
                  max_new_tokens: int) -> list[Generation]:
         """Greedy replies of `version` to each conversation, in one batch."""
         with self._lock:
-            self._model.set_adapter(version)
+            self._use(version)
             encoded = self._encode(conversations)
             output = self._model.generate(**encoded, max_new_tokens=max_new_tokens, min_new_tokens=1,
                                           do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
@@ -117,7 +122,7 @@ class DraftEngine:
 
         def pieces() -> Iterator[str]:
             with self._lock:
-                self._model.set_adapter(version)
+                self._use(version)
                 encoded = self._encode([conversation])
                 streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
                 output: list[torch.Tensor] = []
