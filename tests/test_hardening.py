@@ -69,3 +69,14 @@ def test_a_node_key_name_cannot_escape_the_out_directory(tmp_path: Path, name: s
     result = CliRunner().invoke(app, ["keys", "node", "--name", name, "--out", str(tmp_path / "certs")])
     assert result.exit_code == 2 and "invalid" in result.output
     assert not any(tmp_path.rglob("*.node*"))
+
+
+def test_a_second_tenant_on_the_same_port_is_refused_naming_the_setting(make_tenant) -> None:
+    """gRPC's default SO_REUSEPORT let a second tenant bind the same port and take half of the first's events."""
+    first = make_tenant("acme")
+    server, port = start_server(first, "127.0.0.1:0", 2)
+    try:
+        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port}.*set ingest.address"):
+            start_server(make_tenant("bolt"), f"127.0.0.1:{port}", 2)
+    finally:
+        server.stop(grace=None).wait()

@@ -190,16 +190,21 @@ def start_server(runtime: TenantRuntime, address: str, max_workers: int,
     largest_event = 4 * ingest.max_text_bytes + 2**16  # prompt, draft, final text, ids
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers),
-        options=[("grpc.max_receive_message_length", largest_event)],
+        # no SO_REUSEPORT: a second tenant on the same port must fail, not silently share this tenant's traffic
+        options=[("grpc.max_receive_message_length", largest_event), ("grpc.so_reuseport", 0)],
     )
     server.add_generic_rpc_handlers((FeedbackServicer(runtime, on_outcomes, api_keys).handler(),))
-    if ingest.tls_certificate:
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([_key_pair(ingest.tls_key,
-                                                                                       ingest.tls_certificate)]))
-    else:
-        port = server.add_insecure_port(address)  # loopback only: the settings refuse anything else without TLS
+    try:
+        if ingest.tls_certificate:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([_key_pair(ingest.tls_key,
+                                                                                           ingest.tls_certificate)]))
+        else:
+            port = server.add_insecure_port(address)  # loopback only: the settings refuse anything else without TLS
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}: is the port in use? set ingest.address in the tenant config")
+        raise OSError(f"cannot listen on {address}: is the port in use (another tenant on this host?); "
+                      "set ingest.address in the tenant config")
     server.start()
     return server, port
 
