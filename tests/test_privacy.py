@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.privacy import Redactor
 from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
 from fedloop.client.privacy.redaction import PlaceholderMap
@@ -69,3 +70,16 @@ def test_worker_pool_finds_what_the_local_redactor_finds(redactor: Redactor) -> 
         assert pool.find_many([]) == []
     finally:
         pool.close()
+
+
+def test_a_name_found_anywhere_in_a_record_is_replaced_everywhere_in_it(make_tenant) -> None:
+    """Issue 14: 张伟 was replaced in the prompt (after 我叫) but not in the final text, where nothing marks it."""
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    draft_id = api.record_draft("u1", "我叫张伟，我的订单还没到", "张伟您好，我们马上查一下。", "v1")
+    api.record_outcome(draft_id, Action.EDIT, "张伟说他上周买的耳机坏了，我们会换一副。", dwell_ms=3000)
+    stored = tenant.store.get_draft(draft_id)
+    final = tenant.store.get_outcome(draft_id).final_text
+    assert "张伟" not in stored.prompt + stored.draft + final
+    assert stored.prompt.startswith("我叫<CN_PERSON_1>") and final.startswith("<CN_PERSON_1>说")
+    assert tenant.store.vault_lookup(draft_id, "<CN_PERSON_1>") == "张伟"

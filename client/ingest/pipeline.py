@@ -133,11 +133,12 @@ class IngestPipeline:
         if self.store.get_draft(event.draft_id) is not None:
             raise IngestError("ALREADY_EXISTS", f"draft_id {event.draft_id!r} already exists under another event id")
         placeholders = PlaceholderMap()  # a new draft starts a new record
+        prompt = self._redact(event.draft_id, placeholders, event.prompt)
+        draft = self._redact(event.draft_id, placeholders, event.draft)
+        prompt = apply_placeholders(prompt, [], placeholders).text  # what only the draft revealed, in the prompt too
         self.store.insert_draft(DraftRecord(
             id=event.draft_id, user_pseudonym=self.store.pseudonym(event.user_id),
-            session_pseudonym=self.store.pseudonym(event.session_id),
-            prompt=self._redact(event.draft_id, placeholders, event.prompt),
-            draft=self._redact(event.draft_id, placeholders, event.draft),
+            session_pseudonym=self.store.pseudonym(event.session_id), prompt=prompt, draft=draft,
             model_version=event.model_version, prompt_version=event.prompt_version, position=event.position,
             shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest)))
 

@@ -107,14 +107,26 @@ class Redactor:
 
 
 def apply_placeholders(text: str, findings: list[Finding], placeholders: PlaceholderMap) -> Redaction:
-    """Replace each finding in `text` by its record-stable placeholder."""
-    pieces, new_entries, cursor = [], [], 0
+    """Replace each finding in `text` by its record-stable placeholder, then every other occurrence of any
+    original this record already knows (a name found in the prompt is replaced in the final text too, even
+    where no recognizer would find it there)."""
+    segments, placed, new_entries, cursor = [], [], [], 0
     for finding in findings:
         original = text[finding.start:finding.end]
         placeholder, is_new = placeholders.placeholder_for(finding.entity_type, original)
         if is_new:
             new_entries.append((placeholder, original))
-        pieces += [text[cursor:finding.start], placeholder]
+        segments.append(text[cursor:finding.start])
+        placed.append(placeholder)
         cursor = finding.end
-    pieces.append(text[cursor:])
-    return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings])
+    segments.append(text[cursor:])
+    known = sorted(placeholders.by_original.items(), key=lambda item: -len(item[0]))  # longest first
+    again: list[str] = []
+    for index, segment in enumerate(segments):
+        for original, placeholder in known:
+            if original in segment:
+                again += [placeholder[1:-1].rsplit("_", 1)[0]] * segment.count(original)
+                segment = segment.replace(original, placeholder)
+        segments[index] = segment
+    pieces = [piece for pair in zip(segments, placed + [""]) for piece in pair]
+    return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings] + again)
