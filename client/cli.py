@@ -244,7 +244,7 @@ def _review_action(action: str, sample_id: str, value: str, operator: str, confi
         fail(str(err))
     finally:
         runtime.close()
-    typer.echo(f"{sample.id}: pool {sample.pool}, label {sample.label!r}")
+    typer.echo(f"{sample.id}: pool {sample.pool}, status {sample.status}, label {sample.label!r}")
 
 
 @review_app.command("promote")
@@ -259,6 +259,13 @@ def review_demote(sample_id: str, to: str = typer.Option(..., help="A lower pool
                   config: Path = CONFIG) -> None:
     """Move a sample down the pool lifecycle (audited)."""
     _review_action("demote", sample_id, to, operator, config)
+
+
+@review_app.command("decide")
+def review_decide(sample_id: str, decision: str = typer.Option(..., help="admit (it may train) or reject."),
+                  operator: str = OPERATOR, config: Path = CONFIG) -> None:
+    """Decide on a sample that waits for review (high-risk PII, curation.review_risk); audited."""
+    _review_action("decide", sample_id, decision, operator, config)
 
 
 @review_app.command("label")

@@ -48,6 +48,9 @@ class ModerationSection:
     breaker_min_samples: int = 50  # samples needed before the breaker may trip
 
 
+REVIEW_RISKS = ("low", "medium", "high", "off")  # risk levels in order; "off": no sample waits for review
+
+
 @dataclass(frozen=True)
 class CurationSection:
     """How outcomes become weighted samples, and the poisoning guard."""
@@ -59,6 +62,7 @@ class CurationSection:
     per_user_cluster_cap: float = 1.0  # most weight one user's samples carry within a cluster
     min_distinct_users: int = 1  # users a cluster needs before it trains (poisoning guard)
     max_samples_per_user_per_hour: int = 60  # further samples of a user are kept at weight 0
+    review_risk: str = "high"  # samples at this risk or above wait for `fedloop samples review decide`; "off" = none
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class TenantSettings:
         require(is_loopback(self.ingest.address) or bool(self.ingest.api_keys_file and self.ingest.tls_certificate),
                 "ingest.api_keys_file / tls_certificate / tls_key", "set when ingest.address is not on loopback "
                 "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys")
+        require(self.curation.review_risk in REVIEW_RISKS, "curation.review_risk", f"one of {', '.join(REVIEW_RISKS)}")
         require(self.ingest.max_events_per_user_per_minute >= 0, "ingest.max_events_per_user_per_minute",
                 "an integer >= 0 (0 = no limit)")
         require(self.ingest.max_batch_bytes >= 4 * self.ingest.max_text_bytes, "ingest.max_batch_bytes",

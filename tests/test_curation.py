@@ -146,3 +146,30 @@ def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(mak
                                                            kind=pb.USER_MESSAGE, value="hello"))])
     assert tenant.pipeline.sweep(two_hours_later) == 19  # now messages are reported: the unanswered drafts, not
     assert tenant.store.problem_rate("long_no_response", "v1") == (19, 40)  # the accepted ones
+
+
+def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make_tenant, tmp_path) -> None:
+    """Issue 14: a sample with a resident-id number went to `candidate` and into the next round unreviewed."""
+    from typer.testing import CliRunner
+
+    from fedloop.shared.cli import app
+
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    risky = api.record_draft("u1", "我的身份证号是11010519491231002X，请帮我改地址", "好的，已为您修改。", "v1")
+    api.record_outcome(risky, Action.ACCEPT, dwell_ms=3000)
+    plain = api.record_draft("u2", "Where is my order?", "It ships tomorrow.", "v1")
+    api.record_outcome(plain, Action.ACCEPT, dwell_ms=3000)
+    [held] = tenant.store.samples("draft_id = ?", (risky,))
+    assert (held.risk, held.status) == ("high", "awaiting_review") and "CN_RESIDENT_ID" in held.reason
+    assert [e.prompt for e in training_examples(tenant.store, CurationSection())] == ["Where is my order?"]
+
+    config = tmp_path / "tenant.toml"
+    settings = tenant.settings.tenant
+    config.write_text(f'[tenant]\nname = "{settings.name}"\nkeys_dir = "{settings.keys_dir}"\n'
+                      f'data_dir = "{settings.data_dir}"\n')
+    decided = CliRunner().invoke(app, ["samples", "review", "decide", held.id, "--decision", "admit",
+                                       "--operator", "ana", "--config", str(config)])
+    assert decided.exit_code == 0 and "status admitted" in decided.output, decided.output
+    assert len(training_examples(tenant.store, CurationSection())) == 2
+    assert [e.actor for e in tenant.store.audit_entries() if e.action == "sample.review"] == ["ana"]

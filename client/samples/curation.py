@@ -31,12 +31,17 @@ from fedloop.client.samples.held_out import is_held_out
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
 from fedloop.client.store_api import (BASELINE_POOLS, DraftRecord, FeedbackStoreAPI, OutcomeRecord, SampleRecord,
                                       TrainingExample)
-from fedloop.client.tenant_settings import CurationSection, ModerationSection
+from fedloop.client.tenant_settings import REVIEW_RISKS, CurationSection, ModerationSection
 from fedloop.shared.crypto import sm3_digest
 
 log = logging.getLogger(__name__)
 BASE_REWARDS = {"accept": 1.0, "edit": 0.3, "reject": 0.0}
 HIGH_RISK_ENTITIES = {"CN_RESIDENT_ID", "BANK_CARD", "CREDIT_CARD", "IBAN_CODE", "US_SSN"}
+
+
+def needs_review(risk: str, review_risk: str) -> bool:
+    """Whether a sample of `risk` waits for a human decision under curation.review_risk."""
+    return review_risk != "off" and REVIEW_RISKS.index(risk) >= REVIEW_RISKS.index(review_risk)
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -90,10 +95,14 @@ class Curator:
         status, reason = self._admission(draft, target, rejected)
         if status == "rate_limited":
             weight = 0.0
+        risk = "high" if entity_types & HIGH_RISK_ENTITIES else "low"
+        if status == "admitted" and needs_review(risk, self._settings.review_risk):
+            status, reason = "awaiting_review", (f"carried {', '.join(sorted(entity_types & HIGH_RISK_ENTITIES))}: "
+                                                 "a reviewer decides (`fedloop samples review decide`)")
         sample = SampleRecord(
             id=sample_id, draft_id=draft.id, cluster_id=cluster_id, user_pseudonym=draft.user_pseudonym,
             prompt=draft.prompt, target=target, rejected=rejected, reward=reward, weight=weight, pool="candidate",
-            problem_type=None, risk="high" if entity_types & HIGH_RISK_ENTITIES else "low",
+            problem_type=None, risk=risk,
             first_seen_version=draft.model_version, status=status, reason=reason, label=None,
             created_at_ms=int(time.time() * 1000))
         self._store.insert_sample(sample, signature_bytes(minhash))

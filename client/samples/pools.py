@@ -1,8 +1,10 @@
 """Sample pools and the human decisions that move samples between them.
 
 Lifecycle: `problem -> candidate -> secondary_baseline -> core_baseline`. The
-pipeline puts new samples in `candidate` and flagged ones in `problem`; only an
-operator moves a sample into a baseline pool (`fedloop samples review promote`,
+pipeline puts new samples in `candidate` and flagged ones in `problem`; samples
+at or above `curation.review_risk` (default: high, e.g. a resident-id number)
+wait with status `awaiting_review` and never train until an operator decides
+(`fedloop samples review decide`); only an operator moves a sample into a baseline pool (`fedloop samples review promote`,
 or a Label Studio annotation imported with `fedloop samples review import`).
 Every move and label is audited with the operator's name.
 
@@ -67,6 +69,23 @@ def demote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) ->
     if pool not in POOLS or POOLS.index(pool) >= POOLS.index(current):
         raise ReviewError(f"demote goes down from {current!r}: choose one of {', '.join(POOLS[:POOLS.index(current)]) or 'none'}")
     return move(store, sample_id, pool, operator)
+
+
+DECISIONS = {"admit": "admitted", "reject": "rejected"}
+
+
+def decide(store: FeedbackStoreAPI, sample_id: str, decision: str, operator: str) -> SampleRecord:
+    """Admit (it may train) or reject a sample that waits for review (curation.review_risk); audited."""
+    operator = _operator(operator)
+    if decision not in DECISIONS:
+        raise ReviewError(f"unknown decision {decision!r}: use admit or reject")
+    with store.transaction():
+        sample = _sample(store, sample_id)
+        if sample.status != "awaiting_review":
+            raise ReviewError(f"sample {sample_id!r} is {sample.status}, not awaiting review")
+        store.update_sample(sample_id, status=DECISIONS[decision], reason=f"{decision}ed by {operator} on review")
+        store.audit(operator, "sample.review", f"{sample_id}: {decision} (was: {sample.reason})")
+    return _sample(store, sample_id)
 
 
 def label(store: FeedbackStoreAPI, sample_id: str, text: str, operator: str) -> SampleRecord:
