@@ -21,6 +21,7 @@ from flwr.app import Message
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from fedloop.client.evaluate.degeneration import degeneration_gate
 from fedloop.client.evaluate.drift import GateResult, forgetting_gate, general_texts, kl_gate
 from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate, offline_hit_rate, reference_hit_rate
 from fedloop.client.privacy import Redactor
@@ -155,18 +156,17 @@ class Tenant:
 
     def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
              held_out: list[Reference], candidate_hits: HitRate) -> list[GateResult]:
-        """Hit rate against the serving version (or the base model), forgetting, and KL to the serving version."""
+        """Hit rate and degenerate drafts against the serving version (or the base model), forgetting, and KL to
+        the serving version."""
         gates = self.local.evaluation
         candidate = adapter_state(model)
         current = self.release.state()
         serving = current.serving if current is not None and current.serving not in (None, version_id) else None
         serving_state = self.adapter(serving) if serving else None
-        if len(held_out) >= gates.min_held_out:
-            reference = reference_hit_rate(model, tokenizer, held_out, serving_state, gates.hit_similarity,
-                                           gates.max_new_tokens)
-        else:
-            reference = HitRate((), 0.0)
+        reference = reference_hit_rate(model, tokenizer, held_out, serving_state, gates.hit_similarity,
+                                       gates.max_new_tokens)  # the hit-rate gate itself needs min_held_out
         results = [hit_rate_gate(candidate_hits, reference, gates.min_held_out, gates.confidence),
+                   degeneration_gate(candidate_hits.drafts, reference.drafts, gates.degenerate_bound),
                    forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
         if serving_state is not None:
             references = [f"{r.prompt}\n{r.final}" for r in held_out] + general_texts()

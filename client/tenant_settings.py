@@ -84,6 +84,7 @@ class EvaluationSection:
 
     kl_bound: float = 0.02  # refuse a version whose mean per-token KL to the serving version is above this
     forgetting_bound: float = 0.10  # refuse above this relative NLL rise over base
+    degenerate_bound: float = 0.05  # refuse when empty/looping held-out drafts rise by more than this share
     held_out_share: float = 0.10  # share of the tenant's own finals (keyed hash of the draft id) never trained on
     min_held_out: int = 30  # fewer held-out finals than this: the hit-rate gate says "insufficient evidence"
     max_held_out: int = 200  # newest held-out finals a version is evaluated on
@@ -160,6 +161,7 @@ class TenantSettings:
         require(0.0 <= self.curation.user_reply_weight <= 1.0, "curation.user_reply_weight", "in [0, 1]")
         require(self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
                 "evaluation.kl_bound / forgetting_bound", "numbers > 0")
+        require(0 <= self.evaluation.degenerate_bound < 1, "evaluation.degenerate_bound", "a share in [0, 1)")
         evaluation = self.evaluation
         require(0.0 <= evaluation.held_out_share < 1.0, "evaluation.held_out_share", "a number in [0, 1)")
         require(1 <= evaluation.min_held_out <= evaluation.max_held_out, "evaluation.min_held_out / max_held_out",

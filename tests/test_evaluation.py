@@ -84,3 +84,20 @@ def test_the_hit_rate_gate_refuses_only_a_version_worse_with_confidence() -> Non
     assert hit_rate_gate(rate(30, 40), rate(10, 40), min_samples=30, confidence=0.95).verdict == "pass"
     low, high = rate(20, 40).interval()
     assert 0.34 < low < 0.36 and 0.64 < high < 0.66  # Wilson 95 % around 0.5 at n=40
+
+
+def test_looping_and_empty_drafts_are_degenerate_and_a_version_that_loops_more_is_refused() -> None:
+    """Issue 14: a promoted canary drafted `Click on "Account Settings" > "Account Settings" > ...`."""
+    from fedloop.client.evaluate.degeneration import degeneration, degeneration_gate
+
+    loop = 'Click on "Account Settings" > "Account Settings" > "Account Settings" > "Account Settings" > ' \
+           '"Account Settings"'
+    fine = ["Your order ships tomorrow; the tracking number follows by e-mail.", "您的订单明天发货，物流单号稍后发送到您的邮箱。"]
+    assert degeneration(loop) == "loop" and degeneration("") == "empty" and degeneration("  \n") == "empty"
+    assert degeneration("好的好的好的好的好的好的好的好的好的好的") == "loop"
+    assert [degeneration(text) for text in fine] == [None, None]
+    refused = degeneration_gate([loop, fine[0], loop, fine[1]], fine * 2, 0.05)
+    assert refused.verdict == "refuse" and refused.value == 0.5
+    assert degeneration_gate(fine * 2, fine * 2, 0.05).verdict == "pass"
+    assert degeneration_gate([loop] * 4, [loop] * 4, 0.05).verdict == "pass"  # no worse than what serves now
+    assert degeneration_gate([], [], 0.05).verdict == "insufficient evidence"

@@ -38,6 +38,7 @@ class HitRate:
 
     hits: tuple[bool, ...]
     mean_similarity: float
+    drafts: tuple[str, ...] = ()  # the drafts judged, in the references' order (for the degeneration gate)
 
     @property
     def count(self) -> int:
@@ -69,7 +70,7 @@ def score_drafts(drafts: Sequence[str], references: Sequence[Reference], thresho
     """Judge drafts against the users' final texts by the fixed similarity rule."""
     similarities = [text_similarity(d, r.final) for d, r in zip(drafts, references)]
     mean = sum(similarities) / len(similarities) if similarities else 0.0
-    return HitRate(tuple(s >= threshold for s in similarities), mean)
+    return HitRate(tuple(s >= threshold for s in similarities), mean, tuple(drafts))
 
 
 def offline_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[Reference],
