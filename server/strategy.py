@@ -75,6 +75,7 @@ class SealedMerge(Strategy):
         self.run = run
         self.current = current
         self.current_state = current_state
+        self.rounds_before = current.round  # versions count rounds across runs: this run's round 1 follows it
         self.scaling = lora_scaling(lora.alpha, lora.rank)
         self.lora = lora
         self.aggregation = aggregation or AggregationSection()
@@ -198,7 +199,8 @@ class SealedMerge(Strategy):
         merged, report.merge_notes = merge(updates, self.current_state, self.scaling, self.aggregation)
         for tenant, note in report.merge_notes.items():
             log.warning("round %d: %s: %s", server_round, tenant, note)
-        record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run, server_round,
+        record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run,
+                                      self.rounds_before + server_round,
                                       report.contributors, self.aggregation.method,
                                       {"aggregation": asdict(self.aggregation), "lora": asdict(self.lora)})
         log.info("round %d: version %s (parent %s, %s) from %s", server_round, record.id, record.parent,

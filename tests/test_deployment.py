@@ -134,6 +134,7 @@ def test_a_second_run_continues_from_the_last_version(deployed: Federation) -> N
     assert second["tenants"] == sorted(set(TENANTS) - {DOOMED})
     lineage = second["lineage"]
     assert lineage[-2]["id"] == deployed.runs[0] and lineage[-1]["parent"] == deployed.runs[0]
+    assert [v["round"] for v in lineage] == [0, 1, 2, 3]  # rounds keep counting across runs
     assert f"continuing from version {deployed.runs[0]}" in (deployed.root / "run-2.log").read_text()
 
 
