@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 from fedloop.server.hq_settings import HQSettings
@@ -11,8 +12,15 @@ from fedloop.shared.keys import Keyring, key_ages, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 
 
+def _date(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def hq_status(settings: HQSettings) -> dict[str, Any]:
-    """Stable and newest versions, versions by status, the last round, trusted tenants, key ages, audit head."""
+    """Stable and newest versions, versions by status, the last round, which tenants' gates refused which
+    version, trusted tenants, key ages, audit head."""
     layout = RunLayout(settings.home)
     registry = VersionRegistry(layout.hq, load_identity(layout.keys, HQ_NAME))
     try:
@@ -23,6 +31,11 @@ def hq_status(settings: HQSettings) -> dict[str, Any]:
     finally:
         registry.close()
     last = rounds[-1] if rounds else None
+    refused: dict[str, set[str]] = {}
+    for report in rounds:  # each tenant's gates verdict on the version it evaluated in that round
+        for tenant, metrics in report.get("evaluation", {}).items():
+            if metrics.get("gates-passed") == 0:
+                refused.setdefault(report["version"], set()).add(tenant)
     tenants = sorted(k.name for k in Keyring.from_directory(layout.keys).parties() if k.role == "tenant")
     return {
         "home": str(settings.home),
@@ -30,9 +43,10 @@ def hq_status(settings: HQSettings) -> dict[str, Any]:
         "newest": latest.id if latest else None,
         "versions_by_status": dict(Counter(v.status for v in versions)),
         "last_round": ({"run": last["run"], "round": last["round"], "version": last["version"],
-                        "finished_at": last["finished_at"], "duration_s": last.get("duration_s"),
+                        "finished_at": _date(last["finished_at"]), "duration_s": last.get("duration_s"),
                         "contributors": last.get("contributors", {}), "refused": last.get("refused", {})}
                        if last else None),
+        "refused_by_tenant_gates": {version: sorted(names) for version, names in refused.items()},
         "trusted_tenants": tenants,
         "keys": key_ages(layout.keys, HQ_NAME),
         "audit": {"entries": verdict.entries, "intact": verdict.ok, "head": verdict.head},

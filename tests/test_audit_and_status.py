@@ -84,7 +84,8 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     registry = VersionRegistry(tmp_path / "hq-home" / "hq", init_keys("hq", "hq", keys))
     first = registry.create(b"a0", None, "run", 0, {}, "init")
     second = registry.create(b"a1", first.id, "run", 1, {"acme": 3}, "exact")
-    registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}, "duration_s": 9.0, "refused": {}})
+    registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}, "duration_s": 9.0, "refused": {},
+                                                "evaluation": {"acme": {"gates-passed": 0}, "bolt": {"gates-passed": 1}}})
     registry.promote(second.id, "hq-ops")
     registry.audit("hq", "delta.refused", "run run round 1 bolt: bad-signature")
     registry.close()
@@ -96,6 +97,10 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     status = json.loads(result.output)
     assert status["newest"] == second.id and status["versions_by_status"] == {"candidate": 1, "canary": 1}
     assert status["last_round"]["round"] == 1 and status["trusted_tenants"] == ["acme"]
+    assert status["last_round"]["finished_at"].endswith(" UTC") and status["last_round"]["finished_at"][:2] == "20"
+    assert status["refused_by_tenant_gates"] == {second.id: ["acme"]}
+    table = runner.invoke(app, ["status", "--hq", str(config)])
+    assert f"refused_by_tenant_gates.{second.id}" in table.output and "['acme']" in table.output
     shown = runner.invoke(app, ["audit", "show", "--hq", str(config)])
     assert shown.exit_code == 0 and "version.promote" in shown.output and "delta.refused" in shown.output
     assert runner.invoke(app, ["audit", "verify", "--hq", str(config)]).exit_code == 0
