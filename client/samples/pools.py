@@ -4,8 +4,9 @@ Lifecycle: `problem -> candidate -> secondary_baseline -> core_baseline`. The
 pipeline puts new samples in `candidate` and flagged ones in `problem`; samples
 at or above `curation.review_risk` (default: high, e.g. a resident-id number)
 wait with status `awaiting_review` and never train until an operator decides
-(`fedloop samples review decide`); only an operator moves a sample into a baseline pool (`fedloop samples review promote`,
-or a Label Studio annotation imported with `fedloop samples review import`).
+(`fedloop samples review decide`); only an operator moves a sample into a
+baseline pool (`fedloop samples review promote`, or a Label Studio annotation
+imported with `fedloop samples review import`).
 Every move and label is audited with the operator's name.
 
 Label Studio: `export_label_studio` writes tasks (redacted texts only) for the
