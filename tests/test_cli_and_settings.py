@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedloop.shared.cli import app
-from fedloop.shared.settings import ConfigError, load_settings
+from fedloop.shared.settings import ConfigError, SimulationSection, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +83,9 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     load_tenant_settings(ROOT / "configs" / "tenant.toml")
     load_tenant_settings(ROOT / "configs" / "demo_tenant.toml")
     load_hq_settings(ROOT / "configs" / "hq.toml")
+    production = load_settings(ROOT / "configs" / "federation.toml")  # what a real deployment uses
+    assert "\n[simulation]" not in (ROOT / "configs" / "federation.toml").read_text()
+    assert production.simulation == SimulationSection() and production.aggregation.min_tenants == 2
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
