@@ -459,11 +459,10 @@ class FeedbackStore:
 
         Every draft and outcome counted is checked against its row MAC: an SQL edit cannot sway a release.
         """
-        drafts = {row[0] for row in self._maced_select("drafts", "model_version = ? AND shown_at_ms >= ?",
-                                                       (model_version, since_ms))}
+        self._maced_select("drafts", "model_version = ? AND shown_at_ms >= ?", (model_version, since_ms))
         actions = [row[1] for row in self._maced_select(
             "outcomes", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)",
-            (model_version, since_ms)) if row[0] in drafts]
+            (model_version, since_ms))]
         (flagged,) = self._db.execute(
             "SELECT COUNT(DISTINCT p.draft_id) FROM problems p JOIN drafts d ON d.id = p.draft_id "
             "WHERE d.model_version = ? AND d.shown_at_ms >= ?", (model_version, since_ms)).fetchone()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 WINDOW_S = 60.0
 
@@ -22,16 +22,14 @@ class UserRateLimit:
         if self._per_minute <= 0 or not users:
             return None
         now = time.monotonic() if now is None else now
+        batch = Counter(users)
         with self._lock:
-            for user in set(users):
-                recent = self._recent.get(user)
+            for user, count in batch.items():
+                recent = self._recent.setdefault(user, deque())
                 while recent and recent[0] <= now - WINDOW_S:
                     recent.popleft()
-                if recent is not None and not recent:
-                    del self._recent[user]
-            for user in users:
-                if len(self._recent.get(user, ())) + users.count(user) > self._per_minute:
+                if len(recent) + count > self._per_minute:
                     return user
-            for user in users:
-                self._recent.setdefault(user, deque()).append(now)
+            for user, count in batch.items():
+                self._recent[user].extend([now] * count)
         return None
