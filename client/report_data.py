@@ -1,4 +1,5 @@
-"""A tenant's part of the evaluation report: its own evaluations, training curves and problem rates."""
+"""A tenant's part of the evaluation report: its own evaluations, its users' hit rate per version (from their
+outcomes), training curves and problem rates."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
     for version, metrics in store.evaluations_of_kind("kl_to_serving"):
         if wanted is None or version in wanted:
             data.kl_to_serving.setdefault(tenant, {})[version] = float(metrics["value"])
+            data.kl_bounds[tenant] = float(metrics["bound"])  # the newest bound this tenant gated with
+    for version, _, decided, accepted in store.outcomes_by_version():
+        if (wanted is None or version in wanted) and decided:
+            before = data.served.setdefault(tenant, {}).get(version, (0, 0))  # summed over prompt versions
+            data.served[tenant][version] = (before[0] + accepted, before[1] + decided)
     curves = {}
     for version, metrics in store.evaluations_of_kind("training"):
         if wanted is None or version in wanted:

@@ -207,6 +207,8 @@ class Tenant:
         results = self.gate(model, tokenizer, version_id, held_out, hits)
         for gate in results:
             metrics[gate.name.replace("_", "-")] = gate.value
+            if gate.name == "kl_to_serving":
+                metrics["kl-bound"] = gate.bound  # HQ's report draws each tenant's bound
         low, high = hits.interval()
         measured = (f"offline hit rate {hits.rate:.2f} [{low:.2f}, {high:.2f}] on {hits.count} held-out finals"
                     if hits.count else "no held-out finals yet")

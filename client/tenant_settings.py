@@ -82,7 +82,7 @@ class SignalsSection:
 class EvaluationSection:
     """Gates a received version must pass before it may serve."""
 
-    kl_bound: float = 0.02  # refuse a version whose mean per-token KL to the serving version is above this
+    kl_bound: float = 0.4  # refuse a version whose mean per-token KL to the serving version is above this
     forgetting_bound: float = 0.10  # refuse above this relative NLL rise over base
     degenerate_bound: float = 0.05  # refuse when empty/looping held-out drafts rise by more than this share
     held_out_share: float = 0.10  # share of the tenant's own finals (keyed hash of the draft id) never trained on

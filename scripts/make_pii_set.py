@@ -2,7 +2,8 @@
 
 Mixed Chinese/English sentences from templates with known spans, plus hard
 negatives (order numbers, dates, prices, an id with a wrong check digit, a card
-number failing Luhn). Run: `python scripts/make_pii_set.py` (seeded; the output
+number failing Luhn, words that start with a surname character, title-case
+phrases). Run: `python scripts/make_pii_set.py` (seeded; the output
 is committed and used by tests and scripts/bench_redaction.py).
 """
 
@@ -51,6 +52,11 @@ VALUES = {
     "CN_PERSON": lambda r: r.choice(["王小明", "李娜", "张伟", "刘洋", "陈静", "杨帆", "赵磊", "黄丽"]),
     "PHONE_NUMBER": lambda r: r.choice(["(212) 555-0187", "+1 415 555 0134", "+44 20 7946 0958", "(646) 555-0199"]),
     "US_SSN": lambda r: r.choice(["536-22-1234", "401-43-9876", "212-67-4321"]),
+    # Twelve names of the US census lists and four that are not (the English recognizer's known gap).
+    "PERSON": lambda r: r.choice(["John Smith", "Mary Johnson", "Robert Brown", "Linda Davis", "James Wilson",
+                                  "Patricia Moore", "Michael Taylor", "Jennifer Anderson", "David Miller",
+                                  "Susan Clark", "Thomas Walker", "Karen Lewis",
+                                  "Priya Raman", "Oluwaseun Adeyemi", "Wei Zhang", "Siobhan O'Neill"]),
 }
 TEMPLATES = {
     "CN_MOBILE": ["请拨打{}联系我", "我的手机是{}，谢谢", "call me on {} please", "手机号：{}"],
@@ -63,12 +69,22 @@ TEMPLATES = {
     "CN_PERSON": ["我叫{}，订单还没到", "联系人：{}", "{}先生说包裹破损了", "姓名：{}"],
     "PHONE_NUMBER": ["you can reach me at {} after 5pm", "US support line: {}"],
     "US_SSN": ["my SSN is {} for the tax form"],
+    "PERSON": ["My name is {} and my order is late", "{} called about the refund yesterday",
+               "please ask {} to call me back", "hello, this is {} from accounting"],
 }
+# Chinese names with no context word: only a segmenter that knows names finds them.
+CONTEXTLESS_CN_PERSON = ["{}说他上周买的耳机坏了", "{}昨天打电话投诉物流太慢", "帮我查一下{}的订单", "{}和我一起下的单"]
 NEGATIVES = [
     "Where is my order 12345678? It has not arrived.", "订单号20240501123已发货", "The price is 1299.00 yuan.",
     "Meeting on 2024-05-01 at 10:30.", "快递单号SF1234567890", "Version 2.13.0 fixed the bug.",
     "请问退货要几天？", "I was charged twice, please help.", "我想取消订阅", "Can I change my password?",
     "第3季度的销量增长了15%", "Track package 1Z999AA10123456784 online.", "商品编号 8806 缺货",
+    # Words that start with a Chinese surname character, and title-case phrases that are not names.
+    "方便说一下怎么退货吗", "高兴地说谢谢", "周末能送到吗", "黄金会员怎么开通", "马上帮我处理一下", "请问金额多少",
+    "许多人说这款很好", "程序一直出错", "任何时候都可以", "万一丢件怎么办", "白色的还有货吗", "江南仓库发货",
+    "Go to Account Settings > Payment Methods.", "Thank you for contacting Customer Support.",
+    "Dear Customer Service, the May Sale ended.", "Ship it to New York City by Monday.",
+    "I'm sorry, I will call Best Buy later.", "Will Express Delivery ship it in June?",
 ]
 
 
@@ -82,6 +98,11 @@ def build(seed: int = 20261121, per_type: int = 16) -> list[dict]:
             start = template.index("{}")
             rows.append({"text": template.format(value), "entities": [
                 {"type": entity, "start": start, "end": start + len(value)}]})
+    for i in range(per_type):
+        value, template = VALUES["CN_PERSON"](rng), CONTEXTLESS_CN_PERSON[i % len(CONTEXTLESS_CN_PERSON)]
+        start = template.index("{}")
+        rows.append({"text": template.format(value), "entities": [
+            {"type": "CN_PERSON", "start": start, "end": start + len(value)}]})
     for i in range(30):  # two entities in one sentence
         a, b = rng.sample(["CN_MOBILE", "EMAIL_ADDRESS", "CN_RESIDENT_ID", "CN_PERSON"], 2)
         va, vb = VALUES[a](rng), VALUES[b](rng)

@@ -26,6 +26,8 @@ def hq_report_data(registry: VersionRegistry, title: str, source: str, version: 
                 data.hit_rates.setdefault(tenant, {})[evaluated] = float(metrics["hit-rate"])
             if "kl-to-serving" in metrics:
                 data.kl_to_serving.setdefault(tenant, {})[evaluated] = float(metrics["kl-to-serving"])
+            if "kl-bound" in metrics:
+                data.kl_bounds[tenant] = float(metrics["kl-bound"])
         for tenant, metrics in report.get("train_metrics", {}).items():
             losses.setdefault(tenant, {}).setdefault("mean loss per round", []).append(float(metrics["train-loss"]))
         for tenant in sorted(set(report.get("bytes_to_hq", {})) | set(report.get("bytes_to_tenant", {}))):

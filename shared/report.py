@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 
 import matplotlib
 
+from fedloop.shared.intervals import wilson_interval
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
@@ -31,7 +33,10 @@ class ReportData:
     lineage: list[dict] = field(default_factory=list)  # id, parent, round, method, contributors, status, digest
     versions: list[str] = field(default_factory=list)  # evaluated versions, in order
     hit_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # tenant -> version -> hit rate
+    # tenant -> version -> (drafts accepted as they were, drafts with an outcome): what the tenant's users did
+    served: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     kl_to_serving: dict[str, dict[str, float]] = field(default_factory=dict)  # tenant -> version -> KL
+    kl_bounds: dict[str, float] = field(default_factory=dict)  # tenant -> its evaluation.kl_bound
     train_losses: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # tenant -> "round n" -> losses
     problem_rates: list[dict] = field(default_factory=list)  # tenant, problem_type, version, rate, previous, ...
     bytes_per_round: list[dict] = field(default_factory=list)  # round, tenant, to_hq, to_tenant
@@ -46,13 +51,45 @@ def _png(figure: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _lines(series: dict[str, dict[str, float]], order: list[str], ylabel: str, title: str) -> str:
+def _lines(series: dict[str, dict[str, float]], order: list[str], ylabel: str, title: str,
+           bounds: dict[str, float] | None = None) -> str:
     figure, axis = plt.subplots(figsize=(8, 3.6))
     for name, values in sorted(series.items()):
         xs = [v for v in order if v in values]
         axis.plot(xs, [values[v] for v in xs], marker="o", label=name)
+    for bound, tenants in _by_value(bounds or {}).items():
+        axis.axhline(bound, linestyle="--", color="firebrick", linewidth=1,
+                     label=f"bound {bound:g} ({', '.join(tenants)})")
     axis.set_ylabel(ylabel)
     axis.set_title(title)
+    axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def _by_value(bounds: dict[str, float]) -> dict[float, list[str]]:
+    """Tenants grouped by their bound, so that tenants with the same bound share one line."""
+    grouped: dict[float, list[str]] = {}
+    for tenant, bound in sorted(bounds.items()):
+        grouped.setdefault(bound, []).append(tenant)
+    return grouped
+
+
+def _served_rates(served: dict[str, dict[str, tuple[int, int]]]) -> str:
+    """Each tenant's hit rate with its users per version, with 95 % Wilson intervals as error bars."""
+    order = list(dict.fromkeys(v for versions in served.values() for v in versions))  # as they first served
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    for offset, (tenant, versions) in enumerate(sorted(served.items())):
+        rates = [accepted / decided for accepted, decided in versions.values()]
+        intervals = [wilson_interval(accepted, decided) for accepted, decided in versions.values()]
+        errors = [[r - low for r, (low, _) in zip(rates, intervals)],
+                  [high - r for r, (_, high) in zip(rates, intervals)]]
+        positions = [order.index(v) + 0.08 * offset for v in versions]
+        axis.errorbar(positions, rates, yerr=errors, marker="o", capsize=3, label=tenant)
+    axis.set_xticks(range(len(order)), order)
+    axis.set_ylabel("accepted as drafted")
+    axis.set_ylim(0, 1)
+    axis.set_title("Hit rate with the tenant's users (outcomes), 95 % Wilson intervals")
     axis.tick_params(axis="x", labelrotation=30, labelsize=7)
     axis.legend(fontsize=7)
     return _png(figure)
@@ -126,14 +163,26 @@ def render_report(data: ReportData) -> str:
                                                                                           "held-out prompts"),
                                         "hit rate per tenant per version"),
                                  _table(["tenant", *data.versions], rows)))
+    if data.served:
+        rows = []
+        for tenant, versions in sorted(data.served.items()):
+            for version, (accepted, decided) in versions.items():
+                low, high = wilson_interval(accepted, decided)
+                rows.append([tenant, version, f"{accepted / decided:.1%}", f"{accepted} / {decided}",
+                             f"[{low:.1%}, {high:.1%}]"])
+        sections.append(_section("Hit rate with users per version (their outcomes)",
+                                 _image(_served_rates(data.served), "hit rate with users per version"),
+                                 _table(["tenant", "version", "hit rate", "accepted / drafts with an outcome",
+                                         "95 % interval"], rows)))
     if data.train_losses:
         sections.append(_section("Training loss", _image(_loss_curves(data.train_losses), "training loss curves")))
     if data.kl_to_serving:
         sections.append(_section("KL divergence to the serving version",
                                  _image(_lines(data.kl_to_serving, data.versions, "mean per-token KL",
-                                               "KL(candidate ‖ serving) on reference prompts"), "KL to serving"),
+                                               "KL(candidate ‖ serving) on reference prompts", data.kl_bounds),
+                                        "KL to serving"),
                                  '<p class="note">The KL gate refuses a version above its bound '
-                                 "(evaluation.kl_bound, default 0.02).</p>"))
+                                 "(evaluation.kl_bound; dashed).</p>"))
     if data.problem_rates:
         sections.append(_section("Problem rate against the previous version", _table(
             ["tenant", "problem type", "version", "rate", "flagged / drafts", "previous version", "previous rate"],

@@ -262,6 +262,9 @@ def test_tenant_stores_hold_exactly_the_product_events_and_no_simulated_user(dep
             samples = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM samples")}
             assert not (users | samples) & simulated
             assert store.installed_versions() and store.release_state() is not None  # trained, gated, released
+            trained = {v.version_id for v in store.installed_versions() if v.round >= 1}
+            offered = {r.canary for r in store.release_history()} | {r.serving for r in store.release_history()}
+            assert trained & offered, f"{tenant}: no trained version passed the shipped default gates"  # issue 14
         finally:
             store.close()
 

@@ -101,3 +101,27 @@ def test_looping_and_empty_drafts_are_degenerate_and_a_version_that_loops_more_i
     assert degeneration_gate(fine * 2, fine * 2, 0.05).verdict == "pass"
     assert degeneration_gate([loop] * 4, [loop] * 4, 0.05).verdict == "pass"  # no worse than what serves now
     assert degeneration_gate([], [], 0.05).verdict == "insufficient evidence"
+
+
+def test_the_tenant_report_plots_its_users_hit_rate_per_version_and_the_kl_bound(make_tenant) -> None:
+    """Issue 14: the report shows what the tenant's users did with each version, and the KL bound it gated with."""
+    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.report_data import add_tenant
+    from fedloop.shared.report import ReportData, render_report
+
+    tenant = make_tenant()
+    recorder = FeedbackRecorder(tenant.pipeline)
+    for version, accepted in (("base", 3), ("v0001-abc", 8)):
+        for index in range(10):
+            draft_id = recorder.record_draft(f"user-{version}-{index}", f"Question {index}", "A draft.", version)
+            action = Action.ACCEPT if index < accepted else Action.REJECT
+            recorder.record_outcome(draft_id, action, "", 3000)
+    recorder.record_draft("user-late", "Question without an outcome", "A draft.", "v0001-abc")
+    tenant.store.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.21, "bound": 0.5, "verdict": "pass"})
+    data = ReportData("report", "test")
+    add_tenant(data, "acme", tenant.store)
+    assert data.served == {"acme": {"base": (3, 10), "v0001-abc": (8, 10)}}  # drafts without an outcome left out
+    assert data.kl_bounds == {"acme": 0.5}
+    page = render_report(data)
+    assert "Hit rate with users per version (their outcomes)" in page and "8 / 10" in page
+    assert "[49.0%, 94.3%]" in page  # the 95 % Wilson interval of 8 / 10

@@ -197,7 +197,8 @@ def test_the_run_report_renders_its_plots_in_a_browser(federated_run, tmp_path: 
     result = CliRunner().invoke(app, ["report", "--run", str(layout.root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    for heading in ("Hit rate per tenant per version", "Training loss", "KL divergence to the serving version",
+    for heading in ("Hit rate per tenant per version", "Hit rate with users per version (their outcomes)",
+                    "Training loss", "KL divergence to the serving version",
                     "Bytes per round", "Dataset version each tenant trained on", "Version lineage"):
         assert heading in page
     assert all(v["id"] in page for v in summary["lineage"]) and "http" not in page.split("<script>")[0]

@@ -28,8 +28,7 @@ from fedloop.client.samples.curation import text_similarity
 from fedloop.client.samples.held_out import Reference
 from fedloop.client.train.generate import generate_replies
 from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
-
-Z_95 = 1.959964
+from fedloop.shared.intervals import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -52,12 +51,7 @@ class HitRate:
 
     def interval(self) -> tuple[float, float]:
         """The 95 % Wilson score interval of the rate."""
-        if not self.count:
-            return 0.0, 1.0
-        n, p = self.count, self.rate
-        centre = (p + Z_95 ** 2 / (2 * n)) / (1 + Z_95 ** 2 / n)
-        half = Z_95 * math.sqrt(p * (1 - p) / n + Z_95 ** 2 / (4 * n * n)) / (1 + Z_95 ** 2 / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson_interval(sum(self.hits), self.count)
 
     def metrics(self) -> dict[str, float]:
         """The figures a tenant records and reports to HQ (aggregates only)."""

@@ -1,10 +1,9 @@
 """fedloop's Presidio recognizers: Chinese PII by pattern and checksum, English PII by Presidio's own.
 
 Everything runs on a blank spaCy pipeline with no model download: patterns,
-checksums (resident-id check digit, Luhn), a surname gazetteer with context
-words for Chinese names, and Presidio's pattern-based English recognizers
-(phone, credit card, IBAN, IP, US SSN). English person names would need an NER
-model and are not recognised.
+checksums (resident-id check digit, Luhn), Presidio's pattern-based English
+recognizers (phone, credit card, IBAN, IP, US SSN), and person names from
+packaged dictionaries (person_names.py).
 """
 
 from __future__ import annotations
@@ -12,18 +11,16 @@ from __future__ import annotations
 import re
 
 import tldextract
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
-from presidio_analyzer.nlp_engine import NlpArtifacts
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
 from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer, IbanRecognizer,
                                                       IpRecognizer, PhoneRecognizer, UsSsnRecognizer)
+
+from fedloop.client.privacy.person_names import NAME_TRIGGERS, ChineseNameRecognizer, EnglishNameRecognizer
 
 LANGUAGE = "zh"
 _OFFLINE_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK_CHARS = "10X98765432"
-# The most common Chinese surnames (single characters), enough to cover the large majority of people.
-SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
-            "姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤")
 
 
 def resident_id_check_digit_ok(number: str) -> bool:
@@ -88,7 +85,8 @@ class BankCardRecognizer(PatternRecognizer):
     def __init__(self) -> None:
         super().__init__(
             supported_entity="BANK_CARD", supported_language=LANGUAGE,
-            patterns=[Pattern("bank_card", r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{4,7}(?![\d-])", 0.5)],
+            # not followed by a Latin letter: a resident id ending in X with a wrong check digit is not a card
+            patterns=[Pattern("bank_card", r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{4,7}(?![\dA-Za-z-])", 0.5)],
             context=["卡号", "银行卡", "card", "bank"],
         )
 
@@ -137,13 +135,9 @@ class ChineseAddressRecognizer(PatternRecognizer):
 
 
 def may_contain_pii(text: str) -> bool:
-    """A cheap pre-check: False only when no recognizer here can match (no digit, '@', ':',
-    name context word or province name), so the full analysis can be skipped."""
+    """A cheap pre-check: False only when no recognizer here can match (no digit, '@', ':', province name,
+    Chinese surname, or English name shape), so the full analysis can be skipped."""
     return _TRIGGERS.search(text) is not None
-
-
-_NAME_AFTER = r"(?:我叫|我是|姓名[:：]?|联系人[:：]?|收件人[:：]?|收货人[:：]?)\s*"
-_NAME_BEFORE = r"(?=先生|女士|小姐|同学|老师|经理)"
 
 
 class IPv4Recognizer(PatternRecognizer):
@@ -158,35 +152,14 @@ class IPv4Recognizer(PatternRecognizer):
         )
 
 
-_TRIGGERS = re.compile(r"[\d@:]|我叫|我是|姓名|联系人|收件人|收货人|先生|女士|小姐|同学|老师|经理|" + PROVINCES)
-
-
-class ChineseNameRecognizer(EntityRecognizer):
-    """Chinese person names: a common surname plus one or two characters, next to a context word."""
-
-    _after = re.compile(_NAME_AFTER + f"([{SURNAMES}][\u4e00-\u9fa5]{{1,2}})")
-    _before = re.compile(f"([{SURNAMES}][\u4e00-\u9fa5]{{0,2}}?){_NAME_BEFORE}")
-
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["CN_PERSON"], supported_language=LANGUAGE, name="ChineseNameRecognizer")
-
-    def load(self) -> None:
-        """Nothing to load: the gazetteer is built in."""
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None) -> list[RecognizerResult]:
-        """Names introduced by a context word ("我叫…", "姓名：…") or followed by a title ("…先生")."""
-        results = []
-        for pattern in (self._after, self._before):
-            for match in pattern.finditer(text):
-                results.append(RecognizerResult("CN_PERSON", match.start(1), match.end(1), 0.7))
-        return results
+_TRIGGERS = re.compile(r"[\d@:]|" + NAME_TRIGGERS + "|" + PROVINCES)
 
 
 def fedloop_recognizers() -> list[EntityRecognizer]:
     """Every recognizer the redactor uses, registered for the analyzer's one language."""
     return [
         ChineseMobileRecognizer(), ChineseLandlineRecognizer(), ResidentIdRecognizer(), BankCardRecognizer(),
-        OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(),
+        OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(), EnglishNameRecognizer(),
         IPv4Recognizer(), IpRecognizer(supported_language=LANGUAGE),
         # Numbers written with a +country prefix are found whatever the region; the regions only
         # add national formats, and each costs a full phonenumbers pass over the text.
