@@ -76,8 +76,10 @@ def test_tenant_and_hq_configs_are_validated_on_start(tmp_path: Path, loader: st
 def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     import subprocess
     import sys
+    import tomllib
+    from dataclasses import asdict, fields
 
-    from fedloop.client.tenant_settings import load_tenant_settings
+    from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
     from fedloop.server.hq_settings import load_hq_settings
 
     load_tenant_settings(ROOT / "configs" / "tenant.toml")
@@ -86,6 +88,12 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     production = load_settings(ROOT / "configs" / "federation.toml")  # what a real deployment uses
     assert "\n[simulation]" not in (ROOT / "configs" / "federation.toml").read_text()
     assert production.simulation == SimulationSection() and production.aggregation.min_tenants == 2
+    shipped = tomllib.loads((ROOT / "configs" / "tenant.toml").read_text())  # issue 14: it said other defaults
+    for section in fields(TenantSettings):
+        defaults = asdict(getattr(TenantSettings(), section.name))
+        written = {key: tuple(value) if isinstance(value, list) else value
+                   for key, value in shipped.get(section.name, {}).items()}
+        assert written == defaults, f"configs/tenant.toml [{section.name}] is not the defaults"
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
