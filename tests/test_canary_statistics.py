@@ -69,3 +69,12 @@ def test_a_canary_5_points_worse_is_rolled_back() -> None:
     result = outcomes(CONTROL_HIT - 0.05, CONTROL_REJECT + 0.05, seed=2)
     assert result["rollback"] >= 0.95 * RUNS, result
     assert result["promote"] == 0, result
+
+
+def test_the_gap_interval_stays_within_the_possible_gaps_at_a_handful_of_drafts() -> None:
+    """A deployment's canary with 3 drafts printed a hit-rate gap of [-396.1, +522.4] points."""
+    from fedloop.client.release.sequential import gap_interval
+
+    interval = gap_interval(2, 3, 2, 57, 1 - 0.05 / 3, ReleaseSection().mixture_scale)
+    assert -1.0 <= interval.low < interval.estimate < interval.high <= 1.0
+    assert "[-100.0, +100.0]" in interval.describe()

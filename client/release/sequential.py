@@ -51,4 +51,5 @@ def gap_interval(a_successes: int, a_count: int, b_successes: int, b_count: int,
     spread = variance + tau * tau
     half_width = math.sqrt(variance * spread / (tau * tau)
                            * (2 * math.log(1 / (1 - confidence)) + math.log(spread / variance)))
-    return GapInterval(estimate, estimate - half_width, estimate + half_width, confidence)
+    # A gap of two rates lies in [-1, 1]: the interval is cut to it (coverage and decisions are unchanged).
+    return GapInterval(estimate, max(-1.0, estimate - half_width), min(1.0, estimate + half_width), confidence)
