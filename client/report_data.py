@@ -27,7 +27,8 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
     for version, metrics in store.evaluations_of_kind("training"):
         if wanted is None or version in wanted:
             curves[f"round {metrics.get('round', '?')} (from {version})"] = [
-                *metrics.get("sft_losses", []), *metrics.get("dpo_losses", [])]
+                *metrics.get("sft_losses", []), *metrics.get("dpo_losses", []),
+                *metrics.get("kto_losses", [])]
     if curves:
         data.train_losses[tenant] = curves
     drafting = [v for v in store.drafting_versions() if wanted is None or v in wanted]

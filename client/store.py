@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE TABLE IF NOT EXISTS installed_versions (
     version_id TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT, digest TEXT NOT NULL, adapter BLOB NOT NULL,
     installed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS local_parts (
+    name TEXT PRIMARY KEY, part BLOB NOT NULL, saved_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, action TEXT NOT NULL, serving TEXT,
     canary TEXT, share REAL NOT NULL, reason TEXT NOT NULL);
@@ -86,6 +88,7 @@ ENCRYPTED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vault": ("record_id || '/' || placeholder", ("original",)),
     "samples": ("id", ("prompt", "target", "rejected", "signature")),
     "installed_versions": ("version_id", ("adapter",)),
+    "local_parts": ("name", ("part",)),
 }
 
 
@@ -435,6 +438,16 @@ class FeedbackStore:
         if row is None:
             raise KeyError(version_id)
         return self._keys.open(row[0], f"installed_versions/adapter/{version_id}".encode())
+
+    def keep_local_part(self, name: str, data: bytes) -> None:
+        """Keep (replace) an adapter part that never leaves the tenant, encrypted at rest."""
+        self._db.execute("INSERT OR REPLACE INTO local_parts VALUES (?, ?, ?)",
+                         (name, self._seal("local_parts", "part", name, data), time.time()))
+
+    def local_part(self, name: str) -> bytes | None:
+        """A kept local adapter part, decrypted; None if none was kept under `name`."""
+        row = self._db.execute("SELECT part FROM local_parts WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._keys.open(row[0], f"local_parts/part/{name}".encode())
 
     # -- release pointer ----------------------------------------------------------------------
     def release_state(self) -> ReleaseRecord | None:

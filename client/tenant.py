@@ -21,6 +21,7 @@ from flwr.app import Message
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from fedloop.client.evaluate.candidates import Assessment, better_candidate
 from fedloop.client.evaluate.degeneration import degeneration_gate
 from fedloop.client.evaluate.drift import GateResult, forgetting_gate, general_texts, kl_gate
 from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate, offline_hit_rate, reference_hit_rate
@@ -31,12 +32,14 @@ from fedloop.client.samples.held_out import Reference, held_out_references
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import InstalledVersion
+from fedloop.client.store_api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings
+from fedloop.client.train.personalise import (local_part, local_steps, personal_version, shared_part,
+                                              with_local_part)
 from fedloop.client.train.recipe import run_recipe
-from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_from_bytes, adapter_state, attach_lora,
-                                    load_adapter_state, load_base_model)
+from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes,
+                                    attach_lora, load_adapter_state, load_base_model)
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope
 from fedloop.shared.keys import Identity, Keyring, key_paths, load_identity, load_public_key
@@ -45,6 +48,7 @@ from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+LOCAL_B = "lora_B"  # the name the tenant keeps its own B matrices under ("local_b" personalisation)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,14 @@ class Tenant:
     settings: Settings
     local: TenantSettings
     adapters: dict[str, AdapterState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.local.personalise.method == "local_b" and self.settings.aggregation.method != "fedavg":
+            raise ValueError(
+                f"tenant {self.local.tenant.name!r}: personalise.method = \"local_b\" keeps the B matrices at the "
+                f"tenant and shares A, which HQ must average; the federation's aggregation.method is "
+                f"{self.settings.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = \"fedavg\" "
+                f"in the federation TOML, or personalise.method = \"local_steps\" in the tenant's TOML")
 
     @property
     def name(self) -> str:
@@ -179,44 +191,99 @@ class Tenant:
                     round_: int) -> TrainOutcome:
         """Train the local recipe from `version_id` on the product's feedback (less the held-out slice).
 
-        The model is left holding the trained adapter; the training run is recorded in the store.
+        The model is left holding what leaves the tenant: the trained adapter, or under "local_b" personalisation
+        its trained A with the global B (its B is kept in the store). The training run is recorded in the store.
         """
         settings = self.settings
-        examples = training_examples(self.store, self.local.curation, self.local.evaluation.held_out_share)
+        examples = self.training_examples()
         dataset = dataset_version(self.store)
         log.info("%s round %d: training from %s on %d examples (dataset %s)", self.name, round_, version_id,
                  len(examples), dataset)
         started = time.monotonic()
+        keep_b_local = self.local.personalise.method == "local_b"
+        global_state = adapter_state(model)
+        kept = self.store.local_part(LOCAL_B) if keep_b_local else None
+        if kept is not None:  # FedSA: train from the global A and this tenant's own B
+            load_adapter_state(model, with_local_part(global_state, adapter_from_bytes(kept)))
         report = run_recipe(model, tokenizer, examples, settings.train,
                             settings.federation.seed * 1000 + round_ * 10 + self.index)
-        loss = report.sft_loss if report.sft_steps else report.dpo_loss
+        if keep_b_local:  # the B matrices stay here; HQ gets the trained A with its own B
+            trained = adapter_state(model)
+            self.store.keep_local_part(LOCAL_B, adapter_to_bytes(local_part(trained)))
+            load_adapter_state(model, shared_part(trained, global_state))
         self.store.record_evaluation(version_id, "training", {
-            "round": round_, "method": report.method, "examples": report.examples, "loss": loss,
-            "sft_losses": report.sft_losses, "dpo_losses": report.dpo_losses,
+            "round": round_, "method": report.method, "examples": report.examples, "loss": report.loss,
+            **{f"{phase}_losses": losses for phase, losses in report.losses.items()},
             "duration_s": time.monotonic() - started, "dataset_version": dataset})
-        return TrainOutcome(len(examples), loss, dataset)
+        return TrainOutcome(len(examples), report.loss, dataset)
+
+    def training_examples(self) -> list[TrainingExample]:
+        """The product's feedback as curated training examples, less the held-out slice."""
+        return training_examples(self.store, self.local.curation, self.local.evaluation.held_out_share)
+
+    def personalise(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> str | None:
+        """Build, install and load the tenant's personalised candidate of global version `version_id` (loaded in
+        `model`); its id, or None when personalisation is off or has nothing to adapt from yet."""
+        personalise = self.local.personalise
+        global_state = adapter_state(model)
+        if personalise.method == "local_steps":
+            examples = self.training_examples()
+            if not examples:
+                return None
+            local_steps(model, tokenizer, examples, self.settings.train, personalise.steps,
+                        self.settings.federation.seed * 1000 + 7 + self.index)
+            state = adapter_state(model)
+        elif personalise.method == "local_b" and (kept := self.store.local_part(LOCAL_B)) is not None:
+            state = with_local_part(global_state, adapter_from_bytes(kept))
+            load_adapter_state(model, state)
+        else:
+            return None
+        installed = self.store.installed_versions()
+        round_ = next((v.round for v in installed if v.version_id == version_id), 0)
+        payload = adapter_to_bytes(state)
+        personal = InstalledVersion(personal_version(version_id), round_, version_id, sm3_digest(payload).hex())
+        self.store.install_version(personal, payload)
+        self.adapters[personal.version_id] = state
+        return personal.version_id
+
+    def assess(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
+               held_out: list[Reference]) -> Assessment:
+        """Offline hit rate on the held-out finals and every gate, for the version loaded in `model`."""
+        gates = self.local.evaluation
+        hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
+        self.store.record_evaluation(version_id, "hit_rate", hits.metrics())
+        return hits, self.gate(model, tokenizer, version_id, held_out, hits)
 
     def evaluate_version(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                          version_id: str) -> dict[str, float]:
-        """Offline hit rate on the held-out finals and the gates for the loaded version; offer it unless refused."""
-        gates = self.local.evaluation
+        """Gate the loaded global version and the tenant's personalised candidate of it on the held-out finals;
+        offer the better one (higher offline hit rate) that no gate refuses. Returns the metrics HQ gets."""
         held_out = self.held_out()
-        hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
+        assessed = {version_id: self.assess(model, tokenizer, version_id, held_out)}
+        hits, results = assessed[version_id]
         metrics = hits.metrics()
-        self.store.record_evaluation(version_id, "hit_rate", metrics)
-        results = self.gate(model, tokenizer, version_id, held_out, hits)
         for gate in results:
             metrics[gate.name.replace("_", "-")] = gate.value
             if gate.name == "kl_to_serving":
                 metrics["kl-bound"] = gate.bound  # HQ's report draws each tenant's bound
-        low, high = hits.interval()
-        measured = (f"offline hit rate {hits.rate:.2f} [{low:.2f}, {high:.2f}] on {hits.count} held-out finals"
-                    if hits.count else "no held-out finals yet")
-        verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in results)
-        if all(g.passed for g in results):
-            self.release.offer(version_id, f"{measured}; {verdicts}")
-        else:
-            self.store.audit(ACTOR, "release-refused", f"{version_id}: {verdicts}")
+        personal = self.personalise(model, tokenizer, version_id)
+        if personal is not None:
+            assessed[personal] = self.assess(model, tokenizer, personal, held_out)
+            metrics["personalised-hit-rate"] = assessed[personal][0].rate
+        best = better_candidate(assessed, version_id)
+        for candidate, (candidate_hits, checks) in assessed.items():
+            verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in checks)
+            low, high = candidate_hits.interval()
+            measured = (f"offline hit rate {candidate_hits.rate:.2f} [{low:.2f}, {high:.2f}] on "
+                        f"{candidate_hits.count} held-out finals" if candidate_hits.count else "no held-out finals yet")
+            if candidate == best:
+                self.release.offer(candidate, f"{measured}; {verdicts}")
+            elif all(g.passed for g in checks):
+                self.store.audit(ACTOR, "release-passed-over", f"{candidate}: {measured}; {best} drafts better")
+            else:
+                self.store.audit(ACTOR, "release-refused", f"{candidate}: {verdicts}")
+            log.info("%s evaluated %s: %s; %s%s", self.name, candidate, measured, verdicts,
+                     " (offered)" if candidate == best else "")
         metrics["gates-passed"] = int(all(g.passed for g in results))
-        log.info("%s evaluated %s: %s; %s", self.name, version_id, measured, verdicts)
+        metrics["offered-personalised"] = int(best is not None and best != version_id)
         return metrics

@@ -93,6 +93,20 @@ class EvaluationSection:
     confidence: float = 0.95  # the hit-rate gate refuses a version worse than the serving one with this confidence
 
 
+PERSONALISE_METHODS = ("none", "local_steps", "local_b")
+
+
+@dataclass(frozen=True)
+class PersonaliseSection:
+    """How this tenant adapts each global version to its own users (client/train/personalise.py).
+
+    The gates compare the global and the personalised candidate on the held-out finals and offer the better one.
+    """
+
+    method: str = "none"  # "none", "local_steps" (SFT steps from the global version) or "local_b" (FedSA)
+    steps: int = 8  # local SFT steps of "local_steps"
+
+
 @dataclass(frozen=True)
 class ReleaseSection:
     """How a version that passed the gates reaches users: canary, widening, promotion, automatic rollback."""
@@ -135,6 +149,7 @@ class TenantSettings:
     curation: CurationSection = field(default_factory=CurationSection)
     signals: SignalsSection = field(default_factory=SignalsSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
     release: ReleaseSection = field(default_factory=ReleaseSection)
     serve: ServeSection = field(default_factory=ServeSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -169,6 +184,9 @@ class TenantSettings:
         require(0.0 < evaluation.hit_similarity <= 1.0, "evaluation.hit_similarity", "a number in (0, 1]")
         require(evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "an integer >= 1")
         require(0.5 <= evaluation.confidence < 1.0, "evaluation.confidence", "a number in [0.5, 1), e.g. 0.95")
+        require(self.personalise.method in PERSONALISE_METHODS, "personalise.method",
+                f"one of {', '.join(PERSONALISE_METHODS)}")
+        require(self.personalise.steps >= 1, "personalise.steps", "an integer >= 1")
         release = self.release
         require(0.0 < release.canary_share <= release.widened_share <= 1.0,
                 "release.canary_share / widened_share", "0 < canary_share <= widened_share <= 1")

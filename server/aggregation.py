@@ -29,10 +29,8 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
-from fedloop.shared.adapter import AdapterState
+from fedloop.shared.adapter import LORA_A, LORA_B, AdapterState
 from fedloop.shared.settings import AggregationSection
-
-LORA_A, LORA_B = ".lora_A.", ".lora_B."
 
 
 class UpdateRejected(ValueError):

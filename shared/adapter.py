@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from fedloop.shared.files import write_atomic
 
 AdapterState = dict[str, torch.Tensor]
+LORA_A, LORA_B = ".lora_A.", ".lora_B."  # how the two LoRA factors' keys are marked
 
 
 class ModelLoadError(Exception):

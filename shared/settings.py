@@ -64,7 +64,7 @@ class PathsSection:
 class TrainSection:
     """The local training recipe (client/train/recipe.py): every knob it has."""
 
-    method: str = "sft"  # sft | dpo | sft_then_dpo
+    method: str = "sft"  # sft | dpo | kto | sft_then_dpo | sft_then_kto
     epochs: int = 1  # passes over the training mix (max_steps caps them)
     max_steps: int = 8  # optimiser steps per round and phase; 0 = as many as epochs give
     batch_size: int = 8  # examples per step (before gradient accumulation)
@@ -73,7 +73,11 @@ class TrainSection:
     warmup_steps: int = 0  # linear warmup steps; 0 = none
     max_seq_len: int = 160  # tokens of prompt + reply kept (left-truncated)
     dpo_beta: float = 0.1  # DPO temperature beta, > 0
-    dpo_learning_rate: float = 0.0  # AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate
+    dpo_learning_rate: float = 2e-4  # AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate
+    kto_beta: float = 0.1  # KTO temperature beta, > 0
+    kto_learning_rate: float = 2e-4  # AdamW learning rate of the KTO phase, in [0, 1]; 0 = learning_rate
+    kto_desirable_weight: float = 1.0  # KTO's lambda_D: weight of desirable replies, > 0
+    kto_undesirable_weight: float = 1.0  # KTO's lambda_U: weight of undesirable (rejected) drafts, > 0
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training
     weight_core_baseline: float = 1.0  # pool weight, multiplied by each sample's curated weight
     weight_secondary_baseline: float = 0.8  # pool weight of secondary_baseline samples
@@ -86,7 +90,7 @@ class TrainSection:
         return float(getattr(self, f"weight_{pool}"))
 
 
-TRAIN_METHODS = ("sft", "dpo", "sft_then_dpo")
+TRAIN_METHODS = ("sft", "dpo", "kto", "sft_then_dpo", "sft_then_kto")
 MERGE_METHODS = ("fedavg", "exact")
 ROBUST_METHODS = ("none", "trimmed_mean", "krum")
 
@@ -157,15 +161,17 @@ class Settings:
                 "train.epochs / batch_size / grad_accum", "integers >= 1")
         require(train.max_steps >= 0 and train.warmup_steps >= 0, "train.max_steps / warmup_steps",
                 "integers >= 0 (max_steps 0 = no cap)")
-        require(train.dpo_beta > 0, "train.dpo_beta", "a number > 0")
+        require(train.dpo_beta > 0 and train.kto_beta > 0, "train.dpo_beta / kto_beta", "numbers > 0")
+        require(train.kto_desirable_weight > 0 and train.kto_undesirable_weight > 0,
+                "train.kto_desirable_weight / kto_undesirable_weight", "numbers > 0")
         require(train.proximal_mu >= 0, "train.proximal_mu", "a number >= 0 (0 = off; FedProx typically 0.001-1)")
         require(all(0.0 <= train.pool_weight(p) for p in POOL_NAMES), "train.weight_*", "numbers >= 0")
         require(len(train.curriculum) >= 1 and list(train.curriculum) == sorted(train.curriculum, reverse=True)
                 and all(0.0 <= c <= 1.0 for c in train.curriculum), "train.curriculum",
                 "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]")
         require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
-        require(0.0 <= self.train.dpo_learning_rate <= 1.0, "train.dpo_learning_rate",
-                "a number in [0, 1] (0 = the SFT learning_rate)")
+        require(0.0 <= train.dpo_learning_rate <= 1.0 and 0.0 <= train.kto_learning_rate <= 1.0,
+                "train.dpo_learning_rate / kto_learning_rate", "numbers in [0, 1] (0 = the SFT learning_rate)")
         require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
                 "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
         merging = self.aggregation

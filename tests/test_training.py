@@ -1,4 +1,5 @@
-"""The training recipe: DPO loss by hand, pool weighting and curriculum, SFT and DPO on a tiny model."""
+"""The training recipe: DPO and KTO losses by hand, pool weighting and curriculum, SFT, DPO and KTO on a tiny
+model."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.train.data import curriculum, mix
-from fedloop.client.train.losses import dpo_loss, sequence_logprobs
-from fedloop.client.train.recipe import run_recipe
+from fedloop.client.train.data import WeightedExample
+from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
+from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe
 from fedloop.shared.adapter import LoraSettings, adapter_state, attach_lora, load_base_model
 from fedloop.shared.settings import TrainSection
 
@@ -22,6 +24,32 @@ def test_dpo_loss_matches_a_hand_computed_value() -> None:
     loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), 0.1)
     assert abs(loss.item() - expected) < 1e-6
     assert abs(expected - 0.6210) < 1e-4  # log(1 + e^-0.15), by hand
+
+
+def test_kto_loss_matches_a_hand_computed_value() -> None:
+    # z0 = mean((-4 - -5), (-6 - -5)) = mean(1, -1) = 0
+    # desirable: r = -1 - -2 = 1 -> 1 - sigmoid(0.1 * (1 - 0)) = 0.47502, sample weight 1
+    # undesirable: r = -3 - -2.5 = -0.5 -> 1 - sigmoid(0.1 * (0 + 0.5)) = 0.48750, x 1.5 (lambda_U), sample weight 2
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    policy, reference = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.5])
+    desirable, weights = torch.tensor([True, False]), torch.tensor([1.0, 2.0])
+    loss = kto_loss(policy, reference, torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
+                    0.1, 1.0, 1.5)
+    expected = (1.0 * (1 - sigmoid(0.1)) + 2.0 * 1.5 * (1 - sigmoid(0.05))) / 3.0
+    assert abs(loss.item() - expected) < 1e-6
+    assert abs(expected - 0.6458) < 1e-4  # (0.47502 + 2 x 1.5 x 0.48750) / (1 + 2), by hand
+    shifted = kto_loss(policy, reference, torch.tensor([-4.0, -4.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
+                       0.1, 1.0, 1.5)  # z0 = 1: the desirable reply must now beat the reference point
+    assert abs(shifted.item() - (1.0 * (1 - sigmoid(0.0)) + 3.0 * (1 - sigmoid(0.15))) / 3.0) < 1e-6
+
+
+def test_kto_items_take_targets_as_desirable_and_rejected_drafts_as_undesirable() -> None:
+    weighted = [WeightedExample(example("a", 0.8, "candidate", rejected="bad a"), 0.48),
+                WeightedExample(example("b", 1.0, "candidate"), 1.0)]
+    items = kto_items(weighted, seed=3)
+    assert sorted((i.prompt, i.reply, i.desirable, i.weight) for i in items) == [
+        ("a", "bad a", False, 0.48), ("a", "reply to a", True, 0.48), ("b", "reply to b", True, 1.0)]
+    assert all(i.mismatched == items[(k + 1) % 3].reply for k, i in enumerate(items))
 
 
 def test_sequence_logprobs_count_only_labelled_tokens() -> None:
@@ -60,13 +88,14 @@ def _model(tiny_model_dir: Path):
 def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir: Path) -> None:
     examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.5, "candidate",
                                 rejected=f"I cannot help with order {i}.") for i in range(6)]
-    settings = TrainSection(method="sft_then_dpo", max_steps=4, batch_size=3, learning_rate=1e-2, max_seq_len=64)
+    settings = TrainSection(method="sft_then_dpo", max_steps=4, batch_size=3, learning_rate=1e-2, max_seq_len=64,
+                            dpo_learning_rate=0.0)
     states = []
     for _ in range(2):
         model, tokenizer = _model(tiny_model_dir)
         report = run_recipe(model, tokenizer, examples, settings, seed=5)
         states.append(adapter_state(model))
-    assert report.sft_steps == 4 and report.dpo_steps == 2 and report.pairs == 6  # 2 curriculum stages x 2 batches
+    assert report.steps("sft") == 4 and report.steps("dpo") == 2 and report.pairs == 6  # 2 curriculum stages x 2 batches
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
     model, tokenizer = _model(tiny_model_dir)
@@ -109,3 +138,25 @@ def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
         end = adapter_state(model)
         drift[dpo_rate] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
     assert 0 < drift[3e-4] < 0.1 * drift[0.0]  # 0 = the SFT learning rate, 100x larger
+
+
+def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path) -> None:
+    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.7, "candidate",
+                                rejected=f"I cannot help with order {i}.") for i in range(6)]
+    settings = TrainSection(method="kto", max_steps=6, batch_size=4, learning_rate=3e-2, kto_learning_rate=0.0,
+                            kto_beta=1.0, max_seq_len=64)
+    model, tokenizer = _model(tiny_model_dir)
+    chosen = [(e.prompt, e.target) for e in examples]
+    rejected = [(e.prompt, e.rejected or "") for e in examples]
+
+    def margin() -> float:
+        with torch.no_grad():
+            return (_reply_logprobs(model, tokenizer, chosen, settings)
+                    - _reply_logprobs(model, tokenizer, rejected, settings)).mean().item()
+
+    before = margin()
+    report = run_recipe(model, tokenizer, examples, settings, seed=5)
+    assert report.steps("kto") == 3 and report.steps("sft") == 0  # 12 items in batches of 4
+    assert margin() > before + 1.0
+    report = run_recipe(*_model(tiny_model_dir), examples, replace(settings, method="sft_then_kto"), seed=5)
+    assert report.steps("sft") > 0 and report.steps("kto") == 3 and not math.isnan(report.loss)

@@ -1,4 +1,5 @@
-"""Losses: reward-weighted SFT and DPO (Rafailov et al., 2023), on per-sequence log-probabilities."""
+"""Losses: reward-weighted SFT, DPO (Rafailov et al., 2023) and KTO (Ethayarajh et al., 2024), on per-sequence
+log-probabilities."""
 
 from __future__ import annotations
 
@@ -32,3 +33,21 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     """Mean of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over the pairs."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * margin).mean()
+
+
+def kto_loss(policy: torch.Tensor, reference: torch.Tensor, policy_mismatched: torch.Tensor,
+             reference_mismatched: torch.Tensor, desirable: torch.Tensor, weights: torch.Tensor, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO, Eq. (7) of Ethayarajh et al. (2024), averaged with the sample `weights`.
+
+    r = log pi(y|x) - log ref(y|x) per item; the reference point z0 is the batch's
+    mean log-ratio on mismatched (prompt, other item's reply) pairs, clamped at 0
+    and not differentiated (as in the paper and TRL). A desirable item costs
+    desirable_weight * (1 - sigmoid(beta (r - z0))), an undesirable one
+    undesirable_weight * (1 - sigmoid(beta (z0 - r))).
+    """
+    z0 = (policy_mismatched - reference_mismatched).mean().clamp(min=0).detach()
+    ratio = policy - reference
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio))))
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-8)

@@ -1,8 +1,10 @@
-"""The local training recipe: SFT, DPO, or SFT then DPO, as the config says.
+"""The local training recipe: SFT, DPO, KTO, SFT then DPO, or SFT then KTO, as the config says.
 
 Read it top to bottom (torchtune style): mix the pools, order by curriculum,
 train with reward-weighted SFT, then optionally DPO on (user's final > rejected
-draft) pairs against the model as it was before DPO. With `proximal_mu` > 0
+draft) pairs, or KTO on unpaired desirable (accepted drafts, users' finals) and
+undesirable (rejected drafts) replies, against the model as it was before that
+phase. With `proximal_mu` > 0
 every step also pays FedProx's proximal term (mu/2)·‖w − w_global‖² on the
 adapter, which keeps a tenant with unusual data close to the global version.
 Every knob is in `[train]` of the TOML (see TrainSection); the seed fixes data
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from peft import PeftModel
@@ -23,45 +27,62 @@ from transformers import PreTrainedTokenizerBase
 
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.train.data import WeightedExample, collate, curriculum, encode, mix
-from fedloop.client.train.losses import dpo_loss, sequence_logprobs, weighted_sft_loss
+from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs, weighted_sft_loss
 from fedloop.shared.settings import TrainSection
 
 log = logging.getLogger(__name__)
+Batchable = TypeVar("Batchable")
 
 
 @dataclass
 class TrainReport:
-    """What a recipe run did."""
+    """What a recipe run did: each phase's per-step losses ("sft", "dpo", "kto")."""
 
     method: str
     examples: int = 0
     pairs: int = 0
-    sft_losses: list[float] = field(default_factory=list)
-    dpo_losses: list[float] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+    def steps(self, phase: str) -> int:
+        """Optimiser steps of a phase (0 if it did not run)."""
+        return len(self.losses.get(phase, []))
 
     @property
-    def sft_steps(self) -> int:
-        """Optimiser steps of the SFT phase."""
-        return len(self.sft_losses)
-
-    @property
-    def dpo_steps(self) -> int:
-        """Optimiser steps of the DPO phase."""
-        return len(self.dpo_losses)
-
-    @property
-    def sft_loss(self) -> float:
-        """Mean SFT loss over its steps (NaN if none ran)."""
-        return sum(self.sft_losses) / len(self.sft_losses) if self.sft_losses else float("nan")
-
-    @property
-    def dpo_loss(self) -> float:
-        """Mean DPO loss over its steps (NaN if none ran)."""
-        return sum(self.dpo_losses) / len(self.dpo_losses) if self.dpo_losses else float("nan")
+    def loss(self) -> float:
+        """Mean loss of the first phase that ran (SFT when it did), NaN if none ran."""
+        ran = [losses for losses in self.losses.values() if losses]
+        return sum(ran[0]) / len(ran[0]) if ran else float("nan")
 
 
-def _batches(items: Sequence[WeightedExample], size: int) -> list[list[WeightedExample]]:
+@dataclass(frozen=True)
+class KtoItem:
+    """One KTO item: a reply to a prompt that users found desirable or not, and another item's reply for z0."""
+
+    prompt: str
+    reply: str
+    mismatched: str
+    desirable: bool
+    weight: float
+
+
+def kto_items(weighted: Sequence[WeightedExample], seed: int) -> list[KtoItem]:
+    """Accepted drafts and users' finals (the targets) desirable, rejected drafts undesirable, each with its
+    curated weight; shuffled under `seed`, each paired with the next item's reply as its mismatched reply."""
+    raw = [(w.example.prompt, w.example.target, True, w.weight) for w in weighted]
+    raw += [(w.example.prompt, w.example.rejected, False, w.weight) for w in weighted if w.example.rejected]
+    random.Random(seed).shuffle(raw)
+    return [KtoItem(prompt, reply, raw[(i + 1) % len(raw)][1], desirable, weight)
+            for i, (prompt, reply, desirable, weight) in enumerate(raw)]
+
+
+def _batches(items: Sequence[Batchable], size: int) -> list[list[Batchable]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _step_count(batches: Sequence[object], settings: TrainSection) -> int:
+    """Optimiser steps a phase takes over `batches` (gradient accumulation, `max_steps` cap)."""
+    steps = math.ceil(len(batches) / settings.grad_accum)
+    return min(steps, settings.max_steps) if settings.max_steps else steps
 
 
 def proximal_term(parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor],
@@ -70,16 +91,14 @@ def proximal_term(parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Ten
     return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchor))
 
 
-def _optimise(model: PeftModel, batches: list[list[WeightedExample]], settings: TrainSection, label: str,
-              batch_loss: Callable[[list[WeightedExample]], torch.Tensor], anchor: Sequence[torch.Tensor],
+def _optimise(model: PeftModel, batches: list[list[Batchable]], settings: TrainSection, label: str,
+              batch_loss: Callable[[list[Batchable]], torch.Tensor], anchor: Sequence[torch.Tensor],
               learning_rate: float) -> list[float]:
     """AdamW with linear warmup over `batches` (grad accumulation, max_steps cap); returns each step's loss.
 
     The reported loss is the task loss; the proximal term towards `anchor` is added to what is optimised.
     """
-    steps = math.ceil(len(batches) / settings.grad_accum)
-    if settings.max_steps:
-        steps = min(steps, settings.max_steps)
+    steps = _step_count(batches, settings)
     if steps == 0:
         return []
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -89,7 +108,7 @@ def _optimise(model: PeftModel, batches: list[list[WeightedExample]], settings: 
     model.train()
     losses = []
     progress = tqdm(range(steps), desc=label, unit="step", disable=None)
-    batch_iter: Iterator[list[WeightedExample]] = iter(batches)
+    batch_iter: Iterator[list[Batchable]] = iter(batches)
     for _ in progress:
         total = 0.0
         for _ in range(settings.grad_accum):
@@ -125,14 +144,20 @@ def _sft(model: PeftModel, tokenizer: PreTrainedTokenizerBase, weighted: list[We
     return _optimise(model, batches, settings, "sft", loss, anchor, settings.learning_rate)
 
 
+def _reply_logprobs(model: PeftModel, tokenizer: PreTrainedTokenizerBase, replies: Sequence[tuple[str, str]],
+                    settings: TrainSection) -> torch.Tensor:
+    """Summed log-probability of each (prompt, reply)'s reply (gradients flow if enabled)."""
+    encoded = collate([encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies],
+                      tokenizer.pad_token_id)
+    logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+    return sequence_logprobs(logits, encoded["labels"])[0]
+
+
 def _pair_logprobs(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[WeightedExample],
                    settings: TrainSection) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and the rejected reply of each pair (gradients flow if enabled)."""
-    encoded = collate([encode(tokenizer, w.example.prompt, reply, settings.max_seq_len)
-                       for w in pairs for reply in (w.example.target, w.example.rejected or "")],
-                      tokenizer.pad_token_id)
-    logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-    logprobs, _ = sequence_logprobs(logits, encoded["labels"])
+    logprobs = _reply_logprobs(model, tokenizer, [(w.example.prompt, reply) for w in pairs
+                                                  for reply in (w.example.target, w.example.rejected or "")], settings)
     return logprobs[0::2], logprobs[1::2]
 
 
@@ -154,6 +179,33 @@ def _dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[Weigh
                      settings.dpo_learning_rate or settings.learning_rate)
 
 
+def _kto(model: PeftModel, tokenizer: PreTrainedTokenizerBase, weighted: list[WeightedExample],
+         settings: TrainSection, seed: int, anchor: Sequence[torch.Tensor]) -> list[float]:
+    items = kto_items(weighted, seed)
+    batches = [b for _ in range(settings.epochs) for b in _batches(items, settings.batch_size)]
+    used = {id(item): item for batch in batches[:_step_count(batches, settings) * settings.grad_accum]
+            for item in batch}
+    model.eval()
+    reference: dict[int, tuple[float, float]] = {}
+    with torch.no_grad():  # the reference policy is the model as it is before KTO
+        for chunk in _batches(list(used.values()), settings.batch_size):
+            own = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in chunk], settings)
+            other = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in chunk], settings)
+            reference.update({id(i): (o.item(), m.item()) for i, o, m in zip(chunk, own, other)})
+
+    def loss(batch: list[KtoItem]) -> torch.Tensor:
+        policy = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in batch], settings)
+        with torch.no_grad():  # z0 is not differentiated
+            mismatched = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in batch], settings)
+        return kto_loss(policy, torch.tensor([reference[id(i)][0] for i in batch]), mismatched,
+                        torch.tensor([reference[id(i)][1] for i in batch]),
+                        torch.tensor([i.desirable for i in batch]), torch.tensor([i.weight for i in batch]),
+                        settings.kto_beta, settings.kto_desirable_weight, settings.kto_undesirable_weight)
+
+    return _optimise(model, batches, settings, "kto", loss, anchor,
+                     settings.kto_learning_rate or settings.learning_rate)
+
+
 def run_recipe(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[TrainingExample],
                settings: TrainSection, seed: int) -> TrainReport:
     """Train the adapter of `model` on `examples` with the configured method; deterministic under `seed`."""
@@ -164,8 +216,11 @@ def run_recipe(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: S
     if not weighted:
         raise ValueError("no training examples with a positive weight: record feedback before training")
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]  # the global version
-    if settings.method in ("sft", "sft_then_dpo"):
-        report.sft_losses = _sft(model, tokenizer, weighted, settings, seed, anchor)
-    if settings.method in ("dpo", "sft_then_dpo") and pairs:
-        report.dpo_losses = _dpo(model, tokenizer, pairs, settings, seed, anchor)
+    phases = settings.method.split("_then_")
+    if "sft" in phases:
+        report.losses["sft"] = _sft(model, tokenizer, weighted, settings, seed, anchor)
+    if "dpo" in phases and pairs:
+        report.losses["dpo"] = _dpo(model, tokenizer, pairs, settings, seed, anchor)
+    if "kto" in phases:
+        report.losses["kto"] = _kto(model, tokenizer, weighted, settings, seed, anchor)
     return report
