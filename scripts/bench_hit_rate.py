@@ -395,7 +395,8 @@ def report(arms: Arms, elapsed: float, plot: Path, split: str) -> None:
               f"({difference(arms.pooled(name), base)})")
         ratio = uplifts[name] / central if central > 0 else float("nan")
         print(f"  {name} uplift / {stronger} uplift ({100 * central:+.1f}) = {ratio:.2f} (goal >= 0.95: "
-              f"{'met' if ratio >= 0.95 else 'missed'})")
+              f"{'met' if ratio >= 0.95 else 'missed'}); {name} - {stronger}: "
+              f"{difference(arms.pooled(name), arms.pooled(stronger))}")
     write_plot(arms, plot, split)
     print(f"plot: {plot}")
 
