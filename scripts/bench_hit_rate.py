@@ -412,12 +412,14 @@ def write_plot(arms: Arms, path: Path, split: str) -> None:
     groups = [t.name for t in arms.tenants] + ["mean"]
     width = 0.85 / len(names)
     figure, axis = plt.subplots(figsize=(12, 4.5))
+    colours = plt.get_cmap("tab20").colors
     for k, name in enumerate(names):
         cells = arms.accepts[name] + [arms.pooled(name)]
         rates = [100 * sum(c) / len(c) for c in cells]
         bounds = [wilson_interval(sum(c), len(c)) for c in cells]
         errors = [[r - 100 * lo for r, (lo, _) in zip(rates, bounds)], [100 * hi - r for r, (_, hi) in zip(rates, bounds)]]
-        axis.bar([g + k * width for g in range(len(groups))], rates, width, yerr=errors, capsize=1.5, label=name)
+        axis.bar([g + k * width for g in range(len(groups))], rates, width, yerr=errors, capsize=1.5, label=name,
+                 color=colours[k % len(colours)])
     axis.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))], groups)
     axis.set_ylabel("hit rate on held-out prompts (%), 95 % CI")
     axis.set_title(f"Draft hit rate by arm (SmolLM2-135M-Instruct, Bitext, 4 tenants, split '{split}')")
