@@ -270,7 +270,7 @@ class Tenant:
         if personal is not None:
             assessed[personal] = self.assess(model, tokenizer, personal, held_out)
             metrics["personalised-hit-rate"] = assessed[personal][0].rate
-        best = better_candidate(assessed, version_id)
+        best = better_candidate(assessed, version_id, self.local.evaluation.confidence)
         for candidate, (candidate_hits, checks) in assessed.items():
             verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in checks)
             low, high = candidate_hits.interval()
@@ -279,7 +279,9 @@ class Tenant:
             if candidate == best:
                 self.release.offer(candidate, f"{measured}; {verdicts}")
             elif all(g.passed for g in checks):
-                self.store.audit(ACTOR, "release-passed-over", f"{candidate}: {measured}; {best} drafts better")
+                self.store.audit(ACTOR, "release-passed-over",
+                                 f"{candidate}: {measured}; {best} offered (the global version unless a personalised "
+                                 f"candidate drafts better with {self.local.evaluation.confidence:.0%} confidence)")
             else:
                 self.store.audit(ACTOR, "release-refused", f"{candidate}: {verdicts}")
             log.info("%s evaluated %s: %s; %s%s", self.name, candidate, measured, verdicts,

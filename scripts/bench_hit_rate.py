@@ -33,9 +33,10 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
   tenant (client/train/personalise.py, "local_steps");
   FedSA: A shared and averaged, B kept by each tenant ("local_b"), each tenant
   drafts with the global A and its own B;
-  fedloop (gated): per tenant, the better of federated and personalised on the
-  tenant's own validation prompts (never trained on), as the tenant's gates
-  choose in production;
+  fedloop (gated): per tenant, personalised when it drafts better than
+  federated on the tenant's own validation prompts (never trained on) with 95 %
+  confidence (sign test), else federated, as the tenant's gates choose in
+  production;
   centralized (same steps per model): rounds x steps steps on all samples
   pooled; centralized (same total steps): rounds x steps x tenants steps, the
   optimiser steps the federated arm spends over all tenants;
@@ -69,6 +70,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedloop.client.evaluate.candidates import drafts_better
+from fedloop.client.evaluate.hit_rate import HitRate
 from fedloop.client.feedback import Action
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.samples.curation import training_examples
@@ -334,10 +337,11 @@ def main() -> None:
     personal_states = personalise(fed_states, personal_steps)
     measure(PERSONAL, personal_states)
     chosen = []
-    for i, tenant in enumerate(tenants):  # the tenant's gates: the better candidate on its own validation prompts
-        scores = [sum(hits(model, tokenizer, s[i], tenant.validation, max_new_tokens))
+    for i, tenant in enumerate(tenants):  # the tenant's gates on its own validation prompts, as in production
+        scored = [HitRate(tuple(hits(model, tokenizer, s[i], tenant.validation, max_new_tokens)), 0.0)
                   for s in (fed_states, personal_states)]
-        chosen.append(PERSONAL if scores[1] > scores[0] else FEDERATED)
+        better = drafts_better(scored[1], scored[0], EvaluationSection().confidence)
+        chosen.append(PERSONAL if better else FEDERATED)
     accepts[GATED] = [accepts[arm][i] for i, arm in enumerate(chosen)]
     progress(f"{GATED}: {chosen}")
     measure("FedSA (B local)", federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora,
