@@ -257,7 +257,8 @@ class Tenant:
     def evaluate_version(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                          version_id: str) -> dict[str, float]:
         """Gate the loaded global version and the tenant's personalised candidate of it on the held-out finals;
-        offer the better one (higher offline hit rate) that no gate refuses. Returns the metrics HQ gets."""
+        offer the global version unless the personalised one drafts better with confidence (client/evaluate/
+        candidates.py). Returns the metrics HQ gets."""
         held_out = self.held_out()
         assessed = {version_id: self.assess(model, tokenizer, version_id, held_out)}
         hits, results = assessed[version_id]

@@ -100,7 +100,9 @@ PERSONALISE_METHODS = ("none", "local_steps", "local_b")
 class PersonaliseSection:
     """How this tenant adapts each global version to its own users (client/train/personalise.py).
 
-    The gates compare the global and the personalised candidate on the held-out finals and offer the better one.
+    The gates offer the personalised candidate only when it drafts better than the global version on the held-out
+    finals with evaluation.confidence. The default `none` is measured: personalisation lowered the hit rate on
+    both benchmark splits (docs/benchmarks.md, issue 15).
     """
 
     method: str = "none"  # "none", "local_steps" (SFT steps from the global version) or "local_b" (FedSA)

@@ -11,7 +11,8 @@ Two ways, chosen per tenant (`[personalise] method` of its TOML):
   (`aggregation.method = "fedavg"`): the exact merge re-factorises B·A and
   would change the basis the local B was trained in.
 The tenant's gates then compare the global and the personalised candidate on
-its held-out real feedback and offer the better one (client/tenant.py).
+its held-out real feedback and offer the personalised one only when it drafts
+better with confidence (client/evaluate/candidates.py).
 """
 
 from __future__ import annotations
