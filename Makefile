@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 
-.PHONY: install model demo test browser gateway proto config-reference clean
+.PHONY: install model demo test test-fast check browser gateway proto config-reference clean
 
 install: $(STAMP)
 
@@ -24,8 +24,19 @@ model: $(STAMP)
 demo: model
 	$(VENV)/bin/fedloop demo --config configs/demo.toml
 
-test: $(STAMP) browser gateway
+test: check browser gateway
 	$(PY) -m pytest -q
+
+# Everyday work: the tests without a marker (no slow, deployment or browser test), in under 3 minutes.
+test-fast: check
+	$(PY) -m pytest -q -m "not slow and not deployment and not browser"
+
+# The architecture, lint, format and type checks (configured in pyproject.toml).
+check: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The report test opens the HTML report in headless Chromium (Debian's package; no browser download).
 browser:

@@ -2,14 +2,14 @@
 
 train:    verify and install the global version, train LoRA locally from it on
           the feedback the tenant's product sent (less the held-out slice),
-          reply with the sealed delta and its sample count.
+          reply with the sealed update and its sample count.
 evaluate: verify and install the global version, report its hit rate on the
           tenant's held-out finals, run the hit-rate, KL and forgetting gates,
           and offer a version none of them refuses to the release controller.
 query enrol: tell HQ which tenant and key this node is.
 
 The same app runs in deployment (deployed.py) and in the Simulation Engine
-(client/simulation_app.py), where a simulated product sends each round's
+(client/simulation/client_app.py), where a simulated product sends each round's
 traffic through the tenant's draft service before training.
 """
 
@@ -28,9 +28,9 @@ from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
-from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, delta_binding, delta_content, enrol_statement
+from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, update_binding, update_content, enrol_statement
 from fedloop.shared.run_layout import HQ_NAME
-from fedloop.shared.settings import Settings, load_settings
+from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 
 @lru_cache(maxsize=None)
@@ -56,11 +56,15 @@ def deployed_tenant(context: Context) -> Tenant:
         raise ValueError(f"SuperNode node config lacks {missing}: start it with `fedloop tenant up`")
     if config.get("workdir"):
         os.chdir(str(config["workdir"]))
-    settings = load_settings(Path(str(config["settings"])))
-    local = load_tenant_settings(Path(str(config["tenant-config"])))
+    settings_file, tenant_file = Path(str(config["settings"])), Path(str(config["tenant-config"]))
+    settings = load_settings(settings_file)
+    local = load_tenant_settings(tenant_file)
     name = local.tenant.name
-    index = settings.federation.tenants.index(name) if name in settings.federation.tenants else 0
-    return tenant_at(index, settings, local)
+    if name not in settings.federation.tenants:
+        raise ConfigError(f"{tenant_file}: tenant.name {name!r} is not in federation.tenants "
+                          f"{list(settings.federation.tenants)} of {settings_file}: ask HQ to add it there, or "
+                          "correct tenant.name")
+    return tenant_at(settings.federation.tenants.index(name), settings, local)
 
 
 def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = None) -> ClientApp:
@@ -84,21 +88,21 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
     @app.train()
     def train(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
-        run = tenant.settings.federation.run_name
+        run = tenant.federation.federation.run_name
         round_, version_id, model, tokenizer = tenant.install_global(message, run)
         if traffic is not None:
             traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, version_id, round_)
-        binding = delta_binding(tenant.name, run, round_, version_id, outcome.examples, outcome.dataset_version)
+        binding = update_binding(tenant.name, run, round_, version_id, outcome.examples, outcome.dataset_version)
         envelope = seal(adapter_to_bytes(adapter_state(model)), binding, tenant.identity,
                         tenant.hq_keyring.by_name("hq", HQ_NAME))
-        return Message(delta_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss}),
+        return Message(update_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss}),
                        reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
-        _, version_id, model, tokenizer = tenant.install_global(message, tenant.settings.federation.run_name)
+        _, version_id, model, tokenizer = tenant.install_global(message, tenant.federation.federation.run_name)
         metrics = tenant.evaluate_version(model, tokenizer, version_id)
         return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
 

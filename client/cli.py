@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from fedloop.client.release.loop import ReleaseLoop
-from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
-from fedloop.shared.keys import KeyFileError, key_paths, load_identity
+from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.console import command_group, audited, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.logs import configure_logging
@@ -21,7 +19,9 @@ from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from fedloop.client.release.loop import ReleaseLoop
     from fedloop.client.serve.server import HttpServer
+    from fedloop.client.tenant_runtime import TenantRuntime
 
 tenant_app = command_group("Run a tenant's services.")
 vault_app = command_group("Reverse placeholders (authorised operators only; every reveal is audited).")
@@ -41,6 +41,8 @@ def _settings(config: Path) -> TenantSettings:
 
 def open_runtime(config: Path) -> TenantRuntime:
     """The tenant's store and pipeline from its TOML; exits with a clear error if the config or keys are bad."""
+    from fedloop.client.tenant_runtime import open_tenant
+
     settings = _settings(config)
     try:
         identity = load_identity(Path(settings.tenant.keys_dir), settings.tenant.name)
@@ -75,17 +77,9 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     Returns what stops them all and closes the store.
     """
     from fedloop.client.ingest.service import MaintenanceLoop, start_server
+    from fedloop.client.key_rotation import StorageKeyWatcher
     from fedloop.client.release.controller import ReleaseController
-
-    key_file = key_paths(Path(runtime.settings.tenant.keys_dir), runtime.settings.tenant.name)["storage"]
-    seen = [key_file.stat().st_mtime_ns]
-
-    def reload_keys() -> None:
-        mtime = key_file.stat().st_mtime_ns
-        if mtime != seen[0]:
-            seen[0] = mtime
-            runtime.store.use_keys(load_identity(key_file.parent, runtime.settings.tenant.name).storage)
-            errors.print("storage key file changed: now writing with the new active key")
+    from fedloop.client.release.loop import ReleaseLoop
 
     settings = runtime.settings
     started = ExitStack()  # what is running, stopped in reverse order (on a failed start too)
@@ -111,7 +105,7 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
         fail(str(err))
     release_loop.start()
     started.callback(release_loop.stop)
-    maintenance = MaintenanceLoop(runtime, reload_keys)
+    maintenance = MaintenanceLoop(runtime, StorageKeyWatcher(runtime, errors.print))
     maintenance.start()
     started.callback(maintenance.stop)
     host = settings.ingest.address.rsplit(":", 1)[0]
@@ -162,8 +156,8 @@ def up(config: Path = CONFIG,
     runtime = open_runtime(config)
     stop_service = _start_service(runtime, federation)
     try:
-        supernode = start_flower(SuperNodeSpec(config, settings, superlink, ca, node_key, port).command(),
-                                 Path(runtime.settings.tenant.data_dir))
+        home = Path(runtime.settings.tenant.data_dir)
+        supernode = start_flower(SuperNodeSpec(config, settings, superlink, ca, node_key, port).command(home), home)
     except (DeploymentError, OSError) as err:
         stop_service()
         fail(str(err))

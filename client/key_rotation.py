@@ -13,9 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_settings import TenantSettings
-from fedloop.shared.keys import rotate_storage_key
+from fedloop.shared.keys import key_paths, load_identity, rotate_storage_key
+
+if TYPE_CHECKING:
+    from fedloop.client.tenant_runtime import TenantRuntime
 
 log = logging.getLogger(__name__)
 SETTLE_S = 2.5  # longer than a running service's key-file poll interval
@@ -44,3 +49,24 @@ def rotate_tenant_storage_key(settings: TenantSettings, operator: str,
         return total
     finally:
         store.close()
+
+
+class StorageKeyWatcher:
+    """A running service's side of a rotation: when the tenant's storage key file changes, its store switches to
+    the file's active key. Called about once a second by the service's maintenance loop."""
+
+    def __init__(self, runtime: TenantRuntime, announce: Callable[[str], None] = log.info) -> None:
+        self._runtime = runtime
+        self._announce = announce
+        tenant = runtime.settings.tenant
+        self._key_file = key_paths(Path(tenant.keys_dir), tenant.name)["storage"]
+        self._seen = self._key_file.stat().st_mtime_ns
+
+    def __call__(self) -> None:
+        """Reload the storage keys if the key file changed since the last call."""
+        changed = self._key_file.stat().st_mtime_ns
+        if changed != self._seen:
+            self._seen = changed
+            self._runtime.store.use_keys(load_identity(self._key_file.parent, self._runtime.settings.tenant.name).storage)
+            self._announce("storage key file changed: now writing with the new active key")
+

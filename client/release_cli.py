@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from fedloop.client.cli import CONFIG, OPERATOR, open_runtime
-from fedloop.client.release.export import ExportError, export_release
 from fedloop.client.release.controller import ReleaseController, ReleaseError
 from fedloop.shared.console import command_group, audited, fail, output_console
 
@@ -83,6 +82,7 @@ def export(out: Path = typer.Option(..., help="Directory to write the adapters a
 
     The files leave the tenant's at-rest encryption: keep them where only the inference server reads them.
     """
+    from fedloop.client.release.export import ExportError, export_release
     from fedloop.shared.settings import ConfigError, load_settings
 
     operator = audited(operator, reason)

@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.client.privacy.placeholders import PlaceholderMap
 from fedloop.client.store_api import (ArmStats, DraftRecord, InstalledVersion, OutcomeRecord, ReleaseRecord,
                                       SampleRecord, SignalRecord)
 from fedloop.shared.audit import AuditEntry, AuditLog, audit_key

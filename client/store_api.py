@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.client.privacy.placeholders import PlaceholderMap
 from fedloop.shared.settings import POOL_NAMES
 from fedloop.shared.storage_keys import StorageKeyring
 

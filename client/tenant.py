@@ -25,7 +25,7 @@ from fedloop.client.evaluate.candidates import Assessment, better_candidate
 from fedloop.client.evaluate.degeneration import degeneration_gate
 from fedloop.client.evaluate.drift import GateResult, forgetting_gate, general_texts, kl_gate
 from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate, offline_hit_rate, reference_hit_rate
-from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.release.controller import ACTOR, ReleaseController
 from fedloop.client.samples.curation import dataset_version, training_examples
 from fedloop.client.samples.held_out import Reference, held_out_references
@@ -38,8 +38,9 @@ from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.train.personalise import (local_part, local_steps, personal_version, shared_part,
                                               with_local_part)
 from fedloop.client.train.recipe import run_recipe
-from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes,
-                                    attach_lora, load_adapter_state, load_base_model)
+from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
+                                    load_adapter_state, load_base_model)
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope
 from fedloop.shared.keys import Identity, Keyring, key_paths, load_identity, load_public_key
@@ -75,40 +76,40 @@ def _redactor() -> Redactor:
 
 @dataclass(eq=False)
 class Tenant:
-    """One tenant as seen inside its ClientApp: federation settings, its own settings, keys, store."""
+    """One tenant as seen inside its ClientApp: the federation's settings, its own settings, keys, store."""
 
     index: int
-    settings: Settings
-    local: TenantSettings
+    federation: Settings  # the federation's settings, as HQ shares them
+    settings: TenantSettings  # this tenant's own settings (its TOML)
     adapters: dict[str, AdapterState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.local.personalise.method == "local_b" and self.settings.aggregation.method != "fedavg":
+        if self.settings.personalise.method == "local_b" and self.federation.aggregation.method != "fedavg":
             raise ValueError(
-                f"tenant {self.local.tenant.name!r}: personalise.method = \"local_b\" keeps the B matrices at the "
+                f"tenant {self.settings.tenant.name!r}: personalise.method = \"local_b\" keeps the B matrices at the "
                 f"tenant and shares A, which HQ must average; the federation's aggregation.method is "
-                f"{self.settings.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = \"fedavg\" "
+                f"{self.federation.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = \"fedavg\" "
                 f"in the federation TOML, or personalise.method = \"local_steps\" in the tenant's TOML")
 
     @property
     def name(self) -> str:
         """The tenant's name."""
-        return self.local.tenant.name
+        return self.settings.tenant.name
 
     @cached_property
     def identity(self) -> Identity:
         """This tenant's own keys."""
-        return load_identity(Path(self.local.tenant.keys_dir), self.name)
+        return load_identity(Path(self.settings.tenant.keys_dir), self.name)
 
     @cached_property
     def hq_keyring(self) -> Keyring:
         """The only signer a tenant trusts: HQ."""
-        return Keyring([load_public_key(key_paths(Path(self.local.tenant.keys_dir), HQ_NAME)["public"])])
+        return Keyring([load_public_key(key_paths(Path(self.settings.tenant.keys_dir), HQ_NAME)["public"])])
 
     @cached_property
     def runtime(self) -> TenantRuntime:
         """The tenant's store and ingestion pipeline."""
-        return open_tenant(self.local, self.identity, redactor=_redactor())
+        return open_tenant(self.settings, self.identity, redactor=_redactor())
 
     @property
     def store(self) -> FeedbackStore:
@@ -118,12 +119,12 @@ class Tenant:
     @cached_property
     def release(self) -> ReleaseController:
         """The tenant's release pointer (serving version, canary, share)."""
-        return ReleaseController(self.store, self.local.release)
+        return ReleaseController(self.store, self.settings.release)
 
     @cached_property
     def drafts(self) -> DraftService:
         """The tenant's draft service (what its HTTP endpoint calls), with its own copy of the base model."""
-        engine = DraftEngine(Path(self.settings.paths.model), self.settings.lora)
+        engine = DraftEngine(Path(self.federation.paths.model), self.federation.lora)
         return DraftService(self.runtime, engine)
 
     def adapter(self, version_id: str) -> AdapterState:
@@ -151,7 +152,7 @@ class Tenant:
 
     def install(self, installed: InstalledVersion, payload: bytes) -> tuple[PeftModel, PreTrainedTokenizerBase]:
         """Keep a received version in the store and in memory (with the serving and canary ones) and load it."""
-        model, tokenizer = shared_model(self.settings.paths.model, self.settings.lora, self.settings.federation.seed)
+        model, tokenizer = shared_model(self.federation.paths.model, self.federation.lora, self.federation.federation.seed)
         state = adapter_from_bytes(payload)
         load_adapter_state(model, state)
         self.store.install_version(installed, payload)
@@ -163,14 +164,14 @@ class Tenant:
 
     def held_out(self) -> list[Reference]:
         """The newest held-out finals of the tenant's own users (never trained on)."""
-        gates = self.local.evaluation
+        gates = self.settings.evaluation
         return held_out_references(self.store, gates.held_out_share, gates.max_held_out)
 
     def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
              held_out: list[Reference], candidate_hits: HitRate) -> list[GateResult]:
         """Hit rate and degenerate drafts against the serving version (or the base model), forgetting, and KL to
         the serving version."""
-        gates = self.local.evaluation
+        gates = self.settings.evaluation
         candidate = adapter_state(model)
         current = self.release.state()
         serving = current.serving if current is not None and current.serving not in (None, version_id) else None
@@ -194,19 +195,19 @@ class Tenant:
         The model is left holding what leaves the tenant: the trained adapter, or under "local_b" personalisation
         its trained A with the global B (its B is kept in the store). The training run is recorded in the store.
         """
-        settings = self.settings
+        federation = self.federation
         examples = self.training_examples()
         dataset = dataset_version(self.store)
         log.info("%s round %d: training from %s on %d examples (dataset %s)", self.name, round_, version_id,
                  len(examples), dataset)
         started = time.monotonic()
-        keep_b_local = self.local.personalise.method == "local_b"
+        keep_b_local = self.settings.personalise.method == "local_b"
         global_state = adapter_state(model)
         kept = self.store.local_part(LOCAL_B) if keep_b_local else None
         if kept is not None:  # FedSA: train from the global A and this tenant's own B
             load_adapter_state(model, with_local_part(global_state, adapter_from_bytes(kept)))
-        report = run_recipe(model, tokenizer, examples, settings.train,
-                            settings.federation.seed * 1000 + round_ * 10 + self.index)
+        report = run_recipe(model, tokenizer, examples, federation.train,
+                            federation.federation.seed * 1000 + round_ * 10 + self.index)
         if keep_b_local:  # the B matrices stay here; HQ gets the trained A with its own B
             trained = adapter_state(model)
             self.store.keep_local_part(LOCAL_B, adapter_to_bytes(local_part(trained)))
@@ -219,19 +220,19 @@ class Tenant:
 
     def training_examples(self) -> list[TrainingExample]:
         """The product's feedback as curated training examples, less the held-out slice."""
-        return training_examples(self.store, self.local.curation, self.local.evaluation.held_out_share)
+        return training_examples(self.store, self.settings.curation, self.settings.evaluation.held_out_share)
 
     def personalise(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> str | None:
         """Build, install and load the tenant's personalised candidate of global version `version_id` (loaded in
         `model`); its id, or None when personalisation is off or has nothing to adapt from yet."""
-        personalise = self.local.personalise
+        personalise = self.settings.personalise
         global_state = adapter_state(model)
         if personalise.method == "local_steps":
             examples = self.training_examples()
             if not examples:
                 return None
-            local_steps(model, tokenizer, examples, self.settings.train, personalise.steps,
-                        self.settings.federation.seed * 1000 + 7 + self.index)
+            local_steps(model, tokenizer, examples, self.federation.train, personalise.steps,
+                        self.federation.federation.seed * 1000 + 7 + self.index)
             state = adapter_state(model)
         elif personalise.method == "local_b" and (kept := self.store.local_part(LOCAL_B)) is not None:
             state = with_local_part(global_state, adapter_from_bytes(kept))
@@ -249,7 +250,7 @@ class Tenant:
     def assess(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
                held_out: list[Reference]) -> Assessment:
         """Offline hit rate on the held-out finals and every gate, for the version loaded in `model`."""
-        gates = self.local.evaluation
+        gates = self.settings.evaluation
         hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
         self.store.record_evaluation(version_id, "hit_rate", hits.metrics())
         return hits, self.gate(model, tokenizer, version_id, held_out, hits)
@@ -271,7 +272,7 @@ class Tenant:
         if personal is not None:
             assessed[personal] = self.assess(model, tokenizer, personal, held_out)
             metrics["personalised-hit-rate"] = assessed[personal][0].rate
-        best = better_candidate(assessed, version_id, self.local.evaluation.confidence)
+        best = better_candidate(assessed, version_id, self.settings.evaluation.confidence)
         for candidate, (candidate_hits, checks) in assessed.items():
             verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in checks)
             low, high = candidate_hits.interval()
@@ -282,7 +283,7 @@ class Tenant:
             elif all(g.passed for g in checks):
                 self.store.audit(ACTOR, "release-passed-over",
                                  f"{candidate}: {measured}; {best} offered (the global version unless a personalised "
-                                 f"candidate drafts better with {self.local.evaluation.confidence:.0%} confidence)")
+                                 f"candidate drafts better with {self.settings.evaluation.confidence:.0%} confidence)")
             else:
                 self.store.audit(ACTOR, "release-refused", f"{candidate}: {verdicts}")
             log.info("%s evaluated %s: %s; %s%s", self.name, candidate, measured, verdicts,

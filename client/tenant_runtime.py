@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.metrics import tenant_registry
-from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.privacy.finders import Finder, LocalFinder, PoolFinder
 from fedloop.client.privacy.moderation import LocalModeration, ModerationFilter
 from fedloop.client.samples.curation import Curator

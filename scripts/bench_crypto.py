@@ -28,7 +28,8 @@ from pathlib import Path
 
 from gmssl import sm2 as gm_sm2
 
-from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys

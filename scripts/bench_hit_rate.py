@@ -77,7 +77,7 @@ from fedloop.client.release.controller import ReleaseController
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.engine import DraftEngine
-from fedloop.client.simulated_product import Conversation, Decision, SimulatedProduct, UserJudgement
+from fedloop.client.simulation.product import Conversation, Decision, SimulatedProduct, UserJudgement
 from fedloop.client.store_api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import EvaluationSection, ServeSection, TenantSection, TenantSettings
@@ -85,8 +85,9 @@ from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.personalise import local_part, local_steps, shared_part, with_local_part
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
-from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_state, adapter_to_bytes, attach_lora,
-                                    load_adapter_state, load_base_model)
+from fedloop.shared.adapter import (AdapterState, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state,
+                                    load_base_model)
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.intervals import paired_difference_interval, wilson_interval
 from fedloop.shared.keys import init_keys
 from fedloop.shared.settings import AggregationSection, TrainSection
@@ -236,7 +237,7 @@ def federated(model, tokenizer, init: AdapterState, data: list[list[TrainingExam
             trained = train_from(model, tokenizer, start, examples, settings, steps, seed + 100 * round_ + i)
             if keep_b_local:
                 own_b[i], trained = local_part(trained), shared_part(trained, global_state)
-            updates.append(TenantUpdate(f"tenant{i}", trained, len(examples), scaling))
+            updates.append(TenantUpdate(f"tenant{i}", trained, len(examples)))
         global_state, _ = merge(updates, global_state, scaling, AggregationSection(method=merge_method))
         print(f"  federated ({merge_method}{', B local' if keep_b_local else ''}, {settings.method}) round "
               f"{round_}/{rounds} done", flush=True)

@@ -9,8 +9,8 @@ import argparse
 import time
 from pathlib import Path
 
-from fedloop.client.privacy import Redactor
-from fedloop.client.privacy.evaluation import evaluate
+from fedloop.client.privacy.redaction import Redactor
+from fedloop.client.privacy.redaction_quality import measure_redaction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     redactor = Redactor()
     started = time.perf_counter()
-    report = evaluate(redactor, args.data)
+    report = measure_redaction(redactor, args.data)
     elapsed = time.perf_counter() - started
     print(f"{report.sentences} sentences, {elapsed / report.sentences * 1000:.2f} ms per sentence\n")
     print("| kind | TP | FP | FN | precision | recall |\n|---|---|---|---|---|---|")

@@ -28,8 +28,9 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
-from fedloop.shared.adapter import (LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
+from fedloop.shared.adapter import (adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
                                     load_adapter_state, load_base_model)
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.keys import init_keys
 

@@ -32,9 +32,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulation_app import simulated_tenants, simulated_traffic
+from fedloop.client.simulation.client_app import simulated_tenants, simulated_traffic
 from fedloop.client.store_api import InstalledVersion
-from fedloop.server.simulation import prepare_run, run_federation, simulation_backend
+from fedloop.client.simulation.federation import prepare_run, run_federation, simulation_backend
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.protocol import NUM_EXAMPLES

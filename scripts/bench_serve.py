@@ -43,12 +43,13 @@ from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import start_http
-from fedloop.client.simulated_product import TenantTraffic
+from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import ReleaseSection, ServeSection, TenantSection, TenantSettings
-from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import init_keys, load_identity
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -45,8 +45,8 @@ from fedloop.client.store_api import TrainingExample
 from fedloop.client.tenant_settings import EvaluationSection
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
-from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_state, attach_lora, load_adapter_state, \
-    load_base_model
+from fedloop.shared.adapter import AdapterState, adapter_state, attach_lora, load_adapter_state, load_base_model
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.settings import AggregationSection, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def run_rounds(model, tokenizer, init: AdapterState, tenants: list[TenantData], 
         for index, examples in enumerate(data):
             load_adapter_state(model, current)
             run_recipe(model, tokenizer, examples, recipe, seed * 1000 + round_ * 10 + index)
-            updates.append(TenantUpdate(tenants[index].name, adapter_state(model), len(examples), scaling))
+            updates.append(TenantUpdate(tenants[index].name, adapter_state(model), len(examples)))
         merged, _ = merge(updates, current, scaling, AggregationSection())
         bound = EvaluationSection.forgetting_bound
         row = [(mean_token_kl(model, tokenizer, merged, current, gate_texts(t)),

@@ -2,9 +2,10 @@
 
 - `fedavg`: sample-weighted average of A and B separately (the common baseline;
   the average of products is not the product of averages, so it is inexact).
-- `exact_merge`: ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module (sᵢ = alphaᵢ / rankᵢ, so tenants
-  may use different ranks), re-factorised by truncated SVD into the global
-  rank: A = Vᵣᵀ (orthonormal rows, never dead), B = Uᵣ·Σᵣ / s.
+- `exact_merge`: ΔW = s·Σ pᵢ·BᵢAᵢ per module (s = alpha / rank, the same for
+  every tenant: the federation fixes one LoRA shape), re-factorised by
+  truncated SVD into that rank: A = Vᵣᵀ (orthonormal rows, never dead),
+  B = Uᵣ·Σᵣ / s.
 - Robust merging before either: every update's distance to the current global
   adapter is bounded (`norm_bound` × the round's median distance), and
   optionally Flower's trimmed mean or (Multi-)Krum decides what is averaged.
@@ -43,17 +44,16 @@ class UpdateRejected(ValueError):
 
 @dataclass(frozen=True)
 class TenantUpdate:
-    """One tenant's trained adapter, its sample count, its LoRA scaling (alpha / rank) and its dataset version."""
+    """One tenant's trained adapter (in the federation's LoRA shape), its sample count and its dataset version."""
 
     tenant: str
     state: AdapterState
     num_examples: int
-    scaling: float
     dataset_version: str = ""
 
 
-def check_update(state: AdapterState, reference: AdapterState, tenant: str, same_rank: bool = True) -> None:
-    """Raise UpdateRejected unless `state` has the reference's modules, float tensors of fitting shape, all finite."""
+def check_update(state: AdapterState, reference: AdapterState, tenant: str) -> None:
+    """Raise UpdateRejected unless `state` has the reference's modules, float tensors of its shapes, all finite."""
     if state.keys() != reference.keys():
         missing, extra = sorted(reference.keys() - state.keys()), sorted(state.keys() - reference.keys())
         raise UpdateRejected(f"{tenant}: shape mismatch: adapter modules differ (missing {missing[:2]}, "
@@ -62,19 +62,11 @@ def check_update(state: AdapterState, reference: AdapterState, tenant: str, same
         expected = reference[key]
         if not tensor.is_floating_point() or tensor.dtype != expected.dtype:
             raise UpdateRejected(f"{tenant}: dtype mismatch at {key}: {tensor.dtype}, expected {expected.dtype}")
-        fits = tensor.shape == expected.shape if same_rank else _fits_other_rank(key, tensor, expected)
-        if not fits:
+        if tensor.shape != expected.shape:
             raise UpdateRejected(f"{tenant}: shape mismatch at {key}: {tuple(tensor.shape)}, "
                                  f"expected {tuple(expected.shape)}")
         if not torch.isfinite(tensor).all():
             raise UpdateRejected(f"{tenant}: non-finite value in {key}", "non-finite")
-
-
-def _fits_other_rank(key: str, tensor: torch.Tensor, expected: torch.Tensor) -> bool:
-    """A and B of another rank: A is (r, in), B is (out, r)."""
-    if tensor.dim() != 2:
-        return False
-    return tensor.shape[1] == expected.shape[1] if LORA_A in key else tensor.shape[0] == expected.shape[0]
 
 
 def lora_pairs(state: AdapterState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -102,7 +94,7 @@ def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
     keys = states[0][0].keys()
     for state, _ in states:
         if state.keys() != keys or any(state[k].shape != states[0][0][k].shape for k in keys):
-            raise ValueError("deltas have different adapter layouts; all tenants must use the same LoRA settings")
+            raise ValueError("updates have different adapter layouts; all tenants must use the same LoRA settings")
     return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
 
 
@@ -140,15 +132,15 @@ def refactorise(svds: dict[str, Svd], template: AdapterState, scaling: float) ->
 
 
 def exact_merge(updates: list[TenantUpdate], template: AdapterState, scaling: float) -> AdapterState:
-    """ΔW = Σ pᵢ·sᵢ·BᵢAᵢ per module, re-factorised into `template`'s rank with global scaling `scaling`.
+    """ΔW = s·Σ pᵢ·BᵢAᵢ per module (s = `scaling`), re-factorised into `template`'s rank.
 
-    The sum is never formed densely: its SVD comes from the stacked factors [pᵢsᵢBᵢ] and [Aᵢ].
+    The sum is never formed densely: its SVD comes from the stacked factors [s·pᵢBᵢ] and [Aᵢ].
     """
     total = sum(u.num_examples for u in updates)
     lefts: dict[str, list[torch.Tensor]] = {}
     rights: dict[str, list[torch.Tensor]] = {}
     for update in updates:
-        weight = update.scaling * update.num_examples / total
+        weight = scaling * update.num_examples / total
         for module, (a, b) in lora_pairs(update.state).items():
             lefts.setdefault(module, []).append(b.double() * weight)
             rights.setdefault(module, []).append(a.double())
@@ -204,7 +196,7 @@ def trimmed_mean(updates: list[TenantUpdate], fraction: float) -> AdapterState:
 def trimmed_mean_exact(updates: list[TenantUpdate], fraction: float, template: AdapterState,
                        scaling: float) -> AdapterState:
     """Coordinate-wise trimmed mean of the dense ΔW per module, re-factorised into the global rank."""
-    deltas = [dense_deltas(u.state, u.scaling) for u in updates]
+    deltas = [dense_deltas(u.state, scaling) for u in updates]
     trimmed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction))
                for m in deltas[0]}
     return refactorise({m: torch.linalg.svd(d, full_matrices=False) for m, d in trimmed.items()}, template, scaling)
@@ -270,12 +262,8 @@ def merge(updates: list[TenantUpdate], current: AdapterState, scaling: float,
     updates, notes = cap_shares(updates, settings.max_share, settings.outlier_factor)
     if settings.dp_clipping_norm > 0:
         return private_mean(updates, current, settings.dp_clipping_norm, settings.dp_noise_multiplier), notes
-    same_shape = all(u.state[k].shape == current[k].shape for u in updates for k in current)
-    if settings.method == "fedavg" and not same_shape:
-        raise ValueError("tenants use different LoRA ranks: set aggregation.method = \"exact\"")
-    if same_shape:
-        updates, scaled = bound_norms(updates, current, settings.norm_bound)
-        notes.update({t: f"norm bounded (distance {ratio:.1f}x the bound)" for t, ratio in scaled.items()})
+    updates, scaled = bound_norms(updates, current, settings.norm_bound)
+    notes.update({t: f"norm bounded (distance {ratio:.1f}x the bound)" for t, ratio in scaled.items()})
     if settings.robust == "krum":
         kept = krum_select(updates, settings.krum_malicious)
         notes.update({u.tenant: "left out by Krum" for u in updates if u not in kept})

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.server.registry import VersionRecord, VersionRegistry
+from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
 from fedloop.server.tracking import MlflowTracker
 from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
@@ -115,20 +116,24 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout, run_id: int) -> No
         with (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts, federation.run_name,
                             settings.lora, settings.paths.model)
               if tracking.mlflow_uri else nullcontext()) as tracker:
-            strategy = SealedMerge(registry, hq, trusted, tenants, federation.run_name, start, initial,
-                                   settings.lora, settings.aggregation, tracker)
+            ledger = RoundLedger(registry, federation.run_name,
+                                 {"aggregation": asdict(settings.aggregation), "lora": asdict(settings.lora)}, tracker)
+            strategy = SealedMerge(ledger, hq, trusted, tenants, federation.run_name, start, initial,
+                                   settings.lora, settings.aggregation)
             arrays = ArrayRecord(initial)
             timeout = federation.round_timeout_s
             before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid),
                                            timeout=timeout)
             strategy.aggregate_evaluate(0, before)
-            strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
+            result = strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
         summary = {
             "run": federation.run_name,
             "tenants": sorted(t.name for t in tenants.values()),
             "rounds": [asdict(strategy.reports[r]) for r in sorted(strategy.reports)],
             "lineage": [asdict(v) for v in registry.lineage(strategy.current.id)],
             "signatures_valid": all(registry.signature_valid(v.id) for v in registry.versions()),
+            "hit_rate_by_round": {str(r): dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
+            "train_by_round": {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()},
         }
         layout.summary.write_text(json.dumps(summary, indent=2))
     finally:

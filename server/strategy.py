@@ -1,8 +1,8 @@
 """SealedMerge: a Flower strategy that only ever handles sealed, signed adapters.
 
 Outgoing global versions are sealed per tenant and signed by HQ. Incoming
-deltas are verified (signature, sender, associated data) and decrypted in
-memory only; a refused delta is logged with its tenant, round and reason,
+updates are verified (signature, sender, associated data) and decrypted in
+memory only; a refused update is logged with its tenant, round and reason,
 counted by reason in the round report, and left out; the round goes on. The
 accepted adapters are merged as `[aggregation]` says (server/aggregation.py)
 and recorded as a new version.
@@ -13,21 +13,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_update, lora_scaling, merge
-from fedloop.server.registry import VersionRecord, VersionRegistry
-from fedloop.server.tracking import MlflowTracker
-from fedloop.shared.adapter import AdapterState, LoraSettings, adapter_from_bytes, adapter_to_bytes
+from fedloop.server.registry import VersionRecord
+from fedloop.server.round_ledger import RoundLedger
+from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.settings import AggregationSection
-from fedloop.shared.protocol import (DATASET_VERSION, DELTA, METRICS, NUM_EXAMPLES, delta_binding, global_binding,
+from fedloop.shared.protocol import (DATASET_VERSION, UPDATE, METRICS, NUM_EXAMPLES, update_binding, global_binding,
                                      global_content, wire_size)
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class RoundReport:
     contributors: dict[str, int] = field(default_factory=dict)
     bytes_to_hq: dict[str, int] = field(default_factory=dict)
     bytes_to_tenant: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # tenant -> why its update was not merged
+    refusal_reasons: dict[str, str] = field(default_factory=dict)  # tenant -> the short reason code
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     merge_notes: dict[str, str] = field(default_factory=dict)
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -53,7 +55,7 @@ class RoundReport:
     duration_s: float = 0.0  # from then until the tenants' evaluations were back
 
 
-class DeltaRefused(Exception):
+class UpdateRefused(Exception):
     """A tenant's reply was not merged; `reason` is the short code counted in the round report."""
 
     def __init__(self, message: str, reason: str) -> None:
@@ -62,13 +64,13 @@ class DeltaRefused(Exception):
 
 
 class SealedMerge(Strategy):
-    """Merging of sealed LoRA adapters, recording each result in the version registry."""
+    """Merging of sealed LoRA adapters; what each round produced goes to the `RoundLedger`, and nowhere else."""
 
-    def __init__(self, registry: VersionRegistry, hq: Identity, trusted: Keyring,
+    def __init__(self, ledger: RoundLedger, hq: Identity, trusted: Keyring,
                  tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord,
                  current_state: AdapterState, lora: LoraSettings,
-                 aggregation: AggregationSection | None = None, tracker: MlflowTracker | None = None) -> None:
-        self.registry = registry
+                 aggregation: AggregationSection | None = None) -> None:
+        self.ledger = ledger
         self.hq = hq
         self.trusted = trusted
         self.tenants = tenants
@@ -77,10 +79,8 @@ class SealedMerge(Strategy):
         self.current_state = current_state
         self.rounds_before = current.round  # versions count rounds across runs: this run's round 1 follows it
         self.scaling = lora_scaling(lora.alpha, lora.rank)
-        self.lora = lora
         self.aggregation = aggregation or AggregationSection()
-        self.tracker = tracker
-        self.seen_envelopes: set[bytes] = set()  # SM3 of every sealed delta received in this run (replay cache)
+        self.seen_envelopes: set[bytes] = set()  # SM3 of every sealed update received in this run (replay cache)
         self.reports: dict[int, RoundReport] = {}
         self._sent: list[Message] = []  # the latest messages out; Flower stamps their ids when it sends them
 
@@ -115,59 +115,59 @@ class SealedMerge(Strategy):
         self._report(server_round).started_at = time.time()
         return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
 
-    def _open_delta(self, server_round: int, reply: Message, node_id: int) -> TenantUpdate:
+    def _open_update(self, server_round: int, reply: Message, node_id: int) -> TenantUpdate:
         tenant = self.tenants.get(node_id)
         if tenant is None:
-            raise DeltaRefused(f"reply from node {node_id}, which is not enrolled", "unknown-node")
+            raise UpdateRefused(f"reply from node {node_id}, which is not enrolled", "unknown-node")
         if reply.has_error():
-            raise DeltaRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
+            raise UpdateRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
         try:
-            envelope = reply.content.config_records[DELTA]["envelope"]
+            envelope = reply.content.config_records[UPDATE]["envelope"]
             opened = open_envelope(envelope, self.hq, self.trusted,
-                                   delta_binding(tenant.name, self.run, server_round, self.current.id))
+                                   update_binding(tenant.name, self.run, server_round, self.current.id))
         except EnvelopeError as err:
-            raise DeltaRefused(str(err), err.reason) from None
+            raise UpdateRefused(str(err), err.reason) from None
         except (CryptoError, KeyError, TypeError) as err:
-            raise DeltaRefused(f"{tenant.name}'s reply is not a readable sealed delta: {err}", "malformed") from None
+            raise UpdateRefused(f"{tenant.name}'s reply is not a readable sealed update: {err}", "malformed") from None
         if opened.sender.key_id != tenant.key_id:
-            raise DeltaRefused(f"delta for {tenant.name} is signed by {opened.sender.name!r}", "wrong-sender")
+            raise UpdateRefused(f"update for {tenant.name} is signed by {opened.sender.name!r}", "wrong-sender")
         num_examples = opened.binding.details.get(NUM_EXAMPLES)
         if not isinstance(num_examples, int) or num_examples <= 0:
-            raise DeltaRefused(f"{tenant.name}'s delta carries no positive sample count", "no-samples")
+            raise UpdateRefused(f"{tenant.name}'s update carries no positive sample count", "no-samples")
         try:
             state = adapter_from_bytes(opened.payload)
             check_update(state, self.current_state, tenant.name)
         except UpdateRejected as err:
-            raise DeltaRefused(str(err), err.reason) from None
+            raise UpdateRefused(str(err), err.reason) from None
         except Exception as err:  # safetensors raises its own error types for a corrupt blob
-            raise DeltaRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
-        return TenantUpdate(tenant.name, state, num_examples, self.scaling,
+            raise UpdateRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
+        return TenantUpdate(tenant.name, state, num_examples,
                             str(opened.binding.details.get(DATASET_VERSION, "")))
 
     def _check_not_replayed(self, reply: Message, name: str, accepted: set[str]) -> None:
-        """Refuse a sealed delta already seen in this run, and a second delta from a tenant in one round."""
+        """Refuse a sealed update already seen in this run, and a second update from a tenant in one round."""
         if reply.has_error():
             return
         try:
-            digest = sm3_digest(bytes(reply.content.config_records[DELTA]["envelope"]))
+            digest = sm3_digest(bytes(reply.content.config_records[UPDATE]["envelope"]))
         except (KeyError, TypeError):
-            return  # _open_delta names what is missing
+            return  # _open_update names what is missing
         if digest in self.seen_envelopes:
-            raise DeltaRefused(f"{name}'s sealed delta was already received in this run (replayed)", "replay")
+            raise UpdateRefused(f"{name}'s sealed update was already received in this run (replayed)", "replay")
         self.seen_envelopes.add(digest)
         if name in accepted:
-            raise DeltaRefused(f"{name} already sent an accepted delta this round; a second one is not merged",
+            raise UpdateRefused(f"{name} already sent an accepted update this round; a second one is not merged",
                                "replay")
 
-    def _refuse(self, report: RoundReport, name: str, err: DeltaRefused) -> None:
+    def _refuse(self, report: RoundReport, name: str, err: UpdateRefused) -> None:
         report.refused[name] = str(err)
+        report.refusal_reasons[name] = err.reason
         report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
-        self.registry.audit("hq", "delta.refused", f"run {self.run} round {report.round} {name}: {err.reason}")
-        log.warning("round %d: refused delta from %s (%s): %s", report.round, name, err.reason, err)
+        log.warning("round %d: refused update from %s (%s): %s", report.round, name, err.reason, err)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Verify and decrypt each delta, merge the accepted ones and register the new version."""
+        """Verify and decrypt each update, merge the accepted ones and register the new version."""
         report = self._report(server_round)
         updates: list[TenantUpdate] = []
         silent = dict(self.tenants)
@@ -180,8 +180,8 @@ class SealedMerge(Strategy):
                 report.bytes_to_hq[name] = wire_size(reply.content)
             try:
                 self._check_not_replayed(reply, name, {u.tenant for u in updates})
-                update = self._open_delta(server_round, reply, node_id)
-            except DeltaRefused as err:
+                update = self._open_update(server_round, reply, node_id)
+            except UpdateRefused as err:
                 self._refuse(report, name, err)
                 continue
             updates.append(update)
@@ -189,20 +189,18 @@ class SealedMerge(Strategy):
             report.dataset_versions[update.tenant] = update.dataset_version
             report.train_metrics[update.tenant] = dict(reply.content.metric_records.get(METRICS, {}))
         for tenant in silent.values():
-            self._refuse(report, tenant.name, DeltaRefused(f"{tenant.name} sent no reply within the round's "
+            self._refuse(report, tenant.name, UpdateRefused(f"{tenant.name} sent no reply within the round's "
                                                            "timeout (federation.round_timeout_s)", "no-reply"))
         if len(updates) < self.aggregation.min_tenants:
-            log.warning("round %d: %d acceptable delta(s), fewer than aggregation.min_tenants = %d; global version "
+            log.warning("round %d: %d acceptable update(s), fewer than aggregation.min_tenants = %d; global version "
                         "stays %s", server_round, len(updates), self.aggregation.min_tenants, self.current.id)
             report.contributors.clear()
             return None, None
         merged, report.merge_notes = merge(updates, self.current_state, self.scaling, self.aggregation)
         for tenant, note in report.merge_notes.items():
             log.warning("round %d: %s: %s", server_round, tenant, note)
-        record = self.registry.create(adapter_to_bytes(merged), self.current.id, self.run,
-                                      self.rounds_before + server_round,
-                                      report.contributors, self.aggregation.method,
-                                      {"aggregation": asdict(self.aggregation), "lora": asdict(self.lora)})
+        record = self.ledger.record_version(merged, self.current, self.rounds_before + server_round,
+                                            self.aggregation.method, report.contributors)
         log.info("round %d: version %s (parent %s, %s) from %s", server_round, record.id, record.parent,
                  self.aggregation.method, ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
         report.version, report.parent, self.current, self.current_state = record.id, record.parent, record, merged
@@ -229,13 +227,8 @@ class SealedMerge(Strategy):
                             reply.error.reason if reply.has_error() else "not an enrolled tenant")
                 continue
             report.evaluation[tenant.name] = dict(reply.content.metric_records[METRICS])
-        self.registry.record_round(self.run, server_round, self.current.id, asdict(report))
-        if self.tracker is not None:
-            self.tracker.log_round(server_round, asdict(report), self.current.id, self.current_state)
-        if not report.evaluation:
-            return None
+        self.ledger.record_round(report, self.current, self.current_state)
         measured = {t: m for t, m in report.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
-        self.registry.record_metrics(self.current.id, {"hit-rate": {t: m["hit-rate"] for t, m in measured.items()}})
         total = sum(m[NUM_EXAMPLES] for m in measured.values())
         if not total:
             log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)

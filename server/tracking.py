@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedloop.shared.adapter import AdapterState, LoraSettings, export_peft
+from fedloop.shared.adapter import AdapterState, export_peft
+from fedloop.shared.settings import LoraSettings
 
 
 class TrackingError(RuntimeError):

@@ -9,13 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
-from fedloop.server.aggregation import dense_deltas, lora_scaling
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
-from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, export_peft
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.console import command_group, audited, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
@@ -90,6 +88,11 @@ def show(version: str, run: RunDir = None, registry: RegistryDir = None, keys: K
 @versions_app.command("diff")
 def diff(first: str, second: str, run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None) -> None:
     """How far apart two versions are: per module, ‖ΔW₂ − ΔW₁‖ and its size relative to ‖ΔW₁‖."""
+    import torch
+
+    from fedloop.server.aggregation import dense_deltas, lora_scaling
+    from fedloop.shared.adapter import adapter_from_bytes
+
     with open_registry(run, registry, keys) as versions:
         deltas = []
         for version in (first, second):
@@ -119,6 +122,8 @@ def export(version: str, out: Path = typer.Option(..., help="Directory for adapt
                                           help="Written as base_model_name_or_path in adapter_config.json."),
            run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None) -> None:
     """Write a version in the standard PEFT layout (`PeftModel.from_pretrained(base, OUT)` loads it)."""
+    from fedloop.shared.adapter import adapter_from_bytes, export_peft
+
     if out.exists() and any(out.iterdir()):
         fail(f"{out} is not empty; choose a new directory for the export")
     with open_registry(run, registry, keys) as versions:

@@ -1,4 +1,4 @@
-"""LoRA adapters: settings, attaching to a base model, (de)serialisation and PEFT export.
+"""LoRA adapters: attaching to a base model, (de)serialisation and PEFT export.
 
 An adapter travels and rests as a safetensors blob of PEFT's own state-dict
 keys (`get_peft_model_state_dict`), so `export_peft` only has to add
@@ -8,7 +8,6 @@ keys (`get_peft_model_state_dict`), so `export_peft` only has to add
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedloop.shared.files import write_atomic
+from fedloop.shared.settings import LoraSettings
 
 AdapterState = dict[str, torch.Tensor]
 LORA_A, LORA_B = ".lora_A.", ".lora_B."  # how the two LoRA factors' keys are marked
@@ -27,19 +27,10 @@ class ModelLoadError(Exception):
     """The base model is missing or is neither a local HF directory nor a GGUF file."""
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """The LoRA shape every party of a federation must agree on."""
-
-    rank: int = 8  # LoRA rank r (>= 1)
-    alpha: int = 16  # LoRA alpha; the update is scaled by alpha / rank
-    dropout: float = 0.0  # LoRA dropout, in [0, 1)
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # module names that get a LoRA adapter
-
-    def peft_config(self) -> LoraConfig:
-        """The equivalent PEFT `LoraConfig`."""
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+def peft_config(lora: LoraSettings) -> LoraConfig:
+    """The PEFT `LoraConfig` of the federation's LoRA shape."""
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
 def check_model_path(model_path: Path) -> None:
@@ -78,7 +69,7 @@ def load_base_model(model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokeni
 def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PeftModel:
     """Wrap `model` with a freshly initialised LoRA adapter (B = 0, so it starts as the base model)."""
     torch.manual_seed(seed)
-    return get_peft_model(model, settings.peft_config())
+    return get_peft_model(model, peft_config(settings))
 
 
 def adapter_state(model: PeftModel) -> AdapterState:
@@ -107,7 +98,7 @@ def adapter_from_bytes(data: bytes) -> AdapterState:
 
 def export_peft(state: AdapterState, settings: LoraSettings, base_model: str, out_dir: Path) -> None:
     """Write the standard PEFT layout (`adapter_config.json` + `adapter_model.safetensors`)."""
-    config = settings.peft_config()
+    config = peft_config(settings)
     config.base_model_name_or_path = base_model
     write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state))
     write_atomic(out_dir / "adapter_config.json", json.dumps(config.to_dict(), indent=2, default=list).encode())

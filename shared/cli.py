@@ -1,44 +1,36 @@
-"""The `fedloop` command line."""
+"""The `fedloop` command line: the commands both sides share, and the groups each installed side plugs in.
+
+`shared` imports neither side: the tenant, HQ and the simulation register their
+groups through the `fedloop.commands` entry points (shared/command_line.py).
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from fedloop.client.cli import rotate_keys, samples_app, tenant_app, vault_app
-from fedloop.client.release_cli import release_app
-from fedloop.server.versions_cli import versions_app
-from fedloop.server.hq_cli import hq_app, run
 from fedloop.shared.certs import CertificateError, make_federation_certificates, make_node_key
-from fedloop.shared.console import command_group, errors, fail, output_console
+from fedloop.shared.command_line import CommandLine, plug_in_sides
+from fedloop.shared.console import command_group, errors, fail
 from fedloop.shared.crypto import CryptoError
 from fedloop.shared.sqlite_db import DatabaseFileError
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths, load_identity
 from fedloop.shared.sm2 import SM2PrivateKey
-from fedloop.shared.operations_cli import audit_app, report, status
-from fedloop.shared.settings import ConfigError, load_settings
+from fedloop.shared.operations_cli import add_side_commands
 
 app = command_group("fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False)
 keys_app = command_group("Create and manage key files.")
 model_app = command_group("Prepare base models.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
-app.add_typer(tenant_app, name="tenant")
-app.add_typer(vault_app, name="vault")
-app.add_typer(samples_app, name="samples")
-app.add_typer(versions_app, name="versions")
-app.add_typer(release_app, name="release")
-app.add_typer(hq_app, name="hq")
-app.command("run")(run)
-app.command("status")(status)
-app.command("report")(report)
-app.add_typer(audit_app, name="audit")
+command_line = CommandLine(app, keys_app)
+add_side_commands(command_line)
+plug_in_sides(command_line)
 
 
 @keys_app.command("init")
@@ -77,13 +69,6 @@ def keys_export(keys: Path = typer.Option(..., help="The key directory (as given
     write_atomic(private, identity.signing_key.to_pem(), 0o600)
     write_atomic(public, identity.public.key.to_pem())
     typer.echo(f"private  {private} (mode 0600)\npublic   {public}")
-
-
-@keys_app.command("rotate")
-def keys_rotate(config: Path = typer.Option(Path("configs/tenant.toml"), help="The tenant's TOML settings."),
-                operator: str = typer.Option(..., help="Who rotates (audited).")) -> None:
-    """Add a new active SM4 storage key and re-encrypt the tenant's store while it keeps serving."""
-    rotate_keys(config, operator)
 
 
 @app.command("certs")
@@ -125,44 +110,6 @@ def model_fetch(
         typer.echo(f"model ready at {ensure_default_model(out, cache)}")
     except ModelFetchError as err:
         fail(str(err))
-
-
-@app.command("demo")
-def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run."),
-         resume: Optional[Path] = typer.Option(None, help="An earlier run directory (runs/<run>/) to continue "
-                                                          "from the newest version in its registry.")) -> None:
-    """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
-    from fedloop.server.simulation import (SimulationError, prepare_run, release_histories, resume_run,
-                                           run_federation, served_rounds)
-    from fedloop.server.summary_view import render_releases, render_served, render_summary
-    from fedloop.shared.adapter import ModelLoadError, check_model_path
-
-    configure_logging()
-    try:
-        settings = load_settings(config)
-    except ConfigError as err:
-        fail(str(err))
-    try:
-        check_model_path(Path(settings.paths.model))
-    except ModelLoadError as err:
-        fail(f"{config}: {err}")
-    started = time.monotonic()
-    try:
-        layout = resume_run(settings, resume) if resume else prepare_run(settings, Path(settings.paths.runs_dir))
-    except ConfigError as err:
-        fail(f"{config}: {err}")
-    except SimulationError as err:
-        fail(str(err))
-    try:
-        summary = run_federation(settings, layout)
-    except SimulationError as err:
-        fail(str(err))
-    out = output_console()
-    render_served(served_rounds(settings, layout), out)
-    render_summary(summary, out)
-    render_releases(release_histories(settings, layout), out)
-    out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
-    out.print(f"wall time: {time.monotonic() - started:.0f} s")
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ only `server/flower_app/pyproject.toml`, whose components are fedloop's.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -19,8 +18,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fedloop.shared.files import FilePermissionError, require_private
+import tomli_w
+
+from fedloop.shared.end_with_parent import launcher
+from fedloop.shared.files import FilePermissionError, require_private, write_atomic
 
 FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "server" / "flower_app"
 CONNECTION = "fedloop"
@@ -89,15 +92,17 @@ class SuperNodeSpec:
     node_key: Path
     runtime_port: int = 9400
 
-    def command(self) -> list[str]:
-        """`flower-supernode` over TLS, signing in with the tenant's node key."""
+    def command(self, home: Path) -> list[str]:
+        """`flower-supernode` over TLS, signing in with the tenant's node key; its node config is written to a TOML
+        file under `home` (Flower reads a .toml path as the whole config)."""
         _require_files((self.node_key,), ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings,
                        tenant_config=self.tenant_config)
-        node_config = (f'tenant-config="{self.tenant_config.resolve()}" settings="{self.settings.resolve()}" '
-                       f'workdir="{Path.cwd()}"')
+        node_config = _config_file(flower_home(home) / "node-config.toml", {
+            "tenant-config": str(self.tenant_config.resolve()), "settings": str(self.settings.resolve()),
+            "workdir": str(Path.cwd())})
         return [flower_executable("flower-supernode"), "--superlink", self.superlink,
                 "--root-certificates", str(self.ca_certificate), "--auth-supernode-private-key", str(self.node_key),
-                "--node-config", node_config, "--port", str(self.runtime_port), "--max-retries", "10"]
+                "--node-config", str(node_config), "--port", str(self.runtime_port), "--max-retries", "10"]
 
 
 def flower_home(home: Path) -> Path:
@@ -107,10 +112,15 @@ def flower_home(home: Path) -> Path:
 
 def write_cli_config(home: Path, address: str, ca_certificate: Path) -> Path:
     """Write the Flower CLI's connection `fedloop` (TLS, checked against `ca_certificate`) for this HQ home."""
-    path = flower_home(home) / "config.toml"
+    return _config_file(flower_home(home) / "config.toml", {"superlink": {
+        "default": CONNECTION,
+        CONNECTION: {"address": address, "root-certificates": str(ca_certificate.resolve())}}})
+
+
+def _config_file(path: Path, document: dict[str, Any]) -> Path:
+    """Write `document` as TOML (any path or name quoted correctly) to `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n'
-                    f'root-certificates = "{ca_certificate.resolve()}"\n')
+    write_atomic(path, tomli_w.dumps(document).encode())
     return path
 
 
@@ -142,17 +152,12 @@ def register_node(home: Path, public_key: Path, name: str) -> str:
 
 def submit_run(home: Path, settings: Path, stream: bool = True, timeout: float | None = None) -> int:
     """`flwr run` the fedloop Flower App with HQ's settings; streams its log; returns the exit status."""
-    run_config = f'settings="{settings.resolve()}" home="{home.resolve()}" workdir="{Path.cwd()}"'
-    command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", run_config]
+    run_config = _config_file(flower_home(home) / "run-config.toml", {
+        "settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())})
+    command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", str(run_config)]
     if stream:
         command.append("--stream")
     return subprocess.run(command, env=flower_env(home), timeout=timeout).returncode
-
-
-def _end_with_parent() -> None:
-    """In the child, on Linux: receive SIGTERM when the process that started it dies (prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 def start_flower(command: list[str], home: Path) -> subprocess.Popen:
@@ -161,7 +166,7 @@ def start_flower(command: list[str], home: Path) -> subprocess.Popen:
     It is told to end if the fedloop process that started it dies, so no SuperNode outlives its tenant service.
     """
     flower_home(home).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, env=flower_env(home), start_new_session=True, preexec_fn=_end_with_parent)
+    return subprocess.Popen(launcher(command), env=flower_env(home), start_new_session=True)
 
 
 def stop_on_signals() -> threading.Event:

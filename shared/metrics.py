@@ -33,16 +33,11 @@ TENANT_METRICS: dict[str, str] = {
 HQ_METRICS: dict[str, str] = {
     "fedloop_hq_rounds_total": "Federated rounds completed (round 0, the baseline evaluation, not counted).",
     "fedloop_hq_round_duration_seconds": "Wall time of the latest round, first training message to evaluations back.",
-    "fedloop_hq_round_tenants": "Tenants whose delta was merged in the latest round.",
-    "fedloop_hq_refused_deltas_total": "Deltas refused, by reason.",
-    "fedloop_hq_received_bytes_total": "Bytes of sealed deltas received from tenants.",
+    "fedloop_hq_round_tenants": "Tenants whose update was merged in the latest round.",
+    "fedloop_hq_refused_deltas_total": "Tenant updates (sealed adapters) refused, by reason.",
+    "fedloop_hq_received_bytes_total": "Bytes of sealed updates received from tenants.",
     "fedloop_hq_versions": "Global versions in the registry, by status.",
 }
-
-
-def metric_help(name: str) -> str:
-    """The help text of a metric of either side."""
-    return {**TENANT_METRICS, **HQ_METRICS}[name]
 
 
 def serve_metrics(registry: CollectorRegistry, address: str) -> tuple[WSGIServer, threading.Thread]:

@@ -2,7 +2,7 @@
 
 HQ → tenant (train, evaluate): a RecordDict with ConfigRecord `global` holding
 the sealed global version (`envelope`), its id (`version`) and the round (`round`).
-Tenant → HQ (train): ConfigRecord `delta` holding the sealed adapter
+Tenant → HQ (train): ConfigRecord `update` holding the sealed adapter
 (`envelope`) and MetricRecord `metrics` (counts and aggregate metrics only).
 HQ → tenant (query `enrol`): ConfigRecord `enrol` with a fresh random `challenge`.
 Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name, key id and its SM2 signature over
@@ -19,7 +19,7 @@ from flwr.common.serde import recorddict_to_proto
 from fedloop.shared.envelope import Binding
 
 GLOBAL = "global"
-DELTA = "delta"
+UPDATE = "update"
 METRICS = "metrics"
 ENROL = "enrol"
 NUM_EXAMPLES = "num-examples"
@@ -35,13 +35,13 @@ def global_binding(tenant: str, run: str, round_: int, version_id: str,
     return Binding("global", tenant, run, round_, version_id, details or {})
 
 
-def delta_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0,
+def update_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0,
                   dataset: str = "") -> Binding:
-    """What a tenant's delta trained on `base_version` in `round_` is bound to.
+    """What a tenant's update trained on `base_version` in `round_` is bound to.
 
     The signed details carry the sample count and the tenant's dataset version (a digest, no data).
     """
-    return Binding("delta", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples, DATASET_VERSION: dataset})
+    return Binding("update", tenant, run, round_, base_version, {NUM_EXAMPLES: num_examples, DATASET_VERSION: dataset})
 
 
 def enrol_statement(challenge: str, run_id: int, node_id: int, tenant: str, key_id: str) -> bytes:
@@ -54,9 +54,9 @@ def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:
     return RecordDict({GLOBAL: ConfigRecord({"envelope": envelope, "version": version_id, "round": round_})})
 
 
-def delta_content(envelope: bytes, metrics: dict[str, float | int]) -> RecordDict:
+def update_content(envelope: bytes, metrics: dict[str, float | int]) -> RecordDict:
     """The content of a tenant's train reply."""
-    return RecordDict({DELTA: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(metrics)})
+    return RecordDict({UPDATE: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(metrics)})
 
 
 def wire_size(content: RecordDict) -> int:

@@ -112,7 +112,7 @@ def _bytes(rows: list[dict]) -> str:
     to_tenants = [sum(r["to_tenant"] for r in rows if r["round"] == n) / 1e6 for n in rounds]
     figure, axis = plt.subplots(figsize=(8, 3.2))
     positions = range(len(rounds))
-    axis.bar([i - 0.2 for i in positions], to_hq, 0.4, label="tenants → HQ (sealed deltas)")
+    axis.bar([i - 0.2 for i in positions], to_hq, 0.4, label="tenants → HQ (sealed updates)")
     axis.bar([i + 0.2 for i in positions], to_tenants, 0.4, label="HQ → tenants (sealed versions)")
     axis.set_xticks(list(positions), [str(n) for n in rounds], fontsize=7, rotation=30)
     axis.set_ylabel("MB, all tenants")

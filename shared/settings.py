@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from fedloop.shared.adapter import LoraSettings
-
 
 T = TypeVar("T")
 
@@ -38,6 +36,16 @@ def is_loopback(address: str) -> bool:
 
 class ConfigError(ValueError):
     """A config file is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA shape every party of a federation must agree on."""
+
+    rank: int = 8  # LoRA rank r (>= 1)
+    alpha: int = 16  # LoRA alpha; the update is scaled by alpha / rank
+    dropout: float = 0.0  # LoRA dropout, in [0, 1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # module names that get a LoRA adapter
 
 
 @dataclass(frozen=True)

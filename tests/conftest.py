@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.shared.keys import init_keys

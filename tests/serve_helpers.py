@@ -14,7 +14,8 @@ from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import HttpServer, start_http
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime
-from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 
 LORA = LoraSettings(rank=4, alpha=8)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedloop.shared.adapter import (LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
-                                    export_peft, load_adapter_state, load_base_model, ModelLoadError)
+from fedloop.shared.adapter import (adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, export_peft,
+                                    load_adapter_state, load_base_model, ModelLoadError)
+from fedloop.shared.settings import LoraSettings
 from tiny_model import write_tiny_gguf
 
 

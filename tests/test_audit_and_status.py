@@ -87,7 +87,7 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}, "duration_s": 9.0, "refused": {},
                                                 "evaluation": {"acme": {"gates-passed": 0}, "bolt": {"gates-passed": 1}}})
     registry.promote(second.id, "hq-ops")
-    registry.audit("hq", "delta.refused", "run run round 1 bolt: bad-signature")
+    registry.audit("hq", "update.refused", "run run round 1 bolt: bad-signature")
     registry.close()
     config = tmp_path / "hq.toml"
     config.write_text(f'[hq]\nhome = "{tmp_path / "hq-home"}"\n')
@@ -102,7 +102,7 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     table = runner.invoke(app, ["status", "--hq", str(config)])
     assert f"refused_by_tenant_gates.{second.id}" in table.output and "['acme']" in table.output
     shown = runner.invoke(app, ["audit", "show", "--hq", str(config)])
-    assert shown.exit_code == 0 and "version.promote" in shown.output and "delta.refused" in shown.output
+    assert shown.exit_code == 0 and "version.promote" in shown.output and "update.refused" in shown.output
     assert runner.invoke(app, ["audit", "verify", "--hq", str(config)]).exit_code == 0
     neither = runner.invoke(app, ["status"])
     assert neither.exit_code == 2 and "--tenant" in neither.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,25 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["status", "--help"], ["tenant", "serve", "--help"],
+                                       ["versions", "--help"], ["demo", "--help"]])
+def test_help_loads_no_heavy_library(arguments: list[str]) -> None:
+    """`fedloop … --help` imports neither torch nor flwr nor spaCy (nor Presidio): help must be instant."""
+    probe = ("import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
+             "{'torch', 'flwr', 'spacy', 'presidio_analyzer', 'transformers', 'peft', 'ray'}))")
+    done = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout and done.stdout.strip().endswith("LOADED []"), done.stdout[-500:]
+
+
+def test_every_side_plugs_its_commands_in() -> None:
+    """The tenant, HQ and the simulation reach the root through their entry points (shared imports neither)."""
+    names = {command.name for command in app.registered_commands} | {group.name for group in app.registered_groups}
+    assert {"tenant", "vault", "samples", "release", "hq", "versions", "run", "demo", "status", "report",
+            "audit", "keys", "certs", "model"} <= names
+    rotate = CliRunner().invoke(app, ["keys", "rotate", "--help"])
+    assert rotate.exit_code == 0 and "re-encrypt" in rotate.output

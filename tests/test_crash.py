@@ -18,6 +18,7 @@ from fedloop.shared.keys import init_keys, load_identity
 from grpc_helpers import draft, outcome, stub
 
 CLIENTS = 4
+ACKED_BEFORE_KILL = 200  # events the server has acknowledged when it is killed
 
 
 def _free_port() -> int:
@@ -70,14 +71,16 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    time.sleep(4)
-    os.kill(server.pid, signal.SIGKILL)  # mid-stream, no chance to flush anything
+    deadline = time.monotonic() + 60
+    while sum(map(len, acked)) < ACKED_BEFORE_KILL and time.monotonic() < deadline:  # mid-stream, however fast
+        time.sleep(0.01)
+    os.kill(server.pid, signal.SIGKILL)  # no chance to flush anything
     server.wait()
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
     acknowledged = [e for per_client in acked for e in per_client]
-    assert len(acknowledged) > 50, "the clients should have been acknowledged many events before the kill"
+    assert len(acknowledged) >= ACKED_BEFORE_KILL, "the clients should have been acknowledged many events first"
 
     server = _start(config, port, log)
     try:

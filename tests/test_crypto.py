@@ -11,7 +11,7 @@ from fedloop.shared.crypto import CryptoError, open_field, seal_field
 from fedloop.shared.envelope import Binding, EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, KeyFileError, init_keys, key_paths, load_identity
 
-BINDING = Binding("delta", "acme", "run-1", 3, "v0002-abcdef12", {"num-examples": 40})
+BINDING = Binding("update", "acme", "run-1", 3, "v0002-abcdef12", {"num-examples": 40})
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_rounds_over_tls_with_authenticated_supernodes_and_a_tenant_lost_mid_rou
     assert set(first_run[2].contributors) == set(TENANTS) - {DOOMED}  # the round went on without it
     assert all(versions.signature_valid(v.id) for v in versions.versions())
     versions.close()
-    assert f"refused delta from {DOOMED}" in (deployed.root / "run-1.log").read_text()
+    assert f"refused update from {DOOMED}" in (deployed.root / "run-1.log").read_text()
 
 
 def test_a_second_run_continues_from_the_last_version(deployed: Federation) -> None:

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedloop.server.app import enrol_tenants
-from fedloop.server.simulation import simulation_backend
+from fedloop.client.simulation.federation import simulation_backend
 from fedloop.shared.keys import Keyring, init_keys, load_identity, load_public_key, key_paths
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.sm2 import SM2PrivateKey
@@ -63,3 +63,20 @@ def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enroll
     refusals = [r.getMessage() for r in caplog.records if "did not prove it holds that key" in r.getMessage()]
     print("\n".join(refusals))
     assert len(refusals) == 2 and any("'bolt'" in r for r in refusals) and any("'acme'" in r for r in refusals)
+
+
+def test_a_tenant_missing_from_the_federation_list_is_an_error_naming_it_and_the_files(tmp_path: Path) -> None:
+    """It used to play tenant 0 silently."""
+    from fedloop.client.app import deployed_tenant
+    from fedloop.shared.settings import ConfigError
+
+    settings, tenant = tmp_path / "settings.toml", tmp_path / "tenant.toml"
+    settings.write_text('[federation]\ntenants = ["acme", "bolt"]\n')
+    tenant.write_text('[tenant]\nname = "zenith"\n')
+    context = Context(run_id=1, node_id=1, node_config={"settings": str(settings), "tenant-config": str(tenant)},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError) as refused:
+        deployed_tenant(context)
+    message = str(refused.value)
+    assert "'zenith'" in message and str(tenant) in message and str(settings) in message
+    assert "federation.tenants" in message and "['acme', 'bolt']" in message

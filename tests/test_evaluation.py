@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from fedloop.client.evaluate.drift import forgetting_gate, general_texts, kl_gate, mean_token_kl
-from fedloop.shared.adapter import LoraSettings, adapter_state, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 
 REFERENCES = ["Where is my order 12345?\nYour order 12345 has shipped.", "How do I reset my password?\nUse the link."]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -61,7 +64,7 @@ def test_private_key_files_readable_by_others_are_refused_with_the_chmod(tmp_pat
     spec = SuperNodeSpec(tmp_path / "tenant.toml", tmp_path / "settings.toml", "127.0.0.1:9300",
                          tmp_path / "ca.crt", tmp_path / "certs" / "acme.node")
     with pytest.raises(DeploymentError, match="chmod 600"):
-        spec.command()
+        spec.command(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ""])
@@ -80,3 +83,48 @@ def test_a_second_tenant_on_the_same_port_is_refused_naming_the_setting(make_ten
             start_server(make_tenant("bolt"), f"127.0.0.1:{port}", 2)
     finally:
         server.stop(grace=None).wait()
+
+
+def test_flower_config_files_quote_any_path(tmp_path: Path) -> None:
+    """Paths went into Flower's key="value" strings by f-string: a quote in a directory name broke the config."""
+    from flwr.common.config import parse_config_args
+
+    odd = tmp_path / 'tenant "east" o\'neil'
+    odd.mkdir()
+    for name in ("ca.crt", "settings.toml", "tenant.toml", "acme.node"):
+        (odd / name).write_text("")
+    (odd / "acme.node").chmod(0o600)
+    spec = SuperNodeSpec(odd / "tenant.toml", odd / "settings.toml", "127.0.0.1:9300", odd / "ca.crt", odd / "acme.node")
+    command = spec.command(odd)
+    node_config = parse_config_args([command[command.index("--node-config") + 1]])
+    assert node_config["tenant-config"] == str((odd / "tenant.toml").resolve())
+    assert node_config["settings"] == str((odd / "settings.toml").resolve())
+
+
+def test_a_flower_process_ends_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
+    """The parent-death signal is armed in the child itself (no preexec_fn in fedloop's threaded process)."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "from fedloop.shared.end_with_parent import launcher\n"
+                               "child = subprocess.Popen(launcher(['sleep', '120']))\n"
+                               "print(child.pid, flush=True)\ntime.sleep(120)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while _command_of(child) != "sleep" and time.monotonic() < deadline:  # until the launcher has exec'd
+        time.sleep(0.05)
+    assert _command_of(child) == "sleep"
+    parent.kill()
+    parent.wait()
+    while _command_of(child) == "sleep" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _command_of(child) != "sleep", "the child outlived its parent"
+
+
+def _command_of(pid: int) -> str:
+    """The live process's command name, or "" once it has ended (a zombie counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return ""
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return "" if fields.get("State", "").startswith("Z") else fields.get("Name", "").strip()

@@ -2,7 +2,7 @@
 
 One tenant, one round, on the tiny model with a LoRA so wide that the adapter
 is 64 MB of float32: HQ seals it to the tenant (evaluate, train), the tenant
-verifies, trains and seals its 64 MB delta back, HQ verifies and registers it.
+verifies, trains and seals its 64 MB update back, HQ verifies and registers it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.key_rotation import rotate_tenant_storage_key
+from fedloop.client.ingest.service import MaintenanceLoop
+from fedloop.client.key_rotation import StorageKeyWatcher, rotate_tenant_storage_key
 from fedloop.client.samples import pools
 from fedloop.client.store import ENCRYPTED_COLUMNS
 from fedloop.shared.cli import app
@@ -96,23 +97,20 @@ def test_key_rotation_reencrypts_while_ingestion_continues(make_tenant) -> None:
 
     def keep_ingesting() -> None:
         while not stop.is_set():
-            draft_id = api.record_draft("live", f"during rotation {len(written)}", "reply", "v1")
+            user = f"live-{len(written) // 100}"  # under ingest.max_events_per_user_per_minute
+            draft_id = api.record_draft(user, f"during rotation {len(written)}", "reply", "v1")
             written.append(draft_id)
 
-    def reload_keys_like_a_running_service() -> None:
-        while not stop.is_set():
-            tenant.store.use_keys(load_identity(keys_dir, "acme").storage)
-            stop.wait(0.5)
-
-    workers = [threading.Thread(target=keep_ingesting), threading.Thread(target=reload_keys_like_a_running_service)]
-    for worker in workers:
-        worker.start()
+    ingesting = threading.Thread(target=keep_ingesting)
+    maintenance = MaintenanceLoop(tenant, StorageKeyWatcher(tenant), reload_every_s=0.5)  # as `tenant serve` runs it
+    ingesting.start()
+    maintenance.start()
     try:
         total = rotate_tenant_storage_key(tenant.settings, "ana")
     finally:
         stop.set()
-        for worker in workers:
-            worker.join()
+        ingesting.join()
+        maintenance.stop()
     assert total > 0 and written
     identity = load_identity(keys_dir, "acme")
     assert identity.storage.active == 2

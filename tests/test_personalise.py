@@ -16,7 +16,8 @@ from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant import LOCAL_B, Tenant, shared_model
 from fedloop.client.tenant_settings import EvaluationSection, PersonaliseSection, TenantSection, TenantSettings
 from fedloop.client.train.personalise import local_part, personal_version, shared_part, with_local_part
-from fedloop.shared.adapter import LoraSettings, adapter_from_bytes, adapter_state, adapter_to_bytes
+from fedloop.shared.adapter import adapter_from_bytes, adapter_state, adapter_to_bytes
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import init_keys
 from fedloop.shared.settings import (AggregationSection, FederationSection, PathsSection, Settings,
                                      TrainSection)
@@ -58,7 +59,7 @@ def _feedback(tenant: Tenant, count: int) -> None:
 
 
 def _install_untrained(tenant: Tenant, version_id: str = "v1"):
-    model, _ = shared_model(tenant.settings.paths.model, tenant.settings.lora, tenant.settings.federation.seed)
+    model, _ = shared_model(tenant.federation.paths.model, tenant.federation.lora, tenant.federation.federation.seed)
     state = {k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in adapter_state(model).items()}
     return state, *tenant.install(InstalledVersion(version_id, 1, None, "digest"), adapter_to_bytes(state))
 

@@ -2,7 +2,7 @@
 
 A global version that has partly learnt a shared reply preference (earlier
 rounds) goes to five tenants; each trains the tiny model on it for real, and
-their sealed deltas go through SealedMerge's verification and robust merge
+their sealed updates go through SealedMerge's verification and robust merge
 (norm bound, then Multi-Krum). With one tenant poisoned, the merged version's
 hit rate on 100 held-out prompts stays within 1 point of the clean round's
 (the honest tenants' merge); without the defences the same attack destroys it.
@@ -17,16 +17,18 @@ import torch
 
 from fedloop.client.evaluate.hit_rate import offline_hit_rate
 from fedloop.client.samples.held_out import Reference
-from fedloop.client.simulated_product import TenantTraffic
+from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store_api import TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry
+from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
-from fedloop.shared.adapter import (AdapterState, LoraSettings, adapter_state, adapter_to_bytes, attach_lora,
-                                    load_adapter_state, load_base_model)
+from fedloop.shared.adapter import (AdapterState, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state,
+                                    load_base_model)
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.envelope import seal
 from fedloop.shared.keys import Keyring, init_keys
-from fedloop.shared.protocol import delta_binding
+from fedloop.shared.protocol import update_binding
 from fedloop.shared.settings import AggregationSection, TrainSection
 from test_refusals import reply
 
@@ -63,15 +65,16 @@ def round_inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def merge_round(directory: Path, start: AdapterState, updates: dict[str, AdapterState],
                 aggregation: AggregationSection) -> tuple[AdapterState, dict[str, str]]:
-    """One round of SealedMerge on sealed deltas: returns the new global adapter and the merge notes."""
+    """One round of SealedMerge on sealed updates: returns the new global adapter and the merge notes."""
     keys = directory / f"keys-{len(list(directory.iterdir()))}"
     hq = init_keys("hq", "hq", keys)
     tenants = {name: init_keys("tenant", name, keys) for name in updates}
     registry = VersionRegistry(keys.parent / f"{keys.name}-registry", hq)
     genesis = registry.create(adapter_to_bytes(start), None, RUN, 0, {}, "init")
     nodes = {index: tenants[name].public for index, name in enumerate(updates, start=1)}
-    strategy = SealedMerge(registry, hq, Keyring.from_directory(keys), nodes, RUN, genesis, start, LORA, aggregation)
-    replies = [reply(index, seal(adapter_to_bytes(state), delta_binding(name, RUN, 1, genesis.id, 24), tenants[name],
+    strategy = SealedMerge(RoundLedger(registry, RUN, {}), hq, Keyring.from_directory(keys), nodes, RUN, genesis,
+                           start, LORA, aggregation)
+    replies = [reply(index, seal(adapter_to_bytes(state), update_binding(name, RUN, 1, genesis.id, 24), tenants[name],
                                  hq.public)) for index, (name, state) in enumerate(updates.items(), start=1)]
     arrays, _ = strategy.aggregate_train(1, replies)
     registry.close()

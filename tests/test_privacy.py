@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.privacy import Redactor
+from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
-from fedloop.client.privacy.redaction import PlaceholderMap
+from fedloop.client.privacy.placeholders import PlaceholderMap
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -64,9 +64,9 @@ def test_text_without_pii_is_unchanged(redactor: Redactor, text: str) -> None:
 def test_precision_and_recall_on_the_labelled_set(redactor: Redactor) -> None:
     from pathlib import Path
 
-    from fedloop.client.privacy.evaluation import evaluate
+    from fedloop.client.privacy.redaction_quality import measure_redaction
 
-    report = evaluate(redactor, Path(__file__).parent / "data" / "pii_labelled.jsonl")
+    report = measure_redaction(redactor, Path(__file__).parent / "data" / "pii_labelled.jsonl")
     assert report.sentences >= 200
     assert report.precision() >= 0.95 and report.recall() >= 0.95, (report.precision(), report.recall())
     # issue 14's kinds: Chinese names without context, English names (the census lists miss a few, by design)

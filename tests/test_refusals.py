@@ -1,4 +1,4 @@
-"""Every kind of bad delta is refused with its reason, counted, and the round goes on without it."""
+"""Every kind of bad update is refused with its reason, counted, and the round goes on without it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedloop.server.registry import VersionRegistry
+from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
-from fedloop.shared.adapter import LoraSettings, adapter_to_bytes
+from fedloop.shared.adapter import adapter_to_bytes
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.envelope import seal
 from fedloop.shared.keys import Identity, Keyring, init_keys
-from fedloop.shared.protocol import delta_binding, delta_content
+from fedloop.shared.protocol import update_binding, update_content
 from fedloop.shared.settings import AggregationSection
 
 RUN = "refusal-run"
@@ -35,8 +37,8 @@ def strategy(tmp_path: Path) -> tuple[SealedMerge, Identity, dict[str, Identity]
     registry = VersionRegistry(tmp_path / "hq", hq)
     genesis = registry.create(adapter_to_bytes(adapter()), None, RUN, 0, {}, "init")
     nodes = {index: tenants[name].public for index, name in enumerate(TENANTS, start=1)}
-    sealed = SealedMerge(registry, hq, trusted, nodes, RUN, genesis, adapter(), LoraSettings(rank=2, alpha=4),
-                         AggregationSection(method="fedavg", min_tenants=1))
+    sealed = SealedMerge(RoundLedger(registry, RUN, {}), hq, trusted, nodes, RUN, genesis, adapter(),
+                         LoraSettings(rank=2, alpha=4), AggregationSection(method="fedavg", min_tenants=1))
     return sealed, hq, tenants
 
 
@@ -45,17 +47,17 @@ def reply(node_id: int, envelope: bytes) -> Message:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     instruction = Message(RecordDict({"x": ConfigRecord({})}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
-    answer = Message(delta_content(envelope, {"num-examples": 10}), reply_to=instruction)
+    answer = Message(update_content(envelope, {"num-examples": 10}), reply_to=instruction)
     assert answer.metadata.src_node_id == node_id
     return answer
 
 
-def test_each_bad_delta_is_refused_with_its_reason_and_the_round_goes_on(strategy) -> None:
+def test_each_bad_update_is_refused_with_its_reason_and_the_round_goes_on(strategy) -> None:
     sealed, hq, tenants = strategy
     base = sealed.current.id
 
-    def sealed_delta(name: str, state: dict[str, torch.Tensor], round_: int = 1, run: str = RUN) -> bytes:
-        return seal(adapter_to_bytes(state), delta_binding(name, run, round_, base, 10), tenants[name], hq.public)
+    def sealed_update(name: str, state: dict[str, torch.Tensor], round_: int = 1, run: str = RUN) -> bytes:
+        return seal(adapter_to_bytes(state), update_binding(name, run, round_, base, 10), tenants[name], hq.public)
 
     def flipped(envelope: bytes, position: int) -> bytes:
         altered = bytearray(envelope)
@@ -63,16 +65,16 @@ def test_each_bad_delta_is_refused_with_its_reason_and_the_round_goes_on(strateg
         return bytes(altered)
 
     replies = {
-        "honest1": sealed_delta("honest1", adapter(0.2)),
-        "honest2": sealed_delta("honest2", adapter(0.4)),
-        "unknown": sealed_delta("unknown", adapter(0.2)),
-        "badsig": flipped(sealed_delta("badsig", adapter(0.2)), -1),  # a byte of the signature itself
-        "tampered": flipped(sealed_delta("tampered", adapter(0.2)), 400),  # a byte of the ciphertext
-        "wrongad": sealed_delta("wrongad", adapter(0.2), run="another-run"),
-        "replay": sealed_delta("replay", adapter(0.2), round_=0),
-        "shape": sealed_delta("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
-        "dtype": sealed_delta("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
-        "nonfinite": sealed_delta("nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}),
+        "honest1": sealed_update("honest1", adapter(0.2)),
+        "honest2": sealed_update("honest2", adapter(0.4)),
+        "unknown": sealed_update("unknown", adapter(0.2)),
+        "badsig": flipped(sealed_update("badsig", adapter(0.2)), -1),  # a byte of the signature itself
+        "tampered": flipped(sealed_update("tampered", adapter(0.2)), 400),  # a byte of the ciphertext
+        "wrongad": sealed_update("wrongad", adapter(0.2), run="another-run"),
+        "replay": sealed_update("replay", adapter(0.2), round_=0),
+        "shape": sealed_update("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
+        "dtype": sealed_update("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
+        "nonfinite": sealed_update("nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}),
     }
     arrays, metrics = sealed.aggregate_train(1, [reply(TENANTS.index(n) + 1, e) for n, e in replies.items()])
 
@@ -84,13 +86,19 @@ def test_each_bad_delta_is_refused_with_its_reason_and_the_round_goes_on(strateg
     assert metrics["tenants"] == 2 and report.version == sealed.current.id
     merged = arrays.to_torch_state_dict()["m.q_proj.lora_B.weight"]
     assert torch.allclose(merged, torch.full((6, 2), 0.3))
+    audit = sealed.ledger.registry.audit_log
+    assert not [e for e in audit.entries() if e.action == "update.refused"]  # aggregation itself records nothing
+    sealed.aggregate_evaluate(1, [])  # the round ends: the ledger records it, refusals included
+    refused = sorted(e.subject.rsplit(" ", 2)[-2:] for e in audit.entries() if e.action == "update.refused")
+    assert refused == sorted([f"{name}:", reason] for name, reason in report.refusal_reasons.items())
+    assert len(refused) == 8
 
 
 def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
     sealed, hq, tenants = strategy
     sealed.aggregation = AggregationSection(min_tenants=2)
     before = sealed.current.id
-    envelope = seal(adapter_to_bytes(adapter(0.2)), delta_binding("honest1", RUN, 1, before, 10),
+    envelope = seal(adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, before, 10),
                     tenants["honest1"], hq.public)
     assert sealed.aggregate_train(1, [reply(1, envelope)]) == (None, None)
     assert sealed.current.id == before and sealed.reports[1].contributors == {}
@@ -98,12 +106,12 @@ def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
 
 def test_the_same_sealed_delta_twice_in_a_round_counts_once(strategy) -> None:
     sealed, hq, tenants = strategy
-    first = seal(adapter_to_bytes(adapter(0.2)), delta_binding("honest1", RUN, 1, sealed.current.id, 10),
+    first = seal(adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, sealed.current.id, 10),
                  tenants["honest1"], hq.public)
-    second = seal(adapter_to_bytes(adapter(0.9)), delta_binding("honest1", RUN, 1, sealed.current.id, 10),
+    second = seal(adapter_to_bytes(adapter(0.9)), update_binding("honest1", RUN, 1, sealed.current.id, 10),
                   tenants["honest1"], hq.public)
     sealed.aggregate_train(1, [reply(1, first), reply(1, first), reply(1, second)])
     report = sealed.reports[1]
     assert report.contributors == {"honest1": 10} and report.refused_by_reason["replay"] == 2  # others: no-reply
     merged = sealed.current_state["m.q_proj.lora_B.weight"]
-    assert torch.allclose(merged, torch.full((6, 2), 0.2))  # the first delta alone, counted once
+    assert torch.allclose(merged, torch.full((6, 2), 0.2))  # the first update alone, counted once

@@ -10,14 +10,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.simulated_product import read_product_log
+from fedloop.client.simulation.product import read_product_log
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.server.app import run_hq
 from fedloop.server.registry import VersionRegistry
-from fedloop.server.simulation import prepare_run, run_federation
-from fedloop.shared.adapter import LoraSettings
+from fedloop.client.simulation.federation import prepare_run, run_federation
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import (FederationSection, PathsSection, Settings, SimulationSection, TrackingSection,
@@ -160,7 +160,7 @@ def _style_similarity(settings: Settings, layout, version: str | None) -> float:
     """Mean similarity of a version's drafts (None: the base model) to the preferred replies of 48 fresh users."""
     from fedloop.client.evaluate.hit_rate import offline_hit_rate, reference_hit_rate
     from fedloop.client.samples.held_out import Reference
-    from fedloop.client.simulated_product import TenantTraffic
+    from fedloop.client.simulation.product import TenantTraffic
     from fedloop.shared.adapter import adapter_from_bytes, attach_lora, load_adapter_state, load_base_model
 
     model, tokenizer = load_base_model(Path(settings.paths.model))

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedloop.client.store_api import TrainingExample
@@ -14,33 +15,31 @@ from fedloop.client.train.data import curriculum, mix
 from fedloop.client.train.data import WeightedExample
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
 from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe
-from fedloop.shared.adapter import LoraSettings, adapter_state, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.settings import TrainSection
 
 
 def test_dpo_loss_matches_a_hand_computed_value() -> None:
-    # margin = (-1.0 - -2.0) - (-3.0 - -2.5) = 1.0 + 0.5 = 1.5; beta 0.1 -> -log(sigmoid(0.15))
-    expected = -math.log(1 / (1 + math.exp(-0.15)))
+    # margin = (-1.0 - -2.0) - (-3.0 - -2.5) = 1.0 + 0.5 = 1.5; beta 0.1 -> -log(sigmoid(0.15)) = log(1 + e^-0.15)
     loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), 0.1)
-    assert abs(loss.item() - expected) < 1e-6
-    assert abs(expected - 0.6210) < 1e-4  # log(1 + e^-0.15), by hand
+    assert loss.item() == pytest.approx(0.620957, abs=1e-6)
 
 
 def test_kto_loss_matches_a_hand_computed_value() -> None:
     # z0 = mean((-4 - -5), (-6 - -5)) = mean(1, -1) = 0
-    # desirable: r = -1 - -2 = 1 -> 1 - sigmoid(0.1 * (1 - 0)) = 0.47502, sample weight 1
-    # undesirable: r = -3 - -2.5 = -0.5 -> 1 - sigmoid(0.1 * (0 + 0.5)) = 0.48750, x 1.5 (lambda_U), sample weight 2
-    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # desirable: r = -1 - -2 = 1 -> 1 - sigmoid(0.1 * (1 - 0)) = 0.475021, sample weight 1
+    # undesirable: r = -3 - -2.5 = -0.5 -> 1 - sigmoid(0.1 * (0 + 0.5)) = 0.487503, x 1.5 (lambda_U), sample weight 2
+    # loss = (0.475021 + 2 x 1.5 x 0.487503) / (1 + 2) = 0.645843
     policy, reference = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.5])
     desirable, weights = torch.tensor([True, False]), torch.tensor([1.0, 2.0])
     loss = kto_loss(policy, reference, torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
                     0.1, 1.0, 1.5)
-    expected = (1.0 * (1 - sigmoid(0.1)) + 2.0 * 1.5 * (1 - sigmoid(0.05))) / 3.0
-    assert abs(loss.item() - expected) < 1e-6
-    assert abs(expected - 0.6458) < 1e-4  # (0.47502 + 2 x 1.5 x 0.48750) / (1 + 2), by hand
+    assert loss.item() == pytest.approx(0.645843, abs=1e-6)
+    # z0 = 1: desirable 1 - sigmoid(0) = 0.5; undesirable 1 - sigmoid(0.1 x 1.5) = 0.462570 -> (0.5 + 3 x 0.462570) / 3
     shifted = kto_loss(policy, reference, torch.tensor([-4.0, -4.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
-                       0.1, 1.0, 1.5)  # z0 = 1: the desirable reply must now beat the reference point
-    assert abs(shifted.item() - (1.0 * (1 - sigmoid(0.0)) + 3.0 * (1 - sigmoid(0.15))) / 3.0) < 1e-6
+                       0.1, 1.0, 1.5)
+    assert shifted.item() == pytest.approx(0.629237, abs=1e-6)
 
 
 def test_kto_items_take_targets_as_desirable_and_rejected_drafts_as_undesirable() -> None:

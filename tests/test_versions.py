@@ -12,7 +12,8 @@ from peft import PeftModel
 from typer.testing import CliRunner
 
 from fedloop.server.registry import RegistryError, VersionRegistry
-from fedloop.shared.adapter import LoraSettings, adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.cli import app
 from fedloop.shared.keys import init_keys, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout

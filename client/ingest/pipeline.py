@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from fedloop.client.ingest.rate_limit import UserRateLimit
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
 from fedloop.client.privacy.finders import Finder
-from fedloop.client.privacy.redaction import Finding, PlaceholderMap, apply_placeholders
+from fedloop.client.privacy.placeholders import Finding, PlaceholderMap, apply_placeholders
 from fedloop.client.metrics import IngestCounters
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags

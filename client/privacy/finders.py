@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
-from fedloop.client.privacy.redaction import Finding, Redactor
+from fedloop.client.privacy.placeholders import Finding
+from fedloop.client.privacy.redaction import Redactor
 
 _worker_redactor: Redactor | None = None
 

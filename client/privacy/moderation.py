@@ -1,21 +1,16 @@
 """Moderation: a pluggable filter sends unsafe samples to quarantine, with a reason.
 
 `LocalModeration` needs nothing outside the tenant (blocklist and patterns from
-config). `ExternalReviewModeration` adapts any review service that can be
-called with a text; when the service fails, the sample is quarantined (fail
-closed) with the failure as its reason, so nothing unsafe slips through and
-nothing is lost.
+config). Another filter (an external review service, say) implements
+`ModerationFilter` and is passed to the curator in its place.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,35 +48,4 @@ class LocalModeration:
         for pattern in self._patterns:
             if pattern.search(text):
                 return Verdict(False, f"pattern {pattern.pattern!r}")
-        return Verdict(True)
-
-
-class ExternalReviewModeration:
-    """Adapts an external review service: `call(text)` returns (allowed, reason)."""
-
-    def __init__(self, call: Callable[[str], tuple[bool, str | None]]) -> None:
-        self._call = call
-
-    def review(self, text: str) -> Verdict:
-        """Ask the service; quarantine if it fails."""
-        try:
-            allowed, reason = self._call(text)
-        except Exception as err:  # the service is outside fedloop: any failure means "not reviewed"
-            log.warning("external review failed (%s); quarantining the sample", type(err).__name__)
-            return Verdict(False, f"external review unavailable: {type(err).__name__}")
-        return Verdict(bool(allowed), reason if not allowed else None)
-
-
-class ChainedModeration:
-    """Runs filters in order; the first refusal wins."""
-
-    def __init__(self, filters: Sequence[ModerationFilter]) -> None:
-        self._filters = list(filters)
-
-    def review(self, text: str) -> Verdict:
-        """Allowed only if every filter allows."""
-        for moderation_filter in self._filters:
-            verdict = moderation_filter.review(text)
-            if not verdict.allowed:
-                return verdict
         return Verdict(True)

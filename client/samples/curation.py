@@ -1,6 +1,6 @@
 """From an outcome to a weighted, moderated, de-duplicated sample in a pool.
 
-Weights (documented in docs/curation.md):
+Weights (documented in docs/tenant-pipeline.md, "Curation"):
 - accept: reward 1.0; weight 1.0, or 0.6 when the user decided faster than
   `min_dwell_ms` (probably not read);
 - edit then accept: reward 0.3 + 0.4 x similarity(draft, final); weight
@@ -211,7 +211,7 @@ def dataset_version(store: FeedbackStoreAPI) -> str:
     """A digest naming the sample set a tenant trains on: every sample's id, pool, status and weight.
 
     Any admitted, promoted, demoted, quarantined or re-weighted sample changes
-    it; it travels (signed) with the tenant's delta so HQ can say which data
+    it; it travels (signed) with the tenant's update so HQ can say which data
     version each contribution came from without seeing any of it.
     """
     lines = sorted(f"{s.id}:{s.pool}:{s.status}:{s.weight:.6f}" for s in store.samples())

@@ -8,7 +8,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 NUM_PERM = 64
-SCHEME = "affine32"  # datasketch's default hashing scheme, stated so stored signatures stay readable
+SCHEME = "affine32"  # datasketch's scheme for new MinHashes; rebuilding one from stored values must name it
 _SPACES = re.compile(r"\s+")
 _PERMUTATIONS = MinHash(num_perm=NUM_PERM, scheme=SCHEME).permutations  # computed once, shared by every MinHash
 
@@ -40,7 +40,7 @@ def signature_from_bytes(data: bytes) -> MinHash:
 
 
 class NearDuplicateIndex:
-    """Maps each sample to a cluster: the first stored sample it nearly duplicates, or itself."""
+    """Maps each indexed sample to its cluster id (the caller's choice: a near-duplicate's cluster, or its own id)."""
 
     def __init__(self, threshold: float) -> None:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
@@ -50,7 +50,8 @@ class NearDuplicateIndex:
         return len(self._cluster_of)
 
     def cluster_for(self, minhash: MinHash) -> str | None:
-        """The cluster of an already indexed near-duplicate of `minhash`, or None."""
+        """The smallest cluster id among the indexed near-duplicates of `minhash` (so LSH's order does not matter),
+        or None."""
         matches = self._lsh.query(minhash)
         return min((self._cluster_of[m] for m in matches), default=None)
 

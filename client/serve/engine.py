@@ -17,7 +17,8 @@ from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import TextIteratorStreamer
 
 from fedloop.client.store_api import BASE_VERSION
-from fedloop.shared.adapter import AdapterState, LoraSettings, load_base_model
+from fedloop.shared.adapter import AdapterState, load_base_model, peft_config
+from fedloop.shared.settings import LoraSettings
 
 EMPTY_ADAPTER = "fedloop-empty"  # the slot PEFT needs before any version is loaded (B = 0: the base model)
 ChatMessage = dict[str, str]
@@ -50,7 +51,7 @@ class DraftEngine:
     def __init__(self, model_path: Path, lora: LoraSettings) -> None:
         base, self.tokenizer = load_base_model(model_path)
         self._lora = lora
-        self._model: PeftModel = get_peft_model(base, lora.peft_config(), adapter_name=EMPTY_ADAPTER)
+        self._model: PeftModel = get_peft_model(base, peft_config(lora), adapter_name=EMPTY_ADAPTER)
         self._model.eval()
         self._versions: set[str] = set()
         self._lock = threading.RLock()
@@ -64,7 +65,7 @@ class DraftEngine:
         with self._lock:
             if version in self._versions:
                 return
-            self._model.add_adapter(version, self._lora.peft_config())
+            self._model.add_adapter(version, self._peft_config(lora))
             result = set_peft_model_state_dict(self._model, state, adapter_name=version)
             missing = [k for k in result.missing_keys if "lora_" in k and f".{version}." in k]
             if missing or result.unexpected_keys:

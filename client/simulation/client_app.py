@@ -2,7 +2,7 @@
 
 Each node plays the tenant of its partition id, all in one run directory.
 Before a round trains, the tenant's simulated product sends that round's users
-through the tenant's draft service (`fedloop.client.simulated_product`), so the
+through the tenant's draft service (`fedloop.client.simulation.product`), so the
 feedback the tenant trains on arrives the way a real product's does.
 """
 
@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from fedloop.client.app import RoundTraffic, TenantResolver, build_client_app, tenant_at
-from fedloop.client.simulated_product import SimulatedProduct, TenantTraffic, UserJudgement
+from fedloop.client.simulation.product import SimulatedProduct, TenantTraffic, UserJudgement
 from fedloop.client.tenant import Tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings, load_tenant_settings
 from fedloop.shared.logs import configure_logging
@@ -44,7 +44,7 @@ def simulated_product(tenant: Tenant, settings: Settings, layout: RunLayout | No
     """Tenant `tenant`'s simulated product: its users' judgement from `settings.simulation`."""
     sim = settings.simulation
     return SimulatedProduct(tenant.name, tenant.drafts, UserJudgement(sim.accept_threshold, sim.edit_threshold),
-                            tenant.local.serve.model_alias, sim.max_new_tokens, sim.prompt_version,
+                            tenant.settings.serve.model_alias, sim.max_new_tokens, sim.prompt_version,
                             layout.product_log(tenant.name) if layout else None)
 
 

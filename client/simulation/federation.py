@@ -12,8 +12,8 @@ from typing import Any
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulated_product import STYLES, ServedRound, read_product_log
-from fedloop.client.simulation_app import simulation_client_app
+from fedloop.client.simulation.product import STYLES, ServedRound, read_product_log
+from fedloop.client.simulation.client_app import simulation_client_app
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import load_tenant_settings

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedloop.client.simulated_product import ServedRound
+from fedloop.client.simulation.product import ServedRound
 from fedloop.client.store_api import ReleaseRecord
 
 
@@ -71,7 +71,7 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"all version signatures valid: {summary['signatures_valid']}")
 
     traffic = Table(title="Bytes on the wire per tenant per round (sealed payloads)")
-    for column in ("round", "tenant", "tenant → HQ (delta)", "HQ → tenant (train + evaluate)", "refused"):
+    for column in ("round", "tenant", "tenant → HQ (update)", "HQ → tenant (train + evaluate)", "refused"):
         traffic.add_column(column)
     for number in sorted(rounds):
         report = rounds[number]

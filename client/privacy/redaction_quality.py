@@ -54,7 +54,7 @@ class PiiReport:
         return sorted(set(self.tp) | set(self.fp) | set(self.fn))
 
 
-def evaluate(redactor: Redactor, path: Path) -> PiiReport:
+def measure_redaction(redactor: Redactor, path: Path) -> PiiReport:
     """Run the redactor over a JSONL file of {"text", "entities": [{"type", "start", "end"}]}."""
     report = PiiReport()
     for line in path.read_text().splitlines():
