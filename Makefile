@@ -36,6 +36,8 @@ check: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	mkdir -p $(VENV)/mypy-path/fedloop && for part in shared server client proto; do \
+		ln -sfn $(CURDIR)/$$part $(VENV)/mypy-path/fedloop/$$part; done
 	$(VENV)/bin/mypy
 
 # The report test opens the HTML report in headless Chromium (Debian's package; no browser download).

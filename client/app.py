@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,12 +28,12 @@ from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
-from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, update_binding, update_content, enrol_statement
+from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, enrol_statement, update_binding, update_content
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 
-@lru_cache(maxsize=None)
+@cache
 def tenant_at(index: int, settings: Settings, local: TenantSettings) -> Tenant:
     """The process's one `Tenant` for these settings (its store and models are opened once)."""
     return Tenant(index, settings, local)
@@ -61,9 +61,11 @@ def deployed_tenant(context: Context) -> Tenant:
     local = load_tenant_settings(tenant_file)
     name = local.tenant.name
     if name not in settings.federation.tenants:
-        raise ConfigError(f"{tenant_file}: tenant.name {name!r} is not in federation.tenants "
-                          f"{list(settings.federation.tenants)} of {settings_file}: ask HQ to add it there, or "
-                          "correct tenant.name")
+        raise ConfigError(
+            f"{tenant_file}: tenant.name {name!r} is not in federation.tenants "
+            f"{list(settings.federation.tenants)} of {settings_file}: ask HQ to add it there, or "
+            "correct tenant.name"
+        )
     return tenant_at(settings.federation.tenants.index(name), settings, local)
 
 
@@ -79,10 +81,16 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
     def enrol(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
         key_id = tenant.identity.public.key_id
-        statement = enrol_statement(str(message.content.config_records[ENROL]["challenge"]), context.run_id,
-                                    context.node_id, tenant.name, key_id)
-        claim = ConfigRecord({"tenant": tenant.name, "key_id": key_id,
-                              "signature": tenant.identity.signing_key.sign(statement).hex()})
+        statement = enrol_statement(
+            str(message.content.config_records[ENROL]["challenge"]),
+            context.run_id,
+            context.node_id,
+            tenant.name,
+            key_id,
+        )
+        claim = ConfigRecord(
+            {"tenant": tenant.name, "key_id": key_id, "signature": tenant.identity.signing_key.sign(statement).hex()}
+        )
         return Message(RecordDict({ENROL: claim}), reply_to=message)
 
     @app.train()
@@ -94,16 +102,20 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
             traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, version_id, round_)
         binding = update_binding(tenant.name, run, round_, version_id, outcome.examples, outcome.dataset_version)
-        envelope = seal(adapter_to_bytes(adapter_state(model)), binding, tenant.identity,
-                        tenant.hq_keyring.by_name("hq", HQ_NAME))
-        return Message(update_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss}),
-                       reply_to=message)
+        envelope = seal(
+            adapter_to_bytes(adapter_state(model)), binding, tenant.identity, tenant.hq_keyring.by_name("hq", HQ_NAME)
+        )
+        return Message(
+            update_content(envelope, {NUM_EXAMPLES: outcome.examples, "train-loss": outcome.loss}), reply_to=message
+        )
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         tenant = tenant_for(context)
         _, version_id, model, tokenizer = tenant.install_global(message, tenant.federation.federation.run_name)
-        metrics = tenant.evaluate_version(model, tokenizer, version_id)
+        metrics: dict[str, int | float | list[int] | list[float]] = dict(
+            tenant.evaluate_version(model, tokenizer, version_id)
+        )
         return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
 
     return app

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
-from fedloop.shared.keys import KeyFileError, load_identity
-from fedloop.shared.console import command_group, audited, errors, fail, output_console
+from fedloop.shared.console import audited, command_group, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
+from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.settings import ConfigError, Settings, load_settings
@@ -53,9 +53,9 @@ def open_runtime(config: Path) -> TenantRuntime:
 
 def _start_draft_endpoint(runtime: TenantRuntime, federation: Settings, release_loop: ReleaseLoop) -> HttpServer:
     """Load the base model and the released versions, and serve the OpenAI-compatible draft endpoint."""
+    from fedloop.client.bearer import load_api_keys
     from fedloop.client.serve.drafts import DraftService
     from fedloop.client.serve.engine import DraftEngine
-    from fedloop.client.bearer import load_api_keys
     from fedloop.client.serve.http import build_http_app
     from fedloop.client.serve.server import start_http
     from fedloop.shared.adapter import ModelLoadError
@@ -87,8 +87,9 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     release_loop = ReleaseLoop(ReleaseController(runtime.store, settings.release), settings.release)
     metrics_address = settings.metrics.address
     try:
-        server, port = start_server(runtime, settings.ingest.address, settings.ingest.max_workers,
-                                    release_loop.outcomes_recorded)
+        server, port = start_server(
+            runtime, settings.ingest.address, settings.ingest.max_workers, release_loop.outcomes_recorded
+        )
         started.callback(lambda: server.stop(grace=5).wait())
         try:
             exporter = serve_metrics(runtime.metrics, metrics_address)[0] if metrics_address else None
@@ -96,8 +97,11 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
             raise OSError(f"{err} (set metrics.address in the tenant config)") from None
         if exporter is not None:
             started.callback(exporter.shutdown)
-        http = _start_draft_endpoint(runtime, federation, release_loop) \
-            if federation is not None and settings.serve.address else None
+        http = (
+            _start_draft_endpoint(runtime, federation, release_loop)
+            if federation is not None and settings.serve.address
+            else None
+        )
         if http is not None:
             started.callback(http.stop)
     except (OSError, ValueError) as err:
@@ -109,15 +113,26 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     maintenance.start()
     started.callback(maintenance.stop)
     host = settings.ingest.address.rsplit(":", 1)[0]
-    typer.echo(f"fedloop FeedbackService for tenant {settings.tenant.name!r} listening on {host}:{port}"
-               + (f"; metrics on http://{metrics_address}/metrics" if exporter else ""), err=False)
+    typer.echo(
+        f"fedloop FeedbackService for tenant {settings.tenant.name!r} listening on {host}:{port}"
+        + (f"; metrics on http://{metrics_address}/metrics" if exporter else ""),
+        err=False,
+    )
     if http is not None:
         http_host = settings.serve.address.rsplit(":", 1)[0]
-        typer.echo(f"draft endpoint (OpenAI-compatible) on http://{http_host}:{http.port}/v1/chat/completions "
-                   f"(model {settings.serve.model_alias!r} routes by the release pointer)")
+        typer.echo(
+            f"draft endpoint (OpenAI-compatible) on http://{http_host}:{http.port}/v1/chat/completions "
+            f"(model {settings.serve.model_alias!r} routes by the release pointer)"
+        )
     else:
-        typer.echo("draft endpoint off: " + ("serve.address is empty" if federation is not None else
-                                             "pass --settings (the federation settings: model and LoRA shape)"))
+        typer.echo(
+            "draft endpoint off: "
+            + (
+                "serve.address is empty"
+                if federation is not None
+                else "pass --settings (the federation settings: model and LoRA shape)"
+            )
+        )
     return started.close
 
 
@@ -129,9 +144,12 @@ def _federation_settings(path: Path) -> Settings:
 
 
 @tenant_app.command("serve")
-def serve(config: Path = CONFIG,
-          settings: Optional[Path] = typer.Option(None, help="The federation settings TOML HQ shared (model and "
-                                                             "LoRA shape): needed for the draft endpoint.")) -> None:
+def serve(
+    config: Path = CONFIG,
+    settings: Path | None = typer.Option(
+        None, help="The federation settings TOML HQ shared (model and LoRA shape): needed for the draft endpoint."
+    ),
+) -> None:
     """Serve the FeedbackService and, with --settings, the draft endpoint, until interrupted (SIGINT/SIGTERM)."""
     configure_logging()
     federation = _federation_settings(settings) if settings is not None else None
@@ -142,12 +160,14 @@ def serve(config: Path = CONFIG,
 
 
 @tenant_app.command("up")
-def up(config: Path = CONFIG,
-       settings: Path = typer.Option(..., help="The federation settings TOML HQ shared."),
-       superlink: str = typer.Option("127.0.0.1:9300", help="HQ's SuperLink as host:port."),
-       ca: Path = typer.Option(Path("certs/ca.crt"), help="The CA certificate HQ's SuperLink is checked against."),
-       node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
-       port: int = typer.Option(9400, help="Local port of the SuperNode's runtime API (127.0.0.1).")) -> None:
+def up(
+    config: Path = CONFIG,
+    settings: Path = typer.Option(..., help="The federation settings TOML HQ shared."),
+    superlink: str = typer.Option("127.0.0.1:9300", help="HQ's SuperLink as host:port."),
+    ca: Path = typer.Option(Path("certs/ca.crt"), help="The CA certificate HQ's SuperLink is checked against."),
+    node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
+    port: int = typer.Option(9400, help="Local port of the SuperNode's runtime API (127.0.0.1)."),
+) -> None:
     """Run this tenant: FeedbackService, draft endpoint and SuperNode (TLS, node key), until SIGINT/SIGTERM."""
     from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec, start_flower, stop_flower, supervise_all
 
@@ -165,16 +185,21 @@ def up(config: Path = CONFIG,
     stop_flower(supernode)
     stop_service()
     if ended is not None:
-        fail(f"the SuperNode exited with status {supernode.returncode}: see its log above; the FeedbackService "
-             "was stopped too")
+        fail(
+            f"the SuperNode exited with status {supernode.returncode}: see its log above; the FeedbackService "
+            "was stopped too"
+        )
     typer.echo("stopped")
 
 
 @vault_app.command("reveal")
-def reveal(record: str = typer.Option(..., help="Record id (the draft id, or signal-<event id>)."),
-           placeholder: str = typer.Option(..., help="Placeholder as it appears, e.g. '<CN_MOBILE_1>'."),
-           reason: str = typer.Option(..., help="Why the original is needed (audited)."),
-           operator: str = OPERATOR, config: Path = CONFIG) -> None:
+def reveal(
+    record: str = typer.Option(..., help="Record id (the draft id, or signal-<event id>)."),
+    placeholder: str = typer.Option(..., help="Placeholder as it appears, e.g. '<CN_MOBILE_1>'."),
+    reason: str = typer.Option(..., help="Why the original is needed (audited)."),
+    operator: str = OPERATOR,
+    config: Path = CONFIG,
+) -> None:
     """Print the original behind a placeholder; the reveal (not the value) is audited."""
     operator = audited(operator, reason)
     runtime = open_runtime(config)
@@ -190,26 +215,33 @@ def reveal(record: str = typer.Option(..., help="Record id (the draft id, or sig
     typer.echo(original)
 
 
-def _print_samples(samples: list) -> None:  # type: ignore[type-arg]
+def _print_samples(samples: list) -> None:
     table = Table()
     for column in ("id", "pool", "status", "weight", "problem", "risk", "first seen", "prompt"):
         table.add_column(column, no_wrap=column != "prompt")
     for s in samples:
-        table.add_row(s.id, s.pool, s.status, f"{s.weight:.2f}", s.problem_type or "", s.risk, s.first_seen_version,
-                      s.prompt[:50])
+        table.add_row(
+            s.id, s.pool, s.status, f"{s.weight:.2f}", s.problem_type or "", s.risk, s.first_seen_version, s.prompt[:50]
+        )
     output_console().print(table)
 
 
 @review_app.command("list")
-def review_list(pool: str = typer.Option("", help="Only this pool."), status: str = typer.Option("", help="Only this status."),
-                limit: int = typer.Option(50, help="At most this many."), config: Path = CONFIG) -> None:
+def review_list(
+    pool: str = typer.Option("", help="Only this pool."),
+    status: str = typer.Option("", help="Only this status."),
+    limit: int = typer.Option(50, help="At most this many."),
+    config: Path = CONFIG,
+) -> None:
     """List samples (redacted)."""
     runtime = open_runtime(config)
     where, params = ["1=1"], []
     if pool:
-        where.append("pool = ?"), params.append(pool)
+        where.append("pool = ?")
+        params.append(pool)
     if status:
-        where.append("status = ?"), params.append(status)
+        where.append("status = ?")
+        params.append(status)
     samples = runtime.store.samples(" AND ".join(where), tuple(params))[-limit:]
     runtime.close()
     _print_samples(samples)
@@ -242,35 +274,50 @@ def _review_action(action: str, sample_id: str, value: str, operator: str, confi
 
 
 @review_app.command("promote")
-def review_promote(sample_id: str, to: str = typer.Option(..., help="secondary_baseline or core_baseline, ..."),
-                   operator: str = OPERATOR, config: Path = CONFIG) -> None:
+def review_promote(
+    sample_id: str,
+    to: str = typer.Option(..., help="secondary_baseline or core_baseline, ..."),
+    operator: str = OPERATOR,
+    config: Path = CONFIG,
+) -> None:
     """Move a sample up the pool lifecycle (a human decision, audited)."""
     _review_action("promote", sample_id, to, operator, config)
 
 
 @review_app.command("demote")
-def review_demote(sample_id: str, to: str = typer.Option(..., help="A lower pool."), operator: str = OPERATOR,
-                  config: Path = CONFIG) -> None:
+def review_demote(
+    sample_id: str, to: str = typer.Option(..., help="A lower pool."), operator: str = OPERATOR, config: Path = CONFIG
+) -> None:
     """Move a sample down the pool lifecycle (audited)."""
     _review_action("demote", sample_id, to, operator, config)
 
 
 @review_app.command("decide")
-def review_decide(sample_id: str, decision: str = typer.Option(..., help="admit (it may train) or reject."),
-                  operator: str = OPERATOR, config: Path = CONFIG) -> None:
+def review_decide(
+    sample_id: str,
+    decision: str = typer.Option(..., help="admit (it may train) or reject."),
+    operator: str = OPERATOR,
+    config: Path = CONFIG,
+) -> None:
     """Decide on a sample that waits for review (high-risk PII, curation.review_risk); audited."""
     _review_action("decide", sample_id, decision, operator, config)
 
 
 @review_app.command("label")
-def review_label(sample_id: str, text: str = typer.Option(..., "--text", help="The label."), operator: str = OPERATOR,
-                 config: Path = CONFIG) -> None:
+def review_label(
+    sample_id: str,
+    text: str = typer.Option(..., "--text", help="The label."),
+    operator: str = OPERATOR,
+    config: Path = CONFIG,
+) -> None:
     """Attach a label to a sample (audited)."""
     _review_action("label", sample_id, text, operator, config)
 
 
 @review_app.command("export")
-def review_export(out: Path = typer.Option(..., help="Label Studio tasks JSON to write."), config: Path = CONFIG) -> None:
+def review_export(
+    out: Path = typer.Option(..., help="Label Studio tasks JSON to write."), config: Path = CONFIG
+) -> None:
     """Export admitted samples as Label Studio tasks (config: configs/label_studio.xml)."""
     from fedloop.client.samples.pools import export_label_studio
 
@@ -314,9 +361,11 @@ def breaker_reset(operator: str = OPERATOR, config: Path = CONFIG) -> None:
 
 
 @samples_app.command("problem-rate")
-def problem_rate(problem_type: str = typer.Option(..., "--type", help="e.g. repeated_question"),
-                 versions: list[str] = typer.Option(..., "--version", help="Model version (repeatable)."),
-                 config: Path = CONFIG) -> None:
+def problem_rate(
+    problem_type: str = typer.Option(..., "--type", help="e.g. repeated_question"),
+    versions: list[str] = typer.Option(..., "--version", help="Model version (repeatable)."),
+    config: Path = CONFIG,
+) -> None:
     """Share of each version's drafts flagged with a problem type."""
     runtime = open_runtime(config)
     for version in versions:

@@ -34,8 +34,10 @@ def register(command_line: CommandLine) -> None:
     app.add_typer(release_app, name="release")
 
     @command_line.keys.command("rotate")
-    def keys_rotate(config: Path = typer.Option(Path("configs/tenant.toml"), help="The tenant's TOML settings."),
-                    operator: str = typer.Option(..., help="Who rotates (audited).")) -> None:
+    def keys_rotate(
+        config: Path = typer.Option(Path("configs/tenant.toml"), help="The tenant's TOML settings."),
+        operator: str = typer.Option(..., help="Who rotates (audited)."),
+    ) -> None:
         """Add a new active SM4 storage key and re-encrypt the tenant's store while it keeps serving."""
         rotate_keys(config, operator)
 
@@ -88,6 +90,6 @@ def _lineage(store: FeedbackStore, version: str | None) -> list[str] | None:
     if version not in parents:
         fail(f"version {version!r} was never installed by this tenant")
     chain = [version]
-    while parents.get(chain[-1]):
-        chain.append(parents[chain[-1]])
+    while parent := parents.get(chain[-1]):
+        chain.append(parent)
     return chain

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from enum import Enum
+from enum import StrEnum
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.ingest.validation import IngestError
@@ -11,7 +11,7 @@ from fedloop.client.samples.curation import BASE_REWARDS
 from fedloop.proto import feedback_pb2 as pb
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What a user did with a draft."""
 
     ACCEPT = "accept"
@@ -46,17 +46,37 @@ class FeedbackRecorder:
         except IngestError as err:
             raise FeedbackError(err.status, str(err)) from None
 
-    def record_draft(self, user_id: str, prompt: str, draft: str, model_version: str,
-                     session_id: str = "default", prompt_version: str = "default", draft_id: str = "") -> str:
+    def record_draft(
+        self,
+        user_id: str,
+        prompt: str,
+        draft: str,
+        model_version: str,
+        session_id: str = "default",
+        prompt_version: str = "default",
+        draft_id: str = "",
+    ) -> str:
         """Record a draft shown to `user_id`; returns its draft id (`draft_id`, or a new one)."""
         draft_id = draft_id or uuid.uuid4().hex
-        self._ingest(pb.Event(draft=pb.DraftEvent(
-            event_id=f"draft-{draft_id}", draft_id=draft_id, user_id=user_id, session_id=session_id, prompt=prompt,
-            draft=draft, model_version=model_version, prompt_version=prompt_version)))
+        self._ingest(
+            pb.Event(
+                draft=pb.DraftEvent(
+                    event_id=f"draft-{draft_id}",
+                    draft_id=draft_id,
+                    user_id=user_id,
+                    session_id=session_id,
+                    prompt=prompt,
+                    draft=draft,
+                    model_version=model_version,
+                    prompt_version=prompt_version,
+                )
+            )
+        )
         return draft_id
 
-    def record_outcome(self, draft_id: str, action: Action | str, final_text: str | None = None,
-                       dwell_ms: int = 0) -> float:
+    def record_outcome(
+        self, draft_id: str, action: Action | str, final_text: str | None = None, dwell_ms: int = 0
+    ) -> float:
         """Record what the user did with a draft; returns the base reward (1.0 / 0.3 / 0).
 
         `final_text` is the edited reply for EDIT (required) and the user's own
@@ -65,9 +85,18 @@ class FeedbackRecorder:
         try:
             action = Action(action)
         except ValueError:
-            raise FeedbackError("INVALID_ARGUMENT", f"unknown action {action!r}: use one of "
-                                f"{', '.join(a.value for a in Action)}") from None
-        self._ingest(pb.Event(outcome=pb.OutcomeEvent(
-            event_id=f"outcome-{draft_id}", draft_id=draft_id, action=_PROTO_ACTIONS[action],
-            final_text=final_text or "", dwell_ms=dwell_ms)))
+            raise FeedbackError(
+                "INVALID_ARGUMENT", f"unknown action {action!r}: use one of {', '.join(a.value for a in Action)}"
+            ) from None
+        self._ingest(
+            pb.Event(
+                outcome=pb.OutcomeEvent(
+                    event_id=f"outcome-{draft_id}",
+                    draft_id=draft_id,
+                    action=_PROTO_ACTIONS[action],
+                    final_text=final_text or "",
+                    dwell_ms=dwell_ms,
+                )
+            )
+        )
         return BASE_REWARDS[action.value]

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from fedloop.client.store import FeedbackStore
@@ -26,8 +25,9 @@ log = logging.getLogger(__name__)
 SETTLE_S = 2.5  # longer than a running service's key-file poll interval
 
 
-def rotate_tenant_storage_key(settings: TenantSettings, operator: str,
-                              progress: Callable[[int], None] = lambda n: None) -> int:
+def rotate_tenant_storage_key(
+    settings: TenantSettings, operator: str, progress: Callable[[int], None] = lambda n: None
+) -> int:
     """Rotate and re-encrypt the tenant's store; returns how many values were re-encrypted."""
     identity = rotate_storage_key(Path(settings.tenant.keys_dir), settings.tenant.name)
     store = FeedbackStore(settings.store_path, identity.storage, identity.pseudonym_key)
@@ -67,6 +67,7 @@ class StorageKeyWatcher:
         changed = self._key_file.stat().st_mtime_ns
         if changed != self._seen:
             self._seen = changed
-            self._runtime.store.use_keys(load_identity(self._key_file.parent, self._runtime.settings.tenant.name).storage)
+            self._runtime.store.use_keys(
+                load_identity(self._key_file.parent, self._runtime.settings.tenant.name).storage
+            )
             self._announce("storage key file changed: now writing with the new active key")
-

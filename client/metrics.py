@@ -81,8 +81,7 @@ class StoreCollector(Collector):
         if comparison is not None:
             arms.add_metric(["canary"], comparison.canary.hit_rate)
             arms.add_metric(["control"], comparison.control.hit_rate)
-        rollbacks = CounterMetricFamily("fedloop_tenant_rollbacks",
-                                        TENANT_METRICS["fedloop_tenant_rollbacks_total"])
+        rollbacks = CounterMetricFamily("fedloop_tenant_rollbacks", TENANT_METRICS["fedloop_tenant_rollbacks_total"])
         rollbacks.add_metric([], sum(r.action == "rollback" for r in self._store.release_history()))
         yield from (share, arms, rollbacks)
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from fedloop.client.cli import CONFIG, OPERATOR, open_runtime
 from fedloop.client.release.controller import ReleaseController, ReleaseError
-from fedloop.shared.console import command_group, audited, fail, output_console
+from fedloop.shared.console import audited, command_group, fail, output_console
 
 release_app = command_group("The tenant's release pointer: serving version, canary, promotion, rollback.")
 
@@ -39,10 +39,12 @@ def status(config: Path = CONFIG) -> None:
         out.print(comparison.summary())
         release = runtime.settings.release
         arms = min(comparison.canary.decided, comparison.control.decided)
-        out.print(f"decision rule: roll back when the canary is worse with confidence (hit-rate gap upper bound < 0, "
-                  f"or reject / complaint gap lower bound > 0); a win when the hit-rate gap lower bound >= "
-                  f"{release.promote_margin * 100:+.1f} pts; {release.confidence:.0%} family-wise, valid at every "
-                  f"look; decisions start at {release.min_drafts_per_arm} decided drafts per arm (now {arms})")
+        out.print(
+            f"decision rule: roll back when the canary is worse with confidence (hit-rate gap upper bound < 0, "
+            f"or reject / complaint gap lower bound > 0); a win when the hit-rate gap lower bound >= "
+            f"{release.promote_margin * 100:+.1f} pts; {release.confidence:.0%} family-wise, valid at every "
+            f"look; decisions start at {release.min_drafts_per_arm} decided drafts per arm (now {arms})"
+        )
 
 
 def _act(config: Path, operator: str, reason: str, action: str) -> None:
@@ -59,25 +61,31 @@ def _act(config: Path, operator: str, reason: str, action: str) -> None:
 
 
 @release_app.command("promote")
-def promote(operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."),
-            config: Path = CONFIG) -> None:
+def promote(
+    operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."), config: Path = CONFIG
+) -> None:
     """Serve the running canary to everyone now."""
     _act(config, operator, reason, "promote")
 
 
 @release_app.command("rollback")
-def rollback(operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."),
-             config: Path = CONFIG) -> None:
+def rollback(
+    operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."), config: Path = CONFIG
+) -> None:
     """Drop the running canary, or go back to the version that served before the current one."""
     _act(config, operator, reason, "rollback")
 
 
 @release_app.command("export")
-def export(out: Path = typer.Option(..., help="Directory to write the adapters and routing.json into."),
-           operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."),
-           settings: Path = typer.Option(Path("federation.toml"), help="The federation settings TOML HQ shared "
-                                                                       "(LoRA shape and base model)."),
-           config: Path = CONFIG) -> None:
+def export(
+    out: Path = typer.Option(..., help="Directory to write the adapters and routing.json into."),
+    operator: str = OPERATOR,
+    reason: str = typer.Option(..., help="Why (audited)."),
+    settings: Path = typer.Option(
+        Path("federation.toml"), help="The federation settings TOML HQ shared (LoRA shape and base model)."
+    ),
+    config: Path = CONFIG,
+) -> None:
     """Write the serving and canary adapters in the PEFT layout, with a routing manifest, for an inference server.
 
     The files leave the tenant's at-rest encryption: keep them where only the inference server reads them.
@@ -98,5 +106,4 @@ def export(out: Path = typer.Option(..., help="Directory to write the adapters a
     finally:
         runtime.close()
     canary = f", canary {manifest['canary']} on {manifest['canary_share']:.0%}" if manifest["canary"] else ""
-    typer.echo(f"exported serving {manifest['serving']}{canary} to {out} (routing.json; these files are not "
-               "encrypted)")
+    typer.echo(f"exported serving {manifest['serving']}{canary} to {out} (routing.json; these files are not encrypted)")

@@ -27,8 +27,10 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
     for version, metrics in store.evaluations_of_kind("training"):
         if wanted is None or version in wanted:
             curves[f"round {metrics.get('round', '?')} (from {version})"] = [
-                *metrics.get("sft_losses", []), *metrics.get("dpo_losses", []),
-                *metrics.get("kto_losses", [])]
+                *metrics.get("sft_losses", []),
+                *metrics.get("dpo_losses", []),
+                *metrics.get("kto_losses", []),
+            ]
     if curves:
         data.train_losses[tenant] = curves
     drafting = [v for v in store.drafting_versions() if wanted is None or v in wanted]
@@ -37,7 +39,16 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
         for version in drafting:
             flagged, drafts = store.problem_rate(problem_type, version)
             rate = flagged / drafts if drafts else 0.0
-            data.problem_rates.append({"tenant": tenant, "problem_type": problem_type, "version": version,
-                                       "rate": rate, "flagged": flagged, "drafts": drafts, "previous": previous,
-                                       "previous_rate": previous_rate})
+            data.problem_rates.append(
+                {
+                    "tenant": tenant,
+                    "problem_type": problem_type,
+                    "version": version,
+                    "rate": rate,
+                    "flagged": flagged,
+                    "drafts": drafts,
+                    "previous": previous,
+                    "previous_rate": previous_rate,
+                }
+            )
             previous, previous_rate = version, rate

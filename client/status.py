@@ -25,9 +25,11 @@ def tenant_status(runtime: TenantRuntime) -> dict[str, Any]:
     return {
         "tenant": settings.tenant.name,
         "serving": state.serving if state else None,
-        "canary": ({"version": state.canary, "share": state.share,
-                    "comparison": comparison.summary() if comparison else None}
-                   if state and state.canary else None),
+        "canary": (
+            {"version": state.canary, "share": state.share, "comparison": comparison.summary() if comparison else None}
+            if state and state.canary
+            else None
+        ),
         "last_release_action": {"action": state.action, "reason": state.reason} if state else None,
         "last_round": ({"version": installed[-1].version_id, "round": installed[-1].round} if installed else None),
         "samples_by_pool": samples,

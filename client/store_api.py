@@ -147,33 +147,92 @@ class ArmStats:
 class FeedbackStoreAPI(Protocol):
     """The operations the ingestion pipeline, curation and tools need from a store."""
 
-    def transaction(self) -> AbstractContextManager[None]: """Atomic unit of writes."""
-    def use_keys(self, keys: StorageKeyring) -> None: """Switch to a rotated keyring."""
-    def pseudonym(self, identifier: str) -> str: """Keyed pseudonym of a user or session id."""
-    def event_mac(self, event_id: str) -> str | None: """Stored content MAC of an event id."""
-    def insert_event(self, event_id: str, kind: str, content_mac: str) -> None: """Record an event id."""
-    def insert_draft(self, draft: DraftRecord) -> None: """Store a draft."""
-    def get_draft(self, draft_id: str) -> DraftRecord | None: """Fetch a draft."""
-    def has_outcome(self, draft_id: str) -> bool: """Whether a draft has an outcome."""
-    def insert_outcome(self, outcome: OutcomeRecord) -> None: """Store an outcome."""
-    def insert_signal(self, signal: SignalRecord) -> None: """Store a signal."""
-    def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]: """Signals."""
-    def session_drafts(self, session_pseudonym: str) -> list[tuple[str, str, int]]: """Drafts of a session."""
-    def signal_kinds(self) -> set[str]: """Signal kinds the product has ever reported."""
-    def open_sessions(self, since_ms: int) -> list[str]: """Sessions with drafts since a time."""
-    def placeholder_map(self, record_id: str) -> PlaceholderMap: """Placeholders of a record."""
-    def vault_add(self, record_id: str, placeholder: str, original: str) -> None: """Vault an original."""
-    def audit(self, actor: str, action: str, subject: str) -> None: """Append an audit entry."""
-    def insert_sample(self, sample: SampleRecord, signature: bytes) -> None: """Store a sample."""
-    def samples(self, where: str = "1=1", params: tuple = ()) -> list[SampleRecord]: """Query samples."""  # type: ignore[type-arg]
-    def sample_signatures(self) -> list[tuple[str, str, bytes]]: """MinHash signatures of all samples."""
-    def user_sample_count(self, user_pseudonym: str, since_ms: int) -> int: """A user's recent samples."""
-    def recent_statuses(self, limit: int) -> list[str]: """Statuses of the latest samples."""
-    def update_sample(self, sample_id: str, **fields: object) -> None: """Change a sample's plain fields."""
-    def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool: """Flag."""
-    def breaker_state(self) -> tuple[bool, str | None]: """Moderation breaker state."""
-    def set_breaker(self, tripped: bool, reason: str | None) -> None: """Trip or reset the breaker."""
-    def release_state(self) -> ReleaseRecord | None: """The newest release record."""
-    def release_history(self) -> list[ReleaseRecord]: """Every release record, oldest first."""
-    def append_release(self, record: ReleaseRecord) -> None: """Move the release pointer."""
-    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats: """Outcomes of a version's drafts."""
+    def transaction(self) -> AbstractContextManager[None]:
+        """Atomic unit of writes."""
+
+    def use_keys(self, keys: StorageKeyring) -> None:
+        """Switch to a rotated keyring."""
+
+    def pseudonym(self, identifier: str) -> str:
+        """Keyed pseudonym of a user or session id."""
+
+    def event_mac(self, event_id: str) -> str | None:
+        """Stored content MAC of an event id."""
+
+    def insert_event(self, event_id: str, kind: str, content_mac: str) -> None:
+        """Record an event id."""
+
+    def insert_draft(self, draft: DraftRecord) -> None:
+        """Store a draft."""
+
+    def get_draft(self, draft_id: str) -> DraftRecord | None:
+        """Fetch a draft."""
+
+    def has_outcome(self, draft_id: str) -> bool:
+        """Whether a draft has an outcome."""
+
+    def insert_outcome(self, outcome: OutcomeRecord) -> None:
+        """Store an outcome."""
+
+    def insert_signal(self, signal: SignalRecord) -> None:
+        """Store a signal."""
+
+    def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]:
+        """Signals."""
+
+    def session_drafts(self, session_pseudonym: str) -> list[tuple[str, str, int]]:
+        """Drafts of a session."""
+
+    def signal_kinds(self) -> set[str]:
+        """Signal kinds the product has ever reported."""
+
+    def open_sessions(self, since_ms: int) -> list[str]:
+        """Sessions with drafts since a time."""
+
+    def placeholder_map(self, record_id: str) -> PlaceholderMap:
+        """Placeholders of a record."""
+
+    def vault_add(self, record_id: str, placeholder: str, original: str) -> None:
+        """Vault an original."""
+
+    def audit(self, actor: str, action: str, subject: str) -> None:
+        """Append an audit entry."""
+
+    def insert_sample(self, sample: SampleRecord, signature: bytes) -> None:
+        """Store a sample."""
+
+    def samples(self, where: str = "1=1", params: tuple = ()) -> list[SampleRecord]:
+        """Query samples."""
+
+    def sample_signatures(self) -> list[tuple[str, str, bytes]]:
+        """MinHash signatures of all samples."""
+
+    def user_sample_count(self, user_pseudonym: str, since_ms: int) -> int:
+        """A user's recent samples."""
+
+    def recent_statuses(self, limit: int) -> list[str]:
+        """Statuses of the latest samples."""
+
+    def update_sample(self, sample_id: str, **fields: object) -> None:
+        """Change a sample's plain fields."""
+
+    def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
+        """Flag."""
+
+    def breaker_state(self) -> tuple[bool, str | None]:
+        """Moderation breaker state."""
+
+    def set_breaker(self, tripped: bool, reason: str | None) -> None:
+        """Trip or reset the breaker."""
+
+    def release_state(self) -> ReleaseRecord | None:
+        """The newest release record."""
+
+    def release_history(self) -> list[ReleaseRecord]:
+        """Every release record, oldest first."""
+
+    def append_release(self, record: ReleaseRecord) -> None:
+        """Move the release pointer."""
+
+    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
+        """Outcomes of a version's drafts."""

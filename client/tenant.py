@@ -35,18 +35,23 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings
-from fedloop.client.train.personalise import (local_part, local_steps, personal_version, shared_part,
-                                              with_local_part)
+from fedloop.client.train.personalise import local_part, local_steps, personal_version, shared_part, with_local_part
 from fedloop.client.train.recipe import run_recipe
-from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
-                                    load_adapter_state, load_base_model)
-from fedloop.shared.settings import LoraSettings
+from fedloop.shared.adapter import (
+    AdapterState,
+    adapter_from_bytes,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    load_adapter_state,
+    load_base_model,
+)
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope
 from fedloop.shared.keys import Identity, Keyring, key_paths, load_identity, load_public_key
-from fedloop.shared.protocol import GLOBAL, global_binding
+from fedloop.shared.protocol import GLOBAL, global_binding, message_round, sealed_envelope
 from fedloop.shared.run_layout import HQ_NAME
-from fedloop.shared.settings import Settings
+from fedloop.shared.settings import LoraSettings, Settings
 
 log = logging.getLogger(__name__)
 LOCAL_B = "lora_B"  # the name the tenant keeps its own B matrices under ("local_b" personalisation)
@@ -86,10 +91,11 @@ class Tenant:
     def __post_init__(self) -> None:
         if self.settings.personalise.method == "local_b" and self.federation.aggregation.method != "fedavg":
             raise ValueError(
-                f"tenant {self.settings.tenant.name!r}: personalise.method = \"local_b\" keeps the B matrices at the "
+                f'tenant {self.settings.tenant.name!r}: personalise.method = "local_b" keeps the B matrices at the '
                 f"tenant and shares A, which HQ must average; the federation's aggregation.method is "
-                f"{self.federation.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = \"fedavg\" "
-                f"in the federation TOML, or personalise.method = \"local_steps\" in the tenant's TOML")
+                f'{self.federation.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = "fedavg" '
+                f'in the federation TOML, or personalise.method = "local_steps" in the tenant\'s TOML'
+            )
 
     @property
     def name(self) -> str:
@@ -139,20 +145,24 @@ class Tenant:
         Returns the round, the version id, and the model with the version loaded.
         """
         record = message.content.config_records[GLOBAL]
-        version_id, round_ = str(record["version"]), int(record["round"])
-        opened = open_envelope(record["envelope"], self.identity, self.hq_keyring,
-                               global_binding(self.name, run, round_, version_id))
+        version_id, round_ = str(record["version"]), message_round(record)
+        opened = open_envelope(
+            sealed_envelope(record), self.identity, self.hq_keyring, global_binding(self.name, run, round_, version_id)
+        )
         digest = sm3_digest(opened.payload).hex()
         if digest != opened.binding.details.get("digest"):
             raise CryptoError(f"global version {version_id!r} does not match the SM3 digest HQ signed")
-        installed = InstalledVersion(version_id, int(opened.binding.details["version_round"]),
-                                     opened.binding.details["parent"], digest)
+        installed = InstalledVersion(
+            version_id, int(opened.binding.details["version_round"]), opened.binding.details["parent"], digest
+        )
         model, tokenizer = self.install(installed, opened.payload)
         return round_, version_id, model, tokenizer
 
     def install(self, installed: InstalledVersion, payload: bytes) -> tuple[PeftModel, PreTrainedTokenizerBase]:
         """Keep a received version in the store and in memory (with the serving and canary ones) and load it."""
-        model, tokenizer = shared_model(self.federation.paths.model, self.federation.lora, self.federation.federation.seed)
+        model, tokenizer = shared_model(
+            self.federation.paths.model, self.federation.lora, self.federation.federation.seed
+        )
         state = adapter_from_bytes(payload)
         load_adapter_state(model, state)
         self.store.install_version(installed, payload)
@@ -167,8 +177,14 @@ class Tenant:
         gates = self.settings.evaluation
         return held_out_references(self.store, gates.held_out_share, gates.max_held_out)
 
-    def gate(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
-             held_out: list[Reference], candidate_hits: HitRate) -> list[GateResult]:
+    def gate(
+        self,
+        model: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        version_id: str,
+        held_out: list[Reference],
+        candidate_hits: HitRate,
+    ) -> list[GateResult]:
         """Hit rate and degenerate drafts against the serving version (or the base model), forgetting, and KL to
         the serving version."""
         gates = self.settings.evaluation
@@ -176,11 +192,14 @@ class Tenant:
         current = self.release.state()
         serving = current.serving if current is not None and current.serving not in (None, version_id) else None
         serving_state = self.adapter(serving) if serving else None
-        reference = reference_hit_rate(model, tokenizer, held_out, serving_state, gates.hit_similarity,
-                                       gates.max_new_tokens)  # the hit-rate gate itself needs min_held_out
-        results = [hit_rate_gate(candidate_hits, reference, gates.min_held_out, gates.confidence),
-                   degeneration_gate(candidate_hits.drafts, reference.drafts, gates.degenerate_bound),
-                   forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound)]
+        reference = reference_hit_rate(
+            model, tokenizer, held_out, serving_state, gates.hit_similarity, gates.max_new_tokens
+        )  # the hit-rate gate itself needs min_held_out
+        results = [
+            hit_rate_gate(candidate_hits, reference, gates.min_held_out, gates.confidence),
+            degeneration_gate(candidate_hits.drafts, reference.drafts, gates.degenerate_bound),
+            forgetting_gate(model, tokenizer, candidate, gates.forgetting_bound),
+        ]
         if serving_state is not None:
             references = [f"{r.prompt}\n{r.final}" for r in held_out] + general_texts()
             results.append(kl_gate(model, tokenizer, candidate, serving_state, references, gates.kl_bound))
@@ -188,8 +207,9 @@ class Tenant:
             self.store.record_evaluation(version_id, result.name, vars(result))
         return results
 
-    def train_round(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
-                    round_: int) -> TrainOutcome:
+    def train_round(
+        self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str, round_: int
+    ) -> TrainOutcome:
         """Train the local recipe from `version_id` on the product's feedback (less the held-out slice).
 
         The model is left holding what leaves the tenant: the trained adapter, or under "local_b" personalisation
@@ -198,24 +218,40 @@ class Tenant:
         federation = self.federation
         examples = self.training_examples()
         dataset = dataset_version(self.store)
-        log.info("%s round %d: training from %s on %d examples (dataset %s)", self.name, round_, version_id,
-                 len(examples), dataset)
+        log.info(
+            "%s round %d: training from %s on %d examples (dataset %s)",
+            self.name,
+            round_,
+            version_id,
+            len(examples),
+            dataset,
+        )
         started = time.monotonic()
         keep_b_local = self.settings.personalise.method == "local_b"
         global_state = adapter_state(model)
         kept = self.store.local_part(LOCAL_B) if keep_b_local else None
         if kept is not None:  # FedSA: train from the global A and this tenant's own B
             load_adapter_state(model, with_local_part(global_state, adapter_from_bytes(kept)))
-        report = run_recipe(model, tokenizer, examples, federation.train,
-                            federation.federation.seed * 1000 + round_ * 10 + self.index)
+        report = run_recipe(
+            model, tokenizer, examples, federation.train, federation.federation.seed * 1000 + round_ * 10 + self.index
+        )
         if keep_b_local:  # the B matrices stay here; HQ gets the trained A with its own B
             trained = adapter_state(model)
             self.store.keep_local_part(LOCAL_B, adapter_to_bytes(local_part(trained)))
             load_adapter_state(model, shared_part(trained, global_state))
-        self.store.record_evaluation(version_id, "training", {
-            "round": round_, "method": report.method, "examples": report.examples, "loss": report.loss,
-            **{f"{phase}_losses": losses for phase, losses in report.losses.items()},
-            "duration_s": time.monotonic() - started, "dataset_version": dataset})
+        self.store.record_evaluation(
+            version_id,
+            "training",
+            {
+                "round": round_,
+                "method": report.method,
+                "examples": report.examples,
+                "loss": report.loss,
+                **{f"{phase}_losses": losses for phase, losses in report.losses.items()},
+                "duration_s": time.monotonic() - started,
+                "dataset_version": dataset,
+            },
+        )
         return TrainOutcome(len(examples), report.loss, dataset)
 
     def training_examples(self) -> list[TrainingExample]:
@@ -231,8 +267,14 @@ class Tenant:
             examples = self.training_examples()
             if not examples:
                 return None
-            local_steps(model, tokenizer, examples, self.federation.train, personalise.steps,
-                        self.federation.federation.seed * 1000 + 7 + self.index)
+            local_steps(
+                model,
+                tokenizer,
+                examples,
+                self.federation.train,
+                personalise.steps,
+                self.federation.federation.seed * 1000 + 7 + self.index,
+            )
             state = adapter_state(model)
         elif personalise.method == "local_b" and (kept := self.store.local_part(LOCAL_B)) is not None:
             state = with_local_part(global_state, adapter_from_bytes(kept))
@@ -247,16 +289,18 @@ class Tenant:
         self.adapters[personal.version_id] = state
         return personal.version_id
 
-    def assess(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str,
-               held_out: list[Reference]) -> Assessment:
+    def assess(
+        self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str, held_out: list[Reference]
+    ) -> Assessment:
         """Offline hit rate on the held-out finals and every gate, for the version loaded in `model`."""
         gates = self.settings.evaluation
         hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
         self.store.record_evaluation(version_id, "hit_rate", hits.metrics())
         return hits, self.gate(model, tokenizer, version_id, held_out, hits)
 
-    def evaluate_version(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
-                         version_id: str) -> dict[str, float]:
+    def evaluate_version(
+        self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str
+    ) -> dict[str, float]:
         """Gate the loaded global version and the tenant's personalised candidate of it on the held-out finals;
         offer the global version unless the personalised one drafts better with confidence (client/evaluate/
         candidates.py). Returns the metrics HQ gets."""
@@ -276,18 +320,31 @@ class Tenant:
         for candidate, (candidate_hits, checks) in assessed.items():
             verdicts = ", ".join(f"{g.name} {g.value:.4f} ({g.verdict})" for g in checks)
             low, high = candidate_hits.interval()
-            measured = (f"offline hit rate {candidate_hits.rate:.2f} [{low:.2f}, {high:.2f}] on "
-                        f"{candidate_hits.count} held-out finals" if candidate_hits.count else "no held-out finals yet")
+            measured = (
+                f"offline hit rate {candidate_hits.rate:.2f} [{low:.2f}, {high:.2f}] on "
+                f"{candidate_hits.count} held-out finals"
+                if candidate_hits.count
+                else "no held-out finals yet"
+            )
             if candidate == best:
                 self.release.offer(candidate, f"{measured}; {verdicts}")
             elif all(g.passed for g in checks):
-                self.store.audit(ACTOR, "release-passed-over",
-                                 f"{candidate}: {measured}; {best} offered (the global version unless a personalised "
-                                 f"candidate drafts better with {self.settings.evaluation.confidence:.0%} confidence)")
+                self.store.audit(
+                    ACTOR,
+                    "release-passed-over",
+                    f"{candidate}: {measured}; {best} offered (the global version unless a personalised "
+                    f"candidate drafts better with {self.settings.evaluation.confidence:.0%} confidence)",
+                )
             else:
                 self.store.audit(ACTOR, "release-refused", f"{candidate}: {verdicts}")
-            log.info("%s evaluated %s: %s; %s%s", self.name, candidate, measured, verdicts,
-                     " (offered)" if candidate == best else "")
+            log.info(
+                "%s evaluated %s: %s; %s%s",
+                self.name,
+                candidate,
+                measured,
+                verdicts,
+                " (offered)" if candidate == best else "",
+            )
         metrics["gates-passed"] = int(all(g.passed for g in results))
         metrics["offered-personalised"] = int(best is not None and best != version_id)
         return metrics

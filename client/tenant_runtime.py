@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.metrics import tenant_registry
-from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.privacy.finders import Finder, LocalFinder, PoolFinder
 from fedloop.client.privacy.moderation import LocalModeration, ModerationFilter
+from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.samples.curation import Curator
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_settings import TenantSettings
@@ -37,8 +37,13 @@ class TenantRuntime:
         self.finder.close()
 
 
-def open_tenant(settings: TenantSettings, identity: Identity, store_path: Path | None = None,
-                redactor: Redactor | None = None, moderation: ModerationFilter | None = None) -> TenantRuntime:
+def open_tenant(
+    settings: TenantSettings,
+    identity: Identity,
+    store_path: Path | None = None,
+    redactor: Redactor | None = None,
+    moderation: ModerationFilter | None = None,
+) -> TenantRuntime:
     """Open (creating if needed) the tenant's store and build its ingestion pipeline.
 
     With `ingest.redaction_workers` > 0, PII is found in that many worker processes.

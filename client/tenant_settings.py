@@ -41,7 +41,11 @@ class IngestSection:
 class ModerationSection:
     """The built-in local filter and the quarantine breaker."""
 
-    blocklist: tuple[str, ...] = ("kill yourself", "bomb making", "炸药制作")  # phrases that send a sample to quarantine
+    blocklist: tuple[str, ...] = (
+        "kill yourself",
+        "bomb making",
+        "炸药制作",
+    )  # phrases that send a sample to quarantine
     patterns: tuple[str, ...] = (r"\b(?:buy|sell)\s+(?:drugs|weapons)\b",)  # regexes that quarantine
     breaker_max_rate: float = 0.3  # quarantine rate above which the breaker holds new samples, in (0, 1]
     breaker_window: int = 200  # latest samples the rate is computed over
@@ -158,57 +162,99 @@ class TenantSettings:
 
     def __post_init__(self) -> None:
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
-        require(0 <= self.ingest.redaction_workers <= 64, "ingest.redaction_workers",
-                "an integer in [0, 64] (0 = find PII in the service process)")
+        require(
+            0 <= self.ingest.redaction_workers <= 64,
+            "ingest.redaction_workers",
+            "an integer in [0, 64] (0 = find PII in the service process)",
+        )
         require(1 <= self.ingest.max_text_bytes <= 16 * 2**20, "ingest.max_text_bytes", "in [1, 16 MiB]")
-        require(bool(self.ingest.tls_certificate) == bool(self.ingest.tls_key), "ingest.tls_certificate / tls_key",
-                "both set (TLS on) or both empty")
-        require(is_loopback(self.ingest.address) or bool(self.ingest.api_keys_file and self.ingest.tls_certificate),
-                "ingest.api_keys_file / tls_certificate / tls_key", "set when ingest.address is not on loopback "
-                "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys")
+        require(
+            bool(self.ingest.tls_certificate) == bool(self.ingest.tls_key),
+            "ingest.tls_certificate / tls_key",
+            "both set (TLS on) or both empty",
+        )
+        require(
+            is_loopback(self.ingest.address) or bool(self.ingest.api_keys_file and self.ingest.tls_certificate),
+            "ingest.api_keys_file / tls_certificate / tls_key",
+            "set when ingest.address is not on loopback "
+            "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys",
+        )
         require(self.curation.review_risk in REVIEW_RISKS, "curation.review_risk", f"one of {', '.join(REVIEW_RISKS)}")
-        require(self.ingest.max_events_per_user_per_minute >= 0, "ingest.max_events_per_user_per_minute",
-                "an integer >= 0 (0 = no limit)")
-        require(self.ingest.max_batch_bytes >= 4 * self.ingest.max_text_bytes, "ingest.max_batch_bytes",
-                "at least 4 x ingest.max_text_bytes (one event's texts)")
+        require(
+            self.ingest.max_events_per_user_per_minute >= 0,
+            "ingest.max_events_per_user_per_minute",
+            "an integer >= 0 (0 = no limit)",
+        )
+        require(
+            self.ingest.max_batch_bytes >= 4 * self.ingest.max_text_bytes,
+            "ingest.max_batch_bytes",
+            "at least 4 x ingest.max_text_bytes (one event's texts)",
+        )
         require(0.0 < self.moderation.breaker_max_rate <= 1.0, "moderation.breaker_max_rate", "in (0, 1]")
-        require(0.0 < self.curation.near_duplicate_threshold <= 1.0, "curation.near_duplicate_threshold",
-                "in (0, 1]")
+        require(0.0 < self.curation.near_duplicate_threshold <= 1.0, "curation.near_duplicate_threshold", "in (0, 1]")
         require(self.curation.min_distinct_users >= 1, "curation.min_distinct_users", "an integer >= 1")
         require(0.0 <= self.curation.user_reply_weight <= 1.0, "curation.user_reply_weight", "in [0, 1]")
-        require(self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
-                "evaluation.kl_bound / forgetting_bound", "numbers > 0")
+        require(
+            self.evaluation.kl_bound > 0 and self.evaluation.forgetting_bound > 0,
+            "evaluation.kl_bound / forgetting_bound",
+            "numbers > 0",
+        )
         require(0 <= self.evaluation.degenerate_bound < 1, "evaluation.degenerate_bound", "a share in [0, 1)")
         evaluation = self.evaluation
         require(0.0 <= evaluation.held_out_share < 1.0, "evaluation.held_out_share", "a number in [0, 1)")
-        require(1 <= evaluation.min_held_out <= evaluation.max_held_out, "evaluation.min_held_out / max_held_out",
-                "integers with 1 <= min_held_out <= max_held_out")
+        require(
+            1 <= evaluation.min_held_out <= evaluation.max_held_out,
+            "evaluation.min_held_out / max_held_out",
+            "integers with 1 <= min_held_out <= max_held_out",
+        )
         require(0.0 < evaluation.hit_similarity <= 1.0, "evaluation.hit_similarity", "a number in (0, 1]")
         require(evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "an integer >= 1")
         require(0.5 <= evaluation.confidence < 1.0, "evaluation.confidence", "a number in [0.5, 1), e.g. 0.95")
-        require(self.personalise.method in PERSONALISE_METHODS, "personalise.method",
-                f"one of {', '.join(PERSONALISE_METHODS)}")
+        require(
+            self.personalise.method in PERSONALISE_METHODS,
+            "personalise.method",
+            f"one of {', '.join(PERSONALISE_METHODS)}",
+        )
         require(self.personalise.steps >= 1, "personalise.steps", "an integer >= 1")
         release = self.release
-        require(0.0 < release.canary_share <= release.widened_share <= 1.0,
-                "release.canary_share / widened_share", "0 < canary_share <= widened_share <= 1")
-        require(release.promote_margin >= 0, "release.promote_margin",
-                "a number >= 0 (a share of drafts, 0.02 = 2 points)")
+        require(
+            0.0 < release.canary_share <= release.widened_share <= 1.0,
+            "release.canary_share / widened_share",
+            "0 < canary_share <= widened_share <= 1",
+        )
+        require(
+            release.promote_margin >= 0, "release.promote_margin", "a number >= 0 (a share of drafts, 0.02 = 2 points)"
+        )
         require(0.5 <= release.confidence < 1.0, "release.confidence", "a number in [0.5, 1), e.g. 0.95")
         require(release.mixture_scale > 0, "release.mixture_scale", "a number > 0 (e.g. 0.05 = 5 points)")
         require(release.min_drafts_per_arm >= 1, "release.min_drafts_per_arm", "an integer >= 1")
-        require(release.decide_every_outcomes >= 1 and release.decide_every_s > 0,
-                "release.decide_every_outcomes / decide_every_s", "an integer >= 1 and a number of seconds > 0")
+        require(
+            release.decide_every_outcomes >= 1 and release.decide_every_s > 0,
+            "release.decide_every_outcomes / decide_every_s",
+            "an integer >= 1 and a number of seconds > 0",
+        )
         serve = self.serve
-        require(serve.address == "" or is_host_port(serve.address), "serve.address",
-                "host:port (e.g. 127.0.0.1:8000), or \"\" for no endpoint")
-        require(serve.address == "" or bool(serve.api_keys_file) or is_loopback(serve.address), "serve.api_keys_file",
-                "set (a file of bearer keys, one per line) when serve.address is not on loopback (127.0.0.1)")
-        require(bool(serve.model_alias.strip()), "serve.model_alias", "a non-empty name, e.g. \"fedloop\"")
-        require(serve.max_new_tokens >= 1 and serve.max_messages >= 1, "serve.max_new_tokens / max_messages",
-                "integers >= 1")
-        require(self.metrics.address == "" or is_host_port(self.metrics.address), "metrics.address",
-                "host:port (e.g. 127.0.0.1:9464), or \"\" for no endpoint")
+        require(
+            serve.address == "" or is_host_port(serve.address),
+            "serve.address",
+            'host:port (e.g. 127.0.0.1:8000), or "" for no endpoint',
+        )
+        require(
+            serve.address == "" or bool(serve.api_keys_file) or is_loopback(serve.address),
+            "serve.api_keys_file",
+            "set (a file of bearer keys, one per line) when serve.address is not on loopback (127.0.0.1)",
+        )
+        require(bool(serve.model_alias.strip()), "serve.model_alias", 'a non-empty name, e.g. "fedloop"')
+        require(
+            serve.max_new_tokens >= 1 and serve.max_messages >= 1,
+            "serve.max_new_tokens / max_messages",
+            "integers >= 1",
+        )
+        require(
+            self.metrics.address == "" or is_host_port(self.metrics.address),
+            "metrics.address",
+            'host:port (e.g. 127.0.0.1:9464), or "" for no endpoint',
+        )
 
     @property
     def store_path(self) -> Path:

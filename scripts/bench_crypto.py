@@ -29,11 +29,11 @@ from pathlib import Path
 from gmssl import sm2 as gm_sm2
 
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys
 from fedloop.shared.protocol import delta_binding
+from fedloop.shared.settings import LoraSettings
 from fedloop.shared.sm2 import SM2PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,20 +68,29 @@ def sm2_figures(repeats: int) -> None:
     signature, wrapped = key.sign(MESSAGE), key.public_key.wrap(bytes(16))
     gm = gmssl_pair(key)
     gm_signature = gm.sign_with_sm3(MESSAGE, "1" * 64)
-    fedloop = {"sign": timed(lambda: key.sign(MESSAGE), repeats),
-               "verify": timed(lambda: key.public_key.verify(MESSAGE, signature), repeats),
-               "wrap (encrypt a 16-byte data key)": timed(lambda: key.public_key.wrap(bytes(16)), repeats),
-               "unwrap": timed(lambda: key.unwrap(wrapped), repeats)}
-    baseline = {"sign": timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(256), "064x")), repeats // 10),
-                "verify": timed(lambda: gm.verify_with_sm3(gm_signature, MESSAGE), repeats // 10),
-                "wrap (encrypt a 16-byte data key)": timed(lambda: gm.encrypt(bytes(16)), repeats // 10)}
+    fedloop = {
+        "sign": timed(lambda: key.sign(MESSAGE), repeats),
+        "verify": timed(lambda: key.public_key.verify(MESSAGE, signature), repeats),
+        "wrap (encrypt a 16-byte data key)": timed(lambda: key.public_key.wrap(bytes(16)), repeats),
+        "unwrap": timed(lambda: key.unwrap(wrapped), repeats),
+    }
+    baseline = {
+        "sign": timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(256), "064x")), repeats // 10),
+        "verify": timed(lambda: gm.verify_with_sm3(gm_signature, MESSAGE), repeats // 10),
+        "wrap (encrypt a 16-byte data key)": timed(lambda: gm.encrypt(bytes(16)), repeats // 10),
+    }
     print("\n## SM2: fedloop (OpenSSL libcrypto) vs gmssl (pure Python)\n")
     print("| operation | fedloop median [IQR] | gmssl median [IQR] | gmssl / fedloop |\n|---|---|---|---|")
     for name, figure in fedloop.items():
         base = baseline.get(name)
-        print(f"| {name} | {figure[0]:.3f} ms [{figure[1]:.3f}, {figure[2]:.3f}] | "
-              + (f"{base[0]:.3f} ms [{base[1]:.3f}, {base[2]:.3f}] | {base[0] / figure[0]:.0f}x |" if base else
-                 "(gmssl does not check C3; not compared) | |"))
+        print(
+            f"| {name} | {figure[0]:.3f} ms [{figure[1]:.3f}, {figure[2]:.3f}] | "
+            + (
+                f"{base[0]:.3f} ms [{base[1]:.3f}, {base[2]:.3f}] | {base[0] / figure[0]:.0f}x |"
+                if base
+                else "(gmssl does not check C3; not compared) | |"
+            )
+        )
     print(f"\nSM2 sign: {fedloop['sign'][0]:.3f} ms (goal < 1 ms): {'met' if fedloop['sign'][0] < 1 else 'NOT met'}")
 
 
@@ -96,14 +105,19 @@ def timing_figures(repeats: int) -> None:
     full_wrapped, short_wrapped = full.public_key.wrap(bytes(16)), short.public_key.wrap(bytes(16))
     ours = (timed(lambda: full.unwrap(full_wrapped), repeats), timed(lambda: short.unwrap(short_wrapped), repeats))
     gm = gmssl_pair(full)
-    theirs = (timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(256), "064x")), repeats // 10),
-              timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(200), "064x")), repeats // 10))
+    theirs = (
+        timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(256), "064x")), repeats // 10),
+        timed(lambda: gm.sign_with_sm3(MESSAGE, format(key_nonce(200), "064x")), repeats // 10),
+    )
     print("\n## Time against the secret's length\n")
     print("| operation | 256-bit secret | 200-bit secret | ratio |\n|---|---|---|---|")
-    for label, (long_figure, short_figure) in (("fedloop unwrap (d·C1), by d", ours),
-                                               ("gmssl sign (k·G), by nonce k", theirs)):
-        print(f"| {label} | {long_figure[0]:.3f} ms | {short_figure[0]:.3f} ms | "
-              f"{long_figure[0] / short_figure[0]:.2f} |")
+    for label, (long_figure, short_figure) in (
+        ("fedloop unwrap (d·C1), by d", ours),
+        ("gmssl sign (k·G), by nonce k", theirs),
+    ):
+        print(
+            f"| {label} | {long_figure[0]:.3f} ms | {short_figure[0]:.3f} ms | {long_figure[0] / short_figure[0]:.2f} |"
+        )
 
 
 def sealing_figures(payload: bytes, directory: Path, repeats: int) -> None:
@@ -118,11 +132,15 @@ def sealing_figures(payload: bytes, directory: Path, repeats: int) -> None:
     opened = timed(lambda: open_envelope(envelope, hq, trusted, binding), repeats)
     print(f"\n## Sealing the {len(payload):,}-byte SmolLM2 adapter\n")
     print("| what | median | MB/s | ratio to raw SM4-GCM |\n|---|---|---|---|")
-    for label, figure in (("raw SM4-GCM (cryptography / OpenSSL), the baseline", gcm),
-                          ("fedloop seal (SM4-GCM + SM2 wrap + SM2 signature over SM3)", sealed),
-                          ("fedloop open (verify + unwrap + decrypt)", opened)):
-        print(f"| {label} | {figure[0]:.1f} ms [{figure[1]:.1f}, {figure[2]:.1f}] | {megabytes / figure[0] * 1000:.1f}"
-              f" | {gcm[0] / figure[0]:.2f} |")
+    for label, figure in (
+        ("raw SM4-GCM (cryptography / OpenSSL), the baseline", gcm),
+        ("fedloop seal (SM4-GCM + SM2 wrap + SM2 signature over SM3)", sealed),
+        ("fedloop open (verify + unwrap + decrypt)", opened),
+    ):
+        print(
+            f"| {label} | {figure[0]:.1f} ms [{figure[1]:.1f}, {figure[2]:.1f}] | {megabytes / figure[0] * 1000:.1f}"
+            f" | {gcm[0] / figure[0]:.2f} |"
+        )
     ratio = gcm[0] / sealed[0]
     print(f"\nseal throughput / raw SM4-GCM: {ratio:.2f} (goal >= 0.5): {'met' if ratio >= 0.5 else 'NOT met'}")
 
@@ -130,8 +148,12 @@ def sealing_figures(payload: bytes, directory: Path, repeats: int) -> None:
 def main() -> None:
     """Run the three comparisons and print them as Markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct",
-                        help="local model directory (default: the one `make model` writes)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "models" / "smollm2-135m-instruct",
+        help="local model directory (default: the one `make model` writes)",
+    )
     parser.add_argument("--repeats", type=int, default=400, help="repetitions per SM2 figure (gmssl: a tenth)")
     args = parser.parse_args()
     if not (args.model / "config.json").exists():

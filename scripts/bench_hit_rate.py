@@ -85,12 +85,17 @@ from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.personalise import local_part, local_steps, shared_part, with_local_part
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
-from fedloop.shared.adapter import (AdapterState, adapter_state, adapter_to_bytes, attach_lora, load_adapter_state,
-                                    load_base_model)
-from fedloop.shared.settings import LoraSettings
+from fedloop.shared.adapter import (
+    AdapterState,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    load_adapter_state,
+    load_base_model,
+)
 from fedloop.shared.intervals import paired_difference_interval, wilson_interval
 from fedloop.shared.keys import init_keys
-from fedloop.shared.settings import AggregationSection, TrainSection
+from fedloop.shared.settings import AggregationSection, LoraSettings, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = 4
@@ -104,7 +109,7 @@ class CutJudgement(UserJudgement):
 
     def decide(self, draft: str, conversation: Conversation) -> Decision:
         """Judge the opening of the draft, as long as the reply the user wants."""
-        return super().decide(draft[:len(conversation.preferred_reply)], conversation)
+        return super().decide(draft[: len(conversation.preferred_reply)], conversation)
 
 
 JUDGEMENT = CutJudgement(accept_threshold=0.6, edit_threshold=0.35)
@@ -156,7 +161,10 @@ def split_dirichlet(frame: pd.DataFrame, seed: int, alpha: float = 0.5) -> list[
 
 
 SPLITS: dict[str, Callable[[pd.DataFrame, int], list[pd.DataFrame]]] = {
-    "category": split_category, "intent": split_intent, "dirichlet": split_dirichlet}
+    "category": split_category,
+    "intent": split_intent,
+    "dirichlet": split_dirichlet,
+}
 
 
 def split_tenants(path: Path, split: str, n_train: int, n_val: int, n_eval: int, seed: int) -> list[TenantData]:
@@ -169,26 +177,39 @@ def split_tenants(path: Path, split: str, n_train: int, n_val: int, n_eval: int,
     for index, rows in enumerate(SPLITS[split](frame, seed)):
         needed = n_train + n_val + n_eval
         if len(rows) < needed:
-            raise SystemExit(f"--split {split} --seed {seed}: tenant{index} got {len(rows)} rows, fewer than the "
-                             f"{needed} prompts it needs; try another seed")
+            raise SystemExit(
+                f"--split {split} --seed {seed}: tenant{index} got {len(rows)} rows, fewer than the "
+                f"{needed} prompts it needs; try another seed"
+            )
         rows = rows.sample(frac=1.0, random_state=seed + index)
-        conversations = [Conversation(f"t{index}-u{i % 40}", str(r.instruction), first_sentence(str(r.response)))
-                         for i, r in enumerate(rows.itertuples())]
+        conversations = [
+            Conversation(f"t{index}-u{i % 40}", str(r.instruction), first_sentence(str(r.response)))
+            for i, r in enumerate(rows.itertuples())
+        ]
         top = rows["intent"].value_counts()
         label = f"{rows['intent'].nunique()} intents, most {top.index[0]} {top.iloc[0] / len(rows):.0%}"
-        tenants.append(TenantData(f"tenant{index}", label, conversations[:n_train],
-                                  conversations[n_train:n_train + n_val],
-                                  conversations[n_train + n_val:needed]))
+        tenants.append(
+            TenantData(
+                f"tenant{index}",
+                label,
+                conversations[:n_train],
+                conversations[n_train : n_train + n_val],
+                conversations[n_train + n_val : needed],
+            )
+        )
     return tenants
 
 
-def feedback_examples(tenant: TenantData, engine: DraftEngine, init: AdapterState, work: Path,
-                      max_new_tokens: int) -> list[TrainingExample]:
+def feedback_examples(
+    tenant: TenantData, engine: DraftEngine, init: AdapterState, work: Path, max_new_tokens: int
+) -> list[TrainingExample]:
     """The tenant's simulated product drafts through the tenant's draft service; its curation makes the samples."""
     keys = work / tenant.name / "keys"
-    settings = TenantSettings(tenant=TenantSection(tenant.name, str(keys), str(work / tenant.name / "data")),
-                              evaluation=EvaluationSection(held_out_share=0.0),  # the benchmark holds out its own
-                              serve=ServeSection(max_new_tokens=max_new_tokens))
+    settings = TenantSettings(
+        tenant=TenantSection(tenant.name, str(keys), str(work / tenant.name / "data")),
+        evaluation=EvaluationSection(held_out_share=0.0),  # the benchmark holds out its own
+        serve=ServeSection(max_new_tokens=max_new_tokens),
+    )
     runtime = open_tenant(settings, init_keys("tenant", tenant.name, keys))
     try:
         runtime.store.install_version(InstalledVersion("base", 0, None, "base"), adapter_to_bytes(init))
@@ -202,25 +223,41 @@ def feedback_examples(tenant: TenantData, engine: DraftEngine, init: AdapterStat
         runtime.close()
 
 
-def hits(model, tokenizer, state: AdapterState, conversations: list[Conversation],
-         max_new_tokens: int) -> list[bool]:
+def hits(model, tokenizer, state: AdapterState, conversations: list[Conversation], max_new_tokens: int) -> list[bool]:
     """Whether the simulated user accepts the adapter's draft, per conversation."""
     load_adapter_state(model, state)
     drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations], max_new_tokens)
-    return [JUDGEMENT.decide(d, c).action is Action.ACCEPT for d, c in zip(drafts, conversations)]
+    return [JUDGEMENT.decide(d, c).action is Action.ACCEPT for d, c in zip(drafts, conversations, strict=True)]
 
 
-def train_from(model, tokenizer, start: AdapterState, examples: list[TrainingExample], settings: TrainSection,
-               steps: int, seed: int) -> AdapterState:
+def train_from(
+    model,
+    tokenizer,
+    start: AdapterState,
+    examples: list[TrainingExample],
+    settings: TrainSection,
+    steps: int,
+    seed: int,
+) -> AdapterState:
     """Train `steps` optimiser steps from adapter `start`; returns the new adapter."""
     load_adapter_state(model, start)
     run_recipe(model, tokenizer, examples, replace(settings, max_steps=steps, epochs=10_000), seed)
     return adapter_state(model)
 
 
-def federated(model, tokenizer, init: AdapterState, data: list[list[TrainingExample]], settings: TrainSection,
-              rounds: int, steps: int, seed: int, lora: LoraSettings, merge_method: str = AggregationSection.method,
-              keep_b_local: bool = False) -> list[AdapterState]:
+def federated(
+    model,
+    tokenizer,
+    init: AdapterState,
+    data: list[list[TrainingExample]],
+    settings: TrainSection,
+    rounds: int,
+    steps: int,
+    seed: int,
+    lora: LoraSettings,
+    merge_method: str = AggregationSection.method,
+    keep_b_local: bool = False,
+) -> list[AdapterState]:
     """fedloop's loop in-process: each round every tenant trains from the global version, then HQ merges.
 
     The merge is fedloop's own (server/aggregation.py, default robust settings) with `merge_method`. With
@@ -239,8 +276,11 @@ def federated(model, tokenizer, init: AdapterState, data: list[list[TrainingExam
                 own_b[i], trained = local_part(trained), shared_part(trained, global_state)
             updates.append(TenantUpdate(f"tenant{i}", trained, len(examples)))
         global_state, _ = merge(updates, global_state, scaling, AggregationSection(method=merge_method))
-        print(f"  federated ({merge_method}{', B local' if keep_b_local else ''}, {settings.method}) round "
-              f"{round_}/{rounds} done", flush=True)
+        print(
+            f"  federated ({merge_method}{', B local' if keep_b_local else ''}, {settings.method}) round "
+            f"{round_}/{rounds} done",
+            flush=True,
+        )
     return [with_local_part(global_state, b) if keep_b_local else global_state for b in own_b]
 
 
@@ -304,22 +344,29 @@ def main() -> None:
     base_model, tokenizer = load_base_model(args.model)
     model = attach_lora(base_model, lora, args.seed)
     init = adapter_state(model)
-    print(f"protocol: {'quick' if args.quick else 'default'}; split {args.split}, seed {args.seed}; {TENANTS} "
-          f"tenants x {n_train} train / {n_val} validation / {n_eval} held-out prompts; {rounds} rounds x {steps} "
-          f"steps, batch {settings.batch_size}; personalised: +{personal_steps} local steps; DPO lr "
-          f"{settings.dpo_learning_rate:g}, KTO lr {settings.kto_learning_rate:g}; torch threads "
-          f"{torch.get_num_threads()}", flush=True)
+    print(
+        f"protocol: {'quick' if args.quick else 'default'}; split {args.split}, seed {args.seed}; {TENANTS} "
+        f"tenants x {n_train} train / {n_val} validation / {n_eval} held-out prompts; {rounds} rounds x {steps} "
+        f"steps, batch {settings.batch_size}; personalised: +{personal_steps} local steps; DPO lr "
+        f"{settings.dpo_learning_rate:g}, KTO lr {settings.kto_learning_rate:g}; torch threads "
+        f"{torch.get_num_threads()}",
+        flush=True,
+    )
     engine = DraftEngine(args.model, lora)
     with tempfile.TemporaryDirectory() as work:
         data = [feedback_examples(t, engine, init, Path(work), max_new_tokens) for t in tenants]
     del engine
-    progress(f"feedback collected through each tenant's draft service: {[len(d) for d in data]} training examples, "
-             f"{[sum(1 for e in d if e.rejected) for d in data]} with a rejected draft")
+    progress(
+        f"feedback collected through each tenant's draft service: {[len(d) for d in data]} training examples, "
+        f"{[sum(1 for e in d if e.rejected) for d in data]} with a rejected draft"
+    )
 
     accepts: dict[str, list[list[bool]]] = {}
 
     def measure(arm: str, states: list[AdapterState]) -> None:
-        accepts[arm] = [hits(model, tokenizer, s, t.held_out, max_new_tokens) for s, t in zip(states, tenants)]
+        accepts[arm] = [
+            hits(model, tokenizer, s, t.held_out, max_new_tokens) for s, t in zip(states, tenants, strict=True)
+        ]
         progress(f"{arm}: {cell([a for per in accepts[arm] for a in per])}")
 
     def personalise(global_states: list[AdapterState], count: int) -> list[AdapterState]:
@@ -331,37 +378,55 @@ def main() -> None:
         return states
 
     measure("base", [init] * TENANTS)
-    measure(LOCAL, [train_from(model, tokenizer, init, data[i], settings, rounds * steps, args.seed + i)
-                    for i in range(TENANTS)])
+    measure(
+        LOCAL,
+        [train_from(model, tokenizer, init, data[i], settings, rounds * steps, args.seed + i) for i in range(TENANTS)],
+    )
     fed_states = federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora)
     measure(FEDERATED, fed_states)
     personal_states = personalise(fed_states, personal_steps)
     measure(PERSONAL, personal_states)
     chosen = []
     for i, tenant in enumerate(tenants):  # the tenant's gates on its own validation prompts, as in production
-        scored = [HitRate(tuple(hits(model, tokenizer, s[i], tenant.validation, max_new_tokens)), 0.0)
-                  for s in (fed_states, personal_states)]
+        scored = [
+            HitRate(tuple(hits(model, tokenizer, s[i], tenant.validation, max_new_tokens)), 0.0)
+            for s in (fed_states, personal_states)
+        ]
         better = drafts_better(scored[1], scored[0], EvaluationSection().confidence)
         chosen.append(PERSONAL if better else FEDERATED)
     accepts[GATED] = [accepts[arm][i] for i, arm in enumerate(chosen)]
     progress(f"{GATED}: {chosen}")
-    measure("FedSA (B local)", federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora,
-                                         "fedavg", keep_b_local=True))
+    measure(
+        "FedSA (B local)",
+        federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora, "fedavg", keep_b_local=True),
+    )
     pooled = [e for examples in data for e in examples]
     measure(CENTRAL_SAME, [train_from(model, tokenizer, init, pooled, settings, rounds * steps, args.seed)] * TENANTS)
-    measure(CENTRAL_TOTAL, [train_from(model, tokenizer, init, pooled, settings, rounds * steps * TENANTS,
-                                       args.seed)] * TENANTS)
+    measure(
+        CENTRAL_TOTAL,
+        [train_from(model, tokenizer, init, pooled, settings, rounds * steps * TENANTS, args.seed)] * TENANTS,
+    )
     if not args.quick:
         for method, label in (("sft_then_dpo", "federated SFT+DPO"), ("sft_then_kto", "federated SFT+KTO")):
-            measure(label, federated(model, tokenizer, init, data, replace(settings, method=method), rounds, steps,
-                                     args.seed, lora))
+            measure(
+                label,
+                federated(
+                    model, tokenizer, init, data, replace(settings, method=method), rounds, steps, args.seed, lora
+                ),
+            )
     if args.ablations:
-        measure("federated FedAvg(A,B)", federated(model, tokenizer, init, data, settings, rounds, steps, args.seed,
-                                                   lora, "fedavg"))
+        measure(
+            "federated FedAvg(A,B)",
+            federated(model, tokenizer, init, data, settings, rounds, steps, args.seed, lora, "fedavg"),
+        )
         for count in (personal_steps // 2, personal_steps * 2):
             measure(f"personalised +{count} steps", personalise(fed_states, count))
-    report(Arms(tenants, accepts), time.monotonic() - started,
-           args.plot or ROOT / "docs" / f"hit_rate_{args.split}.png", args.split)
+    report(
+        Arms(tenants, accepts),
+        time.monotonic() - started,
+        args.plot or ROOT / "docs" / f"hit_rate_{args.split}.png",
+        args.split,
+    )
 
 
 def report(arms: Arms, elapsed: float, plot: Path, split: str) -> None:
@@ -385,23 +450,35 @@ def report(arms: Arms, elapsed: float, plot: Path, split: str) -> None:
     print("\nagainst local-only, per tenant, points [95 % paired interval]:")
     not_worse = {}
     for name in (FEDERATED, PERSONAL, GATED):
-        diffs = [paired_difference_interval(arms.accepts[name][i], arms.accepts[LOCAL][i])
-                 for i in range(len(arms.tenants))]
+        diffs = [
+            paired_difference_interval(arms.accepts[name][i], arms.accepts[LOCAL][i]) for i in range(len(arms.tenants))
+        ]
         not_worse[name] = [d[2] >= 0 for d in diffs]
-        print(f"  {name} - local: " + ", ".join(f"{t.name} {difference(arms.accepts[name][i], arms.accepts[LOCAL][i])}"
-                                                for i, t in enumerate(arms.tenants)))
+        print(
+            f"  {name} - local: "
+            + ", ".join(
+                f"{t.name} {difference(arms.accepts[name][i], arms.accepts[LOCAL][i])}"
+                for i, t in enumerate(arms.tenants)
+            )
+        )
     print(f"\ngoals (split {split}):")
     for name in (GATED, FEDERATED):
-        losing = [t.name for t, ok in zip(arms.tenants, not_worse[name]) if not ok]
-        print(f"  {name} >= local for every tenant (interval reaches 0): "
-              f"{'met' if not losing else 'missed for ' + ', '.join(losing)}")
+        losing = [t.name for t, ok in zip(arms.tenants, not_worse[name], strict=True) if not ok]
+        print(
+            f"  {name} >= local for every tenant (interval reaches 0): "
+            f"{'met' if not losing else 'missed for ' + ', '.join(losing)}"
+        )
     for name in (GATED, FEDERATED):
-        print(f"  {name} mean uplift >= +20 points: {'met' if uplifts[name] >= 0.20 else 'missed'} "
-              f"({difference(arms.pooled(name), base)})")
+        print(
+            f"  {name} mean uplift >= +20 points: {'met' if uplifts[name] >= 0.20 else 'missed'} "
+            f"({difference(arms.pooled(name), base)})"
+        )
         ratio = uplifts[name] / central if central > 0 else float("nan")
-        print(f"  {name} uplift / {stronger} uplift ({100 * central:+.1f}) = {ratio:.2f} (goal >= 0.95: "
-              f"{'met' if ratio >= 0.95 else 'missed'}); {name} - {stronger}: "
-              f"{difference(arms.pooled(name), arms.pooled(stronger))}")
+        print(
+            f"  {name} uplift / {stronger} uplift ({100 * central:+.1f}) = {ratio:.2f} (goal >= 0.95: "
+            f"{'met' if ratio >= 0.95 else 'missed'}); {name} - {stronger}: "
+            f"{difference(arms.pooled(name), arms.pooled(stronger))}"
+        )
     write_plot(arms, plot, split)
     print(f"plot: {plot}")
 
@@ -422,9 +499,19 @@ def write_plot(arms: Arms, path: Path, split: str) -> None:
         cells = arms.accepts[name] + [arms.pooled(name)]
         rates = [100 * sum(c) / len(c) for c in cells]
         bounds = [wilson_interval(sum(c), len(c)) for c in cells]
-        errors = [[r - 100 * lo for r, (lo, _) in zip(rates, bounds)], [100 * hi - r for r, (_, hi) in zip(rates, bounds)]]
-        axis.bar([g + k * width for g in range(len(groups))], rates, width, yerr=errors, capsize=1.5, label=name,
-                 color=colours[k % len(colours)])
+        errors = [
+            [r - 100 * lo for r, (lo, _) in zip(rates, bounds, strict=True)],
+            [100 * hi - r for r, (_, hi) in zip(rates, bounds, strict=True)],
+        ]
+        axis.bar(
+            [g + k * width for g in range(len(groups))],
+            rates,
+            width,
+            yerr=errors,
+            capsize=1.5,
+            label=name,
+            color=colours[k % len(colours)],
+        )
     axis.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))], groups)
     axis.set_ylabel("hit rate on held-out prompts (%), 95 % CI")
     axis.set_title(f"Draft hit rate by arm (SmolLM2-135M-Instruct, Bitext, 4 tenants, split '{split}')")

@@ -47,11 +47,25 @@ def events(count: int, tag: str) -> list[pb.Event]:
     result = []
     for i, conversation in enumerate(conversations):
         draft_id = f"{tag}-{i}"
-        result.append(pb.Event(draft=pb.DraftEvent(
-            event_id=f"{draft_id}-d", draft_id=draft_id, user_id=conversation.user_id, session_id=f"s{i % 97}",
-            prompt=conversation.prompt, draft=conversation.preferred_reply, model_version="v1", prompt_version="p1")))
-        result.append(pb.Event(outcome=pb.OutcomeEvent(event_id=f"{draft_id}-o", draft_id=draft_id,
-                                                       action=pb.ACCEPT, dwell_ms=3000)))
+        result.append(
+            pb.Event(
+                draft=pb.DraftEvent(
+                    event_id=f"{draft_id}-d",
+                    draft_id=draft_id,
+                    user_id=conversation.user_id,
+                    session_id=f"s{i % 97}",
+                    prompt=conversation.prompt,
+                    draft=conversation.preferred_reply,
+                    model_version="v1",
+                    prompt_version="p1",
+                )
+            )
+        )
+        result.append(
+            pb.Event(
+                outcome=pb.OutcomeEvent(event_id=f"{draft_id}-o", draft_id=draft_id, action=pb.ACCEPT, dwell_ms=3000)
+            )
+        )
     return result
 
 
@@ -67,25 +81,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bench_service(workdir: Path, stream: list[pb.Event], clients: int, batch: int,
-                  redaction_workers: int) -> tuple[float, list[float], float, list[float]]:
+def bench_service(
+    workdir: Path, stream: list[pb.Event], clients: int, batch: int, redaction_workers: int
+) -> tuple[float, list[float], float, list[float]]:
     """Through the real service in its own process: events/s and per-call latencies (ms) of unary
     calls, then of RecordBatch streams of `batch` events."""
     port = _free_port()
     (workdir / "svc.toml").write_text(
         f'[tenant]\nname = "acme"\nkeys_dir = "keys"\ndata_dir = "svc"\n[ingest]\naddress = "127.0.0.1:{port}"\n'
         f"max_workers = {clients}\nredaction_workers = {redaction_workers}\n"
-        "[curation]\nmax_samples_per_user_per_hour = 1000000000\n")
+        "[curation]\nmax_samples_per_user_per_hour = 1000000000\n"
+    )
     fedloop = Path(sys.executable).parent / "fedloop"
-    server = subprocess.Popen([str(fedloop), "tenant", "serve", "--config", "svc.toml"], cwd=workdir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(fedloop), "tenant", "serve", "--config", "svc.toml"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=120)
         service = pb_grpc.FeedbackServiceStub(channel)
         half = len(stream) // 2 // 2 * 2
-        pairs = [stream[i:i + 2] for i in range(0, half, 2)]
-        batches = [stream[i:i + batch] for i in range(half, len(stream), batch)]
+        pairs = [stream[i : i + 2] for i in range(0, half, 2)]
+        batches = [stream[i : i + batch] for i in range(half, len(stream), batch)]
         latencies: list[float] = []
         batch_latencies: list[float] = []
         lock = threading.Lock()
@@ -93,8 +113,10 @@ def bench_service(workdir: Path, stream: list[pb.Event], clients: int, batch: in
         def run(worker: int) -> None:
             mine = []
             for draft_event, outcome_event in pairs[worker::clients]:
-                for call, message in ((service.RecordDraft, draft_event.draft),
-                                      (service.RecordOutcome, outcome_event.outcome)):
+                for call, message in (
+                    (service.RecordDraft, draft_event.draft),
+                    (service.RecordOutcome, outcome_event.outcome),
+                ):
                     started = time.perf_counter()
                     call(message, timeout=30)
                     mine.append((time.perf_counter() - started) * 1000)
@@ -113,7 +135,8 @@ def bench_service(workdir: Path, stream: list[pb.Event], clients: int, batch: in
         warm = events(40, "warm")
         for event in warm:
             getattr(service, "RecordDraft" if event.HasField("draft") else "RecordOutcome")(
-                event.draft if event.HasField("draft") else event.outcome)
+                event.draft if event.HasField("draft") else event.outcome
+            )
         rates = []
         for target in (run, run_batches):
             threads = [threading.Thread(target=target, args=(n,)) for n in range(clients)]
@@ -130,20 +153,25 @@ def bench_service(workdir: Path, stream: list[pb.Event], clients: int, batch: in
         server.wait(timeout=30)
 
 
-def bench_floor(workdir: Path, stream: list[pb.Event], batch: int, redaction_workers: int,
-                tag: str) -> tuple[float, list[float]]:
+def bench_floor(
+    workdir: Path, stream: list[pb.Event], batch: int, redaction_workers: int, tag: str
+) -> tuple[float, list[float]]:
     """Events/s and per-call latencies (ms) of the bare pipeline in-process (redact + encrypt + commit),
     `batch` events per call."""
-    settings = TenantSettings(tenant=TenantSection("acme", str(workdir / "keys"), str(workdir / tag)),
-                              ingest=IngestSection(redaction_workers=redaction_workers), curation=BENCH_CURATION)
-    runtime = open_tenant(settings, load_identity(workdir / "keys", "acme"),
-                          redactor=None if redaction_workers else Redactor())
+    settings = TenantSettings(
+        tenant=TenantSection("acme", str(workdir / "keys"), str(workdir / tag)),
+        ingest=IngestSection(redaction_workers=redaction_workers),
+        curation=BENCH_CURATION,
+    )
+    runtime = open_tenant(
+        settings, load_identity(workdir / "keys", "acme"), redactor=None if redaction_workers else Redactor()
+    )
     runtime.pipeline.ingest(events(40, "warm"))
     latencies = []
     started = time.perf_counter()
     for start in range(0, len(stream), batch):
         begin = time.perf_counter()
-        runtime.pipeline.ingest(stream[start:start + batch])
+        runtime.pipeline.ingest(stream[start : start + batch])
         latencies.append((time.perf_counter() - begin) * 1000)
     elapsed = time.perf_counter() - started
     runtime.close()
@@ -175,8 +203,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch", type=int, default=50, help="events per RecordBatch stream")
-    parser.add_argument("--redaction-workers", type=int, default=2,
-                        help="the service's ingest.redaction_workers (0 = redact in the service process)")
+    parser.add_argument(
+        "--redaction-workers",
+        type=int,
+        default=2,
+        help="the service's ingest.redaction_workers (0 = redact in the service process)",
+    )
     parser.add_argument("--lsh-samples", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,22 +216,34 @@ def main() -> None:
         init_keys("tenant", "acme", workdir / "keys")
         stream = events(args.events, "bench")
         floor_rate, floor_lat = bench_floor(workdir, events(args.events // 2, "floor"), 1, 0, "floor-unary")
-        floor_batch_rate, floor_batch_lat = bench_floor(workdir, events(args.events // 2, "floorb"), args.batch,
-                                                        args.redaction_workers, "floor-batch")
-        rate, latencies, batch_rate, batch_lat = bench_service(workdir, stream, args.clients, args.batch,
-                                                             args.redaction_workers)
-    print(f"events: {args.events} draft/outcome events (half unary, half batched), floor: {args.events}, "
-          f"clients: {args.clients}, service redaction workers: {args.redaction_workers}")
+        floor_batch_rate, floor_batch_lat = bench_floor(
+            workdir, events(args.events // 2, "floorb"), args.batch, args.redaction_workers, "floor-batch"
+        )
+        rate, latencies, batch_rate, batch_lat = bench_service(
+            workdir, stream, args.clients, args.batch, args.redaction_workers
+        )
+    print(
+        f"events: {args.events} draft/outcome events (half unary, half batched), floor: {args.events}, "
+        f"clients: {args.clients}, service redaction workers: {args.redaction_workers}"
+    )
     print("| path | events/s | p50 ms | p99 ms |\n|---|---|---|---|")
-    print(f"| gRPC service (separate process) | {rate:,.0f} | {statistics.median(latencies):.2f} | "
-          f"{percentile(latencies, 99):.2f} |")
-    print(f"| gRPC RecordBatch, {args.batch} events per stream (latency per stream) | {batch_rate:,.0f} | "
-          f"{statistics.median(batch_lat):.2f} | {percentile(batch_lat, 99):.2f} |")
-    print(f"| floor for unary: bare pipeline, one event per call, redaction in-process | {floor_rate:,.0f} | "
-          f"{statistics.median(floor_lat):.2f} | {percentile(floor_lat, 99):.2f} |")
-    print(f"| floor for batch: bare pipeline, {args.batch} events per call, {args.redaction_workers} redaction "
-          f"workers | {floor_batch_rate:,.0f} | {statistics.median(floor_batch_lat):.2f} | "
-          f"{percentile(floor_batch_lat, 99):.2f} |")
+    print(
+        f"| gRPC service (separate process) | {rate:,.0f} | {statistics.median(latencies):.2f} | "
+        f"{percentile(latencies, 99):.2f} |"
+    )
+    print(
+        f"| gRPC RecordBatch, {args.batch} events per stream (latency per stream) | {batch_rate:,.0f} | "
+        f"{statistics.median(batch_lat):.2f} | {percentile(batch_lat, 99):.2f} |"
+    )
+    print(
+        f"| floor for unary: bare pipeline, one event per call, redaction in-process | {floor_rate:,.0f} | "
+        f"{statistics.median(floor_lat):.2f} | {percentile(floor_lat, 99):.2f} |"
+    )
+    print(
+        f"| floor for batch: bare pipeline, {args.batch} events per call, {args.redaction_workers} redaction "
+        f"workers | {floor_batch_rate:,.0f} | {statistics.median(floor_batch_lat):.2f} | "
+        f"{percentile(floor_batch_lat, 99):.2f} |"
+    )
     print(f"ratio service / floor: unary {rate / floor_rate:.2f}, batch {batch_rate / floor_batch_rate:.2f}")
     p50, p99 = bench_lsh(args.lsh_samples, 1000)
     print(f"MinHash LSH query at {args.lsh_samples:,} samples: p50 {p50:.3f} ms, p99 {p99:.3f} ms")

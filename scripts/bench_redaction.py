@@ -27,10 +27,14 @@ def main() -> None:
     print(f"{report.sentences} sentences, {elapsed / report.sentences * 1000:.2f} ms per sentence\n")
     print("| kind | TP | FP | FN | precision | recall |\n|---|---|---|---|---|---|")
     for kind in report.kinds():
-        print(f"| {kind} | {report.tp[kind]} | {report.fp[kind]} | {report.fn[kind]} | "
-              f"{report.precision(kind):.3f} | {report.recall(kind):.3f} |")
-    print(f"| **all** | {sum(report.tp.values())} | {sum(report.fp.values())} | {sum(report.fn.values())} | "
-          f"**{report.precision():.3f}** | **{report.recall():.3f}** |")
+        print(
+            f"| {kind} | {report.tp[kind]} | {report.fp[kind]} | {report.fn[kind]} | "
+            f"{report.precision(kind):.3f} | {report.recall(kind):.3f} |"
+        )
+    print(
+        f"| **all** | {sum(report.tp.values())} | {sum(report.fp.values())} | {sum(report.fn.values())} | "
+        f"**{report.precision():.3f}** | **{report.recall():.3f}** |"
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,17 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
-from fedloop.shared.adapter import (adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
-                                    load_adapter_state, load_base_model)
-from fedloop.shared.settings import LoraSettings
+from fedloop.shared.adapter import (
+    adapter_from_bytes,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    load_adapter_state,
+    load_base_model,
+)
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.keys import init_keys
+from fedloop.shared.settings import LoraSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,12 +105,13 @@ def main() -> None:
         for version in (first.id, second.id):
             hq_registry.promote(version)
             hq_registry.promote(version)
-        hq_pointer.append(timed(lambda: hq_registry.rollback(second.id)))
+        hq_pointer.append(timed(lambda second=second: hq_registry.rollback(second.id)))
 
     print("\n| rollback | median ms | worst ms |\n|---|---|---|")
     print(describe("tenant: fedloop pointer swap (one row + in-memory adapter swap + route)", tenant_pointer))
-    print(describe("tenant: baseline, re-install the previous version (decrypt, digest, decode, load)",
-                   tenant_baseline))
+    print(
+        describe("tenant: baseline, re-install the previous version (decrypt, digest, decode, load)", tenant_baseline)
+    )
     print(describe("HQ: registry stable-pointer rollback", hq_pointer))
     ratio = statistics.median(tenant_baseline) / statistics.median(tenant_pointer)
     print(f"\nratio baseline / fedloop (median): {ratio:.1f}x")

@@ -33,8 +33,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from fedloop.client.simulation.client_app import simulated_tenants, simulated_traffic
-from fedloop.client.store_api import InstalledVersion
 from fedloop.client.simulation.federation import prepare_run, run_federation, simulation_backend
+from fedloop.client.store_api import InstalledVersion
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.protocol import NUM_EXAMPLES
@@ -52,8 +52,9 @@ class TimedFedAvg(FedAvg):
         self.started: dict[int, float] = {}
         self.durations: dict[int, float] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Start the round's clock, then Flower's own configure_train."""
         self.started[server_round] = time.time()
         return super().configure_train(server_round, arrays, config, grid)
@@ -65,7 +66,8 @@ class TimedFedAvg(FedAvg):
 
 
 def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
-    """The same tenant work as fedloop's simulation ClientApp (product traffic, train_round, evaluate_version), unsealed."""
+    """The same tenant work as fedloop's simulation ClientApp (product traffic, train_round, evaluate_version),
+    unsealed."""
     resolve = simulated_tenants(settings, layout)
     traffic = simulated_traffic(settings, layout)
     app = ClientApp()
@@ -83,8 +85,12 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
         tenant, model, tokenizer = install(message, context, f"plain-{round_ - 1}")
         traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, f"plain-{round_ - 1}", round_)
-        return Message(RecordDict({"arrays": ArrayRecord(adapter_state(model)),
-                                   "metrics": MetricRecord({NUM_EXAMPLES: outcome.examples})}), reply_to=message)
+        return Message(
+            RecordDict(
+                {"arrays": ArrayRecord(adapter_state(model)), "metrics": MetricRecord({NUM_EXAMPLES: outcome.examples})}
+            ),
+            reply_to=message,
+        )
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
@@ -109,15 +115,25 @@ def run_plain(settings: Settings, layout: RunLayout) -> float:
         while len(nodes) < len(settings.federation.tenants):
             time.sleep(0.5)
             nodes = list(grid.get_node_ids())
-        evaluate = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 0})}),
-                            dst_node_id=node, message_type=MessageType.EVALUATE) for node in nodes]
+        evaluate = [
+            Message(
+                RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 0})}),
+                dst_node_id=node,
+                message_type=MessageType.EVALUATE,
+            )
+            for node in nodes
+        ]
         grid.send_and_receive(evaluate)
         strategy.start(grid, arrays, num_rounds=1)
 
     tenants = len(settings.federation.tenants)
     layout.root.mkdir(parents=True, exist_ok=True)
-    run_simulation(server_app=app, client_app=plain_client_app(settings, layout), num_supernodes=tenants,
-                   backend_config=simulation_backend(tenants))
+    run_simulation(
+        server_app=app,
+        client_app=plain_client_app(settings, layout),
+        num_supernodes=tenants,
+        backend_config=simulation_backend(tenants),
+    )
     return strategy.durations[1]
 
 
@@ -129,17 +145,22 @@ def named(settings: Settings, run_name: str) -> Settings:
 def main() -> None:
     """Run both arms; print the round times, the ratio and the bytes each tenant moved."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct",
-                        help="local model directory or .gguf (default: the one `make model` writes)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "models" / "smollm2-135m-instruct",
+        help="local model directory or .gguf (default: the one `make model` writes)",
+    )
     args = parser.parse_args()
     if not (args.model / "config.json").exists() and args.model.suffix != ".gguf":
         raise SystemExit(f"--model {args.model}: no model there; run `make model` first")
     work = Path(tempfile.mkdtemp(prefix="bench-round-"))
-    settings = Settings(federation=FederationSection(run_name="bench-round", tenants=("acme", "bolt", "cobalt"),
-                                                     rounds=1),
-                        paths=PathsSection(model=str(args.model), runs_dir=str(work)),
-                        train=TrainSection(max_steps=8, batch_size=8),
-                        simulation=SimulationSection(conversations_per_round=24, max_new_tokens=40))
+    settings = Settings(
+        federation=FederationSection(run_name="bench-round", tenants=("acme", "bolt", "cobalt"), rounds=1),
+        paths=PathsSection(model=str(args.model), runs_dir=str(work)),
+        train=TrainSection(max_steps=8, batch_size=8),
+        simulation=SimulationSection(conversations_per_round=24, max_new_tokens=40),
+    )
     print(f"model {args.model}; 3 tenants, 1 round, 24 users per tenant, 8 local steps; work dir {work}", flush=True)
 
     plain_s = run_plain(settings, prepare_run(named(settings, "plain"), work))  # tenants keep their encrypted stores
@@ -153,8 +174,10 @@ def main() -> None:
     model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     payload = adapter_to_bytes(adapter_state(attach_lora(base, settings.lora, 0)))
 
-    print(f"\n| arm | round 1 wall time (s) |\n|---|---|\n| plain Flower FedAvg (no sealing, no registry) | "
-          f"{plain_s:.1f} |\n| fedloop (sealed, verified, exact merge, registry) | {fedloop_s:.1f} |")
+    print(
+        f"\n| arm | round 1 wall time (s) |\n|---|---|\n| plain Flower FedAvg (no sealing, no registry) | "
+        f"{plain_s:.1f} |\n| fedloop (sealed, verified, exact merge, registry) | {fedloop_s:.1f} |"
+    )
     print(f"overhead ratio fedloop / plain: {fedloop_s / plain_s:.3f} (goal <= 1.10)")
     print(f"\nfull model (float32): {model_bytes:,} bytes; adapter: {len(payload):,} bytes")
     print("| tenant | sent to HQ | share of model | received from HQ (train + evaluate) | share of model |")

@@ -49,8 +49,8 @@ from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import ReleaseSection, ServeSection, TenantSection, TenantSettings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import init_keys, load_identity
+from fedloop.shared.settings import LoraSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDLOOP = str(Path(sys.executable).parent / "fedloop")
@@ -88,27 +88,41 @@ class Floor:
 
     def draft(self, question: str, max_tokens: int) -> int:
         """One greedy draft; returns its token count."""
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                  add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            output = self.model.generate(**encoded, max_new_tokens=max_tokens, min_new_tokens=1, do_sample=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        self.tokenizer.decode(output[0][encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+            output = self.model.generate(
+                **encoded,
+                max_new_tokens=max_tokens,
+                min_new_tokens=1,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        self.tokenizer.decode(output[0][encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         return output.shape[1] - encoded["input_ids"].shape[1]
 
 
 def endpoint_draft(client: httpx.Client, question: str, user: str, max_tokens: int) -> tuple[int, str]:
     """One POST; returns the draft's token count and the version that drafted it."""
-    reply = client.post("/v1/chat/completions", json={
-        "model": "fedloop", "user": user, "max_tokens": max_tokens, "messages": [{"role": "user", "content": question}]})
+    reply = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fedloop",
+            "user": user,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": question}],
+        },
+    )
     reply.raise_for_status()
     body = reply.json()
     return body["usage"]["completion_tokens"], body["model"]
 
 
-def interleaved(floor: Floor, client: httpx.Client, questions: list[str],
-                max_tokens: int) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int]]:
+def interleaved(
+    floor: Floor, client: httpx.Client, questions: list[str], max_tokens: int
+) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int]]:
     """Each prompt through the floor, then through the endpoint (so drift on the machine hits both arms alike).
 
     Returns the latencies and token counts of each arm ("floor", "fedloop") and the drafts per version.
@@ -128,8 +142,9 @@ def interleaved(floor: Floor, client: httpx.Client, questions: list[str],
     return latencies, tokens, versions
 
 
-def rollback_times(client: httpx.Client, controller: ReleaseController, operator: ReleaseController,
-                   repeats: int, max_tokens: int) -> list[float]:
+def rollback_times(
+    client: httpx.Client, controller: ReleaseController, operator: ReleaseController, repeats: int, max_tokens: int
+) -> list[float]:
     """While a product drafts continuously, roll v1 back from another connection; time to the first v0 draft."""
     times = []
     for _ in range(repeats):
@@ -137,11 +152,19 @@ def rollback_times(client: httpx.Client, controller: ReleaseController, operator
         controller.promote("bench: v1 serves everyone")
         stop, first_v0, issued = threading.Event(), [], [0.0]
 
-        def product() -> None:
+        def product(
+            stop: threading.Event = stop, first_v0: list[float] = first_v0, issued: list[float] = issued
+        ) -> None:
             while not stop.is_set():
-                body = client.post("/v1/chat/completions", json={
-                    "model": "fedloop", "user": "product-user", "max_tokens": max_tokens,
-                    "messages": [{"role": "user", "content": "Where is my order 12345?"}]}).json()
+                body = client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "fedloop",
+                        "user": "product-user",
+                        "max_tokens": max_tokens,
+                        "messages": [{"role": "user", "content": "Where is my order 12345?"}],
+                    },
+                ).json()
                 if body["model"] == "v0" and issued[0] and not first_v0:
                     first_v0.append(time.perf_counter())
                     stop.set()
@@ -161,11 +184,23 @@ def cli_rollback_time(client: httpx.Client, controller: ReleaseController, confi
     controller.offer("v1", "bench: canary again")
     controller.promote("bench: v1 serves everyone")
     started = time.perf_counter()
-    subprocess.run([FEDLOOP, "release", "rollback", "--config", str(config), "--operator", "bench",
-                    "--reason", "bench"], check=True, capture_output=True)
-    while client.post("/v1/chat/completions", json={"model": "fedloop", "user": "product-user", "max_tokens": 1,
-                                                    "messages": [{"role": "user", "content": "Hi"}]}
-                      ).json()["model"] != "v0":
+    subprocess.run(
+        [FEDLOOP, "release", "rollback", "--config", str(config), "--operator", "bench", "--reason", "bench"],
+        check=True,
+        capture_output=True,
+    )
+    while (
+        client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "fedloop",
+                "user": "product-user",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        ).json()["model"]
+        != "v0"
+    ):
         pass
     return time.perf_counter() - started
 
@@ -183,9 +218,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         identity = init_keys("tenant", "bench", root / "keys")
-        settings = TenantSettings(tenant=TenantSection("bench", str(root / "keys"), str(root / "data")),
-                                  release=ReleaseSection(canary_share=0.5, widened_share=0.5),
-                                  serve=ServeSection(max_new_tokens=max(args.max_tokens, 8)))
+        settings = TenantSettings(
+            tenant=TenantSection("bench", str(root / "keys"), str(root / "data")),
+            release=ReleaseSection(canary_share=0.5, widened_share=0.5),
+            serve=ServeSection(max_new_tokens=max(args.max_tokens, 8)),
+        )
         config = root / "tenant.toml"
         config.write_text(f'[tenant]\nname = "bench"\nkeys_dir = "{root / "keys"}"\ndata_dir = "{root / "data"}"\n')
         runtime = open_tenant(settings, identity)
@@ -199,28 +236,39 @@ def main() -> None:
         floor = Floor(args.model)
         interleaved(floor, client, questions[:3], args.max_tokens)  # warm both arms up
         latencies, tokens, versions = interleaved(floor, client, questions, args.max_tokens)
-        print(f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
-              f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads")
+        print(
+            f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
+            f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads"
+        )
         for name, arm in (("transformers generate (floor)", "floor"), ("fedloop endpoint", "fedloop")):
             total = sum(latencies[arm])
-            print(f"{name:30s} {len(latencies[arm]) / total:6.3f} drafts/s  {tokens[arm] / total:6.1f} tokens/s  "
-                  f"p50 {percentile(latencies[arm], 0.5) * 1000:7.1f} ms  "
-                  f"p99 {percentile(latencies[arm], 0.99) * 1000:7.1f} ms  ({tokens[arm]} tokens)")
+            print(
+                f"{name:30s} {len(latencies[arm]) / total:6.3f} drafts/s  {tokens[arm] / total:6.1f} tokens/s  "
+                f"p50 {percentile(latencies[arm], 0.5) * 1000:7.1f} ms  "
+                f"p99 {percentile(latencies[arm], 0.99) * 1000:7.1f} ms  ({tokens[arm]} tokens)"
+            )
         print(f"drafts by version (fedloop): {versions}")
         floor_latencies, fed_latencies = latencies["floor"], latencies["fedloop"]
         ratio = (len(fed_latencies) / sum(fed_latencies)) / (len(floor_latencies) / sum(floor_latencies))
         print(f"ratio fedloop / floor (drafts per second): {ratio:.3f} (goal >= 0.8)")
-        print(f"p50 overhead per draft: {(percentile(fed_latencies, 0.5) - percentile(floor_latencies, 0.5)) * 1000:+.1f} ms")
+        print(
+            "p50 overhead per draft: "
+            f"{(percentile(fed_latencies, 0.5) - percentile(floor_latencies, 0.5)) * 1000:+.1f} ms"
+        )
         operator_identity = load_identity(root / "keys", "bench")
         operator_store = FeedbackStore(settings.store_path, operator_identity.storage, operator_identity.pseudonym_key)
         operator = ReleaseController(operator_store, settings.release, "bench")
         for draft_tokens in (8, 1):
             times = rollback_times(client, controller, operator, 5, draft_tokens)
-            print(f"rollback -> first draft by the previous version, product drafting {draft_tokens}-token drafts "
-                  f"back to back (5 runs): median {statistics.median(times) * 1000:.0f} ms, max "
-                  f"{max(times) * 1000:.0f} ms (goal < 1 s; includes finishing the draft in flight)")
-        print(f"`fedloop release rollback` process start -> first draft by the previous version: "
-              f"{cli_rollback_time(client, controller, config):.2f} s (Python start-up and imports included)")
+            print(
+                f"rollback -> first draft by the previous version, product drafting {draft_tokens}-token drafts "
+                f"back to back (5 runs): median {statistics.median(times) * 1000:.0f} ms, max "
+                f"{max(times) * 1000:.0f} ms (goal < 1 s; includes finishing the draft in flight)"
+            )
+        print(
+            f"`fedloop release rollback` process start -> first draft by the previous version: "
+            f"{cli_rollback_time(client, controller, config):.2f} s (Python start-up and imports included)"
+        )
         operator_store.close()
         client.close()
         server.stop()

@@ -25,13 +25,25 @@ from fedloop.shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "configuration.md"
 FILES = [
-    (Settings, "Federation settings", "the TOML HQ and every tenant share (`fedloop demo --config`, `fedloop run "
-                                      "--settings`, `fedloop tenant up --settings`); example: configs/demo.toml"),
-    (TenantSettings, "Tenant settings", "each tenant's own TOML (`fedloop tenant serve|up --config`, "
-                                        "`fedloop samples|vault|release|status --tenant`); "
-                                        "example: configs/tenant.toml"),
-    (HQSettings, "HQ settings", "HQ's own TOML (`fedloop hq up|register-node --config`, `fedloop run --config`, "
-                                "`fedloop status --hq`); example: configs/hq.toml"),
+    (
+        Settings,
+        "Federation settings",
+        "the TOML HQ and every tenant share (`fedloop demo --config`, `fedloop run "
+        "--settings`, `fedloop tenant up --settings`); example: configs/demo.toml",
+    ),
+    (
+        TenantSettings,
+        "Tenant settings",
+        "each tenant's own TOML (`fedloop tenant serve|up --config`, "
+        "`fedloop samples|vault|release|status --tenant`); "
+        "example: configs/tenant.toml",
+    ),
+    (
+        HQSettings,
+        "HQ settings",
+        "HQ's own TOML (`fedloop hq up|register-node --config`, `fedloop run --config`, "
+        "`fedloop status --hq`); example: configs/hq.toml",
+    ),
 ]
 
 
@@ -43,8 +55,12 @@ def field_comments(cls: type) -> dict[str, str]:
             by_line.setdefault(token.start[0], []).append(token)
     comments = {}
     for tokens in by_line.values():
-        if (len(tokens) > 2 and tokens[0].type == tokenize.NAME and tokens[1].string == ":"
-                and tokens[-1].type == tokenize.COMMENT):
+        if (
+            len(tokens) > 2
+            and tokens[0].type == tokenize.NAME
+            and tokens[1].string == ":"
+            and tokens[-1].type == tokenize.COMMENT
+        ):
             comments[tokens[0].string] = tokens[-1].string.lstrip("# ").strip()
     return comments
 
@@ -74,27 +90,43 @@ def section_rows(section_cls: type) -> list[str]:
     rows = []
     for item in fields(section_cls):
         default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
-        cells = [f"`{item.name}`", type_text(hints[item.name]), f"`{default_text(default)}`",
-                 comments.get(item.name, "")]
+        cells = [
+            f"`{item.name}`",
+            type_text(hints[item.name]),
+            f"`{default_text(default)}`",
+            comments.get(item.name, ""),
+        ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
 
 
 def render() -> str:
     """The whole reference page."""
-    lines = ["# Configuration reference", "",
-             "Generated from the settings classes by `scripts/gen_config_reference.py`; do not edit by hand.",
-             "Every key is optional (the default applies). On start every file is validated: an unknown section",
-             "or key, a value of the wrong type or out of range stops the command with the file, the key and",
-             "what is allowed.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the settings classes by `scripts/gen_config_reference.py`; do not edit by hand.",
+        "Every key is optional (the default applies). On start every file is validated: an unknown section",
+        "or key, a value of the wrong type or out of range stops the command with the file, the key and",
+        "what is allowed.",
+        "",
+    ]
     for root, title, where in FILES:
         lines += [f"## {title}", "", f"{where[0].upper()}{where[1:]}.", ""]
         hints = get_type_hints(root)
         for section in fields(root):
             section_cls = hints[section.name]
             doc = (inspect.getdoc(section_cls) or "").splitlines()[0]
-            lines += [f"### `[{section.name}]`", "", doc, "", "| key | type | default | meaning |",
-                      "|---|---|---|---|", *section_rows(section_cls), ""]
+            lines += [
+                f"### `[{section.name}]`",
+                "",
+                doc,
+                "",
+                "| key | type | default | meaning |",
+                "|---|---|---|---|",
+                *section_rows(section_cls),
+                "",
+            ]
     return "\n".join(lines)
 
 

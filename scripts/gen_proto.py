@@ -22,8 +22,14 @@ def generate(out_dir: Path) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         for proto in sorted((ROOT / "proto").glob("*.proto")):
-            args = ["protoc", f"-Ifedloop/proto={ROOT / 'proto'}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                    f"--grpc_python_out={tmp}", f"fedloop/proto/{proto.name}"]
+            args = [
+                "protoc",
+                f"-Ifedloop/proto={ROOT / 'proto'}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                f"fedloop/proto/{proto.name}",
+            ]
             if protoc.main(args) != 0:
                 raise SystemExit(f"protoc failed on {proto}")
         for generated in sorted((Path(tmp) / "fedloop" / "proto").iterdir()):

@@ -18,9 +18,11 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
 def resident_id(rng: random.Random, valid: bool = True) -> str:
-    body = f"{rng.choice(['110105', '310104', '440305', '510107'])}{rng.randint(1950, 2005)}" \
-           f"{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(100, 999)}"
-    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS)) % 11]
+    body = (
+        f"{rng.choice(['110105', '310104', '440305', '510107'])}{rng.randint(1950, 2005)}"
+        f"{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(100, 999)}"
+    )
+    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS, strict=True)) % 11]
     if not valid:
         check = "10X98765432"[("10X98765432".index(check) + 3) % 11]
     return body + check
@@ -45,18 +47,44 @@ VALUES = {
     "CN_LANDLINE": lambda r: f"0{r.choice(['10', '21', '755', '571'])}-{r.randint(2000000, 89999999)}",
     "CN_RESIDENT_ID": resident_id,
     "BANK_CARD": card,
-    "EMAIL_ADDRESS": lambda r: f"{r.choice(['li.lei', 'wangfang', 'anna.k', 'tom_88'])}@{r.choice(['qq.com', '163.com', 'example.com.cn', 'gmail.com'])}",
+    "EMAIL_ADDRESS": lambda r: (
+        f"{r.choice(['li.lei', 'wangfang', 'anna.k', 'tom_88'])}@"
+        f"{r.choice(['qq.com', '163.com', 'example.com.cn', 'gmail.com'])}"
+    ),
     "IP_ADDRESS": lambda r: f"{r.randint(11, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
-    "CN_ADDRESS": lambda r: r.choice(["北京市海淀区中关村大街27号", "上海市浦东新区世纪大道100号", "广东省深圳市南山区科技园路8号",
-                                      "浙江省杭州市西湖区文三路90号", "四川省成都市武侯区人民南路四段12号"]),
+    "CN_ADDRESS": lambda r: r.choice(
+        [
+            "北京市海淀区中关村大街27号",
+            "上海市浦东新区世纪大道100号",
+            "广东省深圳市南山区科技园路8号",
+            "浙江省杭州市西湖区文三路90号",
+            "四川省成都市武侯区人民南路四段12号",
+        ]
+    ),
     "CN_PERSON": lambda r: r.choice(["王小明", "李娜", "张伟", "刘洋", "陈静", "杨帆", "赵磊", "黄丽"]),
     "PHONE_NUMBER": lambda r: r.choice(["(212) 555-0187", "+1 415 555 0134", "+44 20 7946 0958", "(646) 555-0199"]),
     "US_SSN": lambda r: r.choice(["536-22-1234", "401-43-9876", "212-67-4321"]),
     # Twelve names of the US census lists and four that are not (the English recognizer's known gap).
-    "PERSON": lambda r: r.choice(["John Smith", "Mary Johnson", "Robert Brown", "Linda Davis", "James Wilson",
-                                  "Patricia Moore", "Michael Taylor", "Jennifer Anderson", "David Miller",
-                                  "Susan Clark", "Thomas Walker", "Karen Lewis",
-                                  "Priya Raman", "Oluwaseun Adeyemi", "Wei Zhang", "Siobhan O'Neill"]),
+    "PERSON": lambda r: r.choice(
+        [
+            "John Smith",
+            "Mary Johnson",
+            "Robert Brown",
+            "Linda Davis",
+            "James Wilson",
+            "Patricia Moore",
+            "Michael Taylor",
+            "Jennifer Anderson",
+            "David Miller",
+            "Susan Clark",
+            "Thomas Walker",
+            "Karen Lewis",
+            "Priya Raman",
+            "Oluwaseun Adeyemi",
+            "Wei Zhang",
+            "Siobhan O'Neill",
+        ]
+    ),
 }
 TEMPLATES = {
     "CN_MOBILE": ["请拨打{}联系我", "我的手机是{}，谢谢", "call me on {} please", "手机号：{}"],
@@ -69,22 +97,48 @@ TEMPLATES = {
     "CN_PERSON": ["我叫{}，订单还没到", "联系人：{}", "{}先生说包裹破损了", "姓名：{}"],
     "PHONE_NUMBER": ["you can reach me at {} after 5pm", "US support line: {}"],
     "US_SSN": ["my SSN is {} for the tax form"],
-    "PERSON": ["My name is {} and my order is late", "{} called about the refund yesterday",
-               "please ask {} to call me back", "hello, this is {} from accounting"],
+    "PERSON": [
+        "My name is {} and my order is late",
+        "{} called about the refund yesterday",
+        "please ask {} to call me back",
+        "hello, this is {} from accounting",
+    ],
 }
 # Chinese names with no context word: only a segmenter that knows names finds them.
 CONTEXTLESS_CN_PERSON = ["{}说他上周买的耳机坏了", "{}昨天打电话投诉物流太慢", "帮我查一下{}的订单", "{}和我一起下的单"]
 NEGATIVES = [
-    "Where is my order 12345678? It has not arrived.", "订单号20240501123已发货", "The price is 1299.00 yuan.",
-    "Meeting on 2024-05-01 at 10:30.", "快递单号SF1234567890", "Version 2.13.0 fixed the bug.",
-    "请问退货要几天？", "I was charged twice, please help.", "我想取消订阅", "Can I change my password?",
-    "第3季度的销量增长了15%", "Track package 1Z999AA10123456784 online.", "商品编号 8806 缺货",
+    "Where is my order 12345678? It has not arrived.",
+    "订单号20240501123已发货",
+    "The price is 1299.00 yuan.",
+    "Meeting on 2024-05-01 at 10:30.",
+    "快递单号SF1234567890",
+    "Version 2.13.0 fixed the bug.",
+    "请问退货要几天？",
+    "I was charged twice, please help.",
+    "我想取消订阅",
+    "Can I change my password?",
+    "第3季度的销量增长了15%",
+    "Track package 1Z999AA10123456784 online.",
+    "商品编号 8806 缺货",
     # Words that start with a Chinese surname character, and title-case phrases that are not names.
-    "方便说一下怎么退货吗", "高兴地说谢谢", "周末能送到吗", "黄金会员怎么开通", "马上帮我处理一下", "请问金额多少",
-    "许多人说这款很好", "程序一直出错", "任何时候都可以", "万一丢件怎么办", "白色的还有货吗", "江南仓库发货",
-    "Go to Account Settings > Payment Methods.", "Thank you for contacting Customer Support.",
-    "Dear Customer Service, the May Sale ended.", "Ship it to New York City by Monday.",
-    "I'm sorry, I will call Best Buy later.", "Will Express Delivery ship it in June?",
+    "方便说一下怎么退货吗",
+    "高兴地说谢谢",
+    "周末能送到吗",
+    "黄金会员怎么开通",
+    "马上帮我处理一下",
+    "请问金额多少",
+    "许多人说这款很好",
+    "程序一直出错",
+    "任何时候都可以",
+    "万一丢件怎么办",
+    "白色的还有货吗",
+    "江南仓库发货",
+    "Go to Account Settings > Payment Methods.",
+    "Thank you for contacting Customer Support.",
+    "Dear Customer Service, the May Sale ended.",
+    "Ship it to New York City by Monday.",
+    "I'm sorry, I will call Best Buy later.",
+    "Will Express Delivery ship it in June?",
 ]
 
 
@@ -96,21 +150,35 @@ def build(seed: int = 20261121, per_type: int = 16) -> list[dict]:
             value = VALUES[entity](rng)
             template = templates[i % len(templates)]
             start = template.index("{}")
-            rows.append({"text": template.format(value), "entities": [
-                {"type": entity, "start": start, "end": start + len(value)}]})
+            rows.append(
+                {
+                    "text": template.format(value),
+                    "entities": [{"type": entity, "start": start, "end": start + len(value)}],
+                }
+            )
     for i in range(per_type):
         value, template = VALUES["CN_PERSON"](rng), CONTEXTLESS_CN_PERSON[i % len(CONTEXTLESS_CN_PERSON)]
         start = template.index("{}")
-        rows.append({"text": template.format(value), "entities": [
-            {"type": "CN_PERSON", "start": start, "end": start + len(value)}]})
-    for i in range(30):  # two entities in one sentence
+        rows.append(
+            {
+                "text": template.format(value),
+                "entities": [{"type": "CN_PERSON", "start": start, "end": start + len(value)}],
+            }
+        )
+    for _ in range(30):  # two entities in one sentence
         a, b = rng.sample(["CN_MOBILE", "EMAIL_ADDRESS", "CN_RESIDENT_ID", "CN_PERSON"], 2)
         va, vb = VALUES[a](rng), VALUES[b](rng)
         prefix = "我叫" if a == "CN_PERSON" else "信息："
         text = f"{prefix}{va}，另外 {vb} 也可以"
-        rows.append({"text": text, "entities": [{"type": a, "start": len(prefix), "end": len(prefix) + len(va)},
-                                                 {"type": b, "start": len(prefix) + len(va) + 4,
-                                                  "end": len(prefix) + len(va) + 4 + len(vb)}]})
+        rows.append(
+            {
+                "text": text,
+                "entities": [
+                    {"type": a, "start": len(prefix), "end": len(prefix) + len(va)},
+                    {"type": b, "start": len(prefix) + len(va) + 4, "end": len(prefix) + len(va) + 4 + len(vb)},
+                ],
+            }
+        )
     for text in NEGATIVES:
         rows.append({"text": text, "entities": []})
     for _ in range(8):

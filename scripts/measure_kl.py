@@ -46,14 +46,15 @@ from fedloop.client.tenant_settings import EvaluationSection
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
 from fedloop.shared.adapter import AdapterState, adapter_state, attach_lora, load_adapter_state, load_base_model
-from fedloop.shared.settings import LoraSettings
-from fedloop.shared.settings import AggregationSection, TrainSection
+from fedloop.shared.settings import AggregationSection, LoraSettings, TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = TrainSection()
-RECIPES = {"default": DEFAULT_TRAIN,
-           "10x learning rate": replace(DEFAULT_TRAIN, learning_rate=DEFAULT_TRAIN.learning_rate * 10),
-           "10x steps": replace(DEFAULT_TRAIN, max_steps=DEFAULT_TRAIN.max_steps * 10, epochs=100)}
+RECIPES = {
+    "default": DEFAULT_TRAIN,
+    "10x learning rate": replace(DEFAULT_TRAIN, learning_rate=DEFAULT_TRAIN.learning_rate * 10),
+    "10x steps": replace(DEFAULT_TRAIN, max_steps=DEFAULT_TRAIN.max_steps * 10, epochs=100),
+}
 
 
 def gate_texts(tenant: TenantData) -> list[str]:
@@ -61,8 +62,17 @@ def gate_texts(tenant: TenantData) -> list[str]:
     return [f"{c.prompt}\n{c.preferred_reply}" for c in tenant.held_out] + general_texts()
 
 
-def run_rounds(model, tokenizer, init: AdapterState, tenants: list[TenantData], data: list[list[TrainingExample]],
-               recipe: TrainSection, rounds: int, seed: int, lora: LoraSettings) -> list[list[tuple[float, float]]]:
+def run_rounds(
+    model,
+    tokenizer,
+    init: AdapterState,
+    tenants: list[TenantData],
+    data: list[list[TrainingExample]],
+    recipe: TrainSection,
+    rounds: int,
+    seed: int,
+    lora: LoraSettings,
+) -> list[list[tuple[float, float]]]:
     """Each round's (KL to the previous global version, general NLL increase) for every tenant."""
     scaling = lora_scaling(lora.alpha, lora.rank)
     current, measured = init, []
@@ -74,11 +84,19 @@ def run_rounds(model, tokenizer, init: AdapterState, tenants: list[TenantData], 
             updates.append(TenantUpdate(tenants[index].name, adapter_state(model), len(examples)))
         merged, _ = merge(updates, current, scaling, AggregationSection())
         bound = EvaluationSection.forgetting_bound
-        row = [(mean_token_kl(model, tokenizer, merged, current, gate_texts(t)),
-                forgetting_gate(model, tokenizer, merged, bound).value) for t in tenants]
+        row = [
+            (
+                mean_token_kl(model, tokenizer, merged, current, gate_texts(t)),
+                forgetting_gate(model, tokenizer, merged, bound).value,
+            )
+            for t in tenants
+        ]
         measured.append(row)
-        print(f"  round {round_}: " + "; ".join(f"{t.name} KL {kl:.4f}, NLL {nll:+.1%}"
-                                                for t, (kl, nll) in zip(tenants, row)), flush=True)
+        print(
+            f"  round {round_}: "
+            + "; ".join(f"{t.name} KL {kl:.4f}, NLL {nll:+.1%}" for t, (kl, nll) in zip(tenants, row, strict=True)),
+            flush=True,
+        )
         current = merged
     return measured
 
@@ -100,7 +118,7 @@ def main() -> None:
         raise SystemExit(f"--tenants {args.tenants}: give 2 to 4 (a round needs two tenants, the split makes 4)")
     started = time.monotonic()
     lora = LoraSettings()
-    tenants = split_tenants(args.data, args.samples, args.held_out, args.seed)[:args.tenants]
+    tenants = split_tenants(args.data, args.samples, args.held_out, args.seed)[: args.tenants]
     base_model, tokenizer = load_base_model(args.model)
     model = attach_lora(base_model, lora, args.seed)
     init = adapter_state(model)
@@ -108,14 +126,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         data = [feedback_examples(t, engine, init, Path(work), EvaluationSection.max_new_tokens) for t in tenants]
     del engine
-    print(f"{args.tenants} tenants, {[len(d) for d in data]} training examples from {args.samples} drafts each, "
-          f"{args.held_out} held-out finals each ({time.monotonic() - started:.0f} s)", flush=True)
+    print(
+        f"{args.tenants} tenants, {[len(d) for d in data]} training examples from {args.samples} drafts each, "
+        f"{args.held_out} held-out finals each ({time.monotonic() - started:.0f} s)",
+        flush=True,
+    )
     bound = EvaluationSection.kl_bound
     results = {}
     for name, recipe in RECIPES.items():
         rounds = args.rounds if name == "default" else 1
-        print(f"{name}: lr {recipe.learning_rate:g}, {recipe.max_steps} steps of {recipe.batch_size}, "
-              f"{rounds} round(s)", flush=True)
+        print(
+            f"{name}: lr {recipe.learning_rate:g}, {recipe.max_steps} steps of {recipe.batch_size}, {rounds} round(s)",
+            flush=True,
+        )
         results[name] = run_rounds(model, tokenizer, init, tenants, data, recipe, rounds, args.seed, lora)
     print(f"\nwall time: {(time.monotonic() - started) / 60:.1f} min")
     print(f"| recipe | round | KL to previous version (per tenant) | general NLL increase | KL / kl_bound {bound} |")
@@ -123,13 +146,20 @@ def main() -> None:
     for name, rows in results.items():
         for round_, row in enumerate(rows, 1):
             kls = [kl for kl, _ in row]
-            print(f"| {name} | {round_} | " + ", ".join(f"{kl:.4f}" for kl in kls) + " | "
-                  + ", ".join(f"{nll:+.1%}" for _, nll in row) + f" | {max(kls) / bound:.2f} |")
+            print(
+                f"| {name} | {round_} | "
+                + ", ".join(f"{kl:.4f}" for kl in kls)
+                + " | "
+                + ", ".join(f"{nll:+.1%}" for _, nll in row)
+                + f" | {max(kls) / bound:.2f} |"
+            )
     default_max = max(kl for row in results["default"] for kl, _ in row)
     runaway_min = min(kl for name, rows in results.items() if name != "default" for row in rows for kl, _ in row)
-    print(f"\ndefault recipe: largest KL {default_max:.4f} ({'passes' if default_max <= bound else 'REFUSED by'} "
-          f"kl_bound {bound}); 10x recipes: smallest KL {runaway_min:.4f} "
-          f"({'refused' if runaway_min > bound else 'PASSES'}); runaway / default ratio {runaway_min / default_max:.1f}")
+    print(
+        f"\ndefault recipe: largest KL {default_max:.4f} ({'passes' if default_max <= bound else 'REFUSED by'} "
+        f"kl_bound {bound}); 10x recipes: smallest KL {runaway_min:.4f} "
+        f"({'refused' if runaway_min > bound else 'PASSES'}); runaway / default ratio {runaway_min / default_max:.1f}"
+    )
 
 
 if __name__ == "__main__":

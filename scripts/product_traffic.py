@@ -46,19 +46,24 @@ def main() -> None:
     if not 0 <= args.tenant_index < 4:
         raise SystemExit(f"--tenant-index {args.tenant_index}: give 0 to 3 (the CSV is split into 4 tenants)")
     split = split_tenants(args.data, args.first + args.drafts, 0, args.seed)[args.tenant_index]
-    conversations = split.train[args.first:args.first + args.drafts]
+    conversations = split.train[args.first : args.first + args.drafts]
     client = OpenAI(base_url=f"{args.endpoint}/v1", api_key=args.api_key)
     served, accepted = Counter(), Counter()
     started = time.monotonic()
     with httpx.Client(headers={"Authorization": f"Bearer {args.api_key}"}, timeout=120) as http:
         for index, conversation in enumerate(conversations, 1):
             user = f"customer-{(args.first + index) % args.users}"
-            draft = client.chat.completions.create(model="fedloop", user=user, max_tokens=args.max_tokens,
-                                                   messages=[{"role": "user", "content": conversation.prompt}])
+            draft = client.chat.completions.create(
+                model="fedloop",
+                user=user,
+                max_tokens=args.max_tokens,
+                messages=[{"role": "user", "content": conversation.prompt}],
+            )
             decision = JUDGEMENT.decide(draft.choices[0].message.content or "", conversation)
-            http.post(f"{args.endpoint}/v1/drafts/{draft.id}/outcome",
-                      json={"action": decision.action.value, "final_text": decision.final_text,
-                            "dwell_ms": 4000}).raise_for_status()
+            http.post(
+                f"{args.endpoint}/v1/drafts/{draft.id}/outcome",
+                json={"action": decision.action.value, "final_text": decision.final_text, "dwell_ms": 4000},
+            ).raise_for_status()
             served[draft.model] += 1
             accepted[draft.model] += decision.action is Action.ACCEPT
             if index % 10 == 0 or index == len(conversations):

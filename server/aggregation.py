@@ -56,15 +56,17 @@ def check_update(state: AdapterState, reference: AdapterState, tenant: str) -> N
     """Raise UpdateRejected unless `state` has the reference's modules, float tensors of its shapes, all finite."""
     if state.keys() != reference.keys():
         missing, extra = sorted(reference.keys() - state.keys()), sorted(state.keys() - reference.keys())
-        raise UpdateRejected(f"{tenant}: shape mismatch: adapter modules differ (missing {missing[:2]}, "
-                             f"unexpected {extra[:2]})")
+        raise UpdateRejected(
+            f"{tenant}: shape mismatch: adapter modules differ (missing {missing[:2]}, unexpected {extra[:2]})"
+        )
     for key, tensor in state.items():
         expected = reference[key]
         if not tensor.is_floating_point() or tensor.dtype != expected.dtype:
             raise UpdateRejected(f"{tenant}: dtype mismatch at {key}: {tensor.dtype}, expected {expected.dtype}")
         if tensor.shape != expected.shape:
-            raise UpdateRejected(f"{tenant}: shape mismatch at {key}: {tuple(tensor.shape)}, "
-                                 f"expected {tuple(expected.shape)}")
+            raise UpdateRejected(
+                f"{tenant}: shape mismatch at {key}: {tuple(tensor.shape)}, expected {tuple(expected.shape)}"
+            )
         if not torch.isfinite(tensor).all():
             raise UpdateRejected(f"{tenant}: non-finite value in {key}", "non-finite")
 
@@ -95,7 +97,7 @@ def fedavg(states: list[tuple[AdapterState, int]]) -> AdapterState:
     for state, _ in states:
         if state.keys() != keys or any(state[k].shape != states[0][0][k].shape for k in keys):
             raise ValueError("updates have different adapter layouts; all tenants must use the same LoRA settings")
-    return {k: sum(state[k].to(torch.float32) * (n / total) for state, n in states) for k in keys}
+    return {k: torch.stack([state[k].to(torch.float32) * (n / total) for state, n in states]).sum(0) for k in keys}
 
 
 Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U, Σ, Vᴴ of one module's ΔW
@@ -123,11 +125,15 @@ def refactorise(svds: dict[str, Svd], template: AdapterState, scaling: float) ->
         name, suffix = module.split("\0")
         key_a, key_b = f"{name}{LORA_A}{suffix}", f"{name}{LORA_B}{suffix}"
         kept = min(template[key_a].shape[0], s.shape[0])
-        a, b = torch.zeros(template[key_a].shape, dtype=torch.float64), torch.zeros(template[key_b].shape,
-                                                                                       dtype=torch.float64)
+        a, b = (
+            torch.zeros(template[key_a].shape, dtype=torch.float64),
+            torch.zeros(template[key_b].shape, dtype=torch.float64),
+        )
         a[:kept], b[:, :kept] = vh[:kept], u[:, :kept] * s[:kept] / scaling
-        merged[key_a], merged[key_b] = (a.to(template[key_a].dtype).contiguous(),
-                                        b.to(template[key_b].dtype).contiguous())
+        merged[key_a], merged[key_b] = (
+            a.to(template[key_a].dtype).contiguous(),
+            b.to(template[key_b].dtype).contiguous(),
+        )
     return merged
 
 
@@ -152,8 +158,9 @@ def _flat(state: AdapterState) -> torch.Tensor:
     return torch.cat([state[k].double().flatten() for k in sorted(state)])
 
 
-def bound_norms(updates: list[TenantUpdate], current: AdapterState, factor: float) -> tuple[list[TenantUpdate],
-                                                                                               dict[str, float]]:
+def bound_norms(
+    updates: list[TenantUpdate], current: AdapterState, factor: float
+) -> tuple[list[TenantUpdate], dict[str, float]]:
     """Scale each update's distance to `current` down to `factor` × the round's median distance.
 
     Returns the bounded updates and, for each tenant that was scaled, its original distance / bound.
@@ -163,7 +170,7 @@ def bound_norms(updates: list[TenantUpdate], current: AdapterState, factor: floa
     distances = [float(torch.linalg.vector_norm(_flat(u.state) - _flat(current))) for u in updates]
     bound = factor * float(np.median(distances))
     bounded, scaled = [], {}
-    for update, distance in zip(updates, distances):
+    for update, distance in zip(updates, distances, strict=True):
         if distance > bound > 0:
             shrink = bound / distance
             state = {k: current[k] + (v - current[k]) * shrink for k, v in update.state.items()}
@@ -178,32 +185,37 @@ def krum_select(updates: list[TenantUpdate], malicious: int) -> list[TenantUpdat
     """Flower's Multi-Krum: keep the n - f updates closest to the others."""
     keep = len(updates) - malicious
     if keep < 1 or len(updates) < 2 * malicious + 3:
-        raise ValueError(f"Krum needs at least {2 * malicious + 3} updates for {malicious} malicious "
-                         f"tenant(s), got {len(updates)}")
-    contents = [RecordDict({"arrays": ArrayRecord(dict(sorted(u.state.items())))})
-                for u in updates]
+        raise ValueError(
+            f"Krum needs at least {2 * malicious + 3} updates for {malicious} malicious tenant(s), got {len(updates)}"
+        )
+    contents = [RecordDict({"arrays": ArrayRecord(dict(sorted(u.state.items())))}) for u in updates]
     chosen = select_multikrum(contents, malicious, keep)
-    return [u for u, c in zip(updates, contents) if any(c is x for x in chosen)]
+    return [u for u, c in zip(updates, contents, strict=True) if any(c is x for x in chosen)]
 
 
 def trimmed_mean(updates: list[TenantUpdate], fraction: float) -> AdapterState:
     """Flower's coordinate-wise trimmed mean of the adapters (unweighted, as the method requires)."""
     keys = updates[0].state.keys()
-    return {k: torch.from_numpy(trim_mean(np.stack([u.state[k].numpy() for u in updates]), fraction)).to(
-        updates[0].state[k].dtype) for k in keys}
+    return {
+        k: torch.from_numpy(trim_mean(np.stack([u.state[k].numpy() for u in updates]), fraction)).to(
+            updates[0].state[k].dtype
+        )
+        for k in keys
+    }
 
 
-def trimmed_mean_exact(updates: list[TenantUpdate], fraction: float, template: AdapterState,
-                       scaling: float) -> AdapterState:
+def trimmed_mean_exact(
+    updates: list[TenantUpdate], fraction: float, template: AdapterState, scaling: float
+) -> AdapterState:
     """Coordinate-wise trimmed mean of the dense ΔW per module, re-factorised into the global rank."""
     deltas = [dense_deltas(u.state, scaling) for u in updates]
-    trimmed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction))
-               for m in deltas[0]}
+    trimmed = {m: torch.from_numpy(trim_mean(np.stack([d[m].numpy() for d in deltas]), fraction)) for m in deltas[0]}
     return refactorise({m: torch.linalg.svd(d, full_matrices=False) for m, d in trimmed.items()}, template, scaling)
 
 
-def private_mean(updates: list[TenantUpdate], current: AdapterState, clipping_norm: float,
-                 noise_multiplier: float) -> AdapterState:
+def private_mean(
+    updates: list[TenantUpdate], current: AdapterState, clipping_norm: float, noise_multiplier: float
+) -> AdapterState:
     """Central DP with fixed clipping (Flower's helpers): clip each update, average equally, add Gaussian noise."""
     keys = sorted(current)
     reference = [current[k].double().numpy() for k in keys]
@@ -212,17 +224,18 @@ def private_mean(updates: list[TenantUpdate], current: AdapterState, clipping_no
         arrays = [update.state[k].double().numpy().copy() for k in keys]
         compute_clip_model_update(arrays, reference, clipping_norm)
         clipped.append(arrays)
-    mean = [sum(arrays[i] for arrays in clipped) / len(clipped) for i in range(len(keys))]
+    mean = [np.mean([arrays[i] for arrays in clipped], axis=0) for i in range(len(keys))]
     if noise_multiplier > 0:
         add_gaussian_noise_inplace(mean, compute_stdv(noise_multiplier, clipping_norm, len(updates)))
-    return {k: torch.from_numpy(m).to(current[k].dtype) for k, m in zip(keys, mean)}
+    return {k: torch.from_numpy(m).to(current[k].dtype) for k, m in zip(keys, mean, strict=True)}
 
 
 WEIGHT_UNITS = 1_000_000  # capped shares are carried as sample counts in parts per million
 
 
-def cap_shares(updates: list[TenantUpdate], max_share: float,
-               outlier_factor: float) -> tuple[list[TenantUpdate], dict[str, str]]:
+def cap_shares(
+    updates: list[TenantUpdate], max_share: float, outlier_factor: float
+) -> tuple[list[TenantUpdate], dict[str, str]]:
     """Cap each tenant's share of the sample-weighted merge at `max_share` (the excess goes to the others in
     proportion), and note tenants claiming more than `outlier_factor` x the median count of the round.
 
@@ -233,8 +246,10 @@ def cap_shares(updates: list[TenantUpdate], max_share: float,
     median = statistics.median(counts)
     for update in updates:
         if len(updates) > 2 and update.num_examples > outlier_factor * median:
-            notes[update.tenant] = (f"claims {update.num_examples} samples, {update.num_examples / median:.0f}x the "
-                                    f"round's median ({median:g}): outlier")
+            notes[update.tenant] = (
+                f"claims {update.num_examples} samples, {update.num_examples / median:.0f}x the "
+                f"round's median ({median:g}): outlier"
+            )
     if max_share >= 1.0 or len(updates) < 2:
         return updates, notes
     cap = max(max_share, 1.0 / len(updates))  # below 1/n no weighting can satisfy the cap: equal shares
@@ -251,13 +266,15 @@ def cap_shares(updates: list[TenantUpdate], max_share: float,
             break
         capped |= over
     for tenant in capped:
-        notes[tenant] = (notes.get(tenant, "") + "; " if tenant in notes else "") + \
-            f"share of the merge capped at {cap:.0%} (aggregation.max_share)"
+        notes[tenant] = (
+            notes.get(tenant, "") + "; " if tenant in notes else ""
+        ) + f"share of the merge capped at {cap:.0%} (aggregation.max_share)"
     return [replace(u, num_examples=max(1, round(shares[u.tenant] * WEIGHT_UNITS))) for u in updates], notes
 
 
-def merge(updates: list[TenantUpdate], current: AdapterState, scaling: float,
-          settings: AggregationSection) -> tuple[AdapterState, dict[str, str]]:
+def merge(
+    updates: list[TenantUpdate], current: AdapterState, scaling: float, settings: AggregationSection
+) -> tuple[AdapterState, dict[str, str]]:
     """The round's global adapter, and a note for each tenant whose update was capped, bounded or left out."""
     updates, notes = cap_shares(updates, settings.max_share, settings.outlier_factor)
     if settings.dp_clipping_norm > 0:

@@ -17,8 +17,14 @@ from fedloop.server.registry import VersionRecord, VersionRegistry
 from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
 from fedloop.server.tracking import MlflowTracker
-from fedloop.shared.adapter import (AdapterState, adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora,
-                                    load_base_model)
+from fedloop.shared.adapter import (
+    AdapterState,
+    adapter_from_bytes,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    load_base_model,
+)
 from fedloop.shared.keys import Keyring, PartyPublicKey, load_identity
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
@@ -31,8 +37,9 @@ class RunStartError(RuntimeError):
     """A run cannot start: too few tenants enrolled, or the registry does not fit the settings."""
 
 
-def enrol_tenants(grid: Grid, trusted: Keyring, run_id: int, expected: int, minimum: int, wait_s: float,
-                  reply_timeout_s: float) -> dict[int, PartyPublicKey]:
+def enrol_tenants(
+    grid: Grid, trusted: Keyring, run_id: int, expected: int, minimum: int, wait_s: float, reply_timeout_s: float
+) -> dict[int, PartyPublicKey]:
     """Wait up to `wait_s` for `expected` nodes, challenge each, keep those that prove they hold a trusted key.
 
     Each node gets a fresh random challenge and must return its SM2 signature over the challenge, this run's id,
@@ -46,8 +53,14 @@ def enrol_tenants(grid: Grid, trusted: Keyring, run_id: int, expected: int, mini
         time.sleep(0.5)
         node_ids = list(grid.get_node_ids())
     challenges = {n: secrets.token_hex(32) for n in node_ids}
-    queries = [Message(content=RecordDict({ENROL: ConfigRecord({"challenge": challenges[n]})}),
-                       dst_node_id=n, message_type=f"{MessageType.QUERY}.{ENROL}") for n in node_ids]
+    queries = [
+        Message(
+            content=RecordDict({ENROL: ConfigRecord({"challenge": challenges[n]})}),
+            dst_node_id=n,
+            message_type=f"{MessageType.QUERY}.{ENROL}",
+        )
+        for n in node_ids
+    ]
     tenants: dict[int, PartyPublicKey] = {}
     for reply in grid.send_and_receive(queries, timeout=reply_timeout_s):
         node = reply.metadata.src_node_id
@@ -65,17 +78,26 @@ def enrol_tenants(grid: Grid, trusted: Keyring, run_id: int, expected: int, mini
         except ValueError:
             signature = b""
         if not key.key.verify(statement, signature):
-            log.warning("node %s claims tenant %r but did not prove it holds that key (bad challenge signature); "
-                        "not enrolled", node, key.name)
+            log.warning(
+                "node %s claims tenant %r but did not prove it holds that key (bad challenge signature); not enrolled",
+                node,
+                key.name,
+            )
             continue
         tenants[node] = key
     if len(tenants) < minimum:
-        raise RunStartError(f"only {len(tenants)} of {expected} tenants enrolled within {wait_s:.0f} s, "
-                            f"fewer than aggregation.min_tenants = {minimum}; check that the tenants' SuperNodes are "
-                            "up and their public keys are in HQ's keyring")
+        raise RunStartError(
+            f"only {len(tenants)} of {expected} tenants enrolled within {wait_s:.0f} s, "
+            f"fewer than aggregation.min_tenants = {minimum}; check that the tenants' SuperNodes are "
+            "up and their public keys are in HQ's keyring"
+        )
     if len(tenants) < expected:
-        log.warning("only %d of %d tenants enrolled; the run goes on with them (aggregation.min_tenants = %d)",
-                    len(tenants), expected, minimum)
+        log.warning(
+            "only %d of %d tenants enrolled; the run goes on with them (aggregation.min_tenants = %d)",
+            len(tenants),
+            expected,
+            minimum,
+        )
     log.info("enrolled tenants: %s", ", ".join(sorted(t.name for t in tenants.values())))
     return tenants
 
@@ -90,16 +112,29 @@ def starting_version(registry: VersionRegistry, settings: Settings) -> tuple[Ver
     if latest is None:
         model, _ = load_base_model(Path(settings.paths.model))
         initial = adapter_state(attach_lora(model, settings.lora, settings.federation.seed))
-        genesis = registry.create(adapter_to_bytes(initial), None, settings.federation.run_name, 0, {}, "init",
-                                  {"lora": asdict(settings.lora)})
+        genesis = registry.create(
+            adapter_to_bytes(initial),
+            None,
+            settings.federation.run_name,
+            0,
+            {},
+            "init",
+            {"lora": asdict(settings.lora)},
+        )
         log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
         return genesis, initial
     recorded = {**latest.settings.get("lora", {})}
     if recorded and recorded != json.loads(json.dumps(asdict(settings.lora))):
-        raise RunStartError(f"the registry's newest version {latest.id} has LoRA settings {recorded}, but the "
-                            f"settings ask for {asdict(settings.lora)}: use the same [lora] or a new registry")
-    log.info("continuing from version %s (round %d of run %s), the newest in the registry",
-             latest.id, latest.round, latest.run)
+        raise RunStartError(
+            f"the registry's newest version {latest.id} has LoRA settings {recorded}, but the "
+            f"settings ask for {asdict(settings.lora)}: use the same [lora] or a new registry"
+        )
+    log.info(
+        "continuing from version %s (round %d of run %s), the newest in the registry",
+        latest.id,
+        latest.round,
+        latest.run,
+    )
     return latest, adapter_from_bytes(registry.load_adapter(latest.id))
 
 
@@ -110,20 +145,42 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout, run_id: int) -> No
     registry = VersionRegistry(layout.hq, hq)
     federation, tracking = settings.federation, settings.tracking
     try:
-        tenants = enrol_tenants(grid, trusted, run_id, len(federation.tenants), settings.aggregation.min_tenants,
-                                federation.enrol_timeout_s, federation.round_timeout_s)
+        tenants = enrol_tenants(
+            grid,
+            trusted,
+            run_id,
+            len(federation.tenants),
+            settings.aggregation.min_tenants,
+            federation.enrol_timeout_s,
+            federation.round_timeout_s,
+        )
         start, initial = starting_version(registry, settings)
-        with (MlflowTracker(tracking.mlflow_uri, tracking.experiment, tracking.artifacts, federation.run_name,
-                            settings.lora, settings.paths.model)
-              if tracking.mlflow_uri else nullcontext()) as tracker:
-            ledger = RoundLedger(registry, federation.run_name,
-                                 {"aggregation": asdict(settings.aggregation), "lora": asdict(settings.lora)}, tracker)
-            strategy = SealedMerge(ledger, hq, trusted, tenants, federation.run_name, start, initial,
-                                   settings.lora, settings.aggregation)
+        with (
+            MlflowTracker(
+                tracking.mlflow_uri,
+                tracking.experiment,
+                tracking.artifacts,
+                federation.run_name,
+                settings.lora,
+                settings.paths.model,
+            )
+            if tracking.mlflow_uri
+            else nullcontext()
+        ) as tracker:
+            ledger = RoundLedger(
+                registry,
+                federation.run_name,
+                {"aggregation": asdict(settings.aggregation), "lora": asdict(settings.lora)},
+                tracker,
+            )
+            strategy = SealedMerge(
+                ledger, hq, trusted, tenants, federation.run_name, start, initial, settings.lora, settings.aggregation
+            )
             arrays = ArrayRecord(initial)
             timeout = federation.round_timeout_s
-            before = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord(), grid),
-                                           timeout=timeout)
+            before = grid.send_and_receive(
+                strategy.configure_evaluate(0, arrays, ConfigRecord(), grid), timeout=timeout
+            )
             strategy.aggregate_evaluate(0, before)
             result = strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
         summary = {

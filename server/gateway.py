@@ -33,8 +33,10 @@ def nginx_executable() -> str:
     bundled = Path(sys.prefix) / "nginx" / "usr" / "sbin" / "nginx"
     found = shutil.which("nginx") or (str(bundled) if bundled.exists() else None)
     if found is None:
-        raise DeploymentError("nginx not found: `make install` unpacks Debian's nginx package into .venv/nginx, "
-                              "or install it (`apt-get install nginx`)")
+        raise DeploymentError(
+            "nginx not found: `make install` unpacks Debian's nginx package into .venv/nginx, "
+            "or install it (`apt-get install nginx`)"
+        )
     return found
 
 
@@ -58,16 +60,15 @@ class GatewaySpec:
     def config(self) -> str:
         """The nginx configuration: Fleet API forwarded over TLS, everything else refused."""
         d = self.directory.resolve()
-        temp = "\n".join(f"    {kind}_temp_path {d / 'tmp' / kind};"
-                         for kind in TEMP_KINDS)
+        temp = "\n".join(f"    {kind}_temp_path {d / 'tmp' / kind};" for kind in TEMP_KINDS)
         user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
         return f"""{user}worker_processes 1;
-pid {d / 'nginx.pid'};
-error_log {d / 'error.log'} warn;
+pid {d / "nginx.pid"};
+error_log {d / "error.log"} warn;
 events {{ worker_connections 512; }}
 http {{
 {temp}
-    access_log {d / 'access.log'};
+    access_log {d / "access.log"};
     server_tokens off;
     upstream superlink {{ server 127.0.0.1:{self.superlink_port}; keepalive 16; }}
     server {{
@@ -91,7 +92,7 @@ http {{
         }}
         location / {{
             default_type application/json;
-            return 403 '{{"detail": "only the Fleet API is served on this port; HQ operators use the Control API on HQ\\'s loopback"}}';
+            return 403 '{{"detail": "only the Fleet API is served here; HQ operators use the Control API at HQ"}}';
         }}
     }}
 }}
@@ -106,5 +107,14 @@ http {{
             (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         path = self.directory / "nginx.conf"
         write_atomic(path, self.config().encode())
-        return [nginx_executable(), "-c", str(path.resolve()), "-p", str(self.directory.resolve()),
-                "-e", str((self.directory / "error.log").resolve()), "-g", "daemon off;"]
+        return [
+            nginx_executable(),
+            "-c",
+            str(path.resolve()),
+            "-p",
+            str(self.directory.resolve()),
+            "-e",
+            str((self.directory / "error.log").resolve()),
+            "-g",
+            "daemon off;",
+        ]

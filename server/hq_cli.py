@@ -12,8 +12,16 @@ from fedloop.server.gateway import GatewaySpec
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
 from fedloop.shared.console import command_group, fail
-from fedloop.shared.flower_processes import (DeploymentError, SuperLinkSpec, register_node, start_flower, stop_flower,
-                                             submit_run, supervise_all, write_cli_config)
+from fedloop.shared.flower_processes import (
+    DeploymentError,
+    SuperLinkSpec,
+    register_node,
+    start_flower,
+    stop_flower,
+    submit_run,
+    supervise_all,
+    write_cli_config,
+)
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.run_layout import RunLayout
@@ -37,17 +45,25 @@ def hq_up(config: Path = HQ_CONFIG) -> None:
     configure_logging()
     settings = hq_settings_or_fail(config)
     hq, certs = settings.hq, settings.certs
-    spec = SuperLinkSpec(settings.home, certs / "ca.crt", certs / "superlink.crt", certs / "superlink.key",
-                         "127.0.0.1", hq.superlink_port)
-    gateway = GatewaySpec(settings.home, hq.host, hq.port, spec.certificate, spec.private_key, spec.ca_certificate,
-                          hq.superlink_port)
+    spec = SuperLinkSpec(
+        settings.home,
+        certs / "ca.crt",
+        certs / "superlink.crt",
+        certs / "superlink.key",
+        "127.0.0.1",
+        hq.superlink_port,
+    )
+    gateway = GatewaySpec(
+        settings.home, hq.host, hq.port, spec.certificate, spec.private_key, spec.ca_certificate, hq.superlink_port
+    )
     with ExitStack() as running:
         try:
             superlink_command, gateway_command = spec.command(), gateway.command()
             write_cli_config(settings.home, spec.address, spec.ca_certificate)
             if hq.metrics_address:
-                exporter = serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"),
-                                         hq.metrics_address)[0]
+                exporter = serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"), hq.metrics_address)[
+                    0
+                ]
                 running.callback(exporter.shutdown)
             superlink = start_flower(superlink_command, settings.home)
             running.callback(stop_flower, superlink)
@@ -55,20 +71,26 @@ def hq_up(config: Path = HQ_CONFIG) -> None:
             running.callback(stop_flower, proxy)
         except (DeploymentError, OSError) as err:
             fail(f"{err} (see {config})")
-        typer.echo(f"Fleet API on {hq.host}:{hq.port} (nginx, TLS; SuperNode authentication; every other path "
-                   f"refused); Control API on {spec.address} for HQ's operators"
-                   + (f"; metrics on http://{hq.metrics_address}/metrics" if hq.metrics_address else ""))
+        typer.echo(
+            f"Fleet API on {hq.host}:{hq.port} (nginx, TLS; SuperNode authentication; every other path "
+            f"refused); Control API on {spec.address} for HQ's operators"
+            + (f"; metrics on http://{hq.metrics_address}/metrics" if hq.metrics_address else "")
+        )
         ended = supervise_all({"the SuperLink": superlink, "the gateway (nginx)": proxy})
     if ended is not None:
-        fail(f"{ended[0]} exited with status {ended[1]}: see its log above"
-             + (f" and {gateway.directory / 'error.log'}" if "gateway" in ended[0] else ""))
+        fail(
+            f"{ended[0]} exited with status {ended[1]}: see its log above"
+            + (f" and {gateway.directory / 'error.log'}" if "gateway" in ended[0] else "")
+        )
     typer.echo("stopped")
 
 
 @hq_app.command("register-node")
-def hq_register_node(key: Path = typer.Option(..., help="The tenant's SuperNode public key (<tenant>.node.pub)."),
-                     name: str = typer.Option(..., help="The tenant's name (shown by `flwr supernode list`)."),
-                     config: Path = HQ_CONFIG) -> None:
+def hq_register_node(
+    key: Path = typer.Option(..., help="The tenant's SuperNode public key (<tenant>.node.pub)."),
+    name: str = typer.Option(..., help="The tenant's name (shown by `flwr supernode list`)."),
+    config: Path = HQ_CONFIG,
+) -> None:
     """Allow a tenant's SuperNode to connect: register its public key with the running SuperLink."""
     try:
         typer.echo(register_node(hq_settings_or_fail(config).home, key, name).strip())
@@ -76,8 +98,10 @@ def hq_register_node(key: Path = typer.Option(..., help="The tenant's SuperNode 
         fail(str(err))
 
 
-def run(settings: Path = typer.Option(..., help="The federation settings TOML (shared with the tenants)."),
-        config: Path = HQ_CONFIG) -> None:
+def run(
+    settings: Path = typer.Option(..., help="The federation settings TOML (shared with the tenants)."),
+    config: Path = HQ_CONFIG,
+) -> None:
     """Submit a federated run to the SuperLink (`flwr run`), stream its log, and fail if it did not finish."""
     home = hq_settings_or_fail(config).home
     summary = RunLayout(home).summary

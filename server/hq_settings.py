@@ -30,8 +30,11 @@ class HQSettings:
         for key, port in (("hq.port", self.hq.port), ("hq.superlink_port", self.hq.superlink_port)):
             require(0 < port < 65536, key, "a port number in 1..65535")
         require(self.hq.superlink_port != self.hq.port, "hq.superlink_port", "a port other than hq.port")
-        require(self.hq.metrics_address == "" or is_host_port(self.hq.metrics_address), "hq.metrics_address",
-                "host:port (e.g. 127.0.0.1:9301), or \"\" for no endpoint")
+        require(
+            self.hq.metrics_address == "" or is_host_port(self.hq.metrics_address),
+            "hq.metrics_address",
+            'host:port (e.g. 127.0.0.1:9301), or "" for no endpoint',
+        )
 
     @property
     def home(self) -> Path:

@@ -13,6 +13,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +37,7 @@ class RegistryCollector(Collector):
     def __init__(self, database: Path) -> None:
         self._database = database
 
-    def _rows(self) -> tuple[list[dict], dict[str, int]]:
+    def _rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Round reports (round >= 1, oldest first) and version counts by status; empty if no registry yet."""
         if not self._database.exists():
             return [], {}

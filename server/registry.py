@@ -101,23 +101,50 @@ class VersionRegistry:
         """Close the database."""
         self._db.close()
 
-    def create(self, adapter: bytes, parent: str | None, run: str, round_: int,
-               contributors: dict[str, int], method: str, settings: dict[str, Any] | None = None) -> VersionRecord:
+    def create(
+        self,
+        adapter: bytes,
+        parent: str | None,
+        run: str,
+        round_: int,
+        contributors: dict[str, int],
+        method: str,
+        settings: dict[str, Any] | None = None,
+    ) -> VersionRecord:
         """Record a new version: encrypted blob first, then the signed row.
 
         `settings` are what produced it (aggregation and LoRA settings), kept with the signed manifest.
         """
         digest = sm3_digest(adapter).hex()
         (count,) = self._db.execute("SELECT COUNT(*) FROM versions").fetchone()
-        record = VersionRecord(f"v{count:04d}-{digest[:8]}", parent, run, round_, dict(contributors),
-                               method, digest, "candidate", dict(settings or {}))
-        write_atomic(self._blob_path(record.id),
-                     self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
+        record = VersionRecord(
+            f"v{count:04d}-{digest[:8]}",
+            parent,
+            run,
+            round_,
+            dict(contributors),
+            method,
+            digest,
+            "candidate",
+            dict(settings or {}),
+        )
+        write_atomic(self._blob_path(record.id), self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
         signature = self._hq.signing_key.sign(record.manifest())
         self._db.execute(
             "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
-            (record.id, parent, run, round_, json.dumps(record.contributors), method, digest,
-             signature, record.status, time.time(), json.dumps(record.settings, sort_keys=True)),
+            (
+                record.id,
+                parent,
+                run,
+                round_,
+                json.dumps(record.contributors),
+                method,
+                digest,
+                signature,
+                record.status,
+                time.time(),
+                json.dumps(record.settings, sort_keys=True),
+            ),
         )
         return record
 
@@ -128,12 +155,23 @@ class VersionRegistry:
         """The record of `version_id`; raises RegistryError if unknown."""
         row = self._db.execute(
             "SELECT id, parent, run, round, contributors, method, digest, status, settings, metrics "
-            "FROM versions WHERE id = ?", (version_id,),
+            "FROM versions WHERE id = ?",
+            (version_id,),
         ).fetchone()
         if row is None:
             raise RegistryError(f"unknown version {version_id!r}: `fedloop versions list` shows the known ones")
-        return VersionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
-                             json.loads(row[8]), json.loads(row[9]))
+        return VersionRecord(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            json.loads(row[4]),
+            row[5],
+            row[6],
+            row[7],
+            json.loads(row[8]),
+            json.loads(row[9]),
+        )
 
     def versions(self) -> list[VersionRecord]:
         """All versions, oldest first."""
@@ -142,8 +180,9 @@ class VersionRegistry:
 
     def latest(self) -> VersionRecord | None:
         """The newest version that was not rolled back: where the next run continues from."""
-        row = self._db.execute("SELECT id FROM versions WHERE status != 'rolled_back' "
-                               "ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+        row = self._db.execute(
+            "SELECT id FROM versions WHERE status != 'rolled_back' ORDER BY created_at DESC, id DESC LIMIT 1"
+        ).fetchone()
         return self.get(row[0]) if row else None
 
     def lineage(self, version_id: str) -> list[VersionRecord]:
@@ -172,27 +211,35 @@ class VersionRegistry:
     def record_metrics(self, version_id: str, metrics: dict[str, Any]) -> None:
         """Merge `metrics` (e.g. hit rate per tenant) into the version's metrics."""
         merged = {**self.get(version_id).metrics, **metrics}
-        self._db.execute("UPDATE versions SET metrics = ? WHERE id = ?", (json.dumps(merged, sort_keys=True),
-                                                                          version_id))
+        self._db.execute(
+            "UPDATE versions SET metrics = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id)
+        )
 
     def stable(self) -> VersionRecord | None:
         """The version the stable pointer names: the newest release not rolled back since, if any."""
-        row = self._db.execute("SELECT r.version FROM releases r JOIN versions v ON v.id = r.version "
-                               "WHERE v.status = 'stable' ORDER BY r.seq DESC LIMIT 1").fetchone()
+        row = self._db.execute(
+            "SELECT r.version FROM releases r JOIN versions v ON v.id = r.version "
+            "WHERE v.status = 'stable' ORDER BY r.seq DESC LIMIT 1"
+        ).fetchone()
         return self.get(row[0]) if row else None
 
     def record_round(self, run: str, round_: int, version: str | None, report: dict[str, Any]) -> None:
         """Keep what happened in a round (contributors, refusals, bytes, timings, evaluations: no tenant data)."""
-        self._db.execute("INSERT INTO rounds (run, round, version, finished_at, report) VALUES (?, ?, ?, ?, ?)",
-                         (run, round_, version, time.time(), json.dumps(report, sort_keys=True)))
+        self._db.execute(
+            "INSERT INTO rounds (run, round, version, finished_at, report) VALUES (?, ?, ?, ?, ?)",
+            (run, round_, version, time.time(), json.dumps(report, sort_keys=True)),
+        )
 
     def rounds(self, run: str | None = None) -> list[dict[str, Any]]:
         """Round reports, oldest first (of one run, or of all), each with its run, round and finish time."""
         where, params = ("WHERE run = ?", (run,)) if run else ("", ())
-        rows = self._db.execute(f"SELECT run, round, version, finished_at, report FROM rounds {where} ORDER BY seq",
-                                params).fetchall()
-        return [{**json.loads(report), "run": r, "round": n, "version": v, "finished_at": at}
-                for r, n, v, at, report in rows]
+        rows = self._db.execute(
+            f"SELECT run, round, version, finished_at, report FROM rounds {where} ORDER BY seq", params
+        ).fetchall()
+        return [
+            {**json.loads(report), "run": r, "round": n, "version": v, "finished_at": at}
+            for r, n, v, at, report in rows
+        ]
 
     def audit(self, actor: str, action: str, subject: str) -> None:
         """Append an entry to HQ's chained audit log."""
@@ -203,13 +250,15 @@ class VersionRegistry:
         record = self.get(version_id)
         target = _NEXT_STATUS.get(record.status)
         if target is None:
-            raise RegistryError(f"version {version_id} is {record.status}; only a candidate or a canary can be "
-                                "promoted")
+            raise RegistryError(
+                f"version {version_id} is {record.status}; only a candidate or a canary can be promoted"
+            )
         with immediate_transaction(self._db):
             self._db.execute("UPDATE versions SET status = ? WHERE id = ?", (target, version_id))
             if target == "stable":
-                self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'promote', ?)",
-                                 (version_id, time.time()))
+                self._db.execute(
+                    "INSERT INTO releases (version, action, at) VALUES (?, 'promote', ?)", (version_id, time.time())
+                )
             self.audit_log.append(actor, "version.promote", f"{version_id}: {record.status} -> {target}")
         return self.get(version_id)
 
@@ -226,7 +275,9 @@ class VersionRegistry:
             if record.status == "stable":
                 previous = self.stable()
                 if previous is not None:
-                    self._db.execute("INSERT INTO releases (version, action, at) VALUES (?, 'rollback', ?)",
-                                     (previous.id, time.time()))
+                    self._db.execute(
+                        "INSERT INTO releases (version, action, at) VALUES (?, 'rollback', ?)",
+                        (previous.id, time.time()),
+                    )
             self.audit_log.append(actor, "version.rollback", f"{version_id}: {record.status} -> rolled_back")
         return self.stable()

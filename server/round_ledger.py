@@ -21,18 +21,21 @@ if TYPE_CHECKING:
 class RoundLedger:
     """Records one run's versions and rounds in the registry, and (if configured) in MLflow."""
 
-    def __init__(self, registry: VersionRegistry, run: str, settings: dict[str, Any],
-                 tracker: MlflowTracker | None = None) -> None:
+    def __init__(
+        self, registry: VersionRegistry, run: str, settings: dict[str, Any], tracker: MlflowTracker | None = None
+    ) -> None:
         self.registry = registry
         self.run = run
         self.settings = settings  # the aggregation and LoRA settings every version records
         self.tracker = tracker
 
-    def record_version(self, merged: AdapterState, parent: VersionRecord, round_: int, method: str,
-                       contributors: dict[str, int]) -> VersionRecord:
+    def record_version(
+        self, merged: AdapterState, parent: VersionRecord, round_: int, method: str, contributors: dict[str, int]
+    ) -> VersionRecord:
         """Register a round's merged adapter as a new signed version of `parent`."""
-        return self.registry.create(adapter_to_bytes(merged), parent.id, self.run, round_, contributors, method,
-                                    self.settings)
+        return self.registry.create(
+            adapter_to_bytes(merged), parent.id, self.run, round_, contributors, method, self.settings
+        )
 
     def record_round(self, report: RoundReport, version: VersionRecord, state: AdapterState) -> None:
         """A finished round: its refusals (audited), its report, its tenants' hit rates, and MLflow's step."""

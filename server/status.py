@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fedloop.server.hq_settings import HQSettings
@@ -15,7 +15,7 @@ from fedloop.shared.run_layout import HQ_NAME, RunLayout
 def _date(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def hq_status(settings: HQSettings) -> dict[str, Any]:
@@ -42,10 +42,19 @@ def hq_status(settings: HQSettings) -> dict[str, Any]:
         "stable": stable.id if stable else None,
         "newest": latest.id if latest else None,
         "versions_by_status": dict(Counter(v.status for v in versions)),
-        "last_round": ({"run": last["run"], "round": last["round"], "version": last["version"],
-                        "finished_at": _date(last["finished_at"]), "duration_s": last.get("duration_s"),
-                        "contributors": last.get("contributors", {}), "refused": last.get("refused", {})}
-                       if last else None),
+        "last_round": (
+            {
+                "run": last["run"],
+                "round": last["round"],
+                "version": last["version"],
+                "finished_at": _date(last["finished_at"]),
+                "duration_s": last.get("duration_s"),
+                "contributors": last.get("contributors", {}),
+                "refused": last.get("refused", {}),
+            }
+            if last
+            else None
+        ),
         "refused_by_tenant_gates": {version: sorted(names) for version, names in refused.items()},
         "trusted_tenants": tenants,
         "keys": key_ages(layout.keys, HQ_NAME),

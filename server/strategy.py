@@ -23,13 +23,21 @@ from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_updat
 from fedloop.server.registry import VersionRecord
 from fedloop.server.round_ledger import RoundLedger
 from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
-from fedloop.shared.settings import AggregationSection
-from fedloop.shared.protocol import (DATASET_VERSION, UPDATE, METRICS, NUM_EXAMPLES, update_binding, global_binding,
-                                     global_content, wire_size)
+from fedloop.shared.protocol import (
+    DATASET_VERSION,
+    METRICS,
+    NUM_EXAMPLES,
+    UPDATE,
+    global_binding,
+    global_content,
+    sealed_envelope,
+    update_binding,
+    wire_size,
+)
+from fedloop.shared.settings import AggregationSection, LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ class RoundReport:
     duration_s: float = 0.0  # from then until the tenants' evaluations were back
 
 
+def _figures(record: MetricRecord | None) -> dict[str, float]:
+    """A tenant's reported numbers (counts and aggregate metrics) as plain floats."""
+    return {key: float(value) for key, value in (record or {}).items() if isinstance(value, int | float)}
+
+
 class UpdateRefused(Exception):
     """A tenant's reply was not merged; `reason` is the short code counted in the round report."""
 
@@ -66,10 +79,18 @@ class UpdateRefused(Exception):
 class SealedMerge(Strategy):
     """Merging of sealed LoRA adapters; what each round produced goes to the `RoundLedger`, and nowhere else."""
 
-    def __init__(self, ledger: RoundLedger, hq: Identity, trusted: Keyring,
-                 tenants: dict[int, PartyPublicKey], run: str, current: VersionRecord,
-                 current_state: AdapterState, lora: LoraSettings,
-                 aggregation: AggregationSection | None = None) -> None:
+    def __init__(
+        self,
+        ledger: RoundLedger,
+        hq: Identity,
+        trusted: Keyring,
+        tenants: dict[int, PartyPublicKey],
+        run: str,
+        current: VersionRecord,
+        current_state: AdapterState,
+        lora: LoraSettings,
+        aggregation: AggregationSection | None = None,
+    ) -> None:
         self.ledger = ledger
         self.hq = hq
         self.trusted = trusted
@@ -107,11 +128,13 @@ class SealedMerge(Strategy):
         addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
         return addressed.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Seal the current global version for every enrolled tenant."""
-        log.info("round %d: sending version %s to %d tenants for training",
-                 server_round, self.current.id, len(self.tenants))
+        log.info(
+            "round %d: sending version %s to %d tenants for training", server_round, self.current.id, len(self.tenants)
+        )
         self._report(server_round).started_at = time.time()
         return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
 
@@ -122,9 +145,10 @@ class SealedMerge(Strategy):
         if reply.has_error():
             raise UpdateRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
         try:
-            envelope = reply.content.config_records[UPDATE]["envelope"]
-            opened = open_envelope(envelope, self.hq, self.trusted,
-                                   update_binding(tenant.name, self.run, server_round, self.current.id))
+            envelope = sealed_envelope(reply.content.config_records[UPDATE])
+            opened = open_envelope(
+                envelope, self.hq, self.trusted, update_binding(tenant.name, self.run, server_round, self.current.id)
+            )
         except EnvelopeError as err:
             raise UpdateRefused(str(err), err.reason) from None
         except (CryptoError, KeyError, TypeError) as err:
@@ -141,23 +165,23 @@ class SealedMerge(Strategy):
             raise UpdateRefused(str(err), err.reason) from None
         except Exception as err:  # safetensors raises its own error types for a corrupt blob
             raise UpdateRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
-        return TenantUpdate(tenant.name, state, num_examples,
-                            str(opened.binding.details.get(DATASET_VERSION, "")))
+        return TenantUpdate(tenant.name, state, num_examples, str(opened.binding.details.get(DATASET_VERSION, "")))
 
     def _check_not_replayed(self, reply: Message, name: str, accepted: set[str]) -> None:
         """Refuse a sealed update already seen in this run, and a second update from a tenant in one round."""
         if reply.has_error():
             return
         try:
-            digest = sm3_digest(bytes(reply.content.config_records[UPDATE]["envelope"]))
+            digest = sm3_digest(sealed_envelope(reply.content.config_records[UPDATE]))
         except (KeyError, TypeError):
             return  # _open_update names what is missing
         if digest in self.seen_envelopes:
             raise UpdateRefused(f"{name}'s sealed update was already received in this run (replayed)", "replay")
         self.seen_envelopes.add(digest)
         if name in accepted:
-            raise UpdateRefused(f"{name} already sent an accepted update this round; a second one is not merged",
-                               "replay")
+            raise UpdateRefused(
+                f"{name} already sent an accepted update this round; a second one is not merged", "replay"
+            )
 
     def _refuse(self, report: RoundReport, name: str, err: UpdateRefused) -> None:
         report.refused[name] = str(err)
@@ -165,8 +189,9 @@ class SealedMerge(Strategy):
         report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
         log.warning("round %d: refused update from %s (%s): %s", report.round, name, err.reason, err)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Verify and decrypt each update, merge the accepted ones and register the new version."""
         report = self._report(server_round)
         updates: list[TenantUpdate] = []
@@ -187,31 +212,49 @@ class SealedMerge(Strategy):
             updates.append(update)
             report.contributors[update.tenant] = update.num_examples
             report.dataset_versions[update.tenant] = update.dataset_version
-            report.train_metrics[update.tenant] = dict(reply.content.metric_records.get(METRICS, {}))
+            report.train_metrics[update.tenant] = _figures(reply.content.metric_records.get(METRICS))
         for tenant in silent.values():
-            self._refuse(report, tenant.name, UpdateRefused(f"{tenant.name} sent no reply within the round's "
-                                                           "timeout (federation.round_timeout_s)", "no-reply"))
+            self._refuse(
+                report,
+                tenant.name,
+                UpdateRefused(
+                    f"{tenant.name} sent no reply within the round's timeout (federation.round_timeout_s)", "no-reply"
+                ),
+            )
         if len(updates) < self.aggregation.min_tenants:
-            log.warning("round %d: %d acceptable update(s), fewer than aggregation.min_tenants = %d; global version "
-                        "stays %s", server_round, len(updates), self.aggregation.min_tenants, self.current.id)
+            log.warning(
+                "round %d: %d acceptable update(s), fewer than aggregation.min_tenants = %d; global version stays %s",
+                server_round,
+                len(updates),
+                self.aggregation.min_tenants,
+                self.current.id,
+            )
             report.contributors.clear()
             return None, None
         merged, report.merge_notes = merge(updates, self.current_state, self.scaling, self.aggregation)
-        for tenant, note in report.merge_notes.items():
-            log.warning("round %d: %s: %s", server_round, tenant, note)
-        record = self.ledger.record_version(merged, self.current, self.rounds_before + server_round,
-                                            self.aggregation.method, report.contributors)
-        log.info("round %d: version %s (parent %s, %s) from %s", server_round, record.id, record.parent,
-                 self.aggregation.method, ", ".join(f"{t}={n}" for t, n in report.contributors.items()))
+        for name, note in report.merge_notes.items():
+            log.warning("round %d: %s: %s", server_round, name, note)
+        record = self.ledger.record_version(
+            merged, self.current, self.rounds_before + server_round, self.aggregation.method, report.contributors
+        )
+        log.info(
+            "round %d: version %s (parent %s, %s) from %s",
+            server_round,
+            record.id,
+            record.parent,
+            self.aggregation.method,
+            ", ".join(f"{t}={n}" for t, n in report.contributors.items()),
+        )
         report.version, report.parent, self.current, self.current_state = record.id, record.parent, record, merged
-        return ArrayRecord(merged), MetricRecord({"tenants": len(updates),
-                                                  NUM_EXAMPLES: sum(u.num_examples for u in updates)})
+        return ArrayRecord(merged), MetricRecord(
+            {"tenants": len(updates), NUM_EXAMPLES: sum(u.num_examples for u in updates)}
+        )
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Seal the current global version for every tenant to evaluate on its held-out prompts."""
-        log.info("round %d: asking %d tenants to evaluate version %s",
-                 server_round, len(self.tenants), self.current.id)
+        log.info("round %d: asking %d tenants to evaluate version %s", server_round, len(self.tenants), self.current.id)
         return self._sealed_messages(server_round, arrays, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -223,10 +266,14 @@ class SealedMerge(Strategy):
             node_id = self._replying_node(reply)
             tenant = self.tenants.get(node_id)
             if tenant is None or reply.has_error():
-                log.warning("round %d: evaluation failed on %s: %s", server_round, tenant.name if tenant else node_id,
-                            reply.error.reason if reply.has_error() else "not an enrolled tenant")
+                log.warning(
+                    "round %d: evaluation failed on %s: %s",
+                    server_round,
+                    tenant.name if tenant else node_id,
+                    reply.error.reason if reply.has_error() else "not an enrolled tenant",
+                )
                 continue
-            report.evaluation[tenant.name] = dict(reply.content.metric_records[METRICS])
+            report.evaluation[tenant.name] = _figures(reply.content.metric_records[METRICS])
         self.ledger.record_round(report, self.current, self.current_state)
         measured = {t: m for t, m in report.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
         total = sum(m[NUM_EXAMPLES] for m in measured.values())
@@ -234,12 +281,16 @@ class SealedMerge(Strategy):
             log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)
             return None
         mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in measured.values()) / total
-        log.info("round %d: offline hit rate on held-out finals %s (mean %.3f)", server_round,
-                 ", ".join(f"{t}={m['hit-rate']:.3f} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
-                 mean_hit)
+        log.info(
+            "round %d: offline hit rate on held-out finals %s (mean %.3f)",
+            server_round,
+            ", ".join(f"{t}={m['hit-rate']:.3f} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
+            mean_hit,
+        )
         return MetricRecord({"hit-rate": mean_hit, NUM_EXAMPLES: total})
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log.info("SealedMerge: run %s, %d tenants, starting from version %s",
-                 self.run, len(self.tenants), self.current.id)
+        log.info(
+            "SealedMerge: run %s, %d tenants, starting from version %s", self.run, len(self.tenants), self.current.id
+        )

@@ -24,13 +24,16 @@ class TrackingError(RuntimeError):
 class MlflowTracker:
     """Logs rounds of one run to MLflow; a context manager that ends the MLflow run."""
 
-    def __init__(self, uri: str, experiment: str, artifacts: str, run_name: str, lora: LoraSettings,
-                 base_model: str) -> None:
+    def __init__(
+        self, uri: str, experiment: str, artifacts: str, run_name: str, lora: LoraSettings, base_model: str
+    ) -> None:
         try:
             import mlflow
         except ImportError:
-            raise TrackingError("tracking.mlflow_uri is set but MLflow is not installed: "
-                                "pip install 'fedloop[mlflow]', or set tracking.mlflow_uri = \"\"") from None
+            raise TrackingError(
+                "tracking.mlflow_uri is set but MLflow is not installed: "
+                "pip install 'fedloop[mlflow]', or set tracking.mlflow_uri = \"\""
+            ) from None
         self._mlflow = mlflow
         self._lora, self._base_model = lora, base_model
         mlflow.set_tracking_uri(uri)
@@ -38,13 +41,19 @@ class MlflowTracker:
             mlflow.create_experiment(experiment, artifact_location=artifacts)
         mlflow.set_experiment(experiment)
         self._run = mlflow.start_run(run_name=run_name)
-        mlflow.log_params({"lora_rank": lora.rank, "lora_alpha": lora.alpha,
-                           "target_modules": ",".join(lora.target_modules), "base_model": base_model})
+        mlflow.log_params(
+            {
+                "lora_rank": lora.rank,
+                "lora_alpha": lora.alpha,
+                "target_modules": ",".join(lora.target_modules),
+                "base_model": base_model,
+            }
+        )
 
     @property
     def run_id(self) -> str:
         """The MLflow run id."""
-        return self._run.info.run_id
+        return str(self._run.info.run_id)
 
     def log_round(self, round_: int, report: dict[str, Any], version_id: str, adapter: AdapterState) -> None:
         """The round's figures at step `round_`, and its version as a PEFT-layout artifact."""
@@ -52,9 +61,14 @@ class MlflowTracker:
         metrics: dict[str, float] = {f"hit-rate/{t}": m["hit-rate"] for t, m in evaluation.items()}
         if evaluation:
             metrics["hit-rate/mean"] = sum(m["hit-rate"] for m in evaluation.values()) / len(evaluation)
-        metrics.update({"tenants": len(report.get("contributors", {})), "refused": len(report.get("refused", {})),
-                        "bytes-to-hq": sum(report.get("bytes_to_hq", {}).values()),
-                        "duration-s": report.get("duration_s", 0.0)})
+        metrics.update(
+            {
+                "tenants": len(report.get("contributors", {})),
+                "refused": len(report.get("refused", {})),
+                "bytes-to-hq": sum(report.get("bytes_to_hq", {}).values()),
+                "duration-s": report.get("duration_s", 0.0),
+            }
+        )
         self._mlflow.log_metrics(metrics, step=round_)
         with tempfile.TemporaryDirectory() as directory:
             export_peft(adapter, self._lora, self._base_model, Path(directory))

@@ -7,21 +7,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
-from fedloop.shared.settings import LoraSettings
-from fedloop.shared.console import command_group, audited, fail, output_console
+from fedloop.shared.console import audited, command_group, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.settings import LoraSettings
 
 versions_app = command_group("Inspect and release global versions in HQ's registry.")
-RunDir = Annotated[Optional[Path], typer.Option("--run", help="A run directory (runs/<run>/): its hq/ and keys/.")]
-RegistryDir = Annotated[Optional[Path], typer.Option("--registry", help="HQ's registry directory (instead of --run).")]
-KeysDir = Annotated[Optional[Path], typer.Option("--keys", help="HQ's key directory (instead of --run).")]
+RunDir = Annotated[Path | None, typer.Option("--run", help="A run directory (runs/<run>/): its hq/ and keys/.")]
+RegistryDir = Annotated[Path | None, typer.Option("--registry", help="HQ's registry directory (instead of --run).")]
+KeysDir = Annotated[Path | None, typer.Option("--keys", help="HQ's key directory (instead of --run).")]
 
 
 @contextmanager
@@ -68,10 +68,16 @@ def list_versions(run: RunDir = None, registry: RegistryDir = None, keys: KeysDi
             table.add_column(column)
         for record in versions.versions():
             marker = " ← stable" if stable and stable.id == record.id else ""
-            table.add_row(record.id, record.parent or "-", record.run, str(record.round), record.method,
-                          record.status + marker,
-                          ", ".join(f"{t}={n}" for t, n in sorted(record.contributors.items())) or "-",
-                          _mean_hit_rate(record))
+            table.add_row(
+                record.id,
+                record.parent or "-",
+                record.run,
+                str(record.round),
+                record.method,
+                record.status + marker,
+                ", ".join(f"{t}={n}" for t, n in sorted(record.contributors.items())) or "-",
+                _mean_hit_rate(record),
+            )
         output_console().print(table)
 
 
@@ -80,8 +86,11 @@ def show(version: str, run: RunDir = None, registry: RegistryDir = None, keys: K
     """One version as JSON: manifest, status, metrics, and whether HQ's signature verifies."""
     with open_registry(run, registry, keys) as versions:
         record = versions.get(version)
-        document = {**asdict(record), "signature_valid": versions.signature_valid(version),
-                    "lineage": [v.id for v in versions.lineage(version)]}
+        document = {
+            **asdict(record),
+            "signature_valid": versions.signature_valid(version),
+            "lineage": [v.id for v in versions.lineage(version)],
+        }
         typer.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
@@ -109,18 +118,23 @@ def diff(first: str, second: str, run: RunDir = None, registry: RegistryDir = No
         for module in sorted(deltas[0]):
             change = float(torch.linalg.matrix_norm(deltas[1][module] - deltas[0][module]))
             size = float(torch.linalg.matrix_norm(deltas[0][module]))
-            total, base = total + change ** 2, base + size ** 2
+            total, base = total + change**2, base + size**2
             table.add_row(module.replace("\0", "."), f"{change:.4g}", f"{change / size:.3f}" if size else "-")
-        table.add_row("[bold]all modules[/bold]", f"{total ** 0.5:.4g}",
-                      f"{(total / base) ** 0.5:.3f}" if base else "-")
+        table.add_row("[bold]all modules[/bold]", f"{total**0.5:.4g}", f"{(total / base) ** 0.5:.3f}" if base else "-")
         output_console().print(table)
 
 
 @versions_app.command("export")
-def export(version: str, out: Path = typer.Option(..., help="Directory for adapter_config.json + weights."),
-           base_model: str = typer.Option("models/smollm2-135m-instruct",
-                                          help="Written as base_model_name_or_path in adapter_config.json."),
-           run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None) -> None:
+def export(
+    version: str,
+    out: Path = typer.Option(..., help="Directory for adapter_config.json + weights."),
+    base_model: str = typer.Option(
+        "models/smollm2-135m-instruct", help="Written as base_model_name_or_path in adapter_config.json."
+    ),
+    run: RunDir = None,
+    registry: RegistryDir = None,
+    keys: KeysDir = None,
+) -> None:
     """Write a version in the standard PEFT layout (`PeftModel.from_pretrained(base, OUT)` loads it)."""
     from fedloop.shared.adapter import adapter_from_bytes, export_peft
 
@@ -136,8 +150,9 @@ OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in HQ's a
 
 
 @versions_app.command("promote")
-def promote(version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None,
-            keys: KeysDir = None) -> None:
+def promote(
+    version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None
+) -> None:
     """candidate → canary, or canary → stable."""
     with open_registry(run, registry, keys) as versions:
         record = versions.promote(version, audited(operator))
@@ -145,8 +160,9 @@ def promote(version: str, operator: str = OPERATOR, run: RunDir = None, registry
 
 
 @versions_app.command("rollback")
-def rollback(version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None,
-             keys: KeysDir = None) -> None:
+def rollback(
+    version: str, operator: str = OPERATOR, run: RunDir = None, registry: RegistryDir = None, keys: KeysDir = None
+) -> None:
     """Mark a version rolled back; if it was stable, the stable pointer goes back to the previous one."""
     with open_registry(run, registry, keys) as versions:
         stable = versions.rollback(version, audited(operator))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -29,8 +30,13 @@ class ModelLoadError(Exception):
 
 def peft_config(lora: LoraSettings) -> LoraConfig:
     """The PEFT `LoraConfig` of the federation's LoRA shape."""
-    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def check_model_path(model_path: Path) -> None:
@@ -54,8 +60,10 @@ def load_base_model(model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokeni
     """
     check_model_path(model_path)
     if model_path.suffix == ".gguf":
-        source: dict[str, str | Path] = {"pretrained_model_name_or_path": model_path.parent,
-                                         "gguf_file": model_path.name}
+        source: dict[str, str | Path] = {
+            "pretrained_model_name_or_path": model_path.parent,
+            "gguf_file": model_path.name,
+        }
     else:
         source = {"pretrained_model_name_or_path": model_path}
     tokenizer = AutoTokenizer.from_pretrained(**source, local_files_only=True)
@@ -79,11 +87,13 @@ def adapter_state(model: PeftModel) -> AdapterState:
 
 def load_adapter_state(model: PeftModel, state: AdapterState) -> None:
     """Replace the adapter weights of `model`; raises ValueError if the shapes do not match."""
-    result = set_peft_model_state_dict(model, state)
+    result: Any = set_peft_model_state_dict(model, state)  # PEFT's load result: missing and unexpected keys
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise ValueError(f"adapter does not fit this model: missing {missing[:3]}, unexpected "
-                         f"{list(result.unexpected_keys)[:3]}; check the LoRA settings on both sides")
+        raise ValueError(
+            f"adapter does not fit this model: missing {missing[:3]}, unexpected "
+            f"{list(result.unexpected_keys)[:3]}; check the LoRA settings on both sides"
+        )
 
 
 def adapter_to_bytes(state: AdapterState) -> bytes:
@@ -101,4 +111,5 @@ def export_peft(state: AdapterState, settings: LoraSettings, base_model: str, ou
     config = peft_config(settings)
     config.base_model_name_or_path = base_model
     write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state))
-    write_atomic(out_dir / "adapter_config.json", json.dumps(config.to_dict(), indent=2, default=list).encode())
+    document = config.to_dict()  # type: ignore[no-untyped-call]
+    write_atomic(out_dir / "adapter_config.json", json.dumps(document, indent=2, default=list).encode())

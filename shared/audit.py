@@ -67,8 +67,9 @@ def audit_key(secret: bytes) -> bytes:
 
 def entry_digest(key: bytes | None, prev: str, seq: int, at: float, actor: str, action: str, subject: str) -> str:
     """HMAC-SM3 under `key` (plain SM3 for a pre-key log: key None) over the previous digest and this entry."""
-    body = (prev + json.dumps([seq, repr(at), actor, action, subject], ensure_ascii=False,
-                              separators=(",", ":"))).encode()
+    body = (
+        prev + json.dumps([seq, repr(at), actor, action, subject], ensure_ascii=False, separators=(",", ":"))
+    ).encode()
     return (hmac_sm3(key, body) if key is not None else sm3_digest(body)).hex()
 
 
@@ -91,31 +92,41 @@ class AuditLog:
         """Once per database: re-chain an intact SM3 chain (older fedloop) under the key, and record that."""
         unkeyed = self._walk(None)
         if unkeyed.ok:
-            self._write(lambda: [self._chain(*row) for row in self._db.execute(
-                "SELECT seq, at, actor, action, subject FROM audit ORDER BY seq").fetchall()])
+            self._write(lambda: self._chain_all("SELECT seq, at, actor, action, subject FROM audit ORDER BY seq"))
         self._write(lambda: self._db.execute("INSERT INTO audit_chain VALUES (1)"))
         if unkeyed.entries:
-            self.append("fedloop", "audit.keyed", f"{unkeyed.entries} SM3-chained entries re-chained under the "
-                                                  "audit key" if unkeyed.ok else f"SM3 chain was already broken: "
-                                                  f"{unkeyed.problem}")
+            self.append(
+                "fedloop",
+                "audit.keyed",
+                f"{unkeyed.entries} SM3-chained entries re-chained under the audit key"
+                if unkeyed.ok
+                else f"SM3 chain was already broken: {unkeyed.problem}",
+            )
 
     def _chain_unchained(self) -> None:
         """Chain entries written before the log was chained (once, oldest first)."""
-        rows = self._db.execute("SELECT seq, at, actor, action, subject FROM audit WHERE digest = '' "
-                                "ORDER BY seq").fetchall()
-        if rows:
-            self._write(lambda: [self._chain(*row) for row in rows])
+        query = "SELECT seq, at, actor, action, subject FROM audit WHERE digest = '' ORDER BY seq"
+        if self._db.execute(query).fetchone():
+            self._write(lambda: self._chain_all(query))
 
     def _last_digest(self) -> str:
         row = self._db.execute("SELECT digest FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return row[0] if row and row[0] else GENESIS
 
+    def _chain_all(self, query: str) -> None:
+        """Chain every entry `query` selects (seq, at, actor, action, subject), oldest first."""
+        for row in self._db.execute(query).fetchall():
+            self._chain(*row)
+
     def _chain(self, seq: int, at: float, actor: str, action: str, subject: str) -> None:
-        previous = self._db.execute("SELECT digest FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                                    (seq,)).fetchone()
+        previous = self._db.execute(
+            "SELECT digest FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,)
+        ).fetchone()
         prev = previous[0] if previous else GENESIS
-        self._db.execute("UPDATE audit SET prev = ?, digest = ? WHERE seq = ?",
-                         (prev, entry_digest(self._key, prev, seq, at, actor, action, subject), seq))
+        self._db.execute(
+            "UPDATE audit SET prev = ?, digest = ? WHERE seq = ?",
+            (prev, entry_digest(self._key, prev, seq, at, actor, action, subject), seq),
+        )
 
     def _write(self, work: Callable[[], object]) -> None:
         """Run `work` inside the caller's transaction, or in one of its own."""
@@ -127,14 +138,20 @@ class AuditLog:
 
     def append(self, actor: str, action: str, subject: str) -> None:
         """Record that `actor` did `action` to `subject` (never a secret or an original)."""
+
         def work() -> None:
             prev = self._last_digest()
             at = time.time()
-            cursor = self._db.execute("INSERT INTO audit (at, actor, action, subject, prev) VALUES (?, ?, ?, ?, ?)",
-                                      (at, actor, action, subject, prev))
+            cursor = self._db.execute(
+                "INSERT INTO audit (at, actor, action, subject, prev) VALUES (?, ?, ?, ?, ?)",
+                (at, actor, action, subject, prev),
+            )
             seq = int(cursor.lastrowid or 0)
-            self._db.execute("UPDATE audit SET digest = ? WHERE seq = ?",
-                             (entry_digest(self._key, prev, seq, at, actor, action, subject), seq))
+            self._db.execute(
+                "UPDATE audit SET digest = ? WHERE seq = ?",
+                (entry_digest(self._key, prev, seq, at, actor, action, subject), seq),
+            )
+
         self._write(work)
 
     def note_first_use(self, kind: str, key_names: list[str]) -> None:
@@ -158,20 +175,38 @@ class AuditLog:
         prev, expected_seq = GENESIS, None
         for entry in entries:
             if expected_seq is not None and entry.seq != expected_seq:
-                return AuditVerdict(False, len(entries), "", f"entries {expected_seq}..{entry.seq - 1} are missing "
-                                                             f"(deleted) before entry {entry.seq}")
+                return AuditVerdict(
+                    False,
+                    len(entries),
+                    "",
+                    f"entries {expected_seq}..{entry.seq - 1} are missing (deleted) before entry {entry.seq}",
+                )
             if entry.prev != prev:
-                return AuditVerdict(False, len(entries), "", f"entry {entry.seq} does not follow the entry before "
-                                                             "it (an earlier entry was deleted or altered)")
+                return AuditVerdict(
+                    False,
+                    len(entries),
+                    "",
+                    f"entry {entry.seq} does not follow the entry before it (an earlier entry was deleted or altered)",
+                )
             if entry_digest(key, prev, entry.seq, entry.at, entry.actor, entry.action, entry.subject) != entry.digest:
-                return AuditVerdict(False, len(entries), "", f"entry {entry.seq} was altered after it was written, "
-                                                             f"or its chain was rebuilt without the audit key "
-                                                             f"({entry.action} by {entry.actor})")
+                return AuditVerdict(
+                    False,
+                    len(entries),
+                    "",
+                    f"entry {entry.seq} was altered after it was written, "
+                    f"or its chain was rebuilt without the audit key "
+                    f"({entry.action} by {entry.actor})",
+                )
             prev, expected_seq = entry.digest, entry.seq + 1
         head = f"{entries[-1].seq}:{entries[-1].digest}" if entries else f"0:{GENESIS}"
         if expected_head is not None and not self._holds(expected_head, entries):
-            return AuditVerdict(False, len(entries), head, f"the recorded head {expected_head} is not in the chain "
-                                                           "(newer entries were deleted, or the log was replaced)")
+            return AuditVerdict(
+                False,
+                len(entries),
+                head,
+                f"the recorded head {expected_head} is not in the chain "
+                "(newer entries were deleted, or the log was replaced)",
+            )
         return AuditVerdict(True, len(entries), head)
 
     @staticmethod

@@ -47,13 +47,15 @@ class FederationCertificates:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedloop"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedloop"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _alternative_names(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -66,23 +68,45 @@ def _alternative_names(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def _certificate(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-                 signing_key: ec.EllipticCurvePrivateKey, days: int, is_ca: bool,
-                 hosts: list[str]) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    days: int,
+    is_ca: bool,
+    hosts: list[str],
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
     if is_ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
-            decipher_only=False), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        builder = (builder.add_extension(_alternative_names(hosts), critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        builder = builder.add_extension(_alternative_names(hosts), critical=False).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
     return builder.sign(signing_key, hashes.SHA384())
 
 
@@ -97,8 +121,9 @@ def make_federation_certificates(out_dir: Path, hosts: list[str], days: int = 36
         raise CertificateError(f"refusing to overwrite {', '.join(existing)}; choose another --out directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(CURVE)
-    ca_cert = _certificate(_name("fedloop federation CA"), _name("fedloop federation CA"), ca_key.public_key(),
-                           ca_key, days, True, [])
+    ca_cert = _certificate(
+        _name("fedloop federation CA"), _name("fedloop federation CA"), ca_key.public_key(), ca_key, days, True, []
+    )
     server_key = ec.generate_private_key(CURVE)
     server_cert = _certificate(_name(hosts[0]), ca_cert.subject, server_key.public_key(), ca_key, days, False, hosts)
     write_atomic(out_dir / "ca.key", _pem_key(ca_key), 0o600)
@@ -119,8 +144,13 @@ def make_node_key(out_dir: Path, tenant: str) -> Path:
     if private_path.exists():
         raise CertificateError(f"refusing to overwrite {private_path}; remove it first if you mean to replace it")
     key = ec.generate_private_key(CURVE)
-    write_atomic(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                 serialization.NoEncryption()), 0o600)
+    write_atomic(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+        0o600,
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     write_atomic(out_dir / f"{tenant}.node.pub", public + f" fedloop-{tenant}\n".encode())
     return private_path

@@ -7,7 +7,6 @@ groups through the `fedloop.commands` entry points (shared/command_line.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -16,14 +15,16 @@ from fedloop.shared.certs import CertificateError, make_federation_certificates,
 from fedloop.shared.command_line import CommandLine, plug_in_sides
 from fedloop.shared.console import command_group, errors, fail
 from fedloop.shared.crypto import CryptoError
-from fedloop.shared.sqlite_db import DatabaseFileError
-from fedloop.shared.logs import configure_logging
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths, load_identity
-from fedloop.shared.sm2 import SM2PrivateKey
+from fedloop.shared.logs import configure_logging
 from fedloop.shared.operations_cli import add_side_commands
+from fedloop.shared.sm2 import SM2PrivateKey
+from fedloop.shared.sqlite_db import DatabaseFileError
 
-app = command_group("fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False)
+app = command_group(
+    "fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False
+)
 keys_app = command_group("Create and manage key files.")
 model_app = command_group("Prepare base models.")
 app.add_typer(keys_app, name="keys")
@@ -38,8 +39,11 @@ def keys_init(
     role: str = typer.Option(..., help=f"Which side the keys are for: {' or '.join(ROLES)}."),
     name: str = typer.Option(..., help="Party name, e.g. 'hq' or the tenant's name."),
     out: Path = typer.Option(..., help="Directory for the key files (created if missing)."),
-    sm2_pem: Optional[Path] = typer.Option(None, help="Use this SM2 private key (unencrypted PKCS#8 PEM, e.g. "
-                                                      "`openssl genpkey -algorithm SM2`) instead of a new one."),
+    sm2_pem: Path | None = typer.Option(
+        None,
+        help="Use this SM2 private key (unencrypted PKCS#8 PEM, e.g. "
+        "`openssl genpkey -algorithm SM2`) instead of a new one.",
+    ),
 ) -> None:
     """Write an SM2 key pair and an SM4 storage key (private files mode 0600)."""
     try:
@@ -53,10 +57,11 @@ def keys_init(
 
 
 @keys_app.command("export")
-def keys_export(keys: Path = typer.Option(..., help="The key directory (as given to `keys init --out`)."),
-                name: str = typer.Option(..., help="The party's name."),
-                out: Path = typer.Option(..., help="Directory for <name>.sm2.pem (0600) and <name>.sm2.pub.pem.")
-                ) -> None:
+def keys_export(
+    keys: Path = typer.Option(..., help="The key directory (as given to `keys init --out`)."),
+    name: str = typer.Option(..., help="The party's name."),
+    out: Path = typer.Option(..., help="Directory for <name>.sm2.pem (0600) and <name>.sm2.pub.pem."),
+) -> None:
     """Export the SM2 key pair as standard PEM (PKCS#8 / SubjectPublicKeyInfo, SM2 curve OID) for OpenSSL, an HSM
     or a KMS."""
     try:
@@ -72,9 +77,12 @@ def keys_export(keys: Path = typer.Option(..., help="The key directory (as given
 
 
 @app.command("certs")
-def certs(out: Path = typer.Option(Path("certs"), help="Directory for the CA and SuperLink files."),
-          host: list[str] = typer.Option(["127.0.0.1", "localhost"], help="Name or IP the SuperLink is reached at "
-                                                                          "(repeat the option).")) -> None:
+def certs(
+    out: Path = typer.Option(Path("certs"), help="Directory for the CA and SuperLink files."),
+    host: list[str] = typer.Option(
+        ["127.0.0.1", "localhost"], help="Name or IP the SuperLink is reached at (repeat the option)."
+    ),
+) -> None:
     """Make a CA and the SuperLink's TLS certificate at HQ (tests, first deployments). Tenants make their own node
     keys with `fedloop keys node`."""
     try:
@@ -86,8 +94,10 @@ def certs(out: Path = typer.Option(Path("certs"), help="Directory for the CA and
 
 
 @keys_app.command("node")
-def keys_node(name: str = typer.Option(..., help="The tenant's name."),
-              out: Path = typer.Option(Path("certs"), help="Directory for <name>.node and <name>.node.pub.")) -> None:
+def keys_node(
+    name: str = typer.Option(..., help="The tenant's name."),
+    out: Path = typer.Option(Path("certs"), help="Directory for <name>.node and <name>.node.pub."),
+) -> None:
     """Make this tenant's SuperNode key pair (at the tenant): keep <name>.node, send only <name>.node.pub to HQ."""
     try:
         private = make_node_key(out, name)

@@ -31,6 +31,8 @@ def fail(message: str) -> NoReturn:
 def audited(operator: str, reason: str | None = None) -> str:
     """The operator's name, stripped; exits with an error if it (or a given reason) is blank (both are audited)."""
     if not operator.strip() or (reason is not None and not reason.strip()):
-        fail("--operator" + (" and --reason" if reason is not None else "") + " must not be empty: the action is "
-             "recorded in the audit log")
+        fail(
+            "--operator" + (" and --reason" if reason is not None else "") + " must not be empty: the action is "
+            "recorded in the audit log"
+        )
     return operator.strip()

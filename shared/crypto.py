@@ -60,8 +60,7 @@ def sm4_gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> 
         return decryptor.update(body) + decryptor.finalize()
     except InvalidTag:
         raise CryptoError(
-            "SM4-GCM authentication failed: wrong key, wrong associated data, "
-            "or the ciphertext was altered"
+            "SM4-GCM authentication failed: wrong key, wrong associated data, or the ciphertext was altered"
         ) from None
 
 

@@ -22,7 +22,14 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedloop.shared.crypto import GCM_NONCE_BYTES, CryptoError, new_sm4_key, sm3_digest, sm4_gcm_decrypt, sm4_gcm_encrypt
+from fedloop.shared.crypto import (
+    GCM_NONCE_BYTES,
+    CryptoError,
+    new_sm4_key,
+    sm3_digest,
+    sm4_gcm_decrypt,
+    sm4_gcm_encrypt,
+)
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.sm2 import SIGNATURE_BYTES
 
@@ -78,18 +85,27 @@ def seal(payload: bytes, binding: Binding, sender: Identity, recipient: PartyPub
     """Encrypt `payload` for `recipient`, bind it to `binding` and sign it as `sender`."""
     data_key = new_sm4_key()
     nonce = os.urandom(GCM_NONCE_BYTES)
-    header = _canonical({
-        "v": FORMAT_VERSION,
-        "alg": ALGORITHMS,
-        "recipient": recipient.key_id,
-        "sender": sender.public.key_id,
-        "nonce": nonce.hex(),
-        "binding": asdict(binding),
-    })
+    header = _canonical(
+        {
+            "v": FORMAT_VERSION,
+            "alg": ALGORITHMS,
+            "recipient": recipient.key_id,
+            "sender": sender.public.key_id,
+            "nonce": nonce.hex(),
+            "binding": asdict(binding),
+        }
+    )
     wrapped = recipient.key.wrap(data_key)
     ciphertext = sm4_gcm_encrypt(data_key, nonce, payload, header)
-    head = b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header, struct.pack(">H", len(wrapped)),
-                     wrapped, struct.pack(">Q", len(ciphertext))])
+    head = b"".join(
+        [
+            _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)),
+            header,
+            struct.pack(">H", len(wrapped)),
+            wrapped,
+            struct.pack(">Q", len(ciphertext)),
+        ]
+    )
     return b"".join([head, ciphertext, sender.signing_key.sign(sm3_digest(head, ciphertext))])
 
 
@@ -142,16 +158,22 @@ def open_envelope(envelope: bytes, recipient: Identity, trusted: Keyring, expect
     if sender is None:
         raise EnvelopeError(
             f"envelope sender key {header.get('sender')!r} is not trusted: add its .sm2.pub.json to the keyring",
-            "unknown-key")
+            "unknown-key",
+        )
     if not sender.key.verify(sm3_digest(body), signature):
-        raise EnvelopeError(f"bad signature: envelope claims to be from {sender.role} {sender.name!r} "
-                            "but its SM2 signature does not verify (altered or forged)", "bad-signature")
+        raise EnvelopeError(
+            f"bad signature: envelope claims to be from {sender.role} {sender.name!r} "
+            "but its SM2 signature does not verify (altered or forged)",
+            "bad-signature",
+        )
     if header.get("alg") != ALGORITHMS or header.get("v") != FORMAT_VERSION:
         raise EnvelopeError(f"unsupported algorithms {header.get('alg')!r}; expected {ALGORITHMS}", "unsupported")
     if header.get("recipient") != recipient.public.key_id:
         raise EnvelopeError(
             f"envelope is addressed to key {header.get('recipient')!r}, not to this party's key "
-            f"{recipient.public.key_id!r} ({recipient.role} {recipient.name!r})", "wrong-recipient")
+            f"{recipient.public.key_id!r} ({recipient.role} {recipient.name!r})",
+            "wrong-recipient",
+        )
     try:
         binding = Binding(**header["binding"])
     except (KeyError, TypeError):
@@ -160,8 +182,10 @@ def open_envelope(envelope: bytes, recipient: Identity, trusted: Keyring, expect
         got, want = getattr(binding, name), getattr(expect, name)
         if got != want:
             stale = name in ("round", "base_version") and binding.kind == expect.kind
-            raise EnvelopeError(f"associated data mismatch: {name} is {got!r}, expected {want!r} "
-                                "(replayed, spliced or stale envelope)", "replay" if stale else "wrong-associated-data")
+            raise EnvelopeError(
+                f"associated data mismatch: {name} is {got!r}, expected {want!r} (replayed, spliced or stale envelope)",
+                "replay" if stale else "wrong-associated-data",
+            )
     data_key = recipient.signing_key.unwrap(wrapped)
     payload = sm4_gcm_decrypt(data_key, bytes.fromhex(header["nonce"]), ciphertext, header_bytes)
     return OpenedEnvelope(binding, sender, payload)

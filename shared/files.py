@@ -36,5 +36,6 @@ def require_private(path: Path) -> None:
     """Refuse a private key file that group or others may read or write (anything beyond mode 0600)."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise FilePermissionError(f"private key file {path} has mode {mode:04o}, readable beyond its owner: "
-                                  f"run `chmod 600 {path}`")
+        raise FilePermissionError(
+            f"private key file {path} has mode {mode:04o}, readable beyond its owner: run `chmod 600 {path}`"
+        )

@@ -38,8 +38,9 @@ def flower_executable(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
-        raise DeploymentError(f"`{name}` not found next to {sys.executable} or on PATH: install fedloop's "
-                              "dependencies (`make install`)")
+        raise DeploymentError(
+            f"`{name}` not found next to {sys.executable} or on PATH: install fedloop's dependencies (`make install`)"
+        )
     return found
 
 
@@ -72,13 +73,29 @@ class SuperLinkSpec:
 
     def command(self) -> list[str]:
         """`flower-superlink` with TLS, SuperNode authentication and a persistent state database."""
-        _require_files((self.private_key,), ca_certificate=self.ca_certificate, certificate=self.certificate,
-                       private_key=self.private_key)
-        return [flower_executable("flower-superlink"),
-                "--ssl-ca-certfile", str(self.ca_certificate), "--ssl-certfile", str(self.certificate),
-                "--ssl-keyfile", str(self.private_key), "--enable-supernode-auth",
-                "--database", str(self.home / "superlink.db"), "--disable-runtime-dependency-installation",
-                "--host", self.host, "--port", str(self.port)]
+        _require_files(
+            (self.private_key,),
+            ca_certificate=self.ca_certificate,
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
+        return [
+            flower_executable("flower-superlink"),
+            "--ssl-ca-certfile",
+            str(self.ca_certificate),
+            "--ssl-certfile",
+            str(self.certificate),
+            "--ssl-keyfile",
+            str(self.private_key),
+            "--enable-supernode-auth",
+            "--database",
+            str(self.home / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
 
 
 @dataclass(frozen=True)
@@ -95,14 +112,36 @@ class SuperNodeSpec:
     def command(self, home: Path) -> list[str]:
         """`flower-supernode` over TLS, signing in with the tenant's node key; its node config is written to a TOML
         file under `home` (Flower reads a .toml path as the whole config)."""
-        _require_files((self.node_key,), ca_certificate=self.ca_certificate, node_key=self.node_key, settings=self.settings,
-                       tenant_config=self.tenant_config)
-        node_config = _config_file(flower_home(home) / "node-config.toml", {
-            "tenant-config": str(self.tenant_config.resolve()), "settings": str(self.settings.resolve()),
-            "workdir": str(Path.cwd())})
-        return [flower_executable("flower-supernode"), "--superlink", self.superlink,
-                "--root-certificates", str(self.ca_certificate), "--auth-supernode-private-key", str(self.node_key),
-                "--node-config", str(node_config), "--port", str(self.runtime_port), "--max-retries", "10"]
+        _require_files(
+            (self.node_key,),
+            ca_certificate=self.ca_certificate,
+            node_key=self.node_key,
+            settings=self.settings,
+            tenant_config=self.tenant_config,
+        )
+        node_config = _config_file(
+            flower_home(home) / "node-config.toml",
+            {
+                "tenant-config": str(self.tenant_config.resolve()),
+                "settings": str(self.settings.resolve()),
+                "workdir": str(Path.cwd()),
+            },
+        )
+        return [
+            flower_executable("flower-supernode"),
+            "--superlink",
+            self.superlink,
+            "--root-certificates",
+            str(self.ca_certificate),
+            "--auth-supernode-private-key",
+            str(self.node_key),
+            "--node-config",
+            str(node_config),
+            "--port",
+            str(self.runtime_port),
+            "--max-retries",
+            "10",
+        ]
 
 
 def flower_home(home: Path) -> Path:
@@ -112,9 +151,15 @@ def flower_home(home: Path) -> Path:
 
 def write_cli_config(home: Path, address: str, ca_certificate: Path) -> Path:
     """Write the Flower CLI's connection `fedloop` (TLS, checked against `ca_certificate`) for this HQ home."""
-    return _config_file(flower_home(home) / "config.toml", {"superlink": {
-        "default": CONNECTION,
-        CONNECTION: {"address": address, "root-certificates": str(ca_certificate.resolve())}}})
+    return _config_file(
+        flower_home(home) / "config.toml",
+        {
+            "superlink": {
+                "default": CONNECTION,
+                CONNECTION: {"address": address, "root-certificates": str(ca_certificate.resolve())},
+            }
+        },
+    )
 
 
 def _config_file(path: Path, document: dict[str, Any]) -> Path:
@@ -135,11 +180,14 @@ def flower_env(home: Path) -> dict[str, str]:
 
 
 def _flwr(home: Path, *args: str, timeout: float = 120.0) -> str:
-    result = subprocess.run([flower_executable("flwr"), *args], env=flower_env(home), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [flower_executable("flwr"), *args], env=flower_env(home), capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
-        raise DeploymentError(f"`flwr {' '.join(args[:2])}` failed (exit {result.returncode}): "
-                              f"{(result.stderr or result.stdout).strip()[-600:]}")
+        raise DeploymentError(
+            f"`flwr {' '.join(args[:2])}` failed (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-600:]}"
+        )
     return result.stdout
 
 
@@ -152,15 +200,17 @@ def register_node(home: Path, public_key: Path, name: str) -> str:
 
 def submit_run(home: Path, settings: Path, stream: bool = True, timeout: float | None = None) -> int:
     """`flwr run` the fedloop Flower App with HQ's settings; streams its log; returns the exit status."""
-    run_config = _config_file(flower_home(home) / "run-config.toml", {
-        "settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())})
+    run_config = _config_file(
+        flower_home(home) / "run-config.toml",
+        {"settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())},
+    )
     command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", str(run_config)]
     if stream:
         command.append("--stream")
     return subprocess.run(command, env=flower_env(home), timeout=timeout).returncode
 
 
-def start_flower(command: list[str], home: Path) -> subprocess.Popen:
+def start_flower(command: list[str], home: Path) -> subprocess.Popen[bytes]:
     """Start a Flower process in its own process group (so its `flower-superexec` children stop with it).
 
     It is told to end if the fedloop process that started it dies, so no SuperNode outlives its tenant service.
@@ -177,14 +227,19 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def supervise_all(processes: dict[str, subprocess.Popen]) -> tuple[str, int] | None:
+def _set_when_ended(process: subprocess.Popen[bytes], ended: threading.Event) -> None:
+    process.wait()
+    ended.set()
+
+
+def supervise_all(processes: dict[str, subprocess.Popen[bytes]]) -> tuple[str, int] | None:
     """Wait for SIGINT/SIGTERM or for any of `processes` to end by itself; returns (its name, its status) then.
 
     The processes are left running: the caller stops them (stop_flower), in the order it started them reversed.
     """
     stop = stop_on_signals()
     for process in processes.values():
-        threading.Thread(target=lambda p=process: (p.wait(), stop.set()), daemon=True).start()
+        threading.Thread(target=_set_when_ended, args=(process, stop), daemon=True).start()
     stop.wait()
     for name, process in processes.items():
         if process.poll() is not None:
@@ -192,7 +247,7 @@ def supervise_all(processes: dict[str, subprocess.Popen]) -> tuple[str, int] | N
     return None
 
 
-def stop_flower(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+def stop_flower(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM the process group, SIGKILL it if it has not ended within `grace_s`."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
         try:

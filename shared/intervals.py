@@ -25,7 +25,7 @@ def paired_difference_interval(first: list[bool], second: list[bool], z: float =
     """
     if len(first) != len(second) or not first:
         raise ValueError("paired hit rates need the same, non-empty list of items")
-    differences = [int(a) - int(b) for a, b in zip(first, second)]
+    differences = [int(a) - int(b) for a, b in zip(first, second, strict=True)]
     count = len(differences)
     mean = sum(differences) / count
     variance = sum((d - mean) ** 2 for d in differences) / max(1, count - 1)

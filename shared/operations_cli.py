@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -32,8 +32,10 @@ def _one_side(**given: Path | None) -> tuple[str, Path]:
 def _installed(views: dict[str, T], side: str) -> T:
     """The view `side` registered; exits saying which part of fedloop is missing if none did."""
     if side not in views:
-        fail(f"--{side} needs the {'simulation' if side == 'run' else side} commands, which this installation "
-             "lacks: install fedloop with its client and server packages")
+        fail(
+            f"--{side} needs the {'simulation' if side == 'run' else side} commands, which this installation "
+            "lacks: install fedloop with its client and server packages"
+        )
     return views[side]
 
 
@@ -50,16 +52,18 @@ def add_side_commands(command_line: CommandLine) -> None:
     app = command_line.app
 
     @app.command("status")
-    def status(tenant: Optional[Path] = TENANT, hq: Optional[Path] = HQ,
-               as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts).")) -> None:
+    def status(
+        tenant: Path | None = TENANT,
+        hq: Path | None = HQ,
+        as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
+    ) -> None:
         """Serving version, canary, last round, samples, breaker, key ages (tenant); versions, last round (HQ)."""
         side, config = _one_side(tenant=tenant, hq=hq)
         document = _installed(command_line.status_of, side)(config)
         if as_json:
             typer.echo(json.dumps(document, indent=2, sort_keys=True))
             return
-        table = Table(title=f"fedloop status ({'tenant ' + document['tenant'] if tenant else 'HQ'})",
-                      show_header=False)
+        table = Table(title=f"fedloop status ({'tenant ' + document['tenant'] if tenant else 'HQ'})", show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value")
         for key, value in _rows(document):
@@ -70,10 +74,14 @@ def add_side_commands(command_line: CommandLine) -> None:
     app.add_typer(audit_app, name="audit")
 
     @audit_app.command("verify")
-    def verify(tenant: Optional[Path] = TENANT, hq: Optional[Path] = HQ,
-               expect_head: Optional[str] = typer.Option(None, help="A head printed earlier (SEQ:DIGEST) that must "
-                                                                     "still be in the chain: catches deleted newest "
-                                                                     "entries.")) -> None:
+    def verify(
+        tenant: Path | None = TENANT,
+        hq: Path | None = HQ,
+        expect_head: str | None = typer.Option(
+            None,
+            help="A head printed earlier (SEQ:DIGEST) that must still be in the chain: catches deleted newest entries.",
+        ),
+    ) -> None:
         """Walk the chained audit log; exit 1 naming the first edited, deleted or reordered entry."""
         side, config = _one_side(tenant=tenant, hq=hq)
         with _installed(command_line.audit_log_of, side)(config) as log:
@@ -81,12 +89,17 @@ def add_side_commands(command_line: CommandLine) -> None:
         if not verdict.ok:
             output_console().print(f"[red]audit log broken[/red]: {verdict.problem}")
             raise typer.Exit(code=1)
-        typer.echo(f"audit log intact: {verdict.entries} entries; head {verdict.head} (keep it to check later with "
-                   "--expect-head)")
+        typer.echo(
+            f"audit log intact: {verdict.entries} entries; head {verdict.head} (keep it to check later with "
+            "--expect-head)"
+        )
 
     @audit_app.command("show")
-    def show(tenant: Optional[Path] = TENANT, hq: Optional[Path] = HQ,
-             last: int = typer.Option(50, help="How many of the newest entries.")) -> None:
+    def show(
+        tenant: Path | None = TENANT,
+        hq: Path | None = HQ,
+        last: int = typer.Option(50, help="How many of the newest entries."),
+    ) -> None:
         """The newest audit entries: when, who, what, to which subject."""
         side, config = _one_side(tenant=tenant, hq=hq)
         with _installed(command_line.audit_log_of, side)(config) as log:
@@ -95,16 +108,20 @@ def add_side_commands(command_line: CommandLine) -> None:
         for column in ("seq", "at (UTC)", "actor", "action", "subject"):
             table.add_column(column, no_wrap=column != "subject")
         for entry in entries:
-            at = datetime.fromtimestamp(entry.at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            at = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(str(entry.seq), at, entry.actor, entry.action, entry.subject)
         output_console().print(table)
 
     @app.command("report")
-    def report(out: Path = typer.Option(Path("report.html"), help="Where to write the HTML report."),
-               run: Optional[Path] = typer.Option(None, "--run", help="A simulated run directory (runs/<run>/): "
-                                                                     "HQ's registry and every tenant's store."),
-               tenant: Optional[Path] = TENANT, hq: Optional[Path] = HQ,
-               version: Optional[str] = typer.Option(None, help="Only this version and its ancestors.")) -> None:
+    def report(
+        out: Path = typer.Option(Path("report.html"), help="Where to write the HTML report."),
+        run: Path | None = typer.Option(
+            None, "--run", help="A simulated run directory (runs/<run>/): HQ's registry and every tenant's store."
+        ),
+        tenant: Path | None = TENANT,
+        hq: Path | None = HQ,
+        version: str | None = typer.Option(None, help="Only this version and its ancestors."),
+    ) -> None:
         """Write a self-contained HTML evaluation report (plots embedded) for a run, HQ, or a tenant."""
         from fedloop.shared.report import render_report
 

@@ -11,6 +11,7 @@ Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name, key 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -26,8 +27,9 @@ NUM_EXAMPLES = "num-examples"
 DATASET_VERSION = "dataset-version"
 
 
-def global_binding(tenant: str, run: str, round_: int, version_id: str,
-                   details: dict[str, Any] | None = None) -> Binding:
+def global_binding(
+    tenant: str, run: str, round_: int, version_id: str, details: dict[str, Any] | None = None
+) -> Binding:
     """What a global version sent to `tenant` in `round_` is bound to (the version id is its base).
 
     `details` (signed by HQ) carry the version's `parent`, `version_round` and SM3 `digest`.
@@ -35,8 +37,9 @@ def global_binding(tenant: str, run: str, round_: int, version_id: str,
     return Binding("global", tenant, run, round_, version_id, details or {})
 
 
-def update_binding(tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0,
-                  dataset: str = "") -> Binding:
+def update_binding(
+    tenant: str, run: str, round_: int, base_version: str, num_examples: int = 0, dataset: str = ""
+) -> Binding:
     """What a tenant's update trained on `base_version` in `round_` is bound to.
 
     The signed details carry the sample count and the tenant's dataset version (a digest, no data).
@@ -54,11 +57,28 @@ def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:
     return RecordDict({GLOBAL: ConfigRecord({"envelope": envelope, "version": version_id, "round": round_})})
 
 
-def update_content(envelope: bytes, metrics: dict[str, float | int]) -> RecordDict:
+def update_content(envelope: bytes, metrics: Mapping[str, float | int]) -> RecordDict:
     """The content of a tenant's train reply."""
-    return RecordDict({UPDATE: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(metrics)})
+    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    return RecordDict({UPDATE: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(values)})
+
+
+def sealed_envelope(record: ConfigRecord) -> bytes:
+    """The sealed envelope a message's ConfigRecord carries; TypeError if it holds anything else."""
+    envelope = record["envelope"]
+    if not isinstance(envelope, bytes):
+        raise TypeError(f"the envelope is a {type(envelope).__name__}, not bytes")
+    return envelope
+
+
+def message_round(record: ConfigRecord) -> int:
+    """The round a global version's ConfigRecord names; TypeError if it is not an integer."""
+    round_ = record["round"]
+    if not isinstance(round_, int) or isinstance(round_, bool):
+        raise TypeError(f"the round is a {type(round_).__name__}, not an integer")
+    return round_
 
 
 def wire_size(content: RecordDict) -> int:
     """Bytes of `content` as Flower serialises it for the wire."""
-    return recorddict_to_proto(content).ByteSize()
+    return int(recorddict_to_proto(content).ByteSize())

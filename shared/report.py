@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import matplotlib
 
@@ -30,7 +32,9 @@ class ReportData:
 
     title: str
     source: str
-    lineage: list[dict] = field(default_factory=list)  # id, parent, round, method, contributors, status, digest
+    lineage: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # id, parent, round, method, contributors, status, digest
     versions: list[str] = field(default_factory=list)  # evaluated versions, in order
     hit_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # tenant -> version -> hit rate
     # tenant -> version -> (drafts accepted as they were, drafts with an outcome): what the tenant's users did
@@ -38,9 +42,11 @@ class ReportData:
     kl_to_serving: dict[str, dict[str, float]] = field(default_factory=dict)  # tenant -> version -> KL
     kl_bounds: dict[str, float] = field(default_factory=dict)  # tenant -> its evaluation.kl_bound
     train_losses: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # tenant -> "round n" -> losses
-    problem_rates: list[dict] = field(default_factory=list)  # tenant, problem_type, version, rate, previous, ...
-    bytes_per_round: list[dict] = field(default_factory=list)  # round, tenant, to_hq, to_tenant
-    dataset_versions: list[dict] = field(default_factory=list)  # round, tenant, dataset_version
+    problem_rates: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # tenant, problem_type, version, rate, previous, ...
+    bytes_per_round: list[dict[str, Any]] = field(default_factory=list)  # round, tenant, to_hq, to_tenant
+    dataset_versions: list[dict[str, Any]] = field(default_factory=list)  # round, tenant, dataset_version
 
 
 def _png(figure: plt.Figure) -> str:
@@ -51,15 +57,21 @@ def _png(figure: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _lines(series: dict[str, dict[str, float]], order: list[str], ylabel: str, title: str,
-           bounds: dict[str, float] | None = None) -> str:
+def _lines(
+    series: dict[str, dict[str, float]],
+    order: list[str],
+    ylabel: str,
+    title: str,
+    bounds: dict[str, float] | None = None,
+) -> str:
     figure, axis = plt.subplots(figsize=(8, 3.6))
     for name, values in sorted(series.items()):
         xs = [v for v in order if v in values]
         axis.plot(xs, [values[v] for v in xs], marker="o", label=name)
     for bound, tenants in _by_value(bounds or {}).items():
-        axis.axhline(bound, linestyle="--", color="firebrick", linewidth=1,
-                     label=f"bound {bound:g} ({', '.join(tenants)})")
+        axis.axhline(
+            bound, linestyle="--", color="firebrick", linewidth=1, label=f"bound {bound:g} ({', '.join(tenants)})"
+        )
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.tick_params(axis="x", labelrotation=30, labelsize=7)
@@ -82,8 +94,10 @@ def _served_rates(served: dict[str, dict[str, tuple[int, int]]]) -> str:
     for offset, (tenant, versions) in enumerate(sorted(served.items())):
         rates = [accepted / decided for accepted, decided in versions.values()]
         intervals = [wilson_interval(accepted, decided) for accepted, decided in versions.values()]
-        errors = [[r - low for r, (low, _) in zip(rates, intervals)],
-                  [high - r for r, (_, high) in zip(rates, intervals)]]
+        errors = [
+            [r - low for r, (low, _) in zip(rates, intervals, strict=True)],
+            [high - r for r, (_, high) in zip(rates, intervals, strict=True)],
+        ]
         positions = [order.index(v) + 0.08 * offset for v in versions]
         axis.errorbar(positions, rates, yerr=errors, marker="o", capsize=3, label=tenant)
     axis.set_xticks(range(len(order)), order)
@@ -97,7 +111,7 @@ def _served_rates(served: dict[str, dict[str, tuple[int, int]]]) -> str:
 
 def _loss_curves(losses: dict[str, dict[str, list[float]]]) -> str:
     figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2), squeeze=False)
-    for axis, (tenant, runs) in zip(axes[0], sorted(losses.items())):
+    for axis, (tenant, runs) in zip(axes[0], sorted(losses.items()), strict=True):
         for label, values in runs.items():
             axis.plot(range(1, len(values) + 1), values, marker=".", label=label)
         axis.set_title(f"{tenant}: training loss")
@@ -106,7 +120,7 @@ def _loss_curves(losses: dict[str, dict[str, list[float]]]) -> str:
     return _png(figure)
 
 
-def _bytes(rows: list[dict]) -> str:
+def _bytes(rows: list[dict[str, Any]]) -> str:
     rounds = list(dict.fromkeys(r["round"] for r in rows))  # in the order they happened
     to_hq = [sum(r["to_hq"] for r in rows if r["round"] == n) / 1e6 for n in rounds]
     to_tenants = [sum(r["to_tenant"] for r in rows if r["round"] == n) / 1e6 for n in rounds]
@@ -120,7 +134,7 @@ def _bytes(rows: list[dict]) -> str:
     return _png(figure)
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
+def _table(headers: list[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -156,56 +170,135 @@ def render_report(data: ReportData) -> str:
     """The report as one HTML document."""
     sections = []
     if data.hit_rates:
-        rows = [[t] + [f"{data.hit_rates[t].get(v, float('nan')):.1%}" for v in data.versions]
-                for t in sorted(data.hit_rates)]
-        sections.append(_section("Hit rate per tenant per version",
-                                 _image(_lines(data.hit_rates, data.versions, "hit rate", "Draft hit rate on "
-                                                                                          "held-out prompts"),
-                                        "hit rate per tenant per version"),
-                                 _table(["tenant", *data.versions], rows)))
+        rows = [
+            [t] + [f"{data.hit_rates[t].get(v, float('nan')):.1%}" for v in data.versions]
+            for t in sorted(data.hit_rates)
+        ]
+        sections.append(
+            _section(
+                "Hit rate per tenant per version",
+                _image(
+                    _lines(data.hit_rates, data.versions, "hit rate", "Draft hit rate on held-out prompts"),
+                    "hit rate per tenant per version",
+                ),
+                _table(["tenant", *data.versions], rows),
+            )
+        )
     if data.served:
         rows = []
         for tenant, versions in sorted(data.served.items()):
             for version, (accepted, decided) in versions.items():
                 low, high = wilson_interval(accepted, decided)
-                rows.append([tenant, version, f"{accepted / decided:.1%}", f"{accepted} / {decided}",
-                             f"[{low:.1%}, {high:.1%}]"])
-        sections.append(_section("Hit rate with users per version (their outcomes)",
-                                 _image(_served_rates(data.served), "hit rate with users per version"),
-                                 _table(["tenant", "version", "hit rate", "accepted / drafts with an outcome",
-                                         "95 % interval"], rows)))
+                rows.append(
+                    [
+                        tenant,
+                        version,
+                        f"{accepted / decided:.1%}",
+                        f"{accepted} / {decided}",
+                        f"[{low:.1%}, {high:.1%}]",
+                    ]
+                )
+        sections.append(
+            _section(
+                "Hit rate with users per version (their outcomes)",
+                _image(_served_rates(data.served), "hit rate with users per version"),
+                _table(["tenant", "version", "hit rate", "accepted / drafts with an outcome", "95 % interval"], rows),
+            )
+        )
     if data.train_losses:
         sections.append(_section("Training loss", _image(_loss_curves(data.train_losses), "training loss curves")))
     if data.kl_to_serving:
-        sections.append(_section("KL divergence to the serving version",
-                                 _image(_lines(data.kl_to_serving, data.versions, "mean per-token KL",
-                                               "KL(candidate ‖ serving) on reference prompts", data.kl_bounds),
-                                        "KL to serving"),
-                                 '<p class="note">The KL gate refuses a version above its bound '
-                                 "(evaluation.kl_bound; dashed).</p>"))
+        sections.append(
+            _section(
+                "KL divergence to the serving version",
+                _image(
+                    _lines(
+                        data.kl_to_serving,
+                        data.versions,
+                        "mean per-token KL",
+                        "KL(candidate ‖ serving) on reference prompts",
+                        data.kl_bounds,
+                    ),
+                    "KL to serving",
+                ),
+                '<p class="note">The KL gate refuses a version above its bound (evaluation.kl_bound; dashed).</p>',
+            )
+        )
     if data.problem_rates:
-        sections.append(_section("Problem rate against the previous version", _table(
-            ["tenant", "problem type", "version", "rate", "flagged / drafts", "previous version", "previous rate"],
-            [[r["tenant"], r["problem_type"], r["version"], f"{r['rate']:.1%}", f"{r['flagged']} / {r['drafts']}",
-              r["previous"] or "-", "-" if r["previous_rate"] is None else f"{r['previous_rate']:.1%}"]
-             for r in data.problem_rates])))
+        sections.append(
+            _section(
+                "Problem rate against the previous version",
+                _table(
+                    [
+                        "tenant",
+                        "problem type",
+                        "version",
+                        "rate",
+                        "flagged / drafts",
+                        "previous version",
+                        "previous rate",
+                    ],
+                    [
+                        [
+                            r["tenant"],
+                            r["problem_type"],
+                            r["version"],
+                            f"{r['rate']:.1%}",
+                            f"{r['flagged']} / {r['drafts']}",
+                            r["previous"] or "-",
+                            "-" if r["previous_rate"] is None else f"{r['previous_rate']:.1%}",
+                        ]
+                        for r in data.problem_rates
+                    ],
+                ),
+            )
+        )
     if data.bytes_per_round:
-        sections.append(_section("Bytes per round", _image(_bytes(data.bytes_per_round), "bytes per round"),
-                                 _table(["round", "tenant", "tenant → HQ", "HQ → tenant"],
-                                        [[r["round"], r["tenant"], f"{r['to_hq']:,}", f"{r['to_tenant']:,}"]
-                                         for r in data.bytes_per_round])))
+        sections.append(
+            _section(
+                "Bytes per round",
+                _image(_bytes(data.bytes_per_round), "bytes per round"),
+                _table(
+                    ["round", "tenant", "tenant → HQ", "HQ → tenant"],
+                    [[r["round"], r["tenant"], f"{r['to_hq']:,}", f"{r['to_tenant']:,}"] for r in data.bytes_per_round],
+                ),
+            )
+        )
     if data.dataset_versions:
-        sections.append(_section("Dataset version each tenant trained on", _table(
-            ["round", "tenant", "dataset version (digest of its sample set and pool states)"],
-            [[r["round"], r["tenant"], r["dataset_version"] or "-"] for r in data.dataset_versions])))
+        sections.append(
+            _section(
+                "Dataset version each tenant trained on",
+                _table(
+                    ["round", "tenant", "dataset version (digest of its sample set and pool states)"],
+                    [[r["round"], r["tenant"], r["dataset_version"] or "-"] for r in data.dataset_versions],
+                ),
+            )
+        )
     if data.lineage:
-        sections.append(_section("Version lineage", _table(
-            ["version", "parent", "round", "method", "status", "contributors (samples)", "SM3 digest"],
-            [[v["id"], v["parent"] or "-", v["round"], v["method"], v["status"],
-              ", ".join(f"{t}={n}" for t, n in sorted(v["contributors"].items())) or "-", v["digest"][:16] + "…"]
-             for v in data.lineage])))
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(data.title)}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(data.title)}</h1>"
-            f"<p class=\"note\">{html.escape(data.source)}; generated {generated}</p>{''.join(sections)}"
-            f"<script>{_SCRIPT}</script></body></html>")
+        sections.append(
+            _section(
+                "Version lineage",
+                _table(
+                    ["version", "parent", "round", "method", "status", "contributors (samples)", "SM3 digest"],
+                    [
+                        [
+                            v["id"],
+                            v["parent"] or "-",
+                            v["round"],
+                            v["method"],
+                            v["status"],
+                            ", ".join(f"{t}={n}" for t, n in sorted(v["contributors"].items())) or "-",
+                            v["digest"][:16] + "…",
+                        ]
+                        for v in data.lineage
+                    ],
+                ),
+            )
+        )
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(data.title)}</h1>"
+        f'<p class="note">{html.escape(data.source)}; generated {generated}</p>{"".join(sections)}'
+        f"<script>{_SCRIPT}</script></body></html>"
+    )

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-
 T = TypeVar("T")
 
 
@@ -117,6 +116,8 @@ class AggregationSection:
     outlier_factor: float = 10.0  # a count above this x the round's median is flagged as an outlier
     dp_clipping_norm: float = 0.0  # central DP: clip each tenant's update to this L2 norm; 0 = off
     dp_noise_multiplier: float = 0.0  # central DP: Gaussian noise std = this × clipping norm / tenants
+
+
 POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
@@ -156,32 +157,55 @@ class Settings:
 
     def __post_init__(self) -> None:
         require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
-        require(self.federation.round_timeout_s > 0 and self.federation.enrol_timeout_s > 0,
-                "federation.round_timeout_s / enrol_timeout_s", "numbers of seconds > 0")
+        require(
+            self.federation.round_timeout_s > 0 and self.federation.enrol_timeout_s > 0,
+            "federation.round_timeout_s / enrol_timeout_s",
+            "numbers of seconds > 0",
+        )
         require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
-        require(len(set(self.federation.tenants)) == len(self.federation.tenants),
-                "federation.tenants", "distinct names")
+        require(
+            len(set(self.federation.tenants)) == len(self.federation.tenants), "federation.tenants", "distinct names"
+        )
         require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
         require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
         train = self.train
         require(train.method in TRAIN_METHODS, "train.method", f"one of {', '.join(TRAIN_METHODS)}")
-        require(train.epochs >= 1 and train.batch_size >= 1 and train.grad_accum >= 1,
-                "train.epochs / batch_size / grad_accum", "integers >= 1")
-        require(train.max_steps >= 0 and train.warmup_steps >= 0, "train.max_steps / warmup_steps",
-                "integers >= 0 (max_steps 0 = no cap)")
+        require(
+            train.epochs >= 1 and train.batch_size >= 1 and train.grad_accum >= 1,
+            "train.epochs / batch_size / grad_accum",
+            "integers >= 1",
+        )
+        require(
+            train.max_steps >= 0 and train.warmup_steps >= 0,
+            "train.max_steps / warmup_steps",
+            "integers >= 0 (max_steps 0 = no cap)",
+        )
         require(train.dpo_beta > 0 and train.kto_beta > 0, "train.dpo_beta / kto_beta", "numbers > 0")
-        require(train.kto_desirable_weight > 0 and train.kto_undesirable_weight > 0,
-                "train.kto_desirable_weight / kto_undesirable_weight", "numbers > 0")
+        require(
+            train.kto_desirable_weight > 0 and train.kto_undesirable_weight > 0,
+            "train.kto_desirable_weight / kto_undesirable_weight",
+            "numbers > 0",
+        )
         require(train.proximal_mu >= 0, "train.proximal_mu", "a number >= 0 (0 = off; FedProx typically 0.001-1)")
         require(all(0.0 <= train.pool_weight(p) for p in POOL_NAMES), "train.weight_*", "numbers >= 0")
-        require(len(train.curriculum) >= 1 and list(train.curriculum) == sorted(train.curriculum, reverse=True)
-                and all(0.0 <= c <= 1.0 for c in train.curriculum), "train.curriculum",
-                "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]")
+        require(
+            len(train.curriculum) >= 1
+            and list(train.curriculum) == sorted(train.curriculum, reverse=True)
+            and all(0.0 <= c <= 1.0 for c in train.curriculum),
+            "train.curriculum",
+            "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]",
+        )
         require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
-        require(0.0 <= train.dpo_learning_rate <= 1.0 and 0.0 <= train.kto_learning_rate <= 1.0,
-                "train.dpo_learning_rate / kto_learning_rate", "numbers in [0, 1] (0 = the SFT learning_rate)")
-        require(0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
-                "simulation.edit_threshold / accept_threshold", "0 <= edit_threshold <= accept_threshold <= 1")
+        require(
+            0.0 <= train.dpo_learning_rate <= 1.0 and 0.0 <= train.kto_learning_rate <= 1.0,
+            "train.dpo_learning_rate / kto_learning_rate",
+            "numbers in [0, 1] (0 = the SFT learning_rate)",
+        )
+        require(
+            0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
+            "simulation.edit_threshold / accept_threshold",
+            "0 <= edit_threshold <= accept_threshold <= 1",
+        )
         merging = self.aggregation
         require(merging.method in MERGE_METHODS, "aggregation.method", f"one of {', '.join(MERGE_METHODS)}")
         require(merging.robust in ROBUST_METHODS, "aggregation.robust", f"one of {', '.join(ROBUST_METHODS)}")
@@ -190,15 +214,27 @@ class Settings:
         require(merging.outlier_factor > 1, "aggregation.outlier_factor", "a number > 1, e.g. 10")
         require(0.0 <= merging.trim_fraction < 0.5, "aggregation.trim_fraction", "a number in [0, 0.5)")
         require(merging.krum_malicious >= 0, "aggregation.krum_malicious", "an integer >= 0")
-        require(1 <= merging.min_tenants <= len(self.federation.tenants), "aggregation.min_tenants",
-                "an integer between 1 and the number of tenants")
-        require(merging.dp_clipping_norm >= 0 and merging.dp_noise_multiplier >= 0,
-                "aggregation.dp_clipping_norm / dp_noise_multiplier", "numbers >= 0 (clipping norm 0 = DP off)")
-        require(merging.dp_clipping_norm == 0 or (merging.method == "fedavg" and merging.robust == "none"),
-                "aggregation.method / robust", "\"fedavg\" and \"none\" when dp_clipping_norm > 0 (the DP "
-                "guarantee holds for the clipped parameter average only)")
-        require(self.simulation.conversations_per_round >= 0, "simulation.conversations_per_round",
-                "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)")
+        require(
+            1 <= merging.min_tenants <= len(self.federation.tenants),
+            "aggregation.min_tenants",
+            "an integer between 1 and the number of tenants",
+        )
+        require(
+            merging.dp_clipping_norm >= 0 and merging.dp_noise_multiplier >= 0,
+            "aggregation.dp_clipping_norm / dp_noise_multiplier",
+            "numbers >= 0 (clipping norm 0 = DP off)",
+        )
+        require(
+            merging.dp_clipping_norm == 0 or (merging.method == "fedavg" and merging.robust == "none"),
+            "aggregation.method / robust",
+            '"fedavg" and "none" when dp_clipping_norm > 0 (the DP '
+            "guarantee holds for the clipped parameter average only)",
+        )
+        require(
+            self.simulation.conversations_per_round >= 0,
+            "simulation.conversations_per_round",
+            "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)",
+        )
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

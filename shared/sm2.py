@@ -22,12 +22,17 @@ from fedloop.shared.crypto import CryptoError, sm3_digest
 N = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123  # the order of the SM2 base point
 _POINT_BYTES = 64
 SIGNATURE_BYTES = 64
-_ALGORITHM = bytes.fromhex("3013" "06072a8648ce3d0201" "06082a811ccf5501822d")  # id-ecPublicKey, SM2 curve
+_ALGORITHM = bytes.fromhex("301306072a8648ce3d020106082a811ccf5501822d")  # id-ecPublicKey, SM2 curve
 
 
 def _der_length(length: int) -> bytes:
-    return bytes([length]) if length < 0x80 else bytes([0x81, length]) if length < 0x100 else \
-        bytes([0x82]) + length.to_bytes(2, "big")
+    return (
+        bytes([length])
+        if length < 0x80
+        else bytes([0x81, length])
+        if length < 0x100
+        else bytes([0x82]) + length.to_bytes(2, "big")
+    )
 
 
 def _der(tag: int, content: bytes) -> bytes:

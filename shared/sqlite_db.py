@@ -23,8 +23,10 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
         db.executescript(schema)
     except sqlite3.DatabaseError as err:
         db.close()
-        raise DatabaseFileError(f"{path} is not a readable SQLite database ({err}): it was cut short or "
-                                "overwritten; restore it from a backup, or move it away to start empty") from None
+        raise DatabaseFileError(
+            f"{path} is not a readable SQLite database ({err}): it was cut short or "
+            "overwritten; restore it from a backup, or move it away to start empty"
+        ) from None
     return db
 
 

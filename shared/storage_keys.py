@@ -38,11 +38,13 @@ class StorageKeyring:
         if key_no not in self.keys:
             raise CryptoError(f"value was sealed with storage key {key_no}, which this keyring does not hold")
         try:
-            return open_field(self.keys[key_no], sealed[_PREFIX.size:], aad)
+            return open_field(self.keys[key_no], sealed[_PREFIX.size :], aad)
         except CryptoError as err:
-            raise CryptoError(f"stored value {aad.decode(errors='replace')!r} failed its integrity check "
-                              f"({err}): the row was edited outside fedloop, or the key file belongs to "
-                              "another store") from None
+            raise CryptoError(
+                f"stored value {aad.decode(errors='replace')!r} failed its integrity check "
+                f"({err}): the row was edited outside fedloop, or the key file belongs to "
+                "another store"
+            ) from None
 
     def active_tag(self) -> bytes:
         """The 2 bytes at KEY_TAG_POSITION of every value sealed by the active key."""
@@ -56,7 +58,7 @@ class StorageKeyring:
         fmt, key_no = _PREFIX.unpack_from(sealed)
         if fmt != _FORMAT:
             raise CryptoError(f"sealed value has unknown format {fmt}")
-        return key_no
+        return int(key_no)
 
     def with_new_key(self, key: bytes) -> StorageKeyring:
         """A keyring that keeps the old keys for reading and makes `key` active."""

@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tiny_model import build_tiny_model
 
 from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.shared.keys import init_keys
-from tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

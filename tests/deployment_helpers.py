@@ -24,8 +24,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(condition, what: str, log: Path, process: subprocess.Popen | None = None,  # noqa: ANN001
-             timeout: float = 120.0) -> None:
+def wait_for(
+    condition,
+    what: str,
+    log: Path,
+    process: subprocess.Popen | None = None,  # noqa: ANN001
+    timeout: float = 120.0,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -72,8 +77,9 @@ class Federation:
 
     def start(self, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"{name}.log"
-        process = subprocess.Popen([FEDLOOP, *args], cwd=self.root, stdout=log.open("wb"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [FEDLOOP, *args], cwd=self.root, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes[name] = (process, log)
         return process, log
 
@@ -95,14 +101,17 @@ class Federation:
             self.kill(name)
 
 
-def write_tenant_config(root: Path, name: str, home: str, ingest_port: int, tenant: str | None = None,
-                        serve_port: int | None = None) -> Path:
+def write_tenant_config(
+    root: Path, name: str, home: str, ingest_port: int, tenant: str | None = None, serve_port: int | None = None
+) -> Path:
     """A tenant TOML: its name (default `name`), keys and store under `root/home`, its ingestion and draft ports."""
     path = root / f"{name}.toml"
-    path.write_text(f'[tenant]\nname = "{tenant or name}"\nkeys_dir = "{root / home / "keys"}"\n'
-                    f'data_dir = "{root / home / ("data-" + name)}"\n[ingest]\naddress = "127.0.0.1:{ingest_port}"\n'
-                    f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n'
-                    f'[serve]\naddress = "127.0.0.1:{serve_port or free_port()}"\n')
+    path.write_text(
+        f'[tenant]\nname = "{tenant or name}"\nkeys_dir = "{root / home / "keys"}"\n'
+        f'data_dir = "{root / home / ("data-" + name)}"\n[ingest]\naddress = "127.0.0.1:{ingest_port}"\n'
+        f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n'
+        f'[serve]\naddress = "127.0.0.1:{serve_port or free_port()}"\n'
+    )
     return path
 
 
@@ -122,21 +131,53 @@ def provision(root: Path, tenants: tuple[str, ...], extra_node_keys: tuple[str, 
 
 def start_hq(federation: Federation, tenants: tuple[str, ...]) -> None:
     """`fedloop hq up` (TLS, SuperNode auth, metrics) and `fedloop hq register-node` for each tenant."""
-    (federation.root / "hq.toml").write_text(f'[hq]\nhome = "hq-home"\ncerts = "certs"\nport = {federation.port}\n'
-                                             f'superlink_port = {federation.superlink_port}\n'
-                                             f'metrics_address = "127.0.0.1:{federation.metrics_port}"\n')
+    (federation.root / "hq.toml").write_text(
+        f'[hq]\nhome = "hq-home"\ncerts = "certs"\nport = {federation.port}\n'
+        f"superlink_port = {federation.superlink_port}\n"
+        f'metrics_address = "127.0.0.1:{federation.metrics_port}"\n'
+    )
     hq, hq_log = federation.start("hq", "hq", "up", "--config", "hq.toml")
-    wait_for(lambda: listening(federation.port) and listening(federation.superlink_port), "SuperLink and gateway",
-             hq_log, hq)
+    wait_for(
+        lambda: listening(federation.port) and listening(federation.superlink_port), "SuperLink and gateway", hq_log, hq
+    )
     for tenant in tenants:
-        subprocess.run([FEDLOOP, "hq", "register-node", "--config", "hq.toml", "--key", f"certs/{tenant}.node.pub",
-                        "--name", tenant], cwd=federation.root, check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                FEDLOOP,
+                "hq",
+                "register-node",
+                "--config",
+                "hq.toml",
+                "--key",
+                f"certs/{tenant}.node.pub",
+                "--name",
+                tenant,
+            ],
+            cwd=federation.root,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 def start_tenant(federation: Federation, name: str, config: Path, ingest_port: int | None) -> None:
     """`fedloop tenant up` with node key `certs/<name>.node`; waits for its FeedbackService if a port is given."""
-    process, log = federation.start(name, "tenant", "up", "--config", str(config), "--settings", "settings.toml",
-                                    "--superlink", f"127.0.0.1:{federation.port}", "--ca", "certs/ca.crt",
-                                    "--node-key", f"certs/{name}.node", "--port", str(free_port()))
+    process, log = federation.start(
+        name,
+        "tenant",
+        "up",
+        "--config",
+        str(config),
+        "--settings",
+        "settings.toml",
+        "--superlink",
+        f"127.0.0.1:{federation.port}",
+        "--ca",
+        "certs/ca.crt",
+        "--node-key",
+        f"certs/{name}.node",
+        "--port",
+        str(free_port()),
+    )
     if ingest_port is not None:
         wait_for(lambda: listening(ingest_port), f"{name}'s FeedbackService", log, process)

@@ -10,9 +10,17 @@ from fedloop.proto import feedback_pb2_grpc as pb_grpc
 
 def draft(event_id: str, draft_id: str, **fields: object) -> pb.DraftEvent:
     """A valid DraftEvent, with any field overridden."""
-    values = dict(event_id=event_id, draft_id=draft_id, user_id="user-1", session_id="session-1",
-                  prompt="Where is my order 12345?", draft="It ships tomorrow.", model_version="v1",
-                  prompt_version="p1", position=0)
+    values = dict(
+        event_id=event_id,
+        draft_id=draft_id,
+        user_id="user-1",
+        session_id="session-1",
+        prompt="Where is my order 12345?",
+        draft="It ships tomorrow.",
+        model_version="v1",
+        prompt_version="p1",
+        position=0,
+    )
     values.update(fields)
     return pb.DraftEvent(**values)
 

@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-
-from fedloop.shared.adapter import (adapter_from_bytes, adapter_state, adapter_to_bytes, attach_lora, export_peft,
-                                    load_adapter_state, load_base_model, ModelLoadError)
-from fedloop.shared.settings import LoraSettings
 from tiny_model import write_tiny_gguf
+
+from fedloop.shared.adapter import (
+    ModelLoadError,
+    adapter_from_bytes,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    export_peft,
+    load_adapter_state,
+    load_base_model,
+)
+from fedloop.shared.settings import LoraSettings
 
 
 def test_round_trip_and_peft_export_loads_in_peft(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -84,8 +84,17 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     registry = VersionRegistry(tmp_path / "hq-home" / "hq", init_keys("hq", "hq", keys))
     first = registry.create(b"a0", None, "run", 0, {}, "init")
     second = registry.create(b"a1", first.id, "run", 1, {"acme": 3}, "exact")
-    registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}, "duration_s": 9.0, "refused": {},
-                                                "evaluation": {"acme": {"gates-passed": 0}, "bolt": {"gates-passed": 1}}})
+    registry.record_round(
+        "run",
+        1,
+        second.id,
+        {
+            "contributors": {"acme": 3},
+            "duration_s": 9.0,
+            "refused": {},
+            "evaluation": {"acme": {"gates-passed": 0}, "bolt": {"gates-passed": 1}},
+        },
+    )
     registry.promote(second.id, "hq-ops")
     registry.audit("hq", "update.refused", "run run round 1 bolt: bad-signature")
     registry.close()
@@ -108,8 +117,9 @@ def test_hq_status_and_audit_show_release_decisions_and_refusals(tmp_path: Path)
     assert neither.exit_code == 2 and "--tenant" in neither.output
 
 
-def test_an_edit_with_the_chain_rebuilt_by_someone_without_the_key_files_is_caught(tenant_config: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_an_edit_with_the_chain_rebuilt_by_someone_without_the_key_files_is_caught(
+    tenant_config: Path, tmp_path: Path
+) -> None:
     """The attacker can write the database and knows the format, so they re-chain it with SM3 (or any key)."""
     from fedloop.shared.audit import GENESIS, entry_digest
 
@@ -118,14 +128,16 @@ def test_an_edit_with_the_chain_rebuilt_by_someone_without_the_key_files_is_caug
     with sqlite3.connect(database) as db:
         prev = GENESIS
         for seq, at, actor, action, subject in db.execute(
-                "SELECT seq, at, actor, action, subject FROM audit ORDER BY seq").fetchall():
+            "SELECT seq, at, actor, action, subject FROM audit ORDER BY seq"
+        ).fetchall():
             digest = entry_digest(None, prev, seq, at, actor, action, subject)
             db.execute("UPDATE audit SET prev = ?, digest = ? WHERE seq = ?", (prev, digest, seq))
             prev = digest
     rebuilt = CliRunner().invoke(app, ["audit", "verify", "--tenant", str(tenant_config)])
     print(rebuilt.output)
-    assert rebuilt.exit_code == 1 and "entry 1 was altered after it was written, or its chain was rebuilt" in \
-        " ".join(rebuilt.output.split())
+    assert rebuilt.exit_code == 1 and "entry 1 was altered after it was written, or its chain was rebuilt" in " ".join(
+        rebuilt.output.split()
+    )
 
 
 def test_a_log_from_before_the_audit_key_is_rechained_once_and_says_so(tmp_path: Path) -> None:
@@ -134,11 +146,15 @@ def test_a_log_from_before_the_audit_key_is_rechained_once_and_says_so(tmp_path:
     identity = init_keys("tenant", "acme", tmp_path / "keys")
     database = tmp_path / "old.db"
     with sqlite3.connect(database) as db:  # an SM3-chained log as the previous fedloop wrote it
-        db.execute("CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,"
-                   " action TEXT NOT NULL, subject TEXT NOT NULL, prev TEXT NOT NULL DEFAULT '', "
-                   "digest TEXT NOT NULL DEFAULT '')")
-        db.execute("INSERT INTO audit VALUES (1, 1.5, 'ana', 'sample.move', 's-1', ?, ?)",
-                   (GENESIS, entry_digest(None, GENESIS, 1, 1.5, "ana", "sample.move", "s-1")))
+        db.execute(
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,"
+            " action TEXT NOT NULL, subject TEXT NOT NULL, prev TEXT NOT NULL DEFAULT '', "
+            "digest TEXT NOT NULL DEFAULT '')"
+        )
+        db.execute(
+            "INSERT INTO audit VALUES (1, 1.5, 'ana', 'sample.move', 's-1', ?, ?)",
+            (GENESIS, entry_digest(None, GENESIS, 1, 1.5, "ana", "sample.move", "s-1")),
+        )
     store = FeedbackStore(database, identity.storage, identity.pseudonym_key)
     entries = store.audit_entries()
     assert store.audit_log.verify().ok and [e.action for e in entries][:2] == ["sample.move", "audit.keyed"]

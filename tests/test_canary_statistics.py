@@ -27,13 +27,16 @@ def run_canary(rng: np.random.Generator, canary_hit: float, canary_reject: float
     counts = np.zeros((2, 3), dtype=np.int64)  # [canary, control] x [decided, accepts, rejects]
     for _ in range(HORIZON // LOOK_EVERY):
         canary_drafts = rng.binomial(LOOK_EVERY, share)
-        for arm, (drafts, hit, reject) in enumerate(((canary_drafts, canary_hit, canary_reject),
-                                                     (LOOK_EVERY - canary_drafts, CONTROL_HIT, CONTROL_REJECT))):
+        for arm, (drafts, hit, reject) in enumerate(
+            ((canary_drafts, canary_hit, canary_reject), (LOOK_EVERY - canary_drafts, CONTROL_HIT, CONTROL_REJECT))
+        ):
             accepts, rejects, _ = rng.multinomial(drafts, [hit, reject, 1 - hit - reject])
             counts[arm] += (drafts, accepts, rejects)
         if counts[:, 0].min() < DEFAULTS.min_drafts_per_arm:
             continue
-        canary, control = (ArmStats(name, int(n), int(a), int(r), 0) for name, (n, a, r) in zip(("c", "s"), counts))
+        canary, control = (
+            ArmStats(name, int(n), int(a), int(r), 0) for name, (n, a, r) in zip(("c", "s"), counts, strict=True)
+        )
         comparison = Comparison.of(canary, control, DEFAULTS)
         if comparison.worse() is not None:
             return "rollback"

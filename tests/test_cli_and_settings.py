@@ -40,14 +40,17 @@ def test_shipped_demo_config_is_valid() -> None:
     assert len(settings.federation.tenants) == 3 and settings.federation.rounds >= 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[federation]\nround = 2\n", "unknown key"),
-    ("[federation]\nrounds = 'two'\n", "federation.rounds: must be of type int"),
-    ("[federation]\nrounds = 0\n", "federation.rounds: must be an integer >= 1"),
-    ("[trainer]\nsteps = 1\n", "unknown section"),
-    ("[simulation]\naccept_threshold = 0.2\nedit_threshold = 0.5\n", "edit_threshold"),
-    ("not toml = = 1", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[federation]\nround = 2\n", "unknown key"),
+        ("[federation]\nrounds = 'two'\n", "federation.rounds: must be of type int"),
+        ("[federation]\nrounds = 0\n", "federation.rounds: must be an integer >= 1"),
+        ("[trainer]\nsteps = 1\n", "unknown section"),
+        ("[simulation]\naccept_threshold = 0.2\nedit_threshold = 0.5\n", "edit_threshold"),
+        ("not toml = = 1", "not valid TOML"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -56,14 +59,17 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) 
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("loader, text, message", [
-    ("tenant", "[release]\ncanary_share = 0.5\nwidened_share = 0.3\n", "release.canary_share / widened_share"),
-    ("tenant", "[metrics]\naddress = \"nowhere\"\n", "metrics.address: must be host:port"),
-    ("tenant", "[tenant]\nnmae = \"acme\"\n", r"\[tenant\] has unknown key\(s\) \['nmae'\]; allowed: \['data_dir'"),
-    ("hq", "[hq]\nport = 70000\n", "hq.port: must be a port number"),
-    ("hq", "[hq]\nport = \"9300\"\n", "hq.port: must be of type int"),
-    ("hq", "[superlink]\nport = 1\n", r"unknown section\(s\) \['superlink'\]; allowed: \['hq'\]"),
-])
+@pytest.mark.parametrize(
+    "loader, text, message",
+    [
+        ("tenant", "[release]\ncanary_share = 0.5\nwidened_share = 0.3\n", "release.canary_share / widened_share"),
+        ("tenant", '[metrics]\naddress = "nowhere"\n', "metrics.address: must be host:port"),
+        ("tenant", '[tenant]\nnmae = "acme"\n', r"\[tenant\] has unknown key\(s\) \['nmae'\]; allowed: \['data_dir'"),
+        ("hq", "[hq]\nport = 70000\n", "hq.port: must be a port number"),
+        ("hq", '[hq]\nport = "9300"\n', "hq.port: must be of type int"),
+        ("hq", "[superlink]\nport = 1\n", r"unknown section\(s\) \['superlink'\]; allowed: \['hq'\]"),
+    ],
+)
 def test_tenant_and_hq_configs_are_validated_on_start(tmp_path: Path, loader: str, text: str, message: str) -> None:
     from fedloop.client.tenant_settings import load_tenant_settings
     from fedloop.server.hq_settings import load_hq_settings
@@ -93,22 +99,29 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     shipped = tomllib.loads((ROOT / "configs" / "tenant.toml").read_text())  # issue 14: it said other defaults
     for section in fields(TenantSettings):
         defaults = asdict(getattr(TenantSettings(), section.name))
-        written = {key: tuple(value) if isinstance(value, list) else value
-                   for key, value in shipped.get(section.name, {}).items()}
+        written = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in shipped.get(section.name, {}).items()
+        }
         assert written == defaults, f"configs/tenant.toml [{section.name}] is not the defaults"
-    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["status", "--help"], ["tenant", "serve", "--help"],
-                                       ["versions", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "arguments",
+    [["--help"], ["status", "--help"], ["tenant", "serve", "--help"], ["versions", "--help"], ["demo", "--help"]],
+)
 def test_help_loads_no_heavy_library(arguments: list[str]) -> None:
     """`fedloop … --help` imports neither torch nor flwr nor spaCy (nor Presidio): help must be instant."""
-    probe = ("import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-             "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
-             "{'torch', 'flwr', 'spacy', 'presidio_analyzer', 'transformers', 'peft', 'ray'}))")
+    probe = (
+        "import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'flwr', 'spacy', 'presidio_analyzer', 'transformers', 'peft', 'ray'}))"
+    )
     done = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout and done.stdout.strip().endswith("LOADED []"), done.stdout[-500:]
@@ -117,7 +130,21 @@ def test_help_loads_no_heavy_library(arguments: list[str]) -> None:
 def test_every_side_plugs_its_commands_in() -> None:
     """The tenant, HQ and the simulation reach the root through their entry points (shared imports neither)."""
     names = {command.name for command in app.registered_commands} | {group.name for group in app.registered_groups}
-    assert {"tenant", "vault", "samples", "release", "hq", "versions", "run", "demo", "status", "report",
-            "audit", "keys", "certs", "model"} <= names
+    assert {
+        "tenant",
+        "vault",
+        "samples",
+        "release",
+        "hq",
+        "versions",
+        "run",
+        "demo",
+        "status",
+        "report",
+        "audit",
+        "keys",
+        "certs",
+        "model",
+    } <= names
     rotate = CliRunner().invoke(app, ["keys", "rotate", "--help"])
     assert rotate.exit_code == 0 and "re-encrypt" in rotate.output

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_helpers import draft, outcome, stub
 
 from fedloop.client.store import FeedbackStore
 from fedloop.shared.keys import init_keys, load_identity
-from grpc_helpers import draft, outcome, stub
 
 CLIENTS = 4
 ACKED_BEFORE_KILL = 200  # events the server has acknowledged when it is killed
@@ -28,8 +28,12 @@ def _free_port() -> int:
 
 
 def _start(config: Path, port: int, log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
-    process = subprocess.Popen([str(Path(sys.executable).parent / "fedloop"), "tenant", "serve", "--config", str(config)],
-                               stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=config.parent)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fedloop"), "tenant", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=config.parent,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -46,8 +50,10 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     port = _free_port()
     init_keys("tenant", "acme", tmp_path / "keys")
     config = tmp_path / "tenant.toml"
-    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "keys"\ndata_dir = "data"\n'
-                      f'[ingest]\naddress = "127.0.0.1:{port}"\n[metrics]\naddress = ""\n')
+    config.write_text(
+        f'[tenant]\nname = "acme"\nkeys_dir = "keys"\ndata_dir = "data"\n'
+        f'[ingest]\naddress = "127.0.0.1:{port}"\n[metrics]\naddress = ""\n'
+    )
     log = tmp_path / "server.log"
     server = _start(config, port, log)
     acked: list[list[str]] = [[] for _ in range(CLIENTS)]
@@ -89,8 +95,11 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
         for event_id in acknowledged:
             draft_id = event_id.rsplit("-", 1)[0]
             number, i = draft_id[1:].split("-d")
-            message = (service.RecordDraft(draft(event_id, draft_id, prompt=f"question {i} from {number}"))
-                       if event_id.endswith("-e") else service.RecordOutcome(outcome(event_id, draft_id)))
+            message = (
+                service.RecordDraft(draft(event_id, draft_id, prompt=f"question {i} from {number}"))
+                if event_id.endswith("-e")
+                else service.RecordOutcome(outcome(event_id, draft_id))
+            )
             assert message.duplicate, event_id
         channel.close()
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from fedloop.shared.crypto import CryptoError, open_field, seal_field
 from fedloop.shared.envelope import Binding, EnvelopeError, open_envelope, seal
-from fedloop.shared.keys import Identity, Keyring, KeyFileError, init_keys, key_paths, load_identity
+from fedloop.shared.keys import Identity, KeyFileError, Keyring, init_keys, key_paths, load_identity
 
 BINDING = Binding("update", "acme", "run-1", 3, "v0002-abcdef12", {"num-examples": 40})
 
@@ -46,8 +46,10 @@ def test_every_single_bit_flip_is_refused(parties, envelope: bytes) -> None:
             open_envelope(bytes(tampered), hq, keyring, BINDING)
 
 
-@pytest.mark.parametrize("field, value", [("tenant", "bolt"), ("run", "run-2"), ("round", 4),
-                                          ("base_version", "v0001-00000000"), ("kind", "global")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("tenant", "bolt"), ("run", "run-2"), ("round", 4), ("base_version", "v0001-00000000"), ("kind", "global")],
+)
 def test_wrong_associated_data_is_refused(parties, envelope: bytes, field: str, value: object) -> None:
     hq, _, _, keyring, _ = parties
     expect = Binding(**{**BINDING.__dict__, field: value})

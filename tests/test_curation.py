@@ -24,25 +24,46 @@ def test_weights_refine_the_base_rewards() -> None:
 
 def test_a_flood_from_one_user_weighs_no_more_than_the_cap(make_tenant) -> None:
     cap = 1.0
-    tenant = make_tenant(curation=CurationSection(per_user_cluster_cap=cap, max_samples_per_user_per_hour=10_000),
-                         ingest=IngestSection(max_events_per_user_per_minute=0))  # curation's caps, not ingestion's
+    tenant = make_tenant(
+        curation=CurationSection(per_user_cluster_cap=cap, max_samples_per_user_per_hour=10_000),
+        ingest=IngestSection(max_events_per_user_per_minute=0),
+    )  # curation's caps, not ingestion's
     events = []
     for i in range(1000):
-        events += [pb.Event(draft=pb.DraftEvent(event_id=f"d{i}", draft_id=f"d{i}", user_id="mallory", session_id="s",
-                                                prompt="What is the refund policy?", draft="draft",
-                                                model_version="v1", prompt_version="p")),
-                   pb.Event(outcome=pb.OutcomeEvent(event_id=f"o{i}", draft_id=f"d{i}", action=pb.EDIT_ACCEPT,
-                                                    final_text="Refunds are free, forever, for everything.",
-                                                    dwell_ms=3000))]
+        events += [
+            pb.Event(
+                draft=pb.DraftEvent(
+                    event_id=f"d{i}",
+                    draft_id=f"d{i}",
+                    user_id="mallory",
+                    session_id="s",
+                    prompt="What is the refund policy?",
+                    draft="draft",
+                    model_version="v1",
+                    prompt_version="p",
+                )
+            ),
+            pb.Event(
+                outcome=pb.OutcomeEvent(
+                    event_id=f"o{i}",
+                    draft_id=f"d{i}",
+                    action=pb.EDIT_ACCEPT,
+                    final_text="Refunds are free, forever, for everything.",
+                    dwell_ms=3000,
+                )
+            ),
+        ]
     for start in range(0, len(events), 500):
-        tenant.pipeline.ingest(events[start:start + 500])
+        tenant.pipeline.ingest(events[start : start + 500])
     honest = FeedbackRecorder(tenant.pipeline)
     draft_id = honest.record_draft("alice", "Where is my parcel?", "It arrives Monday.", "v1")
     honest.record_outcome(draft_id, Action.ACCEPT, dwell_ms=4000)
     examples = training_examples(tenant.store, tenant.settings.curation)
     flood = [e for e in examples if e.prompt == "What is the refund policy?"]
-    assert len({s.cluster_id for s in tenant.store.samples("user_pseudonym = ?",
-                                                            (tenant.store.pseudonym("mallory"),))}) == 1
+    assert (
+        len({s.cluster_id for s in tenant.store.samples("user_pseudonym = ?", (tenant.store.pseudonym("mallory"),))})
+        == 1
+    )
     assert sum(e.weight for e in flood) <= cap + 1e-9
     assert sum(e.weight for e in examples if e.prompt == "Where is my parcel?") == 1.0
 
@@ -71,8 +92,11 @@ def test_per_user_rate_limit_keeps_but_zero_weights(make_tenant) -> None:
 
 
 def test_unsafe_samples_are_quarantined_and_the_breaker_trips_and_resets(make_tenant) -> None:
-    tenant = make_tenant(moderation=ModerationSection(blocklist=("forbidden phrase",), patterns=(),
-                                                      breaker_max_rate=0.3, breaker_window=10, breaker_min_samples=5))
+    tenant = make_tenant(
+        moderation=ModerationSection(
+            blocklist=("forbidden phrase",), patterns=(), breaker_max_rate=0.3, breaker_window=10, breaker_min_samples=5
+        )
+    )
     api = FeedbackRecorder(tenant.pipeline)
 
     def record(prompt: str) -> None:
@@ -91,7 +115,9 @@ def test_unsafe_samples_are_quarantined_and_the_breaker_trips_and_resets(make_te
     assert tenant.curator.reset_breaker("ops-oncall") == (1, 0)
     assert not tenant.store.breaker_state()[0]
     assert [a.action for a in tenant.store.audit_entries() if a.action.startswith("breaker")] == [
-        "breaker.trip", "breaker.reset"]
+        "breaker.trip",
+        "breaker.reset",
+    ]
 
 
 def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_tenant) -> None:
@@ -106,8 +132,20 @@ def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_t
     now = int(time.time() * 1000) + 1
 
     def signal(event_id: str, session: str, kind: int, value: str = "", at: int = 0) -> None:
-        tenant.pipeline.ingest([pb.Event(signal=pb.SignalEvent(event_id=event_id, user_id="u", session_id=session,
-                                                               kind=kind, value=value, timestamp_ms=at or now))])
+        tenant.pipeline.ingest(
+            [
+                pb.Event(
+                    signal=pb.SignalEvent(
+                        event_id=event_id,
+                        user_id="u",
+                        session_id=session,
+                        kind=kind,
+                        value=value,
+                        timestamp_ms=at or now,
+                    )
+                )
+            ]
+        )
 
     signal("m1", "v1-s0", pb.USER_MESSAGE, "Where is my order??")
     signal("m2", "v1-s0", pb.USER_MESSAGE, "where is my order")
@@ -135,15 +173,21 @@ def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(mak
     tenant = make_tenant()
     api = FeedbackRecorder(tenant.pipeline)
     for index in range(40):
-        draft_id = api.record_draft(f"u{index}", f"Where is order {index}?", "It ships tomorrow.", "v1",
-                                    session_id=f"s{index}")
+        draft_id = api.record_draft(
+            f"u{index}", f"Where is order {index}?", "It ships tomorrow.", "v1", session_id=f"s{index}"
+        )
         if index % 2:
             api.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
     two_hours_later = int(time.time() * 1000) + 2 * 3_600_000
     assert tenant.pipeline.sweep(two_hours_later) == 0
     assert all(s.pool != "problem" for s in tenant.store.samples())
-    tenant.pipeline.ingest([pb.Event(signal=pb.SignalEvent(event_id="m", user_id="u0", session_id="s0",
-                                                           kind=pb.USER_MESSAGE, value="hello"))])
+    tenant.pipeline.ingest(
+        [
+            pb.Event(
+                signal=pb.SignalEvent(event_id="m", user_id="u0", session_id="s0", kind=pb.USER_MESSAGE, value="hello")
+            )
+        ]
+    )
     assert tenant.pipeline.sweep(two_hours_later) == 19  # now messages are reported: the unanswered drafts, not
     assert tenant.store.problem_rate("long_no_response", "v1") == (19, 40)  # the accepted ones
 
@@ -166,10 +210,13 @@ def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make
 
     config = tmp_path / "tenant.toml"
     settings = tenant.settings.tenant
-    config.write_text(f'[tenant]\nname = "{settings.name}"\nkeys_dir = "{settings.keys_dir}"\n'
-                      f'data_dir = "{settings.data_dir}"\n')
-    decided = CliRunner().invoke(app, ["samples", "review", "decide", held.id, "--decision", "admit",
-                                       "--operator", "ana", "--config", str(config)])
+    config.write_text(
+        f'[tenant]\nname = "{settings.name}"\nkeys_dir = "{settings.keys_dir}"\ndata_dir = "{settings.data_dir}"\n'
+    )
+    decided = CliRunner().invoke(
+        app,
+        ["samples", "review", "decide", held.id, "--decision", "admit", "--operator", "ana", "--config", str(config)],
+    )
     assert decided.exit_code == 0 and "status admitted" in decided.output, decided.output
     assert len(training_examples(tenant.store, CurationSection())) == 2
     assert [e.actor for e in tenant.store.audit_entries() if e.action == "sample.review"] == ["ana"]

@@ -19,25 +19,33 @@ import signal
 import ssl
 import subprocess
 import time
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from deployment_helpers import (
+    FEDLOOP,
+    Federation,
+    free_port,
+    provision,
+    start_hq,
+    start_tenant,
+    wait_for,
+    write_tenant_config,
+)
 from flwr.common.constant import TIMESTAMP_HEADER
 from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
+from grpc_helpers import draft, outcome, stub
 
-from deployment_helpers import (FEDLOOP, Federation, free_port, provision, start_hq, start_tenant, wait_for,
-                                write_tenant_config)
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.flower_processes import flower_env
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
-from grpc_helpers import draft, outcome, stub
 
 TENANTS = ("acme", "bolt", "cobalt")
 DOOMED = "cobalt"  # killed in the middle of the last round
@@ -74,10 +82,16 @@ def plant_canary(port: int, tenant: str) -> None:
     channel, service = stub(port)
     for index, user in enumerate(PLANTED_USERS):
         draft_id = f"{tenant}-draft-{index}"
-        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=user, model_version="v0000"),
-                            timeout=30)
-        service.RecordOutcome(outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT,
-                                      final_text=f"Your parcel is on its way. {CANARIES[tenant]}"), timeout=30)
+        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=user, model_version="v0000"), timeout=30)
+        service.RecordOutcome(
+            outcome(
+                f"o-{draft_id}",
+                draft_id,
+                action=pb.EDIT_ACCEPT,
+                final_text=f"Your parcel is on its way. {CANARIES[tenant]}",
+            ),
+            timeout=30,
+        )
     channel.close()
 
 
@@ -92,20 +106,34 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
         for tenant in TENANTS:
             port, serve_port = free_port(), free_port()
             federation.serve_ports[tenant] = serve_port
-            start_tenant(federation, tenant, write_tenant_config(root, tenant, f"{tenant}-home", port,
-                                                                 serve_port=serve_port), port)
+            start_tenant(
+                federation,
+                tenant,
+                write_tenant_config(root, tenant, f"{tenant}-home", port, serve_port=serve_port),
+                port,
+            )
             plant_canary(port, tenant)
         # A SuperNode whose node key HQ never registered, claiming to be acme.
         start_tenant(federation, "rogue", write_tenant_config(root, "rogue", "acme-home", free_port(), "acme"), None)
         run, run_log = federation.start("run-1", "run", "--settings", "settings.toml", "--config", "hq.toml")
-        wait_for(lambda: f"round {ROUNDS}: sending version" in run_log.read_text(), f"round {ROUNDS}", run_log, run,
-                 timeout=400)
+        wait_for(
+            lambda: f"round {ROUNDS}: sending version" in run_log.read_text(),
+            f"round {ROUNDS}",
+            run_log,
+            run,
+            timeout=400,
+        )
         federation.kill(DOOMED, signal.SIGKILL)  # the tenant's machine dies in the middle of the round
         assert run.wait(timeout=500) == 0, run_log.read_text()[-4000:]
         federation.runs.append(json.loads((root / "hq-home" / "summary.json").read_text())["lineage"][-1]["id"])
         write_settings(root / "settings.toml", tiny_model_dir, 1)
-        second = subprocess.run([FEDLOOP, "run", "--settings", "settings.toml", "--config", "hq.toml"], cwd=root,
-                                capture_output=True, text=True, timeout=500)
+        second = subprocess.run(
+            [FEDLOOP, "run", "--settings", "settings.toml", "--config", "hq.toml"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
         (root / "run-2.log").write_text(second.stdout + second.stderr)
         assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
         yield federation
@@ -118,8 +146,9 @@ def summary(federation: Federation) -> dict:
 
 
 def test_rounds_over_tls_with_authenticated_supernodes_and_a_tenant_lost_mid_round(deployed: Federation) -> None:
-    versions = VersionRegistry(deployed.root / "hq-home" / "hq", load_identity(deployed.root / "hq-home" / "keys",
-                                                                                HQ_NAME))
+    versions = VersionRegistry(
+        deployed.root / "hq-home" / "hq", load_identity(deployed.root / "hq-home" / "keys", HQ_NAME)
+    )
     first_run = versions.lineage(deployed.runs[0])
     assert [v.round for v in first_run] == [0, 1, 2]
     assert set(first_run[1].contributors) == set(TENANTS)
@@ -161,7 +190,8 @@ def _evil_app(directory: Path, marker: Path) -> Path:
         '[project]\nname = "evil"\nversion = "1.0.0"\ndependencies = []\n'
         '[tool.hatch.build.targets.wheel]\npackages = ["."]\n'
         '[tool.flwr.app]\npublisher = "mallory"\n'
-        '[tool.flwr.app.components]\nserverapp = "evil:app"\nclientapp = "evil:app"\n[tool.flwr.app.config]\n')
+        '[tool.flwr.app.components]\nserverapp = "evil:app"\nclientapp = "evil:app"\n[tool.flwr.app.config]\n'
+    )
     return directory
 
 
@@ -169,11 +199,19 @@ def _outsider_flwr(deployed: Federation, *args: str) -> subprocess.CompletedProc
     """The Flower CLI of someone holding only the public ca.crt, pointed at HQ's public port."""
     home = deployed.root / "outsider"
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "hq"\n\n[superlink.hq]\n'
-                                      f'address = "127.0.0.1:{deployed.port}"\n'
-                                      f'root-certificates = "{deployed.root / "certs" / "ca.crt"}"\n')
-    return subprocess.run([str(Path(FEDLOOP).parent / "flwr"), *args], cwd=deployed.root, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "FLWR_HOME": str(home)})
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "hq"\n\n[superlink.hq]\n'
+        f'address = "127.0.0.1:{deployed.port}"\n'
+        f'root-certificates = "{deployed.root / "certs" / "ca.crt"}"\n'
+    )
+    return subprocess.run(
+        [str(Path(FEDLOOP).parent / "flwr"), *args],
+        cwd=deployed.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FLWR_HOME": str(home)},
+    )
 
 
 def test_an_outsider_with_the_ca_certificate_cannot_use_the_control_api(deployed: Federation) -> None:
@@ -189,24 +227,37 @@ def test_an_outsider_with_the_ca_certificate_cannot_use_the_control_api(deployed
         assert "only the Fleet API is served" in " ".join((result.stdout + result.stderr).replace("│", " ").split())
     time.sleep(3)
     assert not marker.exists(), "the attacker's ServerApp ran on HQ"
-    operator = subprocess.run([str(Path(FEDLOOP).parent / "flwr"), "supernode", "list", "fedloop"], capture_output=True,
-                              text=True, timeout=120, env=flower_env(deployed.root / "hq-home"))
+    operator = subprocess.run(
+        [str(Path(FEDLOOP).parent / "flwr"), "supernode", "list", "fedloop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=flower_env(deployed.root / "hq-home"),
+    )
     assert operator.returncode == 0 and "rogue" not in operator.stdout, operator.stdout + operator.stderr
 
 
 def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_api(deployed: Federation) -> None:
     node_key = serialization.load_ssh_private_key((deployed.root / "certs" / "acme.node").read_bytes(), None)
     for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/control/start-run"):
-        timestamp = datetime.now(timezone.utc).isoformat()
+        timestamp = datetime.now(UTC).isoformat()
         signature = node_key.sign(timestamp.encode(), ec.ECDSA(hashes.SHA256()))
-        public = node_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-        headers = {FLEET_HTTP_PUBLIC_KEY_HEADER: base64.b64encode(public).decode(), TIMESTAMP_HEADER: timestamp,
-                   FLEET_HTTP_SIGNATURE_HEADER: base64.b64encode(signature).decode(),
-                   "Content-Type": "application/protobuf"}
-        response = httpx.post(f"https://127.0.0.1:{deployed.port}{path}", content=b"", headers=headers,
-                              verify=ssl.create_default_context(cafile=deployed.root / "certs" / "ca.crt"),
-                              timeout=30)
+        public = node_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        headers = {
+            FLEET_HTTP_PUBLIC_KEY_HEADER: base64.b64encode(public).decode(),
+            TIMESTAMP_HEADER: timestamp,
+            FLEET_HTTP_SIGNATURE_HEADER: base64.b64encode(signature).decode(),
+            "Content-Type": "application/protobuf",
+        }
+        response = httpx.post(
+            f"https://127.0.0.1:{deployed.port}{path}",
+            content=b"",
+            headers=headers,
+            verify=ssl.create_default_context(cafile=deployed.root / "certs" / "ca.crt"),
+            timeout=30,
+        )
         print(f"POST {path} as acme's node -> {response.status_code} {response.text}")
         assert response.status_code == 403 and "only the Fleet API" in response.text
 
@@ -241,8 +292,9 @@ def open_store(federation: Federation, tenant: str):  # noqa: ANN201
     from fedloop.client.store import FeedbackStore
 
     identity = load_identity(federation.root / f"{tenant}-home" / "keys", tenant)
-    return FeedbackStore(federation.root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage,
-                         identity.pseudonym_key)
+    return FeedbackStore(
+        federation.root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage, identity.pseudonym_key
+    )
 
 
 def documented_integration() -> str:

@@ -11,9 +11,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.server.app import enrol_tenants
 from fedloop.client.simulation.federation import simulation_backend
-from fedloop.shared.keys import Keyring, init_keys, load_identity, load_public_key, key_paths
+from fedloop.server.app import enrol_tenants
+from fedloop.shared.keys import Keyring, init_keys, key_paths, load_identity, load_public_key
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.sm2 import SM2PrivateKey
 
@@ -31,12 +31,14 @@ def _claims(keys: Path) -> ClientApp:
         if node == 1:
             bolt = load_public_key(key_paths(keys, "bolt")["public"])
             signature = SM2PrivateKey.generate().sign(
-                enrol_statement(challenge, context.run_id, context.node_id, "bolt", bolt.key_id))
+                enrol_statement(challenge, context.run_id, context.node_id, "bolt", bolt.key_id)
+            )
             claim = {"tenant": "bolt", "key_id": bolt.key_id, "signature": signature.hex()}
         else:
             run = context.run_id if node == 0 else context.run_id + 1
-            signature = acme.signing_key.sign(enrol_statement(challenge, run, context.node_id, "acme",
-                                                              acme.public.key_id))
+            signature = acme.signing_key.sign(
+                enrol_statement(challenge, run, context.node_id, "acme", acme.public.key_id)
+            )
             claim = {"tenant": "acme", "key_id": acme.public.key_id, "signature": signature.hex()}
         return Message(RecordDict({ENROL: ConfigRecord(claim)}), reply_to=message)
 
@@ -44,7 +46,8 @@ def _claims(keys: Path) -> ClientApp:
 
 
 def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enrolled(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     keys = tmp_path / "keys"
     for tenant in ("acme", "bolt"):
         init_keys("tenant", tenant, keys)
@@ -57,8 +60,9 @@ def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enroll
         enrolled.append(sorted(key.name for key in tenants.values()))
 
     with caplog.at_level(logging.WARNING, logger="fedloop"):
-        run_simulation(server_app=server, client_app=_claims(keys), num_supernodes=3,
-                       backend_config=simulation_backend(3))
+        run_simulation(
+            server_app=server, client_app=_claims(keys), num_supernodes=3, backend_config=simulation_backend(3)
+        )
     assert enrolled == [["acme"]]
     refusals = [r.getMessage() for r in caplog.records if "did not prove it holds that key" in r.getMessage()]
     print("\n".join(refusals))
@@ -73,8 +77,13 @@ def test_a_tenant_missing_from_the_federation_list_is_an_error_naming_it_and_the
     settings, tenant = tmp_path / "settings.toml", tmp_path / "tenant.toml"
     settings.write_text('[federation]\ntenants = ["acme", "bolt"]\n')
     tenant.write_text('[tenant]\nname = "zenith"\n')
-    context = Context(run_id=1, node_id=1, node_config={"settings": str(settings), "tenant-config": str(tenant)},
-                      state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"settings": str(settings), "tenant-config": str(tenant)},
+        state=RecordDict(),
+        run_config={},
+    )
     with pytest.raises(ConfigError) as refused:
         deployed_tenant(context)
     message = str(refused.value)

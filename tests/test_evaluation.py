@@ -49,8 +49,10 @@ def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
     tenant.store.record_evaluation("v0001-abc", "hit_rate", {"hit-rate": 0.5, "num-examples": 16})
     tenant.store.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.01, "passed": True})
     tenant.store.record_evaluation("v0002-def", "hit_rate", {"hit-rate": 0.7, "num-examples": 16})
-    assert tenant.store.evaluations("v0001-abc") == [("hit_rate", {"hit-rate": 0.5, "num-examples": 16}),
-                                                     ("kl_to_serving", {"passed": True, "value": 0.01})]
+    assert tenant.store.evaluations("v0001-abc") == [
+        ("hit_rate", {"hit-rate": 0.5, "num-examples": 16}),
+        ("kl_to_serving", {"passed": True, "value": 0.01}),
+    ]
 
 
 def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> None:
@@ -61,8 +63,9 @@ def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> 
     tenant = make_tenant()
     recorder = FeedbackRecorder(tenant.pipeline)
     for index in range(200):
-        draft_id = recorder.record_draft(f"user-{index}", f"Question number {index} about parcel {index * 7}",
-                                         "A draft.", "v1")
+        draft_id = recorder.record_draft(
+            f"user-{index}", f"Question number {index} about parcel {index * 7}", "A draft.", "v1"
+        )
         recorder.record_outcome(draft_id, Action.EDIT, f"Final reply {index} for parcel {index * 7}.", 3000)
     held_out = held_out_references(tenant.store, 0.10, limit=1000)
     assert 8 <= len(held_out) <= 35  # about 10 % of 200
@@ -91,9 +94,14 @@ def test_looping_and_empty_drafts_are_degenerate_and_a_version_that_loops_more_i
     """Issue 14: a promoted canary drafted `Click on "Account Settings" > "Account Settings" > ...`."""
     from fedloop.client.evaluate.degeneration import degeneration, degeneration_gate
 
-    loop = 'Click on "Account Settings" > "Account Settings" > "Account Settings" > "Account Settings" > ' \
-           '"Account Settings"'
-    fine = ["Your order ships tomorrow; the tracking number follows by e-mail.", "您的订单明天发货，物流单号稍后发送到您的邮箱。"]
+    loop = (
+        'Click on "Account Settings" > "Account Settings" > "Account Settings" > "Account Settings" > '
+        '"Account Settings"'
+    )
+    fine = [
+        "Your order ships tomorrow; the tracking number follows by e-mail.",
+        "您的订单明天发货，物流单号稍后发送到您的邮箱。",
+    ]
     assert degeneration(loop) == "loop" and degeneration("") == "empty" and degeneration("  \n") == "empty"
     assert degeneration("好的好的好的好的好的好的好的好的好的好的") == "loop"
     assert [degeneration(text) for text in fine] == [None, None]

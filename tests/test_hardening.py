@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import draft, stub
 from typer.testing import CliRunner
 
 from fedloop.client.ingest.service import start_server
@@ -18,7 +19,6 @@ from fedloop.shared.cli import app
 from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec
 from fedloop.shared.keys import KeyFileError, init_keys, key_paths, load_identity
 from fedloop.shared.model_fetch import WHEEL_FILE, ModelFetchError, ensure_default_model
-from grpc_helpers import draft, stub
 
 
 def test_a_user_over_the_rate_limit_gets_resource_exhausted_and_nothing_is_stored(make_tenant) -> None:
@@ -61,8 +61,13 @@ def test_private_key_files_readable_by_others_are_refused_with_the_chmod(tmp_pat
     (tmp_path / "certs" / "acme.node").chmod(0o640)
     for name in ("ca.crt", "settings.toml", "tenant.toml"):
         (tmp_path / name).write_text("")
-    spec = SuperNodeSpec(tmp_path / "tenant.toml", tmp_path / "settings.toml", "127.0.0.1:9300",
-                         tmp_path / "ca.crt", tmp_path / "certs" / "acme.node")
+    spec = SuperNodeSpec(
+        tmp_path / "tenant.toml",
+        tmp_path / "settings.toml",
+        "127.0.0.1:9300",
+        tmp_path / "ca.crt",
+        tmp_path / "certs" / "acme.node",
+    )
     with pytest.raises(DeploymentError, match="chmod 600"):
         spec.command(tmp_path)
 
@@ -94,7 +99,9 @@ def test_flower_config_files_quote_any_path(tmp_path: Path) -> None:
     for name in ("ca.crt", "settings.toml", "tenant.toml", "acme.node"):
         (odd / name).write_text("")
     (odd / "acme.node").chmod(0o600)
-    spec = SuperNodeSpec(odd / "tenant.toml", odd / "settings.toml", "127.0.0.1:9300", odd / "ca.crt", odd / "acme.node")
+    spec = SuperNodeSpec(
+        odd / "tenant.toml", odd / "settings.toml", "127.0.0.1:9300", odd / "ca.crt", odd / "acme.node"
+    )
     command = spec.command(odd)
     node_config = parse_config_args([command[command.index("--node-config") + 1]])
     assert node_config["tenant-config"] == str((odd / "tenant.toml").resolve())
@@ -103,11 +110,18 @@ def test_flower_config_files_quote_any_path(tmp_path: Path) -> None:
 
 def test_a_flower_process_ends_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
     """The parent-death signal is armed in the child itself (no preexec_fn in fedloop's threaded process)."""
-    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
-                               "from fedloop.shared.end_with_parent import launcher\n"
-                               "child = subprocess.Popen(launcher(['sleep', '120']))\n"
-                               "print(child.pid, flush=True)\ntime.sleep(120)\n"],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from fedloop.shared.end_with_parent import launcher\n"
+            "child = subprocess.Popen(launcher(['sleep', '120']))\n"
+            "print(child.pid, flush=True)\ntime.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(parent.stdout.readline())
     deadline = time.monotonic() + 10
     while _command_of(child) != "sleep" and time.monotonic() < deadline:  # until the launcher has exec'd

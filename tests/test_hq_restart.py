@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from deployment_helpers import FEDLOOP, descendants
+
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
@@ -34,8 +35,9 @@ def registry_rows(database: Path) -> int:
         return 0
 
 
-def test_hq_killed_mid_run_leaves_complete_versions_and_the_next_run_continues(tmp_path: Path,
-                                                                               tiny_model_dir: Path) -> None:
+def test_hq_killed_mid_run_leaves_complete_versions_and_the_next_run_continues(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     config = tmp_path / "settings.toml"
     config.write_text(f"""
 [federation]
@@ -44,7 +46,7 @@ tenants = ["acme", "bolt"]
 rounds = 6
 [paths]
 model = "{tiny_model_dir}"
-runs_dir = "{tmp_path / 'runs'}"
+runs_dir = "{tmp_path / "runs"}"
 [lora]
 rank = 4
 alpha = 8
@@ -57,8 +59,12 @@ conversations_per_round = 4
 max_new_tokens = 8
 """)
     log = tmp_path / "first.log"
-    demo = subprocess.Popen([FEDLOOP, "demo", "--config", str(config)], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    demo = subprocess.Popen(
+        [FEDLOOP, "demo", "--config", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     run_dir = None
     while time.monotonic() < deadline and demo.poll() is None:
@@ -81,10 +87,14 @@ max_new_tokens = 8
     last = survivors[-1].id
     registry.close()
 
-    resumed = subprocess.run([FEDLOOP, "demo", "--config", str(config), "--resume", str(run_dir)],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [FEDLOOP, "demo", "--config", str(config), "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert f"continuing from version {last}" in resumed.stdout + resumed.stderr
     lineage = json.loads(layout.summary.read_text())["lineage"]
     ids = [v["id"] for v in lineage]
-    assert ids[:len(survivors)] == [v.id for v in survivors] and len(ids) == len(survivors) + 6
+    assert ids[: len(survivors)] == [v.id for v in survivors] and len(ids) == len(survivors) + 6

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import grpc
-
 from deployment_helpers import FEDLOOP, free_port, listening, wait_for
+from grpc_helpers import draft, stub
+
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.keys import init_keys
-from grpc_helpers import draft, stub
 
 
 def _memory_kib(pid: int, field: str) -> int:
@@ -34,11 +34,14 @@ def test_long_and_heavy_streams_are_cut_off_with_memory_bounded(tmp_path: Path) 
     init_keys("tenant", "acme", tmp_path / "keys")
     port = free_port()
     config = tmp_path / "tenant.toml"
-    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "{tmp_path / "keys"}"\ndata_dir = "{tmp_path / "data"}"\n'
-                      f'[ingest]\naddress = "127.0.0.1:{port}"\n[metrics]\naddress = ""\n')
+    config.write_text(
+        f'[tenant]\nname = "acme"\nkeys_dir = "{tmp_path / "keys"}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[ingest]\naddress = "127.0.0.1:{port}"\n[metrics]\naddress = ""\n'
+    )
     log = tmp_path / "serve.log"
-    server = subprocess.Popen([FEDLOOP, "tenant", "serve", "--config", str(config)], stdout=log.open("wb"),
-                              stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [FEDLOOP, "tenant", "serve", "--config", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     try:
         wait_for(lambda: listening(port), "FeedbackService", log, server)
         channel, service = stub(port)

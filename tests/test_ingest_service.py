@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_helpers import draft, outcome, status_of, stub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,6 @@ from fedloop.proto import feedback_pb2 as pb
 from fedloop.proto import feedback_pb2_grpc as pb_grpc
 from fedloop.shared.certs import make_federation_certificates
 from fedloop.shared.settings import ConfigError
-from grpc_helpers import draft, outcome, status_of, stub
 
 BAD = grpc.StatusCode
 
@@ -35,34 +35,44 @@ def test_events_are_stored_once_and_replays_are_acknowledged(service) -> None:
     assert client.RecordDraft(draft("e1", "d1")).duplicate
     assert not client.RecordOutcome(outcome("e2", "d1")).duplicate
     assert client.RecordOutcome(outcome("e2", "d1")).duplicate
-    signal = pb.SignalEvent(event_id="e3", user_id="user-1", session_id="session-1", kind=pb.USER_MESSAGE,
-                            value="thanks", draft_id="d1")
+    signal = pb.SignalEvent(
+        event_id="e3", user_id="user-1", session_id="session-1", kind=pb.USER_MESSAGE, value="thanks", draft_id="d1"
+    )
     assert not client.RecordSignal(signal).duplicate
     assert tenant.store.count_events() == 3
     assert tenant.store.outcome_counts() == {"accept": 1}
 
 
-@pytest.mark.parametrize("method, message, expected", [
-    ("RecordDraft", draft("x1", "dx", prompt=""), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("", "dx"), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("x1", "dx", user_id="has space"), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("x1", "dx", prompt="x" * 65537), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("x1", "dx", position=-1), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("x1", "dx", timestamp_ms=-5), BAD.INVALID_ARGUMENT),
-    ("RecordDraft", draft("x1", "dx", timestamp_ms=1_700_000), BAD.INVALID_ARGUMENT),
-    ("RecordOutcome", outcome("x2", "never-recorded"), BAD.NOT_FOUND),
-    ("RecordOutcome", outcome("x2", "d0", dwell_ms=-1), BAD.INVALID_ARGUMENT),
-    ("RecordOutcome", outcome("x2", "d0", dwell_ms=10**12), BAD.INVALID_ARGUMENT),
-    ("RecordOutcome", outcome("x2", "d0", action=99), BAD.INVALID_ARGUMENT),
-    ("RecordOutcome", outcome("x2", "d0", action=pb.EDIT_ACCEPT), BAD.INVALID_ARGUMENT),
-    ("RecordOutcome", outcome("x2", "d0", timestamp_ms=1_000_000_000_000), BAD.FAILED_PRECONDITION),
-    ("RecordOutcome", outcome("e0", "d0"), BAD.ALREADY_EXISTS),
-    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=42), BAD.INVALID_ARGUMENT),
-    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.USER_MESSAGE),
-     BAD.INVALID_ARGUMENT),
-    ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.CTA_SHOWN, draft_id="nope"),
-     BAD.NOT_FOUND),
-])
+@pytest.mark.parametrize(
+    "method, message, expected",
+    [
+        ("RecordDraft", draft("x1", "dx", prompt=""), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("", "dx"), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("x1", "dx", user_id="has space"), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("x1", "dx", prompt="x" * 65537), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("x1", "dx", position=-1), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("x1", "dx", timestamp_ms=-5), BAD.INVALID_ARGUMENT),
+        ("RecordDraft", draft("x1", "dx", timestamp_ms=1_700_000), BAD.INVALID_ARGUMENT),
+        ("RecordOutcome", outcome("x2", "never-recorded"), BAD.NOT_FOUND),
+        ("RecordOutcome", outcome("x2", "d0", dwell_ms=-1), BAD.INVALID_ARGUMENT),
+        ("RecordOutcome", outcome("x2", "d0", dwell_ms=10**12), BAD.INVALID_ARGUMENT),
+        ("RecordOutcome", outcome("x2", "d0", action=99), BAD.INVALID_ARGUMENT),
+        ("RecordOutcome", outcome("x2", "d0", action=pb.EDIT_ACCEPT), BAD.INVALID_ARGUMENT),
+        ("RecordOutcome", outcome("x2", "d0", timestamp_ms=1_000_000_000_000), BAD.FAILED_PRECONDITION),
+        ("RecordOutcome", outcome("e0", "d0"), BAD.ALREADY_EXISTS),
+        ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=42), BAD.INVALID_ARGUMENT),
+        (
+            "RecordSignal",
+            pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.USER_MESSAGE),
+            BAD.INVALID_ARGUMENT,
+        ),
+        (
+            "RecordSignal",
+            pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.CTA_SHOWN, draft_id="nope"),
+            BAD.NOT_FOUND,
+        ),
+    ],
+)
 def test_bad_input_gets_a_precise_status_and_nothing_is_stored(service, method, message, expected) -> None:
     tenant, client, _ = service
     client.RecordDraft(draft("e0", "d0"))
@@ -74,8 +84,11 @@ def test_bad_input_gets_a_precise_status_and_nothing_is_stored(service, method, 
 
 def test_invalid_utf8_is_invalid_argument(service) -> None:
     tenant, _, channel = service
-    raw = channel.unary_unary("/fedloop.feedback.v1.FeedbackService/RecordDraft",
-                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    raw = channel.unary_unary(
+        "/fedloop.feedback.v1.FeedbackService/RecordDraft",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
     valid = draft("u1", "du").SerializeToString()
     broken = valid.replace(b"Where is my order", b"Where is my \xff\xfe\xfd\xfc\xfb")
     assert status_of(raw, broken) == BAD.INVALID_ARGUMENT
@@ -105,8 +118,11 @@ texts = st.text(max_size=40) | st.sampled_from(["", " ", "d0", "e0", "x" * 70000
 @given(payload=st.binary(max_size=300), method=st.sampled_from(["RecordDraft", "RecordOutcome", "RecordSignal"]))
 def test_random_bytes_never_crash_the_server(service, payload: bytes, method: str) -> None:
     tenant, client, channel = service
-    raw = channel.unary_unary(f"/fedloop.feedback.v1.FeedbackService/{method}",
-                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    raw = channel.unary_unary(
+        f"/fedloop.feedback.v1.FeedbackService/{method}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
     before = tenant.store.count_events()
     code = status_of(raw, payload)
     assert code in ALLOWED
@@ -115,14 +131,25 @@ def test_random_bytes_never_crash_the_server(service, payload: bytes, method: st
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(event_id=texts, draft_id=texts, prompt=texts, action=st.integers(-3, 6), dwell=st.integers(-10, 10**11),
-       final=texts, kind=st.integers(-2, 9))
+@given(
+    event_id=texts,
+    draft_id=texts,
+    prompt=texts,
+    action=st.integers(-3, 6),
+    dwell=st.integers(-10, 10**11),
+    final=texts,
+    kind=st.integers(-2, 9),
+)
 def test_random_messages_get_precise_statuses(service, event_id, draft_id, prompt, action, dwell, final, kind) -> None:
     tenant, client, _ = service
-    calls = [(client.RecordDraft, draft(event_id, draft_id, prompt=prompt)),
-             (client.RecordOutcome, outcome(event_id, draft_id, action=action, dwell_ms=dwell, final_text=final)),
-             (client.RecordSignal, pb.SignalEvent(event_id=event_id, user_id="u", session_id="s", kind=kind,
-                                                  value=final, draft_id=draft_id))]
+    calls = [
+        (client.RecordDraft, draft(event_id, draft_id, prompt=prompt)),
+        (client.RecordOutcome, outcome(event_id, draft_id, action=action, dwell_ms=dwell, final_text=final)),
+        (
+            client.RecordSignal,
+            pb.SignalEvent(event_id=event_id, user_id="u", session_id="s", kind=kind, value=final, draft_id=draft_id),
+        ),
+    ]
     for call, message in calls:
         before = tenant.store.count_events()
         code = status_of(call, message)
@@ -147,15 +174,19 @@ def test_route_draft_follows_the_release_pointer(service) -> None:
     assert all(r.model_version == "v1" for r in routes if not r.canary)
 
 
-
 def test_off_loopback_the_service_needs_tls_and_bearer_keys_and_refuses_strangers(make_tenant, tmp_path) -> None:
     with pytest.raises(ConfigError, match="ingest.api_keys_file / tls_certificate / tls_key"):
         TenantSettings(tenant=TenantSection("acme", "k", "d"), ingest=IngestSection(address="0.0.0.0:50051"))
     certificates = make_federation_certificates(tmp_path / "certs", ["127.0.0.1"])
     (tmp_path / "keys.txt").write_text("# product backend\nk-3f9c2a\n")
-    tenant = make_tenant(ingest=IngestSection(address="127.0.0.1:0", api_keys_file=str(tmp_path / "keys.txt"),
-                                              tls_certificate=str(certificates.superlink_certificate),
-                                              tls_key=str(certificates.superlink_key)))
+    tenant = make_tenant(
+        ingest=IngestSection(
+            address="127.0.0.1:0",
+            api_keys_file=str(tmp_path / "keys.txt"),
+            tls_certificate=str(certificates.superlink_certificate),
+            tls_key=str(certificates.superlink_key),
+        )
+    )
     server, port = start_server(tenant, "127.0.0.1:0", 2)
     try:
         plaintext = grpc.insecure_channel(f"127.0.0.1:{port}")

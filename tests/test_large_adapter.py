@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from deployment_helpers import Federation, free_port, provision, start_hq, start_tenant, write_tenant_config
-from fedloop.proto import feedback_pb2 as pb
 from grpc_helpers import draft, outcome, stub
+
+from fedloop.proto import feedback_pb2 as pb
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
@@ -28,10 +28,13 @@ def report_feedback(port: int) -> None:
     channel, service = stub(port)
     for index in range(2):
         draft_id = f"large-{index}"
-        service.RecordDraft(draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"),
-                            timeout=30)
-        service.RecordOutcome(outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT,
-                                      final_text=f"Your parcel {index} is on its way."), timeout=30)
+        service.RecordDraft(
+            draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"), timeout=30
+        )
+        service.RecordOutcome(
+            outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT, final_text=f"Your parcel {index} is on its way."),
+            timeout=30,
+        )
     channel.close()
 
 

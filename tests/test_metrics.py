@@ -58,10 +58,15 @@ def tenant_scrape(make_tenant) -> tuple[dict[str, float], dict[str, list[bool]]]
         user = f"user-{index}"
         version = controller.route(tenant.store.pseudonym(user))
         accepted_by_version.setdefault(version, []).append(bool(index % 2))
-        draft_id = recorder.record_draft(user, f"Call me on 1381234567{index}", "Sure, we will call.", version,
-                                         prompt_version="p7")
-        recorder.record_outcome(draft_id, Action.ACCEPT if index % 2 else Action.REJECT,
-                                None if index % 2 else "We will call you today.", 3000)
+        draft_id = recorder.record_draft(
+            user, f"Call me on 1381234567{index}", "Sure, we will call.", version, prompt_version="p7"
+        )
+        recorder.record_outcome(
+            draft_id,
+            Action.ACCEPT if index % 2 else Action.REJECT,
+            None if index % 2 else "We will call you today.",
+            3000,
+        )
     with pytest.raises(FeedbackError):
         recorder.record_outcome("no-such-draft", Action.ACCEPT)
     controller.rollback("operator: test")
@@ -69,8 +74,7 @@ def tenant_scrape(make_tenant) -> tuple[dict[str, float], dict[str, list[bool]]]
     return scrape(tenant.metrics), accepted_by_version
 
 
-def test_the_tenant_endpoint_exports_its_metrics(
-        tenant_scrape: tuple[dict[str, float], dict[str, list[bool]]]) -> None:
+def test_the_tenant_endpoint_exports_its_metrics(tenant_scrape: tuple[dict[str, float], dict[str, list[bool]]]) -> None:
     samples, accepted_by_version = tenant_scrape
     serving = accepted_by_version["v1"]
     assert set(TENANT_METRICS) <= names(samples) | {"fedloop_tenant_canary_hit_rate"}  # no canary left
@@ -79,7 +83,8 @@ def test_the_tenant_endpoint_exports_its_metrics(
     assert samples['fedloop_tenant_rejected_inputs_total{reason="NOT_FOUND"}'] == 1
     assert samples['fedloop_tenant_redactions_total{entity_type="CN_MOBILE"}'] == 6
     assert samples['fedloop_tenant_hit_rate{model_version="v1",prompt_version="p7"}'] == pytest.approx(
-        sum(serving) / len(serving))
+        sum(serving) / len(serving)
+    )
     assert samples["fedloop_tenant_rollbacks_total"] == 1
     assert samples["fedloop_tenant_train_loss"] == 0.75
     assert samples["fedloop_tenant_breaker_tripped"] == 0
@@ -91,9 +96,17 @@ def test_hq_endpoint_exports_rounds_refusals_bytes_and_versions(tmp_path: Path) 
     second = registry.create(b"adapter-1", first.id, "run", 1, {"acme": 10, "bolt": 12}, "exact")
     registry.promote(second.id)
     registry.record_round("run", 0, first.id, {"evaluation": {}})
-    registry.record_round("run", 1, second.id, {"contributors": {"acme": 10, "bolt": 12}, "duration_s": 42.0,
-                                                "refused_by_reason": {"bad-signature": 1}, "bytes_to_hq": {"acme": 100,
-                                                                                                           "bolt": 50}})
+    registry.record_round(
+        "run",
+        1,
+        second.id,
+        {
+            "contributors": {"acme": 10, "bolt": 12},
+            "duration_s": 42.0,
+            "refused_by_reason": {"bad-signature": 1},
+            "bytes_to_hq": {"acme": 100, "bolt": 50},
+        },
+    )
     registry.close()
     samples = scrape(hq_registry(tmp_path / "hq" / "registry.db"))
     assert set(HQ_METRICS) <= names(samples)
@@ -107,7 +120,11 @@ def test_hq_endpoint_exports_rounds_refusals_bytes_and_versions(tmp_path: Path) 
 @pytest.mark.parametrize("side, exported", [("tenant", TENANT_METRICS), ("hq", HQ_METRICS)])
 def test_every_metric_a_dashboard_queries_is_exported(side: str, exported: dict[str, str]) -> None:
     dashboard = json.loads((ROOT / "configs" / "grafana" / f"{side}.json").read_text())
-    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"\bfedloop_[a-z0-9_]+", target["expr"])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bfedloop_[a-z0-9_]+", target["expr"])
+    }
     assert queried and queried <= set(exported), sorted(queried - set(exported))
     assert set(exported) <= queried  # and every exported metric is on the dashboard

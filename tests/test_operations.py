@@ -40,7 +40,10 @@ def test_promotion_is_a_human_decision_and_is_audited(make_tenant) -> None:
     assert pools.demote(tenant.store, sample_id, "secondary_baseline", "ana").pool == "secondary_baseline"
     assert pools.label(tenant.store, sample_id, "shipping", "ana").label == "shipping"
     assert [(a.actor, a.action) for a in tenant.store.audit_entries() if a.action.startswith("sample")] == [
-        ("ana", "sample.move"), ("ana", "sample.move"), ("ana", "sample.label")]
+        ("ana", "sample.move"),
+        ("ana", "sample.move"),
+        ("ana", "sample.label"),
+    ]
 
 
 def test_label_studio_round_trip(make_tenant, tmp_path: Path) -> None:
@@ -50,9 +53,14 @@ def test_label_studio_round_trip(make_tenant, tmp_path: Path) -> None:
     assert pools.export_label_studio(tenant.store, out) == 2
     tasks = json.loads(out.read_text())
     assert {t["data"]["sample_id"] for t in tasks} == {first, second}
-    tasks[0]["annotations"] = [{"result": [
-        {"from_name": "pool", "type": "choices", "value": {"choices": ["core_baseline"]}},
-        {"from_name": "label", "type": "textarea", "value": {"text": ["tracking"]}}]}]
+    tasks[0]["annotations"] = [
+        {
+            "result": [
+                {"from_name": "pool", "type": "choices", "value": {"choices": ["core_baseline"]}},
+                {"from_name": "label", "type": "textarea", "value": {"text": ["tracking"]}},
+            ]
+        }
+    ]
     out.write_text(json.dumps(tasks))
     assert pools.import_label_studio(tenant.store, out, "ana") == {"moved": 1, "labelled": 1}
     moved = tenant.store.samples("id = ?", (tasks[0]["data"]["sample_id"],))[0]
@@ -65,8 +73,10 @@ def test_label_studio_round_trip(make_tenant, tmp_path: Path) -> None:
 
 def _config(tenant, tmp_path: Path) -> Path:
     config = tmp_path / "tenant.toml"
-    config.write_text(f'[tenant]\nname = "{tenant.settings.tenant.name}"\nkeys_dir = "{tenant.settings.tenant.keys_dir}"\n'
-                      f'data_dir = "{tenant.settings.tenant.data_dir}"\n')
+    config.write_text(
+        f'[tenant]\nname = "{tenant.settings.tenant.name}"\nkeys_dir = "{tenant.settings.tenant.keys_dir}"\n'
+        f'data_dir = "{tenant.settings.tenant.data_dir}"\n'
+    )
     return config
 
 
@@ -76,8 +86,18 @@ def test_vault_reveal_is_audited_and_needs_a_reason(make_tenant, tmp_path: Path)
     draft_id = api.record_draft("u1", "call 13812345678", "ok", "v1")
     config = _config(tenant, tmp_path)
     runner = CliRunner()
-    args = ["vault", "reveal", "--config", str(config), "--record", draft_id, "--placeholder", "<CN_MOBILE_1>",
-            "--operator", "ana"]
+    args = [
+        "vault",
+        "reveal",
+        "--config",
+        str(config),
+        "--record",
+        draft_id,
+        "--placeholder",
+        "<CN_MOBILE_1>",
+        "--operator",
+        "ana",
+    ]
     assert runner.invoke(app, args + ["--reason", " "]).exit_code == 2
     result = runner.invoke(app, args + ["--reason", "customer asked for a call back"])
     assert result.exit_code == 0 and result.output.strip() == "13812345678"
@@ -142,12 +162,44 @@ def test_review_cli_lists_promotes_and_reports_problem_rates(make_tenant, tmp_pa
     assert listed.exit_code == 0 and sample_id in listed.output and "13812345678" not in listed.output
     shown = runner.invoke(app, ["samples", "review", "show", sample_id, "--config", str(config)])
     assert "<CN_MOBILE_1>" in shown.output and "13812345678" not in shown.output
-    promoted = runner.invoke(app, ["samples", "review", "promote", sample_id, "--to", "core_baseline",
-                                   "--operator", "ana", "--config", str(config)])
+    promoted = runner.invoke(
+        app,
+        [
+            "samples",
+            "review",
+            "promote",
+            sample_id,
+            "--to",
+            "core_baseline",
+            "--operator",
+            "ana",
+            "--config",
+            str(config),
+        ],
+    )
     assert promoted.exit_code == 0 and "pool core_baseline" in promoted.output
-    refused = runner.invoke(app, ["samples", "review", "promote", sample_id, "--to", "candidate",
-                                  "--operator", "ana", "--config", str(config)])
+    refused = runner.invoke(
+        app,
+        ["samples", "review", "promote", sample_id, "--to", "candidate", "--operator", "ana", "--config", str(config)],
+    )
     assert refused.exit_code == 2 and "promote goes up" in refused.output
-    rates = runner.invoke(app, ["samples", "problem-rate", "--type", "repeated_question", "--version", "v1",
-                                "--version", "v2", "--config", str(config)])
-    assert rates.exit_code == 0 and "v1\trepeated_question\t0/1" in rates.output and "v2\trepeated_question\t0/0\tn/a" in rates.output
+    rates = runner.invoke(
+        app,
+        [
+            "samples",
+            "problem-rate",
+            "--type",
+            "repeated_question",
+            "--version",
+            "v1",
+            "--version",
+            "v2",
+            "--config",
+            str(config),
+        ],
+    )
+    assert (
+        rates.exit_code == 0
+        and "v1\trepeated_question\t0/1" in rates.output
+        and "v2\trepeated_question\t0/0\tn/a" in rates.output
+    )

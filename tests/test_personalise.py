@@ -1,5 +1,6 @@
 """Personalisation at the tenant: the shared/local split of the adapter (FedSA, B kept), a tenant that keeps
-its B and sends only A, the settings check, and the gates offering a personalised candidate only on evidence that it drafts better."""
+its B and sends only A, the settings check, and the gates offering a personalised candidate only on evidence that
+it drafts better."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ from fedloop.client.tenant import LOCAL_B, Tenant, shared_model
 from fedloop.client.tenant_settings import EvaluationSection, PersonaliseSection, TenantSection, TenantSettings
 from fedloop.client.train.personalise import local_part, personal_version, shared_part, with_local_part
 from fedloop.shared.adapter import adapter_from_bytes, adapter_state, adapter_to_bytes
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import init_keys
-from fedloop.shared.settings import (AggregationSection, FederationSection, PathsSection, Settings,
-                                     TrainSection)
+from fedloop.shared.settings import (
+    AggregationSection,
+    FederationSection,
+    LoraSettings,
+    PathsSection,
+    Settings,
+    TrainSection,
+)
 
 REPLY = "Your parcel ships today."
 
@@ -32,22 +38,33 @@ def test_the_shared_part_is_a_and_the_local_part_is_b() -> None:
     sent = shared_part(trained, global_state)
     assert torch.equal(sent["q.lora_A.weight"], trained["q.lora_A.weight"])  # A leaves the tenant ...
     assert torch.equal(sent["q.lora_B.weight"], global_state["q.lora_B.weight"])  # ... its B does not
-    mine = with_local_part({"q.lora_A.weight": torch.full((2, 4), 3.0), "q.lora_B.weight": torch.zeros(4, 2)},
-                           local_part(trained))
+    mine = with_local_part(
+        {"q.lora_A.weight": torch.full((2, 4), 3.0), "q.lora_B.weight": torch.zeros(4, 2)}, local_part(trained)
+    )
     assert mine["q.lora_A.weight"][0, 0] == 3.0 and mine["q.lora_B.weight"][0, 0] == 2.0
 
 
-def _tenant(tmp_path: Path, tiny_model_dir: Path, method: str, merge: str = "fedavg",
-            evaluation: EvaluationSection | None = None) -> Tenant:
+def _tenant(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    method: str,
+    merge: str = "fedavg",
+    evaluation: EvaluationSection | None = None,
+) -> Tenant:
     keys = tmp_path / "keys"
     init_keys("tenant", "acme", keys)
-    settings = Settings(federation=FederationSection(tenants=("acme",)), paths=PathsSection(model=str(tiny_model_dir)),
-                        lora=LoraSettings(rank=4, alpha=8),
-                        train=TrainSection(max_steps=4, batch_size=4, learning_rate=5e-2, max_seq_len=64),
-                        aggregation=AggregationSection(method=merge))
-    local = TenantSettings(tenant=TenantSection("acme", str(keys), str(tmp_path / "acme")),
-                           evaluation=evaluation or EvaluationSection(held_out_share=0.0),
-                           personalise=PersonaliseSection(method=method, steps=12))
+    settings = Settings(
+        federation=FederationSection(tenants=("acme",)),
+        paths=PathsSection(model=str(tiny_model_dir)),
+        lora=LoraSettings(rank=4, alpha=8),
+        train=TrainSection(max_steps=4, batch_size=4, learning_rate=5e-2, max_seq_len=64),
+        aggregation=AggregationSection(method=merge),
+    )
+    local = TenantSettings(
+        tenant=TenantSection("acme", str(keys), str(tmp_path / "acme")),
+        evaluation=evaluation or EvaluationSection(held_out_share=0.0),
+        personalise=PersonaliseSection(method=method, steps=12),
+    )
     return Tenant(0, settings, local)
 
 
@@ -94,18 +111,24 @@ def test_a_personalised_candidate_is_offered_only_when_it_drafts_better_with_con
     assert better_candidate(clearly_better, "v1", 0.95) == "v1+personal"
     # what the benchmark's dirichlet split showed: 9 against 7 of 16 validation prompts picked a candidate that
     # then drafted 23 points worse; two more hits are not evidence (p = 0.25), the shared version is offered
-    assert better_candidate({"v1": _assessed(7 / 16, prompts=16), "v1+personal": _assessed(9 / 16, prompts=16)},
-                            "v1", 0.95) == "v1"
+    assert (
+        better_candidate(
+            {"v1": _assessed(7 / 16, prompts=16), "v1+personal": _assessed(9 / 16, prompts=16)}, "v1", 0.95
+        )
+        == "v1"
+    )
     assert better_candidate({"v1+personal": _assessed(0.4), "v1": _assessed(0.4)}, "v1", 0.95) == "v1"  # a tie
     assert better_candidate({"v1": _assessed(0.2), "v1+personal": _assessed(0.6, "refuse")}, "v1", 0.95) == "v1"
-    assert better_candidate({"v1": _assessed(0.6, "refuse"), "v1+personal": _assessed(0.2)}, "v1",
-                            0.95) == "v1+personal"
+    assert (
+        better_candidate({"v1": _assessed(0.6, "refuse"), "v1+personal": _assessed(0.2)}, "v1", 0.95) == "v1+personal"
+    )
     assert better_candidate({"v1": _assessed(0.6, "refuse")}, "v1", 0.95) is None
 
 
 def test_a_tenant_gates_both_candidates_and_offers_one(tmp_path: Path, tiny_model_dir: Path) -> None:
-    lenient = EvaluationSection(held_out_share=0.3, min_held_out=1, kl_bound=1e6, forgetting_bound=1e6,
-                                degenerate_bound=0.99, max_new_tokens=8)
+    lenient = EvaluationSection(
+        held_out_share=0.3, min_held_out=1, kl_bound=1e6, forgetting_bound=1e6, degenerate_bound=0.99, max_new_tokens=8
+    )
     tenant = _tenant(tmp_path, tiny_model_dir, "local_steps", evaluation=lenient)
     _feedback(tenant, 30)
     _, model, tokenizer = _install_untrained(tenant)
@@ -117,6 +140,7 @@ def test_a_tenant_gates_both_candidates_and_offers_one(tmp_path: Path, tiny_mode
     offered = personal if metrics["offered-personalised"] else "v1"
     assert tenant.release.state().serving == offered  # the first offer bootstraps the serving version
     other = "v1" if offered == personal else personal
-    assert any(e.action == "release-passed-over" and e.subject.startswith(f"{other}:")
-               for e in tenant.store.audit_entries())
+    assert any(
+        e.action == "release-passed-over" and e.subject.startswith(f"{other}:") for e in tenant.store.audit_entries()
+    )
     tenant.runtime.close()

@@ -5,30 +5,33 @@ from __future__ import annotations
 import pytest
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.privacy.redaction import Redactor
-from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
 from fedloop.client.privacy.placeholders import PlaceholderMap
+from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
+from fedloop.client.privacy.redaction import Redactor
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("请拨打13812345678联系我", "请拨打<CN_MOBILE_1>联系我"),
-    ("call +86 139-1234-5678 today", "call <CN_MOBILE_1> today"),
-    ("座机010-62345678", "座机<CN_LANDLINE_1>"),
-    ("身份证号11010519491231002X已登记", "身份证号<CN_RESIDENT_ID_1>已登记"),
-    ("my id is 110101199003074514.", "my id is <CN_RESIDENT_ID_1>."),
-    ("write to li.lei@example.com.cn please", "write to <EMAIL_ADDRESS_1> please"),
-    ("邮箱zhang_san@qq.com", "邮箱<EMAIL_ADDRESS_1>"),
-    ("卡号6222021234567890128", "卡号<BANK_CARD_1>"),
-    ("server 10.1.2.3 is down", "server <IP_ADDRESS_1> is down"),
-    ("地址：北京市海淀区中关村大街27号", "地址：<CN_ADDRESS_1>"),
-    ("我叫王小明，谢谢", "我叫<CN_PERSON_1>，谢谢"),
-    # issue 14: names with no context word, and English names, leaked into training
-    ("张伟说他上周买的耳机坏了", "<CN_PERSON_1>说他上周买的耳机坏了"),
-    ("John Smith wants a refund, Mary Johnson too", "<PERSON_1> wants a refund, <PERSON_2> too"),
-    ("Please ask Ms Johnson to call me", "Please ask Ms <PERSON_1> to call me"),
-    ("Hello, my name is Oluwaseun Adeyemi", "Hello, my name is <PERSON_1>"),
-    ("身份证号31010419770620800X校验位不对", "身份证号31010419770620800X校验位不对"),  # not a card either
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("请拨打13812345678联系我", "请拨打<CN_MOBILE_1>联系我"),
+        ("call +86 139-1234-5678 today", "call <CN_MOBILE_1> today"),
+        ("座机010-62345678", "座机<CN_LANDLINE_1>"),
+        ("身份证号11010519491231002X已登记", "身份证号<CN_RESIDENT_ID_1>已登记"),
+        ("my id is 110101199003074514.", "my id is <CN_RESIDENT_ID_1>."),
+        ("write to li.lei@example.com.cn please", "write to <EMAIL_ADDRESS_1> please"),
+        ("邮箱zhang_san@qq.com", "邮箱<EMAIL_ADDRESS_1>"),
+        ("卡号6222021234567890128", "卡号<BANK_CARD_1>"),
+        ("server 10.1.2.3 is down", "server <IP_ADDRESS_1> is down"),
+        ("地址：北京市海淀区中关村大街27号", "地址：<CN_ADDRESS_1>"),
+        ("我叫王小明，谢谢", "我叫<CN_PERSON_1>，谢谢"),
+        # issue 14: names with no context word, and English names, leaked into training
+        ("张伟说他上周买的耳机坏了", "<CN_PERSON_1>说他上周买的耳机坏了"),
+        ("John Smith wants a refund, Mary Johnson too", "<PERSON_1> wants a refund, <PERSON_2> too"),
+        ("Please ask Ms Johnson to call me", "Please ask Ms <PERSON_1> to call me"),
+        ("Hello, my name is Oluwaseun Adeyemi", "Hello, my name is <PERSON_1>"),
+        ("身份证号31010419770620800X校验位不对", "身份证号31010419770620800X校验位不对"),  # not a card either
+    ],
+)
 def test_pii_is_replaced_by_typed_placeholders(redactor: Redactor, text: str, expected: str) -> None:
     assert redactor.redact(text).text == expected
 
@@ -51,12 +54,20 @@ def test_placeholders_are_stable_within_a_record(redactor: Redactor) -> None:
     assert first.new_entries == [("<CN_MOBILE_1>", "13812345678"), ("<CN_MOBILE_2>", "13987654321")]
 
 
-@pytest.mark.parametrize("text", [
-    "Order 12345 ships in 2 days; ticket 2024-05-01.",
-    "方便说一下怎么退货吗", "高兴地说谢谢", "黄金会员怎么开通", "马上帮我处理一下",
-    "Go to Account Settings > Payment Methods.", "Dear Customer Service, the May Sale ended.",
-    "I'm sorry, I will call Best Buy later.", "Ship it to New York City by Monday.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order 12345 ships in 2 days; ticket 2024-05-01.",
+        "方便说一下怎么退货吗",
+        "高兴地说谢谢",
+        "黄金会员怎么开通",
+        "马上帮我处理一下",
+        "Go to Account Settings > Payment Methods.",
+        "Dear Customer Service, the May Sale ended.",
+        "I'm sorry, I will call Best Buy later.",
+        "Ship it to New York City by Monday.",
+    ],
+)
 def test_text_without_pii_is_unchanged(redactor: Redactor, text: str) -> None:
     assert redactor.redact(text).text == text
 

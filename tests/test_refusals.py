@@ -13,11 +13,10 @@ from fedloop.server.registry import VersionRegistry
 from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
 from fedloop.shared.adapter import adapter_to_bytes
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.envelope import seal
 from fedloop.shared.keys import Identity, Keyring, init_keys
 from fedloop.shared.protocol import update_binding, update_content
-from fedloop.shared.settings import AggregationSection
+from fedloop.shared.settings import AggregationSection, LoraSettings
 
 RUN = "refusal-run"
 TENANTS = ("honest1", "honest2", "unknown", "badsig", "tampered", "wrongad", "replay", "shape", "dtype", "nonfinite")
@@ -37,8 +36,17 @@ def strategy(tmp_path: Path) -> tuple[SealedMerge, Identity, dict[str, Identity]
     registry = VersionRegistry(tmp_path / "hq", hq)
     genesis = registry.create(adapter_to_bytes(adapter()), None, RUN, 0, {}, "init")
     nodes = {index: tenants[name].public for index, name in enumerate(TENANTS, start=1)}
-    sealed = SealedMerge(RoundLedger(registry, RUN, {}), hq, trusted, nodes, RUN, genesis, adapter(),
-                         LoraSettings(rank=2, alpha=4), AggregationSection(method="fedavg", min_tenants=1))
+    sealed = SealedMerge(
+        RoundLedger(registry, RUN, {}),
+        hq,
+        trusted,
+        nodes,
+        RUN,
+        genesis,
+        adapter(),
+        LoraSettings(rank=2, alpha=4),
+        AggregationSection(method="fedavg", min_tenants=1),
+    )
     return sealed, hq, tenants
 
 
@@ -74,14 +82,22 @@ def test_each_bad_update_is_refused_with_its_reason_and_the_round_goes_on(strate
         "replay": sealed_update("replay", adapter(0.2), round_=0),
         "shape": sealed_update("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
         "dtype": sealed_update("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
-        "nonfinite": sealed_update("nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}),
+        "nonfinite": sealed_update(
+            "nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}
+        ),
     }
     arrays, metrics = sealed.aggregate_train(1, [reply(TENANTS.index(n) + 1, e) for n, e in replies.items()])
 
     report = sealed.reports[1]
     assert report.contributors == {"honest1": 10, "honest2": 10}
-    assert report.refused_by_reason == {"unknown-key": 1, "bad-signature": 2, "wrong-associated-data": 1,
-                                        "replay": 1, "shape-or-dtype": 2, "non-finite": 1}
+    assert report.refused_by_reason == {
+        "unknown-key": 1,
+        "bad-signature": 2,
+        "wrong-associated-data": 1,
+        "replay": 1,
+        "shape-or-dtype": 2,
+        "non-finite": 1,
+    }
     assert set(report.refused) == set(TENANTS) - {"honest1", "honest2"}
     assert metrics["tenants"] == 2 and report.version == sealed.current.id
     merged = arrays.to_torch_state_dict()["m.q_proj.lora_B.weight"]
@@ -98,18 +114,27 @@ def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
     sealed, hq, tenants = strategy
     sealed.aggregation = AggregationSection(min_tenants=2)
     before = sealed.current.id
-    envelope = seal(adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, before, 10),
-                    tenants["honest1"], hq.public)
+    envelope = seal(
+        adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, before, 10), tenants["honest1"], hq.public
+    )
     assert sealed.aggregate_train(1, [reply(1, envelope)]) == (None, None)
     assert sealed.current.id == before and sealed.reports[1].contributors == {}
 
 
 def test_the_same_sealed_delta_twice_in_a_round_counts_once(strategy) -> None:
     sealed, hq, tenants = strategy
-    first = seal(adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, sealed.current.id, 10),
-                 tenants["honest1"], hq.public)
-    second = seal(adapter_to_bytes(adapter(0.9)), update_binding("honest1", RUN, 1, sealed.current.id, 10),
-                  tenants["honest1"], hq.public)
+    first = seal(
+        adapter_to_bytes(adapter(0.2)),
+        update_binding("honest1", RUN, 1, sealed.current.id, 10),
+        tenants["honest1"],
+        hq.public,
+    )
+    second = seal(
+        adapter_to_bytes(adapter(0.9)),
+        update_binding("honest1", RUN, 1, sealed.current.id, 10),
+        tenants["honest1"],
+        hq.public,
+    )
     sealed.aggregate_train(1, [reply(1, first), reply(1, first), reply(1, second)])
     report = sealed.reports[1]
     assert report.contributors == {"honest1": 10} and report.refused_by_reason["replay"] == 2  # others: no-reply

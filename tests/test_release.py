@@ -34,8 +34,13 @@ def test_a_users_bucket_is_the_same_in_every_process() -> None:
     users = [f"pseudonym-{i}" for i in range(50)]
     probe = "import sys\nfrom fedloop.client.release.canary import bucket\nprint([bucket(u) for u in sys.argv[1:]])"
     for seed in ("1", "2"):
-        done = subprocess.run([sys.executable, "-c", probe, *users], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed})
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *users],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         assert done.stdout.strip() == str([bucket(u) for u in users])
     assert bucket("alice") == pytest.approx(0.967545374120)  # pinned: a changed hash would move every user
 
@@ -45,8 +50,14 @@ def steps(count: int, rate: float) -> bool:
     return int(count * rate + 1e-9) > int((count - 1) * rate + 1e-9)
 
 
-def serve(controller: ReleaseController, recorder: FeedbackRecorder, store, accept_rate: dict[str, float],
-          drafts: int, reject_rate: dict[str, float] | None = None) -> Counter:
+def serve(
+    controller: ReleaseController,
+    recorder: FeedbackRecorder,
+    store,
+    accept_rate: dict[str, float],
+    drafts: int,
+    reject_rate: dict[str, float] | None = None,
+) -> Counter:
     """`drafts` users ask; each draft comes from the routed version and is accepted at that version's rate."""
     served: Counter = Counter()
     for i in range(drafts):
@@ -155,8 +166,19 @@ def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_pa
     assert "hit-rate gap" in shown.output and "always valid" in shown.output
     refused = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", " ", "--reason", "x"])
     assert refused.exit_code == 2 and "must not be empty" in refused.output
-    rolled = runner.invoke(app, ["release", "rollback", "--config", str(config), "--operator", "li.wei",
-                                 "--reason", "complaints from the support team"])
+    rolled = runner.invoke(
+        app,
+        [
+            "release",
+            "rollback",
+            "--config",
+            str(config),
+            "--operator",
+            "li.wei",
+            "--reason",
+            "complaints from the support team",
+        ],
+    )
     assert rolled.exit_code == 0 and "serving v1, canary none" in rolled.output
     store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
     last = store.audit_entries()[-1]

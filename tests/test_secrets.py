@@ -36,8 +36,9 @@ def _flip_every_encrypted_value(database: Path) -> None:
         for table, (_, columns) in ENCRYPTED_COLUMNS.items():
             for column in columns:
                 for rowid, value in db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"):
-                    db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
-                               (value[:-1] + bytes([value[-1] ^ 1]), rowid))
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (value[:-1] + bytes([value[-1] ^ 1]), rowid)
+                    )
 
 
 def _config(path: Path, name: str, keys: Path, data: Path) -> Path:
@@ -74,10 +75,34 @@ def broken_parties(make_tenant, tmp_path: Path) -> tuple[dict[str, list[str]], l
     commands = {
         "keys": ["keys", "rotate", "--config", str(config), "--operator", "ana"],
         "samples": ["samples", "review", "list", "--config", str(config)],
-        "vault": ["vault", "reveal", "--config", str(config), "--record", draft_id, "--placeholder", "<CN_MOBILE_1>",
-                  "--operator", "ana", "--reason", "call back"],
-        "release": ["release", "export", "--config", str(config), "--settings", str(ROOT / "configs" / "demo.toml"),
-                    "--out", str(tmp_path / "export"), "--operator", "ana", "--reason", "inference server"],
+        "vault": [
+            "vault",
+            "reveal",
+            "--config",
+            str(config),
+            "--record",
+            draft_id,
+            "--placeholder",
+            "<CN_MOBILE_1>",
+            "--operator",
+            "ana",
+            "--reason",
+            "call back",
+        ],
+        "release": [
+            "release",
+            "export",
+            "--config",
+            str(config),
+            "--settings",
+            str(ROOT / "configs" / "demo.toml"),
+            "--out",
+            str(tmp_path / "export"),
+            "--operator",
+            "ana",
+            "--reason",
+            "inference server",
+        ],
         "tenant": ["tenant", "serve", "--config", str(cut_config)],
         "versions": ["versions", "export", version.id, "--run", str(layout.root), "--out", str(tmp_path / "v")],
         "audit": ["audit", "verify", "--tenant", str(cut_config)],
@@ -87,15 +112,18 @@ def broken_parties(make_tenant, tmp_path: Path) -> tuple[dict[str, list[str]], l
 
 def _leaks(text: str, secrets: list[bytes]) -> list[str]:
     shown = text.lower()
-    return [secret.hex()[:12] + "…" for secret in secrets
-            if secret.hex() in shown or repr(secret)[2:-1].lower() in shown]
+    return [
+        secret.hex()[:12] + "…" for secret in secrets if secret.hex() in shown or repr(secret)[2:-1].lower() in shown
+    ]
 
 
 def test_no_command_group_prints_a_key_when_crypto_fails(broken_parties) -> None:
     commands, secrets = broken_parties
     env = {**os.environ, "COLUMNS": "200"}  # fedloop's log records go to stderr, searched with it
-    running = {group: subprocess.Popen([FEDLOOP, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       env=env) for group, argv in commands.items()}
+    running = {
+        group: subprocess.Popen([FEDLOOP, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for group, argv in commands.items()
+    }
     outputs = {group: process.communicate(timeout=240) for group, process in running.items()}
     for group, (stdout, stderr) in outputs.items():
         print(f"--- fedloop {group} (exit {running[group].returncode})\n{stdout}{stderr}")

@@ -16,20 +16,22 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from serve_helpers import Endpoint, install_versions, start_endpoint
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.keys import load_identity
-from serve_helpers import Endpoint, install_versions, start_endpoint
 
 QUESTION = [{"role": "user", "content": "Where is my order 12345? It has not arrived."}]
 
 
 @pytest.fixture()
 def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
-    runtime = make_tenant("acme", release=ReleaseSection(canary_share=0.5, widened_share=0.5, min_drafts_per_arm=5,
-                                                         decide_every_outcomes=1))
+    runtime = make_tenant(
+        "acme",
+        release=ReleaseSection(canary_share=0.5, widened_share=0.5, min_drafts_per_arm=5, decide_every_outcomes=1),
+    )
     install_versions(runtime, tiny_model_dir, ("v0", "v1"))
     controller = ReleaseController(runtime.store, runtime.settings.release)
     controller.offer("v0", "gates passed")
@@ -59,8 +61,11 @@ def test_drafts_come_from_the_routed_version_and_are_recorded_with_it(endpoint: 
 
 
 def test_streaming_carries_the_draft_id_and_records_the_whole_draft(endpoint: Endpoint) -> None:
-    chunks = list(client(endpoint).chat.completions.create(model="fedloop", messages=QUESTION, user="streamer",
-                                                           max_tokens=8, stream=True))
+    chunks = list(
+        client(endpoint).chat.completions.create(
+            model="fedloop", messages=QUESTION, user="streamer", max_tokens=8, stream=True
+        )
+    )
     assert len({c.id for c in chunks}) == 1 and chunks[-1].choices[0].finish_reason in ("stop", "length")
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     stored = endpoint.runtime.store.get_draft(chunks[0].id)
@@ -72,9 +77,11 @@ def test_outcomes_by_draft_id_drive_release_decisions_as_they_arrive(endpoint: E
     for index in range(40):
         completion = api.chat.completions.create(model="fedloop", messages=QUESTION, user=f"u{index}", max_tokens=4)
         action = "reject" if completion.model == "v1" else "accept"  # the canary drafts badly
-        reply = httpx.post(f"{endpoint.base_url}/drafts/{completion.id}/outcome",
-                           json={"action": action, "final_text": "It ships today." if action == "reject" else None,
-                                 "dwell_ms": 3000}, timeout=30)
+        reply = httpx.post(
+            f"{endpoint.base_url}/drafts/{completion.id}/outcome",
+            json={"action": action, "final_text": "It ships today." if action == "reject" else None, "dwell_ms": 3000},
+            timeout=30,
+        )
         assert reply.status_code == 200, reply.text
         if endpoint.controller.state().canary is None:
             break
@@ -91,8 +98,11 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: End
     cases = [
         (dict(model="fedloop", messages=QUESTION), 400, "user"),
         (dict(model="fedloop", messages=[], user="u"), 400, "messages"),
-        (dict(model="fedloop", messages=[{"role": "user", "content": "x" * 70_000}], user="u"), 400,
-         "messages[0].content"),
+        (
+            dict(model="fedloop", messages=[{"role": "user", "content": "x" * 70_000}], user="u"),
+            400,
+            "messages[0].content",
+        ),
         (dict(model="v9", messages=QUESTION, user="u"), 404, "model"),
         (dict(model="fedloop", messages=QUESTION, user="u", max_tokens=10_000), 400, "max_tokens"),
         (dict(model="fedloop", messages=QUESTION, user="u", extra_body={"usr": "typo"}), 400, "usr"),
@@ -133,8 +143,9 @@ def test_an_endpoint_with_api_keys_refuses_requests_without_one(make_tenant, tin
         for key in ("wrong-key", ""):
             with pytest.raises(openai.AuthenticationError):
                 client(served, key or "-").chat.completions.create(model="fedloop", messages=QUESTION, user="u")
-        ok = client(served, "k-3f9a1c").chat.completions.create(model="fedloop", messages=QUESTION, user="u",
-                                                                 max_tokens=2)
+        ok = client(served, "k-3f9a1c").chat.completions.create(
+            model="fedloop", messages=QUESTION, user="u", max_tokens=2
+        )
         assert ok.model == "v0"
     finally:
         served.http.stop()
@@ -151,25 +162,43 @@ def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenan
         served.http.stop()
 
 
-def test_release_export_writes_peft_directories_and_a_routing_manifest(endpoint: Endpoint, tiny_model_dir: Path,
-                                                                      tmp_path: Path) -> None:
+def test_release_export_writes_peft_directories_and_a_routing_manifest(
+    endpoint: Endpoint, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     import json
 
     from peft import PeftModel
+    from serve_helpers import LORA
     from typer.testing import CliRunner
 
     from fedloop.shared.adapter import load_base_model
     from fedloop.shared.cli import app
-    from serve_helpers import LORA
 
     settings = endpoint.runtime.settings
     config, federation = tmp_path / "tenant.toml", tmp_path / "federation.toml"
-    config.write_text(f'[tenant]\nname = "acme"\nkeys_dir = "{settings.tenant.keys_dir}"\n'
-                      f'data_dir = "{settings.tenant.data_dir}"\n[release]\ncanary_share = 0.5\nwidened_share = 0.5\n')
+    config.write_text(
+        f'[tenant]\nname = "acme"\nkeys_dir = "{settings.tenant.keys_dir}"\n'
+        f'data_dir = "{settings.tenant.data_dir}"\n[release]\ncanary_share = 0.5\nwidened_share = 0.5\n'
+    )
     federation.write_text(f'[paths]\nmodel = "{tiny_model_dir}"\n[lora]\nrank = {LORA.rank}\nalpha = {LORA.alpha}\n')
     out = tmp_path / "export"
-    result = CliRunner().invoke(app, ["release", "export", "--config", str(config), "--settings", str(federation),
-                                      "--out", str(out), "--operator", "li.wei", "--reason", "vLLM pool"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "release",
+            "export",
+            "--config",
+            str(config),
+            "--settings",
+            str(federation),
+            "--out",
+            str(out),
+            "--operator",
+            "li.wei",
+            "--reason",
+            "vLLM pool",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "routing.json").read_text())
     assert (manifest["serving"], manifest["canary"], manifest["canary_share"]) == ("v0", "v1", 0.5)

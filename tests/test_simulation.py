@@ -10,18 +10,24 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.simulation.federation import prepare_run, run_federation
 from fedloop.client.simulation.product import read_product_log
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.server.app import run_hq
 from fedloop.server.registry import VersionRegistry
-from fedloop.client.simulation.federation import prepare_run, run_federation
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
-from fedloop.shared.settings import (FederationSection, PathsSection, Settings, SimulationSection, TrackingSection,
-                                     TrainSection)
+from fedloop.shared.settings import (
+    FederationSection,
+    LoraSettings,
+    PathsSection,
+    Settings,
+    SimulationSection,
+    TrackingSection,
+    TrainSection,
+)
 
 
 class RecordingGrid:
@@ -68,21 +74,31 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     settings = Settings(
         federation=FederationSection(run_name="e2e", tenants=("acme", "bolt", "cobalt"), rounds=2, seed=3),
         paths=PathsSection(model=str(tiny_model_dir), runs_dir=str(tmp_path_factory.mktemp("runs"))),
-        lora=LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                              "up_proj", "down_proj")),
+        lora=LoraSettings(
+            rank=8,
+            alpha=16,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
         train=TrainSection(epochs=20, max_steps=40, batch_size=8, learning_rate=1e-2, max_seq_len=96),
-        simulation=SimulationSection(conversations_per_round=12, max_new_tokens=24, tenant_config=str(tenant_config),
-                                     styles=("brief",)),  # one shared, learnable preference
-        tracking=TrackingSection(mlflow_uri=f"sqlite:///{tracking_dir / 'mlflow.db'}", experiment="e2e",
-                                 artifacts=str(tracking_dir / "artifacts")),
+        simulation=SimulationSection(
+            conversations_per_round=12, max_new_tokens=24, tenant_config=str(tenant_config), styles=("brief",)
+        ),  # one shared, learnable preference
+        tracking=TrackingSection(
+            mlflow_uri=f"sqlite:///{tracking_dir / 'mlflow.db'}",
+            experiment="e2e",
+            artifacts=str(tracking_dir / "artifacts"),
+        ),
     )
     layout = prepare_run(settings, Path(settings.paths.runs_dir))
     canaries = {}
     for tenant in settings.federation.tenants:
         canary = f"CANARY-{tenant}-d41d8cd98f"
         canaries[tenant] = canary
-        runtime = open_tenant(TenantSettings(tenant=TenantSection(tenant, str(layout.keys), str(layout.tenant(tenant)))),
-                              load_identity(layout.keys, tenant), redactor=redactor)
+        runtime = open_tenant(
+            TenantSettings(tenant=TenantSection(tenant, str(layout.keys), str(layout.tenant(tenant)))),
+            load_identity(layout.keys, tenant),
+            redactor=redactor,
+        )
         recorder = FeedbackRecorder(runtime.pipeline)
         for i in range(3):
             draft_id = recorder.record_draft(f"user-{canary}", f"question {canary} {i}", f"draft {canary}", "v-pre")
@@ -165,8 +181,10 @@ def _style_similarity(settings: Settings, layout, version: str | None) -> float:
 
     model, tokenizer = load_base_model(Path(settings.paths.model))
     model = attach_lora(model, settings.lora, seed=0)
-    references = [Reference(c.prompt, c.preferred_reply)
-                  for c in TenantTraffic("fresh-users", "brief", seed=99).conversations(48, batch=-1)]
+    references = [
+        Reference(c.prompt, c.preferred_reply)
+        for c in TenantTraffic("fresh-users", "brief", seed=99).conversations(48, batch=-1)
+    ]
     if version is None:
         return reference_hit_rate(model, tokenizer, references, None, 0.8, 24).mean_similarity
     identity = load_identity(layout.keys, "acme")
@@ -197,17 +215,39 @@ def test_the_run_report_renders_its_plots_in_a_browser(federated_run, tmp_path: 
     result = CliRunner().invoke(app, ["report", "--run", str(layout.root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    for heading in ("Hit rate per tenant per version", "Hit rate with users per version (their outcomes)",
-                    "Training loss", "KL divergence to the serving version",
-                    "Bytes per round", "Dataset version each tenant trained on", "Version lineage"):
+    for heading in (
+        "Hit rate per tenant per version",
+        "Hit rate with users per version (their outcomes)",
+        "Training loss",
+        "KL divergence to the serving version",
+        "Bytes per round",
+        "Dataset version each tenant trained on",
+        "Version lineage",
+    ):
         assert heading in page
     assert all(v["id"] in page for v in summary["lineage"]) and "http" not in page.split("<script>")[0]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is needed to check the report renders: `make test` installs it (Debian's chromium)"
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
-                          out.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
     plots = page.count('class="plot"')
     assert plots >= 4 and f'data-plots-rendered="{plots}"' in dom and f'data-plots="{plots}"' in dom
 
@@ -220,8 +260,11 @@ def test_each_round_is_tracked_in_mlflow_with_its_version(federated_run) -> None
     experiment = client.get_experiment_by_name("e2e")
     [run] = client.search_runs([experiment.experiment_id])
     history = client.get_metric_history(run.info.run_id, "hit-rate/mean")
-    measured = [r["round"] for r in summary["rounds"]  # rounds in which some tenant had held-out finals
-                if any(m["num-examples"] for m in r["evaluation"].values())]
+    measured = [
+        r["round"]
+        for r in summary["rounds"]  # rounds in which some tenant had held-out finals
+        if any(m["num-examples"] for m in r["evaluation"].values())
+    ]
     assert [m.step for m in history] == measured and measured[-2:] == [1, 2]
     last = summary["lineage"][-1]["id"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, f"versions/{last}")}

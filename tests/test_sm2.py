@@ -12,16 +12,21 @@ from fedloop.shared.sm2 import N, SM2PrivateKey, SM2PublicKey, signature_from_de
 
 # GB/T 32918.5-2017 (GM/T 0003.5) examples on the recommended curve.
 D = bytes.fromhex("3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8")
-PUBLIC = bytes.fromhex("09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020"
-                       "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13")
+PUBLIC = bytes.fromhex(
+    "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020"
+    "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13"
+)
 SIGNED = b"message digest"  # user id 1234567812345678
-SIGNATURE = bytes.fromhex("F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3"
-                          "B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA")
+SIGNATURE = bytes.fromhex(
+    "F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3"
+    "B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA"
+)
 ENCRYPTED = b"encryption standard"
 CIPHERTEXT_DER = bytes.fromhex(  # C1 = k·G, C3, C2 in GM/T 0009 DER
     "307C022004EBFC718E8D1798620432268E77FEB6415E2EDE0E073C0F4F640ECD2E149A73022100E858F9D81E5430A57B36DAAB8F950A3C"
     "64E6EE6A63094D99283AFF767E124DF0042059983C18F809E262923C53AEC295D30383B54E39D609D160AFCB1908D0BD87660413218"
-    "86CA989CA9C7D58087307CA93092D651EFA")
+    "86CA989CA9C7D58087307CA93092D651EFA"
+)
 DISTID = "distid:1234567812345678"
 
 
@@ -88,8 +93,9 @@ def test_interop_with_the_openssl_command_line(tmp_path: Path) -> None:
 
     # fedloop signs, OpenSSL verifies; OpenSSL signs, fedloop verifies.
     (tmp_path / "ours.sig").write_bytes(signature_to_der(ours.sign(b"the adapter digest")))
-    assert b"Verified OK" in _openssl("dgst", "-sm3", "-verify", "ours.pub.pem", "-sigopt", DISTID,
-                                      "-signature", "ours.sig", "message", cwd=tmp_path)
+    assert b"Verified OK" in _openssl(
+        "dgst", "-sm3", "-verify", "ours.pub.pem", "-sigopt", DISTID, "-signature", "ours.sig", "message", cwd=tmp_path
+    )
     _openssl("genpkey", "-algorithm", "SM2", "-out", "theirs.pem", cwd=tmp_path)
     theirs = SM2PrivateKey.from_pem((tmp_path / "theirs.pem").read_bytes())
     _openssl("dgst", "-sm3", "-sign", "theirs.pem", "-sigopt", DISTID, "-out", "theirs.sig", "message", cwd=tmp_path)
@@ -100,8 +106,9 @@ def test_interop_with_the_openssl_command_line(tmp_path: Path) -> None:
     # fedloop wraps, OpenSSL decrypts; OpenSSL encrypts, fedloop unwraps.
     (tmp_path / "wrapped").write_bytes(ours.public_key.wrap(b"sixteen byte key"))
     assert _openssl("pkeyutl", "-decrypt", "-inkey", "ours.pem", "-in", "wrapped", cwd=tmp_path) == b"sixteen byte key"
-    _openssl("pkeyutl", "-encrypt", "-pubin", "-inkey", "ours.pub.pem", "-in", "message", "-out", "theirs.ct",
-             cwd=tmp_path)
+    _openssl(
+        "pkeyutl", "-encrypt", "-pubin", "-inkey", "ours.pub.pem", "-in", "message", "-out", "theirs.ct", cwd=tmp_path
+    )
     assert ours.unwrap((tmp_path / "theirs.ct").read_bytes()) == b"the adapter digest"
 
 
@@ -113,14 +120,30 @@ def test_keys_export_to_pem_and_init_from_an_openssl_key(tmp_path: Path) -> None
 
     runner = CliRunner()
     _openssl("genpkey", "-algorithm", "SM2", "-out", "hsm.pem", cwd=tmp_path)
-    made = runner.invoke(app, ["keys", "init", "--role", "tenant", "--name", "acme", "--out", str(tmp_path / "k"),
-                               "--sm2-pem", str(tmp_path / "hsm.pem")])
+    made = runner.invoke(
+        app,
+        [
+            "keys",
+            "init",
+            "--role",
+            "tenant",
+            "--name",
+            "acme",
+            "--out",
+            str(tmp_path / "k"),
+            "--sm2-pem",
+            str(tmp_path / "hsm.pem"),
+        ],
+    )
     assert made.exit_code == 0, made.output
     identity = load_identity(tmp_path / "k", "acme")
     assert identity.signing_key == SM2PrivateKey.from_pem((tmp_path / "hsm.pem").read_bytes())
-    exported = runner.invoke(app, ["keys", "export", "--keys", str(tmp_path / "k"), "--name", "acme",
-                                   "--out", str(tmp_path / "pem")])
+    exported = runner.invoke(
+        app, ["keys", "export", "--keys", str(tmp_path / "k"), "--name", "acme", "--out", str(tmp_path / "pem")]
+    )
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "pem" / "acme.sm2.pem").stat().st_mode & 0o777 == 0o600
-    assert _openssl("pkey", "-in", "pem/acme.sm2.pem", "-pubout", cwd=tmp_path) == \
-        (tmp_path / "pem" / "acme.sm2.pub.pem").read_bytes()
+    assert (
+        _openssl("pkey", "-in", "pem/acme.sm2.pem", "-pubout", cwd=tmp_path)
+        == (tmp_path / "pem" / "acme.sm2.pub.pem").read_bytes()
+    )

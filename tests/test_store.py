@@ -17,8 +17,7 @@ CANARY = "CANARY-7f3a9c-should-never-be-readable"
 def test_canary_is_absent_from_raw_sqlite_bytes(make_tenant) -> None:
     tenant = make_tenant()
     api = FeedbackRecorder(tenant.pipeline)
-    draft_id = api.record_draft("user-" + CANARY, f"prompt {CANARY}", f"draft {CANARY}", "v0",
-                                session_id="s-" + CANARY)
+    draft_id = api.record_draft("user-" + CANARY, f"prompt {CANARY}", f"draft {CANARY}", "v0", session_id="s-" + CANARY)
     api.record_outcome(draft_id, Action.EDIT, f"final {CANARY}", dwell_ms=3000)
     assert [e.target for e in training_examples(tenant.store, tenant.settings.curation)] == [f"final {CANARY}"]
     path = tenant.store.path
@@ -76,13 +75,16 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
     assert replay.value.status == "ALREADY_EXISTS"
 
 
-@pytest.mark.parametrize("edit, read", [
-    ("UPDATE samples SET weight = 50.0", lambda store, draft_id: store.samples()),
-    ("UPDATE samples SET pool = 'core_baseline'", lambda store, draft_id: store.samples()),
-    ("UPDATE outcomes SET action = 'accept', reward = 1.0", lambda store, draft_id: store.get_outcome(draft_id)),
-    ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.get_draft(draft_id)),
-    ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.arm_stats("v1", 0)),
-])
+@pytest.mark.parametrize(
+    "edit, read",
+    [
+        ("UPDATE samples SET weight = 50.0", lambda store, draft_id: store.samples()),
+        ("UPDATE samples SET pool = 'core_baseline'", lambda store, draft_id: store.samples()),
+        ("UPDATE outcomes SET action = 'accept', reward = 1.0", lambda store, draft_id: store.get_outcome(draft_id)),
+        ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.get_draft(draft_id)),
+        ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.arm_stats("v1", 0)),
+    ],
+)
 def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:  # noqa: ANN001
     tenant = make_tenant()
     api = FeedbackRecorder(tenant.pipeline)

@@ -11,13 +11,11 @@ import pytest
 import torch
 
 from fedloop.client.store_api import TrainingExample
-from fedloop.client.train.data import curriculum, mix
-from fedloop.client.train.data import WeightedExample
+from fedloop.client.train.data import WeightedExample, curriculum, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
 from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe
 from fedloop.shared.adapter import adapter_state, attach_lora, load_base_model
-from fedloop.shared.settings import LoraSettings
-from fedloop.shared.settings import TrainSection
+from fedloop.shared.settings import LoraSettings, TrainSection
 
 
 def test_dpo_loss_matches_a_hand_computed_value() -> None:
@@ -33,21 +31,28 @@ def test_kto_loss_matches_a_hand_computed_value() -> None:
     # loss = (0.475021 + 2 x 1.5 x 0.487503) / (1 + 2) = 0.645843
     policy, reference = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.5])
     desirable, weights = torch.tensor([True, False]), torch.tensor([1.0, 2.0])
-    loss = kto_loss(policy, reference, torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
-                    0.1, 1.0, 1.5)
+    loss = kto_loss(
+        policy, reference, torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0]), desirable, weights, 0.1, 1.0, 1.5
+    )
     assert loss.item() == pytest.approx(0.645843, abs=1e-6)
     # z0 = 1: desirable 1 - sigmoid(0) = 0.5; undesirable 1 - sigmoid(0.1 x 1.5) = 0.462570 -> (0.5 + 3 x 0.462570) / 3
-    shifted = kto_loss(policy, reference, torch.tensor([-4.0, -4.0]), torch.tensor([-5.0, -5.0]), desirable, weights,
-                       0.1, 1.0, 1.5)
+    shifted = kto_loss(
+        policy, reference, torch.tensor([-4.0, -4.0]), torch.tensor([-5.0, -5.0]), desirable, weights, 0.1, 1.0, 1.5
+    )
     assert shifted.item() == pytest.approx(0.629237, abs=1e-6)
 
 
 def test_kto_items_take_targets_as_desirable_and_rejected_drafts_as_undesirable() -> None:
-    weighted = [WeightedExample(example("a", 0.8, "candidate", rejected="bad a"), 0.48),
-                WeightedExample(example("b", 1.0, "candidate"), 1.0)]
+    weighted = [
+        WeightedExample(example("a", 0.8, "candidate", rejected="bad a"), 0.48),
+        WeightedExample(example("b", 1.0, "candidate"), 1.0),
+    ]
     items = kto_items(weighted, seed=3)
     assert sorted((i.prompt, i.reply, i.desirable, i.weight) for i in items) == [
-        ("a", "bad a", False, 0.48), ("a", "reply to a", True, 0.48), ("b", "reply to b", True, 1.0)]
+        ("a", "bad a", False, 0.48),
+        ("a", "reply to a", True, 0.48),
+        ("b", "reply to b", True, 1.0),
+    ]
     assert all(i.mismatched == items[(k + 1) % 3].reply for k, i in enumerate(items))
 
 
@@ -64,18 +69,24 @@ def example(prompt: str, weight: float, pool: str, rejected: str | None = None) 
 
 def test_pool_weights_multiply_sample_weights_and_zero_drops() -> None:
     settings = TrainSection(weight_core_baseline=1.0, weight_candidate=0.5, weight_problem=0.0)
-    mixed = mix([example("a", 0.8, "core_baseline"), example("b", 0.8, "candidate"), example("c", 1.0, "problem")],
-                settings)
+    mixed = mix(
+        [example("a", 0.8, "core_baseline"), example("b", 0.8, "candidate"), example("c", 1.0, "problem")], settings
+    )
     assert [(w.example.prompt, round(w.weight, 3)) for w in mixed] == [("a", 0.8), ("b", 0.4)]
 
 
 def test_curriculum_starts_confident_and_adds_marginal_samples() -> None:
     settings = TrainSection()
-    mixed = mix([example("sure", 1.0, "candidate"), example("likely", 0.6, "candidate"),
-                 example("marginal", 0.3, "candidate")], settings)
+    mixed = mix(
+        [example("sure", 1.0, "candidate"), example("likely", 0.6, "candidate"), example("marginal", 0.3, "candidate")],
+        settings,
+    )
     stages = curriculum(mixed, (0.8, 0.5, 0.0), seed=1)
     assert [sorted(w.example.prompt for w in stage) for stage in stages] == [
-        ["sure"], ["likely", "sure"], ["likely", "marginal", "sure"]]
+        ["sure"],
+        ["likely", "sure"],
+        ["likely", "marginal", "sure"],
+    ]
     assert curriculum(mixed, (0.99, 0.0), seed=1)[0][0].example.prompt in {"sure", "likely", "marginal"}
 
 
@@ -85,21 +96,32 @@ def _model(tiny_model_dir: Path):
 
 
 def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir: Path) -> None:
-    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.5, "candidate",
-                                rejected=f"I cannot help with order {i}.") for i in range(6)]
-    settings = TrainSection(method="sft_then_dpo", max_steps=4, batch_size=3, learning_rate=1e-2, max_seq_len=64,
-                            dpo_learning_rate=0.0)
+    examples = [
+        TrainingExample(
+            f"Where is my order {i}?",
+            f"Order {i} ships today.",
+            0.5,
+            "candidate",
+            rejected=f"I cannot help with order {i}.",
+        )
+        for i in range(6)
+    ]
+    settings = TrainSection(
+        method="sft_then_dpo", max_steps=4, batch_size=3, learning_rate=1e-2, max_seq_len=64, dpo_learning_rate=0.0
+    )
     states = []
     for _ in range(2):
         model, tokenizer = _model(tiny_model_dir)
         report = run_recipe(model, tokenizer, examples, settings, seed=5)
         states.append(adapter_state(model))
-    assert report.steps("sft") == 4 and report.steps("dpo") == 2 and report.pairs == 6  # 2 curriculum stages x 2 batches
+    assert (
+        report.steps("sft") == 4 and report.steps("dpo") == 2 and report.pairs == 6
+    )  # 2 curriculum stages x 2 batches
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
     model, tokenizer = _model(tiny_model_dir)
-    from fedloop.client.train.recipe import _pair_logprobs
     from fedloop.client.train.data import mix as mix_examples
+    from fedloop.client.train.recipe import _pair_logprobs
 
     pairs = mix_examples(examples, settings)
     with torch.no_grad():
@@ -112,8 +134,9 @@ def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir
 
 
 def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: Path) -> None:
-    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, "candidate")
-                for i in range(8)]
+    examples = [
+        TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, "candidate") for i in range(8)
+    ]
     settings = TrainSection(max_steps=6, batch_size=4, learning_rate=2e-2, max_seq_len=64, curriculum=(0.0,))
     drift = {}
     for mu in (0.0, 50.0):
@@ -126,8 +149,16 @@ def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: 
 
 
 def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
-    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.5, "candidate",
-                                rejected=f"I cannot help with order {i}.") for i in range(6)]
+    examples = [
+        TrainingExample(
+            f"Where is my order {i}?",
+            f"Order {i} ships today.",
+            0.5,
+            "candidate",
+            rejected=f"I cannot help with order {i}.",
+        )
+        for i in range(6)
+    ]
     settings = TrainSection(method="dpo", max_steps=3, batch_size=3, learning_rate=3e-2, max_seq_len=64)
     drift = {}
     for dpo_rate in (0.0, 3e-4):
@@ -140,18 +171,33 @@ def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
 
 
 def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path) -> None:
-    examples = [TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 0.7, "candidate",
-                                rejected=f"I cannot help with order {i}.") for i in range(6)]
-    settings = TrainSection(method="kto", max_steps=6, batch_size=4, learning_rate=3e-2, kto_learning_rate=0.0,
-                            kto_beta=1.0, max_seq_len=64)
+    examples = [
+        TrainingExample(
+            f"Where is my order {i}?",
+            f"Order {i} ships today.",
+            0.7,
+            "candidate",
+            rejected=f"I cannot help with order {i}.",
+        )
+        for i in range(6)
+    ]
+    settings = TrainSection(
+        method="kto", max_steps=6, batch_size=4, learning_rate=3e-2, kto_learning_rate=0.0, kto_beta=1.0, max_seq_len=64
+    )
     model, tokenizer = _model(tiny_model_dir)
     chosen = [(e.prompt, e.target) for e in examples]
     rejected = [(e.prompt, e.rejected or "") for e in examples]
 
     def margin() -> float:
         with torch.no_grad():
-            return (_reply_logprobs(model, tokenizer, chosen, settings)
-                    - _reply_logprobs(model, tokenizer, rejected, settings)).mean().item()
+            return (
+                (
+                    _reply_logprobs(model, tokenizer, chosen, settings)
+                    - _reply_logprobs(model, tokenizer, rejected, settings)
+                )
+                .mean()
+                .item()
+            )
 
     before = margin()
     report = run_recipe(model, tokenizer, examples, settings, seed=5)

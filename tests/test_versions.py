@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from fedloop.server.registry import RegistryError, VersionRegistry
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
-from fedloop.shared.settings import LoraSettings
 from fedloop.shared.cli import app
 from fedloop.shared.keys import init_keys, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
+from fedloop.shared.settings import LoraSettings
 
 LORA = LoraSettings(rank=4, alpha=8)
 
@@ -33,8 +33,11 @@ def run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, list[str], dict
     state = initial
     for round_ in (1, 2):
         state = {k: v + 0.01 * round_ for k, v in state.items()}
-        ids.append(registry.create(adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact",
-                                   {"lora": asdict(LORA)}).id)
+        ids.append(
+            registry.create(
+                adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact", {"lora": asdict(LORA)}
+            ).id
+        )
     registry.record_metrics(ids[2], {"hit-rate": {"acme": 0.5, "bolt": 0.25}})
     registry.close()
     return layout.root, ids, state
@@ -81,8 +84,9 @@ def test_versions_cli(run_dir, tiny_model_dir: Path, tmp_path: Path) -> None:
     assert rolled.exit_code == 0 and "stable is now none" in rolled.output
 
     out = tmp_path / "export"
-    exported = runner.invoke(app, ["versions", "export", ids[2], "--out", str(out), "--base-model",
-                                   str(tiny_model_dir), *where])
+    exported = runner.invoke(
+        app, ["versions", "export", ids[2], "--out", str(out), "--base-model", str(tiny_model_dir), *where]
+    )
     assert exported.exit_code == 0, exported.output
     base, _ = load_base_model(tiny_model_dir)
     loaded = adapter_state(PeftModel.from_pretrained(base, out))

@@ -29,16 +29,30 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        bos_token="<|im_start|>")
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     _pretrain(model, tokenizer, corpus + general_texts(), seed)
     model.save_pretrained(out_dir)
@@ -46,8 +60,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: list[str], seed: int,
-              steps: int = 150) -> None:
+def _pretrain(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: list[str], seed: int, steps: int = 150
+) -> None:
     """A few seconds of plain language modelling, so that the model has peaked, text-like predictions."""
     rng = random.Random(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -63,8 +78,9 @@ def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts
 
 def _permute_for_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's row order for q/k projections (transformers undoes it when it reads a GGUF)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
@@ -103,13 +119,17 @@ def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
         prefix = f"model.layers.{layer}."
         q = _permute_for_gguf(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads)
         k = _permute_for_gguf(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads)
-        for name, tensor in (("attn_q", q), ("attn_k", k), ("attn_v", state[prefix + "self_attn.v_proj.weight"]),
-                             ("attn_output", state[prefix + "self_attn.o_proj.weight"]),
-                             ("ffn_gate", state[prefix + "mlp.gate_proj.weight"]),
-                             ("ffn_up", state[prefix + "mlp.up_proj.weight"]),
-                             ("ffn_down", state[prefix + "mlp.down_proj.weight"]),
-                             ("attn_norm", state[prefix + "input_layernorm.weight"]),
-                             ("ffn_norm", state[prefix + "post_attention_layernorm.weight"])):
+        for name, tensor in (
+            ("attn_q", q),
+            ("attn_k", k),
+            ("attn_v", state[prefix + "self_attn.v_proj.weight"]),
+            ("attn_output", state[prefix + "self_attn.o_proj.weight"]),
+            ("ffn_gate", state[prefix + "mlp.gate_proj.weight"]),
+            ("ffn_up", state[prefix + "mlp.up_proj.weight"]),
+            ("ffn_down", state[prefix + "mlp.down_proj.weight"]),
+            ("attn_norm", state[prefix + "input_layernorm.weight"]),
+            ("ffn_norm", state[prefix + "post_attention_layernorm.weight"]),
+        ):
             writer.add_tensor(f"blk.{layer}.{name}.weight", tensor.contiguous().numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

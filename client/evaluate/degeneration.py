@@ -25,7 +25,7 @@ def degeneration(draft: str) -> str | None:
     tokens = TOKEN.findall(draft)
     if not tokens:
         return "empty"
-    grams = [tuple(tokens[i:i + NGRAM]) for i in range(len(tokens) - NGRAM + 1)]
+    grams = [tuple(tokens[i : i + NGRAM]) for i in range(len(tokens) - NGRAM + 1)]
     if len(grams) >= MIN_NGRAMS and 1 - len(set(grams)) / len(grams) > MAX_REPEATED_SHARE:
         return "loop"
     return None

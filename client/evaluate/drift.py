@@ -60,8 +60,13 @@ def _log_probs(model: PeftModel, encoded: dict[str, torch.Tensor]) -> torch.Tens
 
 
 @torch.no_grad()
-def mean_token_kl(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: AdapterState,
-                  serving: AdapterState, texts: Sequence[str]) -> float:
+def mean_token_kl(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    candidate: AdapterState,
+    serving: AdapterState,
+    texts: Sequence[str],
+) -> float:
     """Mean per-token KL(candidate || serving) over `texts`; the model's own adapter is restored after."""
     original = adapter_state(model)
     encoded = _encode(tokenizer, texts)
@@ -78,8 +83,9 @@ def mean_token_kl(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidat
 
 
 @torch.no_grad()
-def mean_token_nll(model: PeftModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                   base: bool = False) -> float:
+def mean_token_nll(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], base: bool = False
+) -> float:
     """Mean per-token negative log-likelihood of `texts` (with the adapter disabled when `base`)."""
     encoded = _encode(tokenizer, texts)
     if base:
@@ -93,15 +99,22 @@ def mean_token_nll(model: PeftModel, tokenizer: PreTrainedTokenizerBase, texts: 
     return float(-token_lp[mask].mean())
 
 
-def kl_gate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: AdapterState, serving: AdapterState,
-            reference_texts: Sequence[str], bound: float) -> GateResult:
+def kl_gate(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    candidate: AdapterState,
+    serving: AdapterState,
+    reference_texts: Sequence[str],
+    bound: float,
+) -> GateResult:
     """Refuse a candidate whose mean per-token KL to the serving version exceeds `bound`."""
     value = mean_token_kl(model, tokenizer, candidate, serving, reference_texts)
     return GateResult("kl_to_serving", value, bound, "pass" if value <= bound else "refuse")
 
 
-def forgetting_gate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: AdapterState,
-                    bound: float) -> GateResult:
+def forgetting_gate(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, candidate: AdapterState, bound: float
+) -> GateResult:
     """Refuse a candidate that raises the general-text NLL by more than `bound` (relative) over the base model."""
     original = adapter_state(model)
     texts = general_texts()

@@ -56,19 +56,29 @@ class HitRate:
     def metrics(self) -> dict[str, float]:
         """The figures a tenant records and reports to HQ (aggregates only)."""
         low, high = self.interval()
-        return {"hit-rate": self.rate, "hit-rate-low": low, "hit-rate-high": high,
-                "mean-similarity": self.mean_similarity, "num-examples": self.count}
+        return {
+            "hit-rate": self.rate,
+            "hit-rate-low": low,
+            "hit-rate-high": high,
+            "mean-similarity": self.mean_similarity,
+            "num-examples": self.count,
+        }
 
 
 def score_drafts(drafts: Sequence[str], references: Sequence[Reference], threshold: float) -> HitRate:
     """Judge drafts against the users' final texts by the fixed similarity rule."""
-    similarities = [text_similarity(d, r.final) for d, r in zip(drafts, references)]
+    similarities = [text_similarity(d, r.final) for d, r in zip(drafts, references, strict=True)]
     mean = sum(similarities) / len(similarities) if similarities else 0.0
     return HitRate(tuple(s >= threshold for s in similarities), mean, tuple(drafts))
 
 
-def offline_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[Reference],
-                     threshold: float, max_new_tokens: int) -> HitRate:
+def offline_hit_rate(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    references: Sequence[Reference],
+    threshold: float,
+    max_new_tokens: int,
+) -> HitRate:
     """Hit rate of the model's loaded adapter on the held-out references."""
     if not references:
         return HitRate((), 0.0)
@@ -76,8 +86,14 @@ def offline_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, refer
     return score_drafts(drafts, references, threshold)
 
 
-def reference_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[Reference],
-                       serving: AdapterState | None, threshold: float, max_new_tokens: int) -> HitRate:
+def reference_hit_rate(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    references: Sequence[Reference],
+    serving: AdapterState | None,
+    threshold: float,
+    max_new_tokens: int,
+) -> HitRate:
     """Hit rate of the serving adapter (the base model when None) on the same references; the model is restored."""
     original = adapter_state(model)
     try:
@@ -92,9 +108,9 @@ def reference_hit_rate(model: PeftModel, tokenizer: PreTrainedTokenizerBase, ref
 
 def worse_p_value(candidate: HitRate, reference: HitRate) -> float:
     """One-sided exact sign test on paired drafts: P(at least this many reference-only hits | no difference)."""
-    reference_only = sum(r and not c for c, r in zip(candidate.hits, reference.hits))
-    discordant = reference_only + sum(c and not r for c, r in zip(candidate.hits, reference.hits))
-    return sum(math.comb(discordant, k) for k in range(reference_only, discordant + 1)) / 2 ** discordant
+    reference_only = sum(r and not c for c, r in zip(candidate.hits, reference.hits, strict=True))
+    discordant = reference_only + sum(c and not r for c, r in zip(candidate.hits, reference.hits, strict=True))
+    return sum(math.comb(discordant, k) for k in range(reference_only, discordant + 1)) / 2**discordant
 
 
 def hit_rate_gate(candidate: HitRate, reference: HitRate, min_samples: int, confidence: float) -> GateResult:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from fedloop.client.ingest.rate_limit import UserRateLimit
 from fedloop.client.ingest.validation import ACTIONS, SIGNAL_KINDS, IngestError, check_event, timestamp
+from fedloop.client.metrics import IngestCounters
 from fedloop.client.privacy.finders import Finder
 from fedloop.client.privacy.placeholders import Finding, PlaceholderMap, apply_placeholders
-from fedloop.client.metrics import IngestCounters
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
 from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
@@ -41,8 +41,15 @@ def _texts(body: pb.DraftEvent | pb.OutcomeEvent | pb.SignalEvent) -> tuple[str,
 class IngestPipeline:
     """Everything between a feedback event and the tenant's store."""
 
-    def __init__(self, store: FeedbackStoreAPI, finder: Finder, curator: Curator, settings: TenantSettings,
-                 mac_key: bytes, counters: IngestCounters) -> None:
+    def __init__(
+        self,
+        store: FeedbackStoreAPI,
+        finder: Finder,
+        curator: Curator,
+        settings: TenantSettings,
+        mac_key: bytes,
+        counters: IngestCounters,
+    ) -> None:
         self.store = store
         self.curator = curator
         self.counters = counters
@@ -68,23 +75,34 @@ class IngestPipeline:
     def _ingest(self, events: Sequence[pb.Event]) -> list[bool]:
         limits = self._settings.ingest
         if len(events) > limits.max_batch_events:
-            raise IngestError("INVALID_ARGUMENT", f"batch of {len(events)} events exceeds ingest.max_batch_events "
-                                                  f"({limits.max_batch_events}); split it")
+            raise IngestError(
+                "INVALID_ARGUMENT",
+                f"batch of {len(events)} events exceeds ingest.max_batch_events ({limits.max_batch_events}); split it",
+            )
         kinds = []
         for position, event in enumerate(events):
             try:
                 kinds.append(check_event(event, limits))
             except IngestError as err:
                 raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
-        users = [getattr(event, kind).user_id for event, kind in zip(events, kinds) if kind in ("draft", "signal")]
+        users = [
+            getattr(event, kind).user_id
+            for event, kind in zip(events, kinds, strict=True)
+            if kind in ("draft", "signal")
+        ]
         limited = self._rate_limit.admit([self.store.pseudonym(user) for user in users])
         if limited is not None:
-            raise IngestError("RESOURCE_EXHAUSTED", f"a user in this batch sent more than "
-                                                    f"{limits.max_events_per_user_per_minute} events in the last minute "
-                                                    "(ingest.max_events_per_user_per_minute); retry later; nothing was "
-                                                    "stored")
-        texts = sorted({t for event, kind in zip(events, kinds) for t in _texts(getattr(event, kind)) if t})
-        findings = dict(zip(texts, self._finder.find_many(texts)))  # the costly part, outside the lock
+            raise IngestError(
+                "RESOURCE_EXHAUSTED",
+                f"a user in this batch sent more than "
+                f"{limits.max_events_per_user_per_minute} events in the last minute "
+                "(ingest.max_events_per_user_per_minute); retry later; nothing was "
+                "stored",
+            )
+        texts = sorted(
+            {t for event, kind in zip(events, kinds, strict=True) for t in _texts(getattr(event, kind)) if t}
+        )
+        findings = dict(zip(texts, self._finder.find_many(texts), strict=True))  # the costly part, outside the lock
         duplicates: list[bool] = []
         with self._lock:  # the near-duplicate index must follow exactly this transaction's fate
             self._findings, self._redacted = findings, []
@@ -94,7 +112,7 @@ class IngestPipeline:
                 self.curator.forget_uncommitted()
                 raise
             self.curator.committed()
-            for kind, duplicate in zip(kinds, duplicates):
+            for kind, duplicate in zip(kinds, duplicates, strict=True):
                 if not duplicate:
                     self.counters.events.labels(kind).inc()
             for entity in self._redacted:
@@ -105,14 +123,17 @@ class IngestPipeline:
         draft_position = {e.draft.draft_id: i for i, e in enumerate(events) if e.WhichOneof("event") == "draft"}
         with self.store.transaction():
             seen: dict[str, str] = {}
-            for position, (kind, event) in enumerate(zip(kinds, events)):
+            for position, (kind, event) in enumerate(zip(kinds, events, strict=True)):
                 body = getattr(event, kind)
                 mac = hmac_sm3(self._mac_key, kind.encode() + body.SerializeToString(deterministic=True)).hex()
                 stored = seen.get(body.event_id) or self.store.event_mac(body.event_id)
                 if stored is not None:
                     if stored != mac:
-                        raise IngestError("ALREADY_EXISTS", f"event_id {body.event_id!r} was already used for "
-                                                            "different content; use a new id for a new event")
+                        raise IngestError(
+                            "ALREADY_EXISTS",
+                            f"event_id {body.event_id!r} was already used for "
+                            "different content; use a new id for a new event",
+                        )
                     duplicates.append(True)
                     continue
                 later_drafts = {d for d, p in draft_position.items() if p > position} if kind == "outcome" else set()
@@ -136,23 +157,35 @@ class IngestPipeline:
         prompt = self._redact(event.draft_id, placeholders, event.prompt)
         draft = self._redact(event.draft_id, placeholders, event.draft)
         prompt = apply_placeholders(prompt, [], placeholders).text  # what only the draft revealed, in the prompt too
-        self.store.insert_draft(DraftRecord(
-            id=event.draft_id, user_pseudonym=self.store.pseudonym(event.user_id),
-            session_pseudonym=self.store.pseudonym(event.session_id), prompt=prompt, draft=draft,
-            model_version=event.model_version, prompt_version=event.prompt_version, position=event.position,
-            shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest)))
+        self.store.insert_draft(
+            DraftRecord(
+                id=event.draft_id,
+                user_pseudonym=self.store.pseudonym(event.user_id),
+                session_pseudonym=self.store.pseudonym(event.session_id),
+                prompt=prompt,
+                draft=draft,
+                model_version=event.model_version,
+                prompt_version=event.prompt_version,
+                position=event.position,
+                shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest),
+            )
+        )
 
     def _outcome(self, event: pb.OutcomeEvent, later_drafts: set[str]) -> None:
         draft = self.store.get_draft(event.draft_id)
         if draft is None:
             if event.draft_id in later_drafts:
-                raise IngestError("FAILED_PRECONDITION", f"outcome for draft {event.draft_id!r} comes before its "
-                                                         "draft in the batch; send the draft first")
+                raise IngestError(
+                    "FAILED_PRECONDITION",
+                    f"outcome for draft {event.draft_id!r} comes before its draft in the batch; send the draft first",
+                )
             raise IngestError("NOT_FOUND", f"unknown draft_id {event.draft_id!r}: record the draft before its outcome")
         decided = timestamp("outcome.timestamp_ms", event.timestamp_ms, self._settings.ingest)
         if decided < draft.shown_at_ms:
-            raise IngestError("FAILED_PRECONDITION", f"outcome time {decided} is before draft "
-                                                     f"{event.draft_id!r} was shown ({draft.shown_at_ms})")
+            raise IngestError(
+                "FAILED_PRECONDITION",
+                f"outcome time {decided} is before draft {event.draft_id!r} was shown ({draft.shown_at_ms})",
+            )
         if self.store.has_outcome(event.draft_id):
             raise IngestError("ALREADY_EXISTS", f"draft {event.draft_id!r} already has an outcome")
         action = ACTIONS[event.action]
@@ -168,9 +201,15 @@ class IngestPipeline:
         record_id = event.draft_id or f"signal-{event.event_id}"
         value = self._redact(record_id, self.store.placeholder_map(record_id), event.value) if event.value else None
         session = self.store.pseudonym(event.session_id)
-        signal = SignalRecord(event.event_id, self.store.pseudonym(event.user_id), session, SIGNAL_KINDS[event.kind],
-                              event.draft_id or None, value,
-                              timestamp("signal.timestamp_ms", event.timestamp_ms, self._settings.ingest))
+        signal = SignalRecord(
+            event.event_id,
+            self.store.pseudonym(event.user_id),
+            session,
+            SIGNAL_KINDS[event.kind],
+            event.draft_id or None,
+            value,
+            timestamp("signal.timestamp_ms", event.timestamp_ms, self._settings.ingest),
+        )
         self.store.insert_signal(signal)
         history = self.store.session_signals(session)
         for flag in immediate_flags(signal, history, self.store.session_drafts(session), self._settings.signals):
@@ -185,8 +224,9 @@ class IngestPipeline:
             for session in self.store.open_sessions(now_ms - lookback_ms):
                 drafts = self.store.session_drafts(session)
                 answered = {draft_id for draft_id, _, _ in drafts if self.store.has_outcome(draft_id)}
-                flags = absence_flags(self.store.session_signals(session), drafts, now_ms, self._settings.signals,
-                                      reported, answered)
+                flags = absence_flags(
+                    self.store.session_signals(session), drafts, now_ms, self._settings.signals, reported, answered
+                )
                 for flag in flags:
                     raised += self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, now_ms)
         return raised

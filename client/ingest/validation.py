@@ -8,7 +8,6 @@ and a message that names the field and the fix. Checks that need the store
 from __future__ import annotations
 
 import re
-
 import time
 
 from fedloop.client.tenant_settings import IngestSection
@@ -37,16 +36,18 @@ def check_text(name: str, value: str, limits: IngestSection, required: bool = Tr
     except UnicodeEncodeError:
         raise IngestError("INVALID_ARGUMENT", f"{name} is not valid UTF-8 text") from None
     if size > limits.max_text_bytes:
-        raise IngestError("INVALID_ARGUMENT", f"{name} is {size} bytes; the limit is {limits.max_text_bytes} "
-                                              "(ingest.max_text_bytes)")
+        raise IngestError(
+            "INVALID_ARGUMENT", f"{name} is {size} bytes; the limit is {limits.max_text_bytes} (ingest.max_text_bytes)"
+        )
 
 
 def check_identifier(name: str, value: str, limits: IngestSection) -> None:
     """Refuse an id that is empty, too long, or has spaces or unprintable characters, naming it."""
     check_text(name, value, limits)
     if len(value) > limits.max_id_chars or any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise IngestError("INVALID_ARGUMENT", f"{name} must be 1-{limits.max_id_chars} printable characters "
-                                              "without spaces")
+        raise IngestError(
+            "INVALID_ARGUMENT", f"{name} must be 1-{limits.max_id_chars} printable characters without spaces"
+        )
 
 
 def timestamp(name: str, value: int, limits: IngestSection) -> int:
@@ -55,8 +56,9 @@ def timestamp(name: str, value: int, limits: IngestSection) -> int:
     if value == 0:
         return now
     if value < EARLIEST_MS or value > now + limits.max_clock_skew_ms:
-        raise IngestError("INVALID_ARGUMENT", f"{name} {value} is not a plausible Unix time in milliseconds "
-                                              "(0 means 'now')")
+        raise IngestError(
+            "INVALID_ARGUMENT", f"{name} {value} is not a plausible Unix time in milliseconds (0 means 'now')"
+        )
     return value
 
 
@@ -66,8 +68,11 @@ VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
 def check_version(name: str, value: str) -> None:
     """A model or prompt version: 1-128 characters, letters, digits and . _ : / + - (no spaces, no quotes)."""
     if not VERSION_PATTERN.fullmatch(value):
-        raise IngestError("INVALID_ARGUMENT", f"{name} {value[:40]!r} is not a version: use 1-128 letters, digits "
-                                              "and . _ : / + - (e.g. 'v0003-1a2b3c4d' or 'prompt-2026-11')")
+        raise IngestError(
+            "INVALID_ARGUMENT",
+            f"{name} {value[:40]!r} is not a version: use 1-128 letters, digits "
+            "and . _ : / + - (e.g. 'v0003-1a2b3c4d' or 'prompt-2026-11')",
+        )
 
 
 def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
@@ -88,17 +93,22 @@ def check_outcome(event: pb.OutcomeEvent, limits: IngestSection) -> None:
     check_identifier("outcome.event_id", event.event_id, limits)
     check_identifier("outcome.draft_id", event.draft_id, limits)
     if event.action not in ACTIONS:
-        raise IngestError("INVALID_ARGUMENT", f"outcome.action {event.action} is not one of ACCEPT, EDIT_ACCEPT, "
-                                              "REJECT")
+        raise IngestError(
+            "INVALID_ARGUMENT", f"outcome.action {event.action} is not one of ACCEPT, EDIT_ACCEPT, REJECT"
+        )
     if event.action == pb.EDIT_ACCEPT:
         check_text("outcome.final_text", event.final_text, limits)
     elif event.action == pb.ACCEPT and event.final_text:
-        raise IngestError("INVALID_ARGUMENT", "outcome.final_text must be empty for ACCEPT: the draft is the final text")
+        raise IngestError(
+            "INVALID_ARGUMENT", "outcome.final_text must be empty for ACCEPT: the draft is the final text"
+        )
     else:
         check_text("outcome.final_text", event.final_text, limits, required=False)
     if not 0 <= event.dwell_ms <= limits.max_dwell_ms:
-        raise IngestError("INVALID_ARGUMENT", f"outcome.dwell_ms {event.dwell_ms} must be in "
-                                              f"[0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)")
+        raise IngestError(
+            "INVALID_ARGUMENT",
+            f"outcome.dwell_ms {event.dwell_ms} must be in [0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)",
+        )
     timestamp("outcome.timestamp_ms", event.timestamp_ms, limits)
 
 

@@ -60,8 +60,9 @@ class PoolFinder:
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_worker)
+        self._pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+        )
         for future in [self._pool.submit(_find_in_worker, ["warm-up"]) for _ in range(workers)]:
             future.result()  # every worker has loaded Presidio before the service takes traffic
 
@@ -70,7 +71,7 @@ class PoolFinder:
         if not texts:
             return []
         size = max(1, -(-len(texts) // self._workers))
-        chunks = [list(texts[i:i + size]) for i in range(0, len(texts), size)]
+        chunks = [list(texts[i : i + size]) for i in range(0, len(texts), size)]
         return [found for chunk in self._pool.map(_find_in_worker, chunks) for found in chunk]
 
     def close(self) -> None:

@@ -50,18 +50,17 @@ class Redaction:
     entity_types: list[str]
 
 
-
 def apply_placeholders(text: str, findings: list[Finding], placeholders: PlaceholderMap) -> Redaction:
     """Replace each finding in `text` by its record-stable placeholder, then every other occurrence of any
     original this record already knows (a name found in the prompt is replaced in the final text too, even
     where no recognizer would find it there)."""
     segments, placed, new_entries, cursor = [], [], [], 0
     for finding in findings:
-        original = text[finding.start:finding.end]
+        original = text[finding.start : finding.end]
         placeholder, is_new = placeholders.placeholder_for(finding.entity_type, original)
         if is_new:
             new_entries.append((placeholder, original))
-        segments.append(text[cursor:finding.start])
+        segments.append(text[cursor : finding.start])
         placed.append(placeholder)
         cursor = finding.end
     segments.append(text[cursor:])
@@ -73,5 +72,5 @@ def apply_placeholders(text: str, findings: list[Finding], placeholders: Placeho
                 again += [placeholder[1:-1].rsplit("_", 1)[0]] * segment.count(original)
                 segment = segment.replace(original, placeholder)
         segments[index] = segment
-    pieces = [piece for pair in zip(segments, placed + [""]) for piece in pair]
+    pieces = [piece for pair in zip(segments, placed + [""], strict=True) for piece in pair]
     return Redaction("".join(pieces), new_entries, [f.entity_type for f in findings] + again)

@@ -12,8 +12,14 @@ import re
 
 import tldextract
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
-from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer, IbanRecognizer,
-                                                      IpRecognizer, PhoneRecognizer, UsSsnRecognizer)
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+    UsSsnRecognizer,
+)
 
 from fedloop.client.privacy.person_names import NAME_TRIGGERS, ChineseNameRecognizer, EnglishNameRecognizer
 
@@ -27,7 +33,7 @@ def resident_id_check_digit_ok(number: str) -> bool:
     """True when an 18-character resident id's last character matches its GB 11643 check digit."""
     if len(number) != 18 or not number[:17].isdigit():
         return False
-    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS))
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
     return _ID_CHECK_CHARS[total % 11] == number[17].upper()
 
 
@@ -47,7 +53,8 @@ class ChineseMobileRecognizer(PatternRecognizer):
 
     def __init__(self) -> None:
         super().__init__(
-            supported_entity="CN_MOBILE", supported_language=LANGUAGE,
+            supported_entity="CN_MOBILE",
+            supported_language=LANGUAGE,
             patterns=[Pattern("cn_mobile", r"(?<![\d.])(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2}(?![\d.])", 0.7)],
             context=["手机", "电话", "mobile", "phone", "tel", "call"],
         )
@@ -58,7 +65,8 @@ class ChineseLandlineRecognizer(PatternRecognizer):
 
     def __init__(self) -> None:
         super().__init__(
-            supported_entity="CN_LANDLINE", supported_language=LANGUAGE,
+            supported_entity="CN_LANDLINE",
+            supported_language=LANGUAGE,
             patterns=[Pattern("cn_landline", r"(?<![\d.])(?:\+?86[- ]?)?\(?0\d{2,3}\)?[- ]?\d{7,8}(?![\d.])", 0.6)],
             context=["电话", "座机", "固话", "tel", "phone", "landline"],
         )
@@ -69,7 +77,8 @@ class ResidentIdRecognizer(PatternRecognizer):
 
     def __init__(self) -> None:
         super().__init__(
-            supported_entity="CN_RESIDENT_ID", supported_language=LANGUAGE,
+            supported_entity="CN_RESIDENT_ID",
+            supported_language=LANGUAGE,
             patterns=[Pattern("cn_resident_id", r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])", 0.8)],
             context=["身份证", "id", "identity"],
         )
@@ -84,7 +93,8 @@ class BankCardRecognizer(PatternRecognizer):
 
     def __init__(self) -> None:
         super().__init__(
-            supported_entity="BANK_CARD", supported_language=LANGUAGE,
+            supported_entity="BANK_CARD",
+            supported_language=LANGUAGE,
             # not followed by a Latin letter: a resident id ending in X with a wrong check digit is not a card
             patterns=[Pattern("bank_card", r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{4,7}(?![\dA-Za-z-])", 0.5)],
             context=["卡号", "银行卡", "card", "bank"],
@@ -104,8 +114,14 @@ class OfflineEmailRecognizer(EmailRecognizer):
             supported_language=LANGUAGE,
             context=["邮箱", "email", "e-mail", "mail"],
             # ASCII-bounded so that adjacent Chinese characters are not taken into the address
-            patterns=[Pattern("email_ascii", r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@"
-                                             r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])", 0.5)],
+            patterns=[
+                Pattern(
+                    "email_ascii",
+                    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@"
+                    r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])",
+                    0.5,
+                )
+            ],
         )
 
     def validate_result(self, pattern_text: str) -> bool:
@@ -113,8 +129,10 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return bool(_OFFLINE_SUFFIXES(pattern_text.rsplit("@", 1)[-1]).top_domain_under_public_suffix)
 
 
-PROVINCES = ("北京|天津|上海|重庆|河北|山西|辽宁|吉林|黑龙江|江苏|浙江|安徽|福建|江西|山东|河南|湖北|湖南|广东|海南|"
-             "四川|贵州|云南|陕西|甘肃|青海|台湾|内蒙古|广西|西藏|宁夏|新疆|香港|澳门")
+PROVINCES = (
+    "北京|天津|上海|重庆|河北|山西|辽宁|吉林|黑龙江|江苏|浙江|安徽|福建|江西|山东|河南|湖北|湖南|广东|海南|"
+    "四川|贵州|云南|陕西|甘肃|青海|台湾|内蒙古|广西|西藏|宁夏|新疆|香港|澳门"
+)
 
 
 class ChineseAddressRecognizer(PatternRecognizer):
@@ -126,10 +144,12 @@ class ChineseAddressRecognizer(PatternRecognizer):
         street = r"(?:[\u4e00-\u9fa5A-Za-z0-9]{1,12}?(?:路|街|大道|道|巷|弄|胡同|村)){1,2}"
         number = r"(?:[0-9一二三四五六七八九十百]+(?:号楼|号|弄|栋|幢|楼|单元|室|段))*"
         super().__init__(
-            supported_entity="CN_ADDRESS", supported_language=LANGUAGE,
-            patterns=[Pattern("cn_address", admin + local + street + number, 0.6),
-                      Pattern("cn_street", r"[\u4e00-\u9fa5]{1,3}?(?:区|县)" + street + number
-                              + r"(?<=号|室|楼|元)", 0.5)],
+            supported_entity="CN_ADDRESS",
+            supported_language=LANGUAGE,
+            patterns=[
+                Pattern("cn_address", admin + local + street + number, 0.6),
+                Pattern("cn_street", r"[\u4e00-\u9fa5]{1,3}?(?:区|县)" + street + number + r"(?<=号|室|楼|元)", 0.5),
+            ],
             context=["地址", "住址", "收货", "寄到", "送到", "address"],
         )
 
@@ -146,7 +166,8 @@ class IPv4Recognizer(PatternRecognizer):
     def __init__(self) -> None:
         octet = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
         super().__init__(
-            supported_entity="IP_ADDRESS", supported_language=LANGUAGE,
+            supported_entity="IP_ADDRESS",
+            supported_language=LANGUAGE,
             patterns=[Pattern("ipv4", rf"(?<![\d.]){octet}(?:\.{octet}){{3}}(?![\d.])", 0.8)],
             context=["ip", "地址", "登录", "server"],
         )
@@ -158,9 +179,16 @@ _TRIGGERS = re.compile(r"[\d@:]|" + NAME_TRIGGERS + "|" + PROVINCES)
 def fedloop_recognizers() -> list[EntityRecognizer]:
     """Every recognizer the redactor uses, registered for the analyzer's one language."""
     return [
-        ChineseMobileRecognizer(), ChineseLandlineRecognizer(), ResidentIdRecognizer(), BankCardRecognizer(),
-        OfflineEmailRecognizer(), ChineseAddressRecognizer(), ChineseNameRecognizer(), EnglishNameRecognizer(),
-        IPv4Recognizer(), IpRecognizer(supported_language=LANGUAGE),
+        ChineseMobileRecognizer(),
+        ChineseLandlineRecognizer(),
+        ResidentIdRecognizer(),
+        BankCardRecognizer(),
+        OfflineEmailRecognizer(),
+        ChineseAddressRecognizer(),
+        ChineseNameRecognizer(),
+        EnglishNameRecognizer(),
+        IPv4Recognizer(),
+        IpRecognizer(supported_language=LANGUAGE),
         # Numbers written with a +country prefix are found whatever the region; the regions only
         # add national formats, and each costs a full phonenumbers pass over the text.
         PhoneRecognizer(supported_language=LANGUAGE, supported_regions=("US", "GB")),

@@ -10,7 +10,6 @@ from presidio_analyzer.nlp_engine import SpacyNlpEngine
 from fedloop.client.privacy.placeholders import Finding, PlaceholderMap, Redaction, apply_placeholders
 from fedloop.client.privacy.recognizers import LANGUAGE, fedloop_recognizers, may_contain_pii
 
-
 SPECIFICITY = {"CN_RESIDENT_ID": 3, "IP_ADDRESS": 2, "BANK_CARD": 1, "CREDIT_CARD": 1}
 
 
@@ -27,7 +26,7 @@ class _BlankSpacyEngine(SpacyNlpEngine):
 
     def load(self) -> None:
         """Create the blank pipeline instead of loading a trained model by name."""
-        self.nlp = {LANGUAGE: spacy.blank("xx")}
+        self.nlp = {LANGUAGE: spacy.blank("xx")}  # type: ignore[assignment]  # Presidio declares it None until loaded
 
 
 class Redactor:
@@ -49,8 +48,10 @@ class Redactor:
         """
         if not may_contain_pii(text):
             return []
-        results = sorted(self._analyzer.analyze(text=text, language=LANGUAGE),
-                         key=lambda r: (-(r.end - r.start), -SPECIFICITY.get(r.entity_type, 0), -r.score, r.start))
+        results = sorted(
+            self._analyzer.analyze(text=text, language=LANGUAGE),
+            key=lambda r: (-(r.end - r.start), -SPECIFICITY.get(r.entity_type, 0), -r.score, r.start),
+        )
         chosen: list[Finding] = []
         for result in results:
             if all(result.end <= f.start or result.start >= f.end for f in chosen):

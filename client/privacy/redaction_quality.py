@@ -15,8 +15,13 @@ from pathlib import Path
 
 from fedloop.client.privacy.redaction import Redactor
 
-GROUPS = {"CREDIT_CARD": "CARD", "BANK_CARD": "CARD", "CN_MOBILE": "PHONE", "CN_LANDLINE": "PHONE",
-          "PHONE_NUMBER": "PHONE"}
+GROUPS = {
+    "CREDIT_CARD": "CARD",
+    "BANK_CARD": "CARD",
+    "CN_MOBILE": "PHONE",
+    "CN_LANDLINE": "PHONE",
+    "PHONE_NUMBER": "PHONE",
+}
 
 
 def kind(entity_type: str) -> str:

@@ -66,8 +66,13 @@ class Comparison:
         def gap(a: int, b: int) -> GapInterval:
             return gap_interval(a, canary.decided, b, control.decided, level, settings.mixture_scale)
 
-        return cls(canary, control, gap(canary.accepts, control.accepts), gap(canary.rejects, control.rejects),
-                   gap(canary.flagged, control.flagged))
+        return cls(
+            canary,
+            control,
+            gap(canary.accepts, control.accepts),
+            gap(canary.rejects, control.rejects),
+            gap(canary.flagged, control.flagged),
+        )
 
     def worse(self) -> str | None:
         """Which rate shows the canary worse than control with confidence, or None."""
@@ -85,11 +90,13 @@ class Comparison:
 
     def summary(self) -> str:
         """One line for logs and release records."""
-        return (f"canary {self.canary.version} hit {self.canary.hit_rate:.1%} reject {self.canary.reject_rate:.1%} "
-                f"complaints {self.canary.complaint_rate:.1%} (n={self.canary.decided}) vs control "
-                f"{self.control.version} hit {self.control.hit_rate:.1%} reject {self.control.reject_rate:.1%} "
-                f"complaints {self.control.complaint_rate:.1%} (n={self.control.decided}); "
-                f"hit-rate gap {self.hit_gap.describe()}")
+        return (
+            f"canary {self.canary.version} hit {self.canary.hit_rate:.1%} reject {self.canary.reject_rate:.1%} "
+            f"complaints {self.canary.complaint_rate:.1%} (n={self.canary.decided}) vs control "
+            f"{self.control.version} hit {self.control.hit_rate:.1%} reject {self.control.reject_rate:.1%} "
+            f"complaints {self.control.complaint_rate:.1%} (n={self.control.decided}); "
+            f"hit-rate gap {self.hit_gap.describe()}"
+        )
 
 
 def now_ms() -> int:
@@ -100,8 +107,9 @@ def now_ms() -> int:
 class ReleaseController:
     """Reads and moves the tenant's release pointer in its store."""
 
-    def __init__(self, store: FeedbackStoreAPI, settings: ReleaseSection, actor: str = ACTOR,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, store: FeedbackStoreAPI, settings: ReleaseSection, actor: str = ACTOR, clock: Callable[[], int] = now_ms
+    ) -> None:
         self._store = store
         self._settings = settings
         self._actor = actor  # who the audit log names: the controller itself, or an operator
@@ -130,8 +138,9 @@ class ReleaseController:
         with self._store.transaction():
             self._store.append_release(record)
             self._store.audit(self._actor, f"release-{action}", f"serving={serving} canary={canary} share={share:g}")
-        log.info("release %s: serving %s, canary %s (%.0f%% of users): %s", action, serving, canary,
-                 share * 100, reason)
+        log.info(
+            "release %s: serving %s, canary %s (%.0f%% of users): %s", action, serving, canary, share * 100, reason
+        )
         return record
 
     def offer(self, version_id: str, reason: str) -> ReleaseRecord:
@@ -149,8 +158,11 @@ class ReleaseController:
         state = self.state()
         if state is None or state.canary is None or state.serving is None:
             return None
-        return Comparison.of(self._store.arm_stats(state.canary, state.at_ms),
-                             self._store.arm_stats(state.serving, state.at_ms), self._settings)
+        return Comparison.of(
+            self._store.arm_stats(state.canary, state.at_ms),
+            self._store.arm_stats(state.serving, state.at_ms),
+            self._settings,
+        )
 
     def decide(self) -> ReleaseRecord | None:
         """Widen, promote or roll back the canary when the evidence says so; None while it keeps collecting."""

@@ -31,8 +31,10 @@ class GapInterval:
 
     def describe(self) -> str:
         """The gap and interval in points, e.g. `+3.1 pts [-0.4, +6.6] (98.3 %)`."""
-        return (f"{self.estimate * 100:+.1f} pts [{self.low * 100:+.1f}, {self.high * 100:+.1f}] "
-                f"({self.confidence:.1%} always valid)")
+        return (
+            f"{self.estimate * 100:+.1f} pts [{self.low * 100:+.1f}, {self.high * 100:+.1f}] "
+            f"({self.confidence:.1%} always valid)"
+        )
 
 
 def _variance(successes: int, count: int) -> float:
@@ -41,15 +43,17 @@ def _variance(successes: int, count: int) -> float:
     return rate * (1 - rate) / count
 
 
-def gap_interval(a_successes: int, a_count: int, b_successes: int, b_count: int, confidence: float,
-                 tau: float) -> GapInterval:
+def gap_interval(
+    a_successes: int, a_count: int, b_successes: int, b_count: int, confidence: float, tau: float
+) -> GapInterval:
     """The rate gap a - b with its mSPRT confidence sequence at `confidence` (mixture scale `tau`)."""
     if a_count < 1 or b_count < 1:
         return GapInterval(0.0, -1.0, 1.0, confidence)
     estimate = a_successes / a_count - b_successes / b_count
     variance = _variance(a_successes, a_count) + _variance(b_successes, b_count)
     spread = variance + tau * tau
-    half_width = math.sqrt(variance * spread / (tau * tau)
-                           * (2 * math.log(1 / (1 - confidence)) + math.log(spread / variance)))
+    half_width = math.sqrt(
+        variance * spread / (tau * tau) * (2 * math.log(1 / (1 - confidence)) + math.log(spread / variance))
+    )
     # A gap of two rates lies in [-1, 1]: the interval is cut to it (coverage and decisions are unchanged).
     return GapInterval(estimate, max(-1.0, estimate - half_width), min(1.0, estimate + half_width), confidence)

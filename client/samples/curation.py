@@ -29,8 +29,14 @@ from rapidfuzz import fuzz
 from fedloop.client.privacy.moderation import ModerationFilter
 from fedloop.client.samples.held_out import is_held_out
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
-from fedloop.client.store_api import (BASELINE_POOLS, DraftRecord, FeedbackStoreAPI, OutcomeRecord, SampleRecord,
-                                      TrainingExample)
+from fedloop.client.store_api import (
+    BASELINE_POOLS,
+    DraftRecord,
+    FeedbackStoreAPI,
+    OutcomeRecord,
+    SampleRecord,
+    TrainingExample,
+)
 from fedloop.client.tenant_settings import REVIEW_RISKS, CurationSection, ModerationSection
 from fedloop.shared.crypto import sm3_digest
 
@@ -49,8 +55,9 @@ def text_similarity(a: str, b: str) -> float:
     return fuzz.ratio(a.casefold().strip(), b.casefold().strip()) / 100.0
 
 
-def reward_and_weight(action: str, draft: str, final: str | None, dwell_ms: int,
-                      settings: CurationSection) -> tuple[float, float]:
+def reward_and_weight(
+    action: str, draft: str, final: str | None, dwell_ms: int, settings: CurationSection
+) -> tuple[float, float]:
     """The refined reward of the draft and the weight of the sample's target, both in [0, 1]."""
     if action == "accept":
         reward, weight = 1.0, (1.0 if dwell_ms >= settings.min_dwell_ms else 0.6)
@@ -67,8 +74,13 @@ def reward_and_weight(action: str, draft: str, final: str | None, dwell_ms: int,
 class Curator:
     """Turns decided drafts into samples; owns the near-duplicate index and the moderation breaker."""
 
-    def __init__(self, store: FeedbackStoreAPI, curation: CurationSection, moderation_settings: ModerationSection,
-                 moderation: ModerationFilter) -> None:
+    def __init__(
+        self,
+        store: FeedbackStoreAPI,
+        curation: CurationSection,
+        moderation_settings: ModerationSection,
+        moderation: ModerationFilter,
+    ) -> None:
         self._store = store
         self._settings = curation
         self._moderation_settings = moderation_settings
@@ -87,8 +99,9 @@ class Curator:
         """
         target = draft.draft if outcome.action == "accept" else outcome.final_text
         rejected = draft.draft if outcome.action == "reject" else None
-        reward, weight = reward_and_weight(outcome.action, draft.draft, outcome.final_text, outcome.dwell_ms,
-                                           self._settings)
+        reward, weight = reward_and_weight(
+            outcome.action, draft.draft, outcome.final_text, outcome.dwell_ms, self._settings
+        )
         minhash = signature(f"{draft.prompt}\n{target or draft.draft}")
         sample_id = f"s-{draft.id}"
         cluster_id = self._index.cluster_for(minhash) or sample_id
@@ -97,14 +110,32 @@ class Curator:
             weight = 0.0
         risk = "high" if entity_types & HIGH_RISK_ENTITIES else "low"
         if status == "admitted" and needs_review(risk, self._settings.review_risk):
-            status, reason = "awaiting_review", (f"carried {', '.join(sorted(entity_types & HIGH_RISK_ENTITIES))}: "
-                                                 "a reviewer decides (`fedloop samples review decide`)")
+            status, reason = (
+                "awaiting_review",
+                (
+                    f"carried {', '.join(sorted(entity_types & HIGH_RISK_ENTITIES))}: "
+                    "a reviewer decides (`fedloop samples review decide`)"
+                ),
+            )
         sample = SampleRecord(
-            id=sample_id, draft_id=draft.id, cluster_id=cluster_id, user_pseudonym=draft.user_pseudonym,
-            prompt=draft.prompt, target=target, rejected=rejected, reward=reward, weight=weight, pool="candidate",
-            problem_type=None, risk=risk,
-            first_seen_version=draft.model_version, status=status, reason=reason, label=None,
-            created_at_ms=int(time.time() * 1000))
+            id=sample_id,
+            draft_id=draft.id,
+            cluster_id=cluster_id,
+            user_pseudonym=draft.user_pseudonym,
+            prompt=draft.prompt,
+            target=target,
+            rejected=rejected,
+            reward=reward,
+            weight=weight,
+            pool="candidate",
+            problem_type=None,
+            risk=risk,
+            first_seen_version=draft.model_version,
+            status=status,
+            reason=reason,
+            label=None,
+            created_at_ms=int(time.time() * 1000),
+        )
         self._store.insert_sample(sample, signature_bytes(minhash))
         self._index.add(sample_id, cluster_id, minhash)
         self._uncommitted.append(sample_id)
@@ -114,7 +145,10 @@ class Curator:
 
     def _admission(self, draft: DraftRecord, target: str | None, rejected: str | None) -> tuple[str, str | None]:
         hour_ago = int(time.time() * 1000) - 3_600_000
-        if self._store.user_sample_count(draft.user_pseudonym, hour_ago) >= self._settings.max_samples_per_user_per_hour:
+        if (
+            self._store.user_sample_count(draft.user_pseudonym, hour_ago)
+            >= self._settings.max_samples_per_user_per_hour
+        ):
             return "rate_limited", f"user above {self._settings.max_samples_per_user_per_hour} samples per hour"
         for text in (draft.prompt, target, rejected):
             if text:
@@ -133,7 +167,9 @@ class Curator:
             return
         rate = statuses.count("quarantined") / len(statuses)
         if rate > settings.breaker_max_rate and not self._store.breaker_state()[0]:
-            reason = f"quarantine rate {rate:.0%} over the last {len(statuses)} samples > {settings.breaker_max_rate:.0%}"
+            reason = (
+                f"quarantine rate {rate:.0%} over the last {len(statuses)} samples > {settings.breaker_max_rate:.0%}"
+            )
             self._store.set_breaker(True, reason)
             self._store.audit("fedloop", "breaker.trip", reason)
             log.warning("moderation breaker tripped: %s", reason)
@@ -162,7 +198,9 @@ class Curator:
                 else:
                     self._store.update_sample(sample.id, status="quarantined", reason=refusal.reason)
                     quarantined += 1
-            self._store.audit(operator, "breaker.reset", f"held samples: {admitted} admitted, {quarantined} quarantined")
+            self._store.audit(
+                operator, "breaker.reset", f"held samples: {admitted} admitted, {quarantined} quarantined"
+            )
         return admitted, quarantined
 
     def flag_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
@@ -178,9 +216,12 @@ class Curator:
         return True
 
 
-def training_examples(store: FeedbackStoreAPI, settings: CurationSection, held_out_share: float = 0.0,
-                      pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
-                      ) -> list[TrainingExample]:
+def training_examples(
+    store: FeedbackStoreAPI,
+    settings: CurationSection,
+    held_out_share: float = 0.0,
+    pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
+) -> list[TrainingExample]:
     """Admitted samples with targets, weighted under the poisoning guard, less the held-out slice.
 
     Samples in the held-out slice (samples/held_out.py, `held_out_share`) never train.
@@ -189,8 +230,13 @@ def training_examples(store: FeedbackStoreAPI, settings: CurationSection, held_o
     `min_distinct_users` users are left out.
     """
     marks = ",".join("?" * len(pools))
-    samples = [s for s in store.samples(f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})",
-                                        pools) if not is_held_out(store, s.draft_id, held_out_share)]
+    samples = [
+        s
+        for s in store.samples(
+            f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})", pools
+        )
+        if not is_held_out(store, s.draft_id, held_out_share)
+    ]
     users_in_cluster: dict[str, set[str]] = defaultdict(set)
     user_cluster_weight: dict[tuple[str, str], float] = defaultdict(float)
     for sample in samples:
@@ -202,8 +248,9 @@ def training_examples(store: FeedbackStoreAPI, settings: CurationSection, held_o
             continue
         total = user_cluster_weight[(sample.cluster_id, sample.user_pseudonym)]
         scale = min(1.0, settings.per_user_cluster_cap / total)
-        examples.append(TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool,
-                                        sample.rejected))
+        examples.append(
+            TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool, sample.rejected)
+        )
     return examples
 
 

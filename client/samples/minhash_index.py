@@ -18,7 +18,7 @@ def shingles(text: str, size: int = 3) -> set[bytes]:
     normal = _SPACES.sub(" ", text.casefold()).strip()
     if len(normal) <= size:
         return {normal.encode()}
-    return {normal[i:i + size].encode() for i in range(len(normal) - size + 1)}
+    return {normal[i : i + size].encode() for i in range(len(normal) - size + 1)}
 
 
 def signature(text: str) -> MinHash:
@@ -35,8 +35,12 @@ def signature_bytes(minhash: MinHash) -> bytes:
 
 def signature_from_bytes(data: bytes) -> MinHash:
     """Rebuild a MinHash from `signature_bytes`."""
-    return MinHash(num_perm=NUM_PERM, hashvalues=np.frombuffer(data, dtype=np.uint64).copy(), scheme=SCHEME,
-                   permutations=_PERMUTATIONS)
+    return MinHash(
+        num_perm=NUM_PERM,
+        hashvalues=np.frombuffer(data, dtype=np.uint64).copy(),
+        scheme=SCHEME,
+        permutations=_PERMUTATIONS,
+    )
 
 
 class NearDuplicateIndex:

@@ -49,8 +49,9 @@ def move(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -> S
     with store.transaction():
         sample = _sample(store, sample_id)
         if sample.status != "admitted":
-            raise ReviewError(f"sample {sample_id!r} is {sample.status} ({sample.reason}); only admitted samples "
-                              "can enter a pool")
+            raise ReviewError(
+                f"sample {sample_id!r} is {sample.status} ({sample.reason}); only admitted samples can enter a pool"
+            )
         store.update_sample(sample_id, pool=pool)
         store.audit(operator, "sample.move", f"{sample_id}: {sample.pool} -> {pool}")
     return _sample(store, sample_id)
@@ -60,7 +61,9 @@ def promote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -
     """Move a sample up the lifecycle (to a later pool)."""
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) <= POOLS.index(current):
-        raise ReviewError(f"promote goes up from {current!r}: choose one of {', '.join(POOLS[POOLS.index(current) + 1:]) or 'none'}")
+        raise ReviewError(
+            f"promote goes up from {current!r}: choose one of {', '.join(POOLS[POOLS.index(current) + 1 :]) or 'none'}"
+        )
     return move(store, sample_id, pool, operator)
 
 
@@ -68,7 +71,9 @@ def demote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) ->
     """Move a sample down the lifecycle (to an earlier pool)."""
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) >= POOLS.index(current):
-        raise ReviewError(f"demote goes down from {current!r}: choose one of {', '.join(POOLS[:POOLS.index(current)]) or 'none'}")
+        raise ReviewError(
+            f"demote goes down from {current!r}: choose one of {', '.join(POOLS[: POOLS.index(current)]) or 'none'}"
+        )
     return move(store, sample_id, pool, operator)
 
 
@@ -102,9 +107,20 @@ def label(store: FeedbackStoreAPI, sample_id: str, text: str, operator: str) -> 
 def export_label_studio(store: FeedbackStoreAPI, out: Path, pools: tuple[str, ...] = POOLS) -> int:
     """Write Label Studio tasks for admitted samples in `pools`; returns how many."""
     marks = ",".join("?" * len(pools))
-    tasks = [{"data": {"sample_id": s.id, "prompt": s.prompt, "reply": s.target or "", "rejected": s.rejected or "",
-                       "pool": s.pool, "problem_type": s.problem_type or "", "risk": s.risk}}
-             for s in store.samples(f"status = 'admitted' AND pool IN ({marks})", pools)]
+    tasks = [
+        {
+            "data": {
+                "sample_id": s.id,
+                "prompt": s.prompt,
+                "reply": s.target or "",
+                "rejected": s.rejected or "",
+                "pool": s.pool,
+                "problem_type": s.problem_type or "",
+                "risk": s.risk,
+            }
+        }
+        for s in store.samples(f"status = 'admitted' AND pool IN ({marks})", pools)
+    ]
     out.write_text(json.dumps(tasks, ensure_ascii=False, indent=2))
     return len(tasks)
 

@@ -39,8 +39,9 @@ def _draft_before(drafts: list[tuple[str, str, int]], at_ms: int) -> tuple[str, 
     return earlier[-1] if earlier else None
 
 
-def immediate_flags(latest: SignalRecord, history: list[SignalRecord], drafts: list[tuple[str, str, int]],
-                    rules: SignalsSection) -> list[Flag]:
+def immediate_flags(
+    latest: SignalRecord, history: list[SignalRecord], drafts: list[tuple[str, str, int]], rules: SignalsSection
+) -> list[Flag]:
     """Flags caused by `latest`, given the session's earlier signals (oldest first) and drafts."""
     draft = _draft_before(drafts, latest.at_ms)
     if draft is None:
@@ -48,19 +49,25 @@ def immediate_flags(latest: SignalRecord, history: list[SignalRecord], drafts: l
     flags = []
     if latest.kind == "USER_MESSAGE" and latest.value:
         earlier = [s.value for s in history if s.kind == "USER_MESSAGE" and s.value and s.event_id != latest.event_id]
-        recent = earlier[-rules.repeated_question_lookback:]
+        recent = earlier[-rules.repeated_question_lookback :]
         if any(text_similarity(latest.value, text) >= rules.repeated_question_similarity for text in recent):
             flags.append(Flag(draft[0], draft[1], "repeated_question"))
     if latest.kind == "DIALOGUE_STATE":
         states = [s.value for s in history if s.kind == "DIALOGUE_STATE"]
-        last = states[-rules.stuck_dialogue_turns:]
+        last = states[-rules.stuck_dialogue_turns :]
         if len(last) == rules.stuck_dialogue_turns and len(set(last)) == 1:
             flags.append(Flag(draft[0], draft[1], "dialogue_stuck"))
     return flags
 
 
-def absence_flags(signals: list[SignalRecord], drafts: list[tuple[str, str, int]], now_ms: int,
-                  rules: SignalsSection, reported: set[str], answered: set[str]) -> list[Flag]:
+def absence_flags(
+    signals: list[SignalRecord],
+    drafts: list[tuple[str, str, int]],
+    now_ms: int,
+    rules: SignalsSection,
+    reported: set[str],
+    answered: set[str],
+) -> list[Flag]:
     """Flags for things that should have happened by `now_ms` and did not.
 
     `reported`: the signal kinds this tenant's product has ever sent; `answered`: drafts with an outcome.
@@ -73,16 +80,25 @@ def absence_flags(signals: list[SignalRecord], drafts: list[tuple[str, str, int]
             flags.append(Flag(draft[0], draft[1], problem))
 
     for index, signal in enumerate(signals):
-        later = signals[index + 1:]
-        if signal.kind == "CTA_SHOWN" and now_ms - signal.at_ms > rules.cta_window_ms and not any(
-                s.kind == "CTA_CLICKED" and s.at_ms - signal.at_ms <= rules.cta_window_ms for s in later):
+        later = signals[index + 1 :]
+        if (
+            signal.kind == "CTA_SHOWN"
+            and now_ms - signal.at_ms > rules.cta_window_ms
+            and not any(s.kind == "CTA_CLICKED" and s.at_ms - signal.at_ms <= rules.cta_window_ms for s in later)
+        ):
             flag_before(signal.at_ms, "cta_not_clicked")
-        if signal.kind == "CART_EVENT" and now_ms - signal.at_ms > rules.order_window_ms and not any(
-                s.kind == "ORDER_EVENT" and s.at_ms - signal.at_ms <= rules.order_window_ms for s in later):
+        if (
+            signal.kind == "CART_EVENT"
+            and now_ms - signal.at_ms > rules.order_window_ms
+            and not any(s.kind == "ORDER_EVENT" and s.at_ms - signal.at_ms <= rules.order_window_ms for s in later)
+        ):
             flag_before(signal.at_ms, "no_order")
     for draft_id, version, shown in drafts if "USER_MESSAGE" in reported else ():
-        if draft_id not in answered and now_ms - shown > rules.no_response_ms and not any(
-                s.kind == "USER_MESSAGE" and shown < s.at_ms <= shown + rules.no_response_ms for s in signals):
+        if (
+            draft_id not in answered
+            and now_ms - shown > rules.no_response_ms
+            and not any(s.kind == "USER_MESSAGE" and shown < s.at_ms <= shown + rules.no_response_ms for s in signals)
+        ):
             flags.append(Flag(draft_id, version, "long_no_response"))
     if drafts and reported & CONVERSIONS:
         last_activity = max([d[2] for d in drafts] + [s.at_ms for s in signals])

@@ -105,37 +105,57 @@ class DraftService:
     def _check(self, request: DraftRequest) -> tuple[str, int]:
         """The prompt to record and the token budget; FeedbackError naming the field otherwise."""
         limits, serve = self._settings.ingest, self._settings.serve
-        for field, value, fix in (("user", request.user_id, "send the product's stable id of the user in `user`"),
-                                  ("metadata.session_id", request.session_id, "or leave it out"),
-                                  ("metadata.prompt_version", request.prompt_version, "or leave it out")):
+        for field, value, fix in (
+            ("user", request.user_id, "send the product's stable id of the user in `user`"),
+            ("metadata.session_id", request.session_id, "or leave it out"),
+            ("metadata.prompt_version", request.prompt_version, "or leave it out"),
+        ):
             try:
                 check_identifier(field, value, limits)
             except IngestError as err:
                 raise FeedbackError(err.status, f"{err}: {fix}", field) from None
         if not request.messages:
-            raise FeedbackError("INVALID_ARGUMENT", "messages is empty: send the conversation, ending with the "
-                                                    "user's message", "messages")
+            raise FeedbackError(
+                "INVALID_ARGUMENT",
+                "messages is empty: send the conversation, ending with the user's message",
+                "messages",
+            )
         if len(request.messages) > serve.max_messages:
-            raise FeedbackError("INVALID_ARGUMENT", f"messages has {len(request.messages)} entries; the limit is "
-                                                    f"{serve.max_messages} (serve.max_messages): send the latest "
-                                                    "turns only", "messages")
+            raise FeedbackError(
+                "INVALID_ARGUMENT",
+                f"messages has {len(request.messages)} entries; the limit is "
+                f"{serve.max_messages} (serve.max_messages): send the latest "
+                "turns only",
+                "messages",
+            )
         for index, message in enumerate(request.messages):
             if message.get("role") not in ROLES:
-                raise FeedbackError("INVALID_ARGUMENT", f"messages[{index}].role is {message.get('role')!r}: use one "
-                                                        f"of {', '.join(ROLES)}", f"messages[{index}].role")
+                raise FeedbackError(
+                    "INVALID_ARGUMENT",
+                    f"messages[{index}].role is {message.get('role')!r}: use one of {', '.join(ROLES)}",
+                    f"messages[{index}].role",
+                )
             try:
-                check_text(f"messages[{index}].content", message.get("content", ""), limits,
-                           required=message["role"] == "user")
+                check_text(
+                    f"messages[{index}].content", message.get("content", ""), limits, required=message["role"] == "user"
+                )
             except IngestError as err:
-                raise FeedbackError("INVALID_ARGUMENT", f"{err}: shorten the message or raise the limit",
-                                    f"messages[{index}].content") from None
+                raise FeedbackError(
+                    "INVALID_ARGUMENT", f"{err}: shorten the message or raise the limit", f"messages[{index}].content"
+                ) from None
         if request.messages[-1]["role"] != "user":
-            raise FeedbackError("INVALID_ARGUMENT", "the last message must be the user's (role \"user\"): it is "
-                                                    "what the draft replies to", f"messages[{len(request.messages) - 1}]")
+            raise FeedbackError(
+                "INVALID_ARGUMENT",
+                'the last message must be the user\'s (role "user"): it is what the draft replies to',
+                f"messages[{len(request.messages) - 1}]",
+            )
         budget = request.max_tokens if request.max_tokens is not None else serve.max_new_tokens
         if not 1 <= budget <= serve.max_new_tokens:
-            raise FeedbackError("INVALID_ARGUMENT", f"max_tokens is {budget}: use 1..{serve.max_new_tokens} "
-                                                    "(serve.max_new_tokens)", "max_tokens")
+            raise FeedbackError(
+                "INVALID_ARGUMENT",
+                f"max_tokens is {budget}: use 1..{serve.max_new_tokens} (serve.max_new_tokens)",
+                "max_tokens",
+            )
         return request.messages[-1]["content"], budget
 
     def _route(self, request: DraftRequest, state: ReleaseRecord | None) -> tuple[str, bool]:
@@ -143,9 +163,13 @@ class DraftService:
         alias = self._settings.serve.model_alias
         if request.model != alias:
             if request.model not in self.installed():
-                raise FeedbackError("NOT_FOUND", f"model {request.model!r} is not an installed version: use "
-                                                 f"{alias!r} (routed by the release pointer) or one of "
-                                                 f"{self.installed()}", "model")
+                raise FeedbackError(
+                    "NOT_FOUND",
+                    f"model {request.model!r} is not an installed version: use "
+                    f"{alias!r} (routed by the release pointer) or one of "
+                    f"{self.installed()}",
+                    "model",
+                )
             if request.model not in self._engine.loaded():
                 self._load(request.model)
             return request.model, state is not None and request.model == state.canary
@@ -153,13 +177,18 @@ class DraftService:
         return version, state is not None and version == state.canary
 
     # -- drafting ----------------------------------------------------------------------------------
-    def _record(self, request: DraftRequest, prompt: str, version: str, canary: bool, generation: Generation,
-                draft_id: str = "") -> Draft:
+    def _record(
+        self, request: DraftRequest, prompt: str, version: str, canary: bool, generation: Generation, draft_id: str = ""
+    ) -> Draft:
         if not generation.text:
-            raise FeedbackError("UNAVAILABLE", f"version {version} produced an empty draft for this prompt; nothing "
-                                               "was recorded: ask again or rephrase")
-        draft_id = self._recorder.record_draft(request.user_id, prompt, generation.text, version, request.session_id,
-                                               request.prompt_version, draft_id)
+            raise FeedbackError(
+                "UNAVAILABLE",
+                f"version {version} produced an empty draft for this prompt; nothing "
+                "was recorded: ask again or rephrase",
+            )
+        draft_id = self._recorder.record_draft(
+            request.user_id, prompt, generation.text, version, request.session_id, request.prompt_version, draft_id
+        )
         return Draft(draft_id, version, canary, generation)
 
     def draft(self, requests: Sequence[DraftRequest]) -> list[Draft | FeedbackError]:
@@ -181,7 +210,7 @@ class DraftService:
             groups.setdefault((version, budget), []).append(index)
         for (version, budget), indexes in groups.items():
             generations = self._engine.generate(version, [requests[i].messages for i in indexes], budget)
-            for index, generation in zip(indexes, generations):
+            for index, generation in zip(indexes, generations, strict=True):
                 prompt, _, _, canary = plans[index]
                 try:
                     results[index] = self._record(requests[index], prompt, version, canary, generation)
@@ -213,8 +242,9 @@ class DraftService:
         return DraftStream(draft_id, version, canary, pieces(), finished)
 
     # -- outcomes ----------------------------------------------------------------------------------
-    def record_outcome(self, draft_id: str, action: Action | str, final_text: str | None = None,
-                       dwell_ms: int = 0) -> float:
+    def record_outcome(
+        self, draft_id: str, action: Action | str, final_text: str | None = None, dwell_ms: int = 0
+    ) -> float:
         """Record what the user did with a draft (FeedbackError if refused); release decisions follow outcomes."""
         reward = self._recorder.record_outcome(draft_id, action, final_text, dwell_ms)
         self._loop.outcomes_recorded()

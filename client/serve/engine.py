@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
@@ -65,13 +66,15 @@ class DraftEngine:
         with self._lock:
             if version in self._versions:
                 return
-            self._model.add_adapter(version, self._peft_config(lora))
-            result = set_peft_model_state_dict(self._model, state, adapter_name=version)
+            self._model.add_adapter(version, peft_config(self._lora))
+            result: Any = set_peft_model_state_dict(self._model, state, adapter_name=version)
             missing = [k for k in result.missing_keys if "lora_" in k and f".{version}." in k]
             if missing or result.unexpected_keys:
                 self._model.delete_adapter(version)
-                raise ValueError(f"version {version} does not fit the served model's LoRA settings: missing "
-                                 f"{missing[:2]}, unexpected {list(result.unexpected_keys)[:2]}")
+                raise ValueError(
+                    f"version {version} does not fit the served model's LoRA settings: missing "
+                    f"{missing[:2]}, unexpected {list(result.unexpected_keys)[:2]}"
+                )
             self._versions.add(version)
 
     def unload(self, version: str) -> None:
@@ -87,8 +90,10 @@ class DraftEngine:
         self._model.set_adapter(EMPTY_ADAPTER if version == BASE_VERSION else version)
 
     def _encode(self, conversations: Sequence[Sequence[ChatMessage]]) -> dict[str, torch.Tensor]:
-        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
+        texts = [
+            self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     def _finish(self, new_tokens: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
@@ -101,19 +106,25 @@ class DraftEngine:
         return ("length" if produced >= max_new_tokens else "stop"), produced
 
     @torch.no_grad()
-    def generate(self, version: str, conversations: Sequence[Sequence[ChatMessage]],
-                 max_new_tokens: int) -> list[Generation]:
+    def generate(
+        self, version: str, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int
+    ) -> list[Generation]:
         """Greedy replies of `version` to each conversation, in one batch."""
         with self._lock:
             self._use(version)
             encoded = self._encode(conversations)
-            output = self._model.generate(**encoded, max_new_tokens=max_new_tokens, min_new_tokens=1,
-                                          do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            output = self._model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=1,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         prompt_length = encoded["input_ids"].shape[1]
         results = []
-        for row, mask in zip(output, encoded["attention_mask"]):
+        for row, mask in zip(output, encoded["attention_mask"], strict=True):
             reason, produced = self._finish(row[prompt_length:], max_new_tokens)
-            text = self.tokenizer.decode(row[prompt_length:], skip_special_tokens=True).strip()
+            text = str(self.tokenizer.decode(row[prompt_length:], skip_special_tokens=True)).strip()
             results.append(Generation(text, reason, int(mask.sum()), produced))
         return results
 
@@ -131,9 +142,16 @@ class DraftEngine:
                 def run() -> None:
                     try:
                         with torch.no_grad():
-                            output.append(self._model.generate(
-                                **encoded, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
-                                pad_token_id=self.tokenizer.pad_token_id, streamer=streamer))
+                            output.append(
+                                self._model.generate(
+                                    **encoded,
+                                    max_new_tokens=max_new_tokens,
+                                    min_new_tokens=1,
+                                    do_sample=False,
+                                    pad_token_id=self.tokenizer.pad_token_id,
+                                    streamer=streamer,
+                                )
+                            )
                     finally:
                         streamer.end()  # a failed generation must not leave the reader waiting
 
@@ -147,10 +165,9 @@ class DraftEngine:
                 worker.join()
             if not output:
                 raise RuntimeError(f"version {version} failed to generate: see the log")
-            new_tokens = output[0][0][encoded["input_ids"].shape[1]:]
+            new_tokens = output[0][0][encoded["input_ids"].shape[1] :]
             reason, produced = self._finish(new_tokens, max_new_tokens)
-            streamed.result = Generation("".join(text).strip(), reason, int(encoded["attention_mask"].sum()),
-                                         produced)
+            streamed.result = Generation("".join(text).strip(), reason, int(encoded["attention_mask"].sum()), produced)
 
         streamed.pieces = pieces()
         return streamed

@@ -28,8 +28,15 @@ from fedloop.client.bearer import bearer_accepted
 from fedloop.client.feedback import FeedbackError
 from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService
 
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-               "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+}
 
 
 class ChatMessageIn(BaseModel):
@@ -77,21 +84,42 @@ def _draft_request(body: ChatCompletionRequest) -> DraftRequest:
     metadata = body.metadata
     unknown = sorted(set(metadata) - {"session_id", "prompt_version"})
     if unknown:
-        raise FeedbackError("INVALID_ARGUMENT", f"metadata has unknown key(s) {unknown}: fedloop reads "
-                                                "session_id and prompt_version", "metadata")
-    return DraftRequest(body.user, tuple(m.model_dump(exclude_none=True) for m in body.messages), body.model,
-                        body.max_completion_tokens or body.max_tokens, metadata.get("session_id", "default"),
-                        metadata.get("prompt_version", "default"))
+        raise FeedbackError(
+            "INVALID_ARGUMENT",
+            f"metadata has unknown key(s) {unknown}: fedloop reads session_id and prompt_version",
+            "metadata",
+        )
+    return DraftRequest(
+        body.user,
+        tuple(m.model_dump(exclude_none=True) for m in body.messages),
+        body.model,
+        body.max_completion_tokens or body.max_tokens,
+        metadata.get("session_id", "default"),
+        metadata.get("prompt_version", "default"),
+    )
 
 
 def _completion(draft: Draft) -> dict[str, Any]:
     generation = draft.generation
-    return {"id": draft.draft_id, "object": "chat.completion", "created": int(time.time()), "model": draft.version,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
-                         "finish_reason": generation.finish_reason}],
-            "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
-                      "total_tokens": generation.prompt_tokens + generation.completion_tokens},
-            "fedloop": {"draft_id": draft.draft_id, "version": draft.version, "canary": draft.canary}}
+    return {
+        "id": draft.draft_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": draft.version,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "finish_reason": generation.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+        },
+        "fedloop": {"draft_id": draft.draft_id, "version": draft.version, "canary": draft.canary},
+    }
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -106,8 +134,10 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
         if not api_keys:
             return
         if not bearer_accepted(request.headers.get("authorization", ""), api_keys):
-            raise FeedbackError("UNAUTHENTICATED", "missing or unknown API key: send `Authorization: Bearer <key>` "
-                                                   "with a key from serve.api_keys_file")
+            raise FeedbackError(
+                "UNAUTHENTICATED",
+                "missing or unknown API key: send `Authorization: Bearer <key>` with a key from serve.api_keys_file",
+            )
 
     @app.exception_handler(FeedbackError)
     async def refused(_: Request, err: FeedbackError) -> JSONResponse:
@@ -128,19 +158,37 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
         stream = service.stream(request)
 
         def events() -> Iterator[str]:
-            chunk = {"id": stream.draft_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": stream.version}
-            yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "finish_reason": None}]})
+            chunk = {
+                "id": stream.draft_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": stream.version,
+            }
+            yield _sse(
+                {
+                    **chunk,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
             try:
                 for piece in stream.pieces:
                     yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
             except FeedbackError as err:
-                yield _sse({"error": {"message": str(err), "type": "server_error", "param": err.param,
-                                      "code": err.status.lower()}})
+                yield _sse(
+                    {
+                        "error": {
+                            "message": str(err),
+                            "type": "server_error",
+                            "param": err.param,
+                            "code": err.status.lower(),
+                        }
+                    }
+                )
                 return
             [draft] = stream.finished
-            yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": draft.generation.finish_reason}]})
+            yield _sse(
+                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": draft.generation.finish_reason}]}
+            )
             yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -27,8 +27,9 @@ class HttpServer:
 def start_http(app: FastAPI, address: str, startup_timeout_s: float = 30.0) -> HttpServer:
     """Serve `app` on host:port (port 0 picks a free one); OSError if it cannot listen."""
     host, _, port = address.rpartition(":")
-    config = uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
-                            lifespan="off")
+    config = uvicorn.Config(
+        app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fedloop-http", daemon=True)
     thread.start()
@@ -36,8 +37,10 @@ def start_http(app: FastAPI, address: str, startup_timeout_s: float = 30.0) -> H
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
-            raise OSError(f"cannot serve the draft endpoint on {address}: is the port in use? set serve.address "
-                          "in the tenant config")
+            raise OSError(
+                f"cannot serve the draft endpoint on {address}: is the port in use? set serve.address "
+                "in the tenant config"
+            )
         time.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()[1]
     return HttpServer(server, thread, bound)

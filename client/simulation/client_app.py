@@ -25,27 +25,38 @@ from fedloop.shared.settings import Settings
 
 def simulated_tenant_settings(settings: Settings, layout: RunLayout, name: str) -> TenantSettings:
     """A simulated tenant's own settings: `simulation.tenant_config` (or the defaults), living in the run directory."""
-    base = load_tenant_settings(Path(settings.simulation.tenant_config)) if settings.simulation.tenant_config \
+    base = (
+        load_tenant_settings(Path(settings.simulation.tenant_config))
+        if settings.simulation.tenant_config
         else TenantSettings()
+    )
     return replace(base, tenant=TenantSection(name, str(layout.keys), str(layout.tenant(name))))
 
 
 def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
     """Each node plays the tenant of its partition id."""
+
     def resolve(context: Context) -> Tenant:
         configure_logging()
         index = int(context.node_config["partition-id"])
         name = settings.federation.tenants[index]
         return tenant_at(index, settings, simulated_tenant_settings(settings, layout, name))
+
     return resolve
 
 
 def simulated_product(tenant: Tenant, settings: Settings, layout: RunLayout | None = None) -> SimulatedProduct:
     """Tenant `tenant`'s simulated product: its users' judgement from `settings.simulation`."""
     sim = settings.simulation
-    return SimulatedProduct(tenant.name, tenant.drafts, UserJudgement(sim.accept_threshold, sim.edit_threshold),
-                            tenant.settings.serve.model_alias, sim.max_new_tokens, sim.prompt_version,
-                            layout.product_log(tenant.name) if layout else None)
+    return SimulatedProduct(
+        tenant.name,
+        tenant.drafts,
+        UserJudgement(sim.accept_threshold, sim.edit_threshold),
+        tenant.settings.serve.model_alias,
+        sim.max_new_tokens,
+        sim.prompt_version,
+        layout.product_log(tenant.name) if layout else None,
+    )
 
 
 def simulated_traffic(settings: Settings, layout: RunLayout) -> RoundTraffic:
@@ -58,8 +69,10 @@ def simulated_traffic(settings: Settings, layout: RunLayout) -> RoundTraffic:
     def send(tenant: Tenant, round_: int) -> None:
         if sim.conversations_per_round:
             traffic = TenantTraffic(tenant.name, sim.styles[tenant.index % len(sim.styles)], settings.federation.seed)
-            simulated_product(tenant, settings, layout).serve(traffic.conversations(sim.conversations_per_round,
-                                                                                    round_), round_)
+            simulated_product(tenant, settings, layout).serve(
+                traffic.conversations(sim.conversations_per_round, round_), round_
+            )
+
     return send
 
 

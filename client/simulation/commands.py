@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -26,12 +26,21 @@ def register(command_line: CommandLine) -> None:
     command_line.report_of["run"] = run_report
 
 
-def demo(config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run."),
-         resume: Optional[Path] = typer.Option(None, help="An earlier run directory (runs/<run>/) to continue "
-                                                          "from the newest version in its registry.")) -> None:
+def demo(
+    config: Path = typer.Option(Path("configs/demo.toml"), help="Settings TOML for the simulated run."),
+    resume: Path | None = typer.Option(
+        None, help="An earlier run directory (runs/<run>/) to continue from the newest version in its registry."
+    ),
+) -> None:
     """Run a simulated multi-tenant federation (Flower Simulation Engine) and print what happened."""
-    from fedloop.client.simulation.federation import (SimulationError, prepare_run, release_histories, resume_run,
-                                                      run_federation, served_rounds)
+    from fedloop.client.simulation.federation import (
+        SimulationError,
+        prepare_run,
+        release_histories,
+        resume_run,
+        run_federation,
+        served_rounds,
+    )
     from fedloop.client.simulation.summary_view import render_releases, render_served, render_summary
     from fedloop.shared.adapter import ModelLoadError, check_model_path
 

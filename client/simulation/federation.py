@@ -12,8 +12,8 @@ from typing import Any
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulation.product import STYLES, ServedRound, read_product_log
 from fedloop.client.simulation.client_app import simulation_client_app
+from fedloop.client.simulation.product import STYLES, ServedRound, read_product_log
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import load_tenant_settings
@@ -42,11 +42,16 @@ def resume_run(settings: Settings, root: Path) -> RunLayout:
     """An earlier run directory, to continue from the newest version in its registry."""
     check_simulation(settings)
     layout = RunLayout(root)
-    missing = [tenant for tenant in (HQ_NAME, *settings.federation.tenants)
-               if not key_paths(layout.keys, tenant)["private"].exists()]
+    missing = [
+        tenant
+        for tenant in (HQ_NAME, *settings.federation.tenants)
+        if not key_paths(layout.keys, tenant)["private"].exists()
+    ]
     if missing:
-        raise SimulationError(f"{root} is not a run directory of these settings: no keys for {missing} in "
-                              f"{layout.keys}; pass a directory `fedloop demo` created with the same tenants")
+        raise SimulationError(
+            f"{root} is not a run directory of these settings: no keys for {missing} in "
+            f"{layout.keys}; pass a directory `fedloop demo` created with the same tenants"
+        )
     return layout
 
 
@@ -92,9 +97,12 @@ def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp 
     """Run HQ and the tenants in the Simulation Engine; returns HQ's run summary."""
     tenants = len(settings.federation.tenants)
     log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
-    run_simulation(server_app=server_app or build_server_app(settings, layout),
-                   client_app=simulation_client_app(settings, layout),
-                   num_supernodes=tenants, backend_config=simulation_backend(tenants))
+    run_simulation(
+        server_app=server_app or build_server_app(settings, layout),
+        client_app=simulation_client_app(settings, layout),
+        num_supernodes=tenants,
+        backend_config=simulation_backend(tenants),
+    )
     if not layout.summary.exists():
         raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")
     return json.loads(layout.summary.read_text())

@@ -115,8 +115,16 @@ class ServedRound:
 
     def as_json(self) -> str:
         """One JSON line for the product's log."""
-        return json.dumps({"round": self.round, "tenant": self.tenant, "served": dict(self.served),
-                           "accepted": dict(self.accepted), "refused": dict(self.refused)}, sort_keys=True)
+        return json.dumps(
+            {
+                "round": self.round,
+                "tenant": self.tenant,
+                "served": dict(self.served),
+                "accepted": dict(self.accepted),
+                "refused": dict(self.refused),
+            },
+            sort_keys=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,9 +142,17 @@ class SimulatedProduct:
     def serve(self, conversations: list[Conversation], round_: int) -> ServedRound:
         """Each conversation's user asks for a draft, reads it and accepts, edits or rejects it."""
         report = ServedRound(round_, self.tenant)
-        requests = [DraftRequest(c.user_id, ({"role": "user", "content": c.prompt},), self.model, self.max_tokens,
-                                 prompt_version=self.prompt_version) for c in conversations]
-        for conversation, result in zip(conversations, self.drafts.draft(requests)):
+        requests = [
+            DraftRequest(
+                c.user_id,
+                ({"role": "user", "content": c.prompt},),
+                self.model,
+                self.max_tokens,
+                prompt_version=self.prompt_version,
+            )
+            for c in conversations
+        ]
+        for conversation, result in zip(conversations, self.drafts.draft(requests), strict=True):
             if isinstance(result, FeedbackError):
                 report.refused[result.status] += 1
                 continue
@@ -158,6 +174,13 @@ def read_product_log(path: Path) -> list[ServedRound]:
     rounds = []
     for line in path.read_text().splitlines():
         entry = json.loads(line)
-        rounds.append(ServedRound(entry["round"], entry["tenant"], Counter(entry["served"]),
-                                  Counter(entry["accepted"]), Counter(entry["refused"])))
+        rounds.append(
+            ServedRound(
+                entry["round"],
+                entry["tenant"],
+                Counter(entry["served"]),
+                Counter(entry["accepted"]),
+                Counter(entry["refused"]),
+            )
+        )
     return rounds

@@ -25,8 +25,9 @@ def render_served(served: dict[str, list[ServedRound]], console: Console) -> Non
             by_version = ", ".join(f"{v}: {_rate(entry.accepted[v], n)}" for v, n in sorted(entry.served.items()))
             total = sum(entry.served.values())
             refused = ", ".join(f"{n} {status}" for status, n in entry.refused.items())
-            table.add_row(tenant, str(entry.round), by_version or "-",
-                          _rate(sum(entry.accepted.values()), total), refused)
+            table.add_row(
+                tenant, str(entry.round), by_version or "-", _rate(sum(entry.accepted.values()), total), refused
+            )
     console.print(table)
     uplift = Table(title="Draft hit rate the product's users saw: first round against last round")
     for column in ("tenant", "first round", "last round", "uplift"):
@@ -36,9 +37,12 @@ def render_served(served: dict[str, list[ServedRound]], console: Console) -> Non
             continue
         first, last = rounds[0], rounds[-1]
         rates = [sum(r.accepted.values()) / max(1, sum(r.served.values())) for r in (first, last)]
-        uplift.add_row(tenant, f"round {first.round}: {_rate(sum(first.accepted.values()), sum(first.served.values()))}",
-                       f"round {last.round}: {_rate(sum(last.accepted.values()), sum(last.served.values()))}",
-                       f"{(rates[1] - rates[0]) * 100:+.1f} pts")
+        uplift.add_row(
+            tenant,
+            f"round {first.round}: {_rate(sum(first.accepted.values()), sum(first.served.values()))}",
+            f"round {last.round}: {_rate(sum(last.accepted.values()), sum(last.served.values()))}",
+            f"{(rates[1] - rates[0]) * 100:+.1f} pts",
+        )
     console.print(uplift)
 
 
@@ -55,8 +59,10 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
             if metrics is None or not metrics.get("num-examples"):
                 cells.append("no held-out finals yet" if metrics is not None else "n/a")
                 continue
-            cells.append(f"{metrics['hit-rate']:.0%} [{metrics['hit-rate-low']:.0%}, {metrics['hit-rate-high']:.0%}] "
-                         f"n={int(metrics['num-examples'])}")
+            cells.append(
+                f"{metrics['hit-rate']:.0%} [{metrics['hit-rate-low']:.0%}, {metrics['hit-rate-high']:.0%}] "
+                f"n={int(metrics['num-examples'])}"
+            )
         hits.add_row(str(number), *cells)
     console.print(hits)
 
@@ -65,8 +71,14 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
         lineage.add_column(column, no_wrap=column != "contributors (samples)")
     for version in summary["lineage"]:
         contributors = ", ".join(f"{t}={n}" for t, n in sorted(version["contributors"].items())) or "-"
-        lineage.add_row(version["id"], version["parent"] or "-", str(version["round"]), version["method"],
-                        contributors, version["digest"][:16] + "…")
+        lineage.add_row(
+            version["id"],
+            version["parent"] or "-",
+            str(version["round"]),
+            version["method"],
+            contributors,
+            version["digest"][:16] + "…",
+        )
     console.print(lineage)
     console.print(f"all version signatures valid: {summary['signatures_valid']}")
 
@@ -76,8 +88,13 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     for number in sorted(rounds):
         report = rounds[number]
         for tenant in summary["tenants"]:
-            traffic.add_row(str(number), tenant, f"{report['bytes_to_hq'].get(tenant, 0):,}",
-                            f"{report['bytes_to_tenant'].get(tenant, 0):,}", report["refused"].get(tenant, ""))
+            traffic.add_row(
+                str(number),
+                tenant,
+                f"{report['bytes_to_hq'].get(tenant, 0):,}",
+                f"{report['bytes_to_tenant'].get(tenant, 0):,}",
+                report["refused"].get(tenant, ""),
+            )
     console.print(traffic)
 
 

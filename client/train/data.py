@@ -30,8 +30,9 @@ def mix(examples: Sequence[TrainingExample], settings: TrainSection) -> list[Wei
     return [w for w in weighted if w.weight > 0]
 
 
-def curriculum(examples: Sequence[WeightedExample], thresholds: Sequence[float],
-               seed: int) -> list[list[WeightedExample]]:
+def curriculum(
+    examples: Sequence[WeightedExample], thresholds: Sequence[float], seed: int
+) -> list[list[WeightedExample]]:
     """Stages of growing size: stage k holds every example whose sample confidence is >= thresholds[k].
 
     Confidence is the curated sample weight (before pool weighting), so training

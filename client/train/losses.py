@@ -16,8 +16,9 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     """
     shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
     mask = shifted_labels != IGNORE_INDEX
-    token_logprobs = torch.gather(F.log_softmax(shifted_logits.float(), dim=-1), 2,
-                                  shifted_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_logprobs = torch.gather(
+        F.log_softmax(shifted_logits.float(), dim=-1), 2, shifted_labels.clamp(min=0).unsqueeze(-1)
+    ).squeeze(-1)
     return (token_logprobs * mask).sum(-1), mask.sum(-1)
 
 
@@ -28,16 +29,29 @@ def weighted_sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
     return (per_sequence * weights).sum() / weights.sum().clamp(min=1e-8)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """Mean of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over the pairs."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * margin).mean()
 
 
-def kto_loss(policy: torch.Tensor, reference: torch.Tensor, policy_mismatched: torch.Tensor,
-             reference_mismatched: torch.Tensor, desirable: torch.Tensor, weights: torch.Tensor, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+def kto_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    policy_mismatched: torch.Tensor,
+    reference_mismatched: torch.Tensor,
+    desirable: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
     """KTO, Eq. (7) of Ethayarajh et al. (2024), averaged with the sample `weights`.
 
     r = log pi(y|x) - log ref(y|x) per item; the reference point z0 is the batch's
@@ -48,6 +62,9 @@ def kto_loss(policy: torch.Tensor, reference: torch.Tensor, policy_mismatched: t
     """
     z0 = (policy_mismatched - reference_mismatched).mean().clamp(min=0).detach()
     ratio = policy - reference
-    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio))))
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio))),
+    )
     return (losses * weights).sum() / weights.sum().clamp(min=1e-8)

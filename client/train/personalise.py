@@ -17,8 +17,8 @@ better with confidence (client/evaluate/candidates.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
@@ -51,8 +51,19 @@ def with_local_part(global_state: AdapterState, local: AdapterState) -> AdapterS
     return {key: local.get(key, tensor) if LORA_B in key else tensor for key, tensor in global_state.items()}
 
 
-def local_steps(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[TrainingExample],
-                settings: TrainSection, steps: int, seed: int) -> TrainReport:
+def local_steps(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainingExample],
+    settings: TrainSection,
+    steps: int,
+    seed: int,
+) -> TrainReport:
     """`steps` SFT steps from the adapter loaded in `model` on the tenant's examples (the model keeps the result)."""
-    return run_recipe(model, tokenizer, examples,
-                      replace(settings, method="sft", max_steps=steps, epochs=max(settings.epochs, steps)), seed)
+    return run_recipe(
+        model,
+        tokenizer,
+        examples,
+        replace(settings, method="sft", max_steps=steps, epochs=max(settings.epochs, steps)),
+        seed,
+    )

@@ -71,12 +71,14 @@ def kto_items(weighted: Sequence[WeightedExample], seed: int) -> list[KtoItem]:
     raw = [(w.example.prompt, w.example.target, True, w.weight) for w in weighted]
     raw += [(w.example.prompt, w.example.rejected, False, w.weight) for w in weighted if w.example.rejected]
     random.Random(seed).shuffle(raw)
-    return [KtoItem(prompt, reply, raw[(i + 1) % len(raw)][1], desirable, weight)
-            for i, (prompt, reply, desirable, weight) in enumerate(raw)]
+    return [
+        KtoItem(prompt, reply, raw[(i + 1) % len(raw)][1], desirable, weight)
+        for i, (prompt, reply, desirable, weight) in enumerate(raw)
+    ]
 
 
 def _batches(items: Sequence[Batchable], size: int) -> list[list[Batchable]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _step_count(batches: Sequence[object], settings: TrainSection) -> int:
@@ -85,15 +87,20 @@ def _step_count(batches: Sequence[object], settings: TrainSection) -> int:
     return min(steps, settings.max_steps) if settings.max_steps else steps
 
 
-def proximal_term(parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor],
-                  mu: float) -> torch.Tensor:
+def proximal_term(parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's (mu / 2)·Σ‖w − w_anchor‖² over the trainable adapter tensors."""
-    return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchor))
+    return (mu / 2) * torch.stack([((p - a) ** 2).sum() for p, a in zip(parameters, anchor, strict=True)]).sum()
 
 
-def _optimise(model: PeftModel, batches: list[list[Batchable]], settings: TrainSection, label: str,
-              batch_loss: Callable[[list[Batchable]], torch.Tensor], anchor: Sequence[torch.Tensor],
-              learning_rate: float) -> list[float]:
+def _optimise(
+    model: PeftModel,
+    batches: list[list[Batchable]],
+    settings: TrainSection,
+    label: str,
+    batch_loss: Callable[[list[Batchable]], torch.Tensor],
+    anchor: Sequence[torch.Tensor],
+    learning_rate: float,
+) -> list[float]:
     """AdamW with linear warmup over `batches` (grad accumulation, max_steps cap); returns each step's loss.
 
     The reported loss is the task loss; the proximal term towards `anchor` is added to what is optimised.
@@ -104,7 +111,8 @@ def _optimise(model: PeftModel, batches: list[list[Batchable]], settings: TrainS
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / settings.warmup_steps) if settings.warmup_steps else 1.0)
+        optimizer, lambda step: min(1.0, (step + 1) / settings.warmup_steps) if settings.warmup_steps else 1.0
+    )
     model.train()
     losses = []
     progress = tqdm(range(steps), desc=label, unit="step", disable=None)
@@ -130,39 +138,60 @@ def _optimise(model: PeftModel, batches: list[list[Batchable]], settings: TrainS
     return losses
 
 
-def _sft(model: PeftModel, tokenizer: PreTrainedTokenizerBase, weighted: list[WeightedExample],
-         settings: TrainSection, seed: int, anchor: Sequence[torch.Tensor]) -> list[float]:
+def _sft(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    weighted: list[WeightedExample],
+    settings: TrainSection,
+    seed: int,
+    anchor: Sequence[torch.Tensor],
+) -> list[float]:
     stages = curriculum(weighted, settings.curriculum, seed)
     batches = [b for _ in range(settings.epochs) for stage in stages for b in _batches(stage, settings.batch_size)]
 
     def loss(batch: list[WeightedExample]) -> torch.Tensor:
-        encoded = collate([encode(tokenizer, w.example.prompt, w.example.target, settings.max_seq_len)
-                           for w in batch], tokenizer.pad_token_id)
+        encoded = collate(
+            [encode(tokenizer, w.example.prompt, w.example.target, settings.max_seq_len) for w in batch],
+            tokenizer.pad_token_id,
+        )
         logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
         return weighted_sft_loss(logits, encoded["labels"], torch.tensor([w.weight for w in batch]))
 
     return _optimise(model, batches, settings, "sft", loss, anchor, settings.learning_rate)
 
 
-def _reply_logprobs(model: PeftModel, tokenizer: PreTrainedTokenizerBase, replies: Sequence[tuple[str, str]],
-                    settings: TrainSection) -> torch.Tensor:
+def _reply_logprobs(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, replies: Sequence[tuple[str, str]], settings: TrainSection
+) -> torch.Tensor:
     """Summed log-probability of each (prompt, reply)'s reply (gradients flow if enabled)."""
-    encoded = collate([encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies],
-                      tokenizer.pad_token_id)
+    encoded = collate(
+        [encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies], tokenizer.pad_token_id
+    )
     logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
     return sequence_logprobs(logits, encoded["labels"])[0]
 
 
-def _pair_logprobs(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[WeightedExample],
-                   settings: TrainSection) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logprobs(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[WeightedExample], settings: TrainSection
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and the rejected reply of each pair (gradients flow if enabled)."""
-    logprobs = _reply_logprobs(model, tokenizer, [(w.example.prompt, reply) for w in pairs
-                                                  for reply in (w.example.target, w.example.rejected or "")], settings)
+    logprobs = _reply_logprobs(
+        model,
+        tokenizer,
+        [(w.example.prompt, reply) for w in pairs for reply in (w.example.target, w.example.rejected or "")],
+        settings,
+    )
     return logprobs[0::2], logprobs[1::2]
 
 
-def _dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[WeightedExample],
-         settings: TrainSection, seed: int, anchor: Sequence[torch.Tensor]) -> list[float]:
+def _dpo(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[WeightedExample],
+    settings: TrainSection,
+    seed: int,
+    anchor: Sequence[torch.Tensor],
+) -> list[float]:
     model.eval()
     with torch.no_grad():  # the reference policy is the model as it is before DPO
         reference = {id(w): tuple(t.item() for t in _pair_logprobs(model, tokenizer, [w], settings)) for w in pairs}
@@ -175,39 +204,60 @@ def _dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[Weigh
         reference_rejected = torch.tensor([reference[id(w)][1] for w in batch])
         return dpo_loss(chosen, rejected, reference_chosen, reference_rejected, settings.dpo_beta)
 
-    return _optimise(model, batches, settings, "dpo", loss, anchor,
-                     settings.dpo_learning_rate or settings.learning_rate)
+    return _optimise(
+        model, batches, settings, "dpo", loss, anchor, settings.dpo_learning_rate or settings.learning_rate
+    )
 
 
-def _kto(model: PeftModel, tokenizer: PreTrainedTokenizerBase, weighted: list[WeightedExample],
-         settings: TrainSection, seed: int, anchor: Sequence[torch.Tensor]) -> list[float]:
+def _kto(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    weighted: list[WeightedExample],
+    settings: TrainSection,
+    seed: int,
+    anchor: Sequence[torch.Tensor],
+) -> list[float]:
     items = kto_items(weighted, seed)
     batches = [b for _ in range(settings.epochs) for b in _batches(items, settings.batch_size)]
-    used = {id(item): item for batch in batches[:_step_count(batches, settings) * settings.grad_accum]
-            for item in batch}
+    used = {
+        id(item): item for batch in batches[: _step_count(batches, settings) * settings.grad_accum] for item in batch
+    }
     model.eval()
     reference: dict[int, tuple[float, float]] = {}
     with torch.no_grad():  # the reference policy is the model as it is before KTO
         for chunk in _batches(list(used.values()), settings.batch_size):
             own = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in chunk], settings)
             other = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in chunk], settings)
-            reference.update({id(i): (o.item(), m.item()) for i, o, m in zip(chunk, own, other)})
+            reference.update({id(i): (o.item(), m.item()) for i, o, m in zip(chunk, own, other, strict=True)})
 
     def loss(batch: list[KtoItem]) -> torch.Tensor:
         policy = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in batch], settings)
         with torch.no_grad():  # z0 is not differentiated
             mismatched = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in batch], settings)
-        return kto_loss(policy, torch.tensor([reference[id(i)][0] for i in batch]), mismatched,
-                        torch.tensor([reference[id(i)][1] for i in batch]),
-                        torch.tensor([i.desirable for i in batch]), torch.tensor([i.weight for i in batch]),
-                        settings.kto_beta, settings.kto_desirable_weight, settings.kto_undesirable_weight)
+        return kto_loss(
+            policy,
+            torch.tensor([reference[id(i)][0] for i in batch]),
+            mismatched,
+            torch.tensor([reference[id(i)][1] for i in batch]),
+            torch.tensor([i.desirable for i in batch]),
+            torch.tensor([i.weight for i in batch]),
+            settings.kto_beta,
+            settings.kto_desirable_weight,
+            settings.kto_undesirable_weight,
+        )
 
-    return _optimise(model, batches, settings, "kto", loss, anchor,
-                     settings.kto_learning_rate or settings.learning_rate)
+    return _optimise(
+        model, batches, settings, "kto", loss, anchor, settings.kto_learning_rate or settings.learning_rate
+    )
 
 
-def run_recipe(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[TrainingExample],
-               settings: TrainSection, seed: int) -> TrainReport:
+def run_recipe(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainingExample],
+    settings: TrainSection,
+    seed: int,
+) -> TrainReport:
     """Train the adapter of `model` on `examples` with the configured method; deterministic under `seed`."""
     torch.manual_seed(seed)
     weighted = mix(examples, settings)
