@@ -2,106 +2,127 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Self, get_args
 
-from fedloop.shared.settings import is_host_port, is_loopback, load_sections, require
+from pydantic import Field, model_validator
+
+from fedloop.shared.settings import Section, is_host_port, is_loopback, load_sections, require
 
 
-@dataclass(frozen=True)
-class TenantSection:
+class TenantSection(Section):
     """Who this tenant is and where its keys and data live."""
 
-    name: str = "acme"  # the tenant's name, as in the federation settings and its key files
-    keys_dir: str = "keys"  # holds <name>.sm2.key.json, <name>.sm4.key.json and hq.sm2.pub.json
-    data_dir: str = "data"  # the store: <data_dir>/feedback.db
+    name: str = Field("acme", description="the tenant's name, as in the federation settings and its key files")
+    keys_dir: str = Field("keys", description="holds <name>.sm2.key.json, <name>.sm4.key.json and hq.sm2.pub.json")
+    data_dir: str = Field("data", description="the store: <data_dir>/feedback.db")
 
 
-@dataclass(frozen=True)
-class IngestSection:
+class IngestSection(Section):
     """The gRPC feedback service and its input limits."""
 
-    address: str = "127.0.0.1:50051"  # host:port the FeedbackService listens on (off loopback: TLS and keys required)
-    api_keys_file: str = ""  # file of accepted bearer keys, one per line (gRPC metadata `authorization: Bearer <key>`)
-    tls_certificate: str = ""  # PEM certificate the service presents (with tls_key: TLS on)
-    tls_key: str = ""  # PEM private key of tls_certificate (mode 0600)
-    max_workers: int = 8  # gRPC handler threads
-    max_text_bytes: int = 65536  # longest accepted text field, in bytes (up to 16 MiB)
-    max_id_chars: int = 128  # longest accepted id
-    max_dwell_ms: int = 86_400_000  # longest accepted dwell time
-    max_position: int = 1000  # highest accepted draft position
-    max_clock_skew_ms: int = 86_400_000  # how far an event's timestamp may be from now
-    max_batch_events: int = 1000  # most events in one RecordBatch stream (enforced while the stream is read)
-    max_batch_bytes: int = 16 * 2**20  # most bytes of events in one RecordBatch stream
-    max_events_per_user_per_minute: int = 600  # a user's drafts and signals beyond this get RESOURCE_EXHAUSTED; 0 = off
-    redaction_workers: int = 0  # > 0: find PII in that many worker processes (0..64)
+    address: str = Field(
+        "127.0.0.1:50051", description="host:port the FeedbackService listens on (off loopback: TLS and keys required)"
+    )
+    api_keys_file: str = Field(
+        "", description="file of accepted bearer keys, one per line (gRPC metadata `authorization: Bearer <key>`)"
+    )
+    tls_certificate: str = Field("", description="PEM certificate the service presents (with tls_key: TLS on)")
+    tls_key: str = Field("", description="PEM private key of tls_certificate (mode 0600)")
+    max_workers: int = Field(8, description="gRPC handler threads")
+    max_text_bytes: int = Field(65536, description="longest accepted text field, in bytes (up to 16 MiB)")
+    max_id_chars: int = Field(128, description="longest accepted id")
+    max_dwell_ms: int = Field(86_400_000, description="longest accepted dwell time")
+    max_position: int = Field(1000, description="highest accepted draft position")
+    max_clock_skew_ms: int = Field(86_400_000, description="how far an event's timestamp may be from now")
+    max_batch_events: int = Field(
+        1000, description="most events in one RecordBatch stream (enforced while the stream is read)"
+    )
+    max_batch_bytes: int = Field(16 * 2**20, description="most bytes of events in one RecordBatch stream")
+    max_events_per_user_per_minute: int = Field(
+        600, description="a user's drafts and signals beyond this get RESOURCE_EXHAUSTED; 0 = off"
+    )
+    redaction_workers: int = Field(0, description="> 0: find PII in that many worker processes (0..64)")
 
 
-@dataclass(frozen=True)
-class ModerationSection:
+class ModerationSection(Section):
     """The built-in local filter and the quarantine breaker."""
 
-    blocklist: tuple[str, ...] = (
-        "kill yourself",
-        "bomb making",
-        "炸药制作",
-    )  # phrases that send a sample to quarantine
-    patterns: tuple[str, ...] = (r"\b(?:buy|sell)\s+(?:drugs|weapons)\b",)  # regexes that quarantine
-    breaker_max_rate: float = 0.3  # quarantine rate above which the breaker holds new samples, in (0, 1]
-    breaker_window: int = 200  # latest samples the rate is computed over
-    breaker_min_samples: int = 50  # samples needed before the breaker may trip
+    blocklist: tuple[str, ...] = Field(
+        ("kill yourself", "bomb making", "炸药制作"), description="phrases that send a sample to quarantine"
+    )
+    patterns: tuple[str, ...] = Field((r"\b(?:buy|sell)\s+(?:drugs|weapons)\b",), description="regexes that quarantine")
+    breaker_max_rate: float = Field(
+        0.3, description="quarantine rate above which the breaker holds new samples, in (0, 1]"
+    )
+    breaker_window: int = Field(200, description="latest samples the rate is computed over")
+    breaker_min_samples: int = Field(50, description="samples needed before the breaker may trip")
 
 
-REVIEW_RISKS = ("low", "medium", "high", "off")  # risk levels in order; "off": no sample waits for review
+ReviewRisk = Literal["low", "medium", "high", "off"]  # risk levels in order; "off": no sample waits for review
+REVIEW_RISKS: tuple[str, ...] = get_args(ReviewRisk)
 
 
-@dataclass(frozen=True)
-class CurationSection:
+class CurationSection(Section):
     """How outcomes become weighted samples, and the poisoning guard."""
 
-    min_dwell_ms: int = 1500  # an accept faster than this weighs 0.6 (probably not read)
-    long_dwell_ms: int = 600_000  # a dwell longer than this multiplies the weight by 0.8
-    user_reply_weight: float = 0.5  # weight of the reply a user wrote after rejecting, in [0, 1]
-    near_duplicate_threshold: float = 0.8  # MinHash Jaccard similarity that makes two samples one cluster, in (0, 1]
-    per_user_cluster_cap: float = 1.0  # most weight one user's samples carry within a cluster
-    min_distinct_users: int = 1  # users a cluster needs before it trains (poisoning guard)
-    max_samples_per_user_per_hour: int = 60  # further samples of a user are kept at weight 0
-    review_risk: str = "high"  # samples at this risk or above wait for `fedloop samples review decide`; "off" = none
+    min_dwell_ms: int = Field(1500, description="an accept faster than this weighs 0.6 (probably not read)")
+    long_dwell_ms: int = Field(600_000, description="a dwell longer than this multiplies the weight by 0.8")
+    user_reply_weight: float = Field(0.5, description="weight of the reply a user wrote after rejecting, in [0, 1]")
+    near_duplicate_threshold: float = Field(
+        0.8, description="MinHash Jaccard similarity that makes two samples one cluster, in (0, 1]"
+    )
+    per_user_cluster_cap: float = Field(1.0, description="most weight one user's samples carry within a cluster")
+    min_distinct_users: int = Field(1, description="users a cluster needs before it trains (poisoning guard)")
+    max_samples_per_user_per_hour: int = Field(60, description="further samples of a user are kept at weight 0")
+    review_risk: ReviewRisk = Field(
+        "high", description='samples at this risk or above wait for `fedloop samples review decide`; "off" = none'
+    )
 
 
-@dataclass(frozen=True)
-class SignalsSection:
+class SignalsSection(Section):
     """Derived-signal rules that flag low-quality interactions into the problem pool."""
 
-    repeated_question_lookback: int = 3  # earlier user messages a question is compared with
-    repeated_question_similarity: float = 0.85  # similarity that counts as asking again
-    stuck_dialogue_turns: int = 3  # turns without a new dialogue state that count as stuck
-    cta_window_ms: int = 300_000  # a CTA shown and not clicked within this is flagged
-    order_window_ms: int = 1_800_000  # a cart with no order within this is flagged
-    no_response_ms: int = 600_000  # draft with no outcome, no USER_MESSAGE after it: flagged (needs USER_MESSAGEs)
-    conversion_window_ms: int = 3_600_000  # session with drafts, no conversion: flagged (needs conversion signals)
+    repeated_question_lookback: int = Field(3, description="earlier user messages a question is compared with")
+    repeated_question_similarity: float = Field(0.85, description="similarity that counts as asking again")
+    stuck_dialogue_turns: int = Field(3, description="turns without a new dialogue state that count as stuck")
+    cta_window_ms: int = Field(300_000, description="a CTA shown and not clicked within this is flagged")
+    order_window_ms: int = Field(1_800_000, description="a cart with no order within this is flagged")
+    no_response_ms: int = Field(
+        600_000, description="draft with no outcome, no USER_MESSAGE after it: flagged (needs USER_MESSAGEs)"
+    )
+    conversion_window_ms: int = Field(
+        3_600_000, description="session with drafts, no conversion: flagged (needs conversion signals)"
+    )
 
 
-@dataclass(frozen=True)
-class EvaluationSection:
+class EvaluationSection(Section):
     """Gates a received version must pass before it may serve."""
 
-    kl_bound: float = 0.4  # refuse a version whose mean per-token KL to the serving version is above this
-    forgetting_bound: float = 0.10  # refuse above this relative NLL rise over base
-    degenerate_bound: float = 0.05  # refuse when empty/looping held-out drafts rise by more than this share
-    held_out_share: float = 0.10  # share of the tenant's own finals (keyed hash of the draft id) never trained on
-    min_held_out: int = 30  # fewer held-out finals than this: the hit-rate gate says "insufficient evidence"
-    max_held_out: int = 200  # newest held-out finals a version is evaluated on
-    hit_similarity: float = 0.8  # a draft at least this similar to the user's final text counts as a hit
-    max_new_tokens: int = 48  # tokens drafted per held-out prompt
-    confidence: float = 0.95  # the hit-rate gate refuses a version worse than the serving one with this confidence
+    kl_bound: float = Field(
+        0.4, description="refuse a version whose mean per-token KL to the serving version is above this"
+    )
+    forgetting_bound: float = Field(0.10, description="refuse above this relative NLL rise over base")
+    degenerate_bound: float = Field(
+        0.05, description="refuse when empty/looping held-out drafts rise by more than this share"
+    )
+    held_out_share: float = Field(
+        0.10, description="share of the tenant's own finals (keyed hash of the draft id) never trained on"
+    )
+    min_held_out: int = Field(
+        30, description='fewer held-out finals than this: the hit-rate gate says "insufficient evidence"'
+    )
+    max_held_out: int = Field(200, description="newest held-out finals a version is evaluated on")
+    hit_similarity: float = Field(
+        0.8, description="a draft at least this similar to the user's final text counts as a hit"
+    )
+    max_new_tokens: int = Field(48, description="tokens drafted per held-out prompt")
+    confidence: float = Field(
+        0.95, description="the hit-rate gate refuses a version worse than the serving one with this confidence"
+    )
 
 
-PERSONALISE_METHODS = ("none", "local_steps", "local_b")
-
-
-@dataclass(frozen=True)
-class PersonaliseSection:
+class PersonaliseSection(Section):
     """How this tenant adapts each global version to its own users (client/train/personalise.py).
 
     The gates offer the personalised candidate only when it drafts better than the global version on the held-out
@@ -109,58 +130,66 @@ class PersonaliseSection:
     both benchmark splits (docs/benchmarks.md, issue 15).
     """
 
-    method: str = "none"  # "none", "local_steps" (SFT steps from the global version) or "local_b" (FedSA)
-    steps: int = 8  # local SFT steps of "local_steps"
+    method: Literal["none", "local_steps", "local_b"] = Field(
+        "none", description='"none", "local_steps" (SFT steps from the global version) or "local_b" (FedSA)'
+    )
+    steps: int = Field(8, description='local SFT steps of "local_steps"')
 
 
-@dataclass(frozen=True)
-class ReleaseSection:
+class ReleaseSection(Section):
     """How a version that passed the gates reaches users: canary, widening, promotion, automatic rollback."""
 
-    canary_share: float = 0.05  # users (by hash of their pseudonym) who first see a new version
-    widened_share: float = 0.30  # the canary's share after its first win
-    promote_margin: float = 0.02  # a win: the canary's hit rate beats the serving one's by this much, with confidence
-    confidence: float = 0.95  # family-wise confidence of the sequential test (always valid under repeated looks)
-    mixture_scale: float = 0.05  # mSPRT mixing scale tau: the size of hit-rate gap the test is most sensitive to
-    min_drafts_per_arm: int = 200  # decided drafts per arm before any decision
-    decide_every_outcomes: int = 20  # the controller decides after this many new outcomes ...
-    decide_every_s: float = 5.0  # ... and at least this often while outcomes arrive
+    canary_share: float = Field(0.05, description="users (by hash of their pseudonym) who first see a new version")
+    widened_share: float = Field(0.30, description="the canary's share after its first win")
+    promote_margin: float = Field(
+        0.02, description="a win: the canary's hit rate beats the serving one's by this much, with confidence"
+    )
+    confidence: float = Field(
+        0.95, description="family-wise confidence of the sequential test (always valid under repeated looks)"
+    )
+    mixture_scale: float = Field(
+        0.05, description="mSPRT mixing scale tau: the size of hit-rate gap the test is most sensitive to"
+    )
+    min_drafts_per_arm: int = Field(200, description="decided drafts per arm before any decision")
+    decide_every_outcomes: int = Field(20, description="the controller decides after this many new outcomes ...")
+    decide_every_s: float = Field(5.0, description="... and at least this often while outcomes arrive")
 
 
-@dataclass(frozen=True)
-class ServeSection:
+class ServeSection(Section):
     """The OpenAI-compatible draft endpoint (`POST /v1/chat/completions`)."""
 
-    address: str = "127.0.0.1:8000"  # host:port of the HTTP endpoint; "" = no endpoint
-    api_keys_file: str = ""  # file of accepted bearer keys, one per line; required off loopback
-    model_alias: str = "fedloop"  # the `model` name that routes by the release pointer
-    max_new_tokens: int = 128  # most tokens a draft may have (a request's max_tokens is capped to this)
-    max_messages: int = 64  # most messages in one request
+    address: str = Field("127.0.0.1:8000", description='host:port of the HTTP endpoint; "" = no endpoint')
+    api_keys_file: str = Field("", description="file of accepted bearer keys, one per line; required off loopback")
+    model_alias: str = Field("fedloop", description="the `model` name that routes by the release pointer")
+    max_new_tokens: int = Field(
+        128, description="most tokens a draft may have (a request's max_tokens is capped to this)"
+    )
+    max_messages: int = Field(64, description="most messages in one request")
 
 
-@dataclass(frozen=True)
-class MetricsSection:
+class MetricsSection(Section):
     """Where the tenant service serves its Prometheus metrics."""
 
-    address: str = "127.0.0.1:9464"  # host:port of /metrics; "" = no endpoint
+    address: str = Field("127.0.0.1:9464", description='host:port of /metrics; "" = no endpoint')
 
 
-@dataclass(frozen=True)
-class TenantSettings:
+class TenantSettings(Section):
     """Everything `fedloop tenant serve` and the tenant tools need."""
 
-    tenant: TenantSection = field(default_factory=TenantSection)
-    ingest: IngestSection = field(default_factory=IngestSection)
-    moderation: ModerationSection = field(default_factory=ModerationSection)
-    curation: CurationSection = field(default_factory=CurationSection)
-    signals: SignalsSection = field(default_factory=SignalsSection)
-    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
-    personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
-    release: ReleaseSection = field(default_factory=ReleaseSection)
-    serve: ServeSection = field(default_factory=ServeSection)
-    metrics: MetricsSection = field(default_factory=MetricsSection)
+    tenant: TenantSection = Field(default_factory=TenantSection, description=TenantSection.__doc__)
+    ingest: IngestSection = Field(default_factory=IngestSection, description=IngestSection.__doc__)
+    moderation: ModerationSection = Field(default_factory=ModerationSection, description=ModerationSection.__doc__)
+    curation: CurationSection = Field(default_factory=CurationSection, description=CurationSection.__doc__)
+    signals: SignalsSection = Field(default_factory=SignalsSection, description=SignalsSection.__doc__)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description=EvaluationSection.__doc__)
+    personalise: PersonaliseSection = Field(default_factory=PersonaliseSection, description=PersonaliseSection.__doc__)
+    release: ReleaseSection = Field(default_factory=ReleaseSection, description=ReleaseSection.__doc__)
+    serve: ServeSection = Field(default_factory=ServeSection, description=ServeSection.__doc__)
+    metrics: MetricsSection = Field(default_factory=MetricsSection, description=MetricsSection.__doc__)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        """The cross-field and range rules; ConfigError names the key and what is allowed."""
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
         require(
             0 <= self.ingest.redaction_workers <= 64,
@@ -179,7 +208,6 @@ class TenantSettings:
             "set when ingest.address is not on loopback "
             "(127.0.0.1): the FeedbackService takes training data, so off loopback it needs TLS and bearer keys",
         )
-        require(self.curation.review_risk in REVIEW_RISKS, "curation.review_risk", f"one of {', '.join(REVIEW_RISKS)}")
         require(
             self.ingest.max_events_per_user_per_minute >= 0,
             "ingest.max_events_per_user_per_minute",
@@ -210,11 +238,6 @@ class TenantSettings:
         require(0.0 < evaluation.hit_similarity <= 1.0, "evaluation.hit_similarity", "a number in (0, 1]")
         require(evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "an integer >= 1")
         require(0.5 <= evaluation.confidence < 1.0, "evaluation.confidence", "a number in [0.5, 1), e.g. 0.95")
-        require(
-            self.personalise.method in PERSONALISE_METHODS,
-            "personalise.method",
-            f"one of {', '.join(PERSONALISE_METHODS)}",
-        )
         require(self.personalise.steps >= 1, "personalise.steps", "an integer >= 1")
         release = self.release
         require(
@@ -255,6 +278,7 @@ class TenantSettings:
             "metrics.address",
             'host:port (e.g. 127.0.0.1:9464), or "" for no endpoint',
         )
+        return self
 
     @property
     def store_path(self) -> Path:

@@ -63,7 +63,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +206,7 @@ def feedback_examples(
     """The tenant's simulated product drafts through the tenant's draft service; its curation makes the samples."""
     keys = work / tenant.name / "keys"
     settings = TenantSettings(
-        tenant=TenantSection(tenant.name, str(keys), str(work / tenant.name / "data")),
+        tenant=TenantSection(name=tenant.name, keys_dir=str(keys), data_dir=str(work / tenant.name / "data")),
         evaluation=EvaluationSection(held_out_share=0.0),  # the benchmark holds out its own
         serve=ServeSection(max_new_tokens=max_new_tokens),
     )
@@ -241,7 +241,7 @@ def train_from(
 ) -> AdapterState:
     """Train `steps` optimiser steps from adapter `start`; returns the new adapter."""
     load_adapter_state(model, start)
-    run_recipe(model, tokenizer, examples, replace(settings, max_steps=steps, epochs=10_000), seed)
+    run_recipe(model, tokenizer, examples, settings.model_copy(update={"max_steps": steps, "epochs": 10_000}), seed)
     return adapter_state(model)
 
 
@@ -411,7 +411,15 @@ def main() -> None:
             measure(
                 label,
                 federated(
-                    model, tokenizer, init, data, replace(settings, method=method), rounds, steps, args.seed, lora
+                    model,
+                    tokenizer,
+                    init,
+                    data,
+                    settings.model_copy(update={"method": method}),
+                    rounds,
+                    steps,
+                    args.seed,
+                    lora,
                 ),
             )
     if args.ablations:

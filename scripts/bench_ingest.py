@@ -159,7 +159,7 @@ def bench_floor(
     """Events/s and per-call latencies (ms) of the bare pipeline in-process (redact + encrypt + commit),
     `batch` events per call."""
     settings = TenantSettings(
-        tenant=TenantSection("acme", str(workdir / "keys"), str(workdir / tag)),
+        tenant=TenantSection(name="acme", keys_dir=str(workdir / "keys"), data_dir=str(workdir / tag)),
         ingest=IngestSection(redaction_workers=redaction_workers),
         curation=BENCH_CURATION,
     )

@@ -23,7 +23,6 @@ import argparse
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -139,7 +138,7 @@ def run_plain(settings: Settings, layout: RunLayout) -> float:
 
 def named(settings: Settings, run_name: str) -> Settings:
     """The same settings under another run name (each arm gets its own run directory)."""
-    return replace(settings, federation=replace(settings.federation, run_name=run_name))
+    return settings.model_copy(update={"federation": settings.federation.model_copy(update={"run_name": run_name})})
 
 
 def main() -> None:

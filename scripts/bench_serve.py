@@ -219,7 +219,7 @@ def main() -> None:
         root = Path(directory)
         identity = init_keys("tenant", "bench", root / "keys")
         settings = TenantSettings(
-            tenant=TenantSection("bench", str(root / "keys"), str(root / "data")),
+            tenant=TenantSection(name="bench", keys_dir=str(root / "keys"), data_dir=str(root / "data")),
             release=ReleaseSection(canary_share=0.5, widened_share=0.5),
             serve=ServeSection(max_new_tokens=max(args.max_tokens, 8)),
         )

@@ -1,8 +1,10 @@
-"""Write docs/configuration.md from the config schema: every section and key, its type, default and meaning.
+"""Write docs/configuration.md from the settings models' JSON schema: every section and key, its type, default
+and meaning.
 
-The schema is the settings dataclasses themselves (shared/settings.py, client/tenant_settings.py,
-server/hq_settings.py); a key's meaning is the comment beside its field, a section's is its class docstring.
-A test regenerates the page and compares, so the reference cannot drift from the code.
+The schema is pydantic's `model_json_schema()` of the settings models (shared/settings.py,
+client/tenant_settings.py, server/hq_settings.py): a key's meaning is its `Field(description=...)`, a section's is
+its class docstring, a choice lists its allowed values. A test regenerates the page and compares, so the reference
+cannot drift from the code.
 
 Run: .venv/bin/python scripts/gen_config_reference.py [--check]
 """
@@ -10,13 +12,9 @@ Run: .venv/bin/python scripts/gen_config_reference.py [--check]
 from __future__ import annotations
 
 import argparse
-import inspect
-import io
 import sys
-import tokenize
-from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any
 
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.server.hq_settings import HQSettings
@@ -47,55 +45,32 @@ FILES = [
 ]
 
 
-def field_comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each `name: type = default` line in the class source."""
-    by_line: dict[int, list[tokenize.TokenInfo]] = {}
-    for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-        if token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            by_line.setdefault(token.start[0], []).append(token)
-    comments = {}
-    for tokens in by_line.values():
-        if (
-            len(tokens) > 2
-            and tokens[0].type == tokenize.NAME
-            and tokens[1].string == ":"
-            and tokens[-1].type == tokenize.COMMENT
-        ):
-            comments[tokens[0].string] = tokens[-1].string.lstrip("# ").strip()
-    return comments
-
-
 def default_text(value: object) -> str:
     """A default as it would be written in TOML."""
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(default_text(v) for v in value) + "]"
     return repr(value)
 
 
-def type_text(hint: object) -> str:
-    """A field type in TOML words."""
-    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
-    if hint in names:
-        return names[hint]
-    return "list of strings" if "str" in str(hint) else "list of numbers"
+def type_text(schema: dict[str, Any]) -> str:
+    """A key's JSON-schema type in TOML words, with the allowed values of a choice."""
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{default_text(v)}`" for v in schema["enum"])
+    names = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
+    if schema.get("type") == "array":
+        return f"list of {names[schema['items']['type']]}s"
+    return names[schema["type"]]
 
 
-def section_rows(section_cls: type) -> list[str]:
-    """Table rows of one section's keys."""
-    hints, comments = get_type_hints(section_cls), field_comments(section_cls)
+def section_rows(section: dict[str, Any]) -> list[str]:
+    """Table rows of one section's keys, from its JSON schema."""
     rows = []
-    for item in fields(section_cls):
-        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
-        cells = [
-            f"`{item.name}`",
-            type_text(hints[item.name]),
-            f"`{default_text(default)}`",
-            comments.get(item.name, ""),
-        ]
+    for name, key in section["properties"].items():
+        cells = [f"`{name}`", type_text(key), f"`{default_text(key['default'])}`", key.get("description", "")]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
 
@@ -105,7 +80,7 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the settings classes by `scripts/gen_config_reference.py`; do not edit by hand.",
+        "Generated from the settings models' JSON schema by `scripts/gen_config_reference.py`; do not edit by hand.",
         "Every key is optional (the default applies). On start every file is validated: an unknown section",
         "or key, a value of the wrong type or out of range stops the command with the file, the key and",
         "what is allowed.",
@@ -113,18 +88,17 @@ def render() -> str:
     ]
     for root, title, where in FILES:
         lines += [f"## {title}", "", f"{where[0].upper()}{where[1:]}.", ""]
-        hints = get_type_hints(root)
-        for section in fields(root):
-            section_cls = hints[section.name]
-            doc = (inspect.getdoc(section_cls) or "").splitlines()[0]
+        schema = root.model_json_schema()
+        for name, reference in schema["properties"].items():
+            section = schema["$defs"][reference["$ref"].rsplit("/", 1)[-1]]
             lines += [
-                f"### `[{section.name}]`",
+                f"### `[{name}]`",
                 "",
-                doc,
+                section["description"].splitlines()[0],
                 "",
                 "| key | type | default | meaning |",
                 "|---|---|---|---|",
-                *section_rows(section_cls),
+                *section_rows(section),
                 "",
             ]
     return "\n".join(lines)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = TrainSection()
 RECIPES = {
     "default": DEFAULT_TRAIN,
-    "10x learning rate": replace(DEFAULT_TRAIN, learning_rate=DEFAULT_TRAIN.learning_rate * 10),
-    "10x steps": replace(DEFAULT_TRAIN, max_steps=DEFAULT_TRAIN.max_steps * 10, epochs=100),
+    "10x learning rate": DEFAULT_TRAIN.model_copy(update={"learning_rate": DEFAULT_TRAIN.learning_rate * 10}),
+    "10x steps": DEFAULT_TRAIN.model_copy(update={"max_steps": DEFAULT_TRAIN.max_steps * 10, "epochs": 100}),
 }
 
 

@@ -119,15 +119,15 @@ def starting_version(registry: VersionRegistry, settings: Settings) -> tuple[Ver
             0,
             {},
             "init",
-            {"lora": asdict(settings.lora)},
+            {"lora": settings.lora.model_dump()},
         )
         log.info("version 0: %s (LoRA r=%d initialised, equal to the base model)", genesis.id, settings.lora.rank)
         return genesis, initial
     recorded = {**latest.settings.get("lora", {})}
-    if recorded and recorded != json.loads(json.dumps(asdict(settings.lora))):
+    if recorded and recorded != json.loads(json.dumps(settings.lora.model_dump())):
         raise RunStartError(
             f"the registry's newest version {latest.id} has LoRA settings {recorded}, but the "
-            f"settings ask for {asdict(settings.lora)}: use the same [lora] or a new registry"
+            f"settings ask for {settings.lora.model_dump()}: use the same [lora] or a new registry"
         )
     log.info(
         "continuing from version %s (round %d of run %s), the newest in the registry",
@@ -170,7 +170,7 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout, run_id: int) -> No
             ledger = RoundLedger(
                 registry,
                 federation.run_name,
-                {"aggregation": asdict(settings.aggregation), "lora": asdict(settings.lora)},
+                {"aggregation": settings.aggregation.model_dump(), "lora": settings.lora.model_dump()},
                 tracker,
             )
             strategy = SealedMerge(

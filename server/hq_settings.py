@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
-from fedloop.shared.settings import is_host_port, load_sections, require
+from pydantic import Field, model_validator
+
+from fedloop.shared.settings import Section, is_host_port, load_sections, require
 
 
-@dataclass(frozen=True)
-class HQSection:
+class HQSection(Section):
     """The SuperLink HQ runs and the endpoints it serves."""
 
-    home: str = "hq-home"  # keys/ (HQ's key pair, tenants' public keys), hq/ (registry), superlink.db, flwr/
-    certs: str = "certs"  # ca.crt, superlink.crt, superlink.key (`fedloop certs` makes test ones)
-    host: str = "127.0.0.1"  # address the public gateway (nginx, Fleet API only) listens on (0.0.0.0 for all)
-    port: int = 9300  # the gateway's port: tenants' SuperNodes connect here
-    superlink_port: int = 9302  # the SuperLink itself, on 127.0.0.1 only: Control API for HQ's operators
-    metrics_address: str = "127.0.0.1:9301"  # host:port of HQ's /metrics; "" = no endpoint
+    home: str = Field(
+        "hq-home", description="keys/ (HQ's key pair, tenants' public keys), hq/ (registry), superlink.db, flwr/"
+    )
+    certs: str = Field("certs", description="ca.crt, superlink.crt, superlink.key (`fedloop certs` makes test ones)")
+    host: str = Field(
+        "127.0.0.1", description="address the public gateway (nginx, Fleet API only) listens on (0.0.0.0 for all)"
+    )
+    port: int = Field(9300, description="the gateway's port: tenants' SuperNodes connect here")
+    superlink_port: int = Field(
+        9302, description="the SuperLink itself, on 127.0.0.1 only: Control API for HQ's operators"
+    )
+    metrics_address: str = Field("127.0.0.1:9301", description='host:port of HQ\'s /metrics; "" = no endpoint')
 
 
-@dataclass(frozen=True)
-class HQSettings:
+class HQSettings(Section):
     """Everything `fedloop hq` and `fedloop run` need besides the federation settings."""
 
-    hq: HQSection = field(default_factory=HQSection)
+    hq: HQSection = Field(default_factory=HQSection, description=HQSection.__doc__)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        """The cross-field and range rules; ConfigError names the key and what is allowed."""
         for key, port in (("hq.port", self.hq.port), ("hq.superlink_port", self.hq.superlink_port)):
             require(0 < port < 65536, key, "a port number in 1..65535")
         require(self.hq.superlink_port != self.hq.port, "hq.superlink_port", "a port other than hq.port")
@@ -35,6 +43,7 @@ class HQSettings:
             "hq.metrics_address",
             'host:port (e.g. 127.0.0.1:9301), or "" for no endpoint',
         )
+        return self
 
     @property
     def home(self) -> Path:

@@ -1,18 +1,30 @@
 """Federation settings, read from a TOML file and validated before anything starts.
 
-An unknown section or key, a value of the wrong type or out of range is
-reported with the file, the key and what is allowed; nothing runs with a
-half-understood config.
+The settings are pydantic models: every key has a type, a default and a
+description (docs/configuration.md is generated from their JSON schema), an
+unknown section or key is refused (`extra="forbid"`), and values are taken as
+TOML typed them (`strict`: no "9300" for a port). An error names the file, the
+key and what is allowed; nothing runs with a half-understood config.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Literal, Self, TypeVar
 
-T = TypeVar("T")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+T = TypeVar("T", bound="Section")
+
+
+class ConfigError(Exception):
+    """A config file is invalid; the message names the file and the key.
+
+    Not a ValueError: pydantic passes it through its validators unchanged, so the rule's own message reaches
+    the operator.
+    """
 
 
 def require(ok: bool, key: str, allowed: str) -> None:
@@ -33,129 +45,169 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-class ConfigError(ValueError):
-    """A config file is invalid; the message names the file and the key."""
+class Section(BaseModel):
+    """A table of a settings file: known keys only, values of their declared type, immutable once loaded.
+
+    Lists in the file become tuples (a settings object is hashable and never changes under a running service).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, table: Any) -> Any:
+        if not isinstance(table, dict):
+            return table
+        tuples = {
+            name
+            for name, info in cls.model_fields.items()
+            if getattr(info.annotation, "__origin__", None) is tuple or str(info.annotation).startswith("tuple[")
+        }
+        return {
+            key: tuple(value) if key in tuples and isinstance(value, list) else value for key, value in table.items()
+        }
 
 
-@dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(Section):
     """The LoRA shape every party of a federation must agree on."""
 
-    rank: int = 8  # LoRA rank r (>= 1)
-    alpha: int = 16  # LoRA alpha; the update is scaled by alpha / rank
-    dropout: float = 0.0  # LoRA dropout, in [0, 1)
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # module names that get a LoRA adapter
+    rank: int = Field(8, description="LoRA rank r (>= 1)")
+    alpha: int = Field(16, description="LoRA alpha; the update is scaled by alpha / rank")
+    dropout: float = Field(0.0, description="LoRA dropout, in [0, 1)")
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="module names that get a LoRA adapter")
 
 
-@dataclass(frozen=True)
-class FederationSection:
+class FederationSection(Section):
     """Who takes part and for how long."""
 
-    run_name: str = "demo"  # names the run in the registry and binds every sealed message to it
-    tenants: tuple[str, ...] = ("acme", "bolt", "cobalt")  # the tenants taking part (simulation: one SuperNode each)
-    rounds: int = 3  # federated rounds per run (>= 1)
-    seed: int = 7  # seeds LoRA initialisation, data order and simulated users
-    round_timeout_s: float = 3600.0  # HQ stops waiting for a tenant's reply after this; the round goes on
-    enrol_timeout_s: float = 120.0  # HQ waits this long for every tenant's SuperNode before starting
+    run_name: str = Field("demo", description="names the run in the registry and binds every sealed message to it")
+    tenants: tuple[str, ...] = Field(
+        ("acme", "bolt", "cobalt"), description="the tenants taking part (simulation: one SuperNode each)"
+    )
+    rounds: int = Field(3, description="federated rounds per run (>= 1)")
+    seed: int = Field(7, description="seeds LoRA initialisation, data order and simulated users")
+    round_timeout_s: float = Field(
+        3600.0, description="HQ stops waiting for a tenant's reply after this; the round goes on"
+    )
+    enrol_timeout_s: float = Field(120.0, description="HQ waits this long for every tenant's SuperNode before starting")
 
 
-@dataclass(frozen=True)
-class PathsSection:
+class PathsSection(Section):
     """Where the base model is (a local HF directory or a .gguf file) and where run outputs go."""
 
-    model: str = "models/smollm2-135m-instruct"  # a local Hugging Face directory or .gguf file
-    runs_dir: str = "runs"  # where `fedloop demo` creates its run directories
+    model: str = Field("models/smollm2-135m-instruct", description="a local Hugging Face directory or .gguf file")
+    runs_dir: str = Field("runs", description="where `fedloop demo` creates its run directories")
 
 
-@dataclass(frozen=True)
-class TrainSection:
+class TrainSection(Section):
     """The local training recipe (client/train/recipe.py): every knob it has."""
 
-    method: str = "sft"  # sft | dpo | kto | sft_then_dpo | sft_then_kto
-    epochs: int = 1  # passes over the training mix (max_steps caps them)
-    max_steps: int = 8  # optimiser steps per round and phase; 0 = as many as epochs give
-    batch_size: int = 8  # examples per step (before gradient accumulation)
-    grad_accum: int = 1  # batches accumulated into one optimiser step
-    learning_rate: float = 2e-3  # AdamW learning rate, in (0, 1]
-    warmup_steps: int = 0  # linear warmup steps; 0 = none
-    max_seq_len: int = 160  # tokens of prompt + reply kept (left-truncated)
-    dpo_beta: float = 0.1  # DPO temperature beta, > 0
-    dpo_learning_rate: float = 2e-4  # AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate
-    kto_beta: float = 0.1  # KTO temperature beta, > 0
-    kto_learning_rate: float = 2e-4  # AdamW learning rate of the KTO phase, in [0, 1]; 0 = learning_rate
-    kto_desirable_weight: float = 1.0  # KTO's lambda_D: weight of desirable replies, > 0
-    kto_undesirable_weight: float = 1.0  # KTO's lambda_U: weight of undesirable (rejected) drafts, > 0
-    proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training
-    weight_core_baseline: float = 1.0  # pool weight, multiplied by each sample's curated weight
-    weight_secondary_baseline: float = 0.8  # pool weight of secondary_baseline samples
-    weight_candidate: float = 0.6  # pool weight of candidate samples
-    weight_problem: float = 0.4  # pool weight of current problem samples
-    curriculum: tuple[float, ...] = (0.8, 0.5, 0.0)  # stage thresholds, highest first, in [0, 1]
+    method: Literal["sft", "dpo", "kto", "sft_then_dpo", "sft_then_kto"] = Field(
+        "sft", description="what the tenant trains: SFT, DPO, KTO, or SFT then a preference phase"
+    )
+    epochs: int = Field(1, description="passes over the training mix (max_steps caps them)")
+    max_steps: int = Field(8, description="optimiser steps per round and phase; 0 = as many as epochs give")
+    batch_size: int = Field(8, description="examples per step (before gradient accumulation)")
+    grad_accum: int = Field(1, description="batches accumulated into one optimiser step")
+    learning_rate: float = Field(2e-3, description="AdamW learning rate, in (0, 1]")
+    warmup_steps: int = Field(0, description="linear warmup steps; 0 = none")
+    max_seq_len: int = Field(160, description="tokens of prompt + reply kept (left-truncated)")
+    dpo_beta: float = Field(0.1, description="DPO temperature beta, > 0")
+    dpo_learning_rate: float = Field(
+        2e-4, description="AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate"
+    )
+    kto_beta: float = Field(0.1, description="KTO temperature beta, > 0")
+    kto_learning_rate: float = Field(
+        2e-4, description="AdamW learning rate of the KTO phase, in [0, 1]; 0 = learning_rate"
+    )
+    kto_desirable_weight: float = Field(1.0, description="KTO's lambda_D: weight of desirable replies, > 0")
+    kto_undesirable_weight: float = Field(
+        1.0, description="KTO's lambda_U: weight of undesirable (rejected) drafts, > 0"
+    )
+    proximal_mu: float = Field(0.0, description="FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training")
+    weight_core_baseline: float = Field(1.0, description="pool weight, multiplied by each sample's curated weight")
+    weight_secondary_baseline: float = Field(0.8, description="pool weight of secondary_baseline samples")
+    weight_candidate: float = Field(0.6, description="pool weight of candidate samples")
+    weight_problem: float = Field(0.4, description="pool weight of current problem samples")
+    curriculum: tuple[float, ...] = Field((0.8, 0.5, 0.0), description="stage thresholds, highest first, in [0, 1]")
 
     def pool_weight(self, pool: str) -> float:
         """The configured weight of a sample pool."""
         return float(getattr(self, f"weight_{pool}"))
 
 
-TRAIN_METHODS = ("sft", "dpo", "kto", "sft_then_dpo", "sft_then_kto")
-MERGE_METHODS = ("fedavg", "exact")
-ROBUST_METHODS = ("none", "trimmed_mean", "krum")
-
-
-@dataclass(frozen=True)
-class AggregationSection:
+class AggregationSection(Section):
     """How HQ merges a round's adapters (see server/aggregation.py)."""
 
-    method: str = "exact"  # "exact": SVD of the summed updates B·A (default), or "fedavg" of A and B
-    robust: str = "none"  # "trimmed_mean" or "krum" (Flower's) on top of the norm bound
-    norm_bound: float = 3.0  # an update's distance to the current version is cut to this × the median; 0 = off
-    trim_fraction: float = 0.34  # share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)
-    krum_malicious: int = 1  # tenants Krum assumes may be malicious
-    min_tenants: int = 1  # fewest accepted updates for a round to produce a version
-    max_share: float = 0.5  # most of a merge's sample weight one tenant may hold, in (0, 1]; 1 = uncapped
-    outlier_factor: float = 10.0  # a count above this x the round's median is flagged as an outlier
-    dp_clipping_norm: float = 0.0  # central DP: clip each tenant's update to this L2 norm; 0 = off
-    dp_noise_multiplier: float = 0.0  # central DP: Gaussian noise std = this × clipping norm / tenants
+    method: Literal["exact", "fedavg"] = Field(
+        "exact", description='"exact": SVD of the summed updates B·A (default), or "fedavg" of A and B'
+    )
+    robust: Literal["none", "trimmed_mean", "krum"] = Field(
+        "none", description='"trimmed_mean" or "krum" (Flower\'s) on top of the norm bound'
+    )
+    norm_bound: float = Field(
+        3.0, description="an update's distance to the current version is cut to this × the median; 0 = off"
+    )
+    trim_fraction: float = Field(
+        0.34, description="share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)"
+    )
+    krum_malicious: int = Field(1, description="tenants Krum assumes may be malicious")
+    min_tenants: int = Field(1, description="fewest accepted updates for a round to produce a version")
+    max_share: float = Field(
+        0.5, description="most of a merge's sample weight one tenant may hold, in (0, 1]; 1 = uncapped"
+    )
+    outlier_factor: float = Field(10.0, description="a count above this x the round's median is flagged as an outlier")
+    dp_clipping_norm: float = Field(0.0, description="central DP: clip each tenant's update to this L2 norm; 0 = off")
+    dp_noise_multiplier: float = Field(
+        0.0, description="central DP: Gaussian noise std = this × clipping norm / tenants"
+    )
 
 
 POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
-@dataclass(frozen=True)
-class SimulationSection:
+class SimulationSection(Section):
     """The simulated product of each tenant (demo, benchmarks, tests): traffic per round, how its users judge drafts."""
 
-    conversations_per_round: int = 24  # simulated users per tenant per round; 0 = none
-    max_new_tokens: int = 40  # max_tokens the simulated product asks each draft for
-    accept_threshold: float = 0.8  # similarity at or above which a simulated user accepts the draft
-    edit_threshold: float = 0.45  # similarity at or above which a simulated user edits instead of rejecting
-    styles: tuple[str, ...] = ("formal", "friendly", "brief")  # hidden preferred styles, tenant i gets i mod n
-    prompt_version: str = "default"  # recorded with every simulated draft, beside the model version
-    tenant_config: str = ""  # a tenant TOML (gates, release, curation...) for every simulated tenant; "" = defaults
+    conversations_per_round: int = Field(24, description="simulated users per tenant per round; 0 = none")
+    max_new_tokens: int = Field(40, description="max_tokens the simulated product asks each draft for")
+    accept_threshold: float = Field(0.8, description="similarity at or above which a simulated user accepts the draft")
+    edit_threshold: float = Field(
+        0.45, description="similarity at or above which a simulated user edits instead of rejecting"
+    )
+    styles: tuple[str, ...] = Field(
+        ("formal", "friendly", "brief"), description="hidden preferred styles, tenant i gets i mod n"
+    )
+    prompt_version: str = Field("default", description="recorded with every simulated draft, beside the model version")
+    tenant_config: str = Field(
+        "", description='a tenant TOML (gates, release, curation...) for every simulated tenant; "" = defaults'
+    )
 
 
-@dataclass(frozen=True)
-class TrackingSection:
+class TrackingSection(Section):
     """Optional MLflow tracking of HQ's rounds (install the `mlflow` extra)."""
 
-    mlflow_uri: str = ""  # e.g. "sqlite:///mlflow.db" or "http://mlflow.internal:5000"; "" = off
-    experiment: str = "fedloop"  # MLflow experiment the runs go to
-    artifacts: str = ""  # where a new experiment keeps artifacts (e.g. a directory); "" = MLflow's default
+    mlflow_uri: str = Field("", description='e.g. "sqlite:///mlflow.db" or "http://mlflow.internal:5000"; "" = off')
+    experiment: str = Field("fedloop", description="MLflow experiment the runs go to")
+    artifacts: str = Field(
+        "", description='where a new experiment keeps artifacts (e.g. a directory); "" = MLflow\'s default'
+    )
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Section):
     """Everything a federated run needs."""
 
-    federation: FederationSection = field(default_factory=FederationSection)
-    paths: PathsSection = field(default_factory=PathsSection)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSection = field(default_factory=TrainSection)
-    simulation: SimulationSection = field(default_factory=SimulationSection)
-    aggregation: AggregationSection = field(default_factory=AggregationSection)
-    tracking: TrackingSection = field(default_factory=TrackingSection)
+    federation: FederationSection = Field(default_factory=FederationSection, description=FederationSection.__doc__)
+    paths: PathsSection = Field(default_factory=PathsSection, description=PathsSection.__doc__)
+    lora: LoraSettings = Field(default_factory=LoraSettings, description=LoraSettings.__doc__)
+    train: TrainSection = Field(default_factory=TrainSection, description=TrainSection.__doc__)
+    simulation: SimulationSection = Field(default_factory=SimulationSection, description=SimulationSection.__doc__)
+    aggregation: AggregationSection = Field(default_factory=AggregationSection, description=AggregationSection.__doc__)
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description=TrackingSection.__doc__)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        """The cross-field and range rules; ConfigError names the key and what is allowed."""
         require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
         require(
             self.federation.round_timeout_s > 0 and self.federation.enrol_timeout_s > 0,
@@ -169,7 +221,6 @@ class Settings:
         require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
         require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
         train = self.train
-        require(train.method in TRAIN_METHODS, "train.method", f"one of {', '.join(TRAIN_METHODS)}")
         require(
             train.epochs >= 1 and train.batch_size >= 1 and train.grad_accum >= 1,
             "train.epochs / batch_size / grad_accum",
@@ -207,8 +258,6 @@ class Settings:
             "0 <= edit_threshold <= accept_threshold <= 1",
         )
         merging = self.aggregation
-        require(merging.method in MERGE_METHODS, "aggregation.method", f"one of {', '.join(MERGE_METHODS)}")
-        require(merging.robust in ROBUST_METHODS, "aggregation.robust", f"one of {', '.join(ROBUST_METHODS)}")
         require(merging.norm_bound >= 0, "aggregation.norm_bound", "a number >= 0 (0 = off)")
         require(0 < merging.max_share <= 1, "aggregation.max_share", "a share in (0, 1], e.g. 0.5 (1 = uncapped)")
         require(merging.outlier_factor > 1, "aggregation.outlier_factor", "a number > 1, e.g. 10")
@@ -235,43 +284,48 @@ class Settings:
             "simulation.conversations_per_round",
             "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)",
         )
+        return self
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint == tuple[str, ...]:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
-    if hint == tuple[float, ...]:
-        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return tuple(float(v) for v in value)
-        raise ConfigError(f"{key}: must be a list of numbers, got {value!r}")
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: must be of type {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _section(cls: type, table: Any, name: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"[{name}] has unknown key(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in table.items()})
+def _describe(error: ErrorDetails, root: type[Section]) -> str:
+    """One pydantic error as fedloop says it: the key, what is wrong, what is allowed."""
+    location = [str(part) for part in error["loc"]]
+    key, given = ".".join(location), error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        if len(location) == 1:
+            return f"unknown section(s) {location}; allowed: {sorted(root.model_fields)}"
+        section = root.model_fields[location[0]].annotation
+        allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, Section) else []
+        return f"[{location[0]}] has unknown key(s) {location[1:]}; allowed: {allowed}"
+    if kind in ("model_type", "dict_type") and len(location) == 1:
+        return f"[{location[0]}] must be a table"
+    if kind == "literal_error":
+        return f"{key}: must be one of {error.get('ctx', {}).get('expected')}, got {given!r}"
+    if kind.endswith("_type"):
+        wanted = kind.removesuffix("_type").replace("_parsing", "")
+        return f"{key}: must be of type {wanted}, got {type(given).__name__} {given!r}"
+    return f"{key}: {error['msg']}, got {given!r}"
 
 
 def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
-    """Validate a parsed TOML document into the sectioned dataclass `root` (missing keys take defaults)."""
-    hints = get_type_hints(root)
-    sections = {f.name for f in fields(root)}  # type: ignore[arg-type]
-    unknown = sorted(set(document) - sections)
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; allowed: {sorted(sections)}")
-    return root(**{name: _section(hints[name], table, name) for name, table in document.items()})
+    """Validate a parsed TOML document into the settings model `root` (missing keys take their defaults)."""
+    try:
+        return root.model_validate(document)
+    except ValidationError as err:
+        errors = err.errors()
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+        if len(unknown) > 1:  # one message for all unknown keys of a table, as an operator reads them
+            by_table: dict[tuple[str, ...], list[str]] = {}
+            for e in unknown:
+                by_table.setdefault(tuple(str(p) for p in e["loc"][:-1]), []).append(str(e["loc"][-1]))
+            table, names = next(iter(by_table.items()))
+            if not table:
+                raise ConfigError(f"unknown section(s) {sorted(names)}; allowed: {sorted(root.model_fields)}") from None
+            section = root.model_fields[table[0]].annotation
+            allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, Section) else []
+            raise ConfigError(f"[{table[0]}] has unknown key(s) {sorted(names)}; allowed: {allowed}") from None
+        raise ConfigError("; ".join(_describe(e, root) for e in errors)) from None
 
 
 def load_sections(root: type[T], path: Path) -> T:

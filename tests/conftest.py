@@ -34,7 +34,9 @@ def make_tenant(tmp_path: Path, redactor: Redactor) -> Iterator[Callable[..., Te
     def make(name: str = "acme", **sections: object) -> TenantRuntime:
         keys = tmp_path / "keys"
         identity = init_keys("tenant", name, keys)
-        settings = TenantSettings(tenant=TenantSection(name, str(keys), str(tmp_path / name)), **sections)  # type: ignore[arg-type]
+        settings = TenantSettings(
+            tenant=TenantSection(name=name, keys_dir=str(keys), data_dir=str(tmp_path / name)), **sections
+        )  # type: ignore[arg-type]
         runtime = open_tenant(settings, identity, redactor=redactor)
         opened.append(runtime)
         return runtime

@@ -49,6 +49,11 @@ def test_shipped_demo_config_is_valid() -> None:
         ("[trainer]\nsteps = 1\n", "unknown section"),
         ("[simulation]\naccept_threshold = 0.2\nedit_threshold = 0.5\n", "edit_threshold"),
         ("not toml = = 1", "not valid TOML"),
+        (
+            "[train]\nmethod = 'ppo'\n",
+            "train.method: must be one of 'sft', 'dpo', 'kto', 'sft_then_dpo' or 'sft_then_kto'",
+        ),
+        ("[lora]\ntarget_modules = ['q_proj', 3]\n", "lora.target_modules.1: must be of type string, got int 3"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -85,7 +90,6 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     import subprocess
     import sys
     import tomllib
-    from dataclasses import asdict, fields
 
     from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
     from fedloop.server.hq_settings import load_hq_settings
@@ -97,13 +101,12 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
     assert "\n[simulation]" not in (ROOT / "configs" / "federation.toml").read_text()
     assert production.simulation == SimulationSection() and production.aggregation.min_tenants == 2
     shipped = tomllib.loads((ROOT / "configs" / "tenant.toml").read_text())  # issue 14: it said other defaults
-    for section in fields(TenantSettings):
-        defaults = asdict(getattr(TenantSettings(), section.name))
+    for name in TenantSettings.model_fields:
+        defaults = getattr(TenantSettings(), name).model_dump()
         written = {
-            key: tuple(value) if isinstance(value, list) else value
-            for key, value in shipped.get(section.name, {}).items()
+            key: tuple(value) if isinstance(value, list) else value for key, value in shipped.get(name, {}).items()
         }
-        assert written == defaults, f"configs/tenant.toml [{section.name}] is not the defaults"
+        assert written == defaults, f"configs/tenant.toml [{name}] is not the defaults"
     check = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"], capture_output=True, text=True
     )

@@ -176,7 +176,9 @@ def test_route_draft_follows_the_release_pointer(service) -> None:
 
 def test_off_loopback_the_service_needs_tls_and_bearer_keys_and_refuses_strangers(make_tenant, tmp_path) -> None:
     with pytest.raises(ConfigError, match="ingest.api_keys_file / tls_certificate / tls_key"):
-        TenantSettings(tenant=TenantSection("acme", "k", "d"), ingest=IngestSection(address="0.0.0.0:50051"))
+        TenantSettings(
+            tenant=TenantSection(name="acme", keys_dir="k", data_dir="d"), ingest=IngestSection(address="0.0.0.0:50051")
+        )
     certificates = make_federation_certificates(tmp_path / "certs", ["127.0.0.1"])
     (tmp_path / "keys.txt").write_text("# product backend\nk-3f9c2a\n")
     tenant = make_tenant(

@@ -61,7 +61,7 @@ def _tenant(
         aggregation=AggregationSection(method=merge),
     )
     local = TenantSettings(
-        tenant=TenantSection("acme", str(keys), str(tmp_path / "acme")),
+        tenant=TenantSection(name="acme", keys_dir=str(keys), data_dir=str(tmp_path / "acme")),
         evaluation=evaluation or EvaluationSection(held_out_share=0.0),
         personalise=PersonaliseSection(method=method, steps=12),
     )

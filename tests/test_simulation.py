@@ -95,7 +95,9 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         canary = f"CANARY-{tenant}-d41d8cd98f"
         canaries[tenant] = canary
         runtime = open_tenant(
-            TenantSettings(tenant=TenantSection(tenant, str(layout.keys), str(layout.tenant(tenant)))),
+            TenantSettings(
+                tenant=TenantSection(name=tenant, keys_dir=str(layout.keys), data_dir=str(layout.tenant(tenant)))
+            ),
             load_identity(layout.keys, tenant),
             redactor=redactor,
         )

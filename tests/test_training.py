@@ -4,7 +4,6 @@ model."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,7 +126,13 @@ def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir
     with torch.no_grad():
         chosen, rejected = _pair_logprobs(model, tokenizer, pairs, settings)
     before = (chosen - rejected).mean().item()
-    run_recipe(model, tokenizer, examples, replace(settings, method="dpo", max_steps=6, learning_rate=3e-2), seed=5)
+    run_recipe(
+        model,
+        tokenizer,
+        examples,
+        settings.model_copy(update={"method": "dpo", "max_steps": 6, "learning_rate": 3e-2}),
+        seed=5,
+    )
     with torch.no_grad():
         chosen, rejected = _pair_logprobs(model, tokenizer, pairs, settings)
     assert (chosen - rejected).mean().item() > before
@@ -142,7 +147,7 @@ def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: 
     for mu in (0.0, 50.0):
         model, tokenizer = _model(tiny_model_dir)
         start = adapter_state(model)
-        run_recipe(model, tokenizer, examples, replace(settings, proximal_mu=mu), seed=3)
+        run_recipe(model, tokenizer, examples, settings.model_copy(update={"proximal_mu": mu}), seed=3)
         end = adapter_state(model)
         drift[mu] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
     assert 0 < drift[50.0] < 0.7 * drift[0.0]
@@ -164,7 +169,7 @@ def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
     for dpo_rate in (0.0, 3e-4):
         model, tokenizer = _model(tiny_model_dir)
         start = adapter_state(model)
-        run_recipe(model, tokenizer, examples, replace(settings, dpo_learning_rate=dpo_rate), seed=5)
+        run_recipe(model, tokenizer, examples, settings.model_copy(update={"dpo_learning_rate": dpo_rate}), seed=5)
         end = adapter_state(model)
         drift[dpo_rate] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
     assert 0 < drift[3e-4] < 0.1 * drift[0.0]  # 0 = the SFT learning rate, 100x larger
@@ -203,5 +208,7 @@ def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path)
     report = run_recipe(model, tokenizer, examples, settings, seed=5)
     assert report.steps("kto") == 3 and report.steps("sft") == 0  # 12 items in batches of 4
     assert margin() > before + 1.0
-    report = run_recipe(*_model(tiny_model_dir), examples, replace(settings, method="sft_then_kto"), seed=5)
+    report = run_recipe(
+        *_model(tiny_model_dir), examples, settings.model_copy(update={"method": "sft_then_kto"}), seed=5
+    )
     assert report.steps("sft") > 0 and report.steps("kto") == 3 and not math.isnan(report.loss)

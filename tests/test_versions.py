@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,13 @@ def run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, list[str], dict
     model, _ = load_base_model(tiny_model_dir)
     initial = adapter_state(attach_lora(model, LORA, seed=1))
     registry = VersionRegistry(layout.hq, hq)
-    ids = [registry.create(adapter_to_bytes(initial), None, "r", 0, {}, "init", {"lora": asdict(LORA)}).id]
+    ids = [registry.create(adapter_to_bytes(initial), None, "r", 0, {}, "init", {"lora": LORA.model_dump()}).id]
     state = initial
     for round_ in (1, 2):
         state = {k: v + 0.01 * round_ for k, v in state.items()}
         ids.append(
             registry.create(
-                adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact", {"lora": asdict(LORA)}
+                adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact", {"lora": LORA.model_dump()}
             ).id
         )
     registry.record_metrics(ids[2], {"hit-rate": {"acme": 0.5, "bolt": 0.25}})

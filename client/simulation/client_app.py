@@ -8,7 +8,6 @@ feedback the tenant trains on arrives the way a real product's does.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
@@ -30,7 +29,9 @@ def simulated_tenant_settings(settings: Settings, layout: RunLayout, name: str) 
         if settings.simulation.tenant_config
         else TenantSettings()
     )
-    return replace(base, tenant=TenantSection(name, str(layout.keys), str(layout.tenant(name))))
+    return base.model_copy(
+        update={"tenant": TenantSection(name=name, keys_dir=str(layout.keys), data_dir=str(layout.tenant(name)))}
+    )
 
 
 def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:

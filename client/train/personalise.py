@@ -18,7 +18,6 @@ better with confidence (client/evaluate/candidates.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
@@ -64,6 +63,6 @@ def local_steps(
         model,
         tokenizer,
         examples,
-        replace(settings, method="sft", max_steps=steps, epochs=max(settings.epochs, steps)),
+        settings.model_copy(update={"method": "sft", "max_steps": steps, "epochs": max(settings.epochs, steps)}),
         seed,
     )
