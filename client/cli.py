@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from fedloop.client.store_api import Pool, SampleQuery, SampleStatus
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.console import audited, command_group, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
@@ -205,7 +206,7 @@ def reveal(
     runtime = open_runtime(config)
     try:
         with runtime.store.transaction():
-            original = runtime.store.vault_lookup(record, placeholder)
+            original = runtime.store.drafts.vault_lookup(record, placeholder)
             outcome = "revealed" if original is not None else "not found"
             runtime.store.audit(operator, "vault.reveal", f"{record} {placeholder} ({outcome}); reason: {reason}")
     finally:
@@ -235,14 +236,8 @@ def review_list(
 ) -> None:
     """List samples (redacted)."""
     runtime = open_runtime(config)
-    where, params = ["1=1"], []
-    if pool:
-        where.append("pool = ?")
-        params.append(pool)
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    samples = runtime.store.samples(" AND ".join(where), tuple(params))[-limit:]
+    query = SampleQuery(status=SampleStatus(status) if status else None, pools=(Pool(pool),) if pool else None)
+    samples = runtime.store.samples.find(query)[-limit:]
     runtime.close()
     _print_samples(samples)
 
@@ -251,7 +246,7 @@ def review_list(
 def review_show(sample_id: str, config: Path = CONFIG) -> None:
     """Show one sample in full (redacted texts only)."""
     runtime = open_runtime(config)
-    found = runtime.store.samples("id = ?", (sample_id,))
+    found = runtime.store.samples.find(SampleQuery(sample_id=sample_id))
     runtime.close()
     if not found:
         fail(f"unknown sample {sample_id!r}")
@@ -369,7 +364,7 @@ def problem_rate(
     """Share of each version's drafts flagged with a problem type."""
     runtime = open_runtime(config)
     for version in versions:
-        flagged, total = runtime.store.problem_rate(problem_type, version)
+        flagged, total = runtime.store.drafts.problem_rate(problem_type, version)
         rate = f"{flagged / total:.1%}" if total else "n/a"
         typer.echo(f"{version}\t{problem_type}\t{flagged}/{total}\t{rate}")
     runtime.close()

@@ -86,7 +86,7 @@ def _lineage(store: FeedbackStore, version: str | None) -> list[str] | None:
     """`version` and its ancestors as this tenant installed them (None: every version)."""
     if version is None:
         return None
-    parents = {v.version_id: v.parent for v in store.installed_versions()}
+    parents = {v.version_id: v.parent for v in store.versions.installed()}
     if version not in parents:
         fail(f"version {version!r} was never installed by this tenant")
     chain = [version]

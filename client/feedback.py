@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from enum import StrEnum
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.ingest.validation import IngestError
 from fedloop.client.samples.curation import BASE_REWARDS
+from fedloop.client.store_api import Action
 from fedloop.proto import feedback_pb2 as pb
-
-
-class Action(StrEnum):
-    """What a user did with a draft."""
-
-    ACCEPT = "accept"
-    EDIT = "edit"
-    REJECT = "reject"
-
 
 _PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.REJECT: pb.REJECT}
 
@@ -99,4 +90,4 @@ class FeedbackRecorder:
                 )
             )
         )
-        return BASE_REWARDS[action.value]
+        return BASE_REWARDS[action]

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import POOLS
+from fedloop.client.store_api import EvaluationKind, Pool, SampleStatus
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.metrics import TENANT_METRICS
 
@@ -52,21 +52,21 @@ class StoreCollector(Collector):
         return GaugeMetricFamily(metric, TENANT_METRICS[metric], labels=labels)
 
     def _samples(self) -> Iterator[Metric]:
-        counts = self._store.sample_counts()
+        counts = self._store.samples.counts()
         held = self._gauge("fedloop_tenant_quarantined_samples", ["status"])
-        for status in ("quarantined", "held"):
+        for status in (SampleStatus.QUARANTINED, SampleStatus.HELD):
             held.add_metric([status], sum(n for (s, _), n in counts.items() if s == status))
         pools = self._gauge("fedloop_tenant_pool_samples", ["pool"])
-        for pool in POOLS:
-            pools.add_metric([pool], counts.get(("admitted", pool), 0))
+        for pool in Pool:
+            pools.add_metric([pool], counts.get((SampleStatus.ADMITTED, pool), 0))
         breaker = self._gauge("fedloop_tenant_breaker_tripped")
-        breaker.add_metric([], float(self._store.breaker_state()[0]))
+        breaker.add_metric([], float(self._store.samples.breaker_state()[0]))
         yield from (held, pools, breaker)
 
     def _hit_rates(self) -> Iterator[Metric]:
         hits = self._gauge("fedloop_tenant_hit_rate", ["model_version", "prompt_version"])
         decided = self._gauge("fedloop_tenant_decided_drafts", ["model_version", "prompt_version"])
-        for model_version, prompt_version, count, accepts in self._store.outcomes_by_version():
+        for model_version, prompt_version, count, accepts in self._store.drafts.outcomes_by_version():
             hits.add_metric([model_version, prompt_version], accepts / count)
             decided.add_metric([model_version, prompt_version], count)
         yield from (hits, decided)
@@ -82,13 +82,13 @@ class StoreCollector(Collector):
             arms.add_metric(["canary"], comparison.canary.hit_rate)
             arms.add_metric(["control"], comparison.control.hit_rate)
         rollbacks = CounterMetricFamily("fedloop_tenant_rollbacks", TENANT_METRICS["fedloop_tenant_rollbacks_total"])
-        rollbacks.add_metric([], sum(r.action == "rollback" for r in self._store.release_history()))
+        rollbacks.add_metric([], sum(r.action == "rollback" for r in self._store.versions.release_history()))
         yield from (share, arms, rollbacks)
 
     def _training(self) -> Iterator[Metric]:
         loss = self._gauge("fedloop_tenant_train_loss")
         duration = self._gauge("fedloop_tenant_train_duration_seconds")
-        latest = self._store.latest_evaluation("training")
+        latest = self._store.versions.latest_evaluation(EvaluationKind.TRAINING)
         if latest is not None:
             loss.add_metric([], float(latest[1].get("loss", float("nan"))))
             duration.add_metric([], float(latest[1].get("duration_s", 0.0)))

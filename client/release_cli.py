@@ -21,7 +21,7 @@ def status(config: Path = CONFIG) -> None:
     try:
         controller = ReleaseController(runtime.store, runtime.settings.release)
         comparison = controller.compare()
-        history = runtime.store.release_history()
+        history = runtime.store.versions.release_history()
     finally:
         runtime.close()
     out = output_console()

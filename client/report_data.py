@@ -4,27 +4,29 @@ outcomes), training curves and problem rates."""
 from __future__ import annotations
 
 from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import EvaluationKind
+from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.report import ReportData
 
 
 def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: list[str] | None = None) -> None:
     """Add what `tenant`'s store knows, for `versions` only if given (a version's lineage)."""
     wanted = set(versions) if versions is not None else None
-    for version, metrics in store.evaluations_of_kind("hit_rate"):
+    for version, metrics in store.versions.evaluations_of_kind(EvaluationKind.HIT_RATE):
         if (wanted is None or version in wanted) and metrics.get("num-examples", 0) > 0:
-            data.hit_rates.setdefault(tenant, {})[version] = float(metrics["hit-rate"])
+            data.hit_rates.setdefault(tenant, {})[version] = float(metrics[HIT_RATE])
             if version not in data.versions:
                 data.versions.append(version)
-    for version, metrics in store.evaluations_of_kind("kl_to_serving"):
+    for version, metrics in store.versions.evaluations_of_kind(EvaluationKind.KL_TO_SERVING):
         if wanted is None or version in wanted:
             data.kl_to_serving.setdefault(tenant, {})[version] = float(metrics["value"])
             data.kl_bounds[tenant] = float(metrics["bound"])  # the newest bound this tenant gated with
-    for version, _, decided, accepted in store.outcomes_by_version():
+    for version, _, decided, accepted in store.drafts.outcomes_by_version():
         if (wanted is None or version in wanted) and decided:
             before = data.served.setdefault(tenant, {}).get(version, (0, 0))  # summed over prompt versions
             data.served[tenant][version] = (before[0] + accepted, before[1] + decided)
     curves = {}
-    for version, metrics in store.evaluations_of_kind("training"):
+    for version, metrics in store.versions.evaluations_of_kind(EvaluationKind.TRAINING):
         if wanted is None or version in wanted:
             curves[f"round {metrics.get('round', '?')} (from {version})"] = [
                 *metrics.get("sft_losses", []),
@@ -33,11 +35,11 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
             ]
     if curves:
         data.train_losses[tenant] = curves
-    drafting = [v for v in store.drafting_versions() if wanted is None or v in wanted]
-    for problem_type in store.problem_types():
+    drafting = [v for v in store.drafts.drafting_versions() if wanted is None or v in wanted]
+    for problem_type in store.drafts.problem_types():
         previous, previous_rate = None, None
         for version in drafting:
-            flagged, drafts = store.problem_rate(problem_type, version)
+            flagged, drafts = store.drafts.problem_rate(problem_type, version)
             rate = flagged / drafts if drafts else 0.0
             data.problem_rates.append(
                 {

@@ -16,10 +16,10 @@ def tenant_status(runtime: TenantRuntime) -> dict[str, Any]:
     controller = ReleaseController(store, settings.release)
     state = controller.state()
     comparison = controller.compare()
-    installed = store.installed_versions()
-    tripped, reason = store.breaker_state()
+    installed = store.versions.installed()
+    tripped, reason = store.samples.breaker_state()
     samples: dict[str, dict[str, int]] = {}
-    for (status, pool), count in sorted(store.sample_counts().items()):
+    for (status, pool), count in sorted(store.samples.counts().items()):
         samples.setdefault(pool, {})[status] = count
     verdict = store.audit_log.verify()
     return {

@@ -32,7 +32,7 @@ from fedloop.client.samples.held_out import Reference, held_out_references
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import InstalledVersion, TrainingExample
+from fedloop.client.store_api import EvaluationKind, InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.train.personalise import local_part, local_steps, personal_version, shared_part, with_local_part
@@ -136,7 +136,7 @@ class Tenant:
     def adapter(self, version_id: str) -> AdapterState:
         """An installed version's adapter, from memory or decrypted from the store."""
         if version_id not in self.adapters:
-            self.adapters[version_id] = adapter_from_bytes(self.store.installed_adapter(version_id))
+            self.adapters[version_id] = adapter_from_bytes(self.store.versions.adapter(version_id))
         return self.adapters[version_id]
 
     def install_global(self, message: Message, run: str) -> tuple[int, str, PeftModel, PreTrainedTokenizerBase]:
@@ -165,7 +165,7 @@ class Tenant:
         )
         state = adapter_from_bytes(payload)
         load_adapter_state(model, state)
-        self.store.install_version(installed, payload)
+        self.store.versions.install(installed, payload)
         current = self.release.state()
         keep = {installed.version_id} | ({current.serving, current.canary} if current else set())
         self.adapters = {v: a for v, a in self.adapters.items() if v in keep}
@@ -204,7 +204,7 @@ class Tenant:
             references = [f"{r.prompt}\n{r.final}" for r in held_out] + general_texts()
             results.append(kl_gate(model, tokenizer, candidate, serving_state, references, gates.kl_bound))
         for result in results:
-            self.store.record_evaluation(version_id, result.name, vars(result))
+            self.store.versions.record_evaluation(version_id, result.name, vars(result))
         return results
 
     def train_round(
@@ -229,7 +229,7 @@ class Tenant:
         started = time.monotonic()
         keep_b_local = self.settings.personalise.method == "local_b"
         global_state = adapter_state(model)
-        kept = self.store.local_part(LOCAL_B) if keep_b_local else None
+        kept = self.store.versions.local_part(LOCAL_B) if keep_b_local else None
         if kept is not None:  # FedSA: train from the global A and this tenant's own B
             load_adapter_state(model, with_local_part(global_state, adapter_from_bytes(kept)))
         report = run_recipe(
@@ -237,11 +237,11 @@ class Tenant:
         )
         if keep_b_local:  # the B matrices stay here; HQ gets the trained A with its own B
             trained = adapter_state(model)
-            self.store.keep_local_part(LOCAL_B, adapter_to_bytes(local_part(trained)))
+            self.store.versions.keep_local_part(LOCAL_B, adapter_to_bytes(local_part(trained)))
             load_adapter_state(model, shared_part(trained, global_state))
-        self.store.record_evaluation(
+        self.store.versions.record_evaluation(
             version_id,
-            "training",
+            EvaluationKind.TRAINING,
             {
                 "round": round_,
                 "method": report.method,
@@ -276,16 +276,16 @@ class Tenant:
                 self.federation.federation.seed * 1000 + 7 + self.index,
             )
             state = adapter_state(model)
-        elif personalise.method == "local_b" and (kept := self.store.local_part(LOCAL_B)) is not None:
+        elif personalise.method == "local_b" and (kept := self.store.versions.local_part(LOCAL_B)) is not None:
             state = with_local_part(global_state, adapter_from_bytes(kept))
             load_adapter_state(model, state)
         else:
             return None
-        installed = self.store.installed_versions()
+        installed = self.store.versions.installed()
         round_ = next((v.round for v in installed if v.version_id == version_id), 0)
         payload = adapter_to_bytes(state)
         personal = InstalledVersion(personal_version(version_id), round_, version_id, sm3_digest(payload).hex())
-        self.store.install_version(personal, payload)
+        self.store.versions.install(personal, payload)
         self.adapters[personal.version_id] = state
         return personal.version_id
 
@@ -295,7 +295,7 @@ class Tenant:
         """Offline hit rate on the held-out finals and every gate, for the version loaded in `model`."""
         gates = self.settings.evaluation
         hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
-        self.store.record_evaluation(version_id, "hit_rate", hits.metrics())
+        self.store.versions.record_evaluation(version_id, EvaluationKind.HIT_RATE, hits.metrics())
         return hits, self.gate(model, tokenizer, version_id, held_out, hits)
 
     def evaluate_version(
@@ -310,7 +310,7 @@ class Tenant:
         metrics = hits.metrics()
         for gate in results:
             metrics[gate.name.replace("_", "-")] = gate.value
-            if gate.name == "kl_to_serving":
+            if gate.name == EvaluationKind.KL_TO_SERVING:
                 metrics["kl-bound"] = gate.bound  # HQ's report draws each tenant's bound
         personal = self.personalise(model, tokenizer, version_id)
         if personal is not None:

@@ -212,7 +212,7 @@ def feedback_examples(
     )
     runtime = open_tenant(settings, init_keys("tenant", tenant.name, keys))
     try:
-        runtime.store.install_version(InstalledVersion("base", 0, None, "base"), adapter_to_bytes(init))
+        runtime.store.versions.install(InstalledVersion("base", 0, None, "base"), adapter_to_bytes(init))
         ReleaseController(runtime.store, settings.release).offer("base", "the base model serves")
         product = SimulatedProduct(tenant.name, DraftService(runtime, engine), JUDGEMENT, max_tokens=max_new_tokens)
         served = product.serve(tenant.train, 1)

@@ -77,12 +77,12 @@ def main() -> None:
         payload = adapter_to_bytes(state)
         version = f"v{index}"
         digests[version] = sm3_digest(payload).hex()
-        store.install_version(InstalledVersion(version, index, None, digests[version]), payload)
+        store.versions.install(InstalledVersion(version, index, None, digests[version]), payload)
         adapters[version] = state
     print(f"adapter {len(adapter_to_bytes(adapters['v1'])):,} bytes; {args.repeat} rollbacks each", flush=True)
 
     def reinstall(version: str) -> None:
-        payload = store.installed_adapter(version)
+        payload = store.versions.adapter(version)
         assert sm3_digest(payload).hex() == digests[version]
         load_adapter_state(model, adapter_from_bytes(payload))
 

@@ -76,7 +76,7 @@ def install(store: FeedbackStore, model_path: Path, lora: LoraSettings) -> None:
     generator = torch.Generator().manual_seed(3)
     for index, version in enumerate(("v0", "v1")):
         adapter = {k: v + (1e-3 * torch.randn(v.shape, generator=generator) if index else 0) for k, v in state.items()}
-        store.install_version(InstalledVersion(version, index, None, f"bench-{version}"), adapter_to_bytes(adapter))
+        store.versions.install(InstalledVersion(version, index, None, f"bench-{version}"), adapter_to_bytes(adapter))
 
 
 class Floor:

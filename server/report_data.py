@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedloop.server.registry import VersionRegistry
+from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.report import ReportData
 
 
@@ -36,7 +37,7 @@ def hq_report_data(registry: VersionRegistry, title: str, source: str, version: 
         label = f"{report['run']} r{report['round']}"
         for tenant, metrics in report.get("evaluation", {}).items():
             if metrics.get("num-examples", 0) > 0:
-                data.hit_rates.setdefault(tenant, {})[evaluated] = float(metrics["hit-rate"])
+                data.hit_rates.setdefault(tenant, {})[evaluated] = float(metrics[HIT_RATE])
             if "kl-to-serving" in metrics:
                 data.kl_to_serving.setdefault(tenant, {})[evaluated] = float(metrics["kl-to-serving"])
             if "kl-bound" in metrics:

@@ -28,6 +28,7 @@ from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.protocol import (
     DATASET_VERSION,
+    HIT_RATE,
     METRICS,
     NUM_EXAMPLES,
     UPDATE,
@@ -280,14 +281,14 @@ class SealedMerge(Strategy):
         if not total:
             log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)
             return None
-        mean_hit = sum(m["hit-rate"] * m[NUM_EXAMPLES] for m in measured.values()) / total
+        mean_hit = sum(m[HIT_RATE] * m[NUM_EXAMPLES] for m in measured.values()) / total
         log.info(
             "round %d: offline hit rate on held-out finals %s (mean %.3f)",
             server_round,
             ", ".join(f"{t}={m['hit-rate']:.3f} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
             mean_hit,
         )
-        return MetricRecord({"hit-rate": mean_hit, NUM_EXAMPLES: total})
+        return MetricRecord({HIT_RATE: mean_hit, NUM_EXAMPLES: total})
 
     def summary(self) -> None:
         """Log the strategy's configuration."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloop.shared.adapter import AdapterState, export_peft
+from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.settings import LoraSettings
 
 
@@ -58,9 +59,9 @@ class MlflowTracker:
     def log_round(self, round_: int, report: dict[str, Any], version_id: str, adapter: AdapterState) -> None:
         """The round's figures at step `round_`, and its version as a PEFT-layout artifact."""
         evaluation = {t: m for t, m in report.get("evaluation", {}).items() if m.get("num-examples", 0) > 0}
-        metrics: dict[str, float] = {f"hit-rate/{t}": m["hit-rate"] for t, m in evaluation.items()}
+        metrics: dict[str, float] = {f"{HIT_RATE}/{t}": m[HIT_RATE] for t, m in evaluation.items()}
         if evaluation:
-            metrics["hit-rate/mean"] = sum(m["hit-rate"] for m in evaluation.values()) / len(evaluation)
+            metrics[f"{HIT_RATE}/mean"] = sum(m[HIT_RATE] for m in evaluation.values()) / len(evaluation)
         metrics.update(
             {
                 "tenants": len(report.get("contributors", {})),

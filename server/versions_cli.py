@@ -15,6 +15,7 @@ from rich.table import Table
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
 from fedloop.shared.console import audited, command_group, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
+from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import LoraSettings
 
@@ -54,7 +55,7 @@ def _lora(record: VersionRecord) -> LoraSettings:
 
 
 def _mean_hit_rate(record: VersionRecord) -> str:
-    rates = record.metrics.get("hit-rate", {})
+    rates = record.metrics.get(HIT_RATE, {})
     return f"{sum(rates.values()) / len(rates):.1%}" if rates else "-"
 
 

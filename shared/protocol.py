@@ -12,18 +12,19 @@ Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name, key 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from typing import TYPE_CHECKING, Any
 
 from fedloop.shared.envelope import Binding
+
+if TYPE_CHECKING:  # the message keys above are read by the command line, which must not load Flower
+    from flwr.app import ConfigRecord, RecordDict
 
 GLOBAL = "global"
 UPDATE = "update"
 METRICS = "metrics"
 ENROL = "enrol"
 NUM_EXAMPLES = "num-examples"
+HIT_RATE = "hit-rate"  # a metric name (the share of drafts that hit); not EvaluationKind.HIT_RATE, a record kind
 DATASET_VERSION = "dataset-version"
 
 
@@ -54,11 +55,15 @@ def enrol_statement(challenge: str, run_id: int, node_id: int, tenant: str, key_
 
 def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:
     """The content of a train or evaluate message from HQ (id and round are re-checked against the seal)."""
+    from flwr.app import ConfigRecord, RecordDict
+
     return RecordDict({GLOBAL: ConfigRecord({"envelope": envelope, "version": version_id, "round": round_})})
 
 
 def update_content(envelope: bytes, metrics: Mapping[str, float | int]) -> RecordDict:
     """The content of a tenant's train reply."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
     values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
     return RecordDict({UPDATE: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(values)})
 
@@ -81,4 +86,6 @@ def message_round(record: ConfigRecord) -> int:
 
 def wire_size(content: RecordDict) -> int:
     """Bytes of `content` as Flower serialises it for the wire."""
+    from flwr.common.serde import recorddict_to_proto
+
     return int(recorddict_to_proto(content).ByteSize())

@@ -10,6 +10,7 @@ key and what is allowed; nothing runs with a half-understood config.
 from __future__ import annotations
 
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
@@ -43,6 +44,15 @@ def is_loopback(address: str) -> bool:
     """Whether host:port names a loopback host (127.0.0.0/8, localhost or ::1)."""
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class Pool(StrEnum):
+    """The pools a tenant's samples move through, in lifecycle order (the training recipe weighs each)."""
+
+    PROBLEM = "problem"
+    CANDIDATE = "candidate"
+    SECONDARY_BASELINE = "secondary_baseline"
+    CORE_BASELINE = "core_baseline"
 
 
 class Section(BaseModel):
@@ -131,7 +141,7 @@ class TrainSection(Section):
     weight_problem: float = Field(0.4, description="pool weight of current problem samples")
     curriculum: tuple[float, ...] = Field((0.8, 0.5, 0.0), description="stage thresholds, highest first, in [0, 1]")
 
-    def pool_weight(self, pool: str) -> float:
+    def pool_weight(self, pool: Pool) -> float:
         """The configured weight of a sample pool."""
         return float(getattr(self, f"weight_{pool}"))
 
@@ -161,9 +171,6 @@ class AggregationSection(Section):
     dp_noise_multiplier: float = Field(
         0.0, description="central DP: Gaussian noise std = this × clipping norm / tenants"
     )
-
-
-POOL_NAMES = ("problem", "candidate", "secondary_baseline", "core_baseline")  # sample pools, lifecycle order
 
 
 class SimulationSection(Section):
@@ -238,7 +245,7 @@ class Settings(Section):
             "numbers > 0",
         )
         require(train.proximal_mu >= 0, "train.proximal_mu", "a number >= 0 (0 = off; FedProx typically 0.001-1)")
-        require(all(0.0 <= train.pool_weight(p) for p in POOL_NAMES), "train.weight_*", "numbers >= 0")
+        require(all(0.0 <= train.pool_weight(p) for p in Pool), "train.weight_*", "numbers >= 0")
         require(
             len(train.curriculum) >= 1
             and list(train.curriculum) == sorted(train.curriculum, reverse=True)

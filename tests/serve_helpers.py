@@ -27,7 +27,7 @@ def install_versions(runtime: TenantRuntime, model_dir: Path, versions: tuple[st
     generator = torch.Generator().manual_seed(5)
     for index, version in enumerate(versions):
         adapter = {k: v + (0.8 * torch.randn(v.shape, generator=generator) if index else 0) for k, v in state.items()}
-        runtime.store.install_version(
+        runtime.store.versions.install(
             InstalledVersion(version, index, None, f"digest-{version}"), adapter_to_bytes(adapter)
         )
 

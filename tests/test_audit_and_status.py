@@ -156,6 +156,6 @@ def test_a_log_from_before_the_audit_key_is_rechained_once_and_says_so(tmp_path:
             (GENESIS, entry_digest(None, GENESIS, 1, 1.5, "ana", "sample.move", "s-1")),
         )
     store = FeedbackStore(database, identity.storage, identity.pseudonym_key)
-    entries = store.audit_entries()
+    entries = store.audit_log.entries()
     assert store.audit_log.verify().ok and [e.action for e in entries][:2] == ["sample.move", "audit.keyed"]
     store.close()

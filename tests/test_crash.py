@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_helpers import draft, outcome, stub
 
 from fedloop.client.store import FeedbackStore
@@ -46,6 +47,7 @@ def _start(config: Path, port: int, log: Path) -> subprocess.Popen:  # type: ign
     raise RuntimeError("server did not start listening within 60 s")
 
 
+@pytest.mark.slow
 def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     port = _free_port()
     init_keys("tenant", "acme", tmp_path / "keys")
@@ -115,5 +117,5 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     for event_id in acknowledged:
         if event_id.endswith("-e"):
             draft_id = event_id.rsplit("-", 1)[0]
-            assert store.get_draft(draft_id).prompt.startswith("question ")  # decrypts
+            assert store.drafts.get_draft(draft_id).prompt.startswith("question ")  # decrypts
     store.close()

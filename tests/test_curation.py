@@ -6,6 +6,7 @@ import time
 
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.samples.curation import reward_and_weight, training_examples
+from fedloop.client.store_api import SampleQuery, SampleStatus
 from fedloop.client.tenant_settings import CurationSection, IngestSection, ModerationSection, SignalsSection
 from fedloop.proto import feedback_pb2 as pb
 
@@ -61,7 +62,12 @@ def test_a_flood_from_one_user_weighs_no_more_than_the_cap(make_tenant) -> None:
     examples = training_examples(tenant.store, tenant.settings.curation)
     flood = [e for e in examples if e.prompt == "What is the refund policy?"]
     assert (
-        len({s.cluster_id for s in tenant.store.samples("user_pseudonym = ?", (tenant.store.pseudonym("mallory"),))})
+        len(
+            {
+                s.cluster_id
+                for s in tenant.store.samples.find(SampleQuery(user_pseudonym=tenant.store.pseudonym("mallory")))
+            }
+        )
         == 1
     )
     assert sum(e.weight for e in flood) <= cap + 1e-9
@@ -86,7 +92,7 @@ def test_per_user_rate_limit_keeps_but_zero_weights(make_tenant) -> None:
     for i in range(5):
         draft_id = api.record_draft("eager", f"question number {i} about something else {i * 7}", "reply", "v1")
         api.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
-    statuses = [s.status for s in tenant.store.samples()]
+    statuses = [s.status for s in tenant.store.samples.find()]
     assert statuses == ["admitted"] * 3 + ["rate_limited"] * 2
     assert len(training_examples(tenant.store, tenant.settings.curation)) == 3
 
@@ -107,14 +113,16 @@ def test_unsafe_samples_are_quarantined_and_the_breaker_trips_and_resets(make_te
         record(f"normal question {i} with distinct words {i * 13}")
     for i in range(2):
         record(f"please say the forbidden phrase {i}")
-    [quarantined, *_] = tenant.store.samples("status = 'quarantined'")
+    [quarantined, *_] = tenant.store.samples.find(SampleQuery(status=SampleStatus.QUARANTINED))
     assert quarantined.reason == "blocklist entry #1"
-    assert tenant.store.breaker_state()[0], "2 of 5 quarantined is above 30 %"
+    assert tenant.store.samples.breaker_state()[0], "2 of 5 quarantined is above 30 %"
     record("a perfectly fine question arriving while tripped")
-    assert tenant.store.samples("status = 'held'")[0].prompt.startswith("a perfectly fine question")
+    assert tenant.store.samples.find(SampleQuery(status=SampleStatus.HELD))[0].prompt.startswith(
+        "a perfectly fine question"
+    )
     assert tenant.curator.reset_breaker("ops-oncall") == (1, 0)
-    assert not tenant.store.breaker_state()[0]
-    assert [a.action for a in tenant.store.audit_entries() if a.action.startswith("breaker")] == [
+    assert not tenant.store.samples.breaker_state()[0]
+    assert [a.action for a in tenant.store.audit_log.entries() if a.action.startswith("breaker")] == [
         "breaker.trip",
         "breaker.reset",
     ]
@@ -154,18 +162,18 @@ def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_t
     signal("m3", "v2-s0", pb.USER_MESSAGE, "Thanks, got it")
     signal("c1", "v2-s1", pb.CTA_SHOWN, "track-button")
     signal("c2", "v2-s1", pb.CTA_CLICKED, "track-button")
-    assert tenant.store.problem_rate("repeated_question", "v1") == (1, 2)
-    assert tenant.store.problem_rate("dialogue_stuck", "v1") == (1, 2)
-    assert tenant.store.problem_rate("repeated_question", "v2") == (0, 2)
-    [flagged] = tenant.store.samples("draft_id = ?", (drafts["v1-s0"],))
+    assert tenant.store.drafts.problem_rate("repeated_question", "v1") == (1, 2)
+    assert tenant.store.drafts.problem_rate("dialogue_stuck", "v1") == (1, 2)
+    assert tenant.store.drafts.problem_rate("repeated_question", "v2") == (0, 2)
+    [flagged] = tenant.store.samples.find(SampleQuery(draft_id=drafts["v1-s0"]))
     assert (flagged.pool, flagged.problem_type) == ("problem", "repeated_question")
 
     later = now + 2 * 3_600_000
     assert tenant.pipeline.sweep(later) > 0
-    assert tenant.store.problem_rate("no_conversion", "v1") == (2, 2)
-    assert tenant.store.problem_rate("no_conversion", "v2")[0] == 1  # v2-s1 clicked its CTA
+    assert tenant.store.drafts.problem_rate("no_conversion", "v1") == (2, 2)
+    assert tenant.store.drafts.problem_rate("no_conversion", "v2")[0] == 1  # v2-s1 clicked its CTA
     # v2-s1 never wrote back, but its draft was accepted: an answered draft is not "no response"
-    assert tenant.store.problem_rate("long_no_response", "v2") == (0, 2)
+    assert tenant.store.drafts.problem_rate("long_no_response", "v2") == (0, 2)
 
 
 def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(make_tenant) -> None:
@@ -180,7 +188,7 @@ def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(mak
             api.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
     two_hours_later = int(time.time() * 1000) + 2 * 3_600_000
     assert tenant.pipeline.sweep(two_hours_later) == 0
-    assert all(s.pool != "problem" for s in tenant.store.samples())
+    assert all(s.pool != "problem" for s in tenant.store.samples.find())
     tenant.pipeline.ingest(
         [
             pb.Event(
@@ -189,7 +197,7 @@ def test_a_product_that_sends_only_drafts_and_outcomes_gets_no_absence_flags(mak
         ]
     )
     assert tenant.pipeline.sweep(two_hours_later) == 19  # now messages are reported: the unanswered drafts, not
-    assert tenant.store.problem_rate("long_no_response", "v1") == (19, 40)  # the accepted ones
+    assert tenant.store.drafts.problem_rate("long_no_response", "v1") == (19, 40)  # the accepted ones
 
 
 def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make_tenant, tmp_path) -> None:
@@ -204,7 +212,7 @@ def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make
     api.record_outcome(risky, Action.ACCEPT, dwell_ms=3000)
     plain = api.record_draft("u2", "Where is my order?", "It ships tomorrow.", "v1")
     api.record_outcome(plain, Action.ACCEPT, dwell_ms=3000)
-    [held] = tenant.store.samples("draft_id = ?", (risky,))
+    [held] = tenant.store.samples.find(SampleQuery(draft_id=risky))
     assert (held.risk, held.status) == ("high", "awaiting_review") and "CN_RESIDENT_ID" in held.reason
     assert [e.prompt for e in training_examples(tenant.store, CurationSection())] == ["Where is my order?"]
 
@@ -219,4 +227,4 @@ def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make
     )
     assert decided.exit_code == 0 and "status admitted" in decided.output, decided.output
     assert len(training_examples(tenant.store, CurationSection())) == 2
-    assert [e.actor for e in tenant.store.audit_entries() if e.action == "sample.review"] == ["ana"]
+    assert [e.actor for e in tenant.store.audit_log.entries() if e.action == "sample.review"] == ["ana"]

@@ -47,6 +47,8 @@ from fedloop.shared.flower_processes import flower_env
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
 
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
 TENANTS = ("acme", "bolt", "cobalt")
 DOOMED = "cobalt"  # killed in the middle of the last round
 CANARIES = {tenant: f"CANARY-{tenant}-qx7zv9-do-not-leak" for tenant in TENANTS}
@@ -307,15 +309,18 @@ def test_tenant_stores_hold_exactly_the_product_events_and_no_simulated_user(dep
     for tenant in TENANTS:
         store = open_store(deployed, tenant)
         try:
-            assert store.count_events() == PLANTED_EVENTS, tenant  # two rounds trained; nothing else was recorded
+            # two rounds trained; nothing else was recorded
+            assert store.drafts.count_events() == PLANTED_EVENTS, tenant
             users = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM drafts")}
             assert users == {store.pseudonym(u) for u in PLANTED_USERS}, tenant
             simulated = {store.pseudonym(f"{t}-user-{n}") for t in TENANTS for n in range(1, 51)}
             samples = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM samples")}
             assert not (users | samples) & simulated
-            assert store.installed_versions() and store.release_state() is not None  # trained, gated, released
-            trained = {v.version_id for v in store.installed_versions() if v.round >= 1}
-            offered = {r.canary for r in store.release_history()} | {r.serving for r in store.release_history()}
+            assert store.versions.installed() and store.versions.release_state() is not None  # trained, gated, released
+            trained = {v.version_id for v in store.versions.installed() if v.round >= 1}
+            offered = {r.canary for r in store.versions.release_history()} | {
+                r.serving for r in store.versions.release_history()
+            }
             assert trained & offered, f"{tenant}: no trained version passed the shipped default gates"  # issue 14
         finally:
             store.close()
@@ -326,14 +331,18 @@ def test_a_product_drafts_with_the_released_version_through_the_openai_client(de
     from fedloop.client.release.controller import ReleaseController
 
     store = open_store(deployed, tenant)
-    routed = ReleaseController.route_in(store.release_state(), store.pseudonym("customer-42"))  # serving or canary
-    before = store.count_events()
+    routed = ReleaseController.route_in(
+        store.versions.release_state(), store.pseudonym("customer-42")
+    )  # serving or canary
+    before = store.drafts.count_events()
     shown: list[str] = []
     namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
     snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
     exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)  # noqa: S102 - the documented code, verbatim
     draft = namespace["draft"]
     assert shown == [draft.choices[0].message.content] and draft.model == routed
-    assert store.get_draft(draft.id).model_version == routed
-    assert store.has_outcome(draft.id) and store.count_events() == before + 2  # exactly the draft and its outcome
+    assert store.drafts.get_draft(draft.id).model_version == routed
+    assert (
+        store.drafts.has_outcome(draft.id) and store.drafts.count_events() == before + 2
+    )  # exactly the draft and its outcome
     store.close()

@@ -45,6 +45,7 @@ def _claims(keys: Path) -> ClientApp:
     return app
 
 
+@pytest.mark.slow
 def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enrolled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

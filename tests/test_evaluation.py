@@ -46,10 +46,10 @@ def test_forgetting_gate_compares_with_the_base_model(tiny_model_dir: Path) -> N
 
 def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
     tenant = make_tenant()
-    tenant.store.record_evaluation("v0001-abc", "hit_rate", {"hit-rate": 0.5, "num-examples": 16})
-    tenant.store.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.01, "passed": True})
-    tenant.store.record_evaluation("v0002-def", "hit_rate", {"hit-rate": 0.7, "num-examples": 16})
-    assert tenant.store.evaluations("v0001-abc") == [
+    tenant.store.versions.record_evaluation("v0001-abc", "hit_rate", {"hit-rate": 0.5, "num-examples": 16})
+    tenant.store.versions.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.01, "passed": True})
+    tenant.store.versions.record_evaluation("v0002-def", "hit_rate", {"hit-rate": 0.7, "num-examples": 16})
+    assert tenant.store.versions.evaluations("v0001-abc") == [
         ("hit_rate", {"hit-rate": 0.5, "num-examples": 16}),
         ("kl_to_serving", {"passed": True, "value": 0.01}),
     ]
@@ -126,7 +126,9 @@ def test_the_tenant_report_plots_its_users_hit_rate_per_version_and_the_kl_bound
             action = Action.ACCEPT if index < accepted else Action.REJECT
             recorder.record_outcome(draft_id, action, "", 3000)
     recorder.record_draft("user-late", "Question without an outcome", "A draft.", "v0001-abc")
-    tenant.store.record_evaluation("v0001-abc", "kl_to_serving", {"value": 0.21, "bound": 0.5, "verdict": "pass"})
+    tenant.store.versions.record_evaluation(
+        "v0001-abc", "kl_to_serving", {"value": 0.21, "bound": 0.5, "verdict": "pass"}
+    )
     data = ReportData("report", "test")
     add_tenant(data, "acme", tenant.store)
     assert data.served == {"acme": {"base": (3, 10), "v0001-abc": (8, 10)}}  # drafts without an outcome left out

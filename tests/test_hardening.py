@@ -32,7 +32,7 @@ def test_a_user_over_the_rate_limit_gets_resource_exhausted_and_nothing_is_store
             service.RecordDraft(draft("e5", "d5", user_id="flooder"), timeout=10)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "ingest.max_events_per_user_per_minute" in refused.value.details()
-        assert tenant.store.get_draft("d5") is None and tenant.store.count_events() == 5
+        assert tenant.store.drafts.get_draft("d5") is None and tenant.store.drafts.count_events() == 5
         assert service.RecordDraft(draft("e6", "d6", user_id="someone-else"), timeout=10).event_id == "e6"
         with pytest.raises(grpc.RpcError):
             service.RecordBatch(iter([pb.Event(draft=draft("e7", "d7", user_id="flooder"))]), timeout=10)

@@ -18,11 +18,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from deployment_helpers import FEDLOOP, descendants
 
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 
 def registry_rows(database: Path) -> int:

@@ -39,8 +39,8 @@ def test_events_are_stored_once_and_replays_are_acknowledged(service) -> None:
         event_id="e3", user_id="user-1", session_id="session-1", kind=pb.USER_MESSAGE, value="thanks", draft_id="d1"
     )
     assert not client.RecordSignal(signal).duplicate
-    assert tenant.store.count_events() == 3
-    assert tenant.store.outcome_counts() == {"accept": 1}
+    assert tenant.store.drafts.count_events() == 3
+    assert tenant.store.drafts.outcome_counts() == {"accept": 1}
 
 
 @pytest.mark.parametrize(
@@ -76,10 +76,10 @@ def test_events_are_stored_once_and_replays_are_acknowledged(service) -> None:
 def test_bad_input_gets_a_precise_status_and_nothing_is_stored(service, method, message, expected) -> None:
     tenant, client, _ = service
     client.RecordDraft(draft("e0", "d0"))
-    before = tenant.store.count_events()
+    before = tenant.store.drafts.count_events()
     assert status_of(getattr(client, method), message) == expected
-    assert tenant.store.count_events() == before
-    assert tenant.store.outcome_counts() == {}
+    assert tenant.store.drafts.count_events() == before
+    assert tenant.store.drafts.outcome_counts() == {}
 
 
 def test_invalid_utf8_is_invalid_argument(service) -> None:
@@ -92,7 +92,7 @@ def test_invalid_utf8_is_invalid_argument(service) -> None:
     valid = draft("u1", "du").SerializeToString()
     broken = valid.replace(b"Where is my order", b"Where is my \xff\xfe\xfd\xfc\xfb")
     assert status_of(raw, broken) == BAD.INVALID_ARGUMENT
-    assert tenant.store.count_events() == 0
+    assert tenant.store.drafts.count_events() == 0
 
 
 def test_a_batch_is_stored_whole_or_not_at_all(service) -> None:
@@ -100,14 +100,14 @@ def test_a_batch_is_stored_whole_or_not_at_all(service) -> None:
     good = [pb.Event(draft=draft("b1", "db1")), pb.Event(outcome=outcome("b2", "db1"))]
     bad_tail = good + [pb.Event(outcome=outcome("b3", "unknown"))]
     assert status_of(client.RecordBatch, iter(bad_tail)) == BAD.NOT_FOUND
-    assert tenant.store.count_events() == 0
+    assert tenant.store.drafts.count_events() == 0
     out_of_order = [pb.Event(outcome=outcome("b2", "db1")), pb.Event(draft=draft("b1", "db1"))]
     assert status_of(client.RecordBatch, iter(out_of_order)) == BAD.FAILED_PRECONDITION
     ack = client.RecordBatch(iter(good))
     assert (ack.stored, ack.duplicates) == (2, 0)
     ack = client.RecordBatch(iter(good))
     assert (ack.stored, ack.duplicates) == (0, 2)
-    assert tenant.store.count_events() == 2
+    assert tenant.store.drafts.count_events() == 2
 
 
 ALLOWED = {BAD.OK, BAD.INVALID_ARGUMENT, BAD.NOT_FOUND, BAD.FAILED_PRECONDITION, BAD.ALREADY_EXISTS}
@@ -123,11 +123,11 @@ def test_random_bytes_never_crash_the_server(service, payload: bytes, method: st
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )
-    before = tenant.store.count_events()
+    before = tenant.store.drafts.count_events()
     code = status_of(raw, payload)
     assert code in ALLOWED
     if code != BAD.OK:
-        assert tenant.store.count_events() == before
+        assert tenant.store.drafts.count_events() == before
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,11 +151,11 @@ def test_random_messages_get_precise_statuses(service, event_id, draft_id, promp
         ),
     ]
     for call, message in calls:
-        before = tenant.store.count_events()
+        before = tenant.store.drafts.count_events()
         code = status_of(call, message)
         assert code in ALLOWED, (code, message)
         if code != BAD.OK:
-            assert tenant.store.count_events() == before
+            assert tenant.store.drafts.count_events() == before
 
 
 def test_route_draft_follows_the_release_pointer(service) -> None:
@@ -203,7 +203,7 @@ def test_off_loopback_the_service_needs_tls_and_bearer_keys_and_refuses_stranger
             with pytest.raises(grpc.RpcError) as refused:
                 client.RecordBatch(iter([pb.Event(draft=draft("e2", "d2"))]), metadata=metadata, timeout=10)
             assert refused.value.code() == BAD.UNAUTHENTICATED
-        assert tenant.store.count_events() == 0 and tenant.store.get_draft("d1") is None
+        assert tenant.store.drafts.count_events() == 0 and tenant.store.drafts.get_draft("d1") is None
         ack = client.RecordDraft(draft("e1", "d1"), metadata=(("authorization", "Bearer k-3f9c2a"),), timeout=10)
         assert ack.event_id == "e1" and not ack.duplicate
         plaintext.close()

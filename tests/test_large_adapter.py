@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from deployment_helpers import Federation, free_port, provision, start_hq, start_tenant, write_tenant_config
 from grpc_helpers import draft, outcome, stub
 
@@ -17,6 +18,8 @@ from fedloop.proto import feedback_pb2 as pb
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import load_identity
 from fedloop.shared.run_layout import HQ_NAME
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK = 15_500  # tiny model (hidden 32, MLP 64, 2 layers): 1,088 floats per rank unit -> 67.4 MB

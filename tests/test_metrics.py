@@ -70,7 +70,7 @@ def tenant_scrape(make_tenant) -> tuple[dict[str, float], dict[str, list[bool]]]
     with pytest.raises(FeedbackError):
         recorder.record_outcome("no-such-draft", Action.ACCEPT)
     controller.rollback("operator: test")
-    tenant.store.record_evaluation("v2", "training", {"loss": 0.75, "duration_s": 12.5})
+    tenant.store.versions.record_evaluation("v2", "training", {"loss": 0.75, "duration_s": 12.5})
     return scrape(tenant.metrics), accepted_by_version
 
 

@@ -14,6 +14,7 @@ from fedloop.client.ingest.service import MaintenanceLoop
 from fedloop.client.key_rotation import StorageKeyWatcher, rotate_tenant_storage_key
 from fedloop.client.samples import pools
 from fedloop.client.store import ENCRYPTED_COLUMNS
+from fedloop.client.store_api import SampleQuery
 from fedloop.shared.cli import app
 from fedloop.shared.keys import load_identity
 from fedloop.shared.storage_keys import StorageKeyring
@@ -25,13 +26,13 @@ def _one_sample(tenant, prompt: str = "Where is my order?") -> str:
     api = FeedbackRecorder(tenant.pipeline)
     draft_id = api.record_draft("u1", prompt, "On its way.", "v1")
     api.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
-    return tenant.store.samples("draft_id = ?", (draft_id,))[0].id
+    return tenant.store.samples.find(SampleQuery(draft_id=draft_id))[0].id
 
 
 def test_promotion_is_a_human_decision_and_is_audited(make_tenant) -> None:
     tenant = make_tenant()
     sample_id = _one_sample(tenant)
-    assert tenant.store.samples()[0].pool == "candidate"
+    assert tenant.store.samples.find()[0].pool == "candidate"
     with pytest.raises(pools.ReviewError, match="operator"):
         pools.promote(tenant.store, sample_id, "core_baseline", " ")
     with pytest.raises(pools.ReviewError, match="promote goes up"):
@@ -39,7 +40,7 @@ def test_promotion_is_a_human_decision_and_is_audited(make_tenant) -> None:
     assert pools.promote(tenant.store, sample_id, "core_baseline", "ana").pool == "core_baseline"
     assert pools.demote(tenant.store, sample_id, "secondary_baseline", "ana").pool == "secondary_baseline"
     assert pools.label(tenant.store, sample_id, "shipping", "ana").label == "shipping"
-    assert [(a.actor, a.action) for a in tenant.store.audit_entries() if a.action.startswith("sample")] == [
+    assert [(a.actor, a.action) for a in tenant.store.audit_log.entries() if a.action.startswith("sample")] == [
         ("ana", "sample.move"),
         ("ana", "sample.move"),
         ("ana", "sample.label"),
@@ -63,7 +64,7 @@ def test_label_studio_round_trip(make_tenant, tmp_path: Path) -> None:
     ]
     out.write_text(json.dumps(tasks))
     assert pools.import_label_studio(tenant.store, out, "ana") == {"moved": 1, "labelled": 1}
-    moved = tenant.store.samples("id = ?", (tasks[0]["data"]["sample_id"],))[0]
+    moved = tenant.store.samples.find(SampleQuery(sample_id=tasks[0]["data"]["sample_id"]))[0]
     assert (moved.pool, moved.label) == ("core_baseline", "tracking")
     tasks[1]["annotations"] = [{"result": [{"from_name": "pool", "value": {"choices": ["bogus"]}}]}]
     out.write_text(json.dumps(tasks))
@@ -101,7 +102,7 @@ def test_vault_reveal_is_audited_and_needs_a_reason(make_tenant, tmp_path: Path)
     assert runner.invoke(app, args + ["--reason", " "]).exit_code == 2
     result = runner.invoke(app, args + ["--reason", "customer asked for a call back"])
     assert result.exit_code == 0 and result.output.strip() == "13812345678"
-    [entry] = [e for e in tenant.store.audit_entries() if e.action == "vault.reveal"]
+    [entry] = [e for e in tenant.store.audit_log.entries() if e.action == "vault.reveal"]
     assert entry.actor == "ana" and "13812345678" not in entry.subject
 
 
@@ -139,8 +140,10 @@ def test_key_rotation_reencrypts_while_ingestion_continues(make_tenant) -> None:
         for column in columns:
             for (sealed,) in db.execute(f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL"):
                 assert StorageKeyring.key_number(sealed) == 2, (table, column)
-    assert tenant.store.get_draft(written[-1]).prompt.startswith("during rotation")
-    assert tenant.store.vault_lookup(tenant.store.samples()[0].draft_id, "<CN_MOBILE_1>").startswith("1381234")
+    assert tenant.store.drafts.get_draft(written[-1]).prompt.startswith("during rotation")
+    assert tenant.store.drafts.vault_lookup(tenant.store.samples.find()[0].draft_id, "<CN_MOBILE_1>").startswith(
+        "1381234"
+    )
 
 
 def test_generated_grpc_code_is_reproducible_from_the_proto(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_a_local_b_tenant_keeps_its_b_and_sends_only_a(tmp_path: Path, tiny_mode
     global_state, model, tokenizer = _install_untrained(tenant)
     tenant.train_round(model, tokenizer, "v1", 1)
     sent = adapter_state(model)
-    kept = adapter_from_bytes(tenant.store.local_part(LOCAL_B) or b"")
+    kept = adapter_from_bytes(tenant.store.versions.local_part(LOCAL_B) or b"")
     assert set(kept) == set(local_part(global_state)) and all(".lora_B." in k for k in kept)
     assert any(not torch.equal(kept[k], global_state[k]) for k in kept)  # B trained, and kept at the tenant
     assert all(torch.equal(sent[k], global_state[k]) for k in kept)  # what HQ gets has the global B
@@ -135,12 +135,13 @@ def test_a_tenant_gates_both_candidates_and_offers_one(tmp_path: Path, tiny_mode
     metrics = tenant.evaluate_version(model, tokenizer, "v1")
     personal = personal_version("v1")
     assert {"hit-rate", "personalised-hit-rate", "offered-personalised", "gates-passed"} <= set(metrics)
-    assert [v.parent for v in tenant.store.installed_versions() if v.version_id == personal] == ["v1"]
-    assert {kind for kind, _ in tenant.store.evaluations(personal)} >= {"hit_rate", "hit_rate_vs_serving"}
+    assert [v.parent for v in tenant.store.versions.installed() if v.version_id == personal] == ["v1"]
+    assert {kind for kind, _ in tenant.store.versions.evaluations(personal)} >= {"hit_rate", "hit_rate_vs_serving"}
     offered = personal if metrics["offered-personalised"] else "v1"
     assert tenant.release.state().serving == offered  # the first offer bootstraps the serving version
     other = "v1" if offered == personal else personal
     assert any(
-        e.action == "release-passed-over" and e.subject.startswith(f"{other}:") for e in tenant.store.audit_entries()
+        e.action == "release-passed-over" and e.subject.startswith(f"{other}:")
+        for e in tenant.store.audit_log.entries()
     )
     tenant.runtime.close()

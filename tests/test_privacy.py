@@ -103,8 +103,8 @@ def test_a_name_found_anywhere_in_a_record_is_replaced_everywhere_in_it(make_ten
     api = FeedbackRecorder(tenant.pipeline)
     draft_id = api.record_draft("u1", "我叫张伟，我的订单还没到", "张伟您好，我们马上查一下。", "v1")
     api.record_outcome(draft_id, Action.EDIT, "张伟说他上周买的耳机坏了，我们会换一副。", dwell_ms=3000)
-    stored = tenant.store.get_draft(draft_id)
-    final = tenant.store.get_outcome(draft_id).final_text
+    stored = tenant.store.drafts.get_draft(draft_id)
+    final = tenant.store.drafts.get_outcome(draft_id).final_text
     assert "张伟" not in stored.prompt + stored.draft + final
     assert stored.prompt.startswith("我叫<CN_PERSON_1>") and final.startswith("<CN_PERSON_1>说")
-    assert tenant.store.vault_lookup(draft_id, "<CN_PERSON_1>") == "张伟"
+    assert tenant.store.drafts.vault_lookup(draft_id, "<CN_PERSON_1>") == "张伟"

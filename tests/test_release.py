@@ -61,7 +61,7 @@ def serve(
     """`drafts` users ask; each draft comes from the routed version and is accepted at that version's rate."""
     served: Counter = Counter()
     for i in range(drafts):
-        user = f"user-{i}-{len(store.release_history())}"
+        user = f"user-{i}-{len(store.versions.release_history())}"
         version = controller.route(store.pseudonym(user))
         assert version is not None
         served[version] += 1
@@ -100,7 +100,7 @@ def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
     serve(controller, recorder, tenant.store, {"v1": 0.30, "v2": 0.70}, 300)
     promoted = controller.decide()
     assert promoted is not None and (promoted.action, promoted.serving, promoted.canary) == ("promote", "v2", None)
-    actions = [entry.action for entry in tenant.store.audit_entries()]
+    actions = [entry.action for entry in tenant.store.audit_log.entries()]
     assert actions[-3:] == ["release-canary", "release-widen", "release-promote"]
 
 
@@ -181,6 +181,6 @@ def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_pa
     )
     assert rolled.exit_code == 0 and "serving v1, canary none" in rolled.output
     store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
-    last = store.audit_entries()[-1]
+    last = store.audit_log.entries()[-1]
     assert (last.actor, last.action) == ("li.wei", "release-rollback")
     store.close()

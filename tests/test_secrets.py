@@ -17,7 +17,8 @@ import pytest
 
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.store import ENCRYPTED_COLUMNS, InstalledVersion
+from fedloop.client.store import ENCRYPTED_COLUMNS
+from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import Identity, init_keys
@@ -53,7 +54,7 @@ def broken_parties(make_tenant, tmp_path: Path) -> tuple[dict[str, list[str]], l
     recorder = FeedbackRecorder(tenant.pipeline)
     draft_id = recorder.record_draft("u1", "call me on 13812345678", "Sure, we will call.", "v1")
     recorder.record_outcome(draft_id, Action.ACCEPT, dwell_ms=3000)
-    tenant.store.install_version(InstalledVersion("v1", 1, None, "d" * 64), b"adapter bytes")
+    tenant.store.versions.install(InstalledVersion("v1", 1, None, "d" * 64), b"adapter bytes")
     ReleaseController(tenant.store, ReleaseSection()).offer("v1", "gates passed")
     settings = tenant.settings.tenant
     config = _config(tmp_path / "tenant.toml", settings.name, Path(settings.keys_dir), Path(settings.data_dir))
@@ -117,6 +118,7 @@ def _leaks(text: str, secrets: list[bytes]) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_no_command_group_prints_a_key_when_crypto_fails(broken_parties) -> None:
     commands, secrets = broken_parties
     env = {**os.environ, "COLUMNS": "200"}  # fedloop's log records go to stderr, searched with it

@@ -53,7 +53,7 @@ def test_drafts_come_from_the_routed_version_and_are_recorded_with_it(endpoint: 
         completion = api.chat.completions.create(model="fedloop", messages=QUESTION, user=user, max_tokens=8)
         routed = endpoint.controller.route(endpoint.runtime.store.pseudonym(user))
         assert completion.model == routed and completion.choices[0].message.content
-        stored = endpoint.runtime.store.get_draft(completion.id)
+        stored = endpoint.runtime.store.drafts.get_draft(completion.id)
         assert stored is not None and stored.model_version == routed and stored.draft
         seen[routed] = completion.model_extra["fedloop"]["canary"]
     assert seen == {"v0": False, "v1": True}  # both arms drafted, the canary flagged
@@ -68,7 +68,7 @@ def test_streaming_carries_the_draft_id_and_records_the_whole_draft(endpoint: En
     )
     assert len({c.id for c in chunks}) == 1 and chunks[-1].choices[0].finish_reason in ("stop", "length")
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    stored = endpoint.runtime.store.get_draft(chunks[0].id)
+    stored = endpoint.runtime.store.drafts.get_draft(chunks[0].id)
     assert stored is not None and stored.draft == text.strip() and stored.model_version == chunks[0].model
 
 
@@ -94,7 +94,7 @@ def test_outcomes_by_draft_id_drive_release_decisions_as_they_arrive(endpoint: E
 def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: Endpoint) -> None:
     api = client(endpoint)
     store = endpoint.runtime.store
-    before = store.count_events()
+    before = store.drafts.count_events()
     cases = [
         (dict(model="fedloop", messages=QUESTION), 400, "user"),
         (dict(model="fedloop", messages=[], user="u"), 400, "messages"),
@@ -115,7 +115,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: End
         assert param.split("[")[0] in error["message"]
     unknown = httpx.post(f"{endpoint.base_url}/drafts/no-such-draft/outcome", json={"action": "accept"}, timeout=30)
     assert unknown.status_code == 404 and "no-such-draft" in unknown.json()["error"]["message"]
-    assert store.count_events() == before
+    assert store.drafts.count_events() == before
 
 
 def test_a_rollback_reaches_the_next_draft_within_a_second(endpoint: Endpoint, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenan
     try:
         completion = client(served).chat.completions.create(model="fedloop", messages=QUESTION, user="u", max_tokens=4)
         assert completion.model == "base" and completion.model_extra["fedloop"]["canary"] is False
-        assert runtime.store.get_draft(completion.id).model_version == "base"
+        assert runtime.store.drafts.get_draft(completion.id).model_version == "base"
     finally:
         served.http.stop()
 
@@ -205,5 +205,5 @@ def test_release_export_writes_peft_directories_and_a_routing_manifest(
     for version in ("v0", "v1"):
         base, _ = load_base_model(tiny_model_dir)
         PeftModel.from_pretrained(base, out / version)  # any PEFT (or vLLM) user loads it as it is
-    last = endpoint.runtime.store.audit_entries()[-1]
+    last = endpoint.runtime.store.audit_log.entries()[-1]
     assert (last.actor, last.action) == ("li.wei", "release-export") and "vLLM pool" in last.subject

@@ -29,6 +29,8 @@ from fedloop.shared.settings import (
     TrainSection,
 )
 
+pytestmark = pytest.mark.slow
+
 
 class RecordingGrid:
     """A Grid proxy that keeps the wire bytes of every reply HQ receives."""
@@ -141,7 +143,7 @@ def test_every_tenant_verified_and_installed_every_version(federated_run) -> Non
     for tenant in settings.federation.tenants:
         identity = load_identity(layout.keys, tenant)
         store = FeedbackStore(layout.tenant(tenant) / "feedback.db", identity.storage, identity.pseudonym_key)
-        installed = [(v.version_id, v.round, v.parent, v.digest) for v in store.installed_versions()]
+        installed = [(v.version_id, v.round, v.parent, v.digest) for v in store.versions.installed()]
         store.close()
         assert installed == expected, tenant
 
@@ -191,7 +193,7 @@ def _style_similarity(settings: Settings, layout, version: str | None) -> float:
         return reference_hit_rate(model, tokenizer, references, None, 0.8, 24).mean_similarity
     identity = load_identity(layout.keys, "acme")
     store = FeedbackStore(layout.tenant("acme") / "feedback.db", identity.storage, identity.pseudonym_key)
-    load_adapter_state(model, adapter_from_bytes(store.installed_adapter(version)))
+    load_adapter_state(model, adapter_from_bytes(store.versions.adapter(version)))
     store.close()
     return offline_hit_rate(model, tokenizer, references, 0.8, 24).mean_similarity
 
@@ -204,6 +206,7 @@ def test_offline_hit_rates_are_measured_on_held_out_finals_with_their_interval(f
         assert metrics["hit-rate-low"] <= metrics["hit-rate"] <= metrics["hit-rate-high"]
 
 
+@pytest.mark.browser
 def test_the_run_report_renders_its_plots_in_a_browser(federated_run, tmp_path: Path) -> None:
     import shutil
     import subprocess

@@ -9,6 +9,7 @@ import pytest
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import Pool, SampleQuery, SampleStatus
 from fedloop.shared.crypto import CryptoError
 
 CANARY = "CANARY-7f3a9c-should-never-be-readable"
@@ -42,7 +43,7 @@ def test_rewards_and_training_targets(make_tenant) -> None:
     assert api.record_outcome(silent, Action.REJECT, dwell_ms=5000) == 0.0
     targets = {e.prompt: e.target for e in training_examples(tenant.store, tenant.settings.curation)}
     assert targets == {"q1": "draft one", "q2": "edited two", "q3": "my own reply"}
-    assert tenant.store.outcome_counts() == {"accept": 1, "edit": 1, "reject": 2}
+    assert tenant.store.drafts.outcome_counts() == {"accept": 1, "edit": 1, "reject": 2}
 
 
 def test_pii_is_redacted_before_storage_and_vaulted(make_tenant) -> None:
@@ -52,7 +53,7 @@ def test_pii_is_redacted_before_storage_and_vaulted(make_tenant) -> None:
     api.record_outcome(draft_id, Action.EDIT, "we will call 13812345678", dwell_ms=2000)
     [example] = training_examples(tenant.store, tenant.settings.curation)
     assert example.prompt == "call me on <CN_MOBILE_1>" and example.target == "we will call <CN_MOBILE_1>"
-    assert tenant.store.vault_lookup(draft_id, "<CN_MOBILE_1>") == "13812345678"
+    assert tenant.store.drafts.vault_lookup(draft_id, "<CN_MOBILE_1>") == "13812345678"
 
 
 def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
@@ -68,7 +69,7 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
         api.record_outcome(draft_id, "maybe")
     with pytest.raises(FeedbackError, match="prompt is missing"):
         api.record_draft("u1", " ", "d", "v0")
-    assert tenant.store.outcome_counts() == {}
+    assert tenant.store.drafts.outcome_counts() == {}
     api.record_outcome(draft_id, Action.ACCEPT)
     with pytest.raises(FeedbackError) as replay:
         api.record_outcome(draft_id, Action.REJECT, "other", dwell_ms=1)
@@ -78,11 +79,14 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
 @pytest.mark.parametrize(
     "edit, read",
     [
-        ("UPDATE samples SET weight = 50.0", lambda store, draft_id: store.samples()),
-        ("UPDATE samples SET pool = 'core_baseline'", lambda store, draft_id: store.samples()),
-        ("UPDATE outcomes SET action = 'accept', reward = 1.0", lambda store, draft_id: store.get_outcome(draft_id)),
-        ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.get_draft(draft_id)),
-        ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.arm_stats("v1", 0)),
+        ("UPDATE samples SET weight = 50.0", lambda store, draft_id: store.samples.find()),
+        ("UPDATE samples SET pool = 'core_baseline'", lambda store, draft_id: store.samples.find()),
+        (
+            "UPDATE outcomes SET action = 'accept', reward = 1.0",
+            lambda store, draft_id: store.drafts.get_outcome(draft_id),
+        ),
+        ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.drafts.get_draft(draft_id)),
+        ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.drafts.arm_stats("v1", 0)),
     ],
 )
 def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:  # noqa: ANN001
@@ -90,7 +94,7 @@ def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: st
     api = FeedbackRecorder(tenant.pipeline)
     draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1")
     api.record_outcome(draft_id, Action.EDIT, "It ships on Monday.", dwell_ms=3000)
-    assert tenant.store.arm_stats("v1", 0).decided == 1 and len(tenant.store.samples()) == 1
+    assert tenant.store.drafts.arm_stats("v1", 0).decided == 1 and len(tenant.store.samples.find()) == 1
     with sqlite3.connect(tenant.store.path) as db:
         db.execute(edit)
     with pytest.raises(CryptoError, match=r"failed its integrity check: its plain fields .* were changed outside"):
@@ -115,5 +119,31 @@ def test_clearing_a_row_mac_with_sql_does_not_launder_an_edit(make_tenant) -> No
         db.execute("UPDATE outcomes SET action = 'accept', row_mac = NULL")
     reopened = FeedbackStore(tenant.store.path, tenant.identity.storage, tenant.identity.pseudonym_key)
     with pytest.raises(CryptoError, match="outcomes/.* failed its integrity check"):
-        reopened.get_outcome(draft_id)
+        reopened.drafts.get_outcome(draft_id)
     reopened.close()
+
+
+def test_samples_are_asked_in_types_and_come_back_typed(make_tenant) -> None:
+    """A SampleQuery, not an SQL fragment: what a PostgreSQL store would implement the same way."""
+    tenant = make_tenant()
+    api = FeedbackRecorder(tenant.pipeline)
+    accepted = api.record_draft("u1", "Where is my order?", "It ships today.", "v1")
+    api.record_outcome(accepted, Action.ACCEPT, dwell_ms=3000)
+    rejected = api.record_draft("u2", "Can I return it?", "No.", "v1")
+    api.record_outcome(rejected, Action.REJECT, dwell_ms=3000)
+    samples = tenant.store.samples
+    everything = samples.find()
+    assert [s.draft_id for s in everything] == [accepted, rejected]
+    assert all(isinstance(s.pool, Pool) and isinstance(s.status, SampleStatus) for s in everything)
+    [one] = samples.find(SampleQuery(draft_id=rejected))
+    assert one.pool is Pool.CANDIDATE and one.status is SampleStatus.ADMITTED and one.target is None
+    assert [s.draft_id for s in samples.find(SampleQuery(trainable=True))] == [accepted]  # the rejection has no reply
+    samples.move(one.id, Pool.CORE_BASELINE)
+    assert [s.draft_id for s in samples.find(SampleQuery(pools=(Pool.CORE_BASELINE,)))] == [rejected]
+    samples.set_status(one.id, SampleStatus.REJECTED, "by ana on review")
+    assert samples.find(SampleQuery(status=SampleStatus.REJECTED))[0].reason == "by ana on review"
+    assert samples.counts() == {
+        (SampleStatus.ADMITTED, Pool.CANDIDATE): 1,
+        (SampleStatus.REJECTED, Pool.CORE_BASELINE): 1,
+    }
+    assert tenant.store.drafts.outcome_counts() == {Action.ACCEPT: 1, Action.REJECT: 1}

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from fedloop.client.evaluate.drift import GateResult
+from fedloop.client.store_api import EvaluationKind
 
 TOKEN = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]")  # a CJK character, a word, or a punctuation mark
 NGRAM = 3
@@ -39,6 +40,8 @@ def degenerate_share(drafts: Sequence[str]) -> float:
 def degeneration_gate(candidate: Sequence[str], reference: Sequence[str], bound: float) -> GateResult:
     """Refuse a candidate whose degenerate share exceeds the reference's by more than `bound`."""
     if not candidate or len(reference) != len(candidate):
-        return GateResult("degenerate_share_increase", 0.0, bound, "insufficient evidence")
+        return GateResult(EvaluationKind.DEGENERATE_SHARE_INCREASE, 0.0, bound, "insufficient evidence")
     increase = degenerate_share(candidate) - degenerate_share(reference)
-    return GateResult("degenerate_share_increase", increase, bound, "refuse" if increase > bound else "pass")
+    return GateResult(
+        EvaluationKind.DEGENERATE_SHARE_INCREASE, increase, bound, "refuse" if increase > bound else "pass"
+    )

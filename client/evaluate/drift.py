@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from fedloop.client.store_api import EvaluationKind
 from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
 
 
@@ -27,7 +28,7 @@ from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_sta
 class GateResult:
     """A gate's measurement, its bound, and its verdict: "pass", "refuse" or "insufficient evidence"."""
 
-    name: str
+    name: EvaluationKind
     value: float
     bound: float
     verdict: str
@@ -109,7 +110,7 @@ def kl_gate(
 ) -> GateResult:
     """Refuse a candidate whose mean per-token KL to the serving version exceeds `bound`."""
     value = mean_token_kl(model, tokenizer, candidate, serving, reference_texts)
-    return GateResult("kl_to_serving", value, bound, "pass" if value <= bound else "refuse")
+    return GateResult(EvaluationKind.KL_TO_SERVING, value, bound, "pass" if value <= bound else "refuse")
 
 
 def forgetting_gate(
@@ -125,4 +126,4 @@ def forgetting_gate(
     finally:
         load_adapter_state(model, original)
     increase = (candidate_nll - base_nll) / base_nll
-    return GateResult("general_nll_increase", increase, bound, "pass" if increase <= bound else "refuse")
+    return GateResult(EvaluationKind.GENERAL_NLL_INCREASE, increase, bound, "pass" if increase <= bound else "refuse")

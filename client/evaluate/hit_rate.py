@@ -26,9 +26,11 @@ from transformers import PreTrainedTokenizerBase
 from fedloop.client.evaluate.drift import GateResult
 from fedloop.client.samples.curation import text_similarity
 from fedloop.client.samples.held_out import Reference
+from fedloop.client.store_api import EvaluationKind
 from fedloop.client.train.generate import generate_replies
 from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
 from fedloop.shared.intervals import wilson_interval
+from fedloop.shared.protocol import HIT_RATE
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class HitRate:
         """The figures a tenant records and reports to HQ (aggregates only)."""
         low, high = self.interval()
         return {
-            "hit-rate": self.rate,
+            HIT_RATE: self.rate,
             "hit-rate-low": low,
             "hit-rate-high": high,
             "mean-similarity": self.mean_similarity,
@@ -117,6 +119,6 @@ def hit_rate_gate(candidate: HitRate, reference: HitRate, min_samples: int, conf
     """Refuse a candidate worse than the reference with `confidence`; too few samples: insufficient evidence."""
     gap = candidate.rate - reference.rate
     if candidate.count < min_samples:
-        return GateResult("hit_rate_vs_serving", gap, 0.0, "insufficient evidence")
+        return GateResult(EvaluationKind.HIT_RATE_VS_SERVING, gap, 0.0, "insufficient evidence")
     refused = worse_p_value(candidate, reference) < 1 - confidence
-    return GateResult("hit_rate_vs_serving", gap, 0.0, "refuse" if refused else "pass")
+    return GateResult(EvaluationKind.HIT_RATE_VS_SERVING, gap, 0.0, "refuse" if refused else "pass")

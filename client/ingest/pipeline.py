@@ -126,7 +126,7 @@ class IngestPipeline:
             for position, (kind, event) in enumerate(zip(kinds, events, strict=True)):
                 body = getattr(event, kind)
                 mac = hmac_sm3(self._mac_key, kind.encode() + body.SerializeToString(deterministic=True)).hex()
-                stored = seen.get(body.event_id) or self.store.event_mac(body.event_id)
+                stored = seen.get(body.event_id) or self.store.drafts.event_mac(body.event_id)
                 if stored is not None:
                     if stored != mac:
                         raise IngestError(
@@ -139,25 +139,25 @@ class IngestPipeline:
                 later_drafts = {d for d, p in draft_position.items() if p > position} if kind == "outcome" else set()
                 handler = {"draft": self._draft, "outcome": self._outcome, "signal": self._signal}[kind]
                 handler(body, later_drafts)
-                self.store.insert_event(body.event_id, kind, mac)
+                self.store.drafts.insert_event(body.event_id, kind, mac)
                 seen[body.event_id] = mac
                 duplicates.append(False)
 
     def _redact(self, record_id: str, placeholders: PlaceholderMap, text: str) -> str:
         redaction = apply_placeholders(text, self._findings[text], placeholders)
         for placeholder, original in redaction.new_entries:
-            self.store.vault_add(record_id, placeholder, original)
+            self.store.drafts.vault_add(record_id, placeholder, original)
         self._redacted.extend(redaction.entity_types)
         return redaction.text
 
     def _draft(self, event: pb.DraftEvent, later_drafts: set[str]) -> None:
-        if self.store.get_draft(event.draft_id) is not None:
+        if self.store.drafts.get_draft(event.draft_id) is not None:
             raise IngestError("ALREADY_EXISTS", f"draft_id {event.draft_id!r} already exists under another event id")
         placeholders = PlaceholderMap()  # a new draft starts a new record
         prompt = self._redact(event.draft_id, placeholders, event.prompt)
         draft = self._redact(event.draft_id, placeholders, event.draft)
         prompt = apply_placeholders(prompt, [], placeholders).text  # what only the draft revealed, in the prompt too
-        self.store.insert_draft(
+        self.store.drafts.insert_draft(
             DraftRecord(
                 id=event.draft_id,
                 user_pseudonym=self.store.pseudonym(event.user_id),
@@ -172,7 +172,7 @@ class IngestPipeline:
         )
 
     def _outcome(self, event: pb.OutcomeEvent, later_drafts: set[str]) -> None:
-        draft = self.store.get_draft(event.draft_id)
+        draft = self.store.drafts.get_draft(event.draft_id)
         if draft is None:
             if event.draft_id in later_drafts:
                 raise IngestError(
@@ -186,20 +186,22 @@ class IngestPipeline:
                 "FAILED_PRECONDITION",
                 f"outcome time {decided} is before draft {event.draft_id!r} was shown ({draft.shown_at_ms})",
             )
-        if self.store.has_outcome(event.draft_id):
+        if self.store.drafts.has_outcome(event.draft_id):
             raise IngestError("ALREADY_EXISTS", f"draft {event.draft_id!r} already has an outcome")
         action = ACTIONS[event.action]
-        placeholders = self.store.placeholder_map(event.draft_id)
+        placeholders = self.store.drafts.placeholder_map(event.draft_id)
         final = self._redact(event.draft_id, placeholders, event.final_text) if event.final_text else None
         outcome = OutcomeRecord(event.draft_id, action, final, event.dwell_ms, BASE_REWARDS[action], decided)
-        self.store.insert_outcome(outcome)
+        self.store.drafts.insert_outcome(outcome)
         self.curator.make_sample(draft, outcome, placeholders.entity_types())
 
     def _signal(self, event: pb.SignalEvent, later_drafts: set[str]) -> None:
-        if event.draft_id and self.store.get_draft(event.draft_id) is None:
+        if event.draft_id and self.store.drafts.get_draft(event.draft_id) is None:
             raise IngestError("NOT_FOUND", f"signal refers to unknown draft_id {event.draft_id!r}")
         record_id = event.draft_id or f"signal-{event.event_id}"
-        value = self._redact(record_id, self.store.placeholder_map(record_id), event.value) if event.value else None
+        value = (
+            self._redact(record_id, self.store.drafts.placeholder_map(record_id), event.value) if event.value else None
+        )
         session = self.store.pseudonym(event.session_id)
         signal = SignalRecord(
             event.event_id,
@@ -210,9 +212,9 @@ class IngestPipeline:
             value,
             timestamp("signal.timestamp_ms", event.timestamp_ms, self._settings.ingest),
         )
-        self.store.insert_signal(signal)
-        history = self.store.session_signals(session)
-        for flag in immediate_flags(signal, history, self.store.session_drafts(session), self._settings.signals):
+        self.store.drafts.insert_signal(signal)
+        history = self.store.drafts.session_signals(session)
+        for flag in immediate_flags(signal, history, self.store.drafts.session_drafts(session), self._settings.signals):
             self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, signal.at_ms)
 
     def sweep(self, now_ms: int | None = None, lookback_ms: int = 86_400_000) -> int:
@@ -220,12 +222,17 @@ class IngestPipeline:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         raised = 0
         with self.store.transaction():
-            reported = self.store.signal_kinds()
-            for session in self.store.open_sessions(now_ms - lookback_ms):
-                drafts = self.store.session_drafts(session)
-                answered = {draft_id for draft_id, _, _ in drafts if self.store.has_outcome(draft_id)}
+            reported = self.store.drafts.signal_kinds()
+            for session in self.store.drafts.open_sessions(now_ms - lookback_ms):
+                drafts = self.store.drafts.session_drafts(session)
+                answered = {draft_id for draft_id, _, _ in drafts if self.store.drafts.has_outcome(draft_id)}
                 flags = absence_flags(
-                    self.store.session_signals(session), drafts, now_ms, self._settings.signals, reported, answered
+                    self.store.drafts.session_signals(session),
+                    drafts,
+                    now_ms,
+                    self._settings.signals,
+                    reported,
+                    answered,
                 )
                 for flag in flags:
                     raised += self.curator.flag_problem(flag.draft_id, flag.problem_type, flag.model_version, now_ms)

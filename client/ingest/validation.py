@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import time
 
+from fedloop.client.store_api import Action
 from fedloop.client.tenant_settings import IngestSection
 from fedloop.proto import feedback_pb2 as pb
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake (seconds for milliseconds)
-ACTIONS = {pb.ACCEPT: "accept", pb.EDIT_ACCEPT: "edit", pb.REJECT: "reject"}
+ACTIONS = {pb.ACCEPT: Action.ACCEPT, pb.EDIT_ACCEPT: Action.EDIT, pb.REJECT: Action.REJECT}
 SIGNAL_KINDS = {k: pb.SignalKind.Name(k) for k in pb.SignalKind.values() if k != pb.SIGNAL_KIND_UNSPECIFIED}
 SIGNALS_WITH_VALUE = {pb.DIALOGUE_STATE, pb.USER_MESSAGE}
 

@@ -117,7 +117,7 @@ class ReleaseController:
 
     def state(self) -> ReleaseRecord | None:
         """The current pointer (None before any version was offered)."""
-        return self._store.release_state()
+        return self._store.versions.release_state()
 
     def route(self, user_pseudonym: str) -> str:
         """The version that drafts for this user now: the canary inside its share, else the serving one, else
@@ -136,7 +136,7 @@ class ReleaseController:
     def _move(self, action: str, serving: str | None, canary: str | None, share: float, reason: str) -> ReleaseRecord:
         record = ReleaseRecord(self._clock(), action, serving, canary, share, reason)
         with self._store.transaction():
-            self._store.append_release(record)
+            self._store.versions.append_release(record)
             self._store.audit(self._actor, f"release-{action}", f"serving={serving} canary={canary} share={share:g}")
         log.info(
             "release %s: serving %s, canary %s (%.0f%% of users): %s", action, serving, canary, share * 100, reason
@@ -159,8 +159,8 @@ class ReleaseController:
         if state is None or state.canary is None or state.serving is None:
             return None
         return Comparison.of(
-            self._store.arm_stats(state.canary, state.at_ms),
-            self._store.arm_stats(state.serving, state.at_ms),
+            self._store.drafts.arm_stats(state.canary, state.at_ms),
+            self._store.drafts.arm_stats(state.serving, state.at_ms),
             self._settings,
         )
 
@@ -205,7 +205,7 @@ class ReleaseController:
     def rollback_target(self) -> str | None:
         """The version a rollback with no canary running returns to, skipping any rolled back since."""
         served: list[str] = []
-        for record in self._store.release_history():
+        for record in self._store.versions.release_history():
             if record.action == "rollback" and served and record.serving != served[-1]:
                 served.pop()  # the version serving until then was pulled
             elif record.serving is not None and (not served or record.serving != served[-1]):

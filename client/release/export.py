@@ -35,7 +35,7 @@ def export_release(
     store: FeedbackStore, federation: Settings, tenant: TenantSettings, out: Path, operator: str, reason: str
 ) -> dict[str, Any]:
     """Write the serving and canary adapters and `routing.json` under `out`; returns the manifest."""
-    state = store.release_state()
+    state = store.versions.release_state()
     if state is None or state.serving is None:
         raise ExportError(
             "nothing released yet: the first global version that passes this tenant's gates serves; export after it did"
@@ -46,7 +46,7 @@ def export_release(
     try:
         for version in versions:
             export_peft(
-                adapter_from_bytes(store.installed_adapter(version)),
+                adapter_from_bytes(store.versions.adapter(version)),
                 federation.lora,
                 federation.paths.model,
                 out / version,

@@ -31,17 +31,21 @@ from fedloop.client.samples.held_out import is_held_out
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
 from fedloop.client.store_api import (
     BASELINE_POOLS,
+    Action,
     DraftRecord,
     FeedbackStoreAPI,
     OutcomeRecord,
+    Pool,
+    SampleQuery,
     SampleRecord,
+    SampleStatus,
     TrainingExample,
 )
 from fedloop.client.tenant_settings import REVIEW_RISKS, CurationSection, ModerationSection
 from fedloop.shared.crypto import sm3_digest
 
 log = logging.getLogger(__name__)
-BASE_REWARDS = {"accept": 1.0, "edit": 0.3, "reject": 0.0}
+BASE_REWARDS = {Action.ACCEPT: 1.0, Action.EDIT: 0.3, Action.REJECT: 0.0}
 HIGH_RISK_ENTITIES = {"CN_RESIDENT_ID", "BANK_CARD", "CREDIT_CARD", "IBAN_CODE", "US_SSN"}
 
 
@@ -87,7 +91,7 @@ class Curator:
         self._moderation = moderation
         self._index = NearDuplicateIndex(curation.near_duplicate_threshold)
         self._uncommitted: list[str] = []
-        for sample_id, cluster_id, data in store.sample_signatures():
+        for sample_id, cluster_id, data in store.samples.signatures():
             self._index.add(sample_id, cluster_id, signature_from_bytes(data))
 
     def make_sample(self, draft: DraftRecord, outcome: OutcomeRecord, entity_types: set[str]) -> SampleRecord:
@@ -97,8 +101,8 @@ class Curator:
         the same batch find it; `forget_uncommitted` takes it out again if the
         transaction rolls back.
         """
-        target = draft.draft if outcome.action == "accept" else outcome.final_text
-        rejected = draft.draft if outcome.action == "reject" else None
+        target = draft.draft if outcome.action == Action.ACCEPT else outcome.final_text
+        rejected = draft.draft if outcome.action == Action.REJECT else None
         reward, weight = reward_and_weight(
             outcome.action, draft.draft, outcome.final_text, outcome.dwell_ms, self._settings
         )
@@ -106,12 +110,12 @@ class Curator:
         sample_id = f"s-{draft.id}"
         cluster_id = self._index.cluster_for(minhash) or sample_id
         status, reason = self._admission(draft, target, rejected)
-        if status == "rate_limited":
+        if status == SampleStatus.RATE_LIMITED:
             weight = 0.0
         risk = "high" if entity_types & HIGH_RISK_ENTITIES else "low"
-        if status == "admitted" and needs_review(risk, self._settings.review_risk):
+        if status == SampleStatus.ADMITTED and needs_review(risk, self._settings.review_risk):
             status, reason = (
-                "awaiting_review",
+                SampleStatus.AWAITING_REVIEW,
                 (
                     f"carried {', '.join(sorted(entity_types & HIGH_RISK_ENTITIES))}: "
                     "a reviewer decides (`fedloop samples review decide`)"
@@ -127,7 +131,7 @@ class Curator:
             rejected=rejected,
             reward=reward,
             weight=weight,
-            pool="candidate",
+            pool=Pool.CANDIDATE,
             problem_type=None,
             risk=risk,
             first_seen_version=draft.model_version,
@@ -136,41 +140,48 @@ class Curator:
             label=None,
             created_at_ms=int(time.time() * 1000),
         )
-        self._store.insert_sample(sample, signature_bytes(minhash))
+        self._store.samples.insert(sample, signature_bytes(minhash))
         self._index.add(sample_id, cluster_id, minhash)
         self._uncommitted.append(sample_id)
-        if status == "quarantined":
+        if status == SampleStatus.QUARANTINED:
             self._check_breaker()
         return sample
 
-    def _admission(self, draft: DraftRecord, target: str | None, rejected: str | None) -> tuple[str, str | None]:
+    def _admission(
+        self, draft: DraftRecord, target: str | None, rejected: str | None
+    ) -> tuple[SampleStatus, str | None]:
         hour_ago = int(time.time() * 1000) - 3_600_000
         if (
-            self._store.user_sample_count(draft.user_pseudonym, hour_ago)
+            self._store.samples.user_count(draft.user_pseudonym, hour_ago)
             >= self._settings.max_samples_per_user_per_hour
         ):
-            return "rate_limited", f"user above {self._settings.max_samples_per_user_per_hour} samples per hour"
+            return (
+                SampleStatus.RATE_LIMITED,
+                f"user above {self._settings.max_samples_per_user_per_hour} samples per hour",
+            )
         for text in (draft.prompt, target, rejected):
             if text:
                 verdict = self._moderation.review(text)
                 if not verdict.allowed:
-                    return "quarantined", verdict.reason
-        tripped, _ = self._store.breaker_state()
+                    return SampleStatus.QUARANTINED, verdict.reason
+        tripped, _ = self._store.samples.breaker_state()
         if tripped:
-            return "held", "moderation breaker tripped: waiting for an operator reset"
-        return "admitted", None
+            return SampleStatus.HELD, "moderation breaker tripped: waiting for an operator reset"
+        return SampleStatus.ADMITTED, None
 
     def _check_breaker(self) -> None:
         settings = self._moderation_settings
-        statuses = [s for s in self._store.recent_statuses(settings.breaker_window) if s != "rate_limited"]
+        statuses = [
+            s for s in self._store.samples.recent_statuses(settings.breaker_window) if s != SampleStatus.RATE_LIMITED
+        ]
         if len(statuses) < settings.breaker_min_samples:
             return
-        rate = statuses.count("quarantined") / len(statuses)
-        if rate > settings.breaker_max_rate and not self._store.breaker_state()[0]:
+        rate = statuses.count(SampleStatus.QUARANTINED) / len(statuses)
+        if rate > settings.breaker_max_rate and not self._store.samples.breaker_state()[0]:
             reason = (
                 f"quarantine rate {rate:.0%} over the last {len(statuses)} samples > {settings.breaker_max_rate:.0%}"
             )
-            self._store.set_breaker(True, reason)
+            self._store.samples.set_breaker(True, reason)
             self._store.audit("fedloop", "breaker.trip", reason)
             log.warning("moderation breaker tripped: %s", reason)
 
@@ -188,15 +199,15 @@ class Curator:
         """Reset the breaker; held samples are reviewed again. Returns (admitted, quarantined)."""
         admitted = quarantined = 0
         with self._store.transaction():
-            self._store.set_breaker(False, None)
-            for sample in self._store.samples("status = 'held'"):
+            self._store.samples.set_breaker(False, None)
+            for sample in self._store.samples.find(SampleQuery(status=SampleStatus.HELD)):
                 verdicts = [self._moderation.review(t) for t in (sample.prompt, sample.target, sample.rejected) if t]
                 refusal = next((v for v in verdicts if not v.allowed), None)
                 if refusal is None:
-                    self._store.update_sample(sample.id, status="admitted", reason=None)
+                    self._store.samples.set_status(sample.id, SampleStatus.ADMITTED, None)
                     admitted += 1
                 else:
-                    self._store.update_sample(sample.id, status="quarantined", reason=refusal.reason)
+                    self._store.samples.set_status(sample.id, SampleStatus.QUARANTINED, refusal.reason)
                     quarantined += 1
             self._store.audit(
                 operator, "breaker.reset", f"held samples: {admitted} admitted, {quarantined} quarantined"
@@ -208,11 +219,11 @@ class Curator:
 
         The draft's sample moves to the problem pool unless a human already put it in a baseline pool.
         """
-        if not self._store.record_problem(draft_id, problem_type, model_version, at_ms):
+        if not self._store.drafts.record_problem(draft_id, problem_type, model_version, at_ms):
             return False
-        for sample in self._store.samples("draft_id = ?", (draft_id,)):
+        for sample in self._store.samples.find(SampleQuery(draft_id=draft_id)):
             if sample.pool not in BASELINE_POOLS:
-                self._store.update_sample(sample.id, pool="problem", problem_type=problem_type, risk="medium")
+                self._store.samples.flag_problem(sample.id, problem_type, "medium")
         return True
 
 
@@ -220,7 +231,7 @@ def training_examples(
     store: FeedbackStoreAPI,
     settings: CurationSection,
     held_out_share: float = 0.0,
-    pools: tuple[str, ...] = ("core_baseline", "secondary_baseline", "candidate", "problem"),
+    pools: tuple[Pool, ...] = (Pool.CORE_BASELINE, Pool.SECONDARY_BASELINE, Pool.CANDIDATE, Pool.PROBLEM),
 ) -> list[TrainingExample]:
     """Admitted samples with targets, weighted under the poisoning guard, less the held-out slice.
 
@@ -229,12 +240,9 @@ def training_examples(
     `per_user_cluster_cap` of weight; clusters backed by fewer than
     `min_distinct_users` users are left out.
     """
-    marks = ",".join("?" * len(pools))
     samples = [
         s
-        for s in store.samples(
-            f"status = 'admitted' AND target IS NOT NULL AND weight > 0 AND pool IN ({marks})", pools
-        )
+        for s in store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, pools=pools, trainable=True))
         if not is_held_out(store, s.draft_id, held_out_share)
     ]
     users_in_cluster: dict[str, set[str]] = defaultdict(set)
@@ -261,5 +269,5 @@ def dataset_version(store: FeedbackStoreAPI) -> str:
     it; it travels (signed) with the tenant's update so HQ can say which data
     version each contribution came from without seeing any of it.
     """
-    lines = sorted(f"{s.id}:{s.pool}:{s.status}:{s.weight:.6f}" for s in store.samples())
+    lines = sorted(f"{s.id}:{s.pool}:{s.status}:{s.weight:.6f}" for s in store.samples.find())
     return sm3_digest("\n".join(lines).encode()).hex()[:16]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedloop.client.store_api import FeedbackStoreAPI
+from fedloop.client.store_api import FeedbackStoreAPI, SampleQuery, SampleStatus
 
 _SCALE = float(16**16)
 
@@ -31,6 +31,6 @@ def is_held_out(store: FeedbackStoreAPI, draft_id: str, share: float) -> bool:
 
 def held_out_references(store: FeedbackStoreAPI, share: float, limit: int) -> list[Reference]:
     """The newest `limit` held-out samples that have a final text, oldest first."""
-    samples = store.samples("status = 'admitted' AND target IS NOT NULL")
+    samples = store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, with_target=True))
     chosen = [s for s in samples if is_held_out(store, s.draft_id, share)][-limit:]
     return [Reference(s.prompt, s.target or "") for s in chosen]

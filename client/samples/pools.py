@@ -21,7 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedloop.client.store_api import POOLS, FeedbackStoreAPI, SampleRecord
+from fedloop.client.store_api import FeedbackStoreAPI, Pool, SampleQuery, SampleRecord, SampleStatus
+
+POOLS: tuple[Pool, ...] = tuple(Pool)  # lifecycle order
 
 
 class ReviewError(ValueError):
@@ -29,7 +31,7 @@ class ReviewError(ValueError):
 
 
 def _sample(store: FeedbackStoreAPI, sample_id: str) -> SampleRecord:
-    found = store.samples("id = ?", (sample_id,))
+    found = store.samples.find(SampleQuery(sample_id=sample_id))
     if not found:
         raise ReviewError(f"unknown sample {sample_id!r}: see `fedloop samples review list`")
     return found[0]
@@ -48,11 +50,11 @@ def move(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -> S
         raise ReviewError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
     with store.transaction():
         sample = _sample(store, sample_id)
-        if sample.status != "admitted":
+        if sample.status != SampleStatus.ADMITTED:
             raise ReviewError(
                 f"sample {sample_id!r} is {sample.status} ({sample.reason}); only admitted samples can enter a pool"
             )
-        store.update_sample(sample_id, pool=pool)
+        store.samples.move(sample_id, Pool(pool))
         store.audit(operator, "sample.move", f"{sample_id}: {sample.pool} -> {pool}")
     return _sample(store, sample_id)
 
@@ -62,7 +64,7 @@ def promote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) -
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) <= POOLS.index(current):
         raise ReviewError(
-            f"promote goes up from {current!r}: choose one of {', '.join(POOLS[POOLS.index(current) + 1 :]) or 'none'}"
+            f"promote goes up from '{current}': choose one of {', '.join(POOLS[POOLS.index(current) + 1 :]) or 'none'}"
         )
     return move(store, sample_id, pool, operator)
 
@@ -72,12 +74,12 @@ def demote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) ->
     current = _sample(store, sample_id).pool
     if pool not in POOLS or POOLS.index(pool) >= POOLS.index(current):
         raise ReviewError(
-            f"demote goes down from {current!r}: choose one of {', '.join(POOLS[: POOLS.index(current)]) or 'none'}"
+            f"demote goes down from '{current}': choose one of {', '.join(POOLS[: POOLS.index(current)]) or 'none'}"
         )
     return move(store, sample_id, pool, operator)
 
 
-DECISIONS = {"admit": "admitted", "reject": "rejected"}
+DECISIONS = {"admit": SampleStatus.ADMITTED, "reject": SampleStatus.REJECTED}
 
 
 def decide(store: FeedbackStoreAPI, sample_id: str, decision: str, operator: str) -> SampleRecord:
@@ -87,9 +89,9 @@ def decide(store: FeedbackStoreAPI, sample_id: str, decision: str, operator: str
         raise ReviewError(f"unknown decision {decision!r}: use admit or reject")
     with store.transaction():
         sample = _sample(store, sample_id)
-        if sample.status != "awaiting_review":
+        if sample.status != SampleStatus.AWAITING_REVIEW:
             raise ReviewError(f"sample {sample_id!r} is {sample.status}, not awaiting review")
-        store.update_sample(sample_id, status=DECISIONS[decision], reason=f"{decision}ed by {operator} on review")
+        store.samples.set_status(sample_id, DECISIONS[decision], f"{decision}ed by {operator} on review")
         store.audit(operator, "sample.review", f"{sample_id}: {decision} (was: {sample.reason})")
     return _sample(store, sample_id)
 
@@ -99,14 +101,13 @@ def label(store: FeedbackStoreAPI, sample_id: str, text: str, operator: str) -> 
     operator = _operator(operator)
     with store.transaction():
         _sample(store, sample_id)
-        store.update_sample(sample_id, label=text)
+        store.samples.set_label(sample_id, text)
         store.audit(operator, "sample.label", f"{sample_id}: {text[:80]}")
     return _sample(store, sample_id)
 
 
-def export_label_studio(store: FeedbackStoreAPI, out: Path, pools: tuple[str, ...] = POOLS) -> int:
+def export_label_studio(store: FeedbackStoreAPI, out: Path, pools: tuple[Pool, ...] = POOLS) -> int:
     """Write Label Studio tasks for admitted samples in `pools`; returns how many."""
-    marks = ",".join("?" * len(pools))
     tasks = [
         {
             "data": {
@@ -119,7 +120,7 @@ def export_label_studio(store: FeedbackStoreAPI, out: Path, pools: tuple[str, ..
                 "risk": s.risk,
             }
         }
-        for s in store.samples(f"status = 'admitted' AND pool IN ({marks})", pools)
+        for s in store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, pools=pools))
     ]
     out.write_text(json.dumps(tasks, ensure_ascii=False, indent=2))
     return len(tasks)

@@ -77,7 +77,7 @@ class DraftService:
     # -- the release pointer and the loaded adapters ---------------------------------------------
     def sync(self) -> ReleaseRecord | None:
         """Read the release pointer; load the serving, canary and rollback-target adapters, drop the others."""
-        state = self._store.release_state()
+        state = self._store.versions.release_state()
         with self._sync_lock:
             if state != self._synced:
                 wanted = {v for v in (state.serving, state.canary) if v} if state else set()
@@ -91,7 +91,7 @@ class DraftService:
         return state
 
     def _load(self, version: str) -> None:
-        self._engine.load(version, adapter_from_bytes(self._store.installed_adapter(version)))
+        self._engine.load(version, adapter_from_bytes(self._store.versions.adapter(version)))
 
     def loaded(self) -> set[str]:
         """The versions whose adapters are in memory now."""
@@ -99,7 +99,7 @@ class DraftService:
 
     def installed(self) -> list[str]:
         """Ids of the versions this tenant verified and installed, oldest first."""
-        return [v.version_id for v in self._store.installed_versions()]
+        return [v.version_id for v in self._store.versions.installed()]
 
     # -- checks ------------------------------------------------------------------------------------
     def _check(self, request: DraftRequest) -> tuple[str, int]:

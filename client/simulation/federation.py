@@ -74,7 +74,7 @@ def release_histories(settings: Settings, layout: RunLayout) -> dict[str, list[R
         identity = load_identity(layout.keys, tenant)
         store = FeedbackStore(layout.tenant(tenant) / "feedback.db", identity.storage, identity.pseudonym_key)
         try:
-            histories[tenant] = store.release_history()
+            histories[tenant] = store.versions.release_history()
         finally:
             store.close()
     return histories

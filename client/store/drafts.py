@@ -1,0 +1,254 @@
+"""Drafts and outcomes in the SQLite store, with the product's signals, the problems derived from them, and the
+PII vault."""
+
+from __future__ import annotations
+
+import time
+
+from fedloop.client.privacy.placeholders import PlaceholderMap
+from fedloop.client.store.sealing import RowSealer
+from fedloop.client.store_api import Action, ArmStats, DraftRecord, OutcomeRecord, SignalRecord
+
+
+class SqliteDraftRepository:
+    """The `DraftRepository` of a SQLite store (texts encrypted, drafts and outcomes authenticated)."""
+
+    def __init__(self, sealer: RowSealer) -> None:
+        self._sealer = sealer
+        self._db = sealer.db
+
+    # -- events (idempotency) -----------------------------------------------------------------
+    def event_mac(self, event_id: str) -> str | None:
+        """The content MAC stored for `event_id`, or None if it was never stored."""
+        row = self._db.execute("SELECT content_mac FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else str(row["content_mac"])
+
+    def insert_event(self, event_id: str, kind: str, content_mac: str) -> None:
+        """Remember that `event_id` was stored with this content MAC."""
+        self._db.execute(
+            "INSERT INTO events (event_id, kind, content_mac, received_at) VALUES (?, ?, ?, ?)",
+            (event_id, kind, content_mac, time.time()),
+        )
+
+    def count_events(self) -> int:
+        """How many distinct events are stored."""
+        return int(self._db.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"])
+
+    # -- drafts and outcomes --------------------------------------------------------------------
+    def insert_draft(self, draft: DraftRecord) -> None:
+        """Store a shown draft (texts already redacted, ids already pseudonymised)."""
+        columns = {
+            "id": draft.id,
+            "user_pseudonym": draft.user_pseudonym,
+            "session_pseudonym": draft.session_pseudonym,
+            "prompt": self._sealer.seal("drafts", "prompt", draft.id, draft.prompt),
+            "draft": self._sealer.seal("drafts", "draft", draft.id, draft.draft),
+            "model_version": draft.model_version,
+            "prompt_version": draft.prompt_version,
+            "position": draft.position,
+            "shown_at_ms": draft.shown_at_ms,
+        }
+        self._sealer.insert("drafts", columns)
+
+    def get_draft(self, draft_id: str) -> DraftRecord | None:
+        """A stored draft, decrypted, or None."""
+        row = self._db.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
+        if row is None:
+            return None
+        self._sealer.check("drafts", row)
+        return DraftRecord(
+            id=row["id"],
+            user_pseudonym=row["user_pseudonym"],
+            session_pseudonym=row["session_pseudonym"],
+            prompt=self._sealer.open_text("drafts", "prompt", row["id"], row["prompt"]) or "",
+            draft=self._sealer.open_text("drafts", "draft", row["id"], row["draft"]) or "",
+            model_version=row["model_version"],
+            prompt_version=row["prompt_version"],
+            position=row["position"],
+            shown_at_ms=row["shown_at_ms"],
+        )
+
+    def has_outcome(self, draft_id: str) -> bool:
+        """Whether this draft already has an outcome."""
+        return self._db.execute("SELECT 1 FROM outcomes WHERE draft_id = ?", (draft_id,)).fetchone() is not None
+
+    def insert_outcome(self, outcome: OutcomeRecord) -> None:
+        """Store the user's decision on a draft (final text already redacted)."""
+        columns = {
+            "draft_id": outcome.draft_id,
+            "action": str(outcome.action),
+            "final_text": self._sealer.seal("outcomes", "final_text", outcome.draft_id, outcome.final_text),
+            "dwell_ms": outcome.dwell_ms,
+            "reward": outcome.reward,
+            "decided_at_ms": outcome.decided_at_ms,
+        }
+        self._sealer.insert("outcomes", columns)
+
+    def get_outcome(self, draft_id: str) -> OutcomeRecord | None:
+        """The outcome of a draft, decrypted, or None."""
+        row = self._db.execute("SELECT * FROM outcomes WHERE draft_id = ?", (draft_id,)).fetchone()
+        if row is None:
+            return None
+        self._sealer.check("outcomes", row)
+        return OutcomeRecord(
+            draft_id=row["draft_id"],
+            action=Action(row["action"]),
+            final_text=self._sealer.open_text("outcomes", "final_text", row["draft_id"], row["final_text"]),
+            dwell_ms=row["dwell_ms"],
+            reward=row["reward"],
+            decided_at_ms=row["decided_at_ms"],
+        )
+
+    def outcome_counts(self) -> dict[Action, int]:
+        """How many drafts ended in each action."""
+        rows = self._db.execute("SELECT action, COUNT(*) AS n FROM outcomes GROUP BY action").fetchall()
+        return {Action(row["action"]): row["n"] for row in rows}
+
+    def outcomes_by_version(self) -> list[tuple[str, str, int, int]]:
+        """(model version, prompt version, decided drafts, accepted drafts) for every pair that served."""
+        rows = self._db.execute(
+            "SELECT d.model_version AS model_version, d.prompt_version AS prompt_version, COUNT(*) AS decided, "
+            "COALESCE(SUM(o.action = ?), 0) AS accepted "
+            "FROM drafts d JOIN outcomes o ON o.draft_id = d.id GROUP BY d.model_version, d.prompt_version "
+            "ORDER BY MIN(d.shown_at_ms)",
+            (str(Action.ACCEPT),),
+        ).fetchall()
+        return [(r["model_version"], r["prompt_version"], r["decided"], r["accepted"]) for r in rows]
+
+    def drafting_versions(self) -> list[str]:
+        """Model versions that drafted, in the order they first did."""
+        rows = self._db.execute(
+            "SELECT model_version FROM drafts GROUP BY model_version ORDER BY MIN(shown_at_ms), MIN(rowid)"
+        )
+        return [row["model_version"] for row in rows]
+
+    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
+        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule.
+
+        Every draft and outcome counted is checked against its row MAC: an SQL edit cannot sway a release.
+        """
+        window = (model_version, since_ms)
+        self._sealer.checked_rows("drafts", "model_version = ? AND shown_at_ms >= ?", window)
+        outcomes = self._sealer.checked_rows(
+            "outcomes", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
+        )
+        actions = [Action(row["action"]) for row in outcomes]
+        flagged = self._db.execute(
+            "SELECT COUNT(DISTINCT p.draft_id) AS n FROM problems p JOIN drafts d ON d.id = p.draft_id "
+            "WHERE d.model_version = ? AND d.shown_at_ms >= ?",
+            window,
+        ).fetchone()["n"]
+        return ArmStats(
+            model_version, len(actions), actions.count(Action.ACCEPT), actions.count(Action.REJECT), flagged
+        )
+
+    # -- signals --------------------------------------------------------------------------------
+    def insert_signal(self, signal: SignalRecord) -> None:
+        """Store an implicit signal (value already redacted)."""
+        self._db.execute(
+            "INSERT INTO signals (event_id, user_pseudonym, session_pseudonym, kind, draft_id, value, at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                signal.event_id,
+                signal.user_pseudonym,
+                signal.session_pseudonym,
+                signal.kind,
+                signal.draft_id,
+                self._sealer.seal("signals", "value", signal.event_id, signal.value),
+                signal.at_ms,
+            ),
+        )
+
+    def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]:
+        """The latest `limit` signals of a session, oldest first, decrypted."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT rowid AS position, * FROM signals WHERE session_pseudonym = ? "
+            "ORDER BY at_ms DESC, rowid DESC LIMIT ?) ORDER BY at_ms, position",
+            (session_pseudonym, limit),
+        ).fetchall()
+        return [
+            SignalRecord(
+                event_id=r["event_id"],
+                user_pseudonym=r["user_pseudonym"],
+                session_pseudonym=r["session_pseudonym"],
+                kind=r["kind"],
+                draft_id=r["draft_id"],
+                value=self._sealer.open_text("signals", "value", r["event_id"], r["value"]),
+                at_ms=r["at_ms"],
+            )
+            for r in rows
+        ]
+
+    def session_drafts(self, session_pseudonym: str) -> list[tuple[str, str, int]]:
+        """(draft id, model version, shown at) of a session's drafts, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, model_version, shown_at_ms FROM drafts WHERE session_pseudonym = ? ORDER BY shown_at_ms, rowid",
+            (session_pseudonym,),
+        ).fetchall()
+        return [(r["id"], r["model_version"], r["shown_at_ms"]) for r in rows]
+
+    def signal_kinds(self) -> set[str]:
+        """Every signal kind the product has ever reported."""
+        return {row["kind"] for row in self._db.execute("SELECT DISTINCT kind FROM signals")}
+
+    def open_sessions(self, since_ms: int) -> list[str]:
+        """Sessions with a draft shown since `since_ms`."""
+        rows = self._db.execute("SELECT DISTINCT session_pseudonym FROM drafts WHERE shown_at_ms >= ?", (since_ms,))
+        return [row["session_pseudonym"] for row in rows]
+
+    # -- problems -------------------------------------------------------------------------------
+    def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
+        """Flag a draft with a problem type; returns False if it was already flagged so."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO problems (draft_id, problem_type, model_version, detected_at_ms) "
+            "VALUES (?, ?, ?, ?)",
+            (draft_id, problem_type, model_version, at_ms),
+        )
+        return cursor.rowcount == 1
+
+    def problem_rate(self, problem_type: str, model_version: str) -> tuple[int, int]:
+        """(drafts of `model_version` flagged with `problem_type`, all drafts of `model_version`)."""
+        flagged = self._db.execute(
+            "SELECT COUNT(*) AS n FROM problems WHERE problem_type = ? AND model_version = ?",
+            (problem_type, model_version),
+        ).fetchone()["n"]
+        total = self._db.execute(
+            "SELECT COUNT(*) AS n FROM drafts WHERE model_version = ?", (model_version,)
+        ).fetchone()["n"]
+        return flagged, total
+
+    def problem_types(self) -> list[str]:
+        """Every problem type a derived-signal rule has flagged so far."""
+        rows = self._db.execute("SELECT DISTINCT problem_type FROM problems ORDER BY problem_type")
+        return [row["problem_type"] for row in rows]
+
+    # -- vault ----------------------------------------------------------------------------------
+    def placeholder_map(self, record_id: str) -> PlaceholderMap:
+        """The placeholders already assigned in a record, decrypted from the vault."""
+        rows = self._db.execute("SELECT placeholder, original FROM vault WHERE record_id = ?", (record_id,))
+        return PlaceholderMap(
+            {
+                self._sealer.open_text("vault", "original", f"{record_id}/{r['placeholder']}", r["original"]) or "": r[
+                    "placeholder"
+                ]
+                for r in rows.fetchall()
+            }
+        )
+
+    def vault_add(self, record_id: str, placeholder: str, original: str) -> None:
+        """Keep the original behind a placeholder, encrypted."""
+        sealed = self._sealer.seal("vault", "original", f"{record_id}/{placeholder}", original)
+        self._db.execute(
+            "INSERT INTO vault (record_id, placeholder, original) VALUES (?, ?, ?)", (record_id, placeholder, sealed)
+        )
+
+    def vault_lookup(self, record_id: str, placeholder: str) -> str | None:
+        """The original behind a placeholder, or None (callers must audit the reveal)."""
+        row = self._db.execute(
+            "SELECT original FROM vault WHERE record_id = ? AND placeholder = ?", (record_id, placeholder)
+        ).fetchone()
+        return (
+            None
+            if row is None
+            else self._sealer.open_text("vault", "original", f"{record_id}/{placeholder}", row["original"])
+        )

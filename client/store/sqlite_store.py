@@ -1,0 +1,132 @@
+"""The tenant's store on SQLite (WAL): its repositories on one connection, every text column SM4-GCM encrypted.
+
+User and session ids are stored only as keyed SM3 HMAC pseudonyms. Writes
+happen inside `transaction()`, so an ingested batch is stored whole or not at
+all. `FeedbackStoreAPI` (client/store_api.py) is the interface a PostgreSQL
+implementation would fill.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedloop.client.store.drafts import SqliteDraftRepository
+from fedloop.client.store.samples import SqliteSampleRepository
+from fedloop.client.store.schema import ENCRYPTED_COLUMNS, MACED_COLUMNS, SCHEMA
+from fedloop.client.store.sealing import RowSealer
+from fedloop.client.store.versions import SqliteVersionRepository
+from fedloop.shared.audit import AuditLog, audit_key
+from fedloop.shared.crypto import hmac_sm3
+from fedloop.shared.sqlite_db import immediate_transaction, open_database
+from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
+
+
+class FeedbackStore:
+    """SQLite implementation of the tenant store (`FeedbackStoreAPI`)."""
+
+    def __init__(self, path: Path, keys: StorageKeyring, pseudonym_key: bytes) -> None:
+        self.path = path
+        self._pseudonym_key = pseudonym_key
+        self._db = open_database(path, SCHEMA)
+        self._db.row_factory = sqlite3.Row  # every repository reads columns by name
+        self._lock = threading.RLock()
+        self._sealer = RowSealer(self._db, keys, pseudonym_key)
+        self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
+        self.drafts = SqliteDraftRepository(self._sealer)
+        self.samples = SqliteSampleRepository(self._sealer, self._atomic)
+        self.versions = SqliteVersionRepository(self._sealer)
+        self._mac_rows_without_one()
+        self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
+
+    def _mac_rows_without_one(self) -> None:
+        """A store from before row MACs (the column is missing): add it and MAC the rows as they are, once (audited).
+
+        Only a missing column triggers this; a row whose MAC was later cleared with SQL fails its check instead.
+        """
+        missing = [
+            table
+            for table in MACED_COLUMNS
+            if "row_mac" not in {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        ]
+        if not missing:
+            return
+        added = 0
+        with self.transaction():
+            for table in missing:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN row_mac BLOB")
+                key_column = MACED_COLUMNS[table][0]
+                for row in self._db.execute(f"SELECT {key_column} FROM {table}").fetchall():
+                    self._sealer.set_row_mac(table, row[key_column])
+                    added += 1
+            self.audit_log.append(
+                "fedloop", "store.row-macs", f"{added} rows from before row MACs authenticated ({', '.join(missing)})"
+            )
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def use_keys(self, keys: StorageKeyring) -> None:
+        """Switch to a (rotated) keyring: new writes use its active key, old values stay readable."""
+        self._sealer.keys = keys
+        with self._lock:
+            self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside is committed together, or not at all."""
+        with self._lock, immediate_transaction(self._db):
+            yield
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """A write unit: the caller's transaction if one is open on this connection, or one of its own."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+            else:
+                with immediate_transaction(self._db):
+                    yield
+
+    def pseudonym(self, identifier: str) -> str:
+        """The stable keyed pseudonym under which a user or session id is stored."""
+        return hmac_sm3(self._pseudonym_key, identifier.encode()).hex()[:32]
+
+    def audit(self, actor: str, action: str, subject: str) -> None:
+        """Append an entry to the chained audit log (never containing a secret or an original)."""
+        with self._lock:
+            self.audit_log.append(actor, action, subject)
+
+    def reencrypt_batch(self, batch_size: int = 500) -> int:
+        """Re-encrypt up to `batch_size` values sealed with a non-active key; returns how many were done.
+
+        Each batch is its own short transaction, so ingestion keeps running during a rotation.
+        """
+        done = 0
+        keys = self._sealer.keys
+        with self.transaction():
+            for table, (key_expr, columns) in ENCRYPTED_COLUMNS.items():
+                for column in columns:
+                    rows = self._db.execute(
+                        f"SELECT rowid AS row_number, {key_expr} AS row_key, {column} AS sealed FROM {table} "
+                        f"WHERE {column} IS NOT NULL AND substr({column}, {KEY_TAG_POSITION}, 2) != ? LIMIT ?",
+                        (keys.active_tag(), batch_size - done),
+                    ).fetchall()
+                    for row in rows:
+                        aad = f"{table}/{column}/{row['row_key']}".encode()
+                        resealed = keys.seal(keys.open(row["sealed"], aad), aad)
+                        self._db.execute(
+                            f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (resealed, row["row_number"])
+                        )
+                        done += 1
+                    if done >= batch_size:
+                        return done
+        return done
+
+    def raw_connection(self) -> sqlite3.Connection:
+        """The underlying connection, for read-only inspection in tools and tests."""
+        return self._db
