@@ -32,7 +32,7 @@ from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora,
 from fedloop.shared.crypto import GCM_NONCE_BYTES, new_sm4_key, sm4_gcm_encrypt
 from fedloop.shared.envelope import open_envelope, seal
 from fedloop.shared.keys import Keyring, init_keys
-from fedloop.shared.protocol import delta_binding
+from fedloop.shared.protocol import update_binding
 from fedloop.shared.settings import LoraSettings
 from fedloop.shared.sm2 import SM2PrivateKey
 
@@ -123,7 +123,7 @@ def timing_figures(repeats: int) -> None:
 def sealing_figures(payload: bytes, directory: Path, repeats: int) -> None:
     """fedloop's seal and open against raw SM4-GCM on the same bytes."""
     hq, tenant = init_keys("hq", "hq", directory), init_keys("tenant", "acme", directory)
-    binding = delta_binding("acme", "bench", 1, "v0", 1)
+    binding = update_binding("acme", "bench", 1, "v0", 1)
     envelope = seal(payload, binding, tenant, hq.public)
     trusted = Keyring([tenant.public])
     megabytes = len(payload) / 1e6

@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -255,7 +256,7 @@ def federated(
     steps: int,
     seed: int,
     lora: LoraSettings,
-    merge_method: str = AggregationSection.method,
+    merge_method: Literal["exact", "fedavg"] = "exact",
     keep_b_local: bool = False,
 ) -> list[AdapterState]:
     """fedloop's loop in-process: each round every tenant trains from the global version, then HQ merges.
@@ -502,7 +503,7 @@ def write_plot(arms: Arms, path: Path, split: str) -> None:
     groups = [t.name for t in arms.tenants] + ["mean"]
     width = 0.85 / len(names)
     figure, axis = plt.subplots(figsize=(12, 4.5))
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap
     for k, name in enumerate(names):
         cells = arms.accepts[name] + [arms.pooled(name)]
         rates = [100 * sum(c) / len(c) for c in cells]

@@ -95,6 +95,7 @@ def main() -> None:
 
         def pointer_swap() -> None:
             serving = controller.rollback("bench").serving
+            assert serving is not None
             load_adapter_state(model, adapters[serving])
             assert controller.route("any-user") == "v1"
 

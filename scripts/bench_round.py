@@ -74,13 +74,13 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     def install(message: Message, context: Context, version_id: str):  # noqa: ANN202 - (tenant, model, tokenizer)
         """Load the received adapter and keep it in the tenant's store (any worker may serve it later)."""
         tenant = resolve(context)
-        payload = adapter_to_bytes(message.content["arrays"].to_torch_state_dict())
+        payload = adapter_to_bytes(message.content.array_records["arrays"].to_torch_state_dict())
         model, tokenizer = tenant.install(InstalledVersion(version_id, 0, None, sm3_digest(payload).hex()), payload)
         return tenant, model, tokenizer
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        round_ = int(message.content["config"]["server-round"])
+        round_ = int(str(message.content.config_records["config"]["server-round"]))
         tenant, model, tokenizer = install(message, context, f"plain-{round_ - 1}")
         traffic(tenant, round_)
         outcome = tenant.train_round(model, tokenizer, f"plain-{round_ - 1}", round_)
@@ -93,7 +93,7 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        version_id = f"plain-{int(message.content['config']['server-round'])}"
+        version_id = f"plain-{int(str(message.content.config_records['config']['server-round']))}"
         tenant, model, tokenizer = install(message, context, version_id)
         metrics = tenant.evaluate_version(model, tokenizer, version_id)
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)

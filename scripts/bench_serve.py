@@ -93,7 +93,7 @@ class Floor:
         )
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            output = self.model.generate(
+            output = self.model.generate(  # type: ignore[operator]  # PeftModel forwards generate() to its base
                 **encoded,
                 max_new_tokens=max_tokens,
                 min_new_tokens=1,
@@ -150,7 +150,7 @@ def rollback_times(
     for _ in range(repeats):
         controller.offer("v1", "bench: canary again")
         controller.promote("bench: v1 serves everyone")
-        stop, first_v0, issued = threading.Event(), [], [0.0]
+        stop, first_v0, issued = threading.Event(), list[float](), [0.0]
 
         def product(
             stop: threading.Event = stop, first_v0: list[float] = first_v0, issued: list[float] = issued

@@ -88,7 +88,7 @@ def render() -> str:
     ]
     for root, title, where in FILES:
         lines += [f"## {title}", "", f"{where[0].upper()}{where[1:]}.", ""]
-        schema = root.model_json_schema()
+        schema = root.model_json_schema()  # type: ignore[attr-defined]  # FILES holds pydantic model classes
         for name, reference in schema["properties"].items():
             section = schema["$defs"][reference["$ref"].rsplit("/", 1)[-1]]
             lines += [

@@ -82,7 +82,7 @@ def run_rounds(
             run_recipe(model, tokenizer, examples, recipe, seed * 1000 + round_ * 10 + index)
             updates.append(TenantUpdate(tenants[index].name, adapter_state(model), len(examples)))
         merged, _ = merge(updates, current, scaling, AggregationSection())
-        bound = EvaluationSection.forgetting_bound
+        bound = EvaluationSection().forgetting_bound
         row = [
             (
                 mean_token_kl(model, tokenizer, merged, current, gate_texts(t)),
@@ -117,20 +117,20 @@ def main() -> None:
         raise SystemExit(f"--tenants {args.tenants}: give 2 to 4 (a round needs two tenants, the split makes 4)")
     started = time.monotonic()
     lora = LoraSettings()
-    tenants = split_tenants(args.data, args.samples, args.held_out, args.seed)[: args.tenants]
+    tenants = split_tenants(args.data, "category", args.samples, 0, args.held_out, args.seed)[: args.tenants]
     base_model, tokenizer = load_base_model(args.model)
     model = attach_lora(base_model, lora, args.seed)
     init = adapter_state(model)
     engine = DraftEngine(args.model, lora)
     with tempfile.TemporaryDirectory() as work:
-        data = [feedback_examples(t, engine, init, Path(work), EvaluationSection.max_new_tokens) for t in tenants]
+        data = [feedback_examples(t, engine, init, Path(work), EvaluationSection().max_new_tokens) for t in tenants]
     del engine
     print(
         f"{args.tenants} tenants, {[len(d) for d in data]} training examples from {args.samples} drafts each, "
         f"{args.held_out} held-out finals each ({time.monotonic() - started:.0f} s)",
         flush=True,
     )
-    bound = EvaluationSection.kl_bound
+    bound = EvaluationSection().kl_bound
     results = {}
     for name, recipe in RECIPES.items():
         rounds = args.rounds if name == "default" else 1

@@ -45,10 +45,11 @@ def main() -> None:
         raise SystemExit(f"--data {args.data} not found: pass the path of bitext_customer_support_4514.csv")
     if not 0 <= args.tenant_index < 4:
         raise SystemExit(f"--tenant-index {args.tenant_index}: give 0 to 3 (the CSV is split into 4 tenants)")
-    split = split_tenants(args.data, args.first + args.drafts, 0, args.seed)[args.tenant_index]
+    split = split_tenants(args.data, "category", args.first + args.drafts, 0, 0, args.seed)[args.tenant_index]
     conversations = split.train[args.first : args.first + args.drafts]
     client = OpenAI(base_url=f"{args.endpoint}/v1", api_key=args.api_key)
-    served, accepted = Counter(), Counter()
+    served: Counter[str] = Counter()
+    accepted: Counter[str] = Counter()
     started = time.monotonic()
     with httpx.Client(headers={"Authorization": f"Bearer {args.api_key}"}, timeout=120) as http:
         for index, conversation in enumerate(conversations, 1):
