@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tiny_model import build_tiny_model
@@ -31,12 +32,12 @@ def make_tenant(tmp_path: Path, redactor: Redactor) -> Iterator[Callable[..., Te
     """Open tenant runtimes on fresh keys and stores under tmp_path; closed after the test."""
     opened: list[TenantRuntime] = []
 
-    def make(name: str = "acme", **sections: object) -> TenantRuntime:
+    def make(name: str = "acme", **sections: Any) -> TenantRuntime:
         keys = tmp_path / "keys"
         identity = init_keys("tenant", name, keys)
         settings = TenantSettings(
             tenant=TenantSection(name=name, keys_dir=str(keys), data_dir=str(tmp_path / name)), **sections
-        )  # type: ignore[arg-type]
+        )
         runtime = open_tenant(settings, identity, redactor=redactor)
         opened.append(runtime)
         return runtime

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.proto import feedback_pb2_grpc as pb_grpc
 
 
-def draft(event_id: str, draft_id: str, **fields: object) -> pb.DraftEvent:
+def draft(event_id: str, draft_id: str, **fields: Any) -> pb.DraftEvent:
     """A valid DraftEvent, with any field overridden."""
-    values = dict(
+    values: dict[str, Any] = dict(
         event_id=event_id,
         draft_id=draft_id,
         user_id="user-1",
@@ -25,9 +27,9 @@ def draft(event_id: str, draft_id: str, **fields: object) -> pb.DraftEvent:
     return pb.DraftEvent(**values)
 
 
-def outcome(event_id: str, draft_id: str, **fields: object) -> pb.OutcomeEvent:
+def outcome(event_id: str, draft_id: str, **fields: Any) -> pb.OutcomeEvent:
     """A valid ACCEPT OutcomeEvent, with any field overridden."""
-    values = dict(event_id=event_id, draft_id=draft_id, action=pb.ACCEPT, dwell_ms=3000)
+    values: dict[str, Any] = dict(event_id=event_id, draft_id=draft_id, action=pb.ACCEPT, dwell_ms=3000)
     values.update(fields)
     return pb.OutcomeEvent(**values)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import pytest
 import torch
@@ -114,7 +115,7 @@ def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("method", ["fedavg", "exact"])
-def test_a_scaled_poisoned_update_is_norm_bounded(method: str) -> None:
+def test_a_scaled_poisoned_update_is_norm_bounded(method: Literal["fedavg", "exact"]) -> None:
     current = adapter(4, 0, 0.1)
     honest = honest_round(current, 3)
     clean, _ = merge(honest, current, 2.0, AggregationSection(method=method))

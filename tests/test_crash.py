@@ -28,7 +28,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(config: Path, port: int, log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+def _start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "fedloop"), "tenant", "serve", "--config", str(config)],
         stdout=log.open("ab"),
@@ -117,5 +117,6 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     for event_id in acknowledged:
         if event_id.endswith("-e"):
             draft_id = event_id.rsplit("-", 1)[0]
-            assert store.drafts.get_draft(draft_id).prompt.startswith("question ")  # decrypts
+            stored = store.drafts.get_draft(draft_id)
+            assert stored is not None and stored.prompt.startswith("question ")  # decrypts
     store.close()

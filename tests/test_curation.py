@@ -139,7 +139,7 @@ def test_derived_signals_flag_problems_and_problem_rate_compares_versions(make_t
             api.record_outcome(drafts[sid], Action.ACCEPT, dwell_ms=3000)
     now = int(time.time() * 1000) + 1
 
-    def signal(event_id: str, session: str, kind: int, value: str = "", at: int = 0) -> None:
+    def signal(event_id: str, session: str, kind: pb.SignalKind, value: str = "", at: int = 0) -> None:
         tenant.pipeline.ingest(
             [
                 pb.Event(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -241,6 +242,7 @@ def test_an_outsider_with_the_ca_certificate_cannot_use_the_control_api(deployed
 
 def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_api(deployed: Federation) -> None:
     node_key = serialization.load_ssh_private_key((deployed.root / "certs" / "acme.node").read_bytes(), None)
+    assert isinstance(node_key, ec.EllipticCurvePrivateKey)  # Flower's node keys are ECDSA
     for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/control/start-run"):
         timestamp = datetime.now(UTC).isoformat()
         signature = node_key.sign(timestamp.encode(), ec.ECDSA(hashes.SHA256()))
@@ -339,7 +341,7 @@ def test_a_product_drafts_with_the_released_version_through_the_openai_client(de
     namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
     snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
     exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)  # noqa: S102 - the documented code, verbatim
-    draft = namespace["draft"]
+    draft: Any = namespace["draft"]  # the documented snippet's ChatCompletion
     assert shown == [draft.choices[0].message.content] and draft.model == routed
     assert store.drafts.get_draft(draft.id).model_version == routed
     assert (

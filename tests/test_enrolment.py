@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -40,7 +41,7 @@ def _claims(keys: Path) -> ClientApp:
                 enrol_statement(challenge, run, context.node_id, "acme", acme.public.key_id)
             )
             claim = {"tenant": "acme", "key_id": acme.public.key_id, "signature": signature.hex()}
-        return Message(RecordDict({ENROL: ConfigRecord(claim)}), reply_to=message)
+        return Message(RecordDict({ENROL: ConfigRecord(dict[str, Any](claim))}), reply_to=message)
 
     return app
 

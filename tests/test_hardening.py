@@ -122,6 +122,7 @@ def test_a_flower_process_ends_when_the_process_that_started_it_dies(tmp_path: P
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert parent.stdout is not None
     child = int(parent.stdout.readline())
     deadline = time.monotonic() + 10
     while _command_of(child) != "sleep" and time.monotonic() < deadline:  # until the launcher has exec'd

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import pytest
 from grpc_helpers import draft, outcome, status_of, stub
@@ -60,7 +62,11 @@ def test_events_are_stored_once_and_replays_are_acknowledged(service) -> None:
         ("RecordOutcome", outcome("x2", "d0", action=pb.EDIT_ACCEPT), BAD.INVALID_ARGUMENT),
         ("RecordOutcome", outcome("x2", "d0", timestamp_ms=1_000_000_000_000), BAD.FAILED_PRECONDITION),
         ("RecordOutcome", outcome("e0", "d0"), BAD.ALREADY_EXISTS),
-        ("RecordSignal", pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=42), BAD.INVALID_ARGUMENT),
+        (
+            "RecordSignal",
+            pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=cast(pb.SignalKind, 42)),
+            BAD.INVALID_ARGUMENT,
+        ),
         (
             "RecordSignal",
             pb.SignalEvent(event_id="x3", user_id="u", session_id="s", kind=pb.USER_MESSAGE),

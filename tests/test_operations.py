@@ -114,7 +114,7 @@ def test_key_rotation_reencrypts_while_ingestion_continues(make_tenant) -> None:
         api.record_outcome(draft_id, Action.EDIT, f"final {i}", dwell_ms=3000)
     keys_dir = Path(tenant.settings.tenant.keys_dir)
     stop = threading.Event()
-    written = []
+    written: list[str] = []
 
     def keep_ingesting() -> None:
         while not stop.is_set():
@@ -150,8 +150,9 @@ def test_generated_grpc_code_is_reproducible_from_the_proto(tmp_path: Path) -> N
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    spec.loader.exec_module(module)
     for generated in module.generate(tmp_path):
         assert generated.read_text() == (ROOT / "proto" / generated.name).read_text(), generated.name
 

@@ -5,6 +5,7 @@ it drafts better."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fedloop.client.evaluate.candidates import Assessment, better_candidate
 from fedloop.client.evaluate.drift import GateResult
 from fedloop.client.evaluate.hit_rate import HitRate
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.store_api import InstalledVersion
+from fedloop.client.store_api import EvaluationKind, InstalledVersion
 from fedloop.client.tenant import LOCAL_B, Tenant, shared_model
 from fedloop.client.tenant_settings import EvaluationSection, PersonaliseSection, TenantSection, TenantSettings
 from fedloop.client.train.personalise import local_part, personal_version, shared_part, with_local_part
@@ -47,8 +48,8 @@ def test_the_shared_part_is_a_and_the_local_part_is_b() -> None:
 def _tenant(
     tmp_path: Path,
     tiny_model_dir: Path,
-    method: str,
-    merge: str = "fedavg",
+    method: Literal["none", "local_steps", "local_b"],
+    merge: Literal["exact", "fedavg"] = "fedavg",
     evaluation: EvaluationSection | None = None,
 ) -> Tenant:
     keys = tmp_path / "keys"
@@ -103,7 +104,7 @@ def test_local_b_needs_hq_to_average_the_factors(tmp_path: Path, tiny_model_dir:
 
 def _assessed(rate: float, verdict: str = "pass", prompts: int = 30) -> Assessment:
     hits = tuple(k < round(rate * prompts) for k in range(prompts))
-    return HitRate(hits, 0.5), [GateResult("kl_to_serving", 0.1, 0.4, verdict)]
+    return HitRate(hits, 0.5), [GateResult(EvaluationKind.KL_TO_SERVING, 0.1, 0.4, verdict)]
 
 
 def test_a_personalised_candidate_is_offered_only_when_it_drafts_better_with_confidence() -> None:
@@ -138,7 +139,8 @@ def test_a_tenant_gates_both_candidates_and_offers_one(tmp_path: Path, tiny_mode
     assert [v.parent for v in tenant.store.versions.installed() if v.version_id == personal] == ["v1"]
     assert {kind for kind, _ in tenant.store.versions.evaluations(personal)} >= {"hit_rate", "hit_rate_vs_serving"}
     offered = personal if metrics["offered-personalised"] else "v1"
-    assert tenant.release.state().serving == offered  # the first offer bootstraps the serving version
+    state = tenant.release.state()
+    assert state is not None and state.serving == offered  # the first offer bootstraps the serving version
     other = "v1" if offered == personal else personal
     assert any(
         e.action == "release-passed-over" and e.subject.startswith(f"{other}:")

@@ -19,7 +19,7 @@ from test_refusals import reply
 from fedloop.client.evaluate.hit_rate import offline_hit_rate
 from fedloop.client.samples.held_out import Reference
 from fedloop.client.simulation.product import TenantTraffic
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store_api import Pool, TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry
 from fedloop.server.round_ledger import RoundLedger
@@ -49,10 +49,10 @@ HIT_SIMILARITY = 0.8  # the documented hit rule
 @pytest.fixture(scope="module")
 def round_inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The global version, each tenant's honestly trained adapter, the model and the held-out users."""
-    model, tokenizer = load_base_model(tiny_model_dir)
-    model = attach_lora(model, LORA, seed=1)
+    base, tokenizer = load_base_model(tiny_model_dir)
+    model = attach_lora(base, LORA, seed=1)
     earlier = [
-        TrainingExample(c.prompt, c.preferred_reply, 1.0, "candidate")
+        TrainingExample(c.prompt, c.preferred_reply, 1.0, Pool.CANDIDATE)
         for c in TenantTraffic("earlier-rounds", "brief", seed=50).conversations(64, batch=1)
     ]
     run_recipe(
@@ -66,7 +66,7 @@ def round_inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     trained = {}
     for index, tenant in enumerate((*HONEST, MALLORY)):
         examples = [
-            TrainingExample(c.prompt, c.preferred_reply, 1.0, "candidate")
+            TrainingExample(c.prompt, c.preferred_reply, 1.0, Pool.CANDIDATE)
             for c in TenantTraffic(f"t{index}", "brief", seed=index).conversations(24, batch=1)
         ]
         load_adapter_state(model, start)
@@ -106,6 +106,7 @@ def merge_round(
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     registry.close()
+    assert arrays is not None
     return arrays.to_torch_state_dict(), strategy.reports[1].merge_notes
 
 

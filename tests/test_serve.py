@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from serve_helpers import Endpoint, install_versions, start_endpoint
 
 from fedloop.client.release.controller import ReleaseController
@@ -23,7 +25,9 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.keys import load_identity
 
-QUESTION = [{"role": "user", "content": "Where is my order 12345? It has not arrived."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Where is my order 12345? It has not arrived."}
+]
 
 
 @pytest.fixture()
@@ -55,6 +59,7 @@ def test_drafts_come_from_the_routed_version_and_are_recorded_with_it(endpoint: 
         assert completion.model == routed and completion.choices[0].message.content
         stored = endpoint.runtime.store.drafts.get_draft(completion.id)
         assert stored is not None and stored.model_version == routed and stored.draft
+        assert completion.model_extra is not None
         seen[routed] = completion.model_extra["fedloop"]["canary"]
     assert seen == {"v0": False, "v1": True}  # both arms drafted, the canary flagged
     assert {"v0", "v1"} <= endpoint.service.loaded()  # both stay loaded: switching costs no reload
@@ -83,10 +88,15 @@ def test_outcomes_by_draft_id_drive_release_decisions_as_they_arrive(endpoint: E
             timeout=30,
         )
         assert reply.status_code == 200, reply.text
-        if endpoint.controller.state().canary is None:
+        current = endpoint.controller.state()
+        if current is not None and current.canary is None:
             break
     state = endpoint.controller.state()
-    assert (state.action, state.serving, state.canary) == ("rollback", "v0", None)  # no round needed
+    assert state is not None and (state.action, state.serving, state.canary) == (
+        "rollback",
+        "v0",
+        None,
+    )  # no round needed
     after = api.chat.completions.create(model="fedloop", messages=QUESTION, user="u1", max_tokens=4)
     assert after.model == "v0"
 
@@ -95,7 +105,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: End
     api = client(endpoint)
     store = endpoint.runtime.store
     before = store.drafts.count_events()
-    cases = [
+    cases: list[tuple[dict[str, Any], int, str]] = [
         (dict(model="fedloop", messages=QUESTION), 400, "user"),
         (dict(model="fedloop", messages=[], user="u"), 400, "messages"),
         (
@@ -110,7 +120,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: End
     for arguments, status, param in cases:
         with pytest.raises(openai.APIStatusError) as refused:
             api.chat.completions.create(**arguments)
-        error = refused.value.body
+        error = cast(dict[str, Any], refused.value.body)
         assert refused.value.status_code == status and error["param"] == param, (arguments, error)
         assert param.split("[")[0] in error["message"]
     unknown = httpx.post(f"{endpoint.base_url}/drafts/no-such-draft/outcome", json={"action": "accept"}, timeout=30)
@@ -156,7 +166,8 @@ def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenan
     served = start_endpoint(runtime, tiny_model_dir)
     try:
         completion = client(served).chat.completions.create(model="fedloop", messages=QUESTION, user="u", max_tokens=4)
-        assert completion.model == "base" and completion.model_extra["fedloop"]["canary"] is False
+        extra = completion.model_extra or {}
+        assert completion.model == "base" and extra["fedloop"]["canary"] is False
         assert runtime.store.drafts.get_draft(completion.id).model_version == "base"
     finally:
         served.http.stop()

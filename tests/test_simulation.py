@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flwr.app import Context
@@ -114,7 +114,7 @@ def federated_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         recording.append(RecordingGrid(grid))
-        run_hq(recording[0], settings, layout, context.run_id)
+        run_hq(cast(Grid, recording[0]), settings, layout, context.run_id)  # a Grid that also records
 
     summary = run_federation(settings, layout, server_app=server_app)
     return settings, layout, summary, recording[0].replies, canaries
@@ -183,8 +183,8 @@ def _style_similarity(settings: Settings, layout, version: str | None) -> float:
     from fedloop.client.simulation.product import TenantTraffic
     from fedloop.shared.adapter import adapter_from_bytes, attach_lora, load_adapter_state, load_base_model
 
-    model, tokenizer = load_base_model(Path(settings.paths.model))
-    model = attach_lora(model, settings.lora, seed=0)
+    base, tokenizer = load_base_model(Path(settings.paths.model))
+    model = attach_lora(base, settings.lora, seed=0)
     references = [
         Reference(c.prompt, c.preferred_reply)
         for c in TenantTraffic("fresh-users", "brief", seed=99).conversations(48, batch=-1)
@@ -263,6 +263,7 @@ def test_each_round_is_tracked_in_mlflow_with_its_version(federated_run) -> None
     settings, _, summary, _, _ = federated_run
     client = mlflow.tracking.MlflowClient(settings.tracking.mlflow_uri)
     experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None
     [run] = client.search_runs([experiment.experiment_id])
     history = client.get_metric_history(run.info.run_id, "hit-rate/mean")
     measured = [

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store_api import Pool, TrainingExample
 from fedloop.client.train.data import WeightedExample, curriculum, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
 from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe
@@ -44,7 +46,7 @@ def test_kto_loss_matches_a_hand_computed_value() -> None:
 def test_kto_items_take_targets_as_desirable_and_rejected_drafts_as_undesirable() -> None:
     weighted = [
         WeightedExample(example("a", 0.8, "candidate", rejected="bad a"), 0.48),
-        WeightedExample(example("b", 1.0, "candidate"), 1.0),
+        WeightedExample(example("b", 1.0, Pool.CANDIDATE), 1.0),
     ]
     items = kto_items(weighted, seed=3)
     assert sorted((i.prompt, i.reply, i.desirable, i.weight) for i in items) == [
@@ -63,7 +65,7 @@ def test_sequence_logprobs_count_only_labelled_tokens() -> None:
 
 
 def example(prompt: str, weight: float, pool: str, rejected: str | None = None) -> TrainingExample:
-    return TrainingExample(prompt, f"reply to {prompt}", weight, pool, rejected)
+    return TrainingExample(prompt, f"reply to {prompt}", weight, Pool(pool), rejected)
 
 
 def test_pool_weights_multiply_sample_weights_and_zero_drops() -> None:
@@ -77,7 +79,11 @@ def test_pool_weights_multiply_sample_weights_and_zero_drops() -> None:
 def test_curriculum_starts_confident_and_adds_marginal_samples() -> None:
     settings = TrainSection()
     mixed = mix(
-        [example("sure", 1.0, "candidate"), example("likely", 0.6, "candidate"), example("marginal", 0.3, "candidate")],
+        [
+            example("sure", 1.0, "candidate"),
+            example("likely", 0.6, "candidate"),
+            example("marginal", 0.3, "candidate"),
+        ],
         settings,
     )
     stages = curriculum(mixed, (0.8, 0.5, 0.0), seed=1)
@@ -89,7 +95,7 @@ def test_curriculum_starts_confident_and_adds_marginal_samples() -> None:
     assert curriculum(mixed, (0.99, 0.0), seed=1)[0][0].example.prompt in {"sure", "likely", "marginal"}
 
 
-def _model(tiny_model_dir: Path):
+def _model(tiny_model_dir: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     model, tokenizer = load_base_model(tiny_model_dir)
     return attach_lora(model, LoraSettings(rank=4, alpha=8), seed=0), tokenizer
 
@@ -100,7 +106,7 @@ def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir
             f"Where is my order {i}?",
             f"Order {i} ships today.",
             0.5,
-            "candidate",
+            Pool.CANDIDATE,
             rejected=f"I cannot help with order {i}.",
         )
         for i in range(6)
@@ -140,7 +146,7 @@ def test_recipe_is_deterministic_and_dpo_prefers_the_chosen_reply(tiny_model_dir
 
 def test_fedprox_keeps_the_adapter_closer_to_the_global_version(tiny_model_dir: Path) -> None:
     examples = [
-        TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, "candidate") for i in range(8)
+        TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, Pool.CANDIDATE) for i in range(8)
     ]
     settings = TrainSection(max_steps=6, batch_size=4, learning_rate=2e-2, max_seq_len=64, curriculum=(0.0,))
     drift = {}
@@ -159,7 +165,7 @@ def test_dpo_phase_uses_its_own_learning_rate(tiny_model_dir: Path) -> None:
             f"Where is my order {i}?",
             f"Order {i} ships today.",
             0.5,
-            "candidate",
+            Pool.CANDIDATE,
             rejected=f"I cannot help with order {i}.",
         )
         for i in range(6)
@@ -181,7 +187,7 @@ def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path)
             f"Where is my order {i}?",
             f"Order {i} ships today.",
             0.7,
-            "candidate",
+            Pool.CANDIDATE,
             rejected=f"I cannot help with order {i}.",
         )
         for i in range(6)

@@ -50,11 +50,14 @@ def test_release_states_and_rollback_is_a_pointer_swap(run_dir) -> None:
     assert registry.promote(ids[1]).status == "stable"
     with pytest.raises(RegistryError, match="only a candidate or a canary"):
         registry.promote(ids[1])
-    assert registry.get(ids[1]).status == "stable" and registry.stable().id == ids[1]
+    stable = registry.stable()
+    assert registry.get(ids[1]).status == "stable" and stable is not None and stable.id == ids[1]
     registry.promote(ids[2])
     registry.promote(ids[2])
-    assert registry.stable().id == ids[2]
-    assert registry.rollback(ids[2]).id == ids[1]
+    stable = registry.stable()
+    assert stable is not None and stable.id == ids[2]
+    back = registry.rollback(ids[2])
+    assert back is not None and back.id == ids[1]
     assert registry.get(ids[2]).status == "rolled_back" and registry.signature_valid(ids[2])
     with pytest.raises(RegistryError, match="already rolled back"):
         registry.rollback(ids[2])

@@ -98,8 +98,9 @@ def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
+    assert config.num_key_value_heads is not None and config.rope_parameters is not None
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"] or 0.0))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
@@ -118,7 +119,7 @@ def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}."
         q = _permute_for_gguf(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads)
-        k = _permute_for_gguf(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads)
+        k = _permute_for_gguf(state[prefix + "self_attn.k_proj.weight"], int(config.num_key_value_heads or 0))
         for name, tensor in (
             ("attn_q", q),
             ("attn_k", k),
