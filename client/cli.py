@@ -59,12 +59,13 @@ def _start_draft_endpoint(runtime: TenantRuntime, federation: Settings, release_
     from fedloop.client.serve.engine import DraftEngine
     from fedloop.client.serve.http import build_http_app
     from fedloop.client.serve.server import start_http
-    from fedloop.shared.adapter import ModelLoadError
+    from fedloop.shared.adapter import ModelLoadError, Placement
 
     serve = runtime.settings.serve
     keys = load_api_keys(serve.api_keys_file, "serve.api_keys_file")
     try:
-        engine = DraftEngine(Path(federation.paths.model), federation.lora)
+        placement = Placement.of(federation.train.device, federation.train.dtype)
+        engine = DraftEngine(Path(federation.paths.model), federation.lora, placement)
     except ModelLoadError as err:
         raise OSError(f"{err} (paths.model in the federation settings)") from None
     service = DraftService(runtime, engine, release_loop)

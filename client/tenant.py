@@ -38,7 +38,9 @@ from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.train.personalise import local_part, local_steps, personal_version, shared_part, with_local_part
 from fedloop.client.train.recipe import run_recipe
 from fedloop.shared.adapter import (
+    CPU_FLOAT32,
     AdapterState,
+    Placement,
     adapter_from_bytes,
     adapter_state,
     adapter_to_bytes,
@@ -67,9 +69,11 @@ class TrainOutcome:
 
 
 @lru_cache(maxsize=1)
-def shared_model(model_path: str, lora: LoraSettings, seed: int) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+def shared_model(
+    model_path: str, lora: LoraSettings, seed: int, placement: Placement = CPU_FLOAT32
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """The base model with a LoRA slot, loaded once per worker process and shared by its tenants."""
-    model, tokenizer = load_base_model(Path(model_path))
+    model, tokenizer = load_base_model(Path(model_path), placement)
     return attach_lora(model, lora, seed), tokenizer
 
 
@@ -96,6 +100,11 @@ class Tenant:
                 f'{self.federation.aggregation.method!r}, which re-factorises B·A. Set aggregation.method = "fedavg" '
                 f'in the federation TOML, or personalise.method = "local_steps" in the tenant\'s TOML'
             )
+
+    @cached_property
+    def placement(self) -> Placement:
+        """Where this tenant's models live and in which precision (`[train] device` and `dtype`)."""
+        return Placement.of(self.federation.train.device, self.federation.train.dtype)
 
     @property
     def name(self) -> str:
@@ -130,7 +139,7 @@ class Tenant:
     @cached_property
     def drafts(self) -> DraftService:
         """The tenant's draft service (what its HTTP endpoint calls), with its own copy of the base model."""
-        engine = DraftEngine(Path(self.federation.paths.model), self.federation.lora)
+        engine = DraftEngine(Path(self.federation.paths.model), self.federation.lora, self.placement)
         return DraftService(self.runtime, engine)
 
     def adapter(self, version_id: str) -> AdapterState:
@@ -161,7 +170,7 @@ class Tenant:
     def install(self, installed: InstalledVersion, payload: bytes) -> tuple[PeftModel, PreTrainedTokenizerBase]:
         """Keep a received version in the store and in memory (with the serving and canary ones) and load it."""
         model, tokenizer = shared_model(
-            self.federation.paths.model, self.federation.lora, self.federation.federation.seed
+            self.federation.paths.model, self.federation.lora, self.federation.federation.seed, self.placement
         )
         state = adapter_from_bytes(payload)
         load_adapter_state(model, state)

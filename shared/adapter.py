@@ -8,6 +8,7 @@ keys (`get_peft_model_state_dict`), so `export_peft` only has to add
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ def peft_config(lora: LoraSettings) -> LoraConfig:
     )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a base model lives and in which precision (`[train] device` and `dtype`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, device: str, dtype: str) -> Placement:
+        """Resolve the settings' names; "auto" picks CUDA and bfloat16 when a GPU is there, else CPU and float32.
+
+        ModelLoadError if "cuda" is asked for on a machine without one.
+        """
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(
+                'train.device = "cuda" but torch sees no CUDA device here: install a CUDA build of torch on a '
+                'machine with a GPU, or set train.device = "auto" or "cpu"'
+            )
+        where = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+        if dtype == "auto":
+            precision = torch.bfloat16 if where.type == "cuda" else torch.float32
+        else:
+            precision = getattr(torch, dtype)
+        return cls(where, precision)
+
+
+CPU_FLOAT32 = Placement(torch.device("cpu"), torch.float32)
+
+
 def check_model_path(model_path: Path) -> None:
     """Raise ModelLoadError unless `model_path` is a local HF directory or a .gguf file."""
     if model_path.suffix == ".gguf" and model_path.is_file():
@@ -52,11 +82,14 @@ def check_model_path(model_path: Path) -> None:
     )
 
 
-def load_base_model(model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer (with its chat template) from a local HF directory or a GGUF file.
+def load_base_model(
+    model_path: Path, placement: Placement = CPU_FLOAT32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (with its chat template) from a local HF directory or a GGUF file, in
+    `placement`'s precision on its device.
 
-    A GGUF file is de-quantised to float32 on every load (seconds for a small model); `fedloop model
-    fetch` converts the default one to a directory once. Nothing is ever fetched from a hub.
+    A GGUF file is de-quantised on every load (seconds for a small model); `fedloop model fetch` converts the
+    default one to a directory once. Nothing is ever fetched from a hub.
     """
     check_model_path(model_path)
     if model_path.suffix == ".gguf":
@@ -70,7 +103,8 @@ def load_base_model(model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokeni
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(**source, local_files_only=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(**source, local_files_only=True, dtype=placement.dtype)
+    torch.nn.Module.to(model, placement.device)  # in place: the module moves its own parameters
     return model, tokenizer
 
 
@@ -81,8 +115,11 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> Pe
 
 
 def adapter_state(model: PeftModel) -> AdapterState:
-    """The adapter's tensors under PEFT's saved key names, detached and on CPU."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
+    """The adapter's tensors under PEFT's saved key names, detached, on the CPU and in float32: the one format
+    adapters travel and rest in, whatever device and precision a tenant trains with."""
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in get_peft_model_state_dict(model).items()
+    }
 
 
 def load_adapter_state(model: PeftModel, state: AdapterState) -> None:

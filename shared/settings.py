@@ -115,6 +115,17 @@ class TrainSection(Section):
     method: Literal["sft", "dpo", "kto", "sft_then_dpo", "sft_then_kto"] = Field(
         "sft", description="what the tenant trains: SFT, DPO, KTO, or SFT then a preference phase"
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description='where the model trains, evaluates and drafts: "auto" = a CUDA GPU if there is one, else the CPU',
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description='the base model\'s precision: "auto" = bfloat16 on CUDA, float32 on the CPU (adapters: float32)',
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory per step, about a third slower"
+    )
     epochs: int = Field(1, description="passes over the training mix (max_steps caps them)")
     max_steps: int = Field(8, description="optimiser steps per round and phase; 0 = as many as epochs give")
     batch_size: int = Field(8, description="examples per step (before gradient accumulation)")

@@ -15,7 +15,7 @@ from fedloop.client.store_api import Pool, TrainingExample
 from fedloop.client.train.data import WeightedExample, curriculum, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
 from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe
-from fedloop.shared.adapter import adapter_state, attach_lora, load_base_model
+from fedloop.shared.adapter import ModelLoadError, Placement, adapter_state, attach_lora, load_base_model
 from fedloop.shared.settings import LoraSettings, TrainSection
 
 
@@ -218,3 +218,35 @@ def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path)
         *_model(tiny_model_dir), examples, settings.model_copy(update={"method": "sft_then_kto"}), seed=5
     )
     assert report.steps("sft") > 0 and report.steps("kto") == 3 and not math.isnan(report.loss)
+
+
+def test_a_bfloat16_model_trains_on_the_cpu_and_its_adapter_travels_as_float32(tiny_model_dir: Path) -> None:
+    """`[train] dtype = "bfloat16"`: the base model runs in bfloat16, the adapter leaves in the shared float32
+    format, so a bfloat16 tenant and a float32 tenant merge at HQ without a dtype refusal."""
+    placement = Placement.of("cpu", "bfloat16")
+    base, tokenizer = load_base_model(tiny_model_dir, placement)
+    assert next(base.parameters()).dtype == torch.bfloat16
+    model = attach_lora(base, LoraSettings(rank=4, alpha=8), seed=0)
+    examples = [
+        TrainingExample(f"Where is my order {i}?", f"Order {i} ships today.", 1.0, Pool.CANDIDATE) for i in range(8)
+    ]
+    settings = TrainSection(max_steps=3, batch_size=4, learning_rate=3e-2, max_seq_len=64, gradient_checkpointing=True)
+    start = adapter_state(model)
+    report = run_recipe(model, tokenizer, examples, settings, seed=1)
+    assert report.steps("sft") == 3 and math.isfinite(report.loss)
+    assert not model.is_gradient_checkpointing  # switched off again: evaluation and drafting share the model
+    trained = adapter_state(model)
+    reference = adapter_state(_model(tiny_model_dir)[0])  # a float32 tenant's adapter
+    assert {k: (v.dtype, v.shape) for k, v in trained.items()} == {k: (v.dtype, v.shape) for k, v in reference.items()}
+    assert all(v.dtype == torch.float32 for v in trained.values())
+    assert any(not torch.equal(trained[k], start[k]) for k in trained)  # it learned
+
+
+def test_the_device_setting_is_checked_against_the_machine() -> None:
+    assert Placement.of("cpu", "auto") == Placement(torch.device("cpu"), torch.float32)
+    if torch.cuda.is_available():  # a GPU machine: "auto" takes it, in bfloat16
+        assert Placement.of("auto", "auto") == Placement(torch.device("cuda"), torch.bfloat16)
+    else:
+        assert Placement.of("auto", "auto") == Placement(torch.device("cpu"), torch.float32)
+        with pytest.raises(ModelLoadError, match='train.device = "cuda".*set train.device = "auto" or "cpu"'):
+            Placement.of("cuda", "auto")

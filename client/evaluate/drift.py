@@ -57,7 +57,8 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> dict[st
 @torch.no_grad()
 def _log_probs(model: PeftModel, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
-    return F.log_softmax(model(**encoded).logits.float(), dim=-1)
+    on_device = {name: tensor.to(model.device) for name, tensor in encoded.items()}
+    return F.log_softmax(model(**on_device).logits.float(), dim=-1).cpu()
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import TextIteratorStreamer
 
 from fedloop.client.store_api import BASE_VERSION
-from fedloop.shared.adapter import AdapterState, load_base_model, peft_config
+from fedloop.shared.adapter import CPU_FLOAT32, AdapterState, Placement, load_base_model, peft_config
 from fedloop.shared.settings import LoraSettings
 
 EMPTY_ADAPTER = "fedloop-empty"  # the slot PEFT needs before any version is loaded (B = 0: the base model)
@@ -49,8 +49,8 @@ class StreamedGeneration:
 class DraftEngine:
     """The base model from a local path, with named adapters for the versions that draft."""
 
-    def __init__(self, model_path: Path, lora: LoraSettings) -> None:
-        base, self.tokenizer = load_base_model(model_path)
+    def __init__(self, model_path: Path, lora: LoraSettings, placement: Placement = CPU_FLOAT32) -> None:
+        base, self.tokenizer = load_base_model(model_path, placement)
         self._lora = lora
         self._model: PeftModel = get_peft_model(base, peft_config(lora), adapter_name=EMPTY_ADAPTER)
         self._model.eval()
@@ -94,7 +94,7 @@ class DraftEngine:
             self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
             for c in conversations
         ]
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._model.device)
 
     def _finish(self, new_tokens: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
         eos = self.tokenizer.eos_token_id

@@ -29,7 +29,7 @@ def generate_replies(
     replies: list[str] = []
     for start in range(0, len(prompts), batch_size):
         texts = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         output = model.generate(  # type: ignore[operator]  # PeftModel forwards generate() to its base model
             **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )

@@ -150,12 +150,16 @@ def _sft(
     batches = [b for _ in range(settings.epochs) for stage in stages for b in _batches(stage, settings.batch_size)]
 
     def loss(batch: list[WeightedExample]) -> torch.Tensor:
-        encoded = collate(
-            [encode(tokenizer, w.example.prompt, w.example.target, settings.max_seq_len) for w in batch],
-            tokenizer.pad_token_id,
+        encoded = _on_device(
+            model,
+            collate(
+                [encode(tokenizer, w.example.prompt, w.example.target, settings.max_seq_len) for w in batch],
+                tokenizer.pad_token_id,
+            ),
         )
         logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-        return weighted_sft_loss(logits, encoded["labels"], torch.tensor([w.weight for w in batch]))
+        weights = torch.tensor([w.weight for w in batch], device=model.device)
+        return weighted_sft_loss(logits.float(), encoded["labels"], weights)
 
     return _optimise(model, batches, settings, "sft", loss, anchor, settings.learning_rate)
 
@@ -164,11 +168,20 @@ def _reply_logprobs(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, replies: Sequence[tuple[str, str]], settings: TrainSection
 ) -> torch.Tensor:
     """Summed log-probability of each (prompt, reply)'s reply (gradients flow if enabled)."""
-    encoded = collate(
-        [encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies], tokenizer.pad_token_id
+    encoded = _on_device(
+        model,
+        collate(
+            [encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies],
+            tokenizer.pad_token_id,
+        ),
     )
     logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-    return sequence_logprobs(logits, encoded["labels"])[0]
+    return sequence_logprobs(logits.float(), encoded["labels"])[0]
+
+
+def _on_device(model: PeftModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch moved to where the model is."""
+    return {name: tensor.to(model.device) for name, tensor in tensors.items()}
 
 
 def _pair_logprobs(
@@ -200,8 +213,8 @@ def _dpo(
 
     def loss(batch: list[WeightedExample]) -> torch.Tensor:
         chosen, rejected = _pair_logprobs(model, tokenizer, batch, settings)
-        reference_chosen = torch.tensor([reference[id(w)][0] for w in batch])
-        reference_rejected = torch.tensor([reference[id(w)][1] for w in batch])
+        reference_chosen = torch.tensor([reference[id(w)][0] for w in batch], device=model.device)
+        reference_rejected = torch.tensor([reference[id(w)][1] for w in batch], device=model.device)
         return dpo_loss(chosen, rejected, reference_chosen, reference_rejected, settings.dpo_beta)
 
     return _optimise(
@@ -236,11 +249,11 @@ def _kto(
             mismatched = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in batch], settings)
         return kto_loss(
             policy,
-            torch.tensor([reference[id(i)][0] for i in batch]),
+            torch.tensor([reference[id(i)][0] for i in batch], device=model.device),
             mismatched,
-            torch.tensor([reference[id(i)][1] for i in batch]),
-            torch.tensor([i.desirable for i in batch]),
-            torch.tensor([i.weight for i in batch]),
+            torch.tensor([reference[id(i)][1] for i in batch], device=model.device),
+            torch.tensor([i.desirable for i in batch], device=model.device),
+            torch.tensor([i.weight for i in batch], device=model.device),
             settings.kto_beta,
             settings.kto_desirable_weight,
             settings.kto_undesirable_weight,
@@ -267,10 +280,16 @@ def run_recipe(
         raise ValueError("no training examples with a positive weight: record feedback before training")
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]  # the global version
     phases = settings.method.split("_then_")
-    if "sft" in phases:
-        report.losses["sft"] = _sft(model, tokenizer, weighted, settings, seed, anchor)
-    if "dpo" in phases and pairs:
-        report.losses["dpo"] = _dpo(model, tokenizer, pairs, settings, seed, anchor)
-    if "kto" in phases:
-        report.losses["kto"] = _kto(model, tokenizer, weighted, settings, seed, anchor)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        if "sft" in phases:
+            report.losses["sft"] = _sft(model, tokenizer, weighted, settings, seed, anchor)
+        if "dpo" in phases and pairs:
+            report.losses["dpo"] = _dpo(model, tokenizer, pairs, settings, seed, anchor)
+        if "kto" in phases:
+            report.losses["kto"] = _kto(model, tokenizer, weighted, settings, seed, anchor)
+    finally:
+        if settings.gradient_checkpointing:  # the model is shared: evaluation and drafting run without it
+            model.gradient_checkpointing_disable()
     return report
