@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedloop.server.registry import VersionRecord, VersionRegistry
 from fedloop.shared.adapter import AdapterState, adapter_to_bytes
-from fedloop.shared.protocol import HIT_RATE, NUM_EXAMPLES
+from fedloop.shared.protocol import HIT_RATE
 
 if TYPE_CHECKING:
     from fedloop.server.strategy import RoundReport
@@ -45,6 +45,5 @@ class RoundLedger:
         self.registry.record_round(self.run, report.round, version.id, document)
         if self.tracker is not None:
             self.tracker.log_round(report.round, document, version.id, state)
-        measured = {t: m for t, m in report.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
         if report.evaluation:
-            self.registry.record_metrics(version.id, {HIT_RATE: {t: m[HIT_RATE] for t, m in measured.items()}})
+            self.registry.record_metrics(version.id, {HIT_RATE: {t: m[HIT_RATE] for t, m in report.measured().items()}})

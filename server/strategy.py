@@ -63,6 +63,10 @@ class RoundReport:
     started_at: float = 0.0  # wall clock when the round's first message was sealed
     duration_s: float = 0.0  # from then until the tenants' evaluations were back
 
+    def measured(self) -> dict[str, dict[str, float]]:
+        """The evaluations of tenants that had held-out finals to measure a hit rate on."""
+        return {t: m for t, m in self.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
+
 
 def _figures(record: MetricRecord | None) -> dict[str, float]:
     """A tenant's reported numbers (counts and aggregate metrics) as plain floats."""
@@ -276,7 +280,7 @@ class SealedMerge(Strategy):
                 continue
             report.evaluation[tenant.name] = _figures(reply.content.metric_records[METRICS])
         self.ledger.record_round(report, self.current, self.current_state)
-        measured = {t: m for t, m in report.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
+        measured = report.measured()
         total = sum(m[NUM_EXAMPLES] for m in measured.values())
         if not total:
             log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)

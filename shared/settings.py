@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -68,11 +68,7 @@ class Section(BaseModel):
     def _lists_as_tuples(cls, table: Any) -> Any:
         if not isinstance(table, dict):
             return table
-        tuples = {
-            name
-            for name, info in cls.model_fields.items()
-            if getattr(info.annotation, "__origin__", None) is tuple or str(info.annotation).startswith("tuple[")
-        }
+        tuples = {name for name, info in cls.model_fields.items() if get_origin(info.annotation) is tuple}
         return {
             key: tuple(value) if key in tuples and isinstance(value, list) else value for key, value in table.items()
         }
@@ -305,17 +301,11 @@ class Settings(Section):
         return self
 
 
-def _describe(error: ErrorDetails, root: type[Section]) -> str:
-    """One pydantic error as fedloop says it: the key, what is wrong, what is allowed."""
+def _describe(error: ErrorDetails) -> str:
+    """One pydantic error (other than an unknown key) as fedloop says it: the key, what is wrong, what is allowed."""
     location = [str(part) for part in error["loc"]]
     key, given = ".".join(location), error.get("input")
     kind = error["type"]
-    if kind == "extra_forbidden":
-        if len(location) == 1:
-            return f"unknown section(s) {location}; allowed: {sorted(root.model_fields)}"
-        section = root.model_fields[location[0]].annotation
-        allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, Section) else []
-        return f"[{location[0]}] has unknown key(s) {location[1:]}; allowed: {allowed}"
     if kind in ("model_type", "dict_type") and len(location) == 1:
         return f"[{location[0]}] must be a table"
     if kind == "literal_error":
@@ -326,6 +316,17 @@ def _describe(error: ErrorDetails, root: type[Section]) -> str:
     return f"{key}: {error['msg']}, got {given!r}"
 
 
+def _unknown_keys(root: type[Section], unknown: list[ErrorDetails]) -> str:
+    """All unknown keys of the first table that has any, in one message with what that table allows."""
+    table = unknown[0]["loc"][:-1]
+    names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == table)
+    if not table:
+        return f"unknown section(s) {names}; allowed: {sorted(root.model_fields)}"
+    section = root.model_fields[str(table[0])].annotation
+    allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, Section) else []
+    return f"[{table[0]}] has unknown key(s) {names}; allowed: {allowed}"
+
+
 def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
     """Validate a parsed TOML document into the settings model `root` (missing keys take their defaults)."""
     try:
@@ -333,17 +334,8 @@ def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
     except ValidationError as err:
         errors = err.errors()
         unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-        if len(unknown) > 1:  # one message for all unknown keys of a table, as an operator reads them
-            by_table: dict[tuple[str, ...], list[str]] = {}
-            for e in unknown:
-                by_table.setdefault(tuple(str(p) for p in e["loc"][:-1]), []).append(str(e["loc"][-1]))
-            table, names = next(iter(by_table.items()))
-            if not table:
-                raise ConfigError(f"unknown section(s) {sorted(names)}; allowed: {sorted(root.model_fields)}") from None
-            section = root.model_fields[table[0]].annotation
-            allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, Section) else []
-            raise ConfigError(f"[{table[0]}] has unknown key(s) {sorted(names)}; allowed: {allowed}") from None
-        raise ConfigError("; ".join(_describe(e, root) for e in errors)) from None
+        message = _unknown_keys(root, unknown) if unknown else "; ".join(_describe(e) for e in errors)
+        raise ConfigError(message) from None
 
 
 def load_sections(root: type[T], path: Path) -> T:

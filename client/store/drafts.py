@@ -227,17 +227,12 @@ class SqliteDraftRepository:
         """The placeholders already assigned in a record, decrypted from the vault."""
         rows = self._db.execute("SELECT placeholder, original FROM vault WHERE record_id = ?", (record_id,))
         return PlaceholderMap(
-            {
-                self._sealer.open_text("vault", "original", f"{record_id}/{r['placeholder']}", r["original"]) or "": r[
-                    "placeholder"
-                ]
-                for r in rows.fetchall()
-            }
+            {self._original(record_id, r["placeholder"], r["original"]): r["placeholder"] for r in rows}
         )
 
     def vault_add(self, record_id: str, placeholder: str, original: str) -> None:
         """Keep the original behind a placeholder, encrypted."""
-        sealed = self._sealer.seal("vault", "original", f"{record_id}/{placeholder}", original)
+        sealed = self._sealer.seal("vault", "original", _vault_key(record_id, placeholder), original)
         self._db.execute(
             "INSERT INTO vault (record_id, placeholder, original) VALUES (?, ?, ?)", (record_id, placeholder, sealed)
         )
@@ -247,8 +242,12 @@ class SqliteDraftRepository:
         row = self._db.execute(
             "SELECT original FROM vault WHERE record_id = ? AND placeholder = ?", (record_id, placeholder)
         ).fetchone()
-        return (
-            None
-            if row is None
-            else self._sealer.open_text("vault", "original", f"{record_id}/{placeholder}", row["original"])
-        )
+        return None if row is None else self._original(record_id, placeholder, row["original"])
+
+    def _original(self, record_id: str, placeholder: str, sealed: bytes) -> str:
+        return self._sealer.open_text("vault", "original", _vault_key(record_id, placeholder), sealed) or ""
+
+
+def _vault_key(record_id: str, placeholder: str) -> str:
+    """A vault row's key, as ENCRYPTED_COLUMNS names it for key rotation: record id / placeholder."""
+    return f"{record_id}/{placeholder}"
