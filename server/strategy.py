@@ -31,7 +31,6 @@ from fedloop.shared.protocol import (
     HIT_RATE,
     METRICS,
     NUM_EXAMPLES,
-    UPDATE,
     global_binding,
     global_content,
     sealed_envelope,
@@ -150,7 +149,7 @@ class SealedMerge(Strategy):
         if reply.has_error():
             raise UpdateRefused(f"{tenant.name} reported an error: {reply.error.reason}", "tenant-error")
         try:
-            envelope = sealed_envelope(reply.content.config_records[UPDATE])
+            envelope = sealed_envelope(reply.content)
             opened = open_envelope(
                 envelope, self.hq, self.trusted, update_binding(tenant.name, self.run, server_round, self.current.id)
             )
@@ -177,7 +176,7 @@ class SealedMerge(Strategy):
         if reply.has_error():
             return
         try:
-            digest = sm3_digest(sealed_envelope(reply.content.config_records[UPDATE]))
+            digest = sm3_digest(sealed_envelope(reply.content))
         except (KeyError, TypeError):
             return  # _open_update names what is missing
         if digest in self.seen_envelopes:

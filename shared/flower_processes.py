@@ -80,7 +80,9 @@ class SuperLinkSpec:
             private_key=self.private_key,
         )
         return [
-            flower_executable("flower-superlink"),
+            sys.executable,
+            "-m",
+            "fedloop.shared.superlink_launcher",  # flower-superlink with a longer SQLite busy timeout
             "--ssl-ca-certfile",
             str(self.ca_certificate),
             "--ssl-certfile",

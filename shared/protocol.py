@@ -1,9 +1,14 @@
 """The fedloop message protocol on top of Flower's Message API.
 
 HQ → tenant (train, evaluate): a RecordDict with ConfigRecord `global` holding
-the sealed global version (`envelope`), its id (`version`) and the round (`round`).
-Tenant → HQ (train): ConfigRecord `update` holding the sealed adapter
-(`envelope`) and MetricRecord `metrics` (counts and aggregate metrics only).
+the global version's id (`version`) and the round (`round`), and ArrayRecord
+`sealed` holding the sealed version.
+Tenant → HQ (train): ArrayRecord `sealed` holding the sealed adapter and
+MetricRecord `metrics` (counts and aggregate metrics only).
+A sealed envelope travels as the raw bytes of one Array (`envelope`), which
+Flower moves in 5 MB chunks, one stored object each: in a ConfigRecord it would
+be a single object, and the SuperLink's SQLite store gives up ("database is
+locked") while it writes one of hundreds of MB (a 7B model's r=64 adapter is 646 MB).
 HQ → tenant (query `enrol`): ConfigRecord `enrol` with a fresh random `challenge`.
 Tenant → HQ (query `enrol`): ConfigRecord `enrol` with the tenant's name, key id and its SM2 signature over
 `enrol_statement` (the challenge, the run id and its node id): proof that it holds the key it names.
@@ -17,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from fedloop.shared.envelope import Binding
 
 if TYPE_CHECKING:  # the message keys above are read by the command line, which must not load Flower
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 GLOBAL = "global"
-UPDATE = "update"
+SEALED = "sealed"
+ENVELOPE = "envelope"
+SEALED_STYPE = "fedloop.sealed-envelope"  # the Array's serialisation type: raw sealed bytes, not a NumPy array
 METRICS = "metrics"
 ENROL = "enrol"
 NUM_EXAMPLES = "num-examples"
@@ -53,27 +60,35 @@ def enrol_statement(challenge: str, run_id: int, node_id: int, tenant: str, key_
     return f"fedloop-enrol/1|{challenge}|run {run_id}|node {node_id}|tenant {tenant}|key {key_id}".encode()
 
 
+def sealed_record(envelope: bytes) -> ArrayRecord:
+    """A sealed envelope as an ArrayRecord of one raw-bytes Array (moved in chunks; see the module docstring)."""
+    from flwr.app import Array, ArrayRecord
+
+    array = Array(dtype="uint8", shape=(len(envelope),), stype=SEALED_STYPE, data=envelope)
+    return ArrayRecord({ENVELOPE: array})
+
+
 def global_content(envelope: bytes, version_id: str, round_: int) -> RecordDict:
     """The content of a train or evaluate message from HQ (id and round are re-checked against the seal)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    return RecordDict({GLOBAL: ConfigRecord({"envelope": envelope, "version": version_id, "round": round_})})
+    return RecordDict({GLOBAL: ConfigRecord({"version": version_id, "round": round_}), SEALED: sealed_record(envelope)})
 
 
 def update_content(envelope: bytes, metrics: Mapping[str, float | int]) -> RecordDict:
     """The content of a tenant's train reply."""
-    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+    from flwr.app import MetricRecord, RecordDict
 
     values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
-    return RecordDict({UPDATE: ConfigRecord({"envelope": envelope}), METRICS: MetricRecord(values)})
+    return RecordDict({SEALED: sealed_record(envelope), METRICS: MetricRecord(values)})
 
 
-def sealed_envelope(record: ConfigRecord) -> bytes:
-    """The sealed envelope a message's ConfigRecord carries; TypeError if it holds anything else."""
-    envelope = record["envelope"]
-    if not isinstance(envelope, bytes):
-        raise TypeError(f"the envelope is a {type(envelope).__name__}, not bytes")
-    return envelope
+def sealed_envelope(content: RecordDict) -> bytes:
+    """The sealed envelope a message carries; KeyError if it has none, TypeError if it is stored as anything else."""
+    array = content.array_records[SEALED][ENVELOPE]
+    if array.stype != SEALED_STYPE:
+        raise TypeError(f"the sealed envelope is stored as {array.stype!r}, not as {SEALED_STYPE!r}")
+    return bytes(array.data)
 
 
 def message_round(record: ConfigRecord) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedloop.server.registry import VersionRegistry
@@ -140,3 +141,23 @@ def test_the_same_sealed_delta_twice_in_a_round_counts_once(strategy) -> None:
     assert report.contributors == {"honest1": 10} and report.refused_by_reason["replay"] == 2  # others: no-reply
     merged = sealed.current_state["m.q_proj.lora_B.weight"]
     assert torch.allclose(merged, torch.full((6, 2), 0.2))  # the first update alone, counted once
+
+
+def test_a_reply_without_a_sealed_array_is_refused_as_malformed(strategy) -> None:
+    """The sealed update must be the raw-bytes Array of `sealed`: a ConfigRecord of bytes (one object of any size
+    at the SuperLink) or a NumPy array are refused, and the round goes on."""
+    sealed, hq, tenants = strategy
+    envelope = seal(
+        adapter_to_bytes(adapter(0.2)),
+        update_binding("honest1", RUN, 1, sealed.current.id, 10),
+        tenants["honest1"],
+        hq.public,
+    )
+    as_config = reply(1, envelope)
+    as_config.content = RecordDict({"sealed": ConfigRecord({"envelope": envelope})})
+    as_numpy = reply(2, envelope)
+    as_numpy.content = RecordDict({"sealed": ArrayRecord({"envelope": Array(np.frombuffer(envelope, np.uint8))})})
+    sealed.aggregate_train(1, [as_config, as_numpy])
+    report = sealed.reports[1]
+    assert {report.refusal_reasons[name] for name in ("honest1", "honest2")} == {"malformed"}
+    assert "stored as 'numpy.ndarray'" in report.refused["honest2"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig, PreTrainedTokenizerBase, Qwen2Config
 
 from fedloop.client.store_api import Pool, TrainingExample
 from fedloop.client.train.data import WeightedExample, curriculum, mix
@@ -234,7 +234,7 @@ def test_a_bfloat16_model_trains_on_the_cpu_and_its_adapter_travels_as_float32(t
     start = adapter_state(model)
     report = run_recipe(model, tokenizer, examples, settings, seed=1)
     assert report.steps("sft") == 3 and math.isfinite(report.loss)
-    assert not model.is_gradient_checkpointing  # switched off again: evaluation and drafting share the model
+    assert not model.is_activation_checkpointing  # switched off again: evaluation and drafting share the model
     trained = adapter_state(model)
     reference = adapter_state(_model(tiny_model_dir)[0])  # a float32 tenant's adapter
     assert {k: (v.dtype, v.shape) for k, v in trained.items()} == {k: (v.dtype, v.shape) for k, v in reference.items()}
@@ -250,3 +250,39 @@ def test_the_device_setting_is_checked_against_the_machine() -> None:
         assert Placement.of("auto", "auto") == Placement(torch.device("cpu"), torch.float32)
         with pytest.raises(ModelLoadError, match='train.device = "cuda".*set train.device = "auto" or "cpu"'):
             Placement.of("cuda", "auto")
+
+
+# The `[lora] target_modules` docs/sizing.md gives for each family (all linear layers of a decoder layer).
+FAMILY_TARGETS = {
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "glm": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TARGETS))
+def test_a_local_qwen2_or_glm_directory_trains_with_the_documented_target_modules(
+    family: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """docs/sizing.md: `paths.model` may name a local Qwen2 or (transformers-native) GLM directory; the target
+    modules it lists exist there, and one recipe step trains every one of them."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    size = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    heads = dict(num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(**size, **heads) if family == "qwen2" else GlmConfig(**size, **heads, head_dim=16)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    base, tokenizer = load_base_model(tmp_path)
+    lora = LoraSettings(rank=4, alpha=8, target_modules=FAMILY_TARGETS[family])
+    model = attach_lora(base, lora, seed=0)
+    start = adapter_state(model)
+    examples = [
+        TrainingExample(f"Where is order {i}?", f"Order {i} ships today.", 1.0, Pool.CANDIDATE) for i in range(4)
+    ]
+    run_recipe(model, tokenizer, examples, TrainSection(max_steps=1, batch_size=4, max_seq_len=48), seed=0)
+    trained = adapter_state(model)
+    adapted = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in trained}
+    assert adapted == set(FAMILY_TARGETS[family])
+    changed = {
+        key.split(".lora_")[0].rsplit(".", 1)[-1] for key in trained if not torch.equal(trained[key], start[key])
+    }
+    assert changed == adapted

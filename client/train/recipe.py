@@ -281,7 +281,7 @@ def run_recipe(
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]  # the global version
     phases = settings.method.split("_then_")
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     try:
         if "sft" in phases:
             report.losses["sft"] = _sft(model, tokenizer, weighted, settings, seed, anchor)
@@ -291,5 +291,5 @@ def run_recipe(
             report.losses["kto"] = _kto(model, tokenizer, weighted, settings, seed, anchor)
     finally:
         if settings.gradient_checkpointing:  # the model is shared: evaluation and drafting run without it
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable()
     return report
