@@ -156,7 +156,10 @@ class Tenant:
         record = message.content.config_records[GLOBAL]
         version_id, round_ = str(record["version"]), message_round(record)
         opened = open_envelope(
-            sealed_envelope(message.content), self.identity, self.hq_keyring, global_binding(self.name, run, round_, version_id)
+            sealed_envelope(message.content),
+            self.identity,
+            self.hq_keyring,
+            global_binding(self.name, run, round_, version_id),
         )
         digest = sm3_digest(opened.payload).hex()
         if digest != opened.binding.details.get("digest"):

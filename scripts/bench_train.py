@@ -97,9 +97,7 @@ def reset_peak() -> None:
 def load_examples(data: Path, count: int) -> list[TrainingExample]:
     """The first `count` Bitext rows as training examples (prompt = instruction, target = response)."""
     frame = pd.read_csv(data, nrows=count)
-    return [
-        TrainingExample(row.instruction, row.response, 1.0, Pool.CORE_BASELINE) for row in frame.itertuples()
-    ]
+    return [TrainingExample(row.instruction, row.response, 1.0, Pool.CORE_BASELINE) for row in frame.itertuples()]
 
 
 def run_arm(spec: ArmSpec, results: multiprocessing.Queue[ArmResult]) -> None:

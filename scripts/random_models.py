@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, Qwen2Config, Qwen2ForCausalLM
 
 # The sizes of Qwen2-0.5B, 1.5B and 7B (their config.json on the Hugging Face hub).
 QWEN2_SIZES: dict[str, dict[str, Any]] = {
@@ -62,7 +62,8 @@ def write_random_model(config: Qwen2Config, tokenizer_dir: Path, out_dir: Path, 
         tokenizer.pad_token_id or tokenizer.eos_token_id,
         tokenizer.bos_token_id,
     )
-    model = Qwen2ForCausalLM(config).to(dtype)
+    model = Qwen2ForCausalLM(config)
+    torch.nn.Module.to(model, dtype)  # in place
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -98,15 +99,11 @@ class DecoderShape:
     def of(cls, config: Qwen2Config) -> DecoderShape:
         """The linear layers' sizes of a model config."""
         head_size = config.hidden_size // config.num_attention_heads
-        return cls(
-            config.num_hidden_layers,
-            config.hidden_size,
-            config.num_key_value_heads * head_size,
-            config.intermediate_size,
-        )
+        kv_heads = config.num_key_value_heads or config.num_attention_heads
+        return cls(config.num_hidden_layers, config.hidden_size, kv_heads * head_size, config.intermediate_size)
 
 
-def parameter_count(config: Qwen2Config) -> int:
-    """How many parameters a model of `config` has (computed without building it)."""
+def parameter_count(config: PretrainedConfig) -> int:
+    """How many parameters a causal LM of `config` has (built on the meta device: no memory, no values)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())

@@ -21,9 +21,10 @@ def main() -> None:
     from flwr.supercore import sql_mixin
     from flwr.superlink.cli import flower_superlink
 
-    sql_mixin.SQLITE_PRAGMAS = tuple(
+    pragmas = [
         (name, str(BUSY_TIMEOUT_MS) if name == "busy_timeout" else value) for name, value in sql_mixin.SQLITE_PRAGMAS
-    )
+    ]
+    sql_mixin.SQLITE_PRAGMAS = tuple(pragmas)  # type: ignore[assignment]  # Flower types it as its own 7 pairs
     sys.argv[0] = "flower-superlink"
     flower_superlink()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -265,12 +266,12 @@ def test_a_local_qwen2_or_glm_directory_trains_with_the_documented_target_module
 ) -> None:
     """docs/sizing.md: `paths.model` may name a local Qwen2 or (transformers-native) GLM directory; the target
     modules it lists exist there, and one recipe step trains every one of them."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
-    size = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
-    heads = dict(num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
-    config = Qwen2Config(**size, **heads) if family == "qwen2" else GlmConfig(**size, **heads, head_dim=16)
+    vocabulary = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    shape: dict[str, Any] = dict(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    shape |= dict(num_attention_heads=2, num_key_value_heads=1, pad_token_id=vocabulary.pad_token_id)
+    config = Qwen2Config(**shape) if family == "qwen2" else GlmConfig(**shape, head_dim=16)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    vocabulary.save_pretrained(tmp_path)
     base, tokenizer = load_base_model(tmp_path)
     lora = LoraSettings(rank=4, alpha=8, target_modules=FAMILY_TARGETS[family])
     model = attach_lora(base, lora, seed=0)

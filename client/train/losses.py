@@ -14,12 +14,11 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
     `logits[:, t]` predicts `labels[:, t + 1]`; IGNORE_INDEX positions do not count.
     """
-    shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
-    mask = shifted_labels != IGNORE_INDEX
-    token_logprobs = torch.gather(
-        F.log_softmax(shifted_logits.float(), dim=-1), 2, shifted_labels.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)
-    return (token_logprobs * mask).sum(-1), mask.sum(-1)
+    following = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # shift the labels, not the (large) logits
+    token_nll = F.cross_entropy(
+        logits.float().flatten(0, 1), following.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(following.shape)
+    return -token_nll.sum(-1), (following != IGNORE_INDEX).sum(-1)
 
 
 def weighted_sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

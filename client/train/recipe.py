@@ -159,7 +159,7 @@ def _sft(
         )
         logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
         weights = torch.tensor([w.weight for w in batch], device=model.device)
-        return weighted_sft_loss(logits.float(), encoded["labels"], weights)
+        return weighted_sft_loss(logits, encoded["labels"], weights)
 
     return _optimise(model, batches, settings, "sft", loss, anchor, settings.learning_rate)
 
@@ -176,7 +176,7 @@ def _reply_logprobs(
         ),
     )
     logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-    return sequence_logprobs(logits.float(), encoded["labels"])[0]
+    return sequence_logprobs(logits, encoded["labels"])[0]
 
 
 def _on_device(model: PeftModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
