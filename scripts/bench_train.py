@@ -10,9 +10,10 @@ customer-support replies (`--data`), `--batch` examples of at most
   `model(input_ids, attention_mask, labels=labels).loss` (transformers' own
   loss), AdamW step, zero_grad: the least any LoRA trainer does.
 One step warms up, then `--steps` steps are timed. Printed: tokens per second
-(the batches' real tokens, padding not counted), the process's peak resident
-memory during the timed steps and its growth over the loaded model, and
-fedloop / floor (goal: tokens per second ratio >= 0.9).
+(the batches' real tokens, padding not counted) over `--repeats` runs of each
+arm in ABBA order (this machine's speed drifts by 10-20 % over minutes), the
+process's peak resident memory during the timed steps and its growth over the
+loaded model, and fedloop / floor (goal: tokens per second ratio >= 0.9).
 
 Models: SmolLM2-135M-Instruct (real weights, `make model`) and Qwen2-0.5B built
 from its config with random weights (speed and memory do not depend on the
@@ -21,7 +22,7 @@ bfloat16 with gradient checkpointing. On a CPU-only machine every arm runs on
 the CPU; QLoRA (nf4) and the larger sizes need a GPU and are not measured here.
 
 Run: .venv/bin/python scripts/bench_train.py --data ../shared/data/bitext/bitext_customer_support_4514.csv \
-        [--models smollm2-135m qwen2-0.5b] [--batch 4] [--seq 256] [--steps 3]
+        [--models smollm2-135m qwen2-0.5b] [--batch 4] [--seq 256] [--steps 4] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class ArmResult:
     seconds: float
     peak_bytes: int
     model_bytes: int
+
+    @classmethod
+    def pooled(cls, results: list[ArmResult]) -> ArmResult:
+        """Several repeats as one: their tokens and seconds summed, the repeat with the highest peak's memory."""
+        highest = max(results, key=lambda r: r.peak_bytes)
+        return cls(
+            sum(r.tokens for r in results), sum(r.seconds for r in results), highest.peak_bytes, highest.model_bytes
+        )
 
     @property
     def tokens_per_second(self) -> float:
@@ -185,13 +194,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2-0.5b"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each arm, in ABBA order")
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"--data {args.data} not found: pass the path of bitext_customer_support_4514.csv")
     print(
         f"LoRA r={LORA.rank} on {', '.join(ALL_LINEAR)}; batch {args.batch}, at most {args.seq} tokens, "
-        f"{args.steps} timed steps after one warm-up; CPU, {torch.get_num_threads()} threads"
+        f"{args.steps} timed steps after one warm-up, {args.repeats} repeats per arm; "
+        f"CPU, {torch.get_num_threads()} threads"
     )
     with tempfile.TemporaryDirectory(prefix="fedloop-bench-train-") as scratch:
         for name, model_dir in model_dirs(args.models, args.model, Path(scratch)).items():
@@ -203,23 +214,29 @@ def main() -> None:
                 f"{'fedloop peak GB':>17}{'floor peak GB':>15}"
             )
             for dtype, checkpointing in PRECISIONS:
-                found = {}
-                for trainer in ("fedloop", "floor"):
-                    spec = ArmSpec(
-                        trainer, model_dir, dtype, checkpointing, args.batch, args.seq, args.steps, args.data
-                    )
-                    found[trainer] = measure(spec)
-                fedloop, floor = found["fedloop"], found["floor"]
+                found: dict[str, list[ArmResult]] = {"fedloop": [], "floor": []}
+                for repeat in range(args.repeats):  # ABBA order: a drift of the machine's speed hits both arms
+                    for trainer in ("fedloop", "floor") if repeat % 2 == 0 else ("floor", "fedloop"):
+                        spec = ArmSpec(
+                            trainer, model_dir, dtype, checkpointing, args.batch, args.seq, args.steps, args.data
+                        )
+                        found[trainer].append(measure(spec))
+                fedloop, floor = ArmResult.pooled(found["fedloop"]), ArmResult.pooled(found["floor"])
+                each = ", ".join(
+                    f"{a.tokens_per_second / b.tokens_per_second:.2f}"
+                    for a, b in zip(found["fedloop"], found["floor"], strict=True)
+                )
                 label = dtype + (" + checkpointing" if checkpointing else "")
                 print(
                     f"  {label:<22}{fedloop.tokens_per_second:>14.0f}{floor.tokens_per_second:>13.0f}"
-                    f"{fedloop.tokens_per_second / floor.tokens_per_second:>7.2f}"
-                    f"{fedloop.peak_bytes / GB:>10.2f} (+{(fedloop.peak_bytes - fedloop.model_bytes) / GB:.2f})"
+                    f"{fedloop.tokens_per_second / floor.tokens_per_second:>7.2f} ({each})"
+                    f"{fedloop.peak_bytes / GB:>8.2f} (+{(fedloop.peak_bytes - fedloop.model_bytes) / GB:.2f})"
                     f"{floor.peak_bytes / GB:>8.2f} (+{(floor.peak_bytes - floor.model_bytes) / GB:.2f})",
                     flush=True,
                 )
-    print("\nratio = fedloop tokens/s over the floor's (goal >= 0.9); peak = the process's resident memory during the")
-    print("timed steps, model and adapter included, (+growth over them after the warm-up step)")
+    print("\ntok/s = all repeats' tokens over their time; ratio = fedloop's over the floor's (goal >= 0.9), then each")
+    print("repeat's; peak = the highest resident memory of a repeat's timed steps, model and adapter included")
+    print("(+ its growth over them after the warm-up step)")
 
 
 if __name__ == "__main__":
