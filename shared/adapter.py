@@ -17,6 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from fedloop.shared.files import write_atomic
 from fedloop.shared.settings import LoraSettings
@@ -70,16 +71,28 @@ CPU_FLOAT32 = Placement(torch.device("cpu"), torch.float32)
 
 
 def check_model_path(model_path: Path) -> None:
-    """Raise ModelLoadError unless `model_path` is a local HF directory or a .gguf file."""
+    """Raise ModelLoadError unless `model_path` is a .gguf file or a local HF directory of an architecture that
+    transformers ships (a checkpoint that needs the Python code in its own directory is refused)."""
     if model_path.suffix == ".gguf" and model_path.is_file():
         return
-    if (model_path / "config.json").is_file():
-        return
-    raise ModelLoadError(
-        f"no model at {model_path} (neither a .gguf file nor a directory with config.json): run `make model` "
-        "or `fedloop model fetch` to create the default one, or set `paths.model` to a local Hugging Face "
-        "directory or a .gguf file"
-    )
+    config_file = model_path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(
+            f"no model at {model_path} (neither a .gguf file nor a directory with config.json): run `make model` "
+            "or `fedloop model fetch` to create the default one, or set `paths.model` to a local Hugging Face "
+            "directory or a .gguf file"
+        )
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise ModelLoadError(f"{config_file} is not a JSON object ({error}): restore the model's config.json") from None
+    if model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(
+            f"{config_file}: model_type {model_type!r} is not an architecture transformers ships. Such a checkpoint "
+            "(ChatGLM2 and ChatGLM3 are) runs the Python code of its own directory (`trust_remote_code`), which "
+            "fedloop never runs inside a tenant's cluster: set `paths.model` to a transformers-native checkpoint "
+            "of the family (for GLM, a GLM-4 `-hf` one; docs/sizing.md)"
+        )
 
 
 def load_base_model(

@@ -87,6 +87,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
     try:
+        del model.config.quantization_config  # the weights are saved de-quantised: a plain directory
         model.config.save_pretrained(staging)
         model.generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
