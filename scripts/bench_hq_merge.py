@@ -27,11 +27,11 @@ import argparse
 import multiprocessing
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from process_memory import resident_bytes, start_peak_count
 from random_models import DecoderShape, qwen2_config
 
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
@@ -50,19 +50,6 @@ def random_adapter(shape: DecoderShape, rank: int, seed: int) -> AdapterState:
         state[f"{module}.lora_A.weight"] = (torch.rand(rank, fan_in, generator=generator) * 2 - 1) * bound
         state[f"{module}.lora_B.weight"] = torch.randn(fan_out, rank, generator=generator) * 1e-3
     return state
-
-
-def resident_bytes(field: str) -> int:
-    """This process's current (VmRSS) or peak (VmHWM) resident memory, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    """Start this process's peak-memory count (VmHWM) again from its current resident size."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 @dataclass(frozen=True)
@@ -86,8 +73,7 @@ def run_arm(arm: str, tenants: int, rank: int, results: multiprocessing.Queue[Ar
         ]
         del states
         settings, scaling = AggregationSection(), lora_scaling(LoraSettings().alpha, rank)
-        inputs = resident_bytes("VmRSS")
-        reset_peak()
+        inputs = start_peak_count()
         started = time.perf_counter()
         merged, _ = merge(updates, current, scaling, settings)
     else:
@@ -96,8 +82,7 @@ def run_arm(arm: str, tenants: int, rank: int, results: multiprocessing.Queue[Ar
             for state, count in zip(states, counts, strict=True)
         ]
         del states
-        inputs = resident_bytes("VmRSS")
-        reset_peak()
+        inputs = start_peak_count()
         started = time.perf_counter()
         merged_record = aggregate_arrayrecords(records, "num-examples")
         merged = merged_record.to_torch_state_dict()

@@ -13,7 +13,12 @@ One step warms up, then `--steps` steps are timed. Printed: tokens per second
 (the batches' real tokens, padding not counted) over `--repeats` runs of each
 arm in ABBA order (this machine's speed drifts by 10-20 % over minutes), the
 process's peak resident memory during the timed steps and its growth over the
-loaded model, and fedloop / floor (goal: tokens per second ratio >= 0.9).
+loaded model (counted from after the warm-up, once glibc has handed back what it
+had freed: scripts/process_memory.py), and fedloop / floor (goal: tokens per
+second ratio >= 0.9). glibc keeps freed activations in its heaps, so the peak of
+a step varies by about a GB between runs of the same arm; run with
+MALLOC_MMAP_THRESHOLD_=65536 for what the step holds live (slower: every large
+tensor is then mapped and unmapped).
 
 Models: SmolLM2-135M-Instruct (real weights, `make model`) and Qwen2-0.5B built
 from its config with random weights (speed and memory do not depend on the
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from process_memory import resident_bytes, start_peak_count
 from random_models import parameter_count, qwen2_config, write_random_model
 from transformers import AutoConfig
 
@@ -90,19 +96,6 @@ class ArmResult:
         return self.tokens / self.seconds
 
 
-def resident_bytes(field: str) -> int:
-    """This process's current (VmRSS) or peak (VmHWM) resident memory, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    """Start this process's peak-memory count (VmHWM) again from its current resident size."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def load_examples(data: Path, count: int) -> list[TrainingExample]:
     """The first `count` Bitext rows as training examples (prompt = instruction, target = response)."""
     frame = pd.read_csv(data, nrows=count)
@@ -133,8 +126,7 @@ def run_arm(spec: ArmSpec, results: multiprocessing.Queue[ArmResult]) -> None:
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     if spec.trainer == "fedloop":
         run_recipe(peft_model, tokenizer, examples[: spec.batch], settings.model_copy(update={"max_steps": 1}), SEED)
-        model_bytes = resident_bytes("VmRSS")
-        reset_peak()
+        model_bytes = start_peak_count()
         started = time.perf_counter()
         report = run_recipe(peft_model, tokenizer, examples, settings, SEED)
         seconds = time.perf_counter() - started
@@ -155,8 +147,7 @@ def run_arm(spec: ArmSpec, results: multiprocessing.Queue[ArmResult]) -> None:
             optimizer.zero_grad()
 
         step(batches[0])
-        model_bytes = resident_bytes("VmRSS")
-        reset_peak()
+        model_bytes = start_peak_count()
         started = time.perf_counter()
         for batch in batches:
             step(batch)
@@ -190,7 +181,9 @@ def main() -> None:
     """Measure every model and precision with both trainers and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the Bitext customer-support CSV")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct")
+    parser.add_argument(
+        "--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct", help="SmolLM2-135M's directory"
+    )
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2-0.5b"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
@@ -236,7 +229,7 @@ def main() -> None:
                 )
     print("\ntok/s = all repeats' tokens over their time; ratio = fedloop's over the floor's (goal >= 0.9), then each")
     print("repeat's; peak = the highest resident memory of a repeat's timed steps, model and adapter included")
-    print("(+ its growth over them after the warm-up step)")
+    print("(+ its growth over them after the warm-up step, freed heap memory handed back first)")
 
 
 if __name__ == "__main__":
