@@ -9,9 +9,10 @@ customer-support replies (`--data`), `--batch` examples of at most
 - floor: the same examples in the same order, tokenised beforehand, through
   `model(input_ids, attention_mask, labels=labels).loss` (transformers' own
   loss), AdamW step, zero_grad: the least any LoRA trainer does.
-One step warms up, then `--steps` steps are timed. Printed: tokens per second
-(the batches' real tokens, padding not counted) over `--repeats` runs of each
-arm in ABBA order (this machine's speed drifts by 10-20 % over minutes), the
+One step on the first batch warms up (the same batch in both arms: the CPU
+kernels set up once per shape), then `--steps` steps are timed. Printed: tokens
+per second (the batches' real tokens, padding not counted) over `--repeats`
+runs of each arm in ABBA order (this machine's speed drifts by 10-20 % over minutes), the
 process's peak resident memory during the timed steps and its growth over the
 loaded model (counted from after the warm-up, once glibc has handed back what it
 had freed: scripts/process_memory.py), and fedloop / floor (goal: tokens per
@@ -125,7 +126,8 @@ def run_arm(spec: ArmSpec, results: multiprocessing.Queue[ArmResult]) -> None:
     ]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     if spec.trainer == "fedloop":
-        run_recipe(peft_model, tokenizer, examples[: spec.batch], settings.model_copy(update={"max_steps": 1}), SEED)
+        first_batch = [w.example for w in ordered[: spec.batch]]  # the floor warms up on the same batch shape
+        run_recipe(peft_model, tokenizer, first_batch, settings.model_copy(update={"max_steps": 1}), SEED)
         model_bytes = start_peak_count()
         started = time.perf_counter()
         report = run_recipe(peft_model, tokenizer, examples, settings, SEED)
