@@ -24,28 +24,16 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from random_models import DecoderShape, qwen2_config, write_random_model
 
-from fedloop.proto import feedback_pb2 as pb
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback deployment harness the deployment tests use
-from deployment_helpers import (  # noqa: E402
-    Federation,
-    free_port,
-    provision,
-    start_hq,
-    start_tenant,
-    write_tenant_config,
-)
-from grpc_helpers import draft, outcome, stub  # noqa: E402
+from deployment_helpers import ALL_LINEAR, run_one_tenant_round  # noqa: E402
 
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QWEN2_7B_LAYERS = 28
 EDITED_DRAFTS = 4
 
@@ -61,62 +49,18 @@ class RoundFigures:
     run_seconds: float
 
 
-def report_feedback(port: int) -> None:
-    """The tenant's product reports a few edited drafts over the FeedbackService: what the tenant trains on."""
-    channel, service = stub(port)
-    for index in range(EDITED_DRAFTS):
-        draft_id = f"large-{index}"
-        service.RecordDraft(
-            draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"), timeout=30
-        )
-        service.RecordOutcome(
-            outcome(f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT, final_text=f"Your parcel {index} is on its way."),
-            timeout=30,
-        )
-    channel.close()
-
-
 def run_round(root: Path, model_dir: Path, rank: int) -> RoundFigures:
     """Deploy HQ and tenant `acme` under `root`, run one round at LoRA `rank`, and read what it measured."""
     root.mkdir(parents=True)
-    federation = Federation(root, free_port())
-    provision(root, ("acme",))
-    (root / "settings.toml").write_text(f"""
-[federation]
-run_name = "transfer"
-tenants = ["acme"]
-rounds = 1
-[paths]
-model = "{model_dir}"
-[lora]
-rank = {rank}
-alpha = {rank}
-target_modules = {json.dumps(list(MODULES))}
-[train]
-max_steps = 1
-batch_size = 2
-max_seq_len = 32
-""")
-    try:
-        start_hq(federation, ("acme",))
-        port = free_port()
-        config = write_tenant_config(root, "acme", "acme-home", port)
-        config.write_text(config.read_text() + "[evaluation]\nheld_out_share = 0.0\n")  # every sample trains
-        start_tenant(federation, "acme", config, port)
-        report_feedback(port)
-        started = time.perf_counter()
-        run, log = federation.start("run", "run", "--settings", "settings.toml", "--config", "hq.toml")
-        if run.wait(timeout=3600) != 0:
-            raise SystemExit(f"fedloop run failed at rank {rank}:\n{log.read_text()[-4000:]}")
-        run_seconds = time.perf_counter() - started
-    finally:
-        federation.stop()
+    run = run_one_tenant_round(root, model_dir, rank, EDITED_DRAFTS, timeout=3600)
+    if run.returncode != 0:
+        raise SystemExit(f"fedloop run failed at rank {rank}:\n{run.log}")
     summary = json.loads((root / "hq-home" / "summary.json").read_text())
     round_1 = summary["rounds"][1]
     if round_1["contributors"] != {"acme": EDITED_DRAFTS} or round_1["refused"] or "acme" not in round_1["evaluation"]:
         raise SystemExit(f"round 1 did not complete at rank {rank}: {json.dumps(round_1)[:2000]}")
     return RoundFigures(
-        rank, round_1["bytes_to_hq"]["acme"], round_1["bytes_to_tenant"]["acme"], round_1["duration_s"], run_seconds
+        rank, round_1["bytes_to_hq"]["acme"], round_1["bytes_to_tenant"]["acme"], round_1["duration_s"], run.seconds
     )
 
 
@@ -133,7 +77,7 @@ def main() -> None:
         large_rank = 64 * QWEN2_7B_LAYERS
         floats = large_rank * sum(fan_in + fan_out for fan_in, fan_out in DecoderShape.of(config).modules().values())
         print(
-            f"model: Qwen2-7B layer shapes, 1 layer, random weights; LoRA rank {large_rank} on {len(MODULES)} "
+            f"model: Qwen2-7B layer shapes, 1 layer, random weights; LoRA rank {large_rank} on {len(ALL_LINEAR)} "
             f"modules = {floats:,} floats ({floats * 4 / 1e6:.1f} MB float32), the size of r=64 on all 28 layers"
         )
         figures = {}

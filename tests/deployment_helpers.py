@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grpc_helpers import draft, outcome, stub
+
+from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.certs import make_node_key
 from fedloop.shared.keys import init_keys, key_paths
 from fedloop.shared.run_layout import HQ_NAME
@@ -181,3 +185,64 @@ def start_tenant(federation: Federation, name: str, config: Path, ingest_port: i
     )
     if ingest_port is not None:
         wait_for(lambda: listening(ingest_port), f"{name}'s FeedbackService", log, process)
+
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class OneTenantRound:
+    """How a one-tenant `fedloop run` ended, and how long it took."""
+
+    returncode: int
+    log: str
+    seconds: float
+
+
+def run_one_tenant_round(root: Path, model_dir: Path, rank: int, edited_drafts: int, timeout: float) -> OneTenantRound:
+    """Deploy HQ and tenant `acme` under `root` (TLS, node authentication), let acme's product report
+    `edited_drafts` edited drafts, run one round of `fedloop run` with LoRA `rank` on all linear layers of
+    `model_dir`, and stop everything; the run's summary is in `root/hq-home/summary.json`."""
+    federation = Federation(root, free_port())
+    provision(root, ("acme",))
+    (root / "settings.toml").write_text(f"""
+[federation]
+run_name = "one-tenant"
+tenants = ["acme"]
+rounds = 1
+[paths]
+model = "{model_dir}"
+[lora]
+rank = {rank}
+alpha = {rank}
+target_modules = {json.dumps(list(ALL_LINEAR))}
+[train]
+max_steps = 1
+batch_size = 2
+max_seq_len = 32
+""")
+    try:
+        start_hq(federation, ("acme",))
+        port = free_port()
+        config = write_tenant_config(root, "acme", "acme-home", port)
+        config.write_text(config.read_text() + "[evaluation]\nheld_out_share = 0.0\n")  # every sample trains
+        start_tenant(federation, "acme", config, port)
+        channel, service = stub(port)
+        for index in range(edited_drafts):
+            draft_id = f"large-{index}"
+            service.RecordDraft(
+                draft(f"e-{draft_id}", draft_id, user_id=f"user-{index}", model_version="v0000"), timeout=30
+            )
+            service.RecordOutcome(
+                outcome(
+                    f"o-{draft_id}", draft_id, action=pb.EDIT_ACCEPT, final_text=f"Your parcel {index} is on its way."
+                ),
+                timeout=30,
+            )
+        channel.close()
+        started = time.perf_counter()
+        run, log = federation.start("run", "run", "--settings", "settings.toml", "--config", "hq.toml")
+        returncode = run.wait(timeout=timeout)
+        return OneTenantRound(returncode, log.read_text()[-4000:], time.perf_counter() - started)
+    finally:
+        federation.stop()
