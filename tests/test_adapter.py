@@ -88,3 +88,9 @@ def test_a_converted_gguf_is_a_plain_directory_with_the_same_model(tiny_model_di
     ids = tokenizer("Where is my order?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(converted(ids).logits, load_base_model(gguf_path)[0](ids).logits)
+
+
+def test_a_config_json_that_is_not_json_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{ truncated")
+    with pytest.raises(ModelLoadError, match="config.json is not a JSON object.*restore the model's config.json"):
+        load_base_model(tmp_path)
