@@ -61,12 +61,25 @@ def reply(node_id: int, envelope: bytes) -> Message:
     return answer
 
 
+def sealed_update(
+    hq: Identity,
+    tenant: Identity,
+    name: str,
+    state: dict[str, torch.Tensor],
+    base: str,
+    round_: int = 1,
+    run: str = RUN,
+) -> bytes:
+    """Tenant `name`'s update `state` of version `base`, sealed to HQ as its client seals it."""
+    return seal(adapter_to_bytes(state), update_binding(name, run, round_, base, 10), tenant, hq.public)
+
+
 def test_each_bad_update_is_refused_with_its_reason_and_the_round_goes_on(strategy) -> None:
     sealed, hq, tenants = strategy
     base = sealed.current.id
 
-    def sealed_update(name: str, state: dict[str, torch.Tensor], round_: int = 1, run: str = RUN) -> bytes:
-        return seal(adapter_to_bytes(state), update_binding(name, run, round_, base, 10), tenants[name], hq.public)
+    def update(name: str, state: dict[str, torch.Tensor], round_: int = 1, run: str = RUN) -> bytes:
+        return sealed_update(hq, tenants[name], name, state, base, round_, run)
 
     def flipped(envelope: bytes, position: int) -> bytes:
         altered = bytearray(envelope)
@@ -74,18 +87,16 @@ def test_each_bad_update_is_refused_with_its_reason_and_the_round_goes_on(strate
         return bytes(altered)
 
     replies = {
-        "honest1": sealed_update("honest1", adapter(0.2)),
-        "honest2": sealed_update("honest2", adapter(0.4)),
-        "unknown": sealed_update("unknown", adapter(0.2)),
-        "badsig": flipped(sealed_update("badsig", adapter(0.2)), -1),  # a byte of the signature itself
-        "tampered": flipped(sealed_update("tampered", adapter(0.2)), 400),  # a byte of the ciphertext
-        "wrongad": sealed_update("wrongad", adapter(0.2), run="another-run"),
-        "replay": sealed_update("replay", adapter(0.2), round_=0),
-        "shape": sealed_update("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
-        "dtype": sealed_update("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
-        "nonfinite": sealed_update(
-            "nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}
-        ),
+        "honest1": update("honest1", adapter(0.2)),
+        "honest2": update("honest2", adapter(0.4)),
+        "unknown": update("unknown", adapter(0.2)),
+        "badsig": flipped(update("badsig", adapter(0.2)), -1),  # a byte of the signature itself
+        "tampered": flipped(update("tampered", adapter(0.2)), 400),  # a byte of the ciphertext
+        "wrongad": update("wrongad", adapter(0.2), run="another-run"),
+        "replay": update("replay", adapter(0.2), round_=0),
+        "shape": update("shape", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.zeros(6, 3)}),
+        "dtype": update("dtype", {k: v.half() for k, v in adapter(0.2).items()}),
+        "nonfinite": update("nonfinite", {**adapter(0.2), "m.q_proj.lora_B.weight": torch.full((6, 2), float("nan"))}),
     }
     arrays, metrics = sealed.aggregate_train(1, [reply(TENANTS.index(n) + 1, e) for n, e in replies.items()])
 
@@ -115,27 +126,15 @@ def test_a_round_below_the_minimum_keeps_the_current_version(strategy) -> None:
     sealed, hq, tenants = strategy
     sealed.aggregation = AggregationSection(min_tenants=2)
     before = sealed.current.id
-    envelope = seal(
-        adapter_to_bytes(adapter(0.2)), update_binding("honest1", RUN, 1, before, 10), tenants["honest1"], hq.public
-    )
+    envelope = sealed_update(hq, tenants["honest1"], "honest1", adapter(0.2), before)
     assert sealed.aggregate_train(1, [reply(1, envelope)]) == (None, None)
     assert sealed.current.id == before and sealed.reports[1].contributors == {}
 
 
 def test_the_same_sealed_delta_twice_in_a_round_counts_once(strategy) -> None:
     sealed, hq, tenants = strategy
-    first = seal(
-        adapter_to_bytes(adapter(0.2)),
-        update_binding("honest1", RUN, 1, sealed.current.id, 10),
-        tenants["honest1"],
-        hq.public,
-    )
-    second = seal(
-        adapter_to_bytes(adapter(0.9)),
-        update_binding("honest1", RUN, 1, sealed.current.id, 10),
-        tenants["honest1"],
-        hq.public,
-    )
+    first = sealed_update(hq, tenants["honest1"], "honest1", adapter(0.2), sealed.current.id)
+    second = sealed_update(hq, tenants["honest1"], "honest1", adapter(0.9), sealed.current.id)
     sealed.aggregate_train(1, [reply(1, first), reply(1, first), reply(1, second)])
     report = sealed.reports[1]
     assert report.contributors == {"honest1": 10} and report.refused_by_reason["replay"] == 2  # others: no-reply
@@ -147,12 +146,7 @@ def test_a_reply_without_a_sealed_array_is_refused_as_malformed(strategy) -> Non
     """The sealed update must be the raw-bytes Array of `sealed`: a ConfigRecord of bytes (one object of any size
     at the SuperLink) or a NumPy array are refused, and the round goes on."""
     sealed, hq, tenants = strategy
-    envelope = seal(
-        adapter_to_bytes(adapter(0.2)),
-        update_binding("honest1", RUN, 1, sealed.current.id, 10),
-        tenants["honest1"],
-        hq.public,
-    )
+    envelope = sealed_update(hq, tenants["honest1"], "honest1", adapter(0.2), sealed.current.id)
     as_config = reply(1, envelope)
     as_config.content = RecordDict({"sealed": ConfigRecord({"envelope": envelope})})
     as_numpy = reply(2, envelope)
