@@ -52,22 +52,26 @@ def open_runtime(config: Path) -> TenantRuntime:
     return open_tenant(settings, identity)
 
 
-def _start_draft_endpoint(runtime: TenantRuntime, federation: Settings, release_loop: ReleaseLoop) -> HttpServer:
-    """Load the base model and the released versions, and serve the OpenAI-compatible draft endpoint."""
+def _start_draft_endpoint(
+    runtime: TenantRuntime, federation: Settings, release_loop: ReleaseLoop, started: ExitStack
+) -> HttpServer:
+    """Load the base model and the released versions, and serve the OpenAI-compatible draft endpoint (what it
+    started is stopped by `started`)."""
     from fedloop.client.bearer import load_api_keys
     from fedloop.client.serve.drafts import DraftService
-    from fedloop.client.serve.engine import DraftEngine
     from fedloop.client.serve.http import build_http_app
     from fedloop.client.serve.server import start_http
+    from fedloop.client.serve.transformers_engine import TransformersEngine
     from fedloop.shared.adapter import ModelLoadError, Placement
 
     serve = runtime.settings.serve
     keys = load_api_keys(serve.api_keys_file, "serve.api_keys_file")
     try:
         placement = Placement.of(federation.train.device, federation.train.dtype)
-        engine = DraftEngine(Path(federation.paths.model), federation.lora, placement)
+        engine = TransformersEngine(Path(federation.paths.model), federation.lora, placement, serve)
     except ModelLoadError as err:
         raise OSError(f"{err} (paths.model in the federation settings)") from None
+    started.callback(engine.close)
     service = DraftService(runtime, engine, release_loop)
     service.sync()
     return start_http(build_http_app(service, serve.model_alias, keys), serve.address)
@@ -100,7 +104,7 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
         if exporter is not None:
             started.callback(exporter.shutdown)
         http = (
-            _start_draft_endpoint(runtime, federation, release_loop)
+            _start_draft_endpoint(runtime, federation, release_loop, started)
             if federation is not None and settings.serve.address
             else None
         )

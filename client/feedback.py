@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.ingest.validation import IngestError
 from fedloop.client.samples.curation import BASE_REWARDS
-from fedloop.client.store_api import Action
+from fedloop.client.store_api import Action, ChatMessage
 from fedloop.proto import feedback_pb2 as pb
 
 _PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.REJECT: pb.REJECT}
@@ -31,9 +32,9 @@ class FeedbackRecorder:
     def __init__(self, pipeline: IngestPipeline) -> None:
         self._pipeline = pipeline
 
-    def _ingest(self, event: pb.Event) -> None:
+    def _ingest(self, event: pb.Event, admitted: bool = False) -> None:
         try:
-            self._pipeline.ingest([event])
+            self._pipeline.ingest([event], admitted)
         except IngestError as err:
             raise FeedbackError(err.status, str(err)) from None
 
@@ -46,8 +47,12 @@ class FeedbackRecorder:
         session_id: str = "default",
         prompt_version: str = "default",
         draft_id: str = "",
+        context: Sequence[ChatMessage] = (),
+        admitted: bool = False,
     ) -> str:
-        """Record a draft shown to `user_id`; returns its draft id (`draft_id`, or a new one)."""
+        """Record a draft shown to `user_id` in reply to `prompt` after `context` (the system prompt and the
+        history); returns its draft id (`draft_id`, or a new one). `admitted`: the user's rate limit was already
+        charged for it."""
         draft_id = draft_id or uuid.uuid4().hex
         self._ingest(
             pb.Event(
@@ -60,8 +65,10 @@ class FeedbackRecorder:
                     draft=draft,
                     model_version=model_version,
                     prompt_version=prompt_version,
+                    context=[pb.ChatTurn(role=m["role"], content=m["content"]) for m in context],
                 )
-            )
+            ),
+            admitted,
         )
         return draft_id
 

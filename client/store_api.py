@@ -24,6 +24,12 @@ from fedloop.shared.storage_keys import StorageKeyring
 
 BASELINE_POOLS = (Pool.SECONDARY_BASELINE, Pool.CORE_BASELINE)
 BASE_VERSION = "base"  # the base model with no adapter: what drafts before any version is released
+ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
+
+
+def conversation(context: Sequence[ChatMessage], prompt: str) -> tuple[ChatMessage, ...]:
+    """The messages a draft answered: its context (system prompt, history), then the user's `prompt`."""
+    return (*context, {"role": "user", "content": prompt})
 
 
 class Action(StrEnum):
@@ -82,6 +88,7 @@ class DraftRecord:
     prompt_version: str
     position: int
     shown_at_ms: int
+    context: tuple[ChatMessage, ...] = ()  # the messages before `prompt` (system prompt, history), redacted
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class SampleRecord:
     reason: str | None
     label: str | None
     created_at_ms: int
+    context: tuple[ChatMessage, ...] = ()  # the conversation before `prompt`, as its draft was served
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,12 @@ class TrainingExample:
     weight: float
     pool: Pool
     rejected: str | None = None
+    context: tuple[ChatMessage, ...] = ()  # the conversation before `prompt`, as its draft was served
+
+    @property
+    def messages(self) -> tuple[ChatMessage, ...]:
+        """The conversation the reply answers, ending with the user's `prompt`."""
+        return conversation(self.context, self.prompt)
 
 
 @dataclass(frozen=True)
@@ -368,6 +382,10 @@ class FeedbackStoreAPI(Protocol):
 
     def use_keys(self, keys: StorageKeyring) -> None:
         """Switch to a rotated keyring."""
+
+    def writable(self, wait_s: float = 0.2) -> bool:
+        """Whether a writer could take the store's write lock within `wait_s`."""
+        ...
 
     def pseudonym(self, identifier: str) -> str:
         """Keyed pseudonym of a user or session id."""

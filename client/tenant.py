@@ -30,7 +30,7 @@ from fedloop.client.release.controller import ACTOR, ReleaseController
 from fedloop.client.samples.curation import dataset_version, training_examples
 from fedloop.client.samples.held_out import Reference, held_out_references
 from fedloop.client.serve.drafts import DraftService
-from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import EvaluationKind, InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
@@ -139,7 +139,9 @@ class Tenant:
     @cached_property
     def drafts(self) -> DraftService:
         """The tenant's draft service (what its HTTP endpoint calls), with its own copy of the base model."""
-        engine = DraftEngine(Path(self.federation.paths.model), self.federation.lora, self.placement)
+        engine = TransformersEngine(
+            Path(self.federation.paths.model), self.federation.lora, self.placement, self.settings.serve
+        )
         return DraftService(self.runtime, engine)
 
     def adapter(self, version_id: str) -> AdapterState:
@@ -205,7 +207,7 @@ class Tenant:
         serving = current.serving if current is not None and current.serving not in (None, version_id) else None
         serving_state = self.adapter(serving) if serving else None
         reference = reference_hit_rate(
-            model, tokenizer, held_out, serving_state, gates.hit_similarity, gates.max_new_tokens
+            model, tokenizer, held_out, serving_state, gates.hit_similarity, self.settings.held_out_tokens
         )  # the hit-rate gate itself needs min_held_out
         results = [
             hit_rate_gate(candidate_hits, reference, gates.min_held_out, gates.confidence),
@@ -306,7 +308,7 @@ class Tenant:
     ) -> Assessment:
         """Offline hit rate on the held-out finals and every gate, for the version loaded in `model`."""
         gates = self.settings.evaluation
-        hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, gates.max_new_tokens)
+        hits = offline_hit_rate(model, tokenizer, held_out, gates.hit_similarity, self.settings.held_out_tokens)
         self.store.versions.record_evaluation(version_id, EvaluationKind.HIT_RATE, hits.metrics())
         return hits, self.gate(model, tokenizer, version_id, held_out, hits)
 

@@ -48,7 +48,12 @@ def open_tenant(
 
     With `ingest.redaction_workers` > 0, PII is found in that many worker processes.
     """
-    store = FeedbackStore(store_path or settings.store_path, identity.storage, identity.pseudonym_key)
+    store = FeedbackStore(
+        store_path or settings.store_path,
+        identity.storage,
+        identity.pseudonym_key,
+        settings.tenant.store_busy_timeout_s,
+    )
     moderation = moderation or LocalModeration(settings.moderation.blocklist, settings.moderation.patterns)
     curator = Curator(store, settings.curation, settings.moderation, moderation)
     mac_key = sm3_digest(b"fedloop/event-mac/" + identity.pseudonym_key)

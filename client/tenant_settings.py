@@ -16,6 +16,11 @@ class TenantSection(Section):
     name: str = Field("acme", description="the tenant's name, as in the federation settings and its key files")
     keys_dir: str = Field("keys", description="holds <name>.sm2.key.json, <name>.sm4.key.json and hq.sm2.pub.json")
     data_dir: str = Field("data", description="the store: <data_dir>/feedback.db")
+    store_busy_timeout_s: float = Field(
+        5.0,
+        description="how long a writer (the service, the ClientApp) waits for another to release the store; "
+        "then the draft endpoint answers 503 + Retry-After and gRPC UNAVAILABLE",
+    )
 
 
 class IngestSection(Section):
@@ -32,6 +37,9 @@ class IngestSection(Section):
     max_workers: int = Field(8, description="gRPC handler threads")
     max_text_bytes: int = Field(65536, description="longest accepted text field, in bytes (up to 16 MiB)")
     max_id_chars: int = Field(128, description="longest accepted id")
+    max_context_messages: int = Field(
+        128, description="most messages of conversation before a draft's prompt (system prompt, history)"
+    )
     max_dwell_ms: int = Field(86_400_000, description="longest accepted dwell time")
     max_position: int = Field(1000, description="highest accepted draft position")
     max_clock_skew_ms: int = Field(86_400_000, description="how far an event's timestamp may be from now")
@@ -116,7 +124,9 @@ class EvaluationSection(Section):
     hit_similarity: float = Field(
         0.8, description="a draft at least this similar to the user's final text counts as a hit"
     )
-    max_new_tokens: int = Field(48, description="tokens drafted per held-out prompt")
+    max_new_tokens: int = Field(
+        0, description="tokens drafted per held-out prompt; 0 = serve.max_new_tokens, the budget users' drafts get"
+    )
     confidence: float = Field(
         0.95, description="the hit-rate gate refuses a version worse than the serving one with this confidence"
     )
@@ -165,6 +175,21 @@ class ServeSection(Section):
         128, description="most tokens a draft may have (a request's max_tokens is capped to this)"
     )
     max_messages: int = Field(64, description="most messages in one request")
+    engine: Literal["transformers"] = Field(
+        "transformers", description="what generates: transformers on this process's CPU or GPU (the only engine yet)"
+    )
+    max_batch_size: int = Field(8, description="most drafts generated together in one batch")
+    max_batch_wait_ms: float = Field(
+        5.0, description="how long the generation worker waits for more requests to join a batch, in ms"
+    )
+    max_queue: int = Field(
+        256, description="most drafts waiting for the generation worker; beyond it requests get 503 + Retry-After"
+    )
+    threads: int = Field(0, description="torch threads of the generation worker; 0 = the cores this process may use")
+    stall_after_s: float = Field(
+        120.0, description="a batch running longer than this makes /ready fail (the worker is stuck)"
+    )
+    retry_after_s: int = Field(1, description="the Retry-After (s) of a 503 for a full queue or a busy store")
 
 
 class MetricsSection(Section):
@@ -196,6 +221,8 @@ class TenantSettings(Section):
             "ingest.redaction_workers",
             "an integer in [0, 64] (0 = find PII in the service process)",
         )
+        require(0 < self.tenant.store_busy_timeout_s <= 600, "tenant.store_busy_timeout_s", "in (0, 600] seconds")
+        require(self.ingest.max_context_messages >= 0, "ingest.max_context_messages", "an integer >= 0")
         require(1 <= self.ingest.max_text_bytes <= 16 * 2**20, "ingest.max_text_bytes", "in [1, 16 MiB]")
         require(
             bool(self.ingest.tls_certificate) == bool(self.ingest.tls_key),
@@ -236,7 +263,9 @@ class TenantSettings(Section):
             "integers with 1 <= min_held_out <= max_held_out",
         )
         require(0.0 < evaluation.hit_similarity <= 1.0, "evaluation.hit_similarity", "a number in (0, 1]")
-        require(evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "an integer >= 1")
+        require(
+            evaluation.max_new_tokens >= 0, "evaluation.max_new_tokens", "an integer >= 0 (0 = serve.max_new_tokens)"
+        )
         require(0.5 <= evaluation.confidence < 1.0, "evaluation.confidence", "a number in [0.5, 1), e.g. 0.95")
         require(self.personalise.steps >= 1, "personalise.steps", "an integer >= 1")
         release = self.release
@@ -273,12 +302,23 @@ class TenantSettings(Section):
             "serve.max_new_tokens / max_messages",
             "integers >= 1",
         )
+        require(1 <= serve.max_batch_size <= 256, "serve.max_batch_size", "an integer in [1, 256]")
+        require(0 <= serve.max_batch_wait_ms <= 1000, "serve.max_batch_wait_ms", "in [0, 1000] ms")
+        require(serve.max_queue >= 1, "serve.max_queue", "an integer >= 1")
+        require(serve.threads >= 0, "serve.threads", "an integer >= 0 (0 = the cores this process may use)")
+        require(serve.stall_after_s > 0, "serve.stall_after_s", "a number of seconds > 0")
+        require(serve.retry_after_s >= 1, "serve.retry_after_s", "an integer >= 1")
         require(
             self.metrics.address == "" or is_host_port(self.metrics.address),
             "metrics.address",
             'host:port (e.g. 127.0.0.1:9464), or "" for no endpoint',
         )
         return self
+
+    @property
+    def held_out_tokens(self) -> int:
+        """Tokens drafted per held-out prompt: evaluation.max_new_tokens, or serve.max_new_tokens when it is 0."""
+        return self.evaluation.max_new_tokens or self.serve.max_new_tokens
 
     @property
     def store_path(self) -> Path:

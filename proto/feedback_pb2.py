@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64loop/proto/feedback.proto\x12\x13\x66\x65\x64loop.feedback.v1\"\xcb\x01\n\nDraftEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x64raft_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\r\n\x05\x64raft\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x16\n\x0eprompt_version\x18\x08 \x01(\t\x12\x10\n\x08position\x18\t \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\n \x01(\x03\"\x9b\x01\n\x0cOutcomeEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x64raft_id\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.fedloop.feedback.v1.Action\x12\x12\n\nfinal_text\x18\x04 \x01(\t\x12\x10\n\x08\x64well_ms\x18\x05 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\"\xaa\x01\n\x0bSignalEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.fedloop.feedback.v1.SignalKind\x12\x10\n\x08\x64raft_id\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"\xac\x01\n\x05\x45vent\x12\x30\n\x05\x64raft\x18\x01 \x01(\x0b\x32\x1f.fedloop.feedback.v1.DraftEventH\x00\x12\x34\n\x07outcome\x18\x02 \x01(\x0b\x32!.fedloop.feedback.v1.OutcomeEventH\x00\x12\x32\n\x06signal\x18\x03 \x01(\x0b\x32 .fedloop.feedback.v1.SignalEventH\x00\x42\x07\n\x05\x65vent\"*\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\".\n\x08\x42\x61tchAck\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x1f\n\x0cRouteRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\".\n\x05Route\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\x08*I\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\x0f\n\x0b\x45\x44IT_ACCEPT\x10\x02\x12\n\n\x06REJECT\x10\x03*\x90\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12\r\n\tCTA_SHOWN\x10\x01\x12\x0f\n\x0b\x43TA_CLICKED\x10\x02\x12\x0f\n\x0bORDER_EVENT\x10\x03\x12\x0e\n\nCART_EVENT\x10\x04\x12\x12\n\x0e\x44IALOGUE_STATE\x10\x05\x12\x10\n\x0cUSER_MESSAGE\x10\x06\x32\x8e\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12H\n\x0bRecordDraft\x12\x1f.fedloop.feedback.v1.DraftEvent\x1a\x18.fedloop.feedback.v1.Ack\x12L\n\rRecordOutcome\x12!.fedloop.feedback.v1.OutcomeEvent\x1a\x18.fedloop.feedback.v1.Ack\x12J\n\x0cRecordSignal\x12 .fedloop.feedback.v1.SignalEvent\x1a\x18.fedloop.feedback.v1.Ack\x12J\n\x0bRecordBatch\x12\x1a.fedloop.feedback.v1.Event\x1a\x1d.fedloop.feedback.v1.BatchAck(\x01\x12K\n\nRouteDraft\x12!.fedloop.feedback.v1.RouteRequest\x1a\x1a.fedloop.feedback.v1.Routeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64loop/proto/feedback.proto\x12\x13\x66\x65\x64loop.feedback.v1\"\xfb\x01\n\nDraftEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x64raft_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\r\n\x05\x64raft\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x16\n\x0eprompt_version\x18\x08 \x01(\t\x12\x10\n\x08position\x18\t \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\n \x01(\x03\x12.\n\x07\x63ontext\x18\x0b \x03(\x0b\x32\x1d.fedloop.feedback.v1.ChatTurn\")\n\x08\x43hatTurn\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9b\x01\n\x0cOutcomeEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x64raft_id\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.fedloop.feedback.v1.Action\x12\x12\n\nfinal_text\x18\x04 \x01(\t\x12\x10\n\x08\x64well_ms\x18\x05 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\"\xaa\x01\n\x0bSignalEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.fedloop.feedback.v1.SignalKind\x12\x10\n\x08\x64raft_id\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"\xac\x01\n\x05\x45vent\x12\x30\n\x05\x64raft\x18\x01 \x01(\x0b\x32\x1f.fedloop.feedback.v1.DraftEventH\x00\x12\x34\n\x07outcome\x18\x02 \x01(\x0b\x32!.fedloop.feedback.v1.OutcomeEventH\x00\x12\x32\n\x06signal\x18\x03 \x01(\x0b\x32 .fedloop.feedback.v1.SignalEventH\x00\x42\x07\n\x05\x65vent\"*\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\".\n\x08\x42\x61tchAck\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x1f\n\x0cRouteRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\".\n\x05Route\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\x08*I\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\x0f\n\x0b\x45\x44IT_ACCEPT\x10\x02\x12\n\n\x06REJECT\x10\x03*\x90\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12\r\n\tCTA_SHOWN\x10\x01\x12\x0f\n\x0b\x43TA_CLICKED\x10\x02\x12\x0f\n\x0bORDER_EVENT\x10\x03\x12\x0e\n\nCART_EVENT\x10\x04\x12\x12\n\x0e\x44IALOGUE_STATE\x10\x05\x12\x10\n\x0cUSER_MESSAGE\x10\x06\x32\x8e\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12H\n\x0bRecordDraft\x12\x1f.fedloop.feedback.v1.DraftEvent\x1a\x18.fedloop.feedback.v1.Ack\x12L\n\rRecordOutcome\x12!.fedloop.feedback.v1.OutcomeEvent\x1a\x18.fedloop.feedback.v1.Ack\x12J\n\x0cRecordSignal\x12 .fedloop.feedback.v1.SignalEvent\x1a\x18.fedloop.feedback.v1.Ack\x12J\n\x0bRecordBatch\x12\x1a.fedloop.feedback.v1.Event\x1a\x1d.fedloop.feedback.v1.BatchAck(\x01\x12K\n\nRouteDraft\x12!.fedloop.feedback.v1.RouteRequest\x1a\x1a.fedloop.feedback.v1.Routeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedloop.proto.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=938
-  _globals['_ACTION']._serialized_end=1011
-  _globals['_SIGNALKIND']._serialized_start=1014
-  _globals['_SIGNALKIND']._serialized_end=1158
+  _globals['_ACTION']._serialized_start=1029
+  _globals['_ACTION']._serialized_end=1102
+  _globals['_SIGNALKIND']._serialized_start=1105
+  _globals['_SIGNALKIND']._serialized_end=1249
   _globals['_DRAFTEVENT']._serialized_start=54
-  _globals['_DRAFTEVENT']._serialized_end=257
-  _globals['_OUTCOMEEVENT']._serialized_start=260
-  _globals['_OUTCOMEEVENT']._serialized_end=415
-  _globals['_SIGNALEVENT']._serialized_start=418
-  _globals['_SIGNALEVENT']._serialized_end=588
-  _globals['_EVENT']._serialized_start=591
-  _globals['_EVENT']._serialized_end=763
-  _globals['_ACK']._serialized_start=765
-  _globals['_ACK']._serialized_end=807
-  _globals['_BATCHACK']._serialized_start=809
-  _globals['_BATCHACK']._serialized_end=855
-  _globals['_ROUTEREQUEST']._serialized_start=857
-  _globals['_ROUTEREQUEST']._serialized_end=888
-  _globals['_ROUTE']._serialized_start=890
-  _globals['_ROUTE']._serialized_end=936
-  _globals['_FEEDBACKSERVICE']._serialized_start=1161
-  _globals['_FEEDBACKSERVICE']._serialized_end=1559
+  _globals['_DRAFTEVENT']._serialized_end=305
+  _globals['_CHATTURN']._serialized_start=307
+  _globals['_CHATTURN']._serialized_end=348
+  _globals['_OUTCOMEEVENT']._serialized_start=351
+  _globals['_OUTCOMEEVENT']._serialized_end=506
+  _globals['_SIGNALEVENT']._serialized_start=509
+  _globals['_SIGNALEVENT']._serialized_end=679
+  _globals['_EVENT']._serialized_start=682
+  _globals['_EVENT']._serialized_end=854
+  _globals['_ACK']._serialized_start=856
+  _globals['_ACK']._serialized_end=898
+  _globals['_BATCHACK']._serialized_start=900
+  _globals['_BATCHACK']._serialized_end=946
+  _globals['_ROUTEREQUEST']._serialized_start=948
+  _globals['_ROUTEREQUEST']._serialized_end=979
+  _globals['_ROUTE']._serialized_start=981
+  _globals['_ROUTE']._serialized_end=1027
+  _globals['_FEEDBACKSERVICE']._serialized_start=1252
+  _globals['_FEEDBACKSERVICE']._serialized_end=1650
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -35,7 +36,7 @@ DIALOGUE_STATE: SignalKind
 USER_MESSAGE: SignalKind
 
 class DraftEvent(_message.Message):
-    __slots__ = ("event_id", "draft_id", "user_id", "session_id", "prompt", "draft", "model_version", "prompt_version", "position", "timestamp_ms")
+    __slots__ = ("event_id", "draft_id", "user_id", "session_id", "prompt", "draft", "model_version", "prompt_version", "position", "timestamp_ms", "context")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +47,7 @@ class DraftEvent(_message.Message):
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     draft_id: str
     user_id: str
@@ -56,7 +58,16 @@ class DraftEvent(_message.Message):
     prompt_version: str
     position: int
     timestamp_ms: int
-    def __init__(self, event_id: _Optional[str] = ..., draft_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., prompt: _Optional[str] = ..., draft: _Optional[str] = ..., model_version: _Optional[str] = ..., prompt_version: _Optional[str] = ..., position: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    context: _containers.RepeatedCompositeFieldContainer[ChatTurn]
+    def __init__(self, event_id: _Optional[str] = ..., draft_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., prompt: _Optional[str] = ..., draft: _Optional[str] = ..., model_version: _Optional[str] = ..., prompt_version: _Optional[str] = ..., position: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ...) -> None: ...
+
+class ChatTurn(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class OutcomeEvent(_message.Message):
     __slots__ = ("event_id", "draft_id", "action", "final_text", "dwell_ms", "timestamp_ms")

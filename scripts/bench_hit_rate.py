@@ -77,7 +77,7 @@ from fedloop.client.feedback import Action
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.serve.drafts import DraftService
-from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.simulation.product import Conversation, Decision, SimulatedProduct, UserJudgement
 from fedloop.client.store_api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import open_tenant
@@ -202,7 +202,7 @@ def split_tenants(path: Path, split: str, n_train: int, n_val: int, n_eval: int,
 
 
 def feedback_examples(
-    tenant: TenantData, engine: DraftEngine, init: AdapterState, work: Path, max_new_tokens: int
+    tenant: TenantData, engine: TransformersEngine, init: AdapterState, work: Path, max_new_tokens: int
 ) -> list[TrainingExample]:
     """The tenant's simulated product drafts through the tenant's draft service; its curation makes the samples."""
     keys = work / tenant.name / "keys"
@@ -227,7 +227,9 @@ def feedback_examples(
 def hits(model, tokenizer, state: AdapterState, conversations: list[Conversation], max_new_tokens: int) -> list[bool]:
     """Whether the simulated user accepts the adapter's draft, per conversation."""
     load_adapter_state(model, state)
-    drafts = generate_replies(model, tokenizer, [c.prompt for c in conversations], max_new_tokens)
+    drafts = generate_replies(
+        model, tokenizer, [({"role": "user", "content": c.prompt},) for c in conversations], max_new_tokens
+    )
     return [JUDGEMENT.decide(d, c).action is Action.ACCEPT for d, c in zip(drafts, conversations, strict=True)]
 
 
@@ -353,7 +355,7 @@ def main() -> None:
         f"{torch.get_num_threads()}",
         flush=True,
     )
-    engine = DraftEngine(args.model, lora)
+    engine = TransformersEngine(args.model, lora)
     with tempfile.TemporaryDirectory() as work:
         data = [feedback_examples(t, engine, init, Path(work), max_new_tokens) for t in tenants]
     del engine

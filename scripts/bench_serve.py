@@ -40,9 +40,9 @@ import torch
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
-from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import start_http
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
@@ -230,7 +230,7 @@ def main() -> None:
         controller = ReleaseController(runtime.store, settings.release)
         controller.offer("v0", "bench")
         controller.offer("v1", "bench")  # the canary, on half of the users
-        service = DraftService(runtime, DraftEngine(args.model, lora))
+        service = DraftService(runtime, TransformersEngine(args.model, lora))
         server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
         floor = Floor(args.model)

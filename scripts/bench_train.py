@@ -119,7 +119,7 @@ def run_arm(spec: ArmSpec, results: multiprocessing.Queue[ArmResult]) -> None:
     ordered = curriculum(mix(examples, settings), settings.curriculum, SEED)[0]  # run_recipe's own order
     batches = [
         collate(
-            [encode(tokenizer, w.example.prompt, w.example.target, spec.seq) for w in ordered[i : i + spec.batch]],
+            [encode(tokenizer, w.example.messages, w.example.target, spec.seq) for w in ordered[i : i + spec.batch]],
             tokenizer.pad_token_id,
         )
         for i in range(0, len(ordered), spec.batch)

@@ -39,9 +39,9 @@ import torch
 from bench_hit_rate import TenantData, feedback_examples, split_tenants
 
 from fedloop.client.evaluate.drift import forgetting_gate, general_texts, mean_token_kl
-from fedloop.client.serve.engine import DraftEngine
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.store_api import TrainingExample
-from fedloop.client.tenant_settings import EvaluationSection
+from fedloop.client.tenant_settings import EvaluationSection, TenantSettings
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge
 from fedloop.shared.adapter import AdapterState, adapter_state, attach_lora, load_adapter_state, load_base_model
@@ -121,9 +121,9 @@ def main() -> None:
     base_model, tokenizer = load_base_model(args.model)
     model = attach_lora(base_model, lora, args.seed)
     init = adapter_state(model)
-    engine = DraftEngine(args.model, lora)
+    engine = TransformersEngine(args.model, lora)
     with tempfile.TemporaryDirectory() as work:
-        data = [feedback_examples(t, engine, init, Path(work), EvaluationSection().max_new_tokens) for t in tenants]
+        data = [feedback_examples(t, engine, init, Path(work), TenantSettings().held_out_tokens) for t in tenants]
     del engine
     print(
         f"{args.tenants} tenants, {[len(d) for d in data]} training examples from {args.samples} drafts each, "

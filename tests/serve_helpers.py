@@ -9,9 +9,9 @@ import torch
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
-from fedloop.client.serve.engine import DraftEngine
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import HttpServer, start_http
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
@@ -40,6 +40,12 @@ class Endpoint:
     service: DraftService
     http: HttpServer
     controller: ReleaseController
+    engine: TransformersEngine
+
+    def stop(self) -> None:
+        """Stop the HTTP server, then the generation worker."""
+        self.http.stop()
+        self.engine.close()
 
     @property
     def base_url(self) -> str:
@@ -48,7 +54,7 @@ class Endpoint:
 
 def start_endpoint(runtime: TenantRuntime, model_dir: Path, api_keys: list[bytes] | None = None) -> Endpoint:
     """The draft endpoint of `runtime` on a free loopback port."""
-    engine = DraftEngine(model_dir, LORA)
+    engine = TransformersEngine(model_dir, LORA, serve=runtime.settings.serve)
     service = DraftService(runtime, engine)
     http = start_http(build_http_app(service, runtime.settings.serve.model_alias, api_keys), "127.0.0.1:0")
-    return Endpoint(runtime, service, http, ReleaseController(runtime.store, runtime.settings.release))
+    return Endpoint(runtime, service, http, ReleaseController(runtime.store, runtime.settings.release), engine)

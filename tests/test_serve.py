@@ -42,7 +42,7 @@ def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
     controller.offer("v1", "gates passed")  # canary on half of the users
     served = start_endpoint(runtime, tiny_model_dir)
     yield served
-    served.http.stop()
+    served.stop()
 
 
 def client(endpoint: Endpoint, key: str = "unused-on-loopback") -> openai.OpenAI:
@@ -158,7 +158,7 @@ def test_an_endpoint_with_api_keys_refuses_requests_without_one(make_tenant, tin
         )
         assert ok.model == "v0"
     finally:
-        served.http.stop()
+        served.stop()
 
 
 def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenant, tiny_model_dir: Path) -> None:
@@ -170,7 +170,7 @@ def test_before_any_release_the_base_model_drafts_under_the_name_base(make_tenan
         assert completion.model == "base" and extra["fedloop"]["canary"] is False
         assert runtime.store.drafts.get_draft(completion.id).model_version == "base"
     finally:
-        served.http.stop()
+        served.stop()
 
 
 def test_release_export_writes_peft_directories_and_a_routing_manifest(

@@ -84,7 +84,7 @@ def offline_hit_rate(
     """Hit rate of the model's loaded adapter on the held-out references."""
     if not references:
         return HitRate((), 0.0)
-    drafts = generate_replies(model, tokenizer, [r.prompt for r in references], max_new_tokens)
+    drafts = generate_replies(model, tokenizer, [r.messages for r in references], max_new_tokens)
     return score_drafts(drafts, references, threshold)
 
 

@@ -25,6 +25,7 @@ from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecor
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.crypto import hmac_sm3
+from fedloop.shared.sqlite_db import DatabaseBusy
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def _texts(body: pb.DraftEvent | pb.OutcomeEvent | pb.SignalEvent) -> tuple[str, ...]:
     """The free texts of an event, which redaction must see."""
     if isinstance(body, pb.DraftEvent):
-        return body.prompt, body.draft
+        return body.prompt, body.draft, *(turn.content for turn in body.context)
     if isinstance(body, pb.OutcomeEvent):
         return (body.final_text,)
     return (body.value,)
@@ -61,18 +62,49 @@ class IngestPipeline:
         self._lock = threading.Lock()
         self._rate_limit = UserRateLimit(settings.ingest.max_events_per_user_per_minute)
 
-    def ingest(self, events: Sequence[pb.Event]) -> list[bool]:
+    def ingest(self, events: Sequence[pb.Event], admitted: bool = False) -> list[bool]:
         """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one.
 
-        A refusal raises IngestError (counted by its status); nothing of the batch is stored then.
+        A refusal raises IngestError (counted by its status); nothing of the batch is stored then. `admitted`:
+        the users' rate limit was already charged for these events (`admit`, before a draft was generated).
         """
         try:
-            return self._ingest(events)
+            return self._ingest(events, admitted)
+        except DatabaseBusy:
+            err = IngestError(
+                "UNAVAILABLE",
+                f"the tenant store is busy: another writer held it longer than "
+                f"{self._settings.tenant.store_busy_timeout_s:g} s (tenant.store_busy_timeout_s); nothing was "
+                "stored: retry",
+            )
+            self.counters.rejected.labels(err.status).inc()
+            raise err from None
         except IngestError as err:
             self.counters.rejected.labels(err.status).inc()
             raise
 
-    def _ingest(self, events: Sequence[pb.Event]) -> list[bool]:
+    def admit(self, user_ids: Sequence[str]) -> None:
+        """Charge one event per user id against the per-user rate limit; IngestError RESOURCE_EXHAUSTED if over.
+
+        The draft endpoint calls this before it generates, then ingests the draft with `admitted=True`.
+        """
+        try:
+            self._admit(user_ids)
+        except IngestError as err:
+            self.counters.rejected.labels(err.status).inc()
+            raise
+
+    def _admit(self, user_ids: Sequence[str]) -> None:
+        if self._rate_limit.admit([self.store.pseudonym(user) for user in user_ids]) is not None:
+            raise IngestError(
+                "RESOURCE_EXHAUSTED",
+                f"a user in this batch sent more than "
+                f"{self._settings.ingest.max_events_per_user_per_minute} events in the last minute "
+                "(ingest.max_events_per_user_per_minute); retry later; nothing was "
+                "stored",
+            )
+
+    def _ingest(self, events: Sequence[pb.Event], admitted: bool) -> list[bool]:
         limits = self._settings.ingest
         if len(events) > limits.max_batch_events:
             raise IngestError(
@@ -85,19 +117,13 @@ class IngestPipeline:
                 kinds.append(check_event(event, limits))
             except IngestError as err:
                 raise IngestError(err.status, f"event #{position}: {err}" if len(events) > 1 else str(err)) from None
-        users = [
-            getattr(event, kind).user_id
-            for event, kind in zip(events, kinds, strict=True)
-            if kind in ("draft", "signal")
-        ]
-        limited = self._rate_limit.admit([self.store.pseudonym(user) for user in users])
-        if limited is not None:
-            raise IngestError(
-                "RESOURCE_EXHAUSTED",
-                f"a user in this batch sent more than "
-                f"{limits.max_events_per_user_per_minute} events in the last minute "
-                "(ingest.max_events_per_user_per_minute); retry later; nothing was "
-                "stored",
+        if not admitted:
+            self._admit(
+                [
+                    getattr(event, kind).user_id
+                    for event, kind in zip(events, kinds, strict=True)
+                    if kind in ("draft", "signal")
+                ]
             )
         texts = sorted(
             {t for event, kind in zip(events, kinds, strict=True) for t in _texts(getattr(event, kind)) if t}
@@ -154,9 +180,12 @@ class IngestPipeline:
         if self.store.drafts.get_draft(event.draft_id) is not None:
             raise IngestError("ALREADY_EXISTS", f"draft_id {event.draft_id!r} already exists under another event id")
         placeholders = PlaceholderMap()  # a new draft starts a new record
+        context = [(turn.role, self._redact(event.draft_id, placeholders, turn.content)) for turn in event.context]
         prompt = self._redact(event.draft_id, placeholders, event.prompt)
         draft = self._redact(event.draft_id, placeholders, event.draft)
-        prompt = apply_placeholders(prompt, [], placeholders).text  # what only the draft revealed, in the prompt too
+        # what a later text revealed, in the earlier ones too
+        prompt = apply_placeholders(prompt, [], placeholders).text
+        context = [(role, apply_placeholders(text, [], placeholders).text) for role, text in context]
         self.store.drafts.insert_draft(
             DraftRecord(
                 id=event.draft_id,
@@ -168,6 +197,7 @@ class IngestPipeline:
                 prompt_version=event.prompt_version,
                 position=event.position,
                 shown_at_ms=timestamp("draft.timestamp_ms", event.timestamp_ms, self._settings.ingest),
+                context=tuple({"role": role, "content": text} for role, text in context),
             )
         )
 

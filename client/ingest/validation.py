@@ -28,6 +28,9 @@ class IngestError(Exception):
         self.status = status
 
 
+CONTEXT_ROLES = ("system", "user", "assistant")  # the roles of a recorded conversation
+
+
 def check_text(name: str, value: str, limits: IngestSection, required: bool = True) -> None:
     """Refuse a missing (when `required`), non-UTF-8 or over-long text field, naming it."""
     if required and not value.strip():
@@ -84,6 +87,19 @@ def check_draft(event: pb.DraftEvent, limits: IngestSection) -> None:
         check_text(f"draft.{name}", getattr(event, name), limits)
     for name in ("model_version", "prompt_version"):
         check_version(f"draft.{name}", getattr(event, name))
+    if len(event.context) > limits.max_context_messages:
+        raise IngestError(
+            "INVALID_ARGUMENT",
+            f"draft.context has {len(event.context)} messages; the limit is {limits.max_context_messages} "
+            "(ingest.max_context_messages): send the latest turns only",
+        )
+    for index, turn in enumerate(event.context):
+        if turn.role not in CONTEXT_ROLES:
+            raise IngestError(
+                "INVALID_ARGUMENT",
+                f"draft.context[{index}].role is {turn.role!r}: use one of {', '.join(CONTEXT_ROLES)}",
+            )
+        check_text(f"draft.context[{index}].content", turn.content, limits, required=False)
     if not 0 <= event.position <= limits.max_position:
         raise IngestError("INVALID_ARGUMENT", f"draft.position {event.position} must be in [0, {limits.max_position}]")
     timestamp("draft.timestamp_ms", event.timestamp_ms, limits)

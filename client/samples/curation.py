@@ -127,6 +127,7 @@ class Curator:
             cluster_id=cluster_id,
             user_pseudonym=draft.user_pseudonym,
             prompt=draft.prompt,
+            context=draft.context,
             target=target,
             rejected=rejected,
             reward=reward,
@@ -257,7 +258,9 @@ def training_examples(
         total = user_cluster_weight[(sample.cluster_id, sample.user_pseudonym)]
         scale = min(1.0, settings.per_user_cluster_cap / total)
         examples.append(
-            TrainingExample(sample.prompt, sample.target or "", sample.weight * scale, sample.pool, sample.rejected)
+            TrainingExample(
+                sample.prompt, sample.target or "", sample.weight * scale, sample.pool, sample.rejected, sample.context
+            )
         )
     return examples
 

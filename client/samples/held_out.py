@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedloop.client.store_api import FeedbackStoreAPI, SampleQuery, SampleStatus
+from fedloop.client.store_api import ChatMessage, FeedbackStoreAPI, SampleQuery, SampleStatus, conversation
 
 _SCALE = float(16**16)
 
@@ -22,6 +22,12 @@ class Reference:
 
     prompt: str
     final: str
+    context: tuple[ChatMessage, ...] = ()  # the conversation before `prompt`, as its draft was served
+
+    @property
+    def messages(self) -> tuple[ChatMessage, ...]:
+        """The conversation the final answers, rendered as serving rendered it."""
+        return conversation(self.context, self.prompt)
 
 
 def is_held_out(store: FeedbackStoreAPI, draft_id: str, share: float) -> bool:
@@ -33,4 +39,4 @@ def held_out_references(store: FeedbackStoreAPI, share: float, limit: int) -> li
     """The newest `limit` held-out samples that have a final text, oldest first."""
     samples = store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, with_target=True))
     chosen = [s for s in samples if is_held_out(store, s.draft_id, share)][-limit:]
-    return [Reference(s.prompt, s.target or "") for s in chosen]
+    return [Reference(s.prompt, s.target or "", s.context) for s in chosen]

@@ -2,9 +2,16 @@
 
 The HTTP endpoint (http.py) and the simulated product both call `DraftService`,
 so every simulated run exercises the production path. A request is checked
-whole before anything is generated or stored; a draft is recorded (redacted,
-encrypted, with its model and prompt version) through the same ingestion
-pipeline as the FeedbackService, and its outcome is reported by draft id.
+whole, and its user's rate limit charged, before anything is generated; the
+generation engine (engine.py) drafts it in a batch with others; the draft is
+recorded (the whole conversation, redacted and encrypted, with the version
+whose adapter produced it) through the same ingestion pipeline as the
+FeedbackService before its id is trusted by the outcome route.
+
+A draft id is handed out when generation starts (a stream's first chunk
+carries it). Until the draft is recorded the outcome route answers that it is
+still being drafted; if recording fails it answers that the draft was never
+recorded, so no id a client saw is ever unknown.
 """
 
 from __future__ import annotations
@@ -12,20 +19,29 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
-from fedloop.client.ingest.validation import IngestError, check_identifier, check_text
+from fedloop.client.ingest.validation import CONTEXT_ROLES, IngestError, check_identifier, check_text
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.release.loop import ReleaseLoop
-from fedloop.client.serve.engine import ChatMessage, DraftEngine, Generation
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.serve.engine import (
+    EngineBusy,
+    EngineStopped,
+    Generation,
+    GenerationEngine,
+    GenerationHandle,
+    GenerationRequest,
+    Sampling,
+)
+from fedloop.client.store_api import ChatMessage, ReleaseRecord
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.shared.adapter import adapter_from_bytes
 
 log = logging.getLogger(__name__)
-ROLES = ("system", "user", "assistant")
+FAILED_IDS_KEPT = 10_000  # ids of drafts that failed after they were handed out, remembered for the outcome route
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,9 @@ class DraftRequest:
     max_tokens: int | None = None
     session_id: str = "default"
     prompt_version: str = "default"
+    sampling: Sampling = Sampling()
+    stop: tuple[str, ...] = ()
+    draft_id: str = ""  # the client's own id for the draft ("" = fedloop makes one)
 
 
 @dataclass(frozen=True)
@@ -51,43 +70,52 @@ class Draft:
 
 
 @dataclass(frozen=True)
-class DraftStream:
-    """A draft being streamed: id and version are known up front; `pieces` records the draft when exhausted."""
+class PendingDraft:
+    """A checked and routed request whose generation is under way: its id and version are known already."""
 
+    request: DraftRequest
     draft_id: str
     version: str
     canary: bool
-    pieces: Iterator[str]
-    finished: list[Draft]  # holds the recorded draft once `pieces` is exhausted
+    handle: GenerationHandle
 
 
 class DraftService:
-    """A tenant's draft endpoint logic over its store, release pointer and draft engine."""
+    """A tenant's draft endpoint logic over its store, release pointer and generation engine."""
 
-    def __init__(self, runtime: TenantRuntime, engine: DraftEngine, release_loop: ReleaseLoop | None = None) -> None:
+    def __init__(
+        self, runtime: TenantRuntime, engine: GenerationEngine, release_loop: ReleaseLoop | None = None
+    ) -> None:
         self._settings = runtime.settings
         self._store = runtime.store
         self._engine = engine
+        self._pipeline = runtime.pipeline
         self._release = ReleaseController(runtime.store, runtime.settings.release)
         self._recorder = FeedbackRecorder(runtime.pipeline)
         self._loop = release_loop or ReleaseLoop(self._release, runtime.settings.release)
         self._synced: ReleaseRecord | None = None
-        self._sync_lock = threading.Lock()
+        self._routing = threading.Lock()  # a route and its submission happen between two release moves
+        self._ids = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._failed: OrderedDict[str, str] = OrderedDict()
 
     # -- the release pointer and the loaded adapters ---------------------------------------------
     def sync(self) -> ReleaseRecord | None:
         """Read the release pointer; load the serving, canary and rollback-target adapters, drop the others."""
+        with self._routing:
+            return self._sync()
+
+    def _sync(self) -> ReleaseRecord | None:
         state = self._store.versions.release_state()
-        with self._sync_lock:
-            if state != self._synced:
-                wanted = {v for v in (state.serving, state.canary) if v} if state else set()
-                target = self._release.rollback_target() if state else None
-                wanted |= {target} if target else set()
-                for version in sorted(wanted - self._engine.loaded()):
-                    self._load(version)
-                for version in self._engine.loaded() - wanted:
-                    self._engine.unload(version)
-                self._synced = state
+        if state != self._synced:
+            wanted = {v for v in (state.serving, state.canary) if v} if state else set()
+            target = self._release.rollback_target() if state else None
+            wanted |= {target} if target else set()
+            for version in sorted(wanted - self._engine.loaded()):
+                self._load(version)
+            for version in self._engine.loaded() - wanted:
+                self._engine.unload(version)  # once no queued draft needs it
+            self._synced = state
         return state
 
     def _load(self, version: str) -> None:
@@ -101,12 +129,27 @@ class DraftService:
         """Ids of the versions this tenant verified and installed, oldest first."""
         return [v.version_id for v in self._store.versions.installed()]
 
+    @property
+    def retry_after_s(self) -> int:
+        """The Retry-After of a 503 (full queue, busy store) or a 429."""
+        return self._settings.serve.retry_after_s
+
+    def ready(self) -> dict[str, bool]:
+        """What `/ready` checks: the worker alive and not stuck, room in its queue, the store writable."""
+        health = self._engine.health()
+        return {
+            "worker_alive": health.alive,
+            "worker_not_stuck": health.stalled_s <= health.stall_limit_s,
+            "queue_below_limit": health.queued < health.max_queue,
+            "store_writable": self._store.writable(),
+        }
+
     # -- checks ------------------------------------------------------------------------------------
-    def _check(self, request: DraftRequest) -> tuple[str, int]:
-        """The prompt to record and the token budget; FeedbackError naming the field otherwise."""
+    def _check(self, request: DraftRequest) -> int:
+        """The request's token budget; FeedbackError naming the field at fault otherwise."""
         limits, serve = self._settings.ingest, self._settings.serve
         for field, value, fix in (
-            ("user", request.user_id, "send the product's stable id of the user in `user`"),
+            ("user", request.user_id, "send the product's stable id of the user in `user` or `metadata.user`"),
             ("metadata.session_id", request.session_id, "or leave it out"),
             ("metadata.prompt_version", request.prompt_version, "or leave it out"),
         ):
@@ -123,16 +166,15 @@ class DraftService:
         if len(request.messages) > serve.max_messages:
             raise FeedbackError(
                 "INVALID_ARGUMENT",
-                f"messages has {len(request.messages)} entries; the limit is "
-                f"{serve.max_messages} (serve.max_messages): send the latest "
-                "turns only",
+                f"messages has {len(request.messages)} entries; the limit is {serve.max_messages} "
+                "(serve.max_messages): send the latest turns only",
                 "messages",
             )
         for index, message in enumerate(request.messages):
-            if message.get("role") not in ROLES:
+            if message.get("role") not in CONTEXT_ROLES:
                 raise FeedbackError(
                     "INVALID_ARGUMENT",
-                    f"messages[{index}].role is {message.get('role')!r}: use one of {', '.join(ROLES)}",
+                    f"messages[{index}].role is {message.get('role')!r}: use one of {', '.join(CONTEXT_ROLES)}",
                     f"messages[{index}].role",
                 )
             try:
@@ -156,7 +198,25 @@ class DraftService:
                 f"max_tokens is {budget}: use 1..{serve.max_new_tokens} (serve.max_new_tokens)",
                 "max_tokens",
             )
-        return request.messages[-1]["content"], budget
+        return budget
+
+    def _new_draft_id(self, request: DraftRequest) -> str:
+        """The client's draft id when it sent one (refused if used before), else a new one; now in flight."""
+        draft_id = request.draft_id or uuid.uuid4().hex
+        if request.draft_id:
+            try:
+                check_identifier("draft_id", draft_id, self._settings.ingest)
+            except IngestError as err:
+                raise FeedbackError(err.status, f"{err}: send a fresh id of your own, or none", "draft_id") from None
+        with self._ids:
+            if draft_id in self._in_flight or draft_id in self._failed or self._store.drafts.get_draft(draft_id):
+                raise FeedbackError(
+                    "ALREADY_EXISTS",
+                    f"draft id {draft_id!r} was used before: send a fresh id for each draft",
+                    "draft_id",
+                )
+            self._in_flight.add(draft_id)
+        return draft_id
 
     def _route(self, request: DraftRequest, state: ReleaseRecord | None) -> tuple[str, bool]:
         """The version that drafts for this request and whether it is the canary."""
@@ -165,9 +225,8 @@ class DraftService:
             if request.model not in self.installed():
                 raise FeedbackError(
                     "NOT_FOUND",
-                    f"model {request.model!r} is not an installed version: use "
-                    f"{alias!r} (routed by the release pointer) or one of "
-                    f"{self.installed()}",
+                    f"model {request.model!r} is not an installed version: use {alias!r} (routed by the release "
+                    f"pointer) or one of {self.installed()}",
                     "model",
                 )
             if request.model not in self._engine.loaded():
@@ -177,46 +236,103 @@ class DraftService:
         return version, state is not None and version == state.canary
 
     # -- drafting ----------------------------------------------------------------------------------
-    def _record(
-        self, request: DraftRequest, prompt: str, version: str, canary: bool, generation: Generation, draft_id: str = ""
-    ) -> Draft:
-        if not generation.text:
-            raise FeedbackError(
-                "UNAVAILABLE",
-                f"version {version} produced an empty draft for this prompt; nothing "
-                "was recorded: ask again or rephrase",
+    def start(self, request: DraftRequest) -> PendingDraft:
+        """Check, charge the user's rate limit, route and queue the generation; FeedbackError if refused.
+
+        Nothing is generated for a refused request and nothing of it is stored.
+        """
+        budget = self._check(request)
+        try:
+            self._pipeline.admit([request.user_id])
+        except IngestError as err:
+            raise FeedbackError(err.status, str(err), "user") from None
+        draft_id = self._new_draft_id(request)
+        try:
+            with self._routing:
+                state = self._sync()
+                version, canary = self._route(request, state)
+                handle = self._engine.submit(
+                    GenerationRequest(version, request.messages, budget, request.sampling, request.stop)
+                )
+        except (EngineBusy, EngineStopped) as err:
+            self._forget(draft_id)
+            raise FeedbackError("UNAVAILABLE", f"{err}; nothing was recorded") from None
+        except BaseException:
+            self._forget(draft_id)
+            raise
+        return PendingDraft(request, draft_id, version, canary, handle)
+
+    def finish(self, pending: PendingDraft, generation: Generation) -> Draft:
+        """Record the finished draft with the version whose adapter produced it; FeedbackError if it cannot be."""
+        try:
+            if generation.adapter != pending.version:  # the engine names the adapter of the row: never trust less
+                raise FeedbackError(
+                    "UNAVAILABLE", f"draft generated by {generation.adapter}, routed to {pending.version}: retry"
+                )
+            if not generation.text:
+                raise FeedbackError(
+                    "UNAVAILABLE",
+                    f"version {pending.version} produced an empty draft for this prompt; nothing was recorded: "
+                    "ask again or rephrase",
+                )
+            request = pending.request
+            *context, last = request.messages
+            self._recorder.record_draft(
+                request.user_id,
+                last["content"],
+                generation.text,
+                pending.version,
+                request.session_id,
+                request.prompt_version,
+                pending.draft_id,
+                context,
+                admitted=True,
             )
-        draft_id = self._recorder.record_draft(
-            request.user_id, prompt, generation.text, version, request.session_id, request.prompt_version, draft_id
-        )
-        return Draft(draft_id, version, canary, generation)
+        except FeedbackError as err:
+            self.fail(pending, str(err))
+            raise
+        except BaseException as err:
+            self.fail(pending, f"recording failed: {type(err).__name__}")
+            raise
+        self._forget(pending.draft_id)
+        return Draft(pending.draft_id, pending.version, pending.canary, generation)
+
+    def fail(self, pending: PendingDraft, reason: str) -> None:
+        """The draft will never be recorded (its generation or recording failed, its reader left)."""
+        pending.handle.cancel()
+        with self._ids:
+            self._in_flight.discard(pending.draft_id)
+            self._failed[pending.draft_id] = reason
+            while len(self._failed) > FAILED_IDS_KEPT:
+                self._failed.popitem(last=False)
+
+    def _forget(self, draft_id: str) -> None:
+        with self._ids:
+            self._in_flight.discard(draft_id)
 
     def draft(self, requests: Sequence[DraftRequest]) -> list[Draft | FeedbackError]:
-        """Draft for every request (those of one version in one batch); each is recorded, or its error returned.
+        """Draft for every request (the engine batches them); each is recorded, or its error returned.
 
         Every request is checked and routed before anything is generated; a bad one is refused alone.
         """
-        state = self.sync()
-        results: list[Draft | FeedbackError] = []
-        plans: dict[int, tuple[str, int, str, bool]] = {}  # request index -> prompt, budget, version, canary
-        for index, request in enumerate(requests):
+        started: list[PendingDraft | FeedbackError] = []
+        for request in requests:
             try:
-                plans[index] = (*self._check(request), *self._route(request, state))
-                results.append(FeedbackError("UNAVAILABLE", "not drafted"))  # replaced below
+                started.append(self.start(request))
             except FeedbackError as err:
-                results.append(err)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for index, (_, budget, version, _) in plans.items():
-            groups.setdefault((version, budget), []).append(index)
-        for (version, budget), indexes in groups.items():
-            generations = self._engine.generate(version, [requests[i].messages for i in indexes], budget)
-            for index, generation in zip(indexes, generations, strict=True):
-                prompt, _, _, canary = plans[index]
-                try:
-                    results[index] = self._record(requests[index], prompt, version, canary, generation)
-                except FeedbackError as err:
-                    results[index] = err
-        return results
+                started.append(err)
+        return [pending if isinstance(pending, FeedbackError) else self._wait(pending) for pending in started]
+
+    def _wait(self, pending: PendingDraft) -> Draft | FeedbackError:
+        try:
+            generation = pending.handle.result()
+        except Exception as err:
+            self.fail(pending, f"generation failed: {err}")
+            return FeedbackError("UNAVAILABLE", f"the draft could not be generated ({err}); nothing was recorded")
+        try:
+            return self.finish(pending, generation)
+        except FeedbackError as err:
+            return err
 
     def draft_one(self, request: DraftRequest) -> Draft:
         """Draft for one request; FeedbackError if it is refused."""
@@ -225,27 +341,26 @@ class DraftService:
             raise result
         return result
 
-    def stream(self, request: DraftRequest) -> DraftStream:
-        """Check and route now (errors raise before anything streams); the draft is recorded when the stream ends."""
-        state = self.sync()
-        prompt, budget = self._check(request)
-        version, canary = self._route(request, state)
-        draft_id = uuid.uuid4().hex
-        streamed = self._engine.stream(version, request.messages, budget)
-        finished: list[Draft] = []
-
-        def pieces() -> Iterator[str]:
-            yield from streamed
-            assert streamed.result is not None
-            finished.append(self._record(request, prompt, version, canary, streamed.result, draft_id))
-
-        return DraftStream(draft_id, version, canary, pieces(), finished)
-
     # -- outcomes ----------------------------------------------------------------------------------
     def record_outcome(
         self, draft_id: str, action: Action | str, final_text: str | None = None, dwell_ms: int = 0
     ) -> float:
         """Record what the user did with a draft (FeedbackError if refused); release decisions follow outcomes."""
+        with self._ids:
+            drafting, failed = draft_id in self._in_flight, self._failed.get(draft_id)
+        if drafting:
+            raise FeedbackError(
+                "FAILED_PRECONDITION",
+                f"draft {draft_id!r} is still being drafted: report its outcome after its reply has ended",
+                "draft_id",
+            )
+        if failed is not None:
+            raise FeedbackError(
+                "FAILED_PRECONDITION",
+                f"draft {draft_id!r} was never recorded ({failed}): its user saw no complete draft, so there is "
+                "no outcome to report",
+                "draft_id",
+            )
         reward = self._recorder.record_outcome(draft_id, action, final_text, dwell_ms)
         self._loop.outcomes_recorded()
         return reward

@@ -1,173 +1,199 @@
-"""One base model with every version it serves loaded as a named PEFT adapter.
+"""The generation engine seam: what the draft service asks of whatever runs the model.
 
-Switching versions between requests is `set_adapter`, a pointer change: no
-weights are read, decrypted or copied. Generation is greedy (drafts are
-reproducible) and one request at a time holds the model.
+The draft service (routing, checks, recording) stays in front; an engine owns
+the model and every adapter in it. A request names the adapter that must
+produce it, and the finished `Generation` names the adapter that did, so the
+service records exactly the version that drafted. Requests are submitted, not
+called: the engine batches them on its own worker, and each caller reads its
+own reply from a `GenerationHandle`, piece by piece or whole, from a thread or
+from an event loop. `TransformersEngine` (transformers_engine.py) is the CPU
+default; a vLLM engine would fill the same protocol.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
-import torch
-from peft import PeftModel, get_peft_model, set_peft_model_state_dict
-from transformers import TextIteratorStreamer
+from fedloop.client.store_api import ChatMessage
+from fedloop.shared.adapter import AdapterState
 
-from fedloop.client.store_api import BASE_VERSION
-from fedloop.shared.adapter import CPU_FLOAT32, AdapterState, Placement, load_base_model, peft_config
-from fedloop.shared.settings import LoraSettings
 
-EMPTY_ADAPTER = "fedloop-empty"  # the slot PEFT needs before any version is loaded (B = 0: the base model)
-ChatMessage = dict[str, str]
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy when `temperature` is 0 (drafts are then reproducible)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the reply is the model's greedy one."""
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One reply to generate: with which adapter, for which conversation, within which budget."""
+
+    adapter: str
+    messages: tuple[ChatMessage, ...]
+    max_new_tokens: int
+    sampling: Sampling = Sampling()
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Generation:
-    """A drafted reply with why it ended ("stop" or "length") and its token counts."""
+    """A finished reply: its text, why it ended ("stop" or "length"), its token counts and the adapter that made it."""
 
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    adapter: str
 
 
-@dataclass
-class StreamedGeneration:
-    """A reply arriving piece by piece; `result` is set once the iteration is exhausted."""
+class EngineBusy(Exception):
+    """The engine's queue is full: retry after `retry_after_s` seconds."""
 
-    pieces: Iterator[str]
-    result: Generation | None = field(default=None)
-
-    def __iter__(self) -> Iterator[str]:
-        return self.pieces
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
-class DraftEngine:
-    """The base model from a local path, with named adapters for the versions that draft."""
+class EngineStopped(Exception):
+    """The engine's worker is not running (it was closed or it died): nothing more is generated."""
 
-    def __init__(self, model_path: Path, lora: LoraSettings, placement: Placement = CPU_FLOAT32) -> None:
-        base, self.tokenizer = load_base_model(model_path, placement)
-        self._lora = lora
-        self._model: PeftModel = get_peft_model(base, peft_config(lora), adapter_name=EMPTY_ADAPTER)
-        self._model.eval()
-        self._versions: set[str] = set()
-        self._lock = threading.RLock()
 
-    def loaded(self) -> set[str]:
-        """The versions whose adapters are in memory."""
-        return set(self._versions)
+@dataclass(frozen=True)
+class EngineHealth:
+    """What `/ready` reports of the engine."""
+
+    alive: bool  # the worker thread runs
+    stalled_s: float  # how long the batch in progress has run (0 when idle)
+    stall_limit_s: float  # a batch running longer counts as stuck
+    queued: int
+    max_queue: int
+
+    @property
+    def ready(self) -> bool:
+        """Alive, not stuck and with room in the queue."""
+        return self.alive and self.stalled_s <= self.stall_limit_s and self.queued < self.max_queue
+
+
+# What a handle carries: a text piece, the finished Generation, or the exception that ended it.
+Event = str | Generation | BaseException
+
+
+class GenerationHandle:
+    """One submitted request's reply as the worker produces it; read it once, from a thread or an event loop."""
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+        self._events: deque[Event] = deque()
+        self._arrived = threading.Condition()
+        self._wake: Callable[[], None] | None = None
+        self._cancelled = threading.Event()
+
+    # -- the worker's side ------------------------------------------------------------------------
+    def push(self, event: Event) -> None:
+        """Hand the reader a piece, the finished Generation or the error that ended the request."""
+        with self._arrived:
+            self._events.append(event)
+            self._arrived.notify_all()
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the reader gave up (a closed stream): the worker stops generating for it."""
+        return self._cancelled.is_set()
+
+    # -- the reader's side ------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop generating for this request (its reader went away)."""
+        self._cancelled.set()
+
+    def events(self) -> Iterator[Event]:
+        """Every event, blocking until the request ends (the last event is a Generation or an exception)."""
+        while True:
+            with self._arrived:
+                while not self._events:
+                    self._arrived.wait()
+                event = self._events.popleft()
+            yield event
+            if not isinstance(event, str):
+                return
+
+    async def events_async(self) -> AsyncIterator[Event]:
+        """The same events, awaited in an event loop without holding a thread."""
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        with self._arrived:
+            self._wake = lambda: loop.call_soon_threadsafe(arrived.set)
+        while True:
+            with self._arrived:
+                taken = list(self._events)
+                self._events.clear()
+            for event in taken:
+                yield event
+                if not isinstance(event, str):
+                    return
+            if not taken:
+                await arrived.wait()
+                arrived.clear()
+
+    def result(self) -> Generation:
+        """The finished Generation (blocking); the exception that ended the request is raised."""
+        return finished(list(self.events())[-1])
+
+    async def result_async(self) -> Generation:
+        """The finished Generation, awaited."""
+        last: Event = ""
+        async for event in self.events_async():
+            last = event
+        return finished(last)
+
+
+def finished(event: Event) -> Generation:
+    """The Generation a request ended with, or raise the exception it ended with."""
+    if isinstance(event, BaseException):
+        raise event
+    if not isinstance(event, Generation):
+        raise EngineStopped("the request ended without a reply")
+    return event
+
+
+class GenerationEngine(Protocol):
+    """What the draft service needs from an engine that owns the model."""
+
+    def submit(self, request: GenerationRequest) -> GenerationHandle:
+        """Queue `request`; EngineBusy at once when the queue is full, EngineStopped when the worker is gone."""
+        ...
 
     def load(self, version: str, state: AdapterState) -> None:
-        """Add `version`'s adapter; ValueError if it does not fit the model's LoRA shape."""
-        with self._lock:
-            if version in self._versions:
-                return
-            self._model.add_adapter(version, peft_config(self._lora))
-            result: Any = set_peft_model_state_dict(self._model, state, adapter_name=version)
-            missing = [k for k in result.missing_keys if "lora_" in k and f".{version}." in k]
-            if missing or result.unexpected_keys:
-                self._model.delete_adapter(version)
-                raise ValueError(
-                    f"version {version} does not fit the served model's LoRA settings: missing "
-                    f"{missing[:2]}, unexpected {list(result.unexpected_keys)[:2]}"
-                )
-            self._versions.add(version)
+        """Make `version`'s adapter available (ValueError if it does not fit the model)."""
+        ...
 
     def unload(self, version: str) -> None:
-        """Drop `version`'s adapter from memory."""
-        with self._lock:
-            if version in self._versions:
-                self._model.set_adapter(EMPTY_ADAPTER)
-                self._model.delete_adapter(version)
-                self._versions.discard(version)
+        """Drop `version`'s adapter once no queued request needs it."""
+        ...
 
-    def _use(self, version: str) -> None:
-        """Make `version` the active adapter; BASE_VERSION is the base model (the empty adapter, B = 0)."""
-        self._model.set_adapter(EMPTY_ADAPTER if version == BASE_VERSION else version)
+    def loaded(self) -> set[str]:
+        """The versions whose adapters are available."""
+        ...
 
-    def _encode(self, conversations: Sequence[Sequence[ChatMessage]]) -> dict[str, torch.Tensor]:
-        texts = [
-            self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._model.device)
+    def health(self) -> EngineHealth:
+        """The worker's state, for `/ready`."""
+        ...
 
-    def _finish(self, new_tokens: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
-        eos = self.tokenizer.eos_token_id
-        ids = new_tokens.tolist()
-        if eos in ids:
-            return "stop", ids.index(eos) + 1
-        pad = self.tokenizer.pad_token_id
-        produced = len([i for i in ids if i != pad]) if pad != eos else len(ids)
-        return ("length" if produced >= max_new_tokens else "stop"), produced
-
-    @torch.no_grad()
-    def generate(
-        self, version: str, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int
-    ) -> list[Generation]:
-        """Greedy replies of `version` to each conversation, in one batch."""
-        with self._lock:
-            self._use(version)
-            encoded = self._encode(conversations)
-            output = self._model.generate(
-                **encoded,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=1,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        prompt_length = encoded["input_ids"].shape[1]
-        results = []
-        for row, mask in zip(output, encoded["attention_mask"], strict=True):
-            reason, produced = self._finish(row[prompt_length:], max_new_tokens)
-            text = str(self.tokenizer.decode(row[prompt_length:], skip_special_tokens=True)).strip()
-            results.append(Generation(text, reason, int(mask.sum()), produced))
-        return results
-
-    def stream(self, version: str, conversation: Sequence[ChatMessage], max_new_tokens: int) -> StreamedGeneration:
-        """`version`'s greedy reply as it is generated; the model is held until the stream is exhausted."""
-        streamed = StreamedGeneration(iter(()))
-
-        def pieces() -> Iterator[str]:
-            with self._lock:
-                self._use(version)
-                encoded = self._encode([conversation])
-                streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-                output: list[torch.Tensor] = []
-
-                def run() -> None:
-                    try:
-                        with torch.no_grad():
-                            output.append(
-                                self._model.generate(
-                                    **encoded,
-                                    max_new_tokens=max_new_tokens,
-                                    min_new_tokens=1,
-                                    do_sample=False,
-                                    pad_token_id=self.tokenizer.pad_token_id,
-                                    streamer=streamer,
-                                )
-                            )
-                    finally:
-                        streamer.end()  # a failed generation must not leave the reader waiting
-
-                worker = threading.Thread(target=run, name="fedloop-stream", daemon=True)
-                worker.start()
-                text = []
-                for piece in streamer:
-                    text.append(piece)
-                    if piece:
-                        yield piece
-                worker.join()
-            if not output:
-                raise RuntimeError(f"version {version} failed to generate: see the log")
-            new_tokens = output[0][0][encoded["input_ids"].shape[1] :]
-            reason, produced = self._finish(new_tokens, max_new_tokens)
-            streamed.result = Generation("".join(text).strip(), reason, int(encoded["attention_mask"].sum()), produced)
-
-        streamed.pieces = pieces()
-        return streamed
+    def close(self) -> None:
+        """Stop the worker; queued requests end with EngineStopped."""
+        ...

@@ -1,33 +1,68 @@
 """The OpenAI-compatible draft endpoint, over `DraftService`.
 
-- `POST /v1/chat/completions` (non-streaming and `stream: true`): `user` is
-  the product's id of the user; `model` is the routing alias (`fedloop`) or an
-  installed version id. The response's `id` is the draft id and its `model`
-  the version that drafted it. Drafts are greedy: `temperature`, `top_p` and
-  `seed` are accepted and have no effect.
+- `POST /v1/chat/completions` (non-streaming and `stream: true`): the user id
+  is `user`, else `metadata.user`, else the `X-Fedloop-User` header (for
+  clients that drop `user`); `model` is the routing alias (`fedloop`) or an
+  installed version id. The response's `id`, its `fedloop.draft_id` and the
+  `X-Fedloop-Draft-Id` header carry the draft id; a client may choose it
+  itself (`X-Fedloop-Draft-Id` request header or `metadata.draft_id`), so a
+  product whose client library renames streamed chunks still knows it.
+  `model` in the response is the version that drafted. Greedy unless
+  `temperature` > 0 (then sampled with `top_p` and `seed`).
 - `POST /v1/drafts/{draft_id}/outcome`: what the user did with the draft.
-- `GET /v1/models`: the alias and the installed versions.
+- `GET /v1/models`, `GET /v1/models/{id}`: the alias and the installed versions.
+- `GET /health` (the process answers) and `GET /ready` (worker alive and not
+  stuck, queue below its limit, store writable; 503 otherwise): no key needed,
+  they tell nothing but these booleans.
 
-Errors have OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`)
-with the HTTP status of the refusal, and nothing of a refused request is stored.
+Every error has OpenAI's shape (`{"error": {"message", "type", "param",
+"code"}}`) and the status of its cause: 400 bad input, 401 no key, 404 unknown
+model, draft or route, 409 a draft id reused or an outcome too early, 429 a
+user over the rate limit, 503 + `Retry-After` when the queue is full or the
+store busy. Authentication comes before the body is read; the rate limit
+before generation; a draft is recorded before its completion is answered, and
+a stream that fails ends with an error event instead of `[DONE]`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedloop.client.bearer import bearer_accepted
 from fedloop.client.feedback import FeedbackError
-from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService
+from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService, PendingDraft
+from fedloop.client.serve.engine import Generation, Sampling
+from fedloop.client.serve.openai_schema import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    DraftInfo,
+    ErrorDetail,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    OutcomeRequest,
+    sse,
+    usage,
+)
 
+log = logging.getLogger(__name__)
+USER_HEADER = "x-fedloop-user"
+DRAFT_ID_HEADER = "x-fedloop-draft-id"
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
@@ -37,103 +72,73 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
 }
+ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 
 
-class ChatMessageIn(BaseModel):
-    """One message of the conversation."""
-
-    model_config = ConfigDict(extra="forbid")
-    role: str
-    content: str
-    name: str | None = None
+def error_body(status: int, message: str, param: str | None, code: str) -> ErrorResponse:
+    """OpenAI's error body for a status."""
+    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
 
 
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that drafting uses; unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    messages: list[ChatMessageIn]
-    user: str = ""
-    stream: bool = False
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    n: Literal[1] = 1
-    stream_options: dict[str, Any] | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+def _validation_message(err: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    """The first problem of a refused body, naming the field and the fix."""
+    problem = err.errors()[0]
+    if problem["type"] == "json_invalid":
+        return f"the request body is not valid JSON ({problem.get('msg')}): send a JSON object", None
+    where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
+    fix = "remove it" if problem["type"] == "extra_forbidden" else "see docs/tenant-operator.md for the fields"
+    return f"{where}: {problem['msg']} ({fix}); nothing was recorded", where
 
 
-class OutcomeRequest(BaseModel):
-    """What the user did with a draft."""
-
-    model_config = ConfigDict(extra="forbid")
-    action: Literal["accept", "edit", "reject"]
-    final_text: str | None = None
-    dwell_ms: int = Field(default=0, ge=0)
-
-
-def _error(status: int, message: str, param: str | None, code: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "service_unavailable"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
-
-
-def _draft_request(body: ChatCompletionRequest) -> DraftRequest:
+def _draft_request(body: ChatCompletionRequest, request: Request) -> DraftRequest:
     metadata = body.metadata
-    unknown = sorted(set(metadata) - {"session_id", "prompt_version"})
-    if unknown:
-        raise FeedbackError(
-            "INVALID_ARGUMENT",
-            f"metadata has unknown key(s) {unknown}: fedloop reads session_id and prompt_version",
-            "metadata",
-        )
+    greedy = not body.temperature
     return DraftRequest(
-        body.user,
-        tuple(m.model_dump(exclude_none=True) for m in body.messages),
-        body.model,
-        body.max_completion_tokens or body.max_tokens,
-        metadata.get("session_id", "default"),
-        metadata.get("prompt_version", "default"),
+        user_id=body.user or metadata.get("user") or request.headers.get(USER_HEADER, ""),
+        messages=tuple(m.as_chat() for m in body.messages),
+        model=body.model,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        session_id=metadata.get("session_id", "default"),
+        prompt_version=metadata.get("prompt_version", "default"),
+        sampling=Sampling() if greedy else Sampling(body.temperature or 0.0, body.top_p or 1.0, body.seed),
+        stop=body.stops(),
+        draft_id=request.headers.get(DRAFT_ID_HEADER) or metadata.get("draft_id", ""),
     )
 
 
-def _completion(draft: Draft) -> dict[str, Any]:
+def _info(pending: PendingDraft) -> DraftInfo:
+    return DraftInfo(draft_id=pending.draft_id, version=pending.version, canary=pending.canary)
+
+
+def _completion(pending: PendingDraft, draft: Draft) -> ChatCompletion:
     generation = draft.generation
-    return {
-        "id": draft.draft_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": draft.version,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": generation.text},
-                "finish_reason": generation.finish_reason,
-            }
+    return ChatCompletion(
+        id=draft.draft_id,
+        created=int(time.time()),
+        model=draft.version,
+        choices=[
+            Choice(
+                message=AssistantMessage(content=generation.text),
+                finish_reason="length" if generation.finish_reason == "length" else "stop",
+            )
         ],
-        "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        },
-        "fedloop": {"draft_id": draft.draft_id, "version": draft.version, "canary": draft.canary},
-    }
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+        usage=usage(generation.prompt_tokens, generation.completion_tokens),
+        fedloop=_info(pending),
+    )
 
 
 def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes] | None = None) -> FastAPI:
-    """The FastAPI app of the draft endpoint; with `api_keys`, every route needs `Authorization: Bearer <key>`."""
+    """The FastAPI app of the draft endpoint; with `api_keys`, every /v1 route needs `Authorization: Bearer <key>`."""
     app = FastAPI(title="fedloop draft endpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    started = int(time.time())
+
+    def error(status: int, message: str, param: str | None, code: str) -> JSONResponse:
+        headers = {"Retry-After": str(service.retry_after_s)} if status in (429, 503) else None
+        return JSONResponse(error_body(status, message, param, code).model_dump(), status, headers=headers)
 
     def authenticate(request: Request) -> None:
-        if not api_keys:
-            return
-        if not bearer_accepted(request.headers.get("authorization", ""), api_keys):
+        if api_keys and not bearer_accepted(request.headers.get("authorization", ""), api_keys):
             raise FeedbackError(
                 "UNAUTHENTICATED",
                 "missing or unknown API key: send `Authorization: Bearer <key>` with a key from serve.api_keys_file",
@@ -141,66 +146,116 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
 
     @app.exception_handler(FeedbackError)
     async def refused(_: Request, err: FeedbackError) -> JSONResponse:
-        return _error(HTTP_STATUS.get(err.status, 400), str(err), err.param, err.status.lower())
+        return error(HTTP_STATUS.get(err.status, 400), str(err), err.param, err.status.lower())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
-        fix = "remove it" if problem["type"] == "extra_forbidden" else "see docs/tenant-operator.md for the fields"
-        return _error(400, f"{where}: {problem['msg']} ({fix}); nothing was recorded", where, "invalid_argument")
+        message, param = _validation_message(err)
+        return error(400, message, param, "invalid_argument")
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authenticate)])
-    def chat_completions(body: ChatCompletionRequest) -> Any:
-        request = _draft_request(body)
-        if not body.stream:
-            return _completion(service.draft_one(request))
-        stream = service.stream(request)
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = {
+            404: f"no route {request.url.path}: the endpoint serves /v1/chat/completions, "
+            "/v1/drafts/{draft_id}/outcome, /v1/models, /health and /ready",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(err.status_code, str(err.detail))
+        return error(err.status_code, message, None, "not_found" if err.status_code == 404 else "method_not_allowed")
 
-        def events() -> Iterator[str]:
-            chunk = {
-                "id": stream.draft_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": stream.version,
-            }
-            yield _sse(
-                {
-                    **chunk,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                }
+    @app.exception_handler(Exception)
+    async def failed(_: Request, err: Exception) -> JSONResponse:
+        log.exception("the draft endpoint failed on a request")
+        return error(500, f"internal error ({type(err).__name__}); it was logged", None, "internal")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        authenticate(request)
+        try:
+            body = ChatCompletionRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            message, param = _validation_message(err)
+            raise FeedbackError("INVALID_ARGUMENT", message, param) from None
+        pending = await run_in_threadpool(service.start, _draft_request(body, request))
+        headers = {"X-Fedloop-Draft-Id": pending.draft_id}
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(
+                _stream(service, pending, include_usage), media_type="text/event-stream", headers=headers
             )
-            try:
-                for piece in stream.pieces:
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-            except FeedbackError as err:
-                yield _sse(
-                    {
-                        "error": {
-                            "message": str(err),
-                            "type": "server_error",
-                            "param": err.param,
-                            "code": err.status.lower(),
-                        }
-                    }
-                )
-                return
-            [draft] = stream.finished
-            yield _sse(
-                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": draft.generation.finish_reason}]}
-            )
-            yield _sse("[DONE]")
+        try:
+            generation = await pending.handle.result_async()
+        except Exception as err:
+            service.fail(pending, f"generation failed: {err}")
+            raise FeedbackError("UNAVAILABLE", f"the draft could not be generated ({err}); retry") from None
+        draft = await run_in_threadpool(service.finish, pending, generation)
+        return JSONResponse(_completion(pending, draft).model_dump(), headers=headers)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    @app.post("/v1/drafts/{draft_id}/outcome", dependencies=[Depends(authenticate)])
-    def outcome(draft_id: str, body: OutcomeRequest) -> dict[str, Any]:
+    @app.post("/v1/drafts/{draft_id}/outcome")
+    def outcome(draft_id: str, body: OutcomeRequest, request: Request) -> dict[str, Any]:
+        authenticate(request)
         reward = service.record_outcome(draft_id, body.action, body.final_text, body.dwell_ms)
         return {"draft_id": draft_id, "action": body.action, "reward": reward}
 
-    @app.get("/v1/models", dependencies=[Depends(authenticate)])
-    def models() -> dict[str, Any]:
-        names = [model_alias, *service.installed()]
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "fedloop"} for n in names]}
+    def card(name: str) -> ModelCard:
+        return ModelCard(id=name, created=started)
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict[str, Any]:
+        authenticate(request)
+        return ModelList(data=[card(n) for n in (model_alias, *service.installed())]).model_dump()
+
+    @app.get("/v1/models/{model_id}")
+    def model(model_id: str, request: Request) -> dict[str, Any]:
+        authenticate(request)
+        if model_id != model_alias and model_id not in service.installed():
+            raise FeedbackError(
+                "NOT_FOUND", f"model {model_id!r} is not served: use {model_alias!r} or an installed version", "model"
+            )
+        return card(model_id).model_dump()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        checks = service.ready()
+        return JSONResponse({"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503)
 
     return app
+
+
+async def _stream(service: DraftService, pending: PendingDraft, include_usage: bool) -> AsyncIterator[str]:
+    """The server-sent events of a streamed draft; it ends with `[DONE]` only once the draft is recorded."""
+    chunk = ChatCompletionChunk(id=pending.draft_id, created=int(time.time()), model=pending.version, choices=[])
+    recorded = False
+    try:
+        yield sse(chunk.model_copy(update={"choices": [ChunkChoice(delta=Delta(role="assistant", content=""))]}))
+        generation: Generation | None = None
+        async for event in pending.handle.events_async():
+            if isinstance(event, str):
+                if event:
+                    yield sse(chunk.model_copy(update={"choices": [ChunkChoice(delta=Delta(content=event))]}))
+            elif isinstance(event, Generation):
+                generation = event
+            else:
+                raise FeedbackError("UNAVAILABLE", f"the draft could not be generated ({event}); retry")
+        assert generation is not None
+        draft = await run_in_threadpool(service.finish, pending, generation)
+        recorded = True
+    except FeedbackError as err:
+        service.fail(pending, str(err))
+        status = HTTP_STATUS.get(err.status, 503)
+        yield sse(error_body(status, f"{err}; the draft id {pending.draft_id} is void", None, err.status.lower()))
+        return
+    except BaseException:  # the client left (the task is cancelled) or the stream broke: the draft is void
+        if not recorded:
+            service.fail(pending, "the stream ended before the draft was complete")
+        raise
+    reason = "length" if draft.generation.finish_reason == "length" else "stop"
+    info = _info(pending)
+    yield sse(chunk.model_copy(update={"choices": [ChunkChoice(delta=Delta(), finish_reason=reason)], "fedloop": info}))
+    if include_usage:
+        generation = draft.generation
+        yield sse(chunk.model_copy(update={"usage": usage(generation.prompt_tokens, generation.completion_tokens)}))
+    yield sse("[DONE]")

@@ -47,6 +47,7 @@ class SqliteDraftRepository:
             "prompt_version": draft.prompt_version,
             "position": draft.position,
             "shown_at_ms": draft.shown_at_ms,
+            "context": self._sealer.seal_messages("drafts", "context", draft.id, draft.context),
         }
         self._sealer.insert("drafts", columns)
 
@@ -66,6 +67,7 @@ class SqliteDraftRepository:
             prompt_version=row["prompt_version"],
             position=row["position"],
             shown_at_ms=row["shown_at_ms"],
+            context=self._sealer.open_messages("drafts", "context", row["id"], row["context"]),
         )
 
     def has_outcome(self, draft_id: str) -> bool:

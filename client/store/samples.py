@@ -43,6 +43,7 @@ class SqliteSampleRepository:
                 "reason": sample.reason,
                 "label": sample.label,
                 "created_at_ms": sample.created_at_ms,
+                "context": self._sealer.seal_messages("samples", "context", sample.id, sample.context),
             },
         )
 
@@ -91,6 +92,7 @@ class SqliteSampleRepository:
             reason=row["reason"],
             label=row["label"],
             created_at_ms=row["created_at_ms"],
+            context=self._sealer.open_messages("samples", "context", sample_id, row["context"]),
         )
 
     def move(self, sample_id: str, pool: Pool) -> None:

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS drafts (
     id TEXT PRIMARY KEY, user_pseudonym TEXT NOT NULL, session_pseudonym TEXT NOT NULL,
     prompt BLOB NOT NULL, draft BLOB NOT NULL, model_version TEXT NOT NULL, prompt_version TEXT NOT NULL,
-    position INTEGER NOT NULL, shown_at_ms INTEGER NOT NULL, row_mac BLOB);
+    position INTEGER NOT NULL, shown_at_ms INTEGER NOT NULL, row_mac BLOB, context BLOB);
 CREATE TABLE IF NOT EXISTS outcomes (
     draft_id TEXT PRIMARY KEY REFERENCES drafts(id), action TEXT NOT NULL
         CHECK (action IN ('accept', 'edit', 'reject')),
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS samples (
     user_pseudonym TEXT NOT NULL, prompt BLOB NOT NULL, target BLOB, rejected BLOB, signature BLOB NOT NULL,
     reward REAL NOT NULL, weight REAL NOT NULL, pool TEXT NOT NULL, problem_type TEXT, risk TEXT NOT NULL,
     first_seen_version TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, label TEXT,
-    created_at_ms INTEGER NOT NULL, row_mac BLOB);
+    created_at_ms INTEGER NOT NULL, row_mac BLOB, context BLOB);
 CREATE INDEX IF NOT EXISTS samples_by_cluster ON samples(cluster_id);
 CREATE INDEX IF NOT EXISTS samples_by_user ON samples(user_pseudonym, created_at_ms);
 CREATE TABLE IF NOT EXISTS problems (
@@ -75,13 +75,15 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
         "created_at_ms",
     ),
 }
+# Columns added after stores were first written: (table, column, type); a store without one gets it on open.
+ADDED_COLUMNS = (("drafts", "context", "BLOB"), ("samples", "context", "BLOB"))
 # Encrypted columns and the key column of their table: what key rotation walks over.
 ENCRYPTED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "drafts": ("id", ("prompt", "draft")),
+    "drafts": ("id", ("prompt", "draft", "context")),
     "outcomes": ("draft_id", ("final_text",)),
     "signals": ("event_id", ("value",)),
     "vault": ("record_id || '/' || placeholder", ("original",)),
-    "samples": ("id", ("prompt", "target", "rejected", "signature")),
+    "samples": ("id", ("prompt", "target", "rejected", "signature", "context")),
     "installed_versions": ("version_id", ("adapter",)),
     "local_parts": ("name", ("part",)),
 }

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 
 from fedloop.client.store.schema import MACED_COLUMNS
+from fedloop.client.store_api import ChatMessage
 from fedloop.shared.crypto import CryptoError, hmac_sm3
 from fedloop.shared.storage_keys import StorageKeyring
 
@@ -33,6 +34,15 @@ class RowSealer:
             return None
         data = value.encode() if isinstance(value, str) else value
         return self.keys.seal(data, f"{table}/{column}/{row_id}".encode())
+
+    def seal_messages(self, table: str, column: str, row_id: str, messages: Sequence[ChatMessage]) -> bytes | None:
+        """A conversation encrypted as JSON for `table/column/row_id` (none stays NULL)."""
+        return self.seal(table, column, row_id, json.dumps(list(messages), ensure_ascii=False)) if messages else None
+
+    def open_messages(self, table: str, column: str, row_id: str, sealed: bytes | None) -> tuple[ChatMessage, ...]:
+        """A sealed conversation, decrypted (NULL: none, as in rows from before conversations were kept)."""
+        text = self.open_text(table, column, row_id, sealed)
+        return tuple(json.loads(text)) if text else ()
 
     def open_text(self, table: str, column: str, row_id: str, sealed: bytes | None) -> str | None:
         """A sealed text value, decrypted (None stays None)."""

@@ -16,23 +16,27 @@ from pathlib import Path
 
 from fedloop.client.store.drafts import SqliteDraftRepository
 from fedloop.client.store.samples import SqliteSampleRepository
-from fedloop.client.store.schema import ENCRYPTED_COLUMNS, MACED_COLUMNS, SCHEMA
+from fedloop.client.store.schema import ADDED_COLUMNS, ENCRYPTED_COLUMNS, MACED_COLUMNS, SCHEMA
 from fedloop.client.store.sealing import RowSealer
 from fedloop.client.store.versions import SqliteVersionRepository
 from fedloop.shared.audit import AuditLog, audit_key
 from fedloop.shared.crypto import hmac_sm3
-from fedloop.shared.sqlite_db import immediate_transaction, open_database
+from fedloop.shared.sqlite_db import BUSY_TIMEOUT_S, immediate_transaction, open_database
 from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
 
 
 class FeedbackStore:
     """SQLite implementation of the tenant store (`FeedbackStoreAPI`)."""
 
-    def __init__(self, path: Path, keys: StorageKeyring, pseudonym_key: bytes) -> None:
+    def __init__(
+        self, path: Path, keys: StorageKeyring, pseudonym_key: bytes, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> None:
         self.path = path
         self._pseudonym_key = pseudonym_key
-        self._db = open_database(path, SCHEMA)
+        self._busy_timeout_s = busy_timeout_s
+        self._db = open_database(path, SCHEMA, busy_timeout_s)
         self._db.row_factory = sqlite3.Row  # every repository reads columns by name
+        self._add_missing_columns()
         self._lock = threading.RLock()
         self._sealer = RowSealer(self._db, keys, pseudonym_key)
         self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
@@ -42,16 +46,21 @@ class FeedbackStore:
         self._mac_rows_without_one()
         self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
+    def _columns(self, table: str) -> set[str]:
+        return {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+
+    def _add_missing_columns(self) -> None:
+        """A store from before a column was added gets it, empty (old drafts then have no recorded context)."""
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in self._columns(table):
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
     def _mac_rows_without_one(self) -> None:
         """A store from before row MACs (the column is missing): add it and MAC the rows as they are, once (audited).
 
         Only a missing column triggers this; a row whose MAC was later cleared with SQL fails its check instead.
         """
-        missing = [
-            table
-            for table in MACED_COLUMNS
-            if "row_mac" not in {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
-        ]
+        missing = [table for table in MACED_COLUMNS if "row_mac" not in self._columns(table)]
         if not missing:
             return
         added = 0
@@ -91,6 +100,18 @@ class FeedbackStore:
             else:
                 with immediate_transaction(self._db):
                     yield
+
+    def writable(self, wait_s: float = 0.2) -> bool:
+        """Whether a writer could take the store's write lock within `wait_s` (checked on a connection of its own)."""
+        probe = sqlite3.connect(self.path, timeout=wait_s, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
+        finally:
+            probe.close()
 
     def pseudonym(self, identifier: str) -> str:
         """The stable keyed pseudonym under which a user or session id is stored."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import TrainingExample
-from fedloop.client.train.generate import chat_prompt
+from fedloop.client.store_api import ChatMessage, TrainingExample
+from fedloop.client.train.generate import chat_text
 from fedloop.shared.settings import TrainSection
 
 IGNORE_INDEX = -100
@@ -49,9 +49,12 @@ def curriculum(
     return stages
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, reply: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + reply (+ end of turn) and labels that score the reply only (left-truncated)."""
-    prompt_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+def encode(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], reply: str, max_len: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation as served + reply (+ end of turn) and labels that score the reply only
+    (left-truncated)."""
+    prompt_ids = tokenizer(chat_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
     reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt_ids + reply_ids)[-max_len:]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + reply_ids)[-max_len:]

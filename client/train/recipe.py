@@ -25,7 +25,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store_api import ChatMessage, TrainingExample
 from fedloop.client.train.data import WeightedExample, collate, curriculum, encode, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs, weighted_sft_loss
 from fedloop.shared.settings import TrainSection
@@ -58,7 +58,7 @@ class TrainReport:
 class KtoItem:
     """One KTO item: a reply to a prompt that users found desirable or not, and another item's reply for z0."""
 
-    prompt: str
+    messages: tuple[ChatMessage, ...]  # the conversation the reply answers
     reply: str
     mismatched: str
     desirable: bool
@@ -68,12 +68,12 @@ class KtoItem:
 def kto_items(weighted: Sequence[WeightedExample], seed: int) -> list[KtoItem]:
     """Accepted drafts and users' finals (the targets) desirable, rejected drafts undesirable, each with its
     curated weight; shuffled under `seed`, each paired with the next item's reply as its mismatched reply."""
-    raw = [(w.example.prompt, w.example.target, True, w.weight) for w in weighted]
-    raw += [(w.example.prompt, w.example.rejected, False, w.weight) for w in weighted if w.example.rejected]
+    raw = [(w.example.messages, w.example.target, True, w.weight) for w in weighted]
+    raw += [(w.example.messages, w.example.rejected, False, w.weight) for w in weighted if w.example.rejected]
     random.Random(seed).shuffle(raw)
     return [
-        KtoItem(prompt, reply, raw[(i + 1) % len(raw)][1], desirable, weight)
-        for i, (prompt, reply, desirable, weight) in enumerate(raw)
+        KtoItem(messages, reply, raw[(i + 1) % len(raw)][1], desirable, weight)
+        for i, (messages, reply, desirable, weight) in enumerate(raw)
     ]
 
 
@@ -153,7 +153,7 @@ def _sft(
         encoded = _on_device(
             model,
             collate(
-                [encode(tokenizer, w.example.prompt, w.example.target, settings.max_seq_len) for w in batch],
+                [encode(tokenizer, w.example.messages, w.example.target, settings.max_seq_len) for w in batch],
                 tokenizer.pad_token_id,
             ),
         )
@@ -165,13 +165,16 @@ def _sft(
 
 
 def _reply_logprobs(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, replies: Sequence[tuple[str, str]], settings: TrainSection
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    replies: Sequence[tuple[Sequence[ChatMessage], str]],
+    settings: TrainSection,
 ) -> torch.Tensor:
-    """Summed log-probability of each (prompt, reply)'s reply (gradients flow if enabled)."""
+    """Summed log-probability of each (conversation, reply)'s reply (gradients flow if enabled)."""
     encoded = _on_device(
         model,
         collate(
-            [encode(tokenizer, prompt, reply, settings.max_seq_len) for prompt, reply in replies],
+            [encode(tokenizer, messages, reply, settings.max_seq_len) for messages, reply in replies],
             tokenizer.pad_token_id,
         ),
     )
@@ -191,7 +194,7 @@ def _pair_logprobs(
     logprobs = _reply_logprobs(
         model,
         tokenizer,
-        [(w.example.prompt, reply) for w in pairs for reply in (w.example.target, w.example.rejected or "")],
+        [(w.example.messages, reply) for w in pairs for reply in (w.example.target, w.example.rejected or "")],
         settings,
     )
     return logprobs[0::2], logprobs[1::2]
@@ -239,14 +242,14 @@ def _kto(
     reference: dict[int, tuple[float, float]] = {}
     with torch.no_grad():  # the reference policy is the model as it is before KTO
         for chunk in _batches(list(used.values()), settings.batch_size):
-            own = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in chunk], settings)
-            other = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in chunk], settings)
+            own = _reply_logprobs(model, tokenizer, [(i.messages, i.reply) for i in chunk], settings)
+            other = _reply_logprobs(model, tokenizer, [(i.messages, i.mismatched) for i in chunk], settings)
             reference.update({id(i): (o.item(), m.item()) for i, o, m in zip(chunk, own, other, strict=True)})
 
     def loss(batch: list[KtoItem]) -> torch.Tensor:
-        policy = _reply_logprobs(model, tokenizer, [(i.prompt, i.reply) for i in batch], settings)
+        policy = _reply_logprobs(model, tokenizer, [(i.messages, i.reply) for i in batch], settings)
         with torch.no_grad():  # z0 is not differentiated
-            mismatched = _reply_logprobs(model, tokenizer, [(i.prompt, i.mismatched) for i in batch], settings)
+            mismatched = _reply_logprobs(model, tokenizer, [(i.messages, i.mismatched) for i in batch], settings)
         return kto_loss(
             policy,
             torch.tensor([reference[id(i)][0] for i in batch], device=model.device),
