@@ -32,12 +32,13 @@ def make_tenant(tmp_path: Path, redactor: Redactor) -> Iterator[Callable[..., Te
     """Open tenant runtimes on fresh keys and stores under tmp_path; closed after the test."""
     opened: list[TenantRuntime] = []
 
-    def make(name: str = "acme", **sections: Any) -> TenantRuntime:
+    def make(name: str = "acme", store_busy_timeout_s: float = 5.0, **sections: Any) -> TenantRuntime:
         keys = tmp_path / "keys"
         identity = init_keys("tenant", name, keys)
-        settings = TenantSettings(
-            tenant=TenantSection(name=name, keys_dir=str(keys), data_dir=str(tmp_path / name)), **sections
+        tenant = TenantSection(
+            name=name, keys_dir=str(keys), data_dir=str(tmp_path / name), store_busy_timeout_s=store_busy_timeout_s
         )
+        settings = TenantSettings(tenant=tenant, **sections)
         runtime = open_tenant(settings, identity, redactor=redactor)
         opened.append(runtime)
         return runtime
