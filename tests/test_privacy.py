@@ -16,6 +16,10 @@ from fedloop.client.privacy.redaction import Redactor
         ("请拨打13812345678联系我", "请拨打<CN_MOBILE_1>联系我"),
         ("call +86 139-1234-5678 today", "call <CN_MOBILE_1> today"),
         ("座机010-62345678", "座机<CN_LANDLINE_1>"),
+        # issue 28: a number that ends a sentence leaked (the full stop was read as a decimal point)
+        ("My number is 13812345678.", "My number is <CN_MOBILE_1>."),
+        ("Call 010-62345678. Thanks", "Call <CN_LANDLINE_1>. Thanks"),
+        ("the host was 10.1.2.3.", "the host was <IP_ADDRESS_1>."),
         ("身份证号11010519491231002X已登记", "身份证号<CN_RESIDENT_ID_1>已登记"),
         ("my id is 110101199003074514.", "my id is <CN_RESIDENT_ID_1>."),
         ("write to li.lei@example.com.cn please", "write to <EMAIL_ADDRESS_1> please"),

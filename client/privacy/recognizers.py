@@ -55,7 +55,7 @@ class ChineseMobileRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="CN_MOBILE",
             supported_language=LANGUAGE,
-            patterns=[Pattern("cn_mobile", r"(?<![\d.])(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2}(?![\d.])", 0.7)],
+            patterns=[Pattern("cn_mobile", r"(?<![\d.])(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2}(?!\d|\.\d)", 0.7)],
             context=["手机", "电话", "mobile", "phone", "tel", "call"],
         )
 
@@ -67,7 +67,7 @@ class ChineseLandlineRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="CN_LANDLINE",
             supported_language=LANGUAGE,
-            patterns=[Pattern("cn_landline", r"(?<![\d.])(?:\+?86[- ]?)?\(?0\d{2,3}\)?[- ]?\d{7,8}(?![\d.])", 0.6)],
+            patterns=[Pattern("cn_landline", r"(?<![\d.])(?:\+?86[- ]?)?\(?0\d{2,3}\)?[- ]?\d{7,8}(?!\d|\.\d)", 0.6)],
             context=["电话", "座机", "固话", "tel", "phone", "landline"],
         )
 
@@ -168,7 +168,7 @@ class IPv4Recognizer(PatternRecognizer):
         super().__init__(
             supported_entity="IP_ADDRESS",
             supported_language=LANGUAGE,
-            patterns=[Pattern("ipv4", rf"(?<![\d.]){octet}(?:\.{octet}){{3}}(?![\d.])", 0.8)],
+            patterns=[Pattern("ipv4", rf"(?<![\d.]){octet}(?:\.{octet}){{3}}(?!\d|\.\d)", 0.8)],
             context=["ip", "地址", "登录", "server"],
         )
 
