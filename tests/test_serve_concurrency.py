@@ -9,6 +9,9 @@ hangs, and the endpoint still drafts afterwards.
 from __future__ import annotations
 
 import random
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -124,3 +127,22 @@ def test_64_concurrent_requests_with_a_rollback_in_the_middle_draft_exactly_thei
         model="fedloop", messages=[{"role": "user", "content": PROMPTS[0]}], user="after", max_tokens=4
     )
     assert after.model == "v0" and after.choices[0].message.content
+
+
+def test_streamed_and_plain_drafts_take_the_same_time_beside_a_cpu_burner(endpoint: Endpoint) -> None:
+    """Both kinds run on the generation worker's thread team (serve.threads), so a busy host slows them alike."""
+    api = openai.OpenAI(base_url=endpoint.base_url, api_key="loopback", max_retries=0, timeout=120)
+    prompt = PROMPTS[1]
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    try:
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        for index in range(12):
+            stream = index % 2 == 1
+            started = time.perf_counter()
+            ask(api, f"timed-{index}", prompt, 64, stream)
+            timings[stream].append(time.perf_counter() - started)
+    finally:
+        burner.kill()
+        burner.wait()
+    plain, streamed = statistics.median(timings[False]), statistics.median(timings[True])
+    assert abs(streamed - plain) <= 0.2 * max(plain, streamed), (plain, streamed)
