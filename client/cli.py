@@ -85,12 +85,22 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     from fedloop.client.ingest.service import MaintenanceLoop, start_server
     from fedloop.client.key_rotation import StorageKeyWatcher
     from fedloop.client.release.controller import ReleaseController
+    from fedloop.client.release.export import ExportOnMove
     from fedloop.client.release.loop import ReleaseLoop
 
     settings = runtime.settings
     started = ExitStack()  # what is running, stopped in reverse order (on a failed start too)
     started.callback(runtime.close)
-    release_loop = ReleaseLoop(ReleaseController(runtime.store, settings.release), settings.release)
+    exporter = (
+        ExportOnMove(runtime.store, federation, settings)
+        if federation is not None and settings.release.export_dir
+        else None
+    )
+    release_loop = ReleaseLoop(
+        ReleaseController(runtime.store, settings.release),
+        settings.release,
+        exporter.check if exporter is not None else None,
+    )
     metrics_address = settings.metrics.address
     try:
         server, port = start_server(

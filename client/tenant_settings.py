@@ -163,6 +163,11 @@ class ReleaseSection(Section):
     min_drafts_per_arm: int = Field(200, description="decided drafts per arm before any decision")
     decide_every_outcomes: int = Field(20, description="the controller decides after this many new outcomes ...")
     decide_every_s: float = Field(5.0, description="... and at least this often while outcomes arrive")
+    export_dir: str = Field(
+        "",
+        description="set: the tenant service re-exports the release (serving, canary, rollback target, routing.json) "
+        'here after every move of the pointer, for an external inference server; "" = only `fedloop release export`',
+    )
 
 
 class ServeSection(Section):

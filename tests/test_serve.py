@@ -218,3 +218,38 @@ def test_release_export_writes_peft_directories_and_a_routing_manifest(
         PeftModel.from_pretrained(base, out / version)  # any PEFT (or vLLM) user loads it as it is
     last = endpoint.runtime.store.audit_log.entries()[-1]
     assert (last.actor, last.action) == ("li.wei", "release-export") and "vLLM pool" in last.subject
+
+
+def test_the_release_is_exported_again_after_every_move_with_its_rollback_target(
+    endpoint: Endpoint, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from serve_helpers import LORA
+
+    from fedloop.client.release.export import ExportOnMove
+    from fedloop.client.release.loop import ReleaseLoop
+    from fedloop.shared.settings import PathsSection, Settings
+
+    out = tmp_path / "vllm-adapters"
+    tenant = endpoint.runtime.settings.model_copy(
+        update={"release": endpoint.runtime.settings.release.model_copy(update={"export_dir": str(out)})}
+    )
+    federation = Settings(paths=PathsSection(model=str(tiny_model_dir)), lora=LORA)
+    exporter = ExportOnMove(endpoint.runtime.store, federation, tenant)
+    loop = ReleaseLoop(endpoint.controller, tenant.release, exporter.check)
+
+    def manifest() -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads((out / "routing.json").read_text()))
+
+    loop.decide_now()
+    assert (manifest()["serving"], manifest()["canary"]) == ("v0", "v1")
+    endpoint.controller.promote("operator: v1 for everyone")
+    loop.decide_now()
+    assert (manifest()["serving"], manifest()["canary"], manifest()["rollback_target"]) == ("v1", None, "v0")
+    assert (out / "v0" / "adapter_model.safetensors").exists()  # the rollback target stays loadable
+    endpoint.controller.rollback("operator: complaints")
+    loop.decide_now()
+    assert manifest()["serving"] == "v0"
+    exports = [e for e in endpoint.runtime.store.audit_log.entries() if e.action == "release-export"]
+    assert len(exports) == 3 and all(e.actor == "fedloop" for e in exports)

@@ -1,9 +1,11 @@
 """Export the released versions for an external inference server (for example vLLM with `--lora-modules`).
 
 `DIR/<version>/` gets the standard PEFT layout (`adapter_config.json`,
-`adapter_model.safetensors`) for the serving version and the canary, and
-`DIR/routing.json` says which is which, the canary's share and the bucket
-rule. The adapters are written first and the manifest last, each atomically,
+`adapter_model.safetensors`) for the serving version, the canary and the
+rollback target (so a rollback never routes to a version the server lacks),
+and `DIR/routing.json` says which is which, the canary's share and the bucket
+rule. With `release.export_dir` set, the tenant service exports again after
+every move of the pointer (`ExportOnMove`). The adapters are written first and the manifest last, each atomically,
 so a reader that follows the manifest never sees half a version. These files
 are outside the tenant's at-rest encryption; every export is audited.
 """
@@ -11,10 +13,13 @@ are outside the tenant's at-rest encryption; every export is audited.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
+from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.shared.adapter import adapter_from_bytes, export_peft
 from fedloop.shared.files import write_atomic
@@ -27,6 +32,9 @@ BUCKET_RULE = (
 )
 
 
+log = logging.getLogger(__name__)
+
+
 class ExportError(RuntimeError):
     """Nothing to export, or the output directory cannot be written."""
 
@@ -34,7 +42,7 @@ class ExportError(RuntimeError):
 def export_release(
     store: FeedbackStore, federation: Settings, tenant: TenantSettings, out: Path, operator: str, reason: str
 ) -> dict[str, Any]:
-    """Write the serving and canary adapters and `routing.json` under `out`; returns the manifest."""
+    """Write the serving, canary and rollback-target adapters and `routing.json` under `out`; returns the manifest."""
     state = store.versions.release_state()
     if state is None or state.serving is None:
         raise ExportError(
@@ -42,7 +50,8 @@ def export_release(
         )
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: name a directory")
-    versions = [v for v in (state.serving, state.canary) if v]
+    target = ReleaseController(store, tenant.release).rollback_target()
+    versions = list(dict.fromkeys(v for v in (state.serving, state.canary, target) if v))
     try:
         for version in versions:
             export_peft(
@@ -56,6 +65,7 @@ def export_release(
             "serving": state.serving,
             "canary": state.canary,
             "canary_share": state.share if state.canary else 0.0,
+            "rollback_target": target,
             "model_alias": tenant.serve.model_alias,
             "base_model": federation.paths.model,
             "bucket_rule": BUCKET_RULE,
@@ -67,3 +77,32 @@ def export_release(
         raise ExportError(f"cannot write to {out}: {err.strerror or err}") from None
     store.audit(operator, "release-export", f"{', '.join(versions)} to {out}; reason: {reason}")
     return manifest
+
+
+class ExportOnMove:
+    """Re-exports the release to `release.export_dir` whenever the pointer has moved since the last export."""
+
+    def __init__(self, store: FeedbackStore, federation: Settings, tenant: TenantSettings) -> None:
+        self._store = store
+        self._federation = federation
+        self._tenant = tenant
+        self._exported: ReleaseRecord | None = None
+
+    def check(self) -> None:
+        """Export if the pointer moved (failures are logged and retried at the next check)."""
+        state = self._store.versions.release_state()
+        if state is None or state.serving is None or state == self._exported:
+            return
+        try:
+            export_release(
+                self._store,
+                self._federation,
+                self._tenant,
+                Path(self._tenant.release.export_dir),
+                "fedloop",
+                f"the release pointer moved ({state.action})",
+            )
+        except ExportError:
+            log.exception("exporting the release to release.export_dir failed; retrying at the next check")
+            return
+        self._exported = state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.tenant_settings import ReleaseSection
@@ -18,11 +19,20 @@ class ReleaseLoop:
     Python API) calls `outcomes_recorded`; every `decide_every_outcomes` of them
     the controller decides at once. `start()` adds a thread that also decides
     every `decide_every_s` seconds while outcomes came in since the last look.
+    `after_look` (for example `ExportOnMove.check`) runs after every decision
+    and every tick of that thread, so it also sees moves made by other
+    processes (an operator's command, the ClientApp offering a version).
     """
 
-    def __init__(self, controller: ReleaseController, settings: ReleaseSection) -> None:
+    def __init__(
+        self,
+        controller: ReleaseController,
+        settings: ReleaseSection,
+        after_look: Callable[[], None] | None = None,
+    ) -> None:
         self._controller = controller
         self._settings = settings
+        self._after_look = after_look
         self._pending = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -44,6 +54,14 @@ class ReleaseLoop:
                 self._controller.decide()
             except Exception:  # a failed look must not fail the request that triggered it; the next look retries
                 log.exception("release decision failed")
+        self._look_done()
+
+    def _look_done(self) -> None:
+        if self._after_look is not None:
+            try:
+                self._after_look()
+            except Exception:
+                log.exception("the step after a release look failed")
 
     def start(self) -> None:
         """Also decide every `decide_every_s` seconds (in a daemon thread) while outcomes arrive."""
@@ -60,3 +78,5 @@ class ReleaseLoop:
         while not self._stop.wait(self._settings.decide_every_s):
             if self._pending:
                 self.decide_now()
+            else:
+                self._look_done()
