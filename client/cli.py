@@ -91,7 +91,7 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     settings = runtime.settings
     started = ExitStack()  # what is running, stopped in reverse order (on a failed start too)
     started.callback(runtime.close)
-    exporter = (
+    release_export = (
         ExportOnMove(runtime.store, federation, settings)
         if federation is not None and settings.release.export_dir
         else None
@@ -99,7 +99,7 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     release_loop = ReleaseLoop(
         ReleaseController(runtime.store, settings.release),
         settings.release,
-        exporter.check if exporter is not None else None,
+        release_export.check if release_export is not None else None,
     )
     metrics_address = settings.metrics.address
     try:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from serve_helpers import Endpoint, install_versions, start_endpoint
 
 from fedloop.client.tenant_settings import ReleaseSection
@@ -44,12 +46,10 @@ def report(endpoint: Endpoint, draft_id: str, version: str) -> None:
 
 def test_the_openai_client(endpoint: Endpoint) -> None:
     api = openai.OpenAI(base_url=endpoint.base_url, api_key="loopback", max_retries=0)
-    messages = [{"role": "user", "content": QUESTION}]
-    plain = api.chat.completions.create(model="fedloop", messages=messages, user="o1", max_tokens=5)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+    plain = api.chat.completions.create(model="fedloop", messages=messages, user="o1", max_tokens=5)
     report(endpoint, plain.id, plain.model)
-    chunks = list(
-        api.chat.completions.create(model="fedloop", messages=messages, user="o2", max_tokens=5, stream=True)  # type: ignore[arg-type]
-    )
+    chunks = list(api.chat.completions.create(model="fedloop", messages=messages, user="o2", max_tokens=5, stream=True))
     report(endpoint, chunks[0].id, chunks[0].model)
 
 
@@ -77,7 +77,7 @@ def test_litellm(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
         "max_tokens": 5,
         "user": "dropped-by-litellm",
     }
-    plain = litellm.completion(**common, extra_headers={"X-Fedloop-User": "ll1"})
+    plain: Any = litellm.completion(**common, extra_headers={"X-Fedloop-User": "ll1"})
     report(endpoint, plain.id, plain.model)
     stream = litellm.completion(**common, stream=True, extra_headers={"X-Fedloop-User": "ll2"})
     chunks = list(stream)

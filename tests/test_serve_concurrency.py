@@ -97,7 +97,9 @@ def test_64_concurrent_requests_with_a_rollback_in_the_middle_draft_exactly_thei
         ]  # half streaming
         submitted = threading.Semaphore(0)
 
-        def run(job: tuple[str, str, int, bool]) -> tuple[str, str, str, str, int]:
+        def run(
+            job: tuple[str, str, int, bool], submitted: threading.Semaphore = submitted
+        ) -> tuple[str, str, str, str, int]:
             user, prompt, budget, stream = job
             submitted.release()
             draft_id, version, text = ask(api, user, prompt, budget, stream)
@@ -133,7 +135,8 @@ def test_streamed_and_plain_drafts_take_the_same_time_beside_a_cpu_burner(endpoi
     """Both kinds run on the generation worker's thread team (serve.threads), so a busy host slows them alike."""
     api = openai.OpenAI(base_url=endpoint.base_url, api_key="loopback", max_retries=0, timeout=120)
     prompt = PROMPTS[1]
-    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+    burner = subprocess.Popen([sys.executable, "-c", burn])
     try:
         timings: dict[bool, list[float]] = {False: [], True: []}
         for index in range(12):

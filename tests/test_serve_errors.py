@@ -21,11 +21,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from serve_helpers import Endpoint, install_versions, start_endpoint
 
+from fedloop.client.serve.engine import GenerationHandle, GenerationRequest
 from fedloop.client.tenant_settings import IngestSection, ReleaseSection, ServeSection
 
-QUESTION = [{"role": "user", "content": "Where is my order 12345? It has not arrived."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Where is my order 12345? It has not arrived."}
+]
 
 
 def serve(make_tenant, model_dir: Path, **sections: Any) -> Endpoint:
@@ -91,9 +95,14 @@ def test_a_locked_store_answers_503_with_retry_after_and_leaves_no_unknown_draft
 
 def test_the_rate_limit_refuses_before_anything_is_generated(make_tenant, tiny_model_dir: Path) -> None:
     served = serve(make_tenant, tiny_model_dir, ingest=IngestSection(max_events_per_user_per_minute=2))
-    submitted = []
+    submitted: list[GenerationRequest] = []
     real_submit = served.engine.submit
-    served.engine.submit = lambda request: submitted.append(request) or real_submit(request)  # type: ignore[method-assign]
+
+    def counted(request: GenerationRequest) -> GenerationHandle:
+        submitted.append(request)
+        return real_submit(request)
+
+    served.engine.submit = counted  # type: ignore[method-assign]  # counts what reaches the worker
     try:
         codes = [
             post(served, {"model": "fedloop", "messages": QUESTION, "user": "eager", "max_tokens": 2}).status_code
@@ -180,7 +189,7 @@ def test_what_products_send_is_honoured(endpoint: Endpoint) -> None:
     chunks = list(
         api.chat.completions.create(
             model="fedloop",
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             stream=True,
             stream_options={"include_usage": True},
             max_tokens=5,
@@ -191,12 +200,20 @@ def test_what_products_send_is_honoured(endpoint: Endpoint) -> None:
     assert chunks[-1].usage.completion_tokens <= 5
     stored = endpoint.runtime.store.drafts.get_draft("product-chosen-id-1")
     assert stored is not None and stored.user_pseudonym == endpoint.runtime.store.pseudonym("from-header")
-    reused = post(endpoint, {"model": "fedloop", "messages": QUESTION, "user": "u", "metadata": {"draft_id": "product-chosen-id-1"}})
+    reuse = {"model": "fedloop", "messages": QUESTION, "user": "u", "metadata": {"draft_id": "product-chosen-id-1"}}
+    reused = post(endpoint, reuse)
     assert reused.status_code == 409 and reused.json()["error"]["param"] == "draft_id"
     sampled = [
         api.chat.completions.create(
-            model="fedloop", messages=QUESTION, user="s", max_tokens=8, temperature=1.5, seed=11  # type: ignore[arg-type]
-        ).choices[0].message.content
+            model="fedloop",
+            messages=QUESTION,
+            user="s",
+            max_tokens=8,
+            temperature=1.5,
+            seed=11,
+        )
+        .choices[0]
+        .message.content
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]  # a seed makes sampling repeatable

@@ -50,7 +50,7 @@ def test_kto_items_take_targets_as_desirable_and_rejected_drafts_as_undesirable(
         WeightedExample(example("b", 1.0, Pool.CANDIDATE), 1.0),
     ]
     items = kto_items(weighted, seed=3)
-    assert sorted((i.prompt, i.reply, i.desirable, i.weight) for i in items) == [
+    assert sorted((i.messages[-1]["content"], i.reply, i.desirable, i.weight) for i in items) == [
         ("a", "bad a", False, 0.48),
         ("a", "reply to a", True, 0.48),
         ("b", "reply to b", True, 1.0),
@@ -197,8 +197,8 @@ def test_kto_raises_desirable_replies_over_rejected_drafts(tiny_model_dir: Path)
         method="kto", max_steps=6, batch_size=4, learning_rate=3e-2, kto_learning_rate=0.0, kto_beta=1.0, max_seq_len=64
     )
     model, tokenizer = _model(tiny_model_dir)
-    chosen = [(e.prompt, e.target) for e in examples]
-    rejected = [(e.prompt, e.rejected or "") for e in examples]
+    chosen = [(e.messages, e.target) for e in examples]
+    rejected = [(e.messages, e.rejected or "") for e in examples]
 
     def margin() -> float:
         with torch.no_grad():

@@ -136,8 +136,12 @@ class GenerationHandle:
         """The same events, awaited in an event loop without holding a thread."""
         loop = asyncio.get_running_loop()
         arrived = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(arrived.set)
+
         with self._arrived:
-            self._wake = lambda: loop.call_soon_threadsafe(arrived.set)
+            self._wake = wake
         while True:
             with self._arrived:
                 taken = list(self._events)

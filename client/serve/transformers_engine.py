@@ -208,7 +208,7 @@ class TransformersEngine:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._changed.wait(left):
                     break
-            batch = []
+            batch: list[GenerationHandle] = []
             while self._queue and len(batch) < self._serve.max_batch_size:
                 handle = self._queue.popleft()
                 if not handle.cancelled:
