@@ -1,15 +1,18 @@
-"""Drafts through fedloop's OpenAI-compatible endpoint against plain transformers `generate`, and rollback time.
+"""Drafts through fedloop's OpenAI-compatible endpoint under concurrent clients against batched `generate`, and
+rollback time.
 
-Both arms run in this one process on the same prompts, one request at a time,
-interleaved prompt by prompt, greedy, with the same token budget:
-- fedloop: `POST /v1/chat/completions` on a real uvicorn server on 127.0.0.1,
-  the tenant holding two installed versions (serving v0 and a canary v1 on half
-  of the users, both loaded); each request is checked, routed by the release
-  pointer, drafted with that version's adapter, redacted, encrypted and stored,
-  and answered with its draft id.
-- floor: the base model's `generate` called directly (no HTTP, no adapter, no
-  recording). v0 is the base model and v1 a slight perturbation of it, so both
-  arms draft replies of about the same length (printed).
+Concurrency: at 1, 8 and 32 concurrent clients (half of the requests streamed,
+users split between serving v0 and canary v1 at 50 %), each client sending
+requests back to back, fedloop's drafts/s and per-request p50/p99 latency,
+against the floor: the base model's `generate` called directly on the same
+prompts in batches of the client count (no HTTP, no adapter, no recording).
+Each level runs the floor first, then fedloop, in this one process; greedy,
+same token budget. fedloop: `POST /v1/chat/completions` on a real uvicorn
+server on 127.0.0.1; each request is checked, routed by the release pointer,
+batched by the generation worker with whatever else is waiting (rows of both
+versions in one `generate` call), redacted, encrypted and stored, and answered
+with its draft id. v0 is the base model and v1 a slight perturbation of it, so
+both arms draft replies of about the same length (token counts printed).
 
 Then the rollback: a product keeps asking for drafts while an operator's
 process (its own store connection, as `fedloop release rollback` opens it)
@@ -19,19 +22,21 @@ draft in flight at the rollback finishes with v1 first, so the time is the
 pointer switch plus up to two drafts' generation). The same through the real `fedloop release rollback`
 command is printed too: there Python's start-up and imports come first.
 
-Run: .venv/bin/python scripts/bench_serve.py [--model models/smollm2-135m-instruct] [--prompts 60]
+Run: .venv/bin/python scripts/bench_serve.py [--model models/smollm2-135m-instruct] [--requests-per-client 2]
      [--data ../shared/data/bitext/bitext_customer_support_4514.csv]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,7 +47,7 @@ from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import start_http
-from fedloop.client.serve.transformers_engine import TransformersEngine
+from fedloop.client.serve.transformers_engine import TransformersEngine, cores_available
 from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
@@ -86,12 +91,15 @@ class Floor:
         self.model, self.tokenizer = load_base_model(model_path)
         self.model.eval()
 
-    def draft(self, question: str, max_tokens: int) -> int:
-        """One greedy draft; returns its token count."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    def drafts(self, questions: list[str], max_tokens: int) -> int:
+        """Greedy drafts of `questions` in one batch; returns their tokens (up to each one's end of turn)."""
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+            for question in questions
+        ]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             output = self.model.generate(  # type: ignore[operator]  # PeftModel forwards generate() to its base
                 **encoded,
@@ -100,46 +108,137 @@ class Floor:
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        self.tokenizer.decode(output[0][encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        return output.shape[1] - encoded["input_ids"].shape[1]
+        new = output[:, encoded["input_ids"].shape[1] :]
+        self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        eos = self.tokenizer.eos_token_id
+        return sum(row.tolist().index(eos) + 1 if eos in row.tolist() else len(row) for row in new)
 
 
-def endpoint_draft(client: httpx.Client, question: str, user: str, max_tokens: int) -> tuple[int, str]:
-    """One POST; returns the draft's token count and the version that drafted it."""
-    reply = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "fedloop",
-            "user": user,
-            "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": question}],
-        },
-    )
-    reply.raise_for_status()
-    body = reply.json()
-    return body["usage"]["completion_tokens"], body["model"]
+def endpoint_draft(client: httpx.Client, question: str, user: str, max_tokens: int, stream: bool) -> tuple[int, str]:
+    """One POST, streamed or not; returns the draft's token count and the version that drafted it."""
+    body = {
+        "model": "fedloop",
+        "user": user,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": question}],
+    }
+    if not stream:
+        reply = client.post("/v1/chat/completions", json=body)
+        reply.raise_for_status()
+        answer = reply.json()
+        return answer["usage"]["completion_tokens"], answer["model"]
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    events = []
+    with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+        reply.raise_for_status()
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-2:]
+    chunks = [json.loads(event) for event in events[:-1]]
+    return chunks[-1]["usage"]["completion_tokens"], chunks[0]["model"]
 
 
-def interleaved(
-    floor: Floor, client: httpx.Client, questions: list[str], max_tokens: int
-) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int]]:
-    """Each prompt through the floor, then through the endpoint (so drift on the machine hits both arms alike).
+@dataclass
+class Level:
+    """One concurrency level's measurements of one arm."""
 
-    Returns the latencies and token counts of each arm ("floor", "fedloop") and the drafts per version.
-    """
-    latencies: dict[str, list[float]] = {"floor": [], "fedloop": []}
-    tokens = {"floor": 0, "fedloop": 0}
+    seconds: float
+    latencies: list[float]
+    tokens: int
+
+    @property
+    def rate(self) -> float:
+        """Drafts per second."""
+        return len(self.latencies) / self.seconds
+
+
+def floor_level(floor: Floor, questions: list[str], batch: int, max_tokens: int) -> Level:
+    """The floor on `questions` in batches of `batch`: every draft of a batch waits for the whole batch."""
+    latencies, tokens, started = [], 0, time.perf_counter()
+    for start in range(0, len(questions), batch):
+        chunk = questions[start : start + batch]
+        began = time.perf_counter()
+        tokens += floor.drafts(chunk, max_tokens)
+        latencies += [time.perf_counter() - began] * len(chunk)
+    return Level(time.perf_counter() - started, latencies, tokens)
+
+
+def fedloop_level(
+    base_url: str, questions: list[str], clients: int, max_tokens: int, tag: str
+) -> tuple[Level, dict[str, int]]:
+    """`clients` threads sending `questions` back to back (every other one streamed); the drafts per version."""
+    work = list(enumerate(questions))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    tokens = [0]
     versions: dict[str, int] = {}
-    for index, question in enumerate(questions):
-        started = time.perf_counter()
-        tokens["floor"] += floor.draft(question, max_tokens)
-        latencies["floor"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        count, version = endpoint_draft(client, question, f"bench-user-{index}", max_tokens)
-        latencies["fedloop"].append(time.perf_counter() - started)
-        tokens["fedloop"] += count
-        versions[version] = versions.get(version, 0) + 1
-    return latencies, tokens, versions
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=base_url, timeout=600) as client:
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    index, question = work.pop(0)
+                began = time.perf_counter()
+                count, version = endpoint_draft(client, question, f"{tag}-user-{index}", max_tokens, index % 2 == 1)
+                with lock:
+                    latencies.append(time.perf_counter() - began)
+                    tokens[0] += count
+                    versions[version] = versions.get(version, 0) + 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return Level(time.perf_counter() - started, latencies, tokens[0]), versions
+
+
+def concurrency_table(
+    floor: Floor,
+    base_url: str,
+    questions: list[str],
+    levels: tuple[int, ...],
+    per_client: int,
+    max_tokens: int,
+    show: bool = True,
+) -> dict[int, tuple[Level, Level]]:
+    """Each level: the floor in batches of the client count, then fedloop with that many clients (printed when
+    `show`)."""
+    results = {}
+    say = print if show else (lambda *_: None)
+    say(f"{'clients':>7}  {'arm':34s} {'drafts/s':>8} {'tokens/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'tokens':>7}")
+    for clients in levels:
+        count = max(clients * per_client, 8)
+        chosen = [questions[(clients + i) % len(questions)] for i in range(count)]
+        base = floor_level(floor, chosen, clients, max_tokens)
+        fed, versions = fedloop_level(base_url, chosen, clients, max_tokens, f"c{clients}")
+        results[clients] = (base, fed)
+        for name, level in ((f"generate, batches of {clients} (floor)", base), ("fedloop endpoint", fed)):
+            say(
+                f"{clients:7d}  {name:34s} {level.rate:8.3f} {level.tokens / level.seconds:8.1f} "
+                f"{percentile(level.latencies, 0.5) * 1000:8.0f} {percentile(level.latencies, 0.99) * 1000:8.0f} "
+                f"{level.tokens:7d}"
+            )
+        say(f"{'':7s}  fedloop / floor {fed.rate / base.rate:.2f}; drafts by version {versions}")
+    return results
+
+
+def goals(results: dict[int, tuple[Level, Level]]) -> None:
+    """The goals of the serving issue (#28), each with its figure (needs the levels 1 and 8)."""
+    if 1 not in results or 8 not in results:
+        return
+    single, eight = results[1][1], results[8][1]
+    checks = [
+        ("fedloop at 8 clients / fedloop at 1 client", eight.rate / single.rate, ">=", 3.0),
+        ("fedloop at 8 clients / the floor in batches of 8", eight.rate / results[8][0].rate, ">=", 0.8),
+        ("p99 / p50 at 8 clients", percentile(eight.latencies, 0.99) / percentile(eight.latencies, 0.5), "<=", 2.0),
+        ("fedloop at 1 client / plain generate", single.rate / results[1][0].rate, ">=", 0.8),
+    ]
+    for name, value, direction, goal in checks:
+        met = value >= goal if direction == ">=" else value <= goal
+        print(f"goal: {name} = {value:.2f} ({direction} {goal}): {'met' if met else 'NOT met'}")
 
 
 def rollback_times(
@@ -208,12 +307,13 @@ def cli_rollback_time(client: httpx.Client, controller: ReleaseController, confi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=60)
+    parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends per level")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--data", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    questions = prompts(args.prompts, args.data)
+    questions = prompts(max(args.levels) * args.requests_per_client + max(args.levels), args.data)
     lora = LoraSettings(rank=8, alpha=16)
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
@@ -221,7 +321,7 @@ def main() -> None:
         settings = TenantSettings(
             tenant=TenantSection(name="bench", keys_dir=str(root / "keys"), data_dir=str(root / "data")),
             release=ReleaseSection(canary_share=0.5, widened_share=0.5),
-            serve=ServeSection(max_new_tokens=max(args.max_tokens, 8)),
+            serve=ServeSection(max_new_tokens=max(args.max_tokens, 8), max_batch_size=max(args.levels)),
         )
         config = root / "tenant.toml"
         config.write_text(f'[tenant]\nname = "bench"\nkeys_dir = "{root / "keys"}"\ndata_dir = "{root / "data"}"\n')
@@ -230,30 +330,21 @@ def main() -> None:
         controller = ReleaseController(runtime.store, settings.release)
         controller.offer("v0", "bench")
         controller.offer("v1", "bench")  # the canary, on half of the users
-        service = DraftService(runtime, TransformersEngine(args.model, lora))
+        engine = TransformersEngine(args.model, lora, serve=settings.serve)
+        service = DraftService(runtime, engine)
         server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
         floor = Floor(args.model)
-        interleaved(floor, client, questions[:3], args.max_tokens)  # warm both arms up
-        latencies, tokens, versions = interleaved(floor, client, questions, args.max_tokens)
+        base_url = f"http://127.0.0.1:{server.port}"
+        concurrency_table(floor, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
         print(
-            f"prompts: {len(questions)} ({'Bitext' if args.data else 'simulated product'}), max_tokens "
-            f"{args.max_tokens}, one request at a time, greedy, {torch.get_num_threads()} torch threads"
+            f"SmolLM2-class model {args.model.name}; {'Bitext' if args.data else 'simulated product'} prompts; "
+            f"max_tokens {args.max_tokens}, greedy; {args.requests_per_client} requests per client (at least 8) per "
+            f"level; half streamed; canary v1 on 50 % of users; generation worker: {cores_available()} torch "
+            f"threads, batches of up to {settings.serve.max_batch_size}"
         )
-        for name, arm in (("transformers generate (floor)", "floor"), ("fedloop endpoint", "fedloop")):
-            total = sum(latencies[arm])
-            print(
-                f"{name:30s} {len(latencies[arm]) / total:6.3f} drafts/s  {tokens[arm] / total:6.1f} tokens/s  "
-                f"p50 {percentile(latencies[arm], 0.5) * 1000:7.1f} ms  "
-                f"p99 {percentile(latencies[arm], 0.99) * 1000:7.1f} ms  ({tokens[arm]} tokens)"
-            )
-        print(f"drafts by version (fedloop): {versions}")
-        floor_latencies, fed_latencies = latencies["floor"], latencies["fedloop"]
-        ratio = (len(fed_latencies) / sum(fed_latencies)) / (len(floor_latencies) / sum(floor_latencies))
-        print(f"ratio fedloop / floor (drafts per second): {ratio:.3f} (goal >= 0.8)")
-        print(
-            "p50 overhead per draft: "
-            f"{(percentile(fed_latencies, 0.5) - percentile(floor_latencies, 0.5)) * 1000:+.1f} ms"
+        goals(
+            concurrency_table(floor, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens)
         )
         operator_identity = load_identity(root / "keys", "bench")
         operator_store = FeedbackStore(settings.store_path, operator_identity.storage, operator_identity.pseudonym_key)
@@ -272,6 +363,7 @@ def main() -> None:
         operator_store.close()
         client.close()
         server.stop()
+        engine.close()
         runtime.close()
 
 
