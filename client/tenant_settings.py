@@ -185,7 +185,9 @@ class ServeSection(Section):
     )
     max_batch_size: int = Field(8, description="most drafts generated together in one batch")
     max_batch_wait_ms: float = Field(
-        5.0, description="how long the generation worker waits for more requests to join a batch, in ms"
+        200.0,
+        description="how long the generation worker waits for as many requests as its last batch had (a lone "
+        "client never waits), in ms",
     )
     max_queue: int = Field(
         256, description="most drafts waiting for the generation worker; beyond it requests get 503 + Retry-After"

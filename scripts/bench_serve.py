@@ -197,6 +197,7 @@ def fedloop_level(
 
 def concurrency_table(
     floor: Floor,
+    engine: TransformersEngine,
     base_url: str,
     questions: list[str],
     levels: tuple[int, ...],
@@ -213,7 +214,10 @@ def concurrency_table(
         count = max(clients * per_client, 8)
         chosen = [questions[(clients + i) % len(questions)] for i in range(count)]
         base = floor_level(floor, chosen, clients, max_tokens)
+        before = engine.rows_per_step.copy()
         fed, versions = fedloop_level(base_url, chosen, clients, max_tokens, f"c{clients}")
+        steps = engine.rows_per_step - before
+        mean_rows = sum(rows * count for rows, count in steps.items()) / max(1, steps.total())
         results[clients] = (base, fed)
         for name, level in ((f"generate, batches of {clients} (floor)", base), ("fedloop endpoint", fed)):
             say(
@@ -221,7 +225,10 @@ def concurrency_table(
                 f"{percentile(level.latencies, 0.5) * 1000:8.0f} {percentile(level.latencies, 0.99) * 1000:8.0f} "
                 f"{level.tokens:7d}"
             )
-        say(f"{'':7s}  fedloop / floor {fed.rate / base.rate:.2f}; drafts by version {versions}")
+        say(
+            f"{'':7s}  fedloop / floor {fed.rate / base.rate:.2f}; drafts by version {versions}; "
+            f"fedloop decoded {mean_rows:.1f} rows per step on average"
+        )
     return results
 
 
@@ -336,7 +343,7 @@ def main() -> None:
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
         floor = Floor(args.model)
         base_url = f"http://127.0.0.1:{server.port}"
-        concurrency_table(floor, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
+        concurrency_table(floor, engine, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
         print(
             f"SmolLM2-class model {args.model.name}; {'Bitext' if args.data else 'simulated product'} prompts; "
             f"max_tokens {args.max_tokens}, greedy; {args.requests_per_client} requests per client (at least 8) per "
@@ -344,7 +351,9 @@ def main() -> None:
             f"threads, batches of up to {settings.serve.max_batch_size}"
         )
         goals(
-            concurrency_table(floor, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens)
+            concurrency_table(
+                floor, engine, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens
+            )
         )
         operator_identity = load_identity(root / "keys", "bench")
         operator_store = FeedbackStore(settings.store_path, operator_identity.storage, operator_identity.pseudonym_key)

@@ -1,12 +1,10 @@
-"""Per-row control of one batched `generate` call: each row has its own budget, stop strings, sampling and reader.
+"""One request's row in the running batch: how its next token is chosen, when it ends, what its reader gets.
 
-transformers decodes a batch in lock step; `RowTracker` (a stopping criterion,
-called once per step with every row's newest token) ends each row on its own
-terms, hands its reader the new text as soon as it is final, and finishes the
-row's Generation the moment the row ends, not when the whole batch does.
-`RowSampler` (a logits processor) samples the rows that asked for a
-temperature with their own seeded generator and leaves greedy rows untouched,
-so one batch can mix both.
+Each row has its own budget, stop strings, sampling (greedy, or a temperature
+with top-p and its own seeded generator) and reader. `advance` takes the row's
+newest token, hands the reader the new text as soon as it is final (text that
+might still become a stop string is held back), and finishes the row's
+Generation the moment the row ends, whatever the other rows do.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import PreTrainedTokenizerBase
 
 from fedloop.client.serve.engine import Generation, GenerationHandle
 
@@ -25,11 +23,44 @@ class Row:
     """One request's place in the batch and what it has produced so far."""
 
     handle: GenerationHandle
-    adapter: str
     prompt_tokens: int
+    generator: torch.Generator | None = None  # set for a sampled row
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the text already handed to the reader
     done: bool = False
+
+    @property
+    def adapter(self) -> str:
+        """The adapter this row is generated with."""
+        return self.handle.request.adapter
+
+    @classmethod
+    def of(cls, handle: GenerationHandle, prompt_tokens: int) -> Row:
+        """A new row; a sampled one gets a generator seeded with its request's seed (or at random)."""
+        sampling = handle.request.sampling
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator()
+            if sampling.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(sampling.seed)
+        return cls(handle, prompt_tokens, generator)
+
+
+def next_tokens(rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
+    """Each row's next token from its last-position logits: argmax, or a top-p draw at its temperature."""
+    chosen = logits.argmax(dim=-1).tolist()
+    for index, row in enumerate(rows):
+        if row.generator is None:
+            continue
+        sampling = row.handle.request.sampling
+        probs = torch.softmax(logits[index].float().cpu() / sampling.temperature, dim=-1)
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, dim=-1) - ordered < sampling.top_p  # the smallest head whose mass reaches top_p
+        ordered = torch.where(keep, ordered, torch.zeros_like(ordered))
+        chosen[index] = int(order[torch.multinomial(ordered / ordered.sum(), 1, generator=row.generator)])
+    return [int(token) for token in chosen]
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -38,25 +69,18 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-class RowTracker(StoppingCriteria):
-    """Ends each row at its end-of-turn token, its budget, a stop string or its reader's cancel; streams its text."""
+class RowText:
+    """Turns a row's tokens into what its reader sees, and ends the row on its own terms."""
 
-    def __init__(self, rows: list[Row], tokenizer: PreTrainedTokenizerBase) -> None:
-        self.rows = rows
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, end_ids: set[int]) -> None:
         self._tokenizer = tokenizer
-        self._eos = tokenizer.eos_token_id
+        self._end_ids = end_ids
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        """Take every open row's newest token; True for each row that is finished."""
-        newest = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, newest, strict=True):
-            if not row.done:
-                self._advance(row, int(token))
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-    def _advance(self, row: Row, token: int) -> None:
+    def advance(self, row: Row, token: int) -> None:
+        """Take the row's newest token: end the row at an end-of-turn token, its budget, a stop string or its
+        reader's cancel; otherwise hand the reader the text that is final."""
         request = row.handle.request
-        if token == self._eos:
+        if token in self._end_ids:
             self._finish(row, "stop", ended_by_eos=True)
             return
         row.tokens.append(token)
@@ -70,7 +94,7 @@ class RowTracker(StoppingCriteria):
             self._finish(row, "stop", text)
         else:
             hold = max((len(s) - 1 for s in request.stop), default=0)  # a stop string may be arriving
-            final = len(text) - hold if not text.endswith("\ufffd") else len(text.rstrip("\ufffd")) - hold
+            final = len(text.rstrip("\ufffd")) - hold  # an incomplete character waits for its next byte
             if final > row.sent:
                 row.handle.push(text[row.sent : final])
                 row.sent = final
@@ -85,37 +109,3 @@ class RowTracker(StoppingCriteria):
         row.sent, row.done = len(text), True
         produced = len(row.tokens) + (1 if ended_by_eos else 0)  # the end-of-turn token is generated too
         row.handle.push(Generation(text.strip(), reason, row.prompt_tokens, produced, row.adapter))
-
-    def finish_open_rows(self) -> None:
-        """End the rows that `generate` left open (it stops at the largest budget; each row has ended by then)."""
-        for row in self.rows:
-            if not row.done:
-                self._finish(row, "length")
-
-
-class RowSampler(LogitsProcessor):
-    """Samples the rows with a temperature (top-p, own seeded generator); greedy rows keep their scores."""
-
-    def __init__(self, rows: list[Row]) -> None:
-        self._sampled = []
-        for index, row in enumerate(rows):
-            sampling = row.handle.request.sampling
-            if not sampling.greedy:
-                generator = torch.Generator()
-                if sampling.seed is None:
-                    generator.seed()
-                else:
-                    generator.manual_seed(sampling.seed)
-                self._sampled.append((index, sampling.temperature, sampling.top_p, generator))
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Replace each sampled row's scores by a one-hot on its drawn token (greedy decoding then picks it)."""
-        for index, temperature, top_p, generator in self._sampled:
-            probs = torch.softmax(scores[index].float().cpu() / temperature, dim=-1)
-            ordered, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(ordered, dim=-1) - ordered < top_p  # the smallest head whose mass reaches top_p
-            ordered = torch.where(keep, ordered, torch.zeros_like(ordered))
-            token = order[torch.multinomial(ordered / ordered.sum(), 1, generator=generator)]
-            scores[index] = torch.full_like(scores[index], float("-inf"))
-            scores[index, token] = 0.0
-        return scores

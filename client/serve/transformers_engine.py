@@ -1,14 +1,17 @@
 """The CPU default engine: one worker thread owns a transformers model with every served version as a PEFT adapter.
 
-Requests wait in a bounded queue. The worker takes the oldest, waits up to
-`serve.max_batch_wait_ms` for more (up to `serve.max_batch_size`), and drafts
-them in one `generate` call in which each row runs its own adapter (PEFT's
-mixed-adapter batches: `adapter_names`, with `__base__` for the base model).
-Adapter loads and unloads are queued to the same worker, so nothing changes
-the model while it generates and no lock is held by a reader; an unload waits
-until no queued request needs the adapter. The worker sets torch's thread
-count once (`serve.threads`), so every draft, streamed or not, runs with the
-same thread team.
+Continuous batching: requests wait in a bounded queue; between two decoding
+steps the worker lets waiting requests join the rows already decoding (up to
+`serve.max_batch_size`): it prefills the newcomers on their own, pads both
+caches to one length and decodes all rows together, each row with its own
+adapter (PEFT's mixed-adapter batches: `adapter_names`, `__base__` for the
+base model). A row leaves as soon as it ends, and its reader has its reply
+then. Adapter loads and unloads are queued to the same worker, so nothing
+changes the model during a step and no lock is held by a reader; an unload
+waits until no queued or running request needs the adapter. The worker sets
+torch's thread count once (`serve.threads`), so every draft, streamed or not,
+runs with the same thread team. A model with sliding-window attention decodes
+in whole batches instead (rows join only an empty batch).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,8 +28,9 @@ from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from transformers import DynamicCache
 
-from fedloop.client.serve.batch_rows import Row, RowSampler, RowTracker
+from fedloop.client.serve.batch_rows import Row, RowText, next_tokens
 from fedloop.client.serve.engine import (
     EngineBusy,
     EngineHealth,
@@ -34,6 +38,7 @@ from fedloop.client.serve.engine import (
     GenerationHandle,
     GenerationRequest,
 )
+from fedloop.client.serve.running_batch import RunningBatch
 from fedloop.client.store_api import BASE_VERSION
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.client.train.generate import chat_text
@@ -71,7 +76,15 @@ class TransformersEngine:
         self._commands: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._changed = threading.Condition()
         self._closed = False
-        self._batch_started: float | None = None
+        self._step_started: float | None = None
+        self._running: RunningBatch | None = None
+        end_ids = base.generation_config.eos_token_id
+        self._end_ids = {self.tokenizer.eos_token_id} | set(
+            end_ids if isinstance(end_ids, list) else [end_ids] if end_ids is not None else []
+        )
+        self._text = RowText(self.tokenizer, self._end_ids)
+        self._joinable = not any(layer.is_sliding for layer in DynamicCache(config=base.config).layers)
+        self.rows_per_step: Counter[int] = Counter()  # decoding steps by how many rows they ran (benchmarks)
         self._worker = threading.Thread(target=self._run, name="fedloop-generation", daemon=True)
         self._worker.start()
 
@@ -107,7 +120,7 @@ class TransformersEngine:
     def health(self) -> EngineHealth:
         """The worker's state, for `/ready`."""
         with self._changed:
-            started = self._batch_started
+            started = self._step_started
             return EngineHealth(
                 alive=self._worker.is_alive() and not self._closed,
                 stalled_s=0.0 if started is None else time.monotonic() - started,
@@ -117,7 +130,7 @@ class TransformersEngine:
             )
 
     def close(self) -> None:
-        """Stop the worker after the batch in progress; queued requests end with EngineStopped."""
+        """Stop the worker after the step in progress; queued and running requests end with EngineStopped."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -125,7 +138,7 @@ class TransformersEngine:
 
     # -- the worker --------------------------------------------------------------------------------
     def _command(self, action: Callable[[], None], wait: bool = True) -> None:
-        """Run `action` on the worker before its next batch; with `wait`, return (or raise) when it has run."""
+        """Run `action` on the worker before its next step; with `wait`, return (or raise) when it has run."""
         done: Future[None] = Future()
         with self._changed:
             if self._closed or not self._worker.is_alive():
@@ -156,9 +169,10 @@ class TransformersEngine:
             self._retiring.add(version)
 
     def _drop_retired(self) -> None:
-        """Delete retired adapters that no queued request names."""
+        """Delete retired adapters that no queued or running request names."""
         with self._changed:
             needed = {handle.request.adapter for handle in self._queue}
+            needed |= {row.adapter for row in self._running.rows} if self._running else set()
             gone = {v for v in self._retiring if v not in needed}
             self._versions -= gone
             self._retiring -= gone
@@ -169,31 +183,29 @@ class TransformersEngine:
     def _run(self) -> None:
         torch.set_num_threads(self._serve.threads or cores_available())
         try:
-            while True:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                self._generate(batch)
+            while self._admit():
+                if self._running is not None:
+                    self._guarded(self._running.rows, self._decode)
                 self._drop_retired()
         finally:
             with self._changed:
                 self._closed = True
-                stranded = list(self._queue)
+                stranded = list(self._queue) + ([row.handle for row in self._running.rows] if self._running else [])
                 self._queue.clear()
                 commands = list(self._commands)
                 self._commands.clear()
             for handle in stranded:
-                handle.push(EngineStopped("the generation worker stopped before this draft: retry"))
+                handle.push(EngineStopped("the generation worker stopped before this draft ended: retry"))
             for _, done in commands:
                 done.set_exception(EngineStopped("the generation worker stopped"))
 
-    def _next_batch(self) -> list[GenerationHandle] | None:
-        """Run queued commands; then the next batch (None once closed)."""
+    def _admit(self) -> bool:
+        """Run queued commands, then let waiting requests join the running batch; False once closed."""
         with self._changed:
-            while not self._queue and not self._commands and not self._closed:
+            while self._running is None and not self._queue and not self._commands and not self._closed:
                 self._changed.wait()
             if self._closed:
-                return None
+                return False
             commands = list(self._commands)
             self._commands.clear()
         for action, done in commands:
@@ -202,59 +214,104 @@ class TransformersEngine:
                 done.set_result(None)
             except Exception as err:  # the caller gets the error; the worker goes on
                 done.set_exception(err)
-        deadline = time.monotonic() + self._serve.max_batch_wait_ms / 1000
+        running = len(self._running.rows) if self._running else 0
+        if running and not self._joinable:
+            return True  # this model's cache cannot take rows mid-batch: they wait for the batch to end
+        joining: list[GenerationHandle] = []
         with self._changed:
-            while self._queue and len(self._queue) < self._serve.max_batch_size and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._changed.wait(left):
-                    break
-            batch: list[GenerationHandle] = []
-            while self._queue and len(batch) < self._serve.max_batch_size:
+            while self._queue and running + len(joining) < self._serve.max_batch_size:
                 handle = self._queue.popleft()
-                if not handle.cancelled:
-                    batch.append(handle)
-            self._batch_started = time.monotonic() if batch else None
-        return batch
+                adapter = handle.request.adapter
+                if handle.cancelled:
+                    continue
+                if adapter != BASE_VERSION and adapter not in self._versions:
+                    handle.push(EngineStopped(f"version {adapter} is not loaded: retry, the release pointer moved"))
+                    continue
+                joining.append(handle)
+        if joining:
+            rows = [Row.of(handle, 0) for handle in joining]
+            self._guarded(rows, lambda: self._prefill(rows))
+        return True
 
-    def _generate(self, batch: list[GenerationHandle]) -> None:
-        ready = []
-        for handle in batch:
-            adapter = handle.request.adapter
-            if adapter == BASE_VERSION or adapter in self._versions:
-                ready.append(handle)
-            else:
-                handle.push(EngineStopped(f"version {adapter} is not loaded: retry, the release pointer moved"))
+    def _guarded(self, rows: list[Row], step: Callable[[], None]) -> None:
+        """Run a model step, timed for /ready; a failed step fails its rows, not the worker."""
+        with self._changed:
+            self._step_started = time.monotonic()
         try:
-            if ready:
-                self._generate_rows(ready)
-        except Exception as err:  # a failed batch fails its requests, not the worker
-            log.exception("a batch of %d drafts failed", len(ready))
-            for handle in ready:
-                handle.push(err)
+            step()
+        except Exception as err:
+            log.exception("a generation step of %d drafts failed", len(rows))
+            for row in rows:
+                if not row.done:
+                    row.done = True
+                    row.handle.push(err)
+            if self._running is not None:
+                self._running.drop_finished()
+                if not self._running.rows:
+                    self._running = None
         finally:
             with self._changed:
-                self._batch_started = None
+                self._step_started = None
+
+    def _forward(
+        self, rows: list[Row], input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, past: int
+    ) -> torch.Tensor:
+        """One forward pass of `rows` (each with its own adapter); float32 logits of the last position."""
+        names = [PEFT_BASE if row.adapter == BASE_VERSION else row.adapter for row in rows]
+        per_row: dict[str, list[str]] = {}
+        if len(set(names)) == 1:  # one adapter: PEFT's plain path, no per-row dispatch
+            self._model.set_adapter(EMPTY_ADAPTER if names[0] == PEFT_BASE else names[0])
+        else:
+            per_row = {"adapter_names": names}
+        width = input_ids.shape[1]
+        output = self._model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=-1) - 1).clamp(min=0)[:, -width:],
+            past_key_values=cache,
+            cache_position=torch.arange(past, past + width, device=mask.device),
+            use_cache=True,
+            **per_row,
+        )
+        return output.logits[:, -1].float()
 
     @torch.no_grad()
-    def _generate_rows(self, batch: list[GenerationHandle]) -> None:
-        texts = [chat_text(self.tokenizer, handle.request.messages) for handle in batch]
+    def _prefill(self, rows: list[Row]) -> None:
+        """Encode the joining rows' conversations, take their first tokens and add them to the running batch."""
+        texts = [chat_text(self.tokenizer, row.handle.request.messages) for row in rows]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self._model.device
         )
-        adapters = [h.request.adapter for h in batch]
-        rows = [
-            Row(handle, adapter, int(mask.sum()))
-            for handle, adapter, mask in zip(batch, adapters, encoded["attention_mask"], strict=True)
-        ]
-        tracker = RowTracker(rows, self.tokenizer)
-        self._model.generate(
-            **encoded,
-            adapter_names=[PEFT_BASE if a == BASE_VERSION else a for a in adapters],
-            max_new_tokens=max(h.request.max_new_tokens for h in batch),
-            min_new_tokens=1,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=[tracker],
-            logits_processor=[RowSampler(rows)],
-        )
-        tracker.finish_open_rows()
+        mask = encoded["attention_mask"]
+        for row, row_mask in zip(rows, mask, strict=True):
+            row.prompt_tokens = int(row_mask.sum())
+        cache = DynamicCache(config=self._model.config)
+        logits = self._forward(rows, encoded["input_ids"], mask, cache, 0)
+        logits[:, list(self._end_ids)] = float("-inf")  # at least one new token, as `min_new_tokens=1`
+        joined = RunningBatch(rows, cache, mask, torch.tensor(next_tokens(rows, logits)), self._model.config)
+        if self._running is None:
+            self._running = joined
+        else:
+            self._running.join(joined)
+        self._take(joined.rows, joined.last.tolist())
+
+    @torch.no_grad()
+    def _decode(self) -> None:
+        """One step for every running row."""
+        batch = self._running
+        assert batch is not None
+        self.rows_per_step[len(batch.rows)] += 1
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=1)
+        logits = self._forward(batch.rows, batch.last[:, None], batch.mask, batch.cache, batch.mask.shape[1] - 1)
+        batch.last = torch.tensor(next_tokens(batch.rows, logits))
+        self._take(batch.rows, batch.last.tolist())
+
+    def _take(self, rows: list[Row], tokens: list[int]) -> None:
+        """Hand each row its token; drop the rows that ended (the batch with them, when none is left)."""
+        for row, token in zip(rows, tokens, strict=True):
+            if not row.done:
+                self._text.advance(row, token)
+        assert self._running is not None
+        self._running.drop_finished()
+        if not self._running.rows:
+            self._running = None
