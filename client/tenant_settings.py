@@ -183,11 +183,8 @@ class ServeSection(Section):
     engine: Literal["transformers"] = Field(
         "transformers", description="what generates: transformers on this process's CPU or GPU (the only engine yet)"
     )
-    max_batch_size: int = Field(8, description="most drafts generated together in one batch")
-    max_batch_wait_ms: float = Field(
-        200.0,
-        description="how long the generation worker waits for as many requests as its last batch had (a lone "
-        "client never waits), in ms",
+    max_batch_size: int = Field(
+        8, description="most drafts decoded together (requests join the running batch between steps)"
     )
     max_queue: int = Field(
         256, description="most drafts waiting for the generation worker; beyond it requests get 503 + Retry-After"
@@ -310,7 +307,6 @@ class TenantSettings(Section):
             "integers >= 1",
         )
         require(1 <= serve.max_batch_size <= 256, "serve.max_batch_size", "an integer in [1, 256]")
-        require(0 <= serve.max_batch_wait_ms <= 1000, "serve.max_batch_wait_ms", "in [0, 1000] ms")
         require(serve.max_queue >= 1, "serve.max_queue", "an integer >= 1")
         require(serve.threads >= 0, "serve.threads", "an integer >= 0 (0 = the cores this process may use)")
         require(serve.stall_after_s > 0, "serve.stall_after_s", "a number of seconds > 0")

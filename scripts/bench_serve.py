@@ -6,8 +6,10 @@ users split between serving v0 and canary v1 at 50 %), each client sending
 requests back to back, fedloop's drafts/s and per-request p50/p99 latency,
 against the floor: the base model's `generate` called directly on the same
 prompts in batches of the client count (no HTTP, no adapter, no recording).
-Each level runs the floor first, then fedloop, in this one process; greedy,
-same token budget. fedloop: `POST /v1/chat/completions` on a real uvicorn
+Each level runs the floor first, in a process of its own (two torch thread
+teams in one process slowed whichever ran second by a third), then fedloop's
+clients, also in a process of their own as a product's would be, against the
+server in this process; greedy, same token budget. fedloop: `POST /v1/chat/completions` on a real uvicorn
 server on 127.0.0.1; each request is checked, routed by the release pointer,
 batched by the generation worker with whatever else is waiting (rows of both
 versions in one `generate` call), redacted, encrypted and stored, and answered
@@ -38,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pandas as pd
@@ -153,6 +156,7 @@ class Level:
 
 def floor_level(floor: Floor, questions: list[str], batch: int, max_tokens: int) -> Level:
     """The floor on `questions` in batches of `batch`: every draft of a batch waits for the whole batch."""
+    floor.drafts(questions[:batch], 4)  # warm up this batch shape
     latencies, tokens, started = [], 0, time.perf_counter()
     for start in range(0, len(questions), batch):
         chunk = questions[start : start + batch]
@@ -160,6 +164,44 @@ def floor_level(floor: Floor, questions: list[str], batch: int, max_tokens: int)
         tokens += floor.drafts(chunk, max_tokens)
         latencies += [time.perf_counter() - began] * len(chunk)
     return Level(time.perf_counter() - started, latencies, tokens)
+
+
+def in_own_process(role: str, **spec: object) -> dict[str, Any]:
+    """Run `role` ("floor" or "clients") with `spec` in a child process of this script; its JSON result.
+
+    The floor runs apart because two torch thread teams in one process (the floor's on the main thread, the
+    endpoint's generation worker) slowed whichever ran second by a third here; the clients run apart, as a
+    product's do, so their Python does not compete with the server's for the interpreter.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump({"role": role, **spec}, file)
+        file.flush()
+        done = subprocess.run(
+            [sys.executable, __file__, "--child-spec", file.name], check=True, capture_output=True, text=True
+        )
+    return cast(dict[str, Any], json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_child(spec_path: Path) -> None:
+    """The child side of `in_own_process`: print the result as JSON."""
+    spec = json.loads(spec_path.read_text())
+    versions: dict[str, int] = {}
+    if spec["role"] == "floor":
+        level = floor_level(Floor(Path(spec["model"])), spec["questions"], spec["clients"], spec["max_tokens"])
+    else:
+        level, versions = fedloop_level(
+            spec["base_url"], spec["questions"], spec["clients"], spec["max_tokens"], spec["tag"]
+        )
+    print(
+        json.dumps(
+            {"seconds": level.seconds, "latencies": level.latencies, "tokens": level.tokens, "versions": versions}
+        )
+    )
+
+
+def level_of(result: dict[str, Any]) -> Level:
+    """A Level from a child's JSON result."""
+    return Level(result["seconds"], result["latencies"], result["tokens"])
 
 
 def fedloop_level(
@@ -196,7 +238,7 @@ def fedloop_level(
 
 
 def concurrency_table(
-    floor: Floor,
+    model: Path,
     engine: TransformersEngine,
     base_url: str,
     questions: list[str],
@@ -205,17 +247,22 @@ def concurrency_table(
     max_tokens: int,
     show: bool = True,
 ) -> dict[int, tuple[Level, Level]]:
-    """Each level: the floor in batches of the client count, then fedloop with that many clients (printed when
-    `show`)."""
+    """Each level: the floor in batches of the client count (in its own process), then fedloop with that many
+    clients (printed when `show`)."""
     results = {}
     say = print if show else (lambda *_: None)
     say(f"{'clients':>7}  {'arm':34s} {'drafts/s':>8} {'tokens/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'tokens':>7}")
     for clients in levels:
         count = max(clients * per_client, 8)
         chosen = [questions[(clients + i) % len(questions)] for i in range(count)]
-        base = floor_level(floor, chosen, clients, max_tokens)
+        base = level_of(
+            in_own_process("floor", model=str(model), questions=chosen, clients=clients, max_tokens=max_tokens)
+        )
         before = engine.rows_per_step.copy()
-        fed, versions = fedloop_level(base_url, chosen, clients, max_tokens, f"c{clients}")
+        served = in_own_process(
+            "clients", base_url=base_url, questions=chosen, clients=clients, max_tokens=max_tokens, tag=f"c{clients}"
+        )
+        fed, versions = level_of(served), served["versions"]
         steps = engine.rows_per_step - before
         mean_rows = sum(rows * count for rows, count in steps.items()) / max(1, steps.total())
         results[clients] = (base, fed)
@@ -318,7 +365,11 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--child-spec", type=Path, default=None, help=argparse.SUPPRESS)  # see in_own_process
     args = parser.parse_args()
+    if args.child_spec is not None:
+        run_child(args.child_spec)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     questions = prompts(max(args.levels) * args.requests_per_client + max(args.levels), args.data)
     lora = LoraSettings(rank=8, alpha=16)
@@ -341,9 +392,8 @@ def main() -> None:
         service = DraftService(runtime, engine)
         server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
-        floor = Floor(args.model)
         base_url = f"http://127.0.0.1:{server.port}"
-        concurrency_table(floor, engine, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
+        concurrency_table(args.model, engine, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
         print(
             f"SmolLM2-class model {args.model.name}; {'Bitext' if args.data else 'simulated product'} prompts; "
             f"max_tokens {args.max_tokens}, greedy; {args.requests_per_client} requests per client (at least 8) per "
@@ -352,7 +402,7 @@ def main() -> None:
         )
         goals(
             concurrency_table(
-                floor, engine, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens
+                args.model, engine, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens
             )
         )
         operator_identity = load_identity(root / "keys", "bench")

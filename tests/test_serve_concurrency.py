@@ -46,7 +46,7 @@ def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
     runtime = make_tenant(
         "acme",
         release=ReleaseSection(canary_share=0.5, widened_share=0.5, decide_every_outcomes=1000),
-        serve=ServeSection(max_batch_size=8, max_batch_wait_ms=20),
+        serve=ServeSection(max_batch_size=8),
     )
     install_versions(runtime, tiny_model_dir, ("v0", "v1", "v2", "v3"))
     served = start_endpoint(runtime, tiny_model_dir)

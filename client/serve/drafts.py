@@ -313,15 +313,20 @@ class DraftService:
     def draft(self, requests: Sequence[DraftRequest]) -> list[Draft | FeedbackError]:
         """Draft for every request (the engine batches them); each is recorded, or its error returned.
 
-        Every request is checked and routed before anything is generated; a bad one is refused alone.
+        A bad request is refused alone. Requests are queued in slices of half the engine's queue, so a large
+        call leaves room for the endpoint's users.
         """
-        started: list[PendingDraft | FeedbackError] = []
-        for request in requests:
-            try:
-                started.append(self.start(request))
-            except FeedbackError as err:
-                started.append(err)
-        return [pending if isinstance(pending, FeedbackError) else self._wait(pending) for pending in started]
+        results: list[Draft | FeedbackError] = []
+        step = max(1, self._settings.serve.max_queue // 2)
+        for first in range(0, len(requests), step):
+            started: list[PendingDraft | FeedbackError] = []
+            for request in requests[first : first + step]:
+                try:
+                    started.append(self.start(request))
+                except FeedbackError as err:
+                    started.append(err)
+            results += [pending if isinstance(pending, FeedbackError) else self._wait(pending) for pending in started]
+        return results
 
     def _wait(self, pending: PendingDraft) -> Draft | FeedbackError:
         try:

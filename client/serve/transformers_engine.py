@@ -271,6 +271,7 @@ class TransformersEngine:
             past_key_values=cache,
             cache_position=torch.arange(past, past + width, device=mask.device),
             use_cache=True,
+            logits_to_keep=1,  # the last position only: the vocabulary projection of a prompt is most of its cost
             **per_row,
         )
         return output.logits[:, -1].float()
