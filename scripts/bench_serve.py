@@ -45,6 +45,8 @@ from typing import Any, cast
 import httpx
 import pandas as pd
 import torch
+from peft import PeftModel, set_peft_model_state_dict
+from transformers import PreTrainedModel
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
@@ -56,7 +58,14 @@ from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import ReleaseSection, ServeSection, TenantSection, TenantSettings
-from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
+from fedloop.shared.adapter import (
+    AdapterState,
+    adapter_state,
+    adapter_to_bytes,
+    attach_lora,
+    load_base_model,
+    peft_config,
+)
 from fedloop.shared.keys import init_keys, load_identity
 from fedloop.shared.settings import LoraSettings
 
@@ -77,21 +86,34 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-def install(store: FeedbackStore, model_path: Path, lora: LoraSettings) -> None:
+def bench_adapters(model_path: Path, lora: LoraSettings) -> dict[str, AdapterState]:
     """v0: the base model (B = 0); v1: a slight perturbation of it."""
     model, _ = load_base_model(model_path)
     state = adapter_state(attach_lora(model, lora, seed=1))
     generator = torch.Generator().manual_seed(3)
-    for index, version in enumerate(("v0", "v1")):
-        adapter = {k: v + (1e-3 * torch.randn(v.shape, generator=generator) if index else 0) for k, v in state.items()}
+    return {"v0": state, "v1": {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in state.items()}}
+
+
+def install(store: FeedbackStore, model_path: Path, lora: LoraSettings) -> None:
+    """Install the two benchmark versions."""
+    for index, (version, adapter) in enumerate(bench_adapters(model_path, lora).items()):
         store.versions.install(InstalledVersion(version, index, None, f"bench-{version}"), adapter_to_bytes(adapter))
 
 
 class Floor:
-    """Plain transformers: chat template, `generate`, decode."""
+    """Plain transformers: chat template, `generate`, decode; with `lora`, PEFT with v0 and v1 mixed in each batch."""
 
-    def __init__(self, model_path: Path) -> None:
-        self.model, self.tokenizer = load_base_model(model_path)
+    def __init__(self, model_path: Path, lora: LoraSettings | None = None) -> None:
+        base, self.tokenizer = load_base_model(model_path)
+        self.model: PreTrainedModel | PeftModel = base
+        self.adapters: list[str] = []
+        if lora is not None:
+            states = bench_adapters(model_path, lora)
+            peft_model = attach_lora(base, lora, seed=1)
+            for version, state in states.items():
+                peft_model.add_adapter(version, peft_config(lora))
+                set_peft_model_state_dict(peft_model, state, adapter_name=version)
+            self.model, self.adapters = peft_model, list(states)
         self.model.eval()
 
     def drafts(self, questions: list[str], max_tokens: int) -> int:
@@ -103,9 +125,11 @@ class Floor:
             for question in questions
         ]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        per_row = {"adapter_names": [self.adapters[i % 2] for i in range(len(questions))]} if self.adapters else {}
         with torch.no_grad():
             output = self.model.generate(  # type: ignore[operator]  # PeftModel forwards generate() to its base
                 **encoded,
+                **per_row,
                 max_new_tokens=max_tokens,
                 min_new_tokens=1,
                 do_sample=False,
@@ -167,7 +191,7 @@ def floor_level(floor: Floor, questions: list[str], batch: int, max_tokens: int)
 
 
 def in_own_process(role: str, **spec: object) -> dict[str, Any]:
-    """Run `role` ("floor" or "clients") with `spec` in a child process of this script; its JSON result.
+    """Run `role` ("floor", "peft" or "clients") with `spec` in a child process of this script; its JSON result.
 
     The floor runs apart because two torch thread teams in one process (the floor's on the main thread, the
     endpoint's generation worker) slowed whichever ran second by a third here; the clients run apart, as a
@@ -186,8 +210,10 @@ def run_child(spec_path: Path) -> None:
     """The child side of `in_own_process`: print the result as JSON."""
     spec = json.loads(spec_path.read_text())
     versions: dict[str, int] = {}
-    if spec["role"] == "floor":
-        level = floor_level(Floor(Path(spec["model"])), spec["questions"], spec["clients"], spec["max_tokens"])
+    if spec["role"] in ("floor", "peft"):
+        lora = LoraSettings(**spec["lora"]) if spec["role"] == "peft" else None
+        floor = Floor(Path(spec["model"]), lora)
+        level = floor_level(floor, spec["questions"], spec["clients"], spec["max_tokens"])
     else:
         level, versions = fedloop_level(
             spec["base_url"], spec["questions"], spec["clients"], spec["max_tokens"], spec["tag"]
@@ -239,6 +265,7 @@ def fedloop_level(
 
 def concurrency_table(
     model: Path,
+    lora: LoraSettings,
     engine: TransformersEngine,
     base_url: str,
     questions: list[str],
@@ -247,8 +274,8 @@ def concurrency_table(
     max_tokens: int,
     show: bool = True,
 ) -> dict[int, tuple[Level, Level]]:
-    """Each level: the floor in batches of the client count (in its own process), then fedloop with that many
-    clients (printed when `show`)."""
+    """Each level: the floor in batches of the client count, the same with the two versions' adapters (PEFT,
+    rows alternating), each in its own process, then fedloop with that many clients (printed when `show`)."""
     results = {}
     say = print if show else (lambda *_: None)
     say(f"{'clients':>7}  {'arm':34s} {'drafts/s':>8} {'tokens/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'tokens':>7}")
@@ -258,6 +285,16 @@ def concurrency_table(
         base = level_of(
             in_own_process("floor", model=str(model), questions=chosen, clients=clients, max_tokens=max_tokens)
         )
+        peft = level_of(
+            in_own_process(
+                "peft",
+                model=str(model),
+                lora=lora.model_dump(),
+                questions=chosen,
+                clients=clients,
+                max_tokens=max_tokens,
+            )
+        )
         before = engine.rows_per_step.copy()
         served = in_own_process(
             "clients", base_url=base_url, questions=chosen, clients=clients, max_tokens=max_tokens, tag=f"c{clients}"
@@ -266,14 +303,20 @@ def concurrency_table(
         steps = engine.rows_per_step - before
         mean_rows = sum(rows * count for rows, count in steps.items()) / max(1, steps.total())
         results[clients] = (base, fed)
-        for name, level in ((f"generate, batches of {clients} (floor)", base), ("fedloop endpoint", fed)):
+        arms = (
+            (f"generate, batches of {clients} (floor)", base),
+            ("  + v0/v1 adapters (PEFT, mixed)", peft),
+            ("fedloop endpoint", fed),
+        )
+        for name, level in arms:
             say(
                 f"{clients:7d}  {name:34s} {level.rate:8.3f} {level.tokens / level.seconds:8.1f} "
                 f"{percentile(level.latencies, 0.5) * 1000:8.0f} {percentile(level.latencies, 0.99) * 1000:8.0f} "
                 f"{level.tokens:7d}"
             )
         say(
-            f"{'':7s}  fedloop / floor {fed.rate / base.rate:.2f}; drafts by version {versions}; "
+            f"{'':7s}  fedloop / floor {fed.rate / base.rate:.2f}, / floor with adapters {fed.rate / peft.rate:.2f}; "
+            f"drafts by version {versions}; "
             f"fedloop decoded {mean_rows:.1f} rows per step on average"
         )
     return results
@@ -393,7 +436,7 @@ def main() -> None:
         server = start_http(build_http_app(service, "fedloop"), "127.0.0.1:0")
         client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120)
         base_url = f"http://127.0.0.1:{server.port}"
-        concurrency_table(args.model, engine, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
+        concurrency_table(args.model, lora, engine, base_url, questions, (1, 2), 1, 4, show=False)  # warm both arms up
         print(
             f"SmolLM2-class model {args.model.name}; {'Bitext' if args.data else 'simulated product'} prompts; "
             f"max_tokens {args.max_tokens}, greedy; {args.requests_per_client} requests per client (at least 8) per "
@@ -402,7 +445,14 @@ def main() -> None:
         )
         goals(
             concurrency_table(
-                args.model, engine, base_url, questions, tuple(args.levels), args.requests_per_client, args.max_tokens
+                args.model,
+                lora,
+                engine,
+                base_url,
+                questions,
+                tuple(args.levels),
+                args.requests_per_client,
+                args.max_tokens,
             )
         )
         operator_identity = load_identity(root / "keys", "bench")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_helpers import Endpoint, start_serving_v0
 from tiny_model import build_tiny_model
 
 from fedloop.client.privacy.redaction import Redactor
@@ -46,3 +47,11 @@ def make_tenant(tmp_path: Path, redactor: Redactor) -> Iterator[Callable[..., Te
     yield make
     for runtime in opened:
         runtime.close()
+
+
+@pytest.fixture()
+def served_v0(make_tenant: Callable[..., TenantRuntime], tiny_model_dir: Path) -> Iterator[Endpoint]:
+    """The tiny model's draft endpoint on 127.0.0.1 for a tenant whose one version v0 serves everyone."""
+    served = start_serving_v0(make_tenant, tiny_model_dir)
+    yield served
+    served.stop()

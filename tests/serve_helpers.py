@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,3 +60,12 @@ def start_endpoint(runtime: TenantRuntime, model_dir: Path, api_keys: list[bytes
     service = DraftService(runtime, engine)
     http = start_http(build_http_app(service, runtime.settings.serve.model_alias, api_keys), "127.0.0.1:0")
     return Endpoint(runtime, service, http, ReleaseController(runtime.store, runtime.settings.release), engine)
+
+
+def start_serving_v0(make_tenant: Callable[..., TenantRuntime], model_dir: Path, **sections: Any) -> Endpoint:
+    """A tenant (`make_tenant` fixture) whose one installed version v0 serves everyone, and its endpoint."""
+    runtime = make_tenant("acme", **sections)
+    install_versions(runtime, model_dir, ("v0",))
+    served = start_endpoint(runtime, model_dir)
+    served.controller.offer("v0", "gates passed")
+    return served

@@ -11,18 +11,15 @@ conversations were kept still trains on its single prompt.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from serve_helpers import Endpoint, install_versions, start_endpoint
+from serve_helpers import Endpoint
 
 from fedloop.client.feedback import FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.samples.held_out import held_out_references
 from fedloop.client.serve.engine import GenerationRequest
-from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.client.train.data import encode
 from fedloop.client.train.generate import chat_text, generate_replies
 
@@ -35,13 +32,8 @@ QUESTION = "It leaks from the bottom. Can I get a replacement?"
 
 
 @pytest.fixture()
-def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
-    runtime = make_tenant("acme", release=ReleaseSection())
-    install_versions(runtime, tiny_model_dir, ("v0",))
-    served = start_endpoint(runtime, tiny_model_dir)
-    served.controller.offer("v0", "gates passed")
-    yield served
-    served.stop()
+def endpoint(served_v0: Endpoint) -> Endpoint:
+    return served_v0
 
 
 def test_the_whole_conversation_is_recorded_and_trained_and_evaluated_as_served(endpoint: Endpoint) -> None:

@@ -10,29 +10,20 @@ because LangChain replaces the chunks' ids with its own run id.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from serve_helpers import Endpoint, install_versions, start_endpoint
-
-from fedloop.client.tenant_settings import ReleaseSection
+from serve_helpers import Endpoint
 
 QUESTION = "Where is my order 12345? It has not arrived."
 
 
 @pytest.fixture()
-def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
-    runtime = make_tenant("acme", release=ReleaseSection())
-    install_versions(runtime, tiny_model_dir, ("v0",))
-    served = start_endpoint(runtime, tiny_model_dir)
-    served.controller.offer("v0", "gates passed")
-    yield served
-    served.stop()
+def endpoint(served_v0: Endpoint) -> Endpoint:
+    return served_v0
 
 
 def report(endpoint: Endpoint, draft_id: str, version: str) -> None:

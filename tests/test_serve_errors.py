@@ -22,10 +22,10 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from serve_helpers import Endpoint, install_versions, start_endpoint
+from serve_helpers import Endpoint, start_serving_v0
 
 from fedloop.client.serve.engine import GenerationHandle, GenerationRequest
-from fedloop.client.tenant_settings import IngestSection, ReleaseSection, ServeSection
+from fedloop.client.tenant_settings import IngestSection, ServeSection
 
 QUESTION: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Where is my order 12345? It has not arrived."}
@@ -33,11 +33,7 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 
 def serve(make_tenant, model_dir: Path, **sections: Any) -> Endpoint:
-    runtime = make_tenant("acme", store_busy_timeout_s=0.5, release=ReleaseSection(), **sections)
-    install_versions(runtime, model_dir, ("v0",))
-    served = start_endpoint(runtime, model_dir)
-    served.controller.offer("v0", "gates passed")
-    return served
+    return start_serving_v0(make_tenant, model_dir, store_busy_timeout_s=0.5, **sections)
 
 
 @pytest.fixture()

@@ -4,8 +4,10 @@ Rows are left-padded to one cache length: a joining group (prefilled on its
 own) and the running rows are padded on the left to the longer of the two and
 stacked; a padded position has attention mask 0, so it changes no row's
 attention. When rows leave, the columns that no remaining row uses are
-dropped. Each row keeps its own positions (its count of real tokens), so a
-row's tokens do not depend on who shares its batch.
+dropped, so the cache does not grow while the batch never empties. Each row
+keeps its own positions (its count of real tokens), so a row's tokens do not
+depend on who shares its batch. Only plain full-attention caches can do this
+(`joinable`); others (sliding windows) decode whole batches.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 from fedloop.client.serve.batch_rows import Row
 
 
+def joinable(cache: DynamicCache) -> bool:
+    """Whether rows can join and leave this kind of cache mid-batch: plain full-attention layers only."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    pairs = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        pairs.append((layer.keys, layer.values))
+    return pairs
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -65,8 +77,11 @@ class RunningBatch:
         if not keep:
             return
         chosen = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask[chosen]
-        start = int((mask.sum(dim=0) > 0).nonzero().min())  # leading columns every remaining row pads
-        self.mask, self.last = mask[:, start:], self.last[chosen]
+        self.mask, self.last = self.mask[chosen], self.last[chosen]
+        if not joinable(self.cache):  # such a batch only shrinks and ends: no columns to reclaim
+            self.cache.batch_select_indices(chosen)
+            return
+        start = int((self.mask.sum(dim=0) > 0).nonzero().min())  # leading columns every remaining row pads
+        self.mask = self.mask[:, start:]
         kept = [(k[chosen][:, :, start:], v[chosen][:, :, start:]) for k, v in _layers(self.cache)]
         self.cache = DynamicCache(ddp_cache_data=kept, config=self.config)

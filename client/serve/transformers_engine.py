@@ -38,7 +38,7 @@ from fedloop.client.serve.engine import (
     GenerationHandle,
     GenerationRequest,
 )
-from fedloop.client.serve.running_batch import RunningBatch
+from fedloop.client.serve.running_batch import RunningBatch, joinable
 from fedloop.client.store_api import BASE_VERSION
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.client.train.generate import chat_text
@@ -83,7 +83,7 @@ class TransformersEngine:
             end_ids if isinstance(end_ids, list) else [end_ids] if end_ids is not None else []
         )
         self._text = RowText(self.tokenizer, self._end_ids)
-        self._joinable = not any(layer.is_sliding for layer in DynamicCache(config=base.config).layers)
+        self._joinable = joinable(DynamicCache(config=base.config))
         self.rows_per_step: Counter[int] = Counter()  # decoding steps by how many rows they ran (benchmarks)
         self._worker = threading.Thread(target=self._run, name="fedloop-generation", daemon=True)
         self._worker.start()
