@@ -21,7 +21,8 @@ from pathlib import Path
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from serve_helpers import Endpoint, install_versions, start_endpoint
+from serve_helpers import Endpoint, install_versions, start_endpoint, start_serving_v0
+from tiny_model import build_wider_model
 
 from fedloop.client.serve.engine import GenerationRequest
 from fedloop.client.store_api import ChatMessage
@@ -131,8 +132,14 @@ def test_64_concurrent_requests_with_a_rollback_in_the_middle_draft_exactly_thei
     assert after.model == "v0" and after.choices[0].message.content
 
 
-def test_streamed_and_plain_drafts_take_the_same_time_beside_a_cpu_burner(endpoint: Endpoint) -> None:
-    """Both kinds run on the generation worker's thread team (serve.threads), so a busy host slows them alike."""
+def test_streamed_and_plain_drafts_take_the_same_time_beside_a_cpu_burner(
+    make_tenant, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Both kinds run on the generation worker's thread team (serve.threads), so a busy host slows them alike.
+
+    A wider untrained model makes generation, not the per-chunk cost of streaming, the bulk of a draft's time.
+    """
+    endpoint = start_serving_v0(make_tenant, build_wider_model(tiny_model_dir, tmp_path / "wider"))
     api = openai.OpenAI(base_url=endpoint.base_url, api_key="loopback", max_retries=0, timeout=120)
     prompt = PROMPTS[1]
     burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
@@ -147,5 +154,6 @@ def test_streamed_and_plain_drafts_take_the_same_time_beside_a_cpu_burner(endpoi
     finally:
         burner.kill()
         burner.wait()
+        endpoint.stop()
     plain, streamed = statistics.median(timings[False]), statistics.median(timings[True])
     assert abs(streamed - plain) <= 0.2 * max(plain, streamed), (plain, streamed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +139,35 @@ def test_a_full_queue_answers_503_at_once_and_ready_tells_the_truth(make_tenant,
         gone = post(served, {"model": "fedloop", "messages": QUESTION, "user": "late", "max_tokens": 2})
         assert gone.status_code == 503 and gone.json()["error"]["message"]
     finally:
+        served.stop()
+
+
+def test_a_stuck_worker_makes_ready_fail(make_tenant, tiny_model_dir: Path) -> None:
+    served = serve(make_tenant, tiny_model_dir, serve=ServeSection(stall_after_s=0.5))
+    base = f"http://127.0.0.1:{served.http.port}"
+    hang, entered = threading.Event(), threading.Event()
+    real_forward = served.engine._forward
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:  # a kernel that does not come back, until the test lets it
+        entered.set()
+        hang.wait(timeout=60)
+        return real_forward(*args, **kwargs)
+
+    served.engine._forward = stuck  # type: ignore[method-assign]
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(
+                post, served, {"model": "fedloop", "messages": QUESTION, "user": "u", "max_tokens": 2}
+            )
+            assert entered.wait(timeout=30)
+            time.sleep(0.8)
+            stalled = httpx.get(f"{base}/ready", timeout=30)
+            hang.set()
+            assert waiting.result(timeout=60).status_code == 200
+        assert stalled.status_code == 503 and stalled.json()["checks"]["worker_not_stuck"] is False
+        assert httpx.get(f"{base}/ready", timeout=30).status_code == 200  # it recovered
+    finally:
+        hang.set()
         served.stop()
 
 

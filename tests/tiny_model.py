@@ -60,6 +60,29 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_wider_model(tiny_dir: Path, out_dir: Path, hidden: int = 512, layers: int = 8, seed: int = 0) -> Path:
+    """The tiny model's tokenizer on a wider, untrained Llama (a few ms per token): where generation time must
+    outweigh per-request costs, as it does for real models."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    small = LlamaConfig.from_pretrained(tiny_dir)
+    config = small.__class__(
+        **{
+            **small.to_dict(),
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+        }
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def _pretrain(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: list[str], seed: int, steps: int = 150
 ) -> None:

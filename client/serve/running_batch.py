@@ -21,6 +21,8 @@ from transformers.cache_utils import DynamicLayer
 
 from fedloop.client.serve.batch_rows import Row
 
+RECLAIM_COLUMNS = 16  # unused leading cache columns worth copying the cache to drop
+
 
 def joinable(cache: DynamicCache) -> bool:
     """Whether rows can join and leave this kind of cache mid-batch: plain full-attention layers only."""
@@ -78,10 +80,10 @@ class RunningBatch:
             return
         chosen = torch.tensor(keep, device=self.mask.device)
         self.mask, self.last = self.mask[chosen], self.last[chosen]
-        if not joinable(self.cache):  # such a batch only shrinks and ends: no columns to reclaim
+        start = int((self.mask.sum(dim=0) > 0).nonzero().min())  # leading columns every remaining row pads
+        if start < RECLAIM_COLUMNS or not joinable(self.cache):  # not worth a copy of the cache, or not possible
             self.cache.batch_select_indices(chosen)
             return
-        start = int((self.mask.sum(dim=0) > 0).nonzero().min())  # leading columns every remaining row pads
         self.mask = self.mask[:, start:]
         kept = [(k[chosen][:, :, start:], v[chosen][:, :, start:]) for k, v in _layers(self.cache)]
         self.cache = DynamicCache(ddp_cache_data=kept, config=self.config)
