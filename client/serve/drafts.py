@@ -16,7 +16,6 @@ recorded, so no id a client saw is ever unknown.
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -40,7 +39,6 @@ from fedloop.client.store_api import ChatMessage, ReleaseRecord
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.shared.adapter import adapter_from_bytes
 
-log = logging.getLogger(__name__)
 FAILED_IDS_KEPT = 10_000  # ids of drafts that failed after they were handed out, remembered for the outcome route
 
 

@@ -254,7 +254,7 @@ class TransformersEngine:
                 self._step_started = None
 
     def _forward(
-        self, rows: list[Row], input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, past: int
+        self, rows: list[Row], input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
         """One forward pass of `rows` (each with its own adapter); float32 logits of the last position."""
         names = [PEFT_BASE if row.adapter == BASE_VERSION else row.adapter for row in rows]
@@ -268,8 +268,7 @@ class TransformersEngine:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(dim=-1) - 1).clamp(min=0)[:, -width:],
-            past_key_values=cache,
-            cache_position=torch.arange(past, past + width, device=mask.device),
+            cache=cache,  # the rows' positions come from position_ids; the cache appends
             use_cache=True,
             logits_to_keep=1,  # the last position only: the vocabulary projection of a prompt is most of its cost
             **per_row,
@@ -287,7 +286,7 @@ class TransformersEngine:
         for row, row_mask in zip(rows, mask, strict=True):
             row.prompt_tokens = int(row_mask.sum())
         cache = DynamicCache(config=self._model.config)
-        logits = self._forward(rows, encoded["input_ids"], mask, cache, 0)
+        logits = self._forward(rows, encoded["input_ids"], mask, cache)
         logits[:, list(self._end_ids)] = float("-inf")  # at least one new token, as `min_new_tokens=1`
         joined = RunningBatch(rows, cache, mask, torch.tensor(next_tokens(rows, logits)), self._model.config)
         if self._running is None:
@@ -303,7 +302,7 @@ class TransformersEngine:
         assert batch is not None
         self.rows_per_step[len(batch.rows)] += 1
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=1)
-        logits = self._forward(batch.rows, batch.last[:, None], batch.mask, batch.cache, batch.mask.shape[1] - 1)
+        logits = self._forward(batch.rows, batch.last[:, None], batch.mask, batch.cache)
         batch.last = torch.tensor(next_tokens(batch.rows, logits))
         self._take(batch.rows, batch.last.tolist())
 
