@@ -69,16 +69,15 @@ class IngestPipeline:
         the users' rate limit was already charged for these events (`admit`, before a draft was generated).
         """
         try:
-            return self._ingest(events, admitted)
-        except DatabaseBusy:
-            err = IngestError(
-                "UNAVAILABLE",
-                f"the tenant store is busy: another writer held it longer than "
-                f"{self._settings.tenant.store_busy_timeout_s:g} s (tenant.store_busy_timeout_s); nothing was "
-                "stored: retry",
-            )
-            self.counters.rejected.labels(err.status).inc()
-            raise err from None
+            try:
+                return self._ingest(events, admitted)
+            except DatabaseBusy:
+                raise IngestError(
+                    "UNAVAILABLE",
+                    f"the tenant store is busy: another writer held it longer than "
+                    f"{self._settings.tenant.store_busy_timeout_s:g} s (tenant.store_busy_timeout_s); nothing was "
+                    "stored: retry",
+                ) from None
         except IngestError as err:
             self.counters.rejected.labels(err.status).inc()
             raise

@@ -134,13 +134,7 @@ class DraftService:
 
     def ready(self) -> dict[str, bool]:
         """What `/ready` checks: the worker alive and not stuck, room in its queue, the store writable."""
-        health = self._engine.health()
-        return {
-            "worker_alive": health.alive,
-            "worker_not_stuck": health.stalled_s <= health.stall_limit_s,
-            "queue_below_limit": health.queued < health.max_queue,
-            "store_writable": self._store.writable(),
-        }
+        return {**self._engine.health().checks(), "store_writable": self._store.writable()}
 
     # -- checks ------------------------------------------------------------------------------------
     def _check(self, request: DraftRequest) -> int:
@@ -304,6 +298,11 @@ class DraftService:
             while len(self._failed) > FAILED_IDS_KEPT:
                 self._failed.popitem(last=False)
 
+    def generation_failed(self, pending: PendingDraft, cause: object) -> FeedbackError:
+        """The draft's generation ended with `cause`: void its id; the error to answer (503, retry)."""
+        self.fail(pending, f"generation failed: {cause}")
+        return FeedbackError("UNAVAILABLE", f"the draft could not be generated ({cause}); nothing was recorded: retry")
+
     def _forget(self, draft_id: str) -> None:
         with self._ids:
             self._in_flight.discard(draft_id)
@@ -330,8 +329,7 @@ class DraftService:
         try:
             generation = pending.handle.result()
         except Exception as err:
-            self.fail(pending, f"generation failed: {err}")
-            return FeedbackError("UNAVAILABLE", f"the draft could not be generated ({err}); nothing was recorded")
+            return self.generation_failed(pending, err)
         try:
             return self.finish(pending, generation)
         except FeedbackError as err:

@@ -81,10 +81,13 @@ class EngineHealth:
     queued: int
     max_queue: int
 
-    @property
-    def ready(self) -> bool:
-        """Alive, not stuck and with room in the queue."""
-        return self.alive and self.stalled_s <= self.stall_limit_s and self.queued < self.max_queue
+    def checks(self) -> dict[str, bool]:
+        """The engine's part of `/ready`, by name: alive, not stuck, room in the queue."""
+        return {
+            "worker_alive": self.alive,
+            "worker_not_stuck": self.stalled_s <= self.stall_limit_s,
+            "queue_below_limit": self.queued < self.max_queue,
+        }
 
 
 # What a handle carries: a text piece, the finished Generation, or the exception that ended it.

@@ -185,8 +185,7 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
         try:
             generation = await pending.handle.result_async()
         except Exception as err:
-            service.fail(pending, f"generation failed: {err}")
-            raise FeedbackError("UNAVAILABLE", f"the draft could not be generated ({err}); retry") from None
+            raise service.generation_failed(pending, err) from None
         draft = await run_in_threadpool(service.finish, pending, generation)
         return JSONResponse(_completion(pending, draft).model_dump(), headers=headers)
 
@@ -239,7 +238,7 @@ async def _stream(service: DraftService, pending: PendingDraft, include_usage: b
             elif isinstance(event, Generation):
                 generation = event
             else:
-                raise FeedbackError("UNAVAILABLE", f"the draft could not be generated ({event}); retry")
+                raise service.generation_failed(pending, event)
         assert generation is not None
         draft = await run_in_threadpool(service.finish, pending, generation)
         recorded = True

@@ -170,6 +170,8 @@ class TransformersEngine:
 
     def _drop_retired(self) -> None:
         """Delete retired adapters that no queued or running request names."""
+        if not self._retiring:  # the usual case, checked after every step
+            return
         with self._changed:
             needed = {handle.request.adapter for handle in self._queue}
             needed |= {row.adapter for row in self._running.rows} if self._running else set()
@@ -245,10 +247,7 @@ class TransformersEngine:
                 if not row.done:
                     row.done = True
                     row.handle.push(err)
-            if self._running is not None:
-                self._running.drop_finished()
-                if not self._running.rows:
-                    self._running = None
+            self._drop_ended()
         finally:
             with self._changed:
                 self._step_started = None
@@ -288,12 +287,13 @@ class TransformersEngine:
         cache = DynamicCache(config=self._model.config)
         logits = self._forward(rows, encoded["input_ids"], mask, cache)
         logits[:, list(self._end_ids)] = float("-inf")  # at least one new token, as `min_new_tokens=1`
-        joined = RunningBatch(rows, cache, mask, torch.tensor(next_tokens(rows, logits)), self._model.config)
+        tokens = next_tokens(rows, logits)
+        joined = RunningBatch(rows, cache, mask, torch.tensor(tokens), self._model.config)
         if self._running is None:
             self._running = joined
         else:
             self._running.join(joined)
-        self._take(joined.rows, joined.last.tolist())
+        self._take(rows, tokens)
 
     @torch.no_grad()
     def _decode(self) -> None:
@@ -303,15 +303,20 @@ class TransformersEngine:
         self.rows_per_step[len(batch.rows)] += 1
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=1)
         logits = self._forward(batch.rows, batch.last[:, None], batch.mask, batch.cache)
-        batch.last = torch.tensor(next_tokens(batch.rows, logits))
-        self._take(batch.rows, batch.last.tolist())
+        tokens = next_tokens(batch.rows, logits)
+        batch.last = torch.tensor(tokens)
+        self._take(batch.rows, tokens)
 
     def _take(self, rows: list[Row], tokens: list[int]) -> None:
-        """Hand each row its token; drop the rows that ended (the batch with them, when none is left)."""
+        """Hand each row its token, then drop the rows that ended."""
         for row, token in zip(rows, tokens, strict=True):
             if not row.done:
                 self._text.advance(row, token)
-        assert self._running is not None
-        self._running.drop_finished()
-        if not self._running.rows:
-            self._running = None
+        self._drop_ended()
+
+    def _drop_ended(self) -> None:
+        """Remove the ended rows from the running batch, and the batch itself when none is left."""
+        if self._running is not None:
+            self._running.drop_finished()
+            if not self._running.rows:
+                self._running = None
