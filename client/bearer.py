@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
+from fedloop.shared.files import FilePermissionError, require_private
+
 
 def read_api_keys(path: Path) -> list[bytes]:
     """The accepted bearer keys, one per line (blank lines and # comments skipped)."""
@@ -19,11 +21,15 @@ def bearer_accepted(authorization: str, api_keys: list[bytes]) -> bool:
 
 
 def load_api_keys(path: str, setting: str) -> list[bytes] | None:
-    """The keys in the file `setting` names, or None when it names none; OSError naming the setting otherwise."""
+    """The keys in the file `setting` names, or None when it names none; OSError naming the setting otherwise
+    (an unreadable file, one that others may read: it must be 0600 like every secret, or one without a key)."""
     if not path:
         return None
     try:
+        require_private(Path(path))
         keys = read_api_keys(Path(path))
+    except FilePermissionError as err:
+        raise OSError(f"{setting}: {err}") from None
     except OSError as err:
         raise OSError(f"{setting}: cannot read {path} ({err.strerror})") from None
     if not keys:

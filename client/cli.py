@@ -74,7 +74,8 @@ def _start_draft_endpoint(
     started.callback(engine.close)
     service = DraftService(runtime, engine, release_loop)
     service.sync()
-    return start_http(build_http_app(service, serve.model_alias, keys), serve.address)
+    app = build_http_app(service, serve.model_alias, keys, serve.max_body_bytes)
+    return start_http(app, serve.address, serve.tls_certificate, serve.tls_key)
 
 
 def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Callable[[], None]:
@@ -136,8 +137,9 @@ def _start_service(runtime: TenantRuntime, federation: Settings | None) -> Calla
     )
     if http is not None:
         http_host = settings.serve.address.rsplit(":", 1)[0]
+        scheme = "https" if settings.serve.tls_certificate else "http"
         typer.echo(
-            f"draft endpoint (OpenAI-compatible) on http://{http_host}:{http.port}/v1/chat/completions "
+            f"draft endpoint (OpenAI-compatible) on {scheme}://{http_host}:{http.port}/v1/chat/completions "
             f"(model {settings.serve.model_alias!r} routes by the release pointer)"
         )
     else:

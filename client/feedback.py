@@ -17,13 +17,15 @@ _PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.
 class FeedbackError(ValueError):
     """A recording or drafting call was refused; nothing was stored.
 
-    `status` is the matching gRPC status name; `param` names the request field at fault, when one is.
+    `status` is the matching gRPC status name; `param` names the request field at fault, when one is; `code` is
+    the HTTP error's code when it is more specific than the status (OpenAI's `context_length_exceeded`).
     """
 
-    def __init__(self, status: str, message: str, param: str | None = None) -> None:
+    def __init__(self, status: str, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.param = param
+        self.code = code or status.lower()
 
 
 class FeedbackRecorder:

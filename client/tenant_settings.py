@@ -180,6 +180,25 @@ class ServeSection(Section):
         128, description="most tokens a draft may have (a request's max_tokens is capped to this)"
     )
     max_messages: int = Field(64, description="most messages in one request")
+    max_prompt_bytes: int = Field(
+        262_144, description="most bytes (UTF-8) of all messages of one request together, checked before tokenising"
+    )
+    max_prompt_tokens: int = Field(
+        0,
+        description="most tokens of a request's conversation after the chat template; "
+        "0 = the model's context length minus max_new_tokens",
+    )
+    truncate: Literal["none", "oldest"] = Field(
+        "none",
+        description='a conversation over max_prompt_bytes or max_prompt_tokens: "none" = refused (400), '
+        '"oldest" = its oldest turns after the system messages are cut until it fits',
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        description="largest HTTP request body; a larger one gets 413 before it is read (at least max_prompt_bytes)",
+    )
+    tls_certificate: str = Field("", description="PEM certificate the endpoint presents (with tls_key: HTTPS)")
+    tls_key: str = Field("", description="PEM private key of tls_certificate (mode 0600)")
     engine: Literal["transformers"] = Field(
         "transformers", description="what generates: transformers on this process's CPU or GPU (the only engine yet)"
     )
@@ -296,15 +315,28 @@ class TenantSettings(Section):
             'host:port (e.g. 127.0.0.1:8000), or "" for no endpoint',
         )
         require(
-            serve.address == "" or bool(serve.api_keys_file) or is_loopback(serve.address),
-            "serve.api_keys_file",
-            "set (a file of bearer keys, one per line) when serve.address is not on loopback (127.0.0.1)",
+            bool(serve.tls_certificate) == bool(serve.tls_key),
+            "serve.tls_certificate / tls_key",
+            "both set (HTTPS) or both empty",
+        )
+        require(
+            serve.address == "" or is_loopback(serve.address) or bool(serve.api_keys_file and serve.tls_certificate),
+            "serve.api_keys_file / tls_certificate / tls_key",
+            "set when serve.address is not on loopback (127.0.0.1): off loopback the draft endpoint needs "
+            "bearer keys and TLS (keys and prompts would travel in clear)",
         )
         require(bool(serve.model_alias.strip()), "serve.model_alias", 'a non-empty name, e.g. "fedloop"')
         require(
             serve.max_new_tokens >= 1 and serve.max_messages >= 1,
             "serve.max_new_tokens / max_messages",
             "integers >= 1",
+        )
+        require(serve.max_prompt_bytes >= 1, "serve.max_prompt_bytes", "an integer >= 1")
+        require(serve.max_prompt_tokens >= 0, "serve.max_prompt_tokens", "an integer >= 0 (0 = from the model)")
+        require(
+            serve.max_body_bytes >= serve.max_prompt_bytes,
+            "serve.max_body_bytes",
+            "at least serve.max_prompt_bytes (a body must be able to carry the largest prompt)",
         )
         require(1 <= serve.max_batch_size <= 256, "serve.max_batch_size", "an integer in [1, 256]")
         require(serve.max_queue >= 1, "serve.max_queue", "an integer >= 1")

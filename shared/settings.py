@@ -9,6 +9,8 @@ key and what is allowed; nothing runs with a half-understood config.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -41,9 +43,18 @@ def is_host_port(address: str) -> bool:
 
 
 def is_loopback(address: str) -> bool:
-    """Whether host:port names a loopback host (127.0.0.0/8, localhost or ::1)."""
+    """Whether host:port names only loopback addresses: an IP in 127.0.0.0/8 or ::1, or a name every one of whose
+    addresses is (a name that does not resolve is not; `127.attacker.example` is a name like any other)."""
     host = address.rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(resolved) and all(ipaddress.ip_address(str(ip).partition("%")[0]).is_loopback for ip in resolved)
 
 
 class Pool(StrEnum):

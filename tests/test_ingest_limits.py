@@ -9,16 +9,10 @@ from pathlib import Path
 import grpc
 from deployment_helpers import FEDLOOP, free_port, listening, wait_for
 from grpc_helpers import draft, stub
+from memory_helpers import CAPPED_ENV, PeakGrowth, cap_address_space
 
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.keys import init_keys
-
-
-def _memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def _send(service, events) -> tuple[grpc.StatusCode, str, float]:  # noqa: ANN001 - a stub
@@ -40,13 +34,16 @@ def test_long_and_heavy_streams_are_cut_off_with_memory_bounded(tmp_path: Path) 
     )
     log = tmp_path / "serve.log"
     server = subprocess.Popen(
-        [FEDLOOP, "tenant", "serve", "--config", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+        [FEDLOOP, "tenant", "serve", "--config", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=CAPPED_ENV,
     )
     try:
         wait_for(lambda: listening(port), "FeedbackService", log, server)
         channel, service = stub(port)
-        Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from the current RSS
-        before = _memory_kib(server.pid, "VmRSS")
+        print(f"address space capped at {cap_address_space(server.pid) / 2**30:.2f} GiB")
+        growth = PeakGrowth(server.pid)
         many = (pb.Event(draft=draft(f"e{i}", f"d{i}", prompt="hi", draft="ok")) for i in range(100_000))
         code, detail, seconds = _send(service, many)
         print(f"100,000-event stream: {code.name} after {seconds:.2f} s: {detail}")
@@ -55,7 +52,7 @@ def test_long_and_heavy_streams_are_cut_off_with_memory_bounded(tmp_path: Path) 
         code, detail, seconds = _send(service, heavy)
         print(f"6,000 x 60 KB stream: {code.name} after {seconds:.2f} s: {detail}")
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "ingest.max_batch_bytes" in detail
-        growth_mib = (_memory_kib(server.pid, "VmHWM") - before) / 1024
+        growth_mib = growth.mib()
         print(f"server peak memory growth: {growth_mib:.1f} MiB (limit 50)")
         assert growth_mib < 50
         assert service.RecordBatch(iter([pb.Event(draft=draft("ok", "ok"))]), timeout=30).stored == 1

@@ -187,6 +187,7 @@ def test_off_loopback_the_service_needs_tls_and_bearer_keys_and_refuses_stranger
         )
     certificates = make_federation_certificates(tmp_path / "certs", ["127.0.0.1"])
     (tmp_path / "keys.txt").write_text("# product backend\nk-3f9c2a\n")
+    (tmp_path / "keys.txt").chmod(0o600)
     tenant = make_tenant(
         ingest=IngestSection(
             address="127.0.0.1:0",

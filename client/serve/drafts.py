@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.ingest.validation import CONTEXT_ROLES, IngestError, check_identifier, check_text
@@ -37,9 +37,39 @@ from fedloop.client.serve.engine import (
 )
 from fedloop.client.store_api import ChatMessage, ReleaseRecord
 from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.client.tenant_settings import ServeSection
 from fedloop.shared.adapter import adapter_from_bytes
 
 FAILED_IDS_KEPT = 10_000  # ids of drafts that failed after they were handed out, remembered for the outcome route
+
+
+def prompt_token_limit(serve: ServeSection, context_length: int) -> int:
+    """serve.max_prompt_tokens, or the model's context length minus serve.max_new_tokens when it is 0; ValueError
+    naming the keys when a prompt and the longest draft cannot fit the model's context together."""
+    if serve.max_prompt_tokens == 0 and context_length == 0:
+        raise ValueError("serve.max_prompt_tokens: the model's config names no context length: set it")
+    limit = serve.max_prompt_tokens or context_length - serve.max_new_tokens
+    if limit < 1 or (context_length and limit + serve.max_new_tokens > context_length):
+        raise ValueError(
+            f"serve.max_prompt_tokens ({serve.max_prompt_tokens or 'from the model'}) + serve.max_new_tokens "
+            f"({serve.max_new_tokens}) must fit the model's context length {context_length}: lower them"
+        )
+    return limit
+
+
+def _too_long(size: str, limit: str, cut: bool) -> FeedbackError:
+    """The 400 of a conversation over a prompt limit (OpenAI's code for it: context_length_exceeded)."""
+    fix = (
+        "even its last user message with the system messages does not fit: shorten them"
+        if cut
+        else 'send fewer or shorter messages, or have the operator set serve.truncate = "oldest"'
+    )
+    return FeedbackError(
+        "INVALID_ARGUMENT",
+        f"the conversation is {size}; the limit is {limit}: {fix}; nothing was generated",
+        "messages",
+        "context_length_exceeded",
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,7 @@ class DraftService:
         self._release = ReleaseController(runtime.store, runtime.settings.release)
         self._recorder = FeedbackRecorder(runtime.pipeline)
         self._loop = release_loop or ReleaseLoop(self._release, runtime.settings.release)
+        self._max_prompt_tokens = prompt_token_limit(runtime.settings.serve, engine.context_length)
         self._synced: ReleaseRecord | None = None
         self._routing = threading.Lock()  # a route and its submission happen between two release moves
         self._ids = threading.Lock()
@@ -137,6 +168,41 @@ class DraftService:
         return {**self._engine.health().checks(), "store_writable": self._store.writable()}
 
     # -- checks ------------------------------------------------------------------------------------
+    def _fit(self, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        """The conversation within serve.max_prompt_bytes, then serve.max_prompt_tokens (bytes first: nothing is
+        tokenised beyond counting). With serve.truncate = "oldest" its oldest turns after the leading system
+        messages are cut until it fits; otherwise, or when even the last message does not fit, FeedbackError
+        (400, context_length_exceeded) naming the limit."""
+        serve, limit = self._settings.serve, self._max_prompt_tokens
+        cut = serve.truncate == "oldest"
+        first = next(i for i, m in enumerate(messages) if m["role"] != "system")  # the last message is the user's
+        most = len(messages) - 1 - first  # turns that may be cut
+
+        def kept(dropped: int) -> tuple[ChatMessage, ...]:
+            return messages[:first] + messages[first + dropped :]
+
+        def size(dropped: int) -> int:
+            return sum(len(m["content"].encode()) for m in kept(dropped))
+
+        dropped = 0
+        while size(dropped) > serve.max_prompt_bytes:
+            if not cut or dropped == most:
+                raise _too_long(f"{size(dropped)} bytes", f"{serve.max_prompt_bytes} (serve.max_prompt_bytes)", cut)
+            dropped += 1
+        tokens = self._engine.prompt_tokens(kept(dropped))
+        if tokens <= limit:
+            return kept(dropped)
+        if not cut or self._engine.prompt_tokens(kept(most)) > limit:
+            raise _too_long(f"{tokens} tokens", f"{limit} (serve.max_prompt_tokens)", cut)
+        low, high = dropped + 1, most  # the fewest turns to cut: kept(high) fits, kept(low - 1) does not
+        while low < high:
+            middle = (low + high) // 2
+            if self._engine.prompt_tokens(kept(middle)) <= limit:
+                high = middle
+            else:
+                low = middle + 1
+        return kept(high)
+
     def _check(self, request: DraftRequest) -> int:
         """The request's token budget; FeedbackError naming the field at fault otherwise."""
         limits, serve = self._settings.ingest, self._settings.serve
@@ -234,6 +300,7 @@ class DraftService:
         Nothing is generated for a refused request and nothing of it is stored.
         """
         budget = self._check(request)
+        request = replace(request, messages=self._fit(request.messages))
         try:
             self._pipeline.admit([request.user_id])
         except IngestError as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -195,6 +195,15 @@ class GenerationEngine(Protocol):
 
     def loaded(self) -> set[str]:
         """The versions whose adapters are available."""
+        ...
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens the model attends to: prompt and reply together."""
+        ...
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """How many tokens `messages` are in the model's chat template (counted, nothing generated)."""
         ...
 
     def health(self) -> EngineHealth:

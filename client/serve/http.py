@@ -17,9 +17,11 @@
 
 Every error has OpenAI's shape (`{"error": {"message", "type", "param",
 "code"}}`) and the status of its cause: 400 bad input, 401 no key, 404 unknown
-model, draft or route, 409 a draft id reused or an outcome too early, 429 a
-user over the rate limit, 503 + `Retry-After` when the queue is full or the
-store busy. Authentication comes before the body is read; the rate limit
+model, draft or route, 409 a draft id reused or an outcome too early, 413 a
+body over `serve.max_body_bytes`, 429 a user over the rate limit, 503 +
+`Retry-After` when the queue is full or the store busy; a conversation over
+the prompt limits gets 400 `context_length_exceeded`. Authentication comes
+before the body is read (guard.py); the prompt limits before tokenising; the rate limit
 before generation; a draft is recorded before its completion is answered, and
 a stream that fails ends with an error event instead of `[DONE]`.
 """
@@ -38,10 +40,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedloop.client.bearer import bearer_accepted
 from fedloop.client.feedback import FeedbackError
 from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService, PendingDraft
 from fedloop.client.serve.engine import Generation, Sampling
+from fedloop.client.serve.guard import RequestGuard
 from fedloop.client.serve.openai_schema import (
     AssistantMessage,
     ChatCompletion,
@@ -51,11 +53,10 @@ from fedloop.client.serve.openai_schema import (
     ChunkChoice,
     Delta,
     DraftInfo,
-    ErrorDetail,
-    ErrorResponse,
     ModelCard,
     ModelList,
     OutcomeRequest,
+    error_body,
     sse,
     usage,
 )
@@ -72,13 +73,6 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
 }
-ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
-
-
-def error_body(status: int, message: str, param: str | None, code: str) -> ErrorResponse:
-    """OpenAI's error body for a status."""
-    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
 
 
 def _validation_message(err: ValidationError | RequestValidationError) -> tuple[str, str | None]:
@@ -128,25 +122,22 @@ def _completion(pending: PendingDraft, draft: Draft) -> ChatCompletion:
     )
 
 
-def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes] | None = None) -> FastAPI:
-    """The FastAPI app of the draft endpoint; with `api_keys`, every /v1 route needs `Authorization: Bearer <key>`."""
+def build_http_app(
+    service: DraftService, model_alias: str, api_keys: list[bytes] | None = None, max_body_bytes: int = 1_048_576
+) -> FastAPI:
+    """The FastAPI app of the draft endpoint; with `api_keys`, every route but /health and /ready needs
+    `Authorization: Bearer <key>`, checked before the body (at most `max_body_bytes`) is read (guard.py)."""
     app = FastAPI(title="fedloop draft endpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     started = int(time.time())
 
     def error(status: int, message: str, param: str | None, code: str) -> JSONResponse:
         headers = {"Retry-After": str(service.retry_after_s)} if status in (429, 503) else None
         return JSONResponse(error_body(status, message, param, code).model_dump(), status, headers=headers)
 
-    def authenticate(request: Request) -> None:
-        if api_keys and not bearer_accepted(request.headers.get("authorization", ""), api_keys):
-            raise FeedbackError(
-                "UNAUTHENTICATED",
-                "missing or unknown API key: send `Authorization: Bearer <key>` with a key from serve.api_keys_file",
-            )
-
     @app.exception_handler(FeedbackError)
     async def refused(_: Request, err: FeedbackError) -> JSONResponse:
-        return error(HTTP_STATUS.get(err.status, 400), str(err), err.param, err.status.lower())
+        return error(HTTP_STATUS.get(err.status, 400), str(err), err.param, err.code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -169,7 +160,6 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        authenticate(request)
         try:
             body = ChatCompletionRequest.model_validate_json(await request.body())
         except ValidationError as err:
@@ -190,8 +180,7 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
         return JSONResponse(_completion(pending, draft).model_dump(), headers=headers)
 
     @app.post("/v1/drafts/{draft_id}/outcome")
-    def outcome(draft_id: str, body: OutcomeRequest, request: Request) -> dict[str, Any]:
-        authenticate(request)
+    def outcome(draft_id: str, body: OutcomeRequest) -> dict[str, Any]:
         reward = service.record_outcome(draft_id, body.action, body.final_text, body.dwell_ms)
         return {"draft_id": draft_id, "action": body.action, "reward": reward}
 
@@ -199,13 +188,11 @@ def build_http_app(service: DraftService, model_alias: str, api_keys: list[bytes
         return ModelCard(id=name, created=started)
 
     @app.get("/v1/models")
-    def models(request: Request) -> dict[str, Any]:
-        authenticate(request)
+    def models() -> dict[str, Any]:
         return ModelList(data=[card(n) for n in (model_alias, *service.installed())]).model_dump()
 
     @app.get("/v1/models/{model_id}")
-    def model(model_id: str, request: Request) -> dict[str, Any]:
-        authenticate(request)
+    def model(model_id: str) -> dict[str, Any]:
         if model_id != model_alias and model_id not in service.installed():
             raise FeedbackError(
                 "NOT_FOUND", f"model {model_id!r} is not served: use {model_alias!r} or an installed version", "model"
@@ -245,7 +232,7 @@ async def _stream(service: DraftService, pending: PendingDraft, include_usage: b
     except FeedbackError as err:
         service.fail(pending, str(err))
         status = HTTP_STATUS.get(err.status, 503)
-        yield sse(error_body(status, f"{err}; the draft id {pending.draft_id} is void", None, err.status.lower()))
+        yield sse(error_body(status, f"{err}; the draft id {pending.draft_id} is void", None, err.code))
         return
     except BaseException:  # the client left (the task is cancelled) or the stream broke: the draft is void
         if not recorded:

@@ -203,6 +203,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, param: str | None, code: str) -> ErrorResponse:
+    """OpenAI's error body for a status."""
+    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     """Usage with its total."""
     return Usage(

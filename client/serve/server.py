@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
+from fedloop.shared.files import FilePermissionError, require_private
 
 
 @dataclass
@@ -24,11 +27,28 @@ class HttpServer:
         self.thread.join(timeout=10)
 
 
-def start_http(app: FastAPI, address: str, startup_timeout_s: float = 30.0) -> HttpServer:
-    """Serve `app` on host:port (port 0 picks a free one); OSError if it cannot listen."""
+def start_http(
+    app: FastAPI, address: str, tls_certificate: str = "", tls_key: str = "", startup_timeout_s: float = 30.0
+) -> HttpServer:
+    """Serve `app` on host:port (port 0 picks a free one), over HTTPS with a certificate and its key (the key file
+    must be 0600); OSError naming the setting if it cannot."""
     host, _, port = address.rpartition(":")
+    if tls_key:
+        try:
+            require_private(Path(tls_key))
+        except FilePermissionError as err:
+            raise OSError(f"serve.tls_key: {err}") from None
+        except OSError as err:
+            raise OSError(f"serve.tls_key: cannot read {tls_key} ({err.strerror})") from None
     config = uvicorn.Config(
-        app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False, lifespan="off"
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=tls_certificate or None,
+        ssl_keyfile=tls_key or None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fedloop-http", daemon=True)

@@ -16,12 +16,13 @@ in whole batches instead (rows join only an empty batch).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from fedloop.client.serve.engine import (
     GenerationRequest,
 )
 from fedloop.client.serve.running_batch import RunningBatch, joinable
-from fedloop.client.store_api import BASE_VERSION
+from fedloop.client.store_api import BASE_VERSION, ChatMessage
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.client.train.generate import chat_text
 from fedloop.shared.adapter import CPU_FLOAT32, AdapterState, Placement, load_base_model, peft_config
@@ -83,6 +84,9 @@ class TransformersEngine:
             end_ids if isinstance(end_ids, list) else [end_ids] if end_ids is not None else []
         )
         self._text = RowText(self.tokenizer, self._end_ids)
+        self._counter = copy.deepcopy(self.tokenizer)  # request threads count with their own copy, under a lock:
+        self._counting = threading.Lock()  # a fast tokenizer shared with the worker's padded calls is not reentrant
+        self._context_length = int(getattr(base.config, "max_position_embeddings", 0) or 0)
         self._joinable = joinable(DynamicCache(config=base.config))
         self.rows_per_step: Counter[int] = Counter()  # decoding steps by how many rows they ran (benchmarks)
         self._worker = threading.Thread(target=self._run, name="fedloop-generation", daemon=True)
@@ -116,6 +120,17 @@ class TransformersEngine:
         """The versions whose adapters are available (those being retired are not)."""
         with self._changed:
             return self._versions - self._retiring
+
+    @property
+    def context_length(self) -> int:
+        """The model's `max_position_embeddings` (0 when its config names none)."""
+        return self._context_length
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of `messages` in the chat template, as the worker will encode them."""
+        text = chat_text(self._counter, messages)
+        with self._counting:
+            return len(self._counter(text, add_special_tokens=False)["input_ids"])
 
     def health(self) -> EngineHealth:
         """The worker's state, for `/ready`."""
