@@ -10,6 +10,15 @@ SuperLink (checked against the CA under the name localhost; the SuperLink's
 SuperNode authentication still decides which nodes get in), every other path
 answered 403. HQ's operators reach the Control API on the loopback port, from
 HQ's own host: an operator login there is the credential.
+
+What an outsider can still cost HQ is bounded here, before the SuperLink (which
+parses a whole body before it authenticates the node): a body may be at most
+the largest message fedloop sends (one array chunk of Flower's object store
+plus its framing), read in full by nginx before anything is forwarded, so an
+over-sized one gets 413 without reaching the SuperLink; each client address
+may hold `MAX_CONNECTIONS` connections and make `REQUESTS_PER_S` requests a
+second (bursts of `REQUEST_BURST`), beyond which it gets 429; slow headers and
+bodies are cut after `CLIENT_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -24,8 +33,23 @@ from fedloop.shared.files import write_atomic
 from fedloop.shared.flower_processes import DeploymentError
 
 FLEET_PREFIX = "/v1/fleet/"
-MAX_BODY = "1g"  # sealed adapters travel as Fleet objects; the registry, not nginx, bounds their size
+FRAMING_BYTES = 64 * 1024  # a push-object request around its chunk: node, run and object ids, protobuf headers
+MAX_CONNECTIONS = 64  # per client address (tenants behind one NAT share it)
+REQUESTS_PER_S = 100  # per client address; a tenant pushes a 646 MB adapter as ~130 chunk requests
+REQUEST_BURST = 1000
+CLIENT_TIMEOUT = "30s"
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # nginx's temporary paths, all under HQ's home
+
+
+def max_body_bytes() -> int:
+    """The largest request body the gateway forwards: Flower's array chunk size plus the request's framing.
+
+    fedloop's sealed adapters travel as one Array, which Flower pushes chunk by chunk
+    (`FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`, 5 MiB by default); every other message is far smaller.
+    """
+    from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+
+    return FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE + FRAMING_BYTES
 
 
 def nginx_executable() -> str:
@@ -70,13 +94,21 @@ http {{
 {temp}
     access_log {d / "access.log"};
     server_tokens off;
+    limit_conn_zone $binary_remote_addr zone=per_address:10m;
+    limit_req_zone $binary_remote_addr zone=requests:10m rate={REQUESTS_PER_S}r/s;
+    limit_conn_status 429;
+    limit_req_status 429;
+    client_header_timeout {CLIENT_TIMEOUT};
+    client_body_timeout {CLIENT_TIMEOUT};
     upstream superlink {{ server 127.0.0.1:{self.superlink_port}; keepalive 16; }}
     server {{
         listen {self.host}:{self.port} ssl;
         ssl_certificate {self.certificate.resolve()};
         ssl_certificate_key {self.private_key.resolve()};
         ssl_protocols TLSv1.2 TLSv1.3;
-        client_max_body_size {MAX_BODY};
+        client_max_body_size {max_body_bytes()};
+        limit_conn per_address {MAX_CONNECTIONS};
+        limit_req zone=requests burst={REQUEST_BURST} nodelay;
         location {FLEET_PREFIX} {{
             proxy_pass https://superlink;
             proxy_http_version 1.1;
@@ -85,7 +117,7 @@ http {{
             proxy_ssl_verify on;
             proxy_ssl_name localhost;
             proxy_ssl_server_name off;
-            proxy_request_buffering off;
+            proxy_request_buffering on;  # the whole body is checked before a byte reaches the SuperLink
             proxy_buffering off;
             proxy_read_timeout 600s;
             proxy_send_timeout 600s;

@@ -5,9 +5,11 @@ at, actor, action, subject])`. The audit key is derived from the party's
 secret keys (never stored in the database), so someone who can write the
 database but does not hold the key files cannot rebuild a chain after an edit.
 Editing any field of any entry, deleting or reordering entries breaks the
-chain at that point, and `verify` says where. A log written by an older fedloop
-(plain SM3 chain) is verified under SM3 once, re-chained under the key, and the
-re-chaining is itself an entry. Deleting the
+chain at that point, and `verify` says where. An entry is chained only when
+fedloop writes it, in the same transaction: an entry found without a digest is
+tampering, never chained on open. A log written by an older fedloop (no chain
+columns, or a plain SM3 chain) is chained, or verified under SM3 and
+re-chained under the key, once, and the re-chaining is itself an entry. Deleting the
 newest entries leaves a shorter but consistent chain: to catch that, keep the
 head (`seq:digest`, printed by `fedloop audit verify`) somewhere else and pass
 it back as `expected_head`. Entries never hold secrets or originals, only who
@@ -81,12 +83,27 @@ class AuditLog:
         self._key = key
         db.executescript(AUDIT_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
-        for column in ("prev", "digest"):  # stores made before the chain existed
+        unchained = "digest" not in columns  # a log from before the chain existed: chained once, here
+        for column in ("prev", "digest"):
             if column not in columns:
                 db.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
-        if db.execute("SELECT keyed FROM audit_chain").fetchone() is None:
+        if unchained:
+            self._chain_old_log()
+        elif db.execute("SELECT keyed FROM audit_chain").fetchone() is None:
             self._key_the_chain()
-        self._chain_unchained()
+
+    def _chain_old_log(self) -> None:
+        """Once: chain a log from before the chain existed under the key, and record that."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM audit").fetchone()
+
+        def chain() -> None:
+            self._chain_all("SELECT seq, at, actor, action, subject FROM audit ORDER BY seq")
+            self._db.execute("DELETE FROM audit_chain")
+            self._db.execute("INSERT INTO audit_chain VALUES (1)")
+
+        self._write(chain)
+        if count:
+            self.append("fedloop", "audit.keyed", f"{count} entries from before the audit chain chained under its key")
 
     def _key_the_chain(self) -> None:
         """Once per database: re-chain an intact SM3 chain (older fedloop) under the key, and record that."""
@@ -102,12 +119,6 @@ class AuditLog:
                 if unkeyed.ok
                 else f"SM3 chain was already broken: {unkeyed.problem}",
             )
-
-    def _chain_unchained(self) -> None:
-        """Chain entries written before the log was chained (once, oldest first)."""
-        query = "SELECT seq, at, actor, action, subject FROM audit WHERE digest = '' ORDER BY seq"
-        if self._db.execute(query).fetchone():
-            self._write(lambda: self._chain_all(query))
 
     def _last_digest(self) -> str:
         row = self._db.execute("SELECT digest FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -180,6 +191,14 @@ class AuditLog:
                     len(entries),
                     "",
                     f"entries {expected_seq}..{entry.seq - 1} are missing (deleted) before entry {entry.seq}",
+                )
+            if not entry.digest:
+                return AuditVerdict(
+                    False,
+                    len(entries),
+                    "",
+                    f"entry {entry.seq} has no digest: it was written or edited outside fedloop, which chains every "
+                    f"entry in the transaction that writes it ({entry.action} by {entry.actor})",
                 )
             if entry.prev != prev:
                 return AuditVerdict(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -39,3 +42,37 @@ class PeakGrowth:
     def mib(self) -> float:
         """Peak growth so far, in MiB."""
         return (memory_kib(self._pid, "VmHWM") - self._before) / 1024
+
+
+def post_head(port: int, path: str, extra_headers: str, length: int | None) -> bytes:
+    """The head of a raw HTTP/1.1 POST with a declared length, or chunked when `length` is None."""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\n"
+        f"{extra_headers}{framing}\r\n\r\n"
+    ).encode()
+
+
+def push_body(
+    port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None
+) -> tuple[int, int]:
+    """Send `head`, then up to `size` body bytes in 1 MiB pieces until the server answers.
+
+    Returns (the answer's status, the body bytes sent before it came): what an attacker pushing a huge body sees.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock = tls.wrap_socket(raw, server_hostname="localhost") if tls is not None else raw
+    piece = b"a" * 2**20
+    sent = 0
+    try:
+        sock.sendall(head)
+        while sent < size and not select.select([raw], [], [], 0)[0]:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+    except OSError:
+        pass  # the server answered and closed while the body was still coming
+    try:
+        answer = sock.recv(65536)
+    finally:
+        sock.close()
+    return int(answer.split(b" ", 2)[1]), sent

@@ -159,3 +159,38 @@ def test_a_log_from_before_the_audit_key_is_rechained_once_and_says_so(tmp_path:
     entries = store.audit_log.entries()
     assert store.audit_log.verify().ok and [e.action for e in entries][:2] == ["sample.move", "audit.keyed"]
     store.close()
+
+
+FORGERIES = {
+    "edited": "UPDATE audit SET actor = 'someone-else', digest = '' WHERE seq = 1",
+    "appended": "INSERT INTO audit (at, actor, action, subject, prev, digest) "
+    "SELECT 1.0, 'mallory', 'version.promote', 'v9', digest, '' FROM audit ORDER BY seq DESC LIMIT 1",
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+@pytest.mark.parametrize("side", ["tenant", "hq"])
+def test_an_entry_forged_or_edited_with_an_empty_digest_is_tampering_not_rechained(
+    side: str, forgery: str, tenant_config: Path, tmp_path: Path
+) -> None:
+    """Without the key files: edit an entry and clear its digest, or append one with digest ''. Every open used to
+    re-chain such rows under the audit key, so `audit verify` said "intact", even against a kept head."""
+    if side == "tenant":
+        database, target = tmp_path / "data" / "feedback.db", ["--tenant", str(tenant_config)]
+    else:
+        registry = VersionRegistry(tmp_path / "hq-home" / "hq", init_keys("hq", "hq", tmp_path / "hq-home" / "keys"))
+        registry.create(b"a0", None, "run", 0, {}, "init")
+        registry.close()
+        (tmp_path / "hq.toml").write_text(f'[hq]\nhome = "{tmp_path / "hq-home"}"\n')
+        database, target = tmp_path / "hq-home" / "hq" / "registry.db", ["--hq", str(tmp_path / "hq.toml")]
+    runner = CliRunner()
+    intact = runner.invoke(app, ["audit", "verify", *target])
+    assert intact.exit_code == 0, intact.output
+    head = intact.output.split("head ")[1].split()[0]
+    tamper(database, FORGERIES[forgery])
+    for expect_head in ([], ["--expect-head", head], []):  # each verify opens the database: nothing re-chains it
+        verdict = runner.invoke(app, ["audit", "verify", *target, *expect_head])
+        print(verdict.output)
+        assert verdict.exit_code == 1 and "has no digest: it was written or edited outside fedloop" in " ".join(
+            verdict.output.split()
+        )

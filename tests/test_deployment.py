@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from deployment_helpers import (
     FEDLOOP,
     Federation,
+    descendants,
     free_port,
     provision,
     start_hq,
@@ -41,6 +42,7 @@ from deployment_helpers import (
 from flwr.common.constant import TIMESTAMP_HEADER
 from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
 from grpc_helpers import draft, outcome, stub
+from memory_helpers import PeakGrowth, cap_address_space, post_head, push_body
 
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.server.registry import VersionRegistry
@@ -264,6 +266,40 @@ def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_ap
         )
         print(f"POST {path} as acme's node -> {response.status_code} {response.text}")
         assert response.status_code == 403 and "only the Fleet API" in response.text
+
+
+def _superlink_pid(deployed: Federation) -> int:
+    for pid in descendants(deployed.processes["hq"][0].pid):
+        if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    raise AssertionError("no SuperLink process under `fedloop hq up`")
+
+
+def test_outsiders_huge_bodies_and_floods_stop_at_the_gateway_and_the_superlink_stays_flat(
+    deployed: Federation,
+) -> None:
+    """Three unauthenticated 300 MB push-object bodies used to take the SuperLink from 161 MB to 2.5 GB.
+
+    The rounds of this module's runs passed through the same gateway limits (the fixture).
+    """
+    superlink = _superlink_pid(deployed)
+    print(f"SuperLink address space capped at {cap_address_space(superlink) / 2**30:.2f} GiB")
+    growth = PeakGrowth(superlink)
+    tls = ssl.create_default_context(cafile=deployed.root / "certs" / "ca.crt")
+    huge = 300 * 2**20
+    declared = [
+        push_body(deployed.port, post_head(deployed.port, "/v1/fleet/push-object", "", huge), huge, False, tls)
+        for _ in range(3)
+    ]
+    chunked = push_body(deployed.port, post_head(deployed.port, "/v1/fleet/push-object", "", None), huge, True, tls)
+    print(f"3 x 300 MB declared: {declared}; 300 MB chunked: {chunked} (status, body bytes sent)")
+    assert [status for status, _ in declared] == [413] * 3 and chunked[0] == 413 and chunked[1] < huge
+    print(f"SuperLink peak memory growth: {growth.mib():.1f} MiB (limit 50)")
+    assert growth.mib() < 50
+    with httpx.Client(verify=tls, timeout=30) as flood:
+        statuses = [flood.get(f"https://127.0.0.1:{deployed.port}/v1/fleet/").status_code for _ in range(1500)]
+    print(f"1500 requests at once from one address: {statuses.count(429)} answered 429")
+    assert statuses.count(429) > 0
 
 
 def test_no_canary_string_reaches_the_superlink_or_the_registry(deployed: Federation) -> None:

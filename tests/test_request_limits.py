@@ -6,8 +6,6 @@ peak resident memory measured around the attacks (issue 29).
 
 from __future__ import annotations
 
-import select
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from deployment_helpers import FEDLOOP, free_port, listening, wait_for
-from memory_helpers import CAPPED_ENV, PeakGrowth, cap_address_space
+from memory_helpers import CAPPED_ENV, PeakGrowth, cap_address_space, post_head, push_body
 from serve_helpers import LORA
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -137,31 +135,8 @@ def test_a_huge_conversation_and_one_token_too_many_are_refused_in_milliseconds_
     assert at_limit.status_code == 200, at_limit.text
 
 
-def _push(port: int, head: bytes, size: int, chunked: bool) -> tuple[int, int]:
-    """Send `head`, then up to `size` body bytes until the server answers; (status, bytes of body it took)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    chunk = b"a" * 2**20
-    sent = 0
-    try:
-        sock.sendall(head)
-        while sent < size and not select.select([sock], [], [], 0)[0]:
-            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-            sent += len(chunk)
-    except OSError:
-        pass  # the server answered and closed while the body was still coming
-    try:
-        answer = sock.recv(65536)
-    finally:
-        sock.close()
-    return int(answer.split(b" ", 2)[1]), sent
-
-
 def _head(port: int, authorization: str, length: int | None) -> bytes:
-    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"{authorization}{framing}\r\n\r\n"
-    ).encode()
+    return post_head(port, "/v1/chat/completions", authorization, length)
 
 
 def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(
@@ -173,7 +148,7 @@ def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(
     results: list[tuple[int, int]] = []
     attackers = [
         threading.Thread(
-            target=lambda: results.append(_push(served.port, _head(served.port, "", hundred_mb), hundred_mb, False))
+            target=lambda: results.append(push_body(served.port, _head(served.port, "", hundred_mb), hundred_mb, False))
         )
         for _ in range(8)
     ]
@@ -188,8 +163,8 @@ def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(
     assert [status for status, _ in results] == [401] * 8
     assert all(sent < hundred_mb for _, sent in results)
     authorised = f"Authorization: Bearer {KEY}\r\n"
-    declared = _push(served.port, _head(served.port, authorised, hundred_mb), hundred_mb, False)
-    chunked = _push(served.port, _head(served.port, authorised, None), hundred_mb, True)
+    declared = push_body(served.port, _head(served.port, authorised, hundred_mb), hundred_mb, False)
+    chunked = push_body(served.port, _head(served.port, authorised, None), hundred_mb, True)
     print(f"authenticated 100 MB, Content-Length: {declared}; chunked: {chunked}")
     assert declared[0] == 413 and chunked[0] == 413 and chunked[1] < hundred_mb
     print(f"peak memory growth: {growth.mib():.1f} MiB (limit 50)")
