@@ -16,16 +16,18 @@ transaction (a pointer swap), and the history of the pointer is kept.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedloop.shared.audit import AuditLog, audit_key
-from fedloop.shared.crypto import CryptoError, sm3_digest
+from fedloop.shared.crypto import CryptoError, hmac_sm3, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
-from fedloop.shared.sqlite_db import immediate_transaction, open_database
+from fedloop.shared.row_macs import RowAuthenticator
+from fedloop.shared.sqlite_db import immediate_transaction, open_database, write_unit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -40,13 +42,15 @@ CREATE TABLE IF NOT EXISTS versions (
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
     settings TEXT NOT NULL DEFAULT '{}',
-    metrics TEXT NOT NULL DEFAULT '{}'
+    metrics TEXT NOT NULL DEFAULT '{}',
+    row_mac BLOB
 );
 CREATE TABLE IF NOT EXISTS releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     version TEXT NOT NULL REFERENCES versions(id),
     action TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    row_mac BLOB
 );
 CREATE TABLE IF NOT EXISTS rounds (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,9 +58,34 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER NOT NULL,
     version TEXT,
     finished_at REAL NOT NULL,
-    report TEXT NOT NULL
+    report TEXT NOT NULL,
+    row_mac BLOB
 );
 """
+# The columns each row's MAC authenticates (key first): every table whose rows decide anything.
+MACED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "versions": (
+        "id",
+        "parent",
+        "run",
+        "round",
+        "contributors",
+        "method",
+        "digest",
+        "signature",
+        "status",
+        "created_at",
+        "settings",
+        "metrics",
+    ),
+    "releases": ("seq", "version", "action", "at"),
+    "rounds": ("seq", "run", "round", "version", "finished_at", "report"),
+}
+UNMACED_TABLES = {
+    "audit": "an HMAC-SM3 chain (shared/audit.py)",
+    "audit_chain": "a marker that the chain is keyed; dropping it is reported as an audit entry",
+    "sqlite_sequence": "SQLite's own counters of AUTOINCREMENT keys",
+}
 STATUSES = ("candidate", "canary", "stable", "rolled_back")
 _NEXT_STATUS = {"candidate": "canary", "canary": "stable"}
 
@@ -94,7 +123,12 @@ class VersionRegistry:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._hq = hq
         self._db = open_database(root / "registry.db", _SCHEMA)
+        self._db.row_factory = sqlite3.Row
         self.audit_log = AuditLog(self._db, audit_key(hq.pseudonym_key))
+        self._rows = RowAuthenticator(
+            self._db, hmac_sm3(hq.pseudonym_key, b"fedloop/hq-row-mac/1"), MACED_COLUMNS, lambda: write_unit(self._db)
+        )
+        self._rows.authenticate_old_rows(self.audit_log)
         self.audit_log.note_first_use("sm2-key", [f"HQ SM2 key {hq.public.key_id}"])
 
     def close(self) -> None:
@@ -130,21 +164,22 @@ class VersionRegistry:
         )
         write_atomic(self._blob_path(record.id), self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
         signature = self._hq.signing_key.sign(record.manifest())
-        self._db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
-            (
-                record.id,
-                parent,
-                run,
-                round_,
-                json.dumps(record.contributors),
-                method,
-                digest,
-                signature,
-                record.status,
-                time.time(),
-                json.dumps(record.settings, sort_keys=True),
-            ),
+        self._rows.insert(
+            "versions",
+            {
+                "id": record.id,
+                "parent": parent,
+                "run": run,
+                "round": round_,
+                "contributors": json.dumps(record.contributors),
+                "method": method,
+                "digest": digest,
+                "signature": signature,
+                "status": record.status,
+                "created_at": time.time(),
+                "settings": json.dumps(record.settings, sort_keys=True),
+                "metrics": "{}",
+            },
         )
         return record
 
@@ -153,25 +188,28 @@ class VersionRegistry:
 
     def get(self, version_id: str) -> VersionRecord:
         """The record of `version_id`; raises RegistryError if unknown."""
-        row = self._db.execute(
-            "SELECT id, parent, run, round, contributors, method, digest, status, settings, metrics "
-            "FROM versions WHERE id = ?",
-            (version_id,),
-        ).fetchone()
+        row = self._checked("versions", "id = ?", (version_id,))
         if row is None:
             raise RegistryError(f"unknown version {version_id!r}: `fedloop versions list` shows the known ones")
         return VersionRecord(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            json.loads(row[4]),
-            row[5],
-            row[6],
-            row[7],
-            json.loads(row[8]),
-            json.loads(row[9]),
+            row["id"],
+            row["parent"],
+            row["run"],
+            row["round"],
+            json.loads(row["contributors"]),
+            row["method"],
+            row["digest"],
+            row["status"],
+            json.loads(row["settings"]),
+            json.loads(row["metrics"]),
         )
+
+    def _checked(self, table: str, where: str, params: tuple[object, ...]) -> sqlite3.Row | None:
+        """A row checked against its MAC; RegistryError naming it if it was changed outside fedloop."""
+        try:
+            return self._rows.checked_row(table, where, params)
+        except CryptoError as err:
+            raise RegistryError(str(err)) from None
 
     def versions(self) -> list[VersionRecord]:
         """All versions, oldest first."""
@@ -194,8 +232,8 @@ class VersionRegistry:
 
     def signature_valid(self, version_id: str) -> bool:
         """Whether the stored HQ signature matches the version's manifest."""
-        (signature,) = self._db.execute("SELECT signature FROM versions WHERE id = ?", (version_id,)).fetchone()
-        return self._hq.public.key.verify(self.get(version_id).manifest(), signature)
+        row = self._checked("versions", "id = ?", (version_id,))
+        return row is not None and self._hq.public.key.verify(self.get(version_id).manifest(), row["signature"])
 
     def load_adapter(self, version_id: str) -> bytes:
         """Decrypt a version's adapter and check it against the recorded SM3 digest."""
@@ -211,34 +249,53 @@ class VersionRegistry:
     def record_metrics(self, version_id: str, metrics: dict[str, Any]) -> None:
         """Merge `metrics` (e.g. hit rate per tenant) into the version's metrics."""
         merged = {**self.get(version_id).metrics, **metrics}
-        self._db.execute(
-            "UPDATE versions SET metrics = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id)
-        )
+        with write_unit(self._db):
+            self._db.execute(
+                "UPDATE versions SET metrics = ? WHERE id = ?", (json.dumps(merged, sort_keys=True), version_id)
+            )
+            self._rows.set_row_mac("versions", version_id)
 
     def stable(self) -> VersionRecord | None:
         """The version the stable pointer names: the newest release not rolled back since, if any."""
-        row = self._db.execute(
-            "SELECT r.version FROM releases r JOIN versions v ON v.id = r.version "
-            "WHERE v.status = 'stable' ORDER BY r.seq DESC LIMIT 1"
-        ).fetchone()
-        return self.get(row[0]) if row else None
+        try:
+            releases = self._rows.checked_rows("releases", order="seq DESC")
+        except CryptoError as err:
+            raise RegistryError(str(err)) from None
+        for release in releases:
+            record = self.get(release["version"])
+            if record.status == "stable":
+                return record
+        return None
 
     def record_round(self, run: str, round_: int, version: str | None, report: dict[str, Any]) -> None:
         """Keep what happened in a round (contributors, refusals, bytes, timings, evaluations: no tenant data)."""
-        self._db.execute(
-            "INSERT INTO rounds (run, round, version, finished_at, report) VALUES (?, ?, ?, ?, ?)",
-            (run, round_, version, time.time(), json.dumps(report, sort_keys=True)),
+        self._rows.insert(
+            "rounds",
+            {
+                "run": run,
+                "round": round_,
+                "version": version,
+                "finished_at": time.time(),
+                "report": json.dumps(report, sort_keys=True),
+            },
         )
 
     def rounds(self, run: str | None = None) -> list[dict[str, Any]]:
         """Round reports, oldest first (of one run, or of all), each with its run, round and finish time."""
-        where, params = ("WHERE run = ?", (run,)) if run else ("", ())
-        rows = self._db.execute(
-            f"SELECT run, round, version, finished_at, report FROM rounds {where} ORDER BY seq", params
-        ).fetchall()
+        where, params = ("run = ?", (run,)) if run else ("1", ())
+        try:
+            rows = self._rows.checked_rows("rounds", where, params, order="seq")
+        except CryptoError as err:
+            raise RegistryError(str(err)) from None
         return [
-            {**json.loads(report), "run": r, "round": n, "version": v, "finished_at": at}
-            for r, n, v, at, report in rows
+            {
+                **json.loads(r["report"]),
+                "run": r["run"],
+                "round": r["round"],
+                "version": r["version"],
+                "finished_at": r["finished_at"],
+            }
+            for r in rows
         ]
 
     def audit(self, actor: str, action: str, subject: str) -> None:
@@ -255,10 +312,9 @@ class VersionRegistry:
             )
         with immediate_transaction(self._db):
             self._db.execute("UPDATE versions SET status = ? WHERE id = ?", (target, version_id))
+            self._rows.set_row_mac("versions", version_id)
             if target == "stable":
-                self._db.execute(
-                    "INSERT INTO releases (version, action, at) VALUES (?, 'promote', ?)", (version_id, time.time())
-                )
+                self._rows.insert("releases", {"version": version_id, "action": "promote", "at": time.time()})
             self.audit_log.append(actor, "version.promote", f"{version_id}: {record.status} -> {target}")
         return self.get(version_id)
 
@@ -272,12 +328,10 @@ class VersionRegistry:
             raise RegistryError(f"version {version_id} is already rolled back")
         with immediate_transaction(self._db):
             self._db.execute("UPDATE versions SET status = 'rolled_back' WHERE id = ?", (version_id,))
+            self._rows.set_row_mac("versions", version_id)
             if record.status == "stable":
                 previous = self.stable()
                 if previous is not None:
-                    self._db.execute(
-                        "INSERT INTO releases (version, action, at) VALUES (?, 'rollback', ?)",
-                        (previous.id, time.time()),
-                    )
+                    self._rows.insert("releases", {"version": previous.id, "action": "rollback", "at": time.time()})
             self.audit_log.append(actor, "version.rollback", f"{version_id}: {record.status} -> rolled_back")
         return self.stable()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedloop.shared.crypto import hmac_sm3, sm3_digest
-from fedloop.shared.sqlite_db import immediate_transaction
+from fedloop.shared.sqlite_db import write_unit
 
 GENESIS = "0" * 64
 AUDIT_SCHEMA = """
@@ -141,10 +141,7 @@ class AuditLog:
 
     def _write(self, work: Callable[[], object]) -> None:
         """Run `work` inside the caller's transaction, or in one of its own."""
-        if self._db.in_transaction:
-            work()
-            return
-        with immediate_transaction(self._db):
+        with write_unit(self._db):
             work()
 
     def append(self, actor: str, action: str, subject: str) -> None:

@@ -59,3 +59,13 @@ def immediate_transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+@contextmanager
+def write_unit(db: sqlite3.Connection) -> Iterator[None]:
+    """The caller's open transaction on `db`, or an immediate one of its own."""
+    if db.in_transaction:
+        yield
+        return
+    with immediate_transaction(db):
+        yield

@@ -53,9 +53,7 @@ def post_head(port: int, path: str, extra_headers: str, length: int | None) -> b
     ).encode()
 
 
-def push_body(
-    port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None
-) -> tuple[int, int]:
+def push_body(port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None) -> tuple[int, int]:
     """Send `head`, then up to `size` body bytes in 1 MiB pieces until the server answers.
 
     Returns (the answer's status, the body bytes sent before it came): what an attacker pushing a huge body sees.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from tamper_helpers import changed_value
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import Pool, SampleQuery, SampleStatus
+from fedloop.client.store_api import EvaluationKind, Pool, SampleQuery, SampleStatus
 from fedloop.shared.crypto import CryptoError
 
 CANARY = "CANARY-7f3a9c-should-never-be-readable"
@@ -147,3 +148,87 @@ def test_samples_are_asked_in_types_and_come_back_typed(make_tenant) -> None:
         (SampleStatus.REJECTED, Pool.CORE_BASELINE): 1,
     }
     assert tenant.store.drafts.outcome_counts() == {Action.ACCEPT: 1, Action.REJECT: 1}
+
+
+def _every_table_filled(tenant) -> dict[str, object]:  # noqa: ANN001 - a TenantRuntime
+    """One row or more in every table of the store, through the store's own writes; what the readers need."""
+    from fedloop.client.release.controller import ReleaseController
+    from fedloop.client.store_api import InstalledVersion, SignalRecord
+
+    store = tenant.store
+    api = FeedbackRecorder(tenant.pipeline)
+    draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1", session_id="s1")
+    api.record_outcome(draft_id, Action.EDIT, "It ships on Monday.", dwell_ms=3000)
+    session = store.pseudonym("s1")
+    store.drafts.insert_signal(SignalRecord("sig-1", store.pseudonym("u1"), session, "cta_shown", draft_id, "x", 5))
+    store.drafts.record_problem(draft_id, "repeated_question", "v1", 7)
+    store.samples.set_breaker(True, "quarantine rate 40%")
+    store.versions.install(InstalledVersion("v1", 1, "v0", "digest-v1"), b"adapter")
+    store.versions.keep_local_part("local_b", b"part")
+    store.versions.record_evaluation("v1", EvaluationKind.HIT_RATE, {"hit-rate": 0.4})
+    ReleaseController(store, tenant.settings.release).offer("v1", "gates passed")
+    return {"draft_id": draft_id, "session": session}
+
+
+# How each authenticated table is read: every row MAC is checked on these reads (a row whose lookup column was
+# edited is read under its new value).
+READERS = {
+    "drafts": lambda store, known: store.drafts.get_draft(known["draft_id"]),
+    "outcomes": lambda store, known: store.drafts.get_outcome(known["draft_id"]),
+    "samples": lambda store, known: store.samples.find(),
+    "events": lambda store, known: [
+        store.drafts.event_mac(event_id)
+        for (event_id,) in store.raw_connection().execute("SELECT event_id FROM events").fetchall()
+    ],
+    "signals": lambda store, known: [
+        store.drafts.session_signals(s) for s in (known["session"], known["session"] + "x")
+    ],
+    "problems": lambda store, known: store.drafts.arm_stats("v1", 0),
+    "breaker": lambda store, known: store.samples.breaker_state(),
+    "evaluations": lambda store, known: (
+        store.versions.evaluations("v1"),
+        store.versions.evaluations_of_kind(EvaluationKind.HIT_RATE),
+    ),
+    "installed_versions": lambda store, known: store.versions.installed(),
+    "local_parts": lambda store, known: store.versions.local_part("local_b"),
+    "releases": lambda store, known: store.versions.release_state(),
+}
+
+
+def test_every_table_is_authenticated_or_says_why_not(make_tenant) -> None:
+    """Listed from the schema: a new table that is neither MACed nor explained fails here."""
+    from fedloop.client.store.schema import MACED_COLUMNS, UNMACED_TABLES
+
+    tenant = make_tenant()
+    _every_table_filled(tenant)
+    rows = tenant.store.raw_connection().execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    tables = {row[0] for row in rows}
+    assert tables == set(MACED_COLUMNS) | set(UNMACED_TABLES), tables ^ (set(MACED_COLUMNS) | set(UNMACED_TABLES))
+    assert set(READERS) == set(MACED_COLUMNS)
+    for table in MACED_COLUMNS:
+        (count,) = tenant.store.raw_connection().execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        assert count >= 1, f"the tamper test below never edits {table}: fill it in _every_table_filled"
+
+
+def _plain_columns() -> list[tuple[str, str]]:
+    from fedloop.client.store.schema import MACED_COLUMNS
+
+    return [(table, column) for table, columns in MACED_COLUMNS.items() for column in columns[1:]]
+
+
+@pytest.mark.parametrize(("table", "column"), _plain_columns())
+def test_an_sql_edit_of_any_authenticated_column_of_any_table_is_caught_on_read(
+    make_tenant, table: str, column: str
+) -> None:
+    """The release pointer, problems, the breaker, evaluations, installed versions, signals and events too: they
+    used to carry no MAC, so an SQL edit could move a release or reset the breaker."""
+    tenant = make_tenant()
+    known = _every_table_filled(tenant)
+    READERS[table](tenant.store, known)  # intact: reads
+    changed = changed_value(column)
+    if (table, column) == ("outcomes", "action"):
+        changed = "CASE WHEN action = 'accept' THEN 'reject' ELSE 'accept' END"
+    with sqlite3.connect(tenant.store.path) as db:
+        assert db.execute(f"UPDATE {table} SET {column} = {changed}").rowcount >= 1
+    with pytest.raises(CryptoError, match=rf"row {table}/.* failed its integrity check"):
+        READERS[table](tenant.store, known)

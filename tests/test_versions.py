@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
+from tamper_helpers import changed_value
 from typer.testing import CliRunner
 
 from fedloop.server.registry import RegistryError, VersionRegistry
@@ -98,3 +100,50 @@ def test_versions_cli(run_dir, tiny_model_dir: Path, tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown version" in unknown.output
     nowhere = runner.invoke(app, ["versions", "list"])
     assert nowhere.exit_code == 2 and "--run" in nowhere.output
+
+
+def _hq_registry_filled(tmp_path: Path) -> VersionRegistry:
+    """A registry with a row in every table: two versions, one promoted to stable, a round."""
+    registry = VersionRegistry(tmp_path / "hq", init_keys("hq", "hq", tmp_path / "keys"))
+    first = registry.create(b"a0", None, "run", 0, {}, "init")
+    second = registry.create(b"a1", first.id, "run", 1, {"acme": 3}, "exact")
+    registry.promote(second.id)
+    registry.promote(second.id)
+    registry.record_round("run", 1, second.id, {"contributors": {"acme": 3}})
+    return registry
+
+
+HQ_READERS = {
+    "versions": lambda registry: registry.versions(),
+    "releases": lambda registry: registry.stable(),
+    "rounds": lambda registry: registry.rounds(),
+}
+
+
+def test_every_hq_table_is_authenticated_or_says_why_not(tmp_path: Path) -> None:
+    from fedloop.server.registry import MACED_COLUMNS, UNMACED_TABLES
+
+    registry = _hq_registry_filled(tmp_path)
+    db = sqlite3.connect(tmp_path / "hq" / "registry.db")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == set(MACED_COLUMNS) | set(UNMACED_TABLES) and set(HQ_READERS) == set(MACED_COLUMNS)
+    registry.close()
+
+
+def _hq_plain_columns() -> list[tuple[str, str]]:
+    from fedloop.server.registry import MACED_COLUMNS
+
+    return [(table, column) for table, columns in MACED_COLUMNS.items() for column in columns[1:]]
+
+
+@pytest.mark.parametrize(("table", "column"), _hq_plain_columns())
+def test_an_sql_edit_of_any_hq_row_is_caught_on_read(tmp_path: Path, table: str, column: str) -> None:
+    """A version's status (which one is stable), the release pointer and the round reports carried no MAC."""
+    registry = _hq_registry_filled(tmp_path)
+    HQ_READERS[table](registry)
+    changed = changed_value(column)
+    with sqlite3.connect(tmp_path / "hq" / "registry.db") as db:
+        assert db.execute(f"UPDATE {table} SET {column} = {changed}").rowcount >= 1
+    with pytest.raises(RegistryError, match=rf"row {table}/.* failed its integrity check"):
+        HQ_READERS[table](registry)
+    registry.close()

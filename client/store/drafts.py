@@ -20,15 +20,13 @@ class SqliteDraftRepository:
     # -- events (idempotency) -----------------------------------------------------------------
     def event_mac(self, event_id: str) -> str | None:
         """The content MAC stored for `event_id`, or None if it was never stored."""
-        row = self._db.execute("SELECT content_mac FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        row = self._sealer.checked_row("events", "event_id = ?", (event_id,))
         return None if row is None else str(row["content_mac"])
 
     def insert_event(self, event_id: str, kind: str, content_mac: str) -> None:
         """Remember that `event_id` was stored with this content MAC."""
-        self._db.execute(
-            "INSERT INTO events (event_id, kind, content_mac, received_at) VALUES (?, ?, ?, ?)",
-            (event_id, kind, content_mac, time.time()),
-        )
+        columns = {"event_id": event_id, "kind": kind, "content_mac": content_mac, "received_at": time.time()}
+        self._sealer.insert("events", columns)
 
     def count_events(self) -> int:
         """How many distinct events are stored."""
@@ -127,7 +125,7 @@ class SqliteDraftRepository:
     def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
         """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule.
 
-        Every draft and outcome counted is checked against its row MAC: an SQL edit cannot sway a release.
+        Every draft, outcome and problem counted is checked against its row MAC: an SQL edit cannot sway a release.
         """
         window = (model_version, since_ms)
         self._sealer.checked_rows("drafts", "model_version = ? AND shown_at_ms >= ?", window)
@@ -135,11 +133,10 @@ class SqliteDraftRepository:
             "outcomes", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
         )
         actions = [Action(row["action"]) for row in outcomes]
-        flagged = self._db.execute(
-            "SELECT COUNT(DISTINCT p.draft_id) AS n FROM problems p JOIN drafts d ON d.id = p.draft_id "
-            "WHERE d.model_version = ? AND d.shown_at_ms >= ?",
-            window,
-        ).fetchone()["n"]
+        problems = self._sealer.checked_rows(
+            "problems", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
+        )
+        flagged = len({row["draft_id"] for row in problems})
         return ArmStats(
             model_version, len(actions), actions.count(Action.ACCEPT), actions.count(Action.REJECT), flagged
         )
@@ -147,19 +144,16 @@ class SqliteDraftRepository:
     # -- signals --------------------------------------------------------------------------------
     def insert_signal(self, signal: SignalRecord) -> None:
         """Store an implicit signal (value already redacted)."""
-        self._db.execute(
-            "INSERT INTO signals (event_id, user_pseudonym, session_pseudonym, kind, draft_id, value, at_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                signal.event_id,
-                signal.user_pseudonym,
-                signal.session_pseudonym,
-                signal.kind,
-                signal.draft_id,
-                self._sealer.seal("signals", "value", signal.event_id, signal.value),
-                signal.at_ms,
-            ),
-        )
+        columns = {
+            "event_id": signal.event_id,
+            "user_pseudonym": signal.user_pseudonym,
+            "session_pseudonym": signal.session_pseudonym,
+            "kind": signal.kind,
+            "draft_id": signal.draft_id,
+            "value": self._sealer.seal("signals", "value", signal.event_id, signal.value),
+            "at_ms": signal.at_ms,
+        }
+        self._sealer.insert("signals", columns)
 
     def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]:
         """The latest `limit` signals of a session, oldest first, decrypted."""
@@ -168,6 +162,8 @@ class SqliteDraftRepository:
             "ORDER BY at_ms DESC, rowid DESC LIMIT ?) ORDER BY at_ms, position",
             (session_pseudonym, limit),
         ).fetchall()
+        for row in rows:
+            self._sealer.check("signals", row)
         return [
             SignalRecord(
                 event_id=r["event_id"],
@@ -201,19 +197,21 @@ class SqliteDraftRepository:
     # -- problems -------------------------------------------------------------------------------
     def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
         """Flag a draft with a problem type; returns False if it was already flagged so."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO problems (draft_id, problem_type, model_version, detected_at_ms) "
-            "VALUES (?, ?, ?, ?)",
-            (draft_id, problem_type, model_version, at_ms),
-        )
-        return cursor.rowcount == 1
+        columns = {
+            "draft_id": draft_id,
+            "problem_type": problem_type,
+            "model_version": model_version,
+            "detected_at_ms": at_ms,
+        }
+        return self._sealer.insert("problems", columns, "OR IGNORE")
 
     def problem_rate(self, problem_type: str, model_version: str) -> tuple[int, int]:
         """(drafts of `model_version` flagged with `problem_type`, all drafts of `model_version`)."""
-        flagged = self._db.execute(
-            "SELECT COUNT(*) AS n FROM problems WHERE problem_type = ? AND model_version = ?",
-            (problem_type, model_version),
-        ).fetchone()["n"]
+        flagged = len(
+            self._sealer.checked_rows(
+                "problems", "problem_type = ? AND model_version = ?", (problem_type, model_version)
+            )
+        )
         total = self._db.execute(
             "SELECT COUNT(*) AS n FROM drafts WHERE model_version = ?", (model_version,)
         ).fetchone()["n"]
@@ -221,8 +219,7 @@ class SqliteDraftRepository:
 
     def problem_types(self) -> list[str]:
         """Every problem type a derived-signal rule has flagged so far."""
-        rows = self._db.execute("SELECT DISTINCT problem_type FROM problems ORDER BY problem_type")
-        return [row["problem_type"] for row in rows]
+        return sorted({row["problem_type"] for row in self._sealer.checked_rows("problems")})
 
     # -- vault ----------------------------------------------------------------------------------
     def placeholder_map(self, record_id: str) -> PlaceholderMap:

@@ -147,12 +147,10 @@ class SqliteSampleRepository:
 
     def breaker_state(self) -> tuple[bool, str | None]:
         """(tripped, reason) of the moderation breaker."""
-        row = self._db.execute("SELECT tripped, reason FROM breaker WHERE id = 1").fetchone()
+        row = self._sealer.checked_row("breaker", "id = 1")
         return (False, None) if row is None else (bool(row["tripped"]), row["reason"])
 
     def set_breaker(self, tripped: bool, reason: str | None) -> None:
         """Trip or reset the moderation breaker."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO breaker (id, tripped, reason, changed_at) VALUES (1, ?, ?, ?)",
-            (int(tripped), reason, time.time()),
-        )
+        columns = {"id": 1, "tripped": int(tripped), "reason": reason, "changed_at": time.time()}
+        self._sealer.insert("breaker", columns, "OR REPLACE")

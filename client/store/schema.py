@@ -4,7 +4,8 @@ from __future__ import annotations
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, content_mac TEXT NOT NULL, received_at REAL NOT NULL);
+    event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, content_mac TEXT NOT NULL, received_at REAL NOT NULL,
+    row_mac BLOB);
 CREATE TABLE IF NOT EXISTS drafts (
     id TEXT PRIMARY KEY, user_pseudonym TEXT NOT NULL, session_pseudonym TEXT NOT NULL,
     prompt BLOB NOT NULL, draft BLOB NOT NULL, model_version TEXT NOT NULL, prompt_version TEXT NOT NULL,
@@ -15,7 +16,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     final_text BLOB, dwell_ms INTEGER NOT NULL, reward REAL NOT NULL, decided_at_ms INTEGER NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS signals (
     event_id TEXT PRIMARY KEY, user_pseudonym TEXT NOT NULL, session_pseudonym TEXT NOT NULL,
-    kind TEXT NOT NULL, draft_id TEXT, value BLOB, at_ms INTEGER NOT NULL);
+    kind TEXT NOT NULL, draft_id TEXT, value BLOB, at_ms INTEGER NOT NULL, row_mac BLOB);
 CREATE INDEX IF NOT EXISTS signals_by_session ON signals(session_pseudonym, at_ms);
 CREATE TABLE IF NOT EXISTS vault (
     record_id TEXT NOT NULL, placeholder TEXT NOT NULL, original BLOB NOT NULL,
@@ -30,23 +31,25 @@ CREATE INDEX IF NOT EXISTS samples_by_cluster ON samples(cluster_id);
 CREATE INDEX IF NOT EXISTS samples_by_user ON samples(user_pseudonym, created_at_ms);
 CREATE TABLE IF NOT EXISTS problems (
     draft_id TEXT NOT NULL REFERENCES drafts(id), problem_type TEXT NOT NULL, model_version TEXT NOT NULL,
-    detected_at_ms INTEGER NOT NULL, PRIMARY KEY (draft_id, problem_type));
+    detected_at_ms INTEGER NOT NULL, row_mac BLOB, PRIMARY KEY (draft_id, problem_type));
 CREATE TABLE IF NOT EXISTS breaker (
-    id INTEGER PRIMARY KEY CHECK (id = 1), tripped INTEGER NOT NULL, reason TEXT, changed_at REAL NOT NULL);
+    id INTEGER PRIMARY KEY CHECK (id = 1), tripped INTEGER NOT NULL, reason TEXT, changed_at REAL NOT NULL,
+    row_mac BLOB);
 CREATE TABLE IF NOT EXISTS evaluations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, version_id TEXT NOT NULL, kind TEXT NOT NULL, metrics TEXT NOT NULL,
-    at REAL NOT NULL);
+    at REAL NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS installed_versions (
     version_id TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT, digest TEXT NOT NULL, adapter BLOB NOT NULL,
-    installed_at REAL NOT NULL);
+    installed_at REAL NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS local_parts (
-    name TEXT PRIMARY KEY, part BLOB NOT NULL, saved_at REAL NOT NULL);
+    name TEXT PRIMARY KEY, part BLOB NOT NULL, saved_at REAL NOT NULL, row_mac BLOB);
 CREATE TABLE IF NOT EXISTS releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, action TEXT NOT NULL, serving TEXT,
-    canary TEXT, share REAL NOT NULL, reason TEXT NOT NULL);
+    canary TEXT, share REAL NOT NULL, reason TEXT NOT NULL, row_mac BLOB);
 CREATE INDEX IF NOT EXISTS drafts_by_version ON drafts(model_version, shown_at_ms);
 """
-# The plain columns of each row that a MAC authenticates (with the row's key column first).
+# The plain columns of each row that a MAC authenticates (with the row's key column first): every table whose
+# rows decide anything. A table of neither list fails test_store.py's tamper test.
 MACED_COLUMNS: dict[str, tuple[str, ...]] = {
     "drafts": (
         "id",
@@ -74,6 +77,21 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
         "label",
         "created_at_ms",
     ),
+    "events": ("event_id", "kind", "content_mac", "received_at"),
+    "signals": ("event_id", "user_pseudonym", "session_pseudonym", "kind", "draft_id", "at_ms"),
+    "problems": ("draft_id", "problem_type", "model_version", "detected_at_ms"),
+    "breaker": ("id", "tripped", "reason", "changed_at"),
+    "evaluations": ("seq", "version_id", "kind", "metrics", "at"),
+    "installed_versions": ("version_id", "round", "parent", "digest", "installed_at"),
+    "local_parts": ("name", "saved_at"),
+    "releases": ("seq", "at_ms", "action", "serving", "canary", "share", "reason"),
+}
+# Tables without a row MAC, and what protects them instead.
+UNMACED_TABLES = {
+    "vault": "its one plain value is the placeholder, and the original is SM4-GCM sealed to record/placeholder",
+    "audit": "an HMAC-SM3 chain (shared/audit.py)",
+    "audit_chain": "a marker that the chain is keyed; dropping it is reported as an audit entry",
+    "sqlite_sequence": "SQLite's own counters of AUTOINCREMENT keys",
 }
 # Columns added after stores were first written: (table, column, type); a store without one gets it on open.
 ADDED_COLUMNS = (("drafts", "context", "BLOB"), ("samples", "context", "BLOB"))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from fedloop.client.store.drafts import SqliteDraftRepository
 from fedloop.client.store.samples import SqliteSampleRepository
-from fedloop.client.store.schema import ADDED_COLUMNS, ENCRYPTED_COLUMNS, MACED_COLUMNS, SCHEMA
+from fedloop.client.store.schema import ADDED_COLUMNS, ENCRYPTED_COLUMNS, SCHEMA
 from fedloop.client.store.sealing import RowSealer
 from fedloop.client.store.versions import SqliteVersionRepository
 from fedloop.shared.audit import AuditLog, audit_key
 from fedloop.shared.crypto import hmac_sm3
-from fedloop.shared.sqlite_db import BUSY_TIMEOUT_S, immediate_transaction, open_database
+from fedloop.shared.sqlite_db import BUSY_TIMEOUT_S, immediate_transaction, open_database, write_unit
 from fedloop.shared.storage_keys import KEY_TAG_POSITION, StorageKeyring
 
 
@@ -38,12 +38,12 @@ class FeedbackStore:
         self._db.row_factory = sqlite3.Row  # every repository reads columns by name
         self._add_missing_columns()
         self._lock = threading.RLock()
-        self._sealer = RowSealer(self._db, keys, pseudonym_key)
+        self._sealer = RowSealer(self._db, keys, pseudonym_key, self._atomic)
         self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
         self.drafts = SqliteDraftRepository(self._sealer)
         self.samples = SqliteSampleRepository(self._sealer, self._atomic)
         self.versions = SqliteVersionRepository(self._sealer)
-        self._mac_rows_without_one()
+        self._sealer.authenticate_old_rows(self.audit_log)
         self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
     def _columns(self, table: str) -> set[str]:
@@ -54,26 +54,6 @@ class FeedbackStore:
         for table, column, kind in ADDED_COLUMNS:
             if column not in self._columns(table):
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-    def _mac_rows_without_one(self) -> None:
-        """A store from before row MACs (the column is missing): add it and MAC the rows as they are, once (audited).
-
-        Only a missing column triggers this; a row whose MAC was later cleared with SQL fails its check instead.
-        """
-        missing = [table for table in MACED_COLUMNS if "row_mac" not in self._columns(table)]
-        if not missing:
-            return
-        added = 0
-        with self.transaction():
-            for table in missing:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN row_mac BLOB")
-                key_column = MACED_COLUMNS[table][0]
-                for row in self._db.execute(f"SELECT {key_column} FROM {table}").fetchall():
-                    self._sealer.set_row_mac(table, row[key_column])
-                    added += 1
-            self.audit_log.append(
-                "fedloop", "store.row-macs", f"{added} rows from before row MACs authenticated ({', '.join(missing)})"
-            )
 
     def close(self) -> None:
         """Close the database."""
@@ -94,12 +74,8 @@ class FeedbackStore:
     @contextmanager
     def _atomic(self) -> Iterator[None]:
         """A write unit: the caller's transaction if one is open on this connection, or one of its own."""
-        with self._lock:
-            if self._db.in_transaction:
-                yield
-            else:
-                with immediate_transaction(self._db):
-                    yield
+        with self._lock, write_unit(self._db):
+            yield
 
     def writable(self, wait_s: float = 0.2) -> bool:
         """Whether a writer could take the store's write lock within `wait_s` (checked on a connection of its own)."""
