@@ -6,10 +6,11 @@ import uuid
 from collections.abc import Sequence
 
 from fedloop.client.ingest.pipeline import IngestPipeline
-from fedloop.client.ingest.validation import IngestError
+from fedloop.client.ingest.validation import IngestError, check_dwell
 from fedloop.client.samples.curation import BASE_REWARDS
 from fedloop.client.store_api import Action, ChatMessage
 from fedloop.proto import feedback_pb2 as pb
+from fedloop.shared.echo import echoed
 
 _PROTO_ACTIONS = {Action.ACCEPT: pb.ACCEPT, Action.EDIT: pb.EDIT_ACCEPT, Action.REJECT: pb.REJECT}
 
@@ -86,8 +87,12 @@ class FeedbackRecorder:
             action = Action(action)
         except ValueError:
             raise FeedbackError(
-                "INVALID_ARGUMENT", f"unknown action {action!r}: use one of {', '.join(a.value for a in Action)}"
+                "INVALID_ARGUMENT", f"unknown action {echoed(action)}: use one of {', '.join(a.value for a in Action)}"
             ) from None
+        try:
+            check_dwell(dwell_ms, self._pipeline.limits)
+        except IngestError as err:
+            raise FeedbackError(err.status, str(err), "dwell_ms") from None
         self._ingest(
             pb.Event(
                 outcome=pb.OutcomeEvent(

@@ -7,6 +7,7 @@ from typing import Literal, Self, get_args
 
 from pydantic import Field, model_validator
 
+from fedloop.shared.names import PARTY_NAME_RULE, is_party_name
 from fedloop.shared.settings import Section, is_host_port, is_loopback, load_sections, require
 
 
@@ -238,6 +239,7 @@ class TenantSettings(Section):
     @model_validator(mode="after")
     def _check(self) -> Self:
         """The cross-field and range rules; ConfigError names the key and what is allowed."""
+        require(is_party_name(self.tenant.name), "tenant.name", PARTY_NAME_RULE)
         require(self.ingest.max_workers >= 1, "ingest.max_workers", "an integer >= 1")
         require(
             0 <= self.ingest.redaction_workers <= 64,

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.server.registry import VersionRecord, VersionRegistry
+from fedloop.server.replies import ReplyRefused, enrol_claim
 from fedloop.server.round_ledger import RoundLedger
 from fedloop.server.strategy import SealedMerge
 from fedloop.server.tracking import MlflowTracker
@@ -25,6 +26,7 @@ from fedloop.shared.adapter import (
     attach_lora,
     load_base_model,
 )
+from fedloop.shared.echo import echoed
 from fedloop.shared.keys import Keyring, PartyPublicKey, load_identity
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
@@ -67,17 +69,17 @@ def enrol_tenants(
         if reply.has_error():
             log.warning("node %s failed to enrol: %s", node, reply.error.reason)
             continue
-        claim = reply.content.config_records[ENROL]
-        key = trusted.get(str(claim["key_id"]))
-        if key is None or key.role != "tenant" or key.name != claim["tenant"]:
-            log.warning("node %s claims tenant %r with an untrusted key; not enrolled", node, claim["tenant"])
+        try:
+            claim = enrol_claim(reply.content)
+        except ReplyRefused as err:
+            log.warning("node %s answered enrolment with a malformed reply (%s); not enrolled", node, err)
+            continue
+        key = trusted.get(claim.key_id)
+        if key is None or key.role != "tenant" or key.name != claim.tenant:
+            log.warning("node %s claims tenant %s with an untrusted key; not enrolled", node, echoed(claim.tenant))
             continue
         statement = enrol_statement(challenges.get(node, ""), run_id, node, key.name, key.key_id)
-        try:
-            signature = bytes.fromhex(str(claim.get("signature", "")))
-        except ValueError:
-            signature = b""
-        if not key.key.verify(statement, signature):
+        if not key.key.verify(statement, bytes.fromhex(claim.signature)):
             log.warning(
                 "node %s claims tenant %r but did not prove it holds that key (bad challenge signature); not enrolled",
                 node,

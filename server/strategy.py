@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_update, lora_scaling, merge
 from fedloop.server.registry import VersionRecord
+from fedloop.server.replies import ReplyRefused, reported_metrics
 from fedloop.server.round_ledger import RoundLedger
 from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
 from fedloop.shared.crypto import CryptoError, sm3_digest
@@ -29,7 +30,6 @@ from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.protocol import (
     DATASET_VERSION,
     HIT_RATE,
-    METRICS,
     NUM_EXAMPLES,
     global_binding,
     global_content,
@@ -65,11 +65,6 @@ class RoundReport:
     def measured(self) -> dict[str, dict[str, float]]:
         """The evaluations of tenants that had held-out finals to measure a hit rate on."""
         return {t: m for t, m in self.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
-
-
-def _figures(record: MetricRecord | None) -> dict[str, float]:
-    """A tenant's reported numbers (counts and aggregate metrics) as plain floats."""
-    return {key: float(value) for key, value in (record or {}).items() if isinstance(value, int | float)}
 
 
 class UpdateRefused(Exception):
@@ -213,10 +208,15 @@ class SealedMerge(Strategy):
             except UpdateRefused as err:
                 self._refuse(report, name, err)
                 continue
+            try:
+                figures = reported_metrics(reply.content, training=True)
+            except ReplyRefused as err:
+                self._refuse(report, name, UpdateRefused(f"{name}: {err}", err.reason))
+                continue
             updates.append(update)
             report.contributors[update.tenant] = update.num_examples
             report.dataset_versions[update.tenant] = update.dataset_version
-            report.train_metrics[update.tenant] = _figures(reply.content.metric_records.get(METRICS))
+            report.train_metrics[update.tenant] = figures
         for tenant in silent.values():
             self._refuse(
                 report,
@@ -277,7 +277,10 @@ class SealedMerge(Strategy):
                     reply.error.reason if reply.has_error() else "not an enrolled tenant",
                 )
                 continue
-            report.evaluation[tenant.name] = _figures(reply.content.metric_records[METRICS])
+            try:
+                report.evaluation[tenant.name] = reported_metrics(reply.content, training=False)
+            except ReplyRefused as err:
+                log.warning("round %d: evaluation of %s refused: %s", server_round, tenant.name, err)
         self.ledger.record_round(report, self.current, self.current_state)
         measured = report.measured()
         total = sum(m[NUM_EXAMPLES] for m in measured.values())

@@ -157,9 +157,12 @@ def adapter_from_bytes(data: bytes) -> AdapterState:
 
 
 def export_peft(state: AdapterState, settings: LoraSettings, base_model: str, out_dir: Path) -> None:
-    """Write the standard PEFT layout (`adapter_config.json` + `adapter_model.safetensors`)."""
+    """Write the standard PEFT layout (`adapter_config.json` + `adapter_model.safetensors`), readable by its owner
+    only (0600 in a 0700 directory: an adapter is a function of the tenant's data; give an inference server running
+    as another user access with a group, on purpose)."""
     config = peft_config(settings)
     config.base_model_name_or_path = base_model
-    write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state))
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state), 0o600)
     document = config.to_dict()  # type: ignore[no-untyped-call]
-    write_atomic(out_dir / "adapter_config.json", json.dumps(document, indent=2, default=list).encode())
+    write_atomic(out_dir / "adapter_config.json", json.dumps(document, indent=2, default=list).encode(), 0o600)

@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedloop.shared.echo import echoed
 from fedloop.shared.files import write_atomic
+from fedloop.shared.names import PARTY_NAME_RULE, is_party_name
 
 CURVE = ec.SECP384R1()
 
@@ -110,15 +112,21 @@ def _certificate(
     return builder.sign(signing_key, hashes.SHA384())
 
 
-def make_federation_certificates(out_dir: Path, hosts: list[str], days: int = 365) -> FederationCertificates:
-    """Write a CA and a SuperLink certificate for `hosts` (and 127.0.0.1, localhost) into `out_dir`."""
+def make_federation_certificates(
+    out_dir: Path, hosts: list[str], days: int = 365, force: bool = False
+) -> FederationCertificates:
+    """Write a CA and a SuperLink certificate for `hosts` (and 127.0.0.1, localhost) into `out_dir`; existing ones
+    are replaced only with `force` (every tenant then needs the new ca.crt)."""
     if not hosts:
         raise CertificateError("no host names: pass at least one --host (the SuperLink's address, e.g. 127.0.0.1)")
     hosts = list(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
-    targets = [out_dir / "ca.key", out_dir / "superlink.key"]
+    targets = [out_dir / name for name in ("ca.key", "ca.crt", "superlink.key", "superlink.crt")]
     existing = [str(p) for p in targets if p.exists()]
-    if existing:
-        raise CertificateError(f"refusing to overwrite {', '.join(existing)}; choose another --out directory")
+    if existing and not force:
+        raise CertificateError(
+            f"refusing to overwrite {', '.join(existing)}: choose another --out directory, or pass --force to "
+            "replace them (every tenant then needs the new ca.crt)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(CURVE)
     ca_cert = _certificate(
@@ -138,8 +146,8 @@ def make_node_key(out_dir: Path, tenant: str) -> Path:
 
     `tenant` must be a plain name (letters, digits, '-', '_'): the files land in `out_dir` and nowhere else.
     """
-    if not tenant or not all(c.isalnum() or c in "-_" for c in tenant):
-        raise CertificateError(f"tenant name {tenant!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')")
+    if not is_party_name(tenant):
+        raise CertificateError(f"tenant name {echoed(tenant)} is invalid: use {PARTY_NAME_RULE}")
     private_path = out_dir / f"{tenant}.node"
     if private_path.exists():
         raise CertificateError(f"refusing to overwrite {private_path}; remove it first if you mean to replace it")

@@ -82,11 +82,12 @@ def certs(
     host: list[str] = typer.Option(
         ["127.0.0.1", "localhost"], help="Name or IP the SuperLink is reached at (repeat the option)."
     ),
+    force: bool = typer.Option(False, help="Replace an existing CA and SuperLink certificate in --out."),
 ) -> None:
     """Make a CA and the SuperLink's TLS certificate at HQ (tests, first deployments). Tenants make their own node
     keys with `fedloop keys node`."""
     try:
-        made = make_federation_certificates(out, host)
+        made = make_federation_certificates(out, host, force=force)
     except CertificateError as err:
         fail(str(err))
     typer.echo(f"CA certificate       {made.ca_certificate} (give it to every tenant)")

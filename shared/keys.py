@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedloop.shared.crypto import new_sm4_key
+from fedloop.shared.echo import echoed
 from fedloop.shared.files import FilePermissionError, require_private, write_atomic
+from fedloop.shared.names import PARTY_NAME_RULE, is_party_name
 from fedloop.shared.sm2 import SM2PrivateKey, SM2PublicKey
 from fedloop.shared.storage_keys import StorageKeyring
 
@@ -72,8 +74,8 @@ def key_paths(directory: Path, name: str) -> dict[str, Path]:
 
 
 def _check_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise KeyFileError(f"party name {name!r} is invalid: use letters, digits, '-' or '_' (e.g. 'acme')")
+    if not is_party_name(name):
+        raise KeyFileError(f"party name {echoed(name)} is invalid: use {PARTY_NAME_RULE}")
 
 
 def init_keys(role: Role, name: str, directory: Path, signing_key: SM2PrivateKey | None = None) -> Identity:
@@ -177,6 +179,7 @@ def load_public_key(path: Path) -> PartyPublicKey:
 
 def load_identity(directory: Path, name: str) -> Identity:
     """Read party `name`'s private and storage keys from `directory`."""
+    _check_name(name)
     paths = key_paths(directory, name)
     private = _read(paths["private"], "sm2_private_key", private=True)
     storage = _read(paths["storage"], "sm4_keys", private=True)

@@ -19,6 +19,9 @@ from typing import Any, Literal, Self, TypeVar, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from fedloop.shared.names import PARTY_NAME_RULE, is_party_name
+from fedloop.shared.run_layout import HQ_NAME
+
 T = TypeVar("T", bound="Section")
 
 
@@ -242,6 +245,11 @@ class Settings(Section):
         require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
         require(
             len(set(self.federation.tenants)) == len(self.federation.tenants), "federation.tenants", "distinct names"
+        )
+        require(
+            all(is_party_name(name) and name != HQ_NAME for name in self.federation.tenants),
+            "federation.tenants",
+            f"names of {PARTY_NAME_RULE}, none of them {HQ_NAME!r}",
         )
         require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
         require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")

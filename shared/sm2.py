@@ -35,6 +35,18 @@ def _der_length(length: int) -> bytes:
     )
 
 
+def _der_sequence_length(der: bytes) -> int | None:
+    """The bytes one DER SEQUENCE at the start of `der` spans (header and content), or None if it starts none."""
+    if len(der) < 2 or der[0] != 0x30:
+        return None
+    if der[1] < 0x80:
+        return 2 + der[1]
+    count = der[1] & 0x7F
+    if not 1 <= count <= 4 or len(der) < 2 + count:
+        return None
+    return 2 + count + int.from_bytes(der[2 : 2 + count], "big")
+
+
 def _der(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + _der_length(len(content)) + content
 
@@ -168,7 +180,10 @@ class SM2PrivateKey:
         return signature_from_der(native.sign_der(self._native, message))
 
     def unwrap(self, wrapped: bytes) -> bytes:
-        """Recover a secret wrapped to this key; raises CryptoError if it was not, or was altered."""
+        """Recover a secret wrapped to this key; raises CryptoError if it was not, or was altered (bytes after the
+        DER SEQUENCE too: OpenSSL's parser would ignore them)."""
+        if _der_sequence_length(wrapped) != len(wrapped):
+            raise CryptoError("SM2 key unwrap failed: the wrapped key is not exactly one DER SEQUENCE")
         try:
             return native.decrypt(self._native, wrapped)
         except CryptoError:

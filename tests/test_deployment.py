@@ -270,7 +270,7 @@ def test_a_registered_tenant_signing_with_its_node_key_cannot_use_the_control_ap
 
 def _superlink_pid(deployed: Federation) -> int:
     for pid in descendants(deployed.processes["hq"][0].pid):
-        if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if b"superlink_launcher" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return pid
     raise AssertionError("no SuperLink process under `fedloop hq up`")
 

@@ -143,3 +143,98 @@ def _command_of(pid: int) -> str:
         return ""
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     return "" if fields.get("State", "").startswith("Z") else fields.get("Name", "").strip()
+
+
+@pytest.mark.parametrize("host", ["127.attacker.example", "127.0.0.1.nip.io", "0.0.0.0", "10.0.0.7"])
+def test_off_loopback_means_any_address_that_is_not_loopback_once_resolved(host: str) -> None:
+    """The check was a string prefix: a host named 127.attacker.example counted as loopback, so no key was needed."""
+    from fedloop.client.tenant_settings import ServeSection, TenantSection, TenantSettings
+    from fedloop.shared.settings import ConfigError, is_loopback
+
+    assert not is_loopback(f"{host}:8000") and is_loopback("127.0.0.1:8000") and is_loopback("localhost:8000")
+    with pytest.raises(ConfigError, match="serve.api_keys_file / tls_certificate / tls_key"):
+        TenantSettings(tenant=TenantSection(name="acme"), serve=ServeSection(address=f"{host}:8000"))
+    with pytest.raises(ConfigError, match="ingest.api_keys_file / tls_certificate / tls_key"):
+        TenantSettings(tenant=TenantSection(name="acme"), ingest=IngestSection(address=f"{host}:50051"))
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 65, "acme corp"])
+def test_a_tenant_name_that_is_not_a_plain_name_is_refused_everywhere(tmp_path: Path, name: str) -> None:
+    """tenant.name = "../x" was accepted (it names key files and directories); `keys export --name ../evil` wrote
+    outside --out. Names are checked once (shared/names.py), in the settings and in every key command."""
+    from fedloop.client.tenant_settings import TenantSection, TenantSettings
+    from fedloop.shared.settings import ConfigError, FederationSection, Settings
+
+    with pytest.raises(ConfigError, match="tenant.name: must be 1-64 letters"):
+        TenantSettings(tenant=TenantSection(name=name))
+    with pytest.raises(ConfigError, match="federation.tenants"):
+        Settings(federation=FederationSection(tenants=("acme", name)))
+    init_keys("tenant", "acme", tmp_path / "keys")
+    out = tmp_path / "export" / "inner"
+    exported = CliRunner().invoke(
+        app, ["keys", "export", "--keys", str(tmp_path / "keys"), "--name", name, "--out", str(out)]
+    )
+    print(exported.output)
+    assert exported.exit_code != 0 and "is invalid" in exported.output
+    assert not list((tmp_path / "export").rglob("*.pem")) and not list(tmp_path.glob("*.pem"))
+
+
+def test_certs_refuse_to_replace_a_ca_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    assert CliRunner().invoke(app, ["certs", "--out", str(out)]).exit_code == 0
+    first = (out / "ca.crt").read_bytes()
+    (out / "ca.key").unlink()  # even with one file gone, the others are not replaced
+    again = CliRunner().invoke(app, ["certs", "--out", str(out)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output and "--force" in again.output
+    assert (out / "ca.crt").read_bytes() == first
+    forced = CliRunner().invoke(app, ["certs", "--out", str(out), "--force"])
+    assert forced.exit_code == 0 and (out / "ca.crt").read_bytes() != first
+
+
+def test_an_api_keys_file_others_can_read_is_refused_with_the_chmod(tmp_path: Path) -> None:
+    from fedloop.client.bearer import load_api_keys
+
+    keys = tmp_path / "api-keys"
+    keys.write_text("k-1\n")
+    keys.chmod(0o644)
+    with pytest.raises(OSError, match=rf"serve.api_keys_file: .*mode 0644.*chmod 600 {keys}"):
+        load_api_keys(str(keys), "serve.api_keys_file")
+    keys.chmod(0o600)
+    assert load_api_keys(str(keys), "serve.api_keys_file") == [b"k-1"]
+
+
+def test_the_draft_endpoint_serves_https_with_its_certificate(
+    make_tenant, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Off loopback the endpoint needs TLS as well as keys (keys and prompts travelled in clear)."""
+    import ssl
+
+    import httpx
+    from serve_helpers import LORA
+
+    from fedloop.client.serve.drafts import DraftService
+    from fedloop.client.serve.http import build_http_app
+    from fedloop.client.serve.server import start_http
+    from fedloop.client.serve.transformers_engine import TransformersEngine
+    from fedloop.shared.certs import make_federation_certificates
+
+    made = make_federation_certificates(tmp_path / "certs", ["127.0.0.1"])
+    runtime = make_tenant()
+    engine = TransformersEngine(tiny_model_dir, LORA, serve=runtime.settings.serve)
+    app_ = build_http_app(DraftService(runtime, engine), "fedloop", [b"k-1"])
+    (made.superlink_key).chmod(0o644)
+    with pytest.raises(OSError, match="serve.tls_key: .*chmod 600"):
+        start_http(app_, "127.0.0.1:0", str(made.superlink_certificate), str(made.superlink_key))
+    made.superlink_key.chmod(0o600)
+    http = start_http(app_, "127.0.0.1:0", str(made.superlink_certificate), str(made.superlink_key))
+    try:
+        trusted = ssl.create_default_context(cafile=made.ca_certificate)
+        models = httpx.get(
+            f"https://127.0.0.1:{http.port}/v1/models", headers={"Authorization": "Bearer k-1"}, verify=trusted
+        )
+        assert models.status_code == 200 and models.json()["data"][0]["id"] == "fedloop"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{http.port}/v1/models", headers={"Authorization": "Bearer k-1"}, timeout=5)
+    finally:
+        http.stop()
+        engine.close()

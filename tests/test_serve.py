@@ -213,6 +213,9 @@ def test_release_export_writes_peft_directories_and_a_routing_manifest(
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "routing.json").read_text())
     assert (manifest["serving"], manifest["canary"], manifest["canary_share"]) == ("v0", "v1", 0.5)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written and all(p.stat().st_mode & 0o077 == 0 for p in written)  # adapters are the tenant's data: 0600
+    assert all((out / v).stat().st_mode & 0o077 == 0 for v in ("v0", "v1"))
     for version in ("v0", "v1"):
         base, _ = load_base_model(tiny_model_dir)
         PeftModel.from_pretrained(base, out / version)  # any PEFT (or vLLM) user loads it as it is

@@ -243,3 +243,26 @@ def test_what_products_send_is_honoured(endpoint: Endpoint) -> None:
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]  # a seed makes sampling repeatable
+
+
+def test_numbers_out_of_range_and_huge_echoes_get_a_short_named_400(endpoint: Endpoint) -> None:
+    """dwell_ms = 10**40 used to answer 500 with a traceback; a 1 MB model name and 50,000 metadata keys came back
+    whole in the error message."""
+    draft = post(endpoint, {"model": "fedloop", "messages": QUESTION, "user": "u", "max_tokens": 2}).json()
+    outcome = httpx.post(
+        f"{endpoint.base_url}/drafts/{draft['id']}/outcome", json={"action": "accept", "dwell_ms": 10**40}, timeout=30
+    )
+    error = outcome.json()["error"]
+    print(f"dwell_ms = 10**40: {outcome.status_code} {error['message']}")
+    assert outcome.status_code == 400 and "ingest.max_dwell_ms" in error["message"] and len(error["message"]) < 300
+    seeded = post(endpoint, {"model": "fedloop", "messages": QUESTION, "user": "u", "temperature": 1, "seed": 10**40})
+    assert seeded.status_code == 400 and seeded.json()["error"]["param"] == "seed"
+    huge_model = post(endpoint, {"model": "m" * 1_000_000, "messages": QUESTION, "user": "u"})
+    many_keys = post(
+        endpoint,
+        {"model": "fedloop", "messages": QUESTION, "user": "u", "metadata": {f"k{i}": "v" for i in range(50_000)}},
+    )
+    for response in (huge_model, many_keys):
+        message = response.json()["error"]["message"]
+        print(f"{response.status_code}: {message}")
+        assert response.status_code in (400, 404) and len(message) < 500 and "characters)" in message

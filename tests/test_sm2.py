@@ -80,6 +80,16 @@ def test_pem_round_trip_and_a_wrap_is_not_for_another_key() -> None:
         key.unwrap(bytes(wrapped))
 
 
+def test_bytes_after_the_der_key_wrap_are_refused() -> None:
+    """OpenSSL's DER parser reads the SEQUENCE and ignores what follows: the unwrap used to accept it."""
+    key = SM2PrivateKey.generate()
+    wrapped = key.public_key.wrap(b"k" * 16)
+    assert key.unwrap(wrapped) == b"k" * 16
+    for padded in (wrapped + b"\x00", wrapped + b"trailing bytes", wrapped[:-1], b"\x31" + wrapped[1:], b""):
+        with pytest.raises(CryptoError, match="SM2 key unwrap failed"):
+            key.unwrap(padded)
+
+
 def _openssl(*args: str, cwd: Path) -> bytes:
     return subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True).stdout
 

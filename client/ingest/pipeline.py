@@ -22,7 +22,7 @@ from fedloop.client.privacy.placeholders import Finding, PlaceholderMap, apply_p
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
 from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
-from fedloop.client.tenant_settings import TenantSettings
+from fedloop.client.tenant_settings import IngestSection, TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.crypto import hmac_sm3
 from fedloop.shared.sqlite_db import DatabaseBusy
@@ -61,6 +61,11 @@ class IngestPipeline:
         self._redacted: list[str] = []  # entity types replaced in the transaction under way
         self._lock = threading.Lock()
         self._rate_limit = UserRateLimit(settings.ingest.max_events_per_user_per_minute)
+
+    @property
+    def limits(self) -> IngestSection:
+        """The input limits every edge (gRPC, HTTP, the Python API) checks against."""
+        return self._settings.ingest
 
     def ingest(self, events: Sequence[pb.Event], admitted: bool = False) -> list[bool]:
         """Store `events` atomically; returns, per event, whether it was a duplicate of a stored one.

@@ -13,6 +13,7 @@ import time
 from fedloop.client.store_api import Action
 from fedloop.client.tenant_settings import IngestSection
 from fedloop.proto import feedback_pb2 as pb
+from fedloop.shared.echo import echoed
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake (seconds for milliseconds)
 ACTIONS = {pb.ACCEPT: Action.ACCEPT, pb.EDIT_ACCEPT: Action.EDIT, pb.REJECT: Action.REJECT}
@@ -121,12 +122,17 @@ def check_outcome(event: pb.OutcomeEvent, limits: IngestSection) -> None:
         )
     else:
         check_text("outcome.final_text", event.final_text, limits, required=False)
-    if not 0 <= event.dwell_ms <= limits.max_dwell_ms:
+    check_dwell(event.dwell_ms, limits)
+    timestamp("outcome.timestamp_ms", event.timestamp_ms, limits)
+
+
+def check_dwell(dwell_ms: int, limits: IngestSection) -> None:
+    """The dwell time's range, one rule for gRPC, HTTP and the Python API (HTTP numbers are unbounded otherwise)."""
+    if not 0 <= dwell_ms <= limits.max_dwell_ms:
         raise IngestError(
             "INVALID_ARGUMENT",
-            f"outcome.dwell_ms {event.dwell_ms} must be in [0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)",
+            f"outcome.dwell_ms {echoed(dwell_ms)} must be in [0, {limits.max_dwell_ms}] (ingest.max_dwell_ms)",
         )
-    timestamp("outcome.timestamp_ms", event.timestamp_ms, limits)
 
 
 def check_signal(event: pb.SignalEvent, limits: IngestSection) -> None:

@@ -72,7 +72,7 @@ def export_release(
             "adapters": {v: str(out / v) for v in versions},
             "pointer_at_ms": state.at_ms,
         }
-        write_atomic(out / "routing.json", json.dumps(manifest, indent=2).encode())
+        write_atomic(out / "routing.json", json.dumps(manifest, indent=2).encode(), 0o600)
     except OSError as err:
         raise ExportError(f"cannot write to {out}: {err.strerror or err}") from None
     store.audit(operator, "release-export", f"{', '.join(versions)} to {out}; reason: {reason}")

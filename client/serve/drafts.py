@@ -39,6 +39,7 @@ from fedloop.client.store_api import ChatMessage, ReleaseRecord
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.shared.adapter import adapter_from_bytes
+from fedloop.shared.echo import echoed
 
 FAILED_IDS_KEPT = 10_000  # ids of drafts that failed after they were handed out, remembered for the outcome route
 
@@ -232,7 +233,7 @@ class DraftService:
             if message.get("role") not in CONTEXT_ROLES:
                 raise FeedbackError(
                     "INVALID_ARGUMENT",
-                    f"messages[{index}].role is {message.get('role')!r}: use one of {', '.join(CONTEXT_ROLES)}",
+                    f"messages[{index}].role is {echoed(message.get('role'))}: use one of {', '.join(CONTEXT_ROLES)}",
                     f"messages[{index}].role",
                 )
             try:
@@ -270,7 +271,7 @@ class DraftService:
             if draft_id in self._in_flight or draft_id in self._failed or self._store.drafts.get_draft(draft_id):
                 raise FeedbackError(
                     "ALREADY_EXISTS",
-                    f"draft id {draft_id!r} was used before: send a fresh id for each draft",
+                    f"draft id {echoed(draft_id)} was used before: send a fresh id for each draft",
                     "draft_id",
                 )
             self._in_flight.add(draft_id)
@@ -283,7 +284,7 @@ class DraftService:
             if request.model not in self.installed():
                 raise FeedbackError(
                     "NOT_FOUND",
-                    f"model {request.model!r} is not an installed version: use {alias!r} (routed by the release "
+                    f"model {echoed(request.model)} is not an installed version: use {alias!r} (routed by the release "
                     f"pointer) or one of {self.installed()}",
                     "model",
                 )
@@ -419,13 +420,13 @@ class DraftService:
         if drafting:
             raise FeedbackError(
                 "FAILED_PRECONDITION",
-                f"draft {draft_id!r} is still being drafted: report its outcome after its reply has ended",
+                f"draft {echoed(draft_id)} is still being drafted: report its outcome after its reply has ended",
                 "draft_id",
             )
         if failed is not None:
             raise FeedbackError(
                 "FAILED_PRECONDITION",
-                f"draft {draft_id!r} was never recorded ({failed}): its user saw no complete draft, so there is "
+                f"draft {echoed(draft_id)} was never recorded ({failed}): its user saw no complete draft, so there is "
                 "no outcome to report",
                 "draft_id",
             )

@@ -60,6 +60,7 @@ from fedloop.client.serve.openai_schema import (
     sse,
     usage,
 )
+from fedloop.shared.echo import echoed
 
 log = logging.getLogger(__name__)
 USER_HEADER = "x-fedloop-user"
@@ -80,7 +81,7 @@ def _validation_message(err: ValidationError | RequestValidationError) -> tuple[
     problem = err.errors()[0]
     if problem["type"] == "json_invalid":
         return f"the request body is not valid JSON ({problem.get('msg')}): send a JSON object", None
-    where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
+    where = echoed(".".join(str(part) for part in problem["loc"] if part != "body") or "body")[1:-1]
     fix = "remove it" if problem["type"] == "extra_forbidden" else "see docs/tenant-operator.md for the fields"
     return f"{where}: {problem['msg']} ({fix}); nothing was recorded", where
 
@@ -147,9 +148,9 @@ def build_http_app(
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = {
-            404: f"no route {request.url.path}: the endpoint serves /v1/chat/completions, "
+            404: f"no route {echoed(request.url.path)}: the endpoint serves /v1/chat/completions, "
             "/v1/drafts/{draft_id}/outcome, /v1/models, /health and /ready",
-            405: f"{request.method} is not allowed on {request.url.path}",
+            405: f"{echoed(request.method)} is not allowed on {echoed(request.url.path)}",
         }.get(err.status_code, str(err.detail))
         return error(err.status_code, message, None, "not_found" if err.status_code == 404 else "method_not_allowed")
 
@@ -195,7 +196,9 @@ def build_http_app(
     def model(model_id: str) -> dict[str, Any]:
         if model_id != model_alias and model_id not in service.installed():
             raise FeedbackError(
-                "NOT_FOUND", f"model {model_id!r} is not served: use {model_alias!r} or an installed version", "model"
+                "NOT_FOUND",
+                f"model {echoed(model_id)} is not served: use {model_alias!r} or an installed version",
+                "model",
             )
         return card(model_id).model_dump()
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedloop.client.store_api import ChatMessage
+from fedloop.shared.echo import echoed
 
 METADATA_KEYS = ("user", "session_id", "prompt_version", "draft_id")
 
@@ -62,7 +63,7 @@ class ChatCompletionRequest(Strict):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int = 1
     stop: str | list[str] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -86,7 +87,7 @@ class ChatCompletionRequest(Strict):
     def _known_keys(cls, value: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(value) - set(METADATA_KEYS))
         if unknown:
-            raise ValueError(f"unknown key(s) {unknown}: fedloop reads {', '.join(METADATA_KEYS)}")
+            raise ValueError(f"unknown key(s) {echoed(unknown)}: fedloop reads {', '.join(METADATA_KEYS)}")
         return value
 
     def stops(self) -> tuple[str, ...]:
@@ -99,7 +100,7 @@ class OutcomeRequest(Strict):
 
     action: Literal["accept", "edit", "reject"]
     final_text: str | None = None
-    dwell_ms: int = Field(default=0, ge=0)
+    dwell_ms: int = Field(default=0, ge=0)  # its upper bound is the tenant's ingest.max_dwell_ms (check_dwell)
 
 
 class Usage(BaseModel):
