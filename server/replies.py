@@ -73,6 +73,8 @@ def reported_metrics(content: RecordDict, training: bool) -> dict[str, float]:
     allowed = {METRICS: "metric", **({SEALED: "array"} if training else {})}
     what = "the training reply" if training else "the evaluation reply"
     _records(content, allowed, what)
+    if training and SEALED not in content.array_records:
+        raise ReplyRefused(f"{what} has no sealed update (`{SEALED}` record)")
     if METRICS not in content.metric_records:
         raise ReplyRefused(f"{what} has no `metrics` record")
     record = content.metric_records[METRICS]

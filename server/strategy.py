@@ -150,7 +150,9 @@ class SealedMerge(Strategy):
             )
         except EnvelopeError as err:
             raise UpdateRefused(str(err), err.reason) from None
-        except (CryptoError, KeyError, TypeError) as err:
+        except KeyError:
+            raise UpdateRefused(f"{tenant.name}'s reply has no sealed update (`sealed` record)", "malformed") from None
+        except (CryptoError, TypeError) as err:
             raise UpdateRefused(f"{tenant.name}'s reply is not a readable sealed update: {err}", "malformed") from None
         if opened.sender.key_id != tenant.key_id:
             raise UpdateRefused(f"update for {tenant.name} is signed by {opened.sender.name!r}", "wrong-sender")
@@ -205,13 +207,12 @@ class SealedMerge(Strategy):
             try:
                 self._check_not_replayed(reply, name, {u.tenant for u in updates})
                 update = self._open_update(server_round, reply, node_id)
-            except UpdateRefused as err:
-                self._refuse(report, name, err)
-                continue
-            try:
                 figures = reported_metrics(reply.content, training=True)
             except ReplyRefused as err:
                 self._refuse(report, name, UpdateRefused(f"{name}: {err}", err.reason))
+                continue
+            except UpdateRefused as err:
+                self._refuse(report, name, err)
                 continue
             updates.append(update)
             report.contributors[update.tenant] = update.num_examples

@@ -64,7 +64,7 @@ def push_body(port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLCont
     sent = 0
     try:
         sock.sendall(head)
-        while sent < size and not select.select([raw], [], [], 0)[0]:
+        while sent < size and not select.select([sock], [], [], 0)[0]:
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             sent += len(piece)
     except OSError:
