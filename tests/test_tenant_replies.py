@@ -21,7 +21,7 @@ from fedloop.client.simulation.client_app import simulation_client_app
 from fedloop.client.simulation.federation import prepare_run, simulation_backend
 from fedloop.server.app import build_server_app
 from fedloop.server.replies import ReplyRefused, enrol_claim, reported_metrics
-from fedloop.shared.protocol import ENROL, HIT_RATE, METRICS, NUM_EXAMPLES, SEALED, sealed_record
+from fedloop.shared.protocol import ENROL, HIT_RATE, METRICS, NUM_EXAMPLES, SEALED, message_round, sealed_record
 from fedloop.shared.settings import (
     FederationSection,
     LoraSettings,
@@ -46,7 +46,7 @@ def _train_fuzz(message: Message, reply: Message, round_: int) -> Message:
     content = reply.content
     if round_ == 1:
         return Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 5})}), reply_to=message)
-    metrics = {f"m{i}": 1.0 for i in range(100)} | {NUM_EXAMPLES: [1, 2]}
+    metrics: dict[str, Any] = {f"m{i}": 1.0 for i in range(100)} | {NUM_EXAMPLES: [1, 2]}
     content = RecordDict(
         {SEALED: content.array_records[SEALED], METRICS: MetricRecord(metrics), "admin": ConfigRecord({"x": 1})}
     )
@@ -76,14 +76,14 @@ def _fuzzing_app(settings: Settings, honest: ClientApp) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         reply = honest(message, context)
-        round_ = int(message.content.config_records["global"]["round"])
+        round_ = message_round(message.content.config_records["global"])
         return _train_fuzz(message, reply, round_) if name(context) == "mallory" else reply
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         if name(context) != "mallory":
             return honest(message, context)
-        return Message(EVALUATE_FUZZ[int(message.content.config_records["global"]["round"])], reply_to=message)
+        return Message(EVALUATE_FUZZ[message_round(message.content.config_records["global"])], reply_to=message)
 
     return app
 
