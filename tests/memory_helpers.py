@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
 import ssl
 import subprocess
@@ -53,7 +52,21 @@ def post_head(port: int, path: str, extra_headers: str, length: int | None) -> b
     ).encode()
 
 
-def push_body(port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None) -> tuple[int, int]:
+def _answer_so_far(sock: socket.socket) -> bytes | None:
+    """What the server has answered, without waiting: None when nothing yet (TLS records that carry no data,
+    such as session tickets, count as nothing)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return None
+    finally:
+        sock.settimeout(60)
+
+
+def push_body(
+    port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None
+) -> tuple[int, int]:
     """Send `head`, then up to `size` body bytes in 1 MiB pieces until the server answers.
 
     Returns (the answer's status, the body bytes sent before it came): what an attacker pushing a huge body sees.
@@ -61,16 +74,16 @@ def push_body(port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLCont
     raw = socket.create_connection(("127.0.0.1", port), timeout=60)
     sock = tls.wrap_socket(raw, server_hostname="localhost") if tls is not None else raw
     piece = b"a" * 2**20
-    sent = 0
+    sent, answer = 0, None
     try:
         sock.sendall(head)
-        while sent < size and not select.select([sock], [], [], 0)[0]:
+        while sent < size and (answer := _answer_so_far(sock)) is None:
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             sent += len(piece)
     except OSError:
         pass  # the server answered and closed while the body was still coming
     try:
-        answer = sock.recv(65536)
+        answer = answer or sock.recv(65536)
     finally:
         sock.close()
     return int(answer.split(b" ", 2)[1]), sent
