@@ -26,7 +26,7 @@ from fedloop.shared.audit import AuditLog, audit_key
 from fedloop.shared.crypto import CryptoError, hmac_sm3, sm3_digest
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import Identity
-from fedloop.shared.row_macs import RowAuthenticator
+from fedloop.shared.row_macs import UNMACED_EVERYWHERE, RowAuthenticator
 from fedloop.shared.sqlite_db import immediate_transaction, open_database, write_unit
 
 _SCHEMA = """
@@ -81,11 +81,7 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
     "releases": ("seq", "version", "action", "at"),
     "rounds": ("seq", "run", "round", "version", "finished_at", "report"),
 }
-UNMACED_TABLES = {
-    "audit": "an HMAC-SM3 chain (shared/audit.py)",
-    "audit_chain": "a marker that the chain is keyed; dropping it is reported as an audit entry",
-    "sqlite_sequence": "SQLite's own counters of AUTOINCREMENT keys",
-}
+UNMACED_TABLES = UNMACED_EVERYWHERE
 STATUSES = ("candidate", "canary", "stable", "rolled_back")
 _NEXT_STATUS = {"candidate": "canary", "canary": "stable"}
 

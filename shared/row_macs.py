@@ -21,6 +21,13 @@ from contextlib import AbstractContextManager
 from fedloop.shared.audit import AuditLog
 from fedloop.shared.crypto import CryptoError, hmac_sm3
 
+# The tables of every party's database that carry no row MAC, and what protects them instead.
+UNMACED_EVERYWHERE = {
+    "audit": "an HMAC-SM3 chain (shared/audit.py)",
+    "audit_chain": "a marker that the chain is keyed; dropping it is reported as an audit entry",
+    "sqlite_sequence": "SQLite's own counters of AUTOINCREMENT keys",
+}
+
 
 class RowAuthenticator:
     """The row MACs of one database connection, over `columns` (table -> authenticated columns, key first)."""

@@ -64,9 +64,7 @@ def _answer_so_far(sock: socket.socket) -> bytes | None:
         sock.settimeout(60)
 
 
-def push_body(
-    port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None
-) -> tuple[int, int]:
+def push_body(port: int, head: bytes, size: int, chunked: bool, tls: ssl.SSLContext | None = None) -> tuple[int, int]:
     """Send `head`, then up to `size` body bytes in 1 MiB pieces until the server answers.
 
     Returns (the answer's status, the body bytes sent before it came): what an attacker pushing a huge body sees.

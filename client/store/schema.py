@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fedloop.shared.row_macs import UNMACED_EVERYWHERE
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, content_mac TEXT NOT NULL, received_at REAL NOT NULL,
@@ -88,10 +90,8 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # Tables without a row MAC, and what protects them instead.
 UNMACED_TABLES = {
+    **UNMACED_EVERYWHERE,
     "vault": "its one plain value is the placeholder, and the original is SM4-GCM sealed to record/placeholder",
-    "audit": "an HMAC-SM3 chain (shared/audit.py)",
-    "audit_chain": "a marker that the chain is keyed; dropping it is reported as an audit entry",
-    "sqlite_sequence": "SQLite's own counters of AUTOINCREMENT keys",
 }
 # Columns added after stores were first written: (table, column, type); a store without one gets it on open.
 ADDED_COLUMNS = (("drafts", "context", "BLOB"), ("samples", "context", "BLOB"))
