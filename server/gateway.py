@@ -14,8 +14,8 @@ HQ's own host: an operator login there is the credential.
 What an outsider can still cost HQ is bounded here, before the SuperLink (which
 parses a whole body before it authenticates the node): a body may be at most
 the largest message fedloop sends (one array chunk of Flower's object store
-plus its framing), read in full by nginx before anything is forwarded, so an
-over-sized one gets 413 without reaching the SuperLink; each client address
+plus its framing), read in full into nginx's memory before anything is
+forwarded, so an over-sized one gets 413 without reaching the SuperLink; each client address
 may hold `MAX_CONNECTIONS` connections and make `REQUESTS_PER_S` requests a
 second (bursts of `REQUEST_BURST`), beyond which it gets 429; slow headers and
 bodies are cut after `CLIENT_TIMEOUT`.
@@ -107,6 +107,7 @@ http {{
         ssl_certificate_key {self.private_key.resolve()};
         ssl_protocols TLSv1.2 TLSv1.3;
         client_max_body_size {max_body_bytes()};
+        client_body_buffer_size {max_body_bytes()};  # read into memory: no temporary file for the worker to write
         limit_conn per_address {MAX_CONNECTIONS};
         limit_req zone=requests burst={REQUEST_BURST} nodelay;
         location {FLEET_PREFIX} {{

@@ -84,18 +84,24 @@ class RowAuthenticator:
         self.db.execute(f"UPDATE {table} SET row_mac = ? WHERE rowid = ?", (self.row_mac(table, row), rowid))
 
     def insert(self, table: str, columns: Mapping[str, object], conflict: str = "") -> bool:
-        """Insert one authenticated row, its columns by name; False when `conflict` ("OR IGNORE") kept an existing
-        row. A key the database assigns (a sequence number) is MACed once known, in the same write unit."""
-        names = list(columns)
+        """Insert one authenticated row, its columns by name, with its MAC in the same statement (a reader on this
+        connection never sees the row without it); False when `conflict` ("OR IGNORE") kept an existing row. A
+        sequence key left out is the next one, taken in the same write unit."""
         with self._atomic():
+            key = self._columns[table][0]
+            row = dict(columns) if key in columns else {key: self._next_sequence(table, key), **columns}
+            names = [*row, "row_mac"]
             cursor = self.db.execute(
                 f"INSERT {conflict} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                list(columns.values()),
+                [*row.values(), self.row_mac(table, row)],
             )
-            if cursor.rowcount != 1:
-                return False
-            self.mac_row(table, int(cursor.lastrowid or 0))
-        return True
+            return cursor.rowcount == 1
+
+    def _next_sequence(self, table: str, key: str) -> int:
+        """The next AUTOINCREMENT value of `table`: above every key it ever handed out, deleted rows' too."""
+        (highest,) = self.db.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()
+        handed_out = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        return max(int(highest), int(handed_out[0]) if handed_out else 0) + 1
 
     def authenticate_old_rows(self, audit: AuditLog) -> None:
         """A database from before row MACs (a table without the column): add it and MAC the rows as they are, once,
