@@ -81,3 +81,13 @@ def test_the_gap_interval_stays_within_the_possible_gaps_at_a_handful_of_drafts(
     interval = gap_interval(2, 3, 2, 57, 1 - 0.05 / 3, ReleaseSection().mixture_scale)
     assert -1.0 <= interval.low < interval.estimate < interval.high <= 1.0
     assert "[-100.0, +100.0]" in interval.describe()
+
+
+def test_successes_beyond_their_count_are_named_not_a_math_domain_error() -> None:
+    """flagged > decided (issue 30) made the variance negative and the square root raise `math domain error`."""
+    import pytest
+
+    from fedloop.client.release.sequential import gap_interval
+
+    with pytest.raises(ValueError, match="must lie within its own count"):
+        gap_interval(180, 126, 0, 277, 0.98, ReleaseSection().mixture_scale)

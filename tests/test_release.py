@@ -184,3 +184,25 @@ def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_pa
     last = store.audit_log.entries()[-1]
     assert (last.actor, last.action) == ("li.wei", "release-rollback")
     store.close()
+
+
+def test_complaints_count_only_decided_drafts_and_a_canary_with_many_unanswered_drafts_still_decides(
+    make_tenant,
+) -> None:
+    """Issue 30: `arm_stats` counted flagged drafts among all shown drafts but divided by decided ones.
+    `long_no_response` flags exactly the drafts without an outcome, so a canary whose users answered few drafts had
+    flagged > decided; `gap_interval` raised `math domain error`, the release loop swallowed it, and the canary never
+    decided. Below that point such an arm was rolled back for "complaints"."""
+    tenant, controller, recorder = canary_running(make_tenant)
+    serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.50}, 400)
+    for i in range(800):  # the canary's users leave more drafts unanswered than answered: each flagged no-response
+        user = f"silent-{i}"
+        if controller.route(tenant.store.pseudonym(user)) == "v2":
+            draft_id = recorder.record_draft(user, "Is it in stock?", "Yes.", "v2")
+            tenant.store.drafts.record_problem(draft_id, "long_no_response", "v2", 1)
+    assert controller.decide() is None and controller.state().canary == "v2"  # no crash, no false "complaints"
+    comparison = controller.compare()
+    assert comparison is not None
+    canary = comparison.canary
+    print(f"canary: {canary.decided} decided, {canary.flagged} flagged among them")
+    assert canary.flagged == 0 < canary.decided  # unanswered drafts are in no denominator and no numerator

@@ -46,7 +46,14 @@ def _variance(successes: int, count: int) -> float:
 def gap_interval(
     a_successes: int, a_count: int, b_successes: int, b_count: int, confidence: float, tau: float
 ) -> GapInterval:
-    """The rate gap a - b with its mSPRT confidence sequence at `confidence` (mixture scale `tau`)."""
+    """The rate gap a - b with its mSPRT confidence sequence at `confidence` (mixture scale `tau`); ValueError when
+    successes are not within their counts (rates of different denominators: a caller's bug, named, not a
+    `math domain error` from the square root)."""
+    if not (0 <= a_successes <= max(a_count, 0) and 0 <= b_successes <= max(b_count, 0)):
+        raise ValueError(
+            f"successes {a_successes}/{a_count} and {b_successes}/{b_count} are not rates: each count of successes "
+            "must lie within its own count"
+        )
     if a_count < 1 or b_count < 1:
         return GapInterval(0.0, -1.0, 1.0, confidence)
     estimate = a_successes / a_count - b_successes / b_count

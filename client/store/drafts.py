@@ -123,7 +123,10 @@ class SqliteDraftRepository:
         return [row["model_version"] for row in rows]
 
     def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
-        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, drafts flagged by a rule.
+        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, and those of them flagged by a
+        rule. Every count has the decided drafts as its denominator: a draft without an outcome (which
+        `long_no_response` flags) is counted nowhere, so an arm whose users report fewer outcomes is not taken for
+        one with more complaints, and no count can exceed `decided`.
 
         Every draft, outcome and problem counted is checked against its row MAC: an SQL edit cannot sway a release.
         """
@@ -136,7 +139,8 @@ class SqliteDraftRepository:
         problems = self._sealer.checked_rows(
             "problems", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
         )
-        flagged = len({row["draft_id"] for row in problems})
+        decided = {row["draft_id"] for row in outcomes}
+        flagged = len({row["draft_id"] for row in problems} & decided)
         return ArmStats(
             model_version, len(actions), actions.count(Action.ACCEPT), actions.count(Action.REJECT), flagged
         )
