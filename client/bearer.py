@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from fedloop.shared.files import FilePermissionError, require_private
+from fedloop.shared.files import require_private_setting
 
 
 def read_api_keys(path: Path) -> list[bytes]:
@@ -25,11 +25,9 @@ def load_api_keys(path: str, setting: str) -> list[bytes] | None:
     (an unreadable file, one that others may read: it must be 0600 like every secret, or one without a key)."""
     if not path:
         return None
+    require_private_setting(Path(path), setting)
     try:
-        require_private(Path(path))
         keys = read_api_keys(Path(path))
-    except FilePermissionError as err:
-        raise OSError(f"{setting}: {err}") from None
     except OSError as err:
         raise OSError(f"{setting}: cannot read {path} ({err.strerror})") from None
     if not keys:

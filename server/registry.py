@@ -184,26 +184,20 @@ class VersionRegistry:
 
     def get(self, version_id: str) -> VersionRecord:
         """The record of `version_id`; raises RegistryError if unknown."""
-        row = self._checked("versions", "id = ?", (version_id,))
-        if row is None:
-            raise RegistryError(f"unknown version {version_id!r}: `fedloop versions list` shows the known ones")
-        return VersionRecord(
-            row["id"],
-            row["parent"],
-            row["run"],
-            row["round"],
-            json.loads(row["contributors"]),
-            row["method"],
-            row["digest"],
-            row["status"],
-            json.loads(row["settings"]),
-            json.loads(row["metrics"]),
-        )
+        return _version(self._version_row(version_id))
 
-    def _checked(self, table: str, where: str, params: tuple[object, ...]) -> sqlite3.Row | None:
-        """A row checked against its MAC; RegistryError naming it if it was changed outside fedloop."""
+    def _version_row(self, version_id: str) -> sqlite3.Row:
+        rows = self._checked("versions", "id = ?", (version_id,))
+        if not rows:
+            raise RegistryError(f"unknown version {version_id!r}: `fedloop versions list` shows the known ones")
+        return rows[0]
+
+    def _checked(
+        self, table: str, where: str = "1", params: tuple[object, ...] = (), order: str = "rowid"
+    ) -> list[sqlite3.Row]:
+        """Rows checked against their MACs; RegistryError naming one that was changed outside fedloop."""
         try:
-            return self._rows.checked_row(table, where, params)
+            return self._rows.checked_rows(table, where, params, order)
         except CryptoError as err:
             raise RegistryError(str(err)) from None
 
@@ -228,8 +222,8 @@ class VersionRegistry:
 
     def signature_valid(self, version_id: str) -> bool:
         """Whether the stored HQ signature matches the version's manifest."""
-        row = self._checked("versions", "id = ?", (version_id,))
-        return row is not None and self._hq.public.key.verify(self.get(version_id).manifest(), row["signature"])
+        row = self._version_row(version_id)
+        return self._hq.public.key.verify(_version(row).manifest(), row["signature"])
 
     def load_adapter(self, version_id: str) -> bytes:
         """Decrypt a version's adapter and check it against the recorded SM3 digest."""
@@ -253,11 +247,7 @@ class VersionRegistry:
 
     def stable(self) -> VersionRecord | None:
         """The version the stable pointer names: the newest release not rolled back since, if any."""
-        try:
-            releases = self._rows.checked_rows("releases", order="seq DESC")
-        except CryptoError as err:
-            raise RegistryError(str(err)) from None
-        for release in releases:
+        for release in self._checked("releases", order="seq DESC"):
             record = self.get(release["version"])
             if record.status == "stable":
                 return record
@@ -279,10 +269,6 @@ class VersionRegistry:
     def rounds(self, run: str | None = None) -> list[dict[str, Any]]:
         """Round reports, oldest first (of one run, or of all), each with its run, round and finish time."""
         where, params = ("run = ?", (run,)) if run else ("1", ())
-        try:
-            rows = self._rows.checked_rows("rounds", where, params, order="seq")
-        except CryptoError as err:
-            raise RegistryError(str(err)) from None
         return [
             {
                 **json.loads(r["report"]),
@@ -291,7 +277,7 @@ class VersionRegistry:
                 "version": r["version"],
                 "finished_at": r["finished_at"],
             }
-            for r in rows
+            for r in self._checked("rounds", where, params, order="seq")
         ]
 
     def audit(self, actor: str, action: str, subject: str) -> None:
@@ -331,3 +317,19 @@ class VersionRegistry:
                     self._rows.insert("releases", {"version": previous.id, "action": "rollback", "at": time.time()})
             self.audit_log.append(actor, "version.rollback", f"{version_id}: {record.status} -> rolled_back")
         return self.stable()
+
+
+def _version(row: sqlite3.Row) -> VersionRecord:
+    """A checked `versions` row as its record."""
+    return VersionRecord(
+        row["id"],
+        row["parent"],
+        row["run"],
+        row["round"],
+        json.loads(row["contributors"]),
+        row["method"],
+        row["digest"],
+        row["status"],
+        json.loads(row["settings"]),
+        json.loads(row["metrics"]),
+    )

@@ -39,3 +39,14 @@ def require_private(path: Path) -> None:
         raise FilePermissionError(
             f"private key file {path} has mode {mode:04o}, readable beyond its owner: run `chmod 600 {path}`"
         )
+
+
+def require_private_setting(path: Path, setting: str) -> None:
+    """`require_private` for a secret file a setting names: OSError naming `setting` when the file is missing,
+    unreadable or readable beyond its owner."""
+    try:
+        require_private(path)
+    except FilePermissionError as err:
+        raise OSError(f"{setting}: {err}") from None
+    except OSError as err:
+        raise OSError(f"{setting}: cannot read {path} ({err.strerror})") from None

@@ -23,7 +23,7 @@ from fedloop.client.ingest.validation import IngestError
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.proto import feedback_pb2 as pb
-from fedloop.shared.files import FilePermissionError, require_private
+from fedloop.shared.files import require_private_setting
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "fedloop.feedback.v1.FeedbackService"
@@ -242,10 +242,8 @@ def start_server(
 
 
 def _key_pair(key_path: str, certificate_path: str) -> tuple[bytes, bytes]:
+    require_private_setting(Path(key_path), "ingest.tls_key")
     try:
-        require_private(Path(key_path))
         return Path(key_path).read_bytes(), Path(certificate_path).read_bytes()
-    except FilePermissionError as err:
-        raise OSError(f"ingest.tls_key: {err}") from None
     except OSError as err:
         raise OSError(f"ingest.tls_key / tls_certificate: cannot read {err.filename} ({err.strerror})") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from fedloop.shared.files import FilePermissionError, require_private
+from fedloop.shared.files import require_private_setting
 
 
 @dataclass
@@ -34,12 +34,7 @@ def start_http(
     must be 0600); OSError naming the setting if it cannot."""
     host, _, port = address.rpartition(":")
     if tls_key:
-        try:
-            require_private(Path(tls_key))
-        except FilePermissionError as err:
-            raise OSError(f"serve.tls_key: {err}") from None
-        except OSError as err:
-            raise OSError(f"serve.tls_key: cannot read {tls_key} ({err.strerror})") from None
+        require_private_setting(Path(tls_key), "serve.tls_key")
     config = uvicorn.Config(
         app,
         host=host.strip("[]"),
