@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from fedloop.client.cli import CONFIG, OPERATOR, open_runtime
-from fedloop.client.release.controller import ReleaseController, ReleaseError
+from fedloop.client.release.controller import Comparison, ReleaseController, ReleaseError, now_ms
+from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.console import audited, command_group, fail, output_console
 
 release_app = command_group("The tenant's release pointer: serving version, canary, promotion, rollback.")
@@ -22,6 +23,7 @@ def status(config: Path = CONFIG) -> None:
         controller = ReleaseController(runtime.store, runtime.settings.release)
         comparison = controller.compare()
         history = runtime.store.versions.release_history()
+        waiting = controller.waiting()
     finally:
         runtime.close()
     out = output_console()
@@ -37,14 +39,32 @@ def status(config: Path = CONFIG) -> None:
     out.print(table)
     if comparison is not None:
         out.print(comparison.summary())
+        out.print(expected_time(comparison, history[-1].at_ms, runtime.settings.release))
         release = runtime.settings.release
-        arms = min(comparison.canary.decided, comparison.control.decided)
         out.print(
-            f"decision rule: roll back when the canary is worse with confidence (hit-rate gap upper bound < 0, "
-            f"or reject / complaint gap lower bound > 0); a win when the hit-rate gap lower bound >= "
-            f"{release.promote_margin * 100:+.1f} pts; {release.confidence:.0%} family-wise, valid at every "
-            f"look; decisions start at {release.min_drafts_per_arm} decided drafts per arm (now {arms})"
+            f"decision rule: the user is the unit; roll back when the canary is worse with confidence (hit-rate gap "
+            f"upper bound < 0, or reject / complaint gap lower bound > 0), from {release.min_drafts_per_arm} decided "
+            f"drafts of {release.min_users_per_arm} users per arm; widen from {release.canary_share:.0%} to "
+            f"{release.widened_share:.0%} after {release.canary_dwell_h:g} h without harm; promote when the hit-rate "
+            f"gap lower bound > {release.promote_margin * 100:+.1f} pts and the canary is {release.promote_after_h:g} "
+            f"h old; {release.confidence:.0%} family-wise, valid at every look"
         )
+    if waiting is not None:
+        out.print(f"waiting: {waiting} becomes the canary once the running one is decided")
+
+
+def expected_time(comparison: Comparison, since_ms: int, release: ReleaseSection) -> str:
+    """How long the window has run and about how much longer a gap of `mixture_scale` needs at the traffic so far."""
+    hours = max((now_ms() - since_ms) / 3_600_000, 1e-3)
+    decided = comparison.canary.decided + comparison.control.decided
+    more = comparison.drafts_to_resolve(release)
+    if more is None or decided == 0:
+        return f"window open {hours:.1f} h, no decided draft in it yet: no estimate of the time a decision needs"
+    return (
+        f"window open {hours:.1f} h, {decided} decided drafts ({decided / hours * 24:.0f} a day): a "
+        f"{release.mixture_scale * 100:g}-point gap would be decided after about {more} more, "
+        f"{more / (decided / hours) / 24:.1f} more days at this traffic"
+    )
 
 
 def _act(config: Path, operator: str, reason: str, action: str) -> None:

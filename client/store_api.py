@@ -60,6 +60,7 @@ class EvaluationKind(StrEnum):
     GENERAL_NLL_INCREASE = "general_nll_increase"  # the forgetting gate
     DEGENERATE_SHARE_INCREASE = "degenerate_share_increase"  # the degeneration gate
     TRAINING = "training"  # a local training run (losses, examples, duration)
+    OFFERED = "offered"  # passed the gates while a canary ran: waits to be the next canary (no metrics)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class ArmStats:
     """What users did with one version's drafts over an observation window."""
 
     version: str
+    users: int
     decided: int
     accepts: int
     rejects: int
@@ -203,6 +205,26 @@ class ArmStats:
     def complaint_rate(self) -> float:
         """Share of decided drafts a derived-signal rule flagged as a problem."""
         return self.flagged / self.decided if self.decided else 0.0
+
+
+@dataclass(frozen=True)
+class WindowEvent:
+    """An outcome (with its `action`) or a problem flag (`action` None) of a draft in a release window."""
+
+    rowid: int
+    draft_id: str
+    user: str
+    version: str
+    action: Action | None
+
+
+@dataclass(frozen=True)
+class UserRates:
+    """One user's decided drafts over a span, and how many were accepted, rejected and flagged (in that order)."""
+
+    user: str
+    decided: int
+    counts: tuple[int, int, int]
 
 
 class DraftRepository(Protocol):
@@ -256,8 +278,14 @@ class DraftRepository(Protocol):
     def drafting_versions(self) -> list[str]:
         """Model versions that drafted, in the order they first did."""
 
-    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
-        """What users did with a version's drafts shown since a time (integrity-checked)."""
+    def window_events(
+        self, versions: Sequence[str], since_ms: int, after_outcome: int, after_problem: int
+    ) -> tuple[list[WindowEvent], list[WindowEvent]]:
+        """Outcomes and problem flags of the versions' drafts shown since `since_ms`, recorded after the given rowids
+        (integrity-checked)."""
+
+    def user_rates(self, since_ms: int, until_ms: int) -> list[UserRates]:
+        """Per user: decided drafts shown in [since_ms, until_ms) and how many were accepted, rejected, flagged."""
 
     def record_problem(self, draft_id: str, problem_type: str, model_version: str, at_ms: int) -> bool:
         """Flag a draft with a problem type; False if it was already flagged so."""

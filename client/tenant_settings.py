@@ -151,9 +151,13 @@ class ReleaseSection(Section):
     """How a version that passed the gates reaches users: canary, widening, promotion, automatic rollback."""
 
     canary_share: float = Field(0.05, description="users (by hash of their pseudonym) who first see a new version")
-    widened_share: float = Field(0.30, description="the canary's share after its first win")
+    canary_dwell_h: float = Field(
+        24.0, description="hours at canary_share before the canary widens (when no harm was found by then)"
+    )
+    widened_share: float = Field(0.30, description="the canary's share after canary_dwell_h without harm")
+    promote_after_h: float = Field(72.0, description="hours since a canary began before it may be promoted")
     promote_margin: float = Field(
-        0.02, description="a win: the canary's hit rate beats the serving one's by this much, with confidence"
+        0.0, description="a win: the canary's hit rate beats the serving one's by more than this, with confidence"
     )
     confidence: float = Field(
         0.95, description="family-wise confidence of the sequential test (always valid under repeated looks)"
@@ -162,6 +166,10 @@ class ReleaseSection(Section):
         0.05, description="mSPRT mixing scale tau: the size of hit-rate gap the test is most sensitive to"
     )
     min_drafts_per_arm: int = Field(200, description="decided drafts per arm before any decision")
+    min_users_per_arm: int = Field(20, description="users with a decided draft per arm before any decision")
+    covariate_days: float = Field(
+        28.0, description="days before a canary whose outcomes adjust its comparison for who is in which arm"
+    )
     decide_every_outcomes: int = Field(20, description="the controller decides after this many new outcomes ...")
     decide_every_s: float = Field(5.0, description="... and at least this often while outcomes arrive")
     export_dir: str = Field(
@@ -305,6 +313,16 @@ class TenantSettings(Section):
         require(0.5 <= release.confidence < 1.0, "release.confidence", "a number in [0.5, 1), e.g. 0.95")
         require(release.mixture_scale > 0, "release.mixture_scale", "a number > 0 (e.g. 0.05 = 5 points)")
         require(release.min_drafts_per_arm >= 1, "release.min_drafts_per_arm", "an integer >= 1")
+        require(
+            release.min_users_per_arm >= 2,
+            "release.min_users_per_arm",
+            "an integer >= 2 (a variance over users needs two of them)",
+        )
+        require(
+            release.canary_dwell_h >= 0 and release.promote_after_h >= 0 and release.covariate_days >= 0,
+            "release.canary_dwell_h / promote_after_h / covariate_days",
+            "numbers >= 0 (hours, hours, days)",
+        )
         require(
             release.decide_every_outcomes >= 1 and release.decide_every_s > 0,
             "release.decide_every_outcomes / decide_every_s",

@@ -1,93 +1,118 @@
-"""The canary test under repeated looks, with simulated outcomes at the default traffic (5 % canary, then 30 %).
+"""The canary test with users as the unit: simulated heterogeneous users, assigned as a whole, a look after every
+outcome, through the controller's ramp (client/simulation/canary_traffic.py).
 
-Each run feeds outcomes of both arms to the controller's own decision rule
-(`Comparison.of(...).worse()` / `.wins()`) every 100 drafts, exactly as the
-release loop looks while traffic arrives, until the canary is rolled back,
-promoted, or the horizon ends.
+Issue 30: counting drafts as independent rolled an equally good 5 % canary
+back in 26-44 % of runs when users' own accept rates differ. The bounds here
+are the issue's: equal quality -> false rollback and false promotion <= 5 %;
+-5 points -> rolled back in >= 95 %; +5 points -> promoted in >= 80 % within
+the 30-day horizon docs/tenant-operator.md states for 1,000 drafts a day.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from concurrent.futures import ProcessPoolExecutor
 
-from fedloop.client.release.controller import Comparison
-from fedloop.client.store_api import ArmStats
+import numpy as np
+import pytest
+
+from fedloop.client.release.controller import Comparison, arm_stats
+from fedloop.client.release.sequential import gap_interval
+from fedloop.client.simulation.canary_traffic import (
+    CanarySimulation,
+    Outcome,
+    Stage,
+    Traffic,
+    arm_sums_after_each,
+    simulate,
+)
 from fedloop.client.tenant_settings import ReleaseSection
 
 DEFAULTS = ReleaseSection()
-RUNS = 200
-HORIZON = 60_000  # drafts per run
-LOOK_EVERY = 100  # drafts between two looks
-CONTROL_HIT, CONTROL_REJECT = 0.30, 0.30
+HORIZON_DAYS = 30.0
+EQUAL_RUNS, EFFECT_RUNS = 200, 60
+TRAFFICS = [Traffic(300, 0.15, 1000), Traffic(300, 0.08, 1000), Traffic(2000, 0.15, 1000), Traffic(2000, 0.08, 1000)]
 
 
-def run_canary(rng: np.random.Generator, canary_hit: float, canary_reject: float) -> str:
-    """One canary's life under the default settings: "rollback", "promote" or "undecided"."""
-    share, wins = DEFAULTS.canary_share, 0
-    counts = np.zeros((2, 3), dtype=np.int64)  # [canary, control] x [decided, accepts, rejects]
-    for _ in range(HORIZON // LOOK_EVERY):
-        canary_drafts = rng.binomial(LOOK_EVERY, share)
-        for arm, (drafts, hit, reject) in enumerate(
-            ((canary_drafts, canary_hit, canary_reject), (LOOK_EVERY - canary_drafts, CONTROL_HIT, CONTROL_REJECT))
-        ):
-            accepts, rejects, _ = rng.multinomial(drafts, [hit, reject, 1 - hit - reject])
-            counts[arm] += (drafts, accepts, rejects)
-        if counts[:, 0].min() < DEFAULTS.min_drafts_per_arm:
-            continue
-        canary, control = (
-            ArmStats(name, int(n), int(a), int(r), 0) for name, (n, a, r) in zip(("c", "s"), counts, strict=True)
-        )
-        comparison = Comparison.of(canary, control, DEFAULTS)
-        if comparison.worse() is not None:
-            return "rollback"
-        if comparison.wins(DEFAULTS.promote_margin):
-            wins += 1
-            if wins == 2:
-                return "promote"
-            share, counts = DEFAULTS.widened_share, np.zeros_like(counts)  # widened: a fresh window
-    return "undecided"
+def _simulate(job: tuple[Traffic, float, int, int]) -> list[Outcome]:
+    traffic, effect, runs, seed = job
+    return simulate(traffic, effect, DEFAULTS, runs, HORIZON_DAYS, seed)
 
 
-def outcomes(canary_hit: float, canary_reject: float, seed: int) -> dict[str, int]:
-    rng = np.random.default_rng(seed)
-    results = [run_canary(rng, canary_hit, canary_reject) for _ in range(RUNS)]
-    return {kind: results.count(kind) for kind in ("rollback", "promote", "undecided")}
+@pytest.fixture(scope="module")
+def outcomes() -> dict[tuple[Traffic, float], list[Outcome]]:
+    """Every traffic with an equal, a 5-points-worse and a 5-points-better canary (both cores)."""
+    jobs = [
+        (traffic, effect, EQUAL_RUNS if effect == 0 else EFFECT_RUNS, 100 + index)
+        for index, traffic in enumerate(TRAFFICS)
+        for effect in (0.0, -0.05, 0.05)
+    ]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = pool.map(_simulate, jobs)
+        return {(traffic, effect): result for (traffic, effect, *_), result in zip(jobs, results, strict=True)}
 
 
-def test_the_gap_interval_at_200_drafts_per_arm_is_wider_than_the_fixed_margins_were() -> None:
-    # The issue's point: at the minimum sample the gap's standard error is several points, so a 1-point margin
-    # rolled back equal canaries often. The always-valid interval at that sample spans well beyond +-1 point.
-    control = ArmStats("s", 200, 60, 60, 0)
-    comparison = Comparison.of(ArmStats("c", 200, 60, 60, 0), control, DEFAULTS)
-    assert comparison.hit_gap.low < -0.05 and comparison.hit_gap.high > 0.05 and comparison.worse() is None
+def rate(results: list[Outcome], verdict: str) -> float:
+    return sum(o.verdict == verdict for o in results) / len(results)
 
 
-def test_an_equally_good_canary_is_rolled_back_in_fewer_than_5_percent_of_runs() -> None:
-    result = outcomes(CONTROL_HIT, CONTROL_REJECT, seed=1)
-    assert result["rollback"] < 0.05 * RUNS, result
-    assert result["promote"] < 0.05 * RUNS, result
+@pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
+def test_an_equally_good_canary_is_rarely_rolled_back_or_promoted(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+    results = outcomes[(traffic, 0.0)]
+    assert rate(results, "rollback") <= 0.05 and rate(results, "promote") <= 0.05, results
 
 
-def test_a_canary_5_points_worse_is_rolled_back() -> None:
-    result = outcomes(CONTROL_HIT - 0.05, CONTROL_REJECT + 0.05, seed=2)
-    assert result["rollback"] >= 0.95 * RUNS, result
-    assert result["promote"] == 0, result
+@pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
+def test_a_canary_5_points_worse_is_rolled_back(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+    results = outcomes[(traffic, -0.05)]
+    assert rate(results, "rollback") >= 0.95 and rate(results, "promote") == 0, results
+
+
+@pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
+def test_a_canary_5_points_better_is_promoted_within_the_horizon(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+    results = outcomes[(traffic, 0.05)]
+    assert rate(results, "promote") >= 0.80 and rate(results, "rollback") == 0, results
+
+
+def test_the_simulation_decides_as_the_controller_does_at_every_look() -> None:
+    """The simulation evaluates all looks at once; at a sample of them its verdict equals `Comparison`'s."""
+    simulation = CanarySimulation(Traffic(300, 0.15, 1000), -0.03, DEFAULTS, np.random.default_rng(5))
+    serving, canary, activity = simulation._people()
+    covariates = simulation._covariates(serving, activity)
+    position = np.random.default_rng(6).random(300)
+    users = simulation._drafts(20_000, activity)
+    in_canary = position[users] < DEFAULTS.widened_share
+    decided = simulation._outcomes(np.where(in_canary[:, None], canary[users], serving[users]))
+    stage = Stage(
+        arm_sums_after_each(users, decided, covariates, in_canary),
+        arm_sums_after_each(users, decided, covariates, ~in_canary),
+        np.arange(1, 20_001) / 1000 + 3,
+    )
+    first = simulation.verdict(stage, final=True)
+    assert first is not None and first.verdict == "rollback"
+    look = int(round((first.day - 3) * 1000)) - 1
+    for index in (look - 1, look):
+        sums = (stage.canary[index], stage.control[index])
+        comparison = Comparison.of(arm_stats("c", sums[0]), arm_stats("s", sums[1]), sums, DEFAULTS)
+        assert comparison.ready(DEFAULTS)
+        assert (comparison.worse() is not None) == (index == look), comparison.summary()
+
+
+def test_a_handful_of_users_with_many_drafts_decides_nothing() -> None:
+    """Ten users with 1,000 drafts each are ten units, not 10,000: the arm is not ready, however many drafts."""
+    stage_sums = []
+    for accept in (0.2, 0.4):
+        users = np.repeat(np.arange(10), 1000)
+        outcomes = np.column_stack([np.arange(10_000) % 10 < accept * 10, np.zeros((10_000, 2))]).astype(float)
+        stage_sums.append(arm_sums_after_each(users, outcomes, np.zeros((10, 3)), np.ones(10_000, bool))[-1])
+    comparison = Comparison.of(
+        arm_stats("c", stage_sums[0]), arm_stats("s", stage_sums[1]), tuple(stage_sums), DEFAULTS
+    )
+    assert comparison.canary.decided == 10_000 and comparison.canary.users == 10
+    assert not comparison.ready(DEFAULTS)
 
 
 def test_the_gap_interval_stays_within_the_possible_gaps_at_a_handful_of_drafts() -> None:
     """A deployment's canary with 3 drafts printed a hit-rate gap of [-396.1, +522.4] points."""
-    from fedloop.client.release.sequential import gap_interval
-
-    interval = gap_interval(2, 3, 2, 57, 1 - 0.05 / 3, ReleaseSection().mixture_scale)
+    interval = gap_interval(2 / 3 - 2 / 57, 0.5, 1 - 0.05 / 6, DEFAULTS.mixture_scale)
     assert -1.0 <= interval.low < interval.estimate < interval.high <= 1.0
     assert "[-100.0, +100.0]" in interval.describe()
-
-
-def test_successes_beyond_their_count_are_named_not_a_math_domain_error() -> None:
-    """flagged > decided (issue 30) made the variance negative and the square root raise `math domain error`."""
-    import pytest
-
-    from fedloop.client.release.sequential import gap_interval
-
-    with pytest.raises(ValueError, match="must lie within its own count"):
-        gap_interval(180, 126, 0, 277, 0.98, ReleaseSection().mixture_scale)

@@ -34,7 +34,9 @@ QUESTION: list[ChatCompletionMessageParam] = [
 def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
     runtime = make_tenant(
         "acme",
-        release=ReleaseSection(canary_share=0.5, widened_share=0.5, min_drafts_per_arm=5, decide_every_outcomes=1),
+        release=ReleaseSection(
+            canary_share=0.5, widened_share=0.5, min_drafts_per_arm=5, min_users_per_arm=5, decide_every_outcomes=1
+        ),
     )
     install_versions(runtime, tiny_model_dir, ("v0", "v1"))
     controller = ReleaseController(runtime.store, runtime.settings.release)

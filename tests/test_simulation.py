@@ -64,6 +64,8 @@ canary_share = 0.5
 widened_share = 0.5
 mixture_scale = 0.3
 min_drafts_per_arm = 4
+min_users_per_arm = 2
+promote_after_h = 0.0
 decide_every_outcomes = 2
 """
 

@@ -87,7 +87,7 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
             lambda store, draft_id: store.drafts.get_outcome(draft_id),
         ),
         ("UPDATE drafts SET model_version = 'v9'", lambda store, draft_id: store.drafts.get_draft(draft_id)),
-        ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.drafts.arm_stats("v1", 0)),
+        ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.drafts.window_events(["v1"], 0, 0, 0)),
     ],
 )
 def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:  # noqa: ANN001
@@ -95,7 +95,7 @@ def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: st
     api = FeedbackRecorder(tenant.pipeline)
     draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1")
     api.record_outcome(draft_id, Action.EDIT, "It ships on Monday.", dwell_ms=3000)
-    assert tenant.store.drafts.arm_stats("v1", 0).decided == 1 and len(tenant.store.samples.find()) == 1
+    assert len(tenant.store.drafts.window_events(["v1"], 0, 0, 0)[0]) == 1 and len(tenant.store.samples.find()) == 1
     with sqlite3.connect(tenant.store.path) as db:
         db.execute(edit)
     with pytest.raises(CryptoError, match=r"failed its integrity check: its plain fields .* were changed outside"):
@@ -183,7 +183,7 @@ READERS = {
     "signals": lambda store, known: [
         store.drafts.session_signals(s) for s in (known["session"], known["session"] + "x")
     ],
-    "problems": lambda store, known: store.drafts.arm_stats("v1", 0),
+    "problems": lambda store, known: (store.drafts.window_events(["v1"], 0, 0, 0), store.drafts.user_rates(0, 2**62)),
     "breaker": lambda store, known: store.samples.breaker_state(),
     "evaluations": lambda store, known: (
         store.versions.evaluations("v1"),

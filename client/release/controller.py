@@ -1,56 +1,78 @@
-"""The tenant's release pointer: bootstrap, canary, widen, promote, roll back.
+"""The tenant's release pointer: bootstrap, canary, ramp, promote, roll back.
 
 A version that passed the gates (hit rate, KL to the serving version,
 forgetting) is offered here. The first version ever offered serves everyone.
 Later ones start as a canary on `canary_share` of users (by hash of their
-pseudonym) while the serving version is the control. Once both arms have
-`min_drafts_per_arm` decided drafts since the phase began, each `decide()`
-(run as outcomes arrive, see loop.py) compares them with a sequential test
-that stays valid however often it looks (sequential.py):
+pseudonym) while the serving version is the control, and ramp:
 
-- the canary's hit rate lower, its reject rate higher or its complaint rate
-  (drafts flagged by a derived-signal rule) higher than control's, each with
-  confidence: rolled back, automatically (the canary is dropped, the serving
-  version stays);
-- the canary's hit rate higher than control's by at least `promote_margin`
-  with confidence (a win): widened to `widened_share` for a fresh window, and
-  promoted to serve everyone after a second such win;
-- otherwise it keeps collecting.
+- stage 1, `canary_share` (5 %): for at least `canary_dwell_h` hours; with no
+  harm found by then, widened to `widened_share` (30 %) for a fresh window;
+- stage 2, `widened_share`: promoted to serve everyone once its hit rate beats
+  control's by at least `promote_margin` with confidence and the canary is at
+  least `promote_after_h` hours old;
+- in either stage, once both arms have `min_drafts_per_arm` decided drafts from
+  `min_users_per_arm` users: rolled back, automatically, when its hit rate is
+  lower, its reject rate higher or its complaint rate (decided drafts flagged by a
+  derived-signal rule) higher than control's, each with confidence.
 
-The error budget 1 - `confidence` is split equally between the three rollback
+The comparison treats the user as the unit, adjusted by what each user did
+before the canary began (user_statistics.py), inside a sequential test that
+stays valid however often it looks (sequential.py). The error budget
+1 - `confidence` is split equally between the two stages and the three rollback
 tests, so an equally good canary is rolled back with probability at most
-1 - `confidence` over the whole phase. A newer version offered while a canary
-runs supersedes it. Every move is one appended row in the store's `releases`
-table plus an audit entry, so a rollback is a pointer swap: nothing is
-re-verified or copied, and a draft server sees it on its next request.
+1 - `confidence` over its whole life. Looks are O(1): arm_tally.py keeps the
+sums as outcomes arrive.
+
+A running canary is never restarted by a newer version: the newest version
+offered meanwhile waits and becomes the next canary once this one is decided
+(an operator may supersede by hand). Every move is one appended row in the
+store's `releases` table plus an audit entry, so a rollback is a pointer swap:
+nothing is re-verified or copied, and a draft server sees it on its next
+request.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fedloop.client.release.arm_tally import Window, WindowTally
 from fedloop.client.release.canary import in_canary
-from fedloop.client.release.sequential import GapInterval, gap_interval
-from fedloop.client.store_api import BASE_VERSION, ArmStats, FeedbackStoreAPI, ReleaseRecord
+from fedloop.client.release.sequential import GapInterval, gap_interval, half_width
+from fedloop.client.release.user_statistics import Floats, adjusted_gap, rates
+from fedloop.client.store_api import BASE_VERSION, ArmStats, EvaluationKind, FeedbackStoreAPI, ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 
 log = logging.getLogger(__name__)
 ACTOR = "release-controller"
+HOUR_MS = 3_600_000
 
 
 class ReleaseError(ValueError):
     """A release action is not possible in the current state; the message says why."""
 
 
-ROLLBACK_TESTS = 3  # hit rate, reject rate, complaint rate share the error budget
+ROLLBACK_TESTS = 3  # hit rate, reject rate, complaint rate share the error budget ...
+STAGES = 2  # ... and so do the canary's two windows (canary_share, then widened_share)
+
+
+def interval_level(settings: ReleaseSection) -> float:
+    """The confidence of each interval: 1 - (1 - confidence) / (stages x rollback tests)."""
+    return 1 - (1 - settings.confidence) / (STAGES * ROLLBACK_TESTS)
+
+
+def arm_stats(version: str, sums: Floats) -> ArmStats:
+    """The counts of one arm, read from its sums."""
+    accepts, rejects, flagged = (round(float(rate * sums[1])) for rate in rates(sums))
+    return ArmStats(version, int(sums[0]), int(sums[1]), accepts, rejects, flagged)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Canary against control over the current observation window, with always-valid intervals of the gaps."""
+    """Canary against control over the current window, the user as the unit, with always-valid gap intervals."""
 
     canary: ArmStats
     control: ArmStats
@@ -59,19 +81,24 @@ class Comparison:
     complaint_gap: GapInterval
 
     @classmethod
-    def of(cls, canary: ArmStats, control: ArmStats, settings: ReleaseSection) -> Comparison:
-        """Compare two arms; each interval is at level 1 - (1 - confidence) / 3 (the three tests share alpha)."""
-        level = 1 - (1 - settings.confidence) / ROLLBACK_TESTS
+    def of(
+        cls, canary: ArmStats, control: ArmStats, sums: tuple[Floats, Floats], settings: ReleaseSection
+    ) -> Comparison:
+        """Compare two arms from their sums (canary, control); each interval at `interval_level(settings)`."""
+        level = interval_level(settings)
 
-        def gap(a: int, b: int) -> GapInterval:
-            return gap_interval(a, canary.decided, b, control.decided, level, settings.mixture_scale)
+        def gap(metric: str) -> GapInterval:
+            estimate, variance = adjusted_gap(sums[0], sums[1], metric)
+            return gap_interval(float(estimate), float(variance), level, settings.mixture_scale)
 
-        return cls(
-            canary,
-            control,
-            gap(canary.accepts, control.accepts),
-            gap(canary.rejects, control.rejects),
-            gap(canary.flagged, control.flagged),
+        return cls(canary, control, gap("accept"), gap("reject"), gap("flagged"))
+
+    def ready(self, settings: ReleaseSection) -> bool:
+        """Whether both arms have enough decided drafts and users for any decision."""
+        arms = (self.canary, self.control)
+        return (
+            min(arm.decided for arm in arms) >= settings.min_drafts_per_arm
+            and min(arm.users for arm in arms) >= settings.min_users_per_arm
         )
 
     def worse(self) -> str | None:
@@ -86,17 +113,55 @@ class Comparison:
 
     def wins(self, promote_margin: float) -> bool:
         """Whether the canary's hit rate beats control's by at least `promote_margin`, with confidence."""
-        return self.hit_gap.low >= promote_margin
+        return self.hit_gap.low > promote_margin
 
     def summary(self) -> str:
         """One line for logs and release records."""
         return (
             f"canary {self.canary.version} hit {self.canary.hit_rate:.1%} reject {self.canary.reject_rate:.1%} "
-            f"complaints {self.canary.complaint_rate:.1%} (n={self.canary.decided}) vs control "
-            f"{self.control.version} hit {self.control.hit_rate:.1%} reject {self.control.reject_rate:.1%} "
-            f"complaints {self.control.complaint_rate:.1%} (n={self.control.decided}); "
+            f"complaints {self.canary.complaint_rate:.1%} (n={self.canary.decided}, {self.canary.users} users) vs "
+            f"control {self.control.version} hit {self.control.hit_rate:.1%} reject {self.control.reject_rate:.1%} "
+            f"complaints {self.control.complaint_rate:.1%} (n={self.control.decided}, {self.control.users} users); "
             f"hit-rate gap {self.hit_gap.describe()}"
         )
+
+    def drafts_to_resolve(self, settings: ReleaseSection) -> int | None:
+        """About how many more decided drafts (both arms) until a hit-rate gap of `mixture_scale` would be decided,
+        extrapolating the variance as 1 / drafts; None before any draft was decided."""
+        drafts = self.canary.decided + self.control.decided
+        width = (self.hit_gap.high - self.hit_gap.low) / 2
+        if drafts == 0 or min(self.canary.decided, self.control.decided) == 0:
+            return None
+        variance = _variance_of(width, interval_level(settings), settings.mixture_scale)
+        needed = drafts
+        while (
+            half_width(variance * drafts / needed, interval_level(settings), settings.mixture_scale)
+            > settings.mixture_scale
+        ):
+            needed *= 2
+        low = needed // 2
+        while needed - low > max(1, needed // 100):
+            middle = (low + needed) // 2
+            if (
+                half_width(variance * drafts / middle, interval_level(settings), settings.mixture_scale)
+                > settings.mixture_scale
+            ):
+                low = middle
+            else:
+                needed = middle
+        return max(0, needed - drafts)
+
+
+def _variance_of(width: float, level: float, tau: float) -> float:
+    """The variance whose mSPRT half-width is `width` (half_width increases with the variance: bisection)."""
+    low, high = 1e-12, 1.0
+    for _ in range(60):
+        middle = (low * high) ** 0.5
+        if half_width(middle, level, tau) < width:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def now_ms() -> int:
@@ -114,6 +179,8 @@ class ReleaseController:
         self._settings = settings
         self._actor = actor  # who the audit log names: the controller itself, or an operator
         self._clock = clock
+        self._tally: WindowTally | None = None  # the current window's sums, kept between looks
+        self._lock = threading.Lock()
 
     def state(self) -> ReleaseRecord | None:
         """The current pointer (None before any version was offered)."""
@@ -144,51 +211,98 @@ class ReleaseController:
         return record
 
     def offer(self, version_id: str, reason: str) -> ReleaseRecord:
-        """A version passed the gates: serve it (first ever) or start its canary (superseding a running one)."""
+        """A version passed the gates: serve it (first ever), start its canary, or, while a canary runs, let it wait
+        (the newest offered version waits; it becomes the canary once the running one is decided)."""
         state = self.state()
         if state is None or state.serving is None:
             return self._move("bootstrap", version_id, None, 0.0, reason)
         if version_id in (state.serving, state.canary):
             return state
-        action = "canary" if state.canary is None else "supersede"
-        return self._move(action, state.serving, version_id, self._settings.canary_share, reason)
+        if state.canary is None:
+            return self._move("canary", state.serving, version_id, self._settings.canary_share, reason)
+        self._store.versions.record_evaluation(version_id, EvaluationKind.OFFERED, {})
+        self._store.audit(self._actor, "release-wait", f"{version_id} waits for canary {state.canary} to be decided")
+        log.info("release: %s waits until canary %s is decided (%s)", version_id, state.canary, reason)
+        return state
+
+    def waiting(self) -> str | None:
+        """The newest version offered while a canary ran and not released since: the next canary."""
+        latest = self._store.versions.latest_evaluation(EvaluationKind.OFFERED)
+        if latest is None:
+            return None
+        released = {v for r in self._store.versions.release_history() for v in (r.serving, r.canary)}
+        return None if latest[0] in released else latest[0]
+
+    def supersede(self, version_id: str, reason: str) -> ReleaseRecord:
+        """Replace the running canary by an installed version now (operator decision: a fresh window)."""
+        state = self.state()
+        if state is None or state.canary is None or state.serving is None:
+            raise ReleaseError("no canary is running: nothing to supersede")
+        if version_id not in {v.version_id for v in self._store.versions.installed()}:
+            raise ReleaseError(f"{version_id} is not installed at this tenant: see `fedloop versions`")
+        if version_id in (state.serving, state.canary):
+            raise ReleaseError(f"{version_id} already drafts here (serving {state.serving}, canary {state.canary})")
+        return self._move("supersede", state.serving, version_id, self._settings.canary_share, reason)
+
+    def _next_canary(self, decided: ReleaseRecord) -> ReleaseRecord:
+        waiting = self.waiting()
+        if waiting is None or decided.serving is None:
+            return decided
+        return self._move("canary", decided.serving, waiting, self._settings.canary_share, f"{waiting} waited")
+
+    def canary_since_ms(self, state: ReleaseRecord) -> int:
+        """When the running canary began (its first record of the current run of records naming it)."""
+        since = state.at_ms
+        for record in reversed(self._store.versions.release_history()):
+            if record.canary != state.canary:
+                break
+            since = record.at_ms
+        return since
+
+    def _window(self, state: ReleaseRecord) -> WindowTally:
+        assert state.canary is not None and state.serving is not None
+        window = Window(state.canary, state.serving, state.at_ms, self.canary_since_ms(state))
+        if self._tally is None or self._tally.window != window:
+            self._tally = WindowTally(self._store, window, self._settings.covariate_days)
+        self._tally.catch_up()
+        return self._tally
 
     def compare(self) -> Comparison | None:
         """Canary against control since the current phase began; None if no canary runs."""
         state = self.state()
         if state is None or state.canary is None or state.serving is None:
             return None
-        return Comparison.of(
-            self._store.drafts.arm_stats(state.canary, state.at_ms),
-            self._store.drafts.arm_stats(state.serving, state.at_ms),
-            self._settings,
-        )
+        with self._lock:
+            tally = self._window(state)
+            sums = (tally.arms[state.canary].sums.copy(), tally.arms[state.serving].sums.copy())
+        return Comparison.of(arm_stats(state.canary, sums[0]), arm_stats(state.serving, sums[1]), sums, self._settings)
 
     def decide(self) -> ReleaseRecord | None:
-        """Widen, promote or roll back the canary when the evidence says so; None while it keeps collecting."""
-        comparison = self.compare()
-        if comparison is None:
-            return None
-        settings = self._settings
-        if min(comparison.canary.decided, comparison.control.decided) < settings.min_drafts_per_arm:
-            return None
-        worse = comparison.worse()
-        if worse is not None:
-            return self.rollback(f"automatic ({worse} with confidence): {comparison.summary()}")
-        if not comparison.wins(settings.promote_margin):
-            return None
+        """Widen, promote or roll back the canary when the evidence and the ramp's dwell times say so; None while it
+        keeps collecting."""
         state = self.state()
-        assert state is not None  # compare() returned a comparison
+        comparison = self.compare()
+        if state is None or comparison is None:
+            return None
+        settings, now = self._settings, self._clock()
+        if comparison.ready(settings) and (worse := comparison.worse()) is not None:
+            return self.rollback(f"automatic ({worse} with confidence): {comparison.summary()}")
         if state.share < settings.widened_share:
-            return self._move("widen", state.serving, state.canary, settings.widened_share, comparison.summary())
-        return self._move("promote", state.canary, None, 0.0, comparison.summary())
+            if now - state.at_ms < settings.canary_dwell_h * HOUR_MS:
+                return None
+            reason = f"no harm found in {settings.canary_dwell_h:g} h at {state.share:.0%}: {comparison.summary()}"
+            return self._move("widen", state.serving, state.canary, settings.widened_share, reason)
+        old_enough = now - self.canary_since_ms(state) >= settings.promote_after_h * HOUR_MS
+        if comparison.ready(settings) and old_enough and comparison.wins(settings.promote_margin):
+            return self._next_canary(self._move("promote", state.canary, None, 0.0, comparison.summary()))
+        return None
 
     def promote(self, reason: str) -> ReleaseRecord:
         """Serve the canary to everyone now (operator decision)."""
         state = self.state()
         if state is None or state.canary is None:
             raise ReleaseError("no canary is running: nothing to promote")
-        return self._move("promote", state.canary, None, 0.0, reason)
+        return self._next_canary(self._move("promote", state.canary, None, 0.0, reason))
 
     def rollback(self, reason: str) -> ReleaseRecord:
         """Drop the canary, or, with none running, go back to the version that served before the current one."""
@@ -196,7 +310,7 @@ class ReleaseController:
         if state is None or state.serving is None:
             raise ReleaseError("nothing has been released yet: nothing to roll back")
         if state.canary is not None:
-            return self._move("rollback", state.serving, None, 0.0, reason)
+            return self._next_canary(self._move("rollback", state.serving, None, 0.0, reason))
         previous = self.rollback_target()
         if previous is None:
             raise ReleaseError(f"{state.serving} is the first version this tenant served: nothing to roll back to")

@@ -19,6 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Floats = NDArray[np.float64]
+
 
 @dataclass(frozen=True)
 class GapInterval:
@@ -37,30 +42,15 @@ class GapInterval:
         )
 
 
-def _variance(successes: int, count: int) -> float:
-    # A rate of exactly 0 or 1 would claim zero variance; half a success of smoothing keeps it honest.
-    rate = (successes + 0.5) / (count + 1)
-    return rate * (1 - rate) / count
-
-
-def gap_interval(
-    a_successes: int, a_count: int, b_successes: int, b_count: int, confidence: float, tau: float
-) -> GapInterval:
-    """The rate gap a - b with its mSPRT confidence sequence at `confidence` (mixture scale `tau`); ValueError when
-    successes are not within their counts (rates of different denominators: a caller's bug, named, not a
-    `math domain error` from the square root)."""
-    if not (0 <= a_successes <= max(a_count, 0) and 0 <= b_successes <= max(b_count, 0)):
-        raise ValueError(
-            f"successes {a_successes}/{a_count} and {b_successes}/{b_count} are not rates: each count of successes "
-            "must lie within its own count"
-        )
-    if a_count < 1 or b_count < 1:
-        return GapInterval(0.0, -1.0, 1.0, confidence)
-    estimate = a_successes / a_count - b_successes / b_count
-    variance = _variance(a_successes, a_count) + _variance(b_successes, b_count)
+def half_width(variance: ArrayLike, confidence: float, tau: float) -> Floats:
+    """Half the width of the mSPRT confidence sequence of a gap whose estimate has `variance` (floats or arrays)."""
+    variance = np.maximum(np.asarray(variance, dtype=np.float64), 1e-18)
     spread = variance + tau * tau
-    half_width = math.sqrt(
-        variance * spread / (tau * tau) * (2 * math.log(1 / (1 - confidence)) + math.log(spread / variance))
-    )
-    # A gap of two rates lies in [-1, 1]: the interval is cut to it (coverage and decisions are unchanged).
-    return GapInterval(estimate, max(-1.0, estimate - half_width), min(1.0, estimate + half_width), confidence)
+    return np.sqrt(variance * spread / (tau * tau) * (2 * math.log(1 / (1 - confidence)) + np.log(spread / variance)))
+
+
+def gap_interval(estimate: float, variance: float, confidence: float, tau: float) -> GapInterval:
+    """The gap `estimate` with its mSPRT confidence sequence at `confidence` (mixture scale `tau`), cut to [-1, 1]
+    (a gap of two rates lies there: coverage and decisions are unchanged)."""
+    width = float(half_width(variance, confidence, tau))
+    return GapInterval(float(estimate), max(-1.0, estimate - width), min(1.0, estimate + width), confidence)

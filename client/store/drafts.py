@@ -3,11 +3,15 @@ PII vault."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Sequence
 
 from fedloop.client.privacy.placeholders import PlaceholderMap
 from fedloop.client.store.sealing import RowSealer
-from fedloop.client.store_api import Action, ArmStats, DraftRecord, OutcomeRecord, SignalRecord
+from fedloop.client.store_api import Action, DraftRecord, OutcomeRecord, SignalRecord, UserRates, WindowEvent
+
+_KEYS_PER_QUERY = 500  # keys in one `IN (...)`: well under SQLite's limit of bound parameters
 
 
 class SqliteDraftRepository:
@@ -122,28 +126,75 @@ class SqliteDraftRepository:
         )
         return [row["model_version"] for row in rows]
 
-    def arm_stats(self, model_version: str, since_ms: int) -> ArmStats:
-        """Decided drafts of `model_version` shown since `since_ms`: accepts, rejects, and those of them flagged by a
-        rule. Every count has the decided drafts as its denominator: a draft without an outcome (which
-        `long_no_response` flags) is counted nowhere, so an arm whose users report fewer outcomes is not taken for
-        one with more complaints, and no count can exceed `decided`.
+    def window_events(
+        self, versions: Sequence[str], since_ms: int, after_outcome: int, after_problem: int
+    ) -> tuple[list[WindowEvent], list[WindowEvent]]:
+        """Outcomes and problem flags of the versions' drafts shown since `since_ms`, recorded after the rowids
+        `after_outcome` / `after_problem`, oldest first. Only the new rows are read (a range of rowids joined to
+        drafts by key), and each outcome, problem and draft is checked against its row MAC: an SQL edit cannot sway
+        a release."""
+        marks = ", ".join("?" * len(versions))
+        window = f"d.model_version IN ({marks}) AND d.shown_at_ms >= ?"
+        events = []
+        for table, after in (("outcomes", after_outcome), ("problems", after_problem)):
+            rowids = [
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT t.rowid FROM {table} t JOIN drafts d ON d.id = t.draft_id "
+                    f"WHERE t.rowid > ? AND {window} ORDER BY t.rowid",
+                    (after, *versions, since_ms),
+                )
+            ]
+            rows = self._checked_in(table, "rowid", rowids)
+            drafts = {row["id"]: row for row in self._checked_in("drafts", "id", [r["draft_id"] for r in rows])}
+            events.append(
+                [
+                    WindowEvent(
+                        row["event_rowid"],
+                        row["draft_id"],
+                        drafts[row["draft_id"]]["user_pseudonym"],
+                        drafts[row["draft_id"]]["model_version"],
+                        Action(row["action"]) if table == "outcomes" else None,
+                    )
+                    for row in rows
+                ]
+            )
+        return events[0], events[1]
 
-        Every draft, outcome and problem counted is checked against its row MAC: an SQL edit cannot sway a release.
-        """
-        window = (model_version, since_ms)
-        self._sealer.checked_rows("drafts", "model_version = ? AND shown_at_ms >= ?", window)
-        outcomes = self._sealer.checked_rows(
-            "outcomes", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
-        )
-        actions = [Action(row["action"]) for row in outcomes]
-        problems = self._sealer.checked_rows(
-            "problems", "draft_id IN (SELECT id FROM drafts WHERE model_version = ? AND shown_at_ms >= ?)", window
-        )
-        decided = {row["draft_id"] for row in outcomes}
-        flagged = len({row["draft_id"] for row in problems} & decided)
-        return ArmStats(
-            model_version, len(actions), actions.count(Action.ACCEPT), actions.count(Action.REJECT), flagged
-        )
+    def _checked_in(self, table: str, column: str, keys: list[object]) -> list[sqlite3.Row]:
+        """The rows of `table` whose `column` is one of `keys` (with their rowid as `event_rowid`), each checked,
+        in rowid order."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[start : start + _KEYS_PER_QUERY]
+            rows += self._db.execute(
+                f"SELECT rowid AS event_rowid, * FROM {table} WHERE {column} IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        return sorted((self._sealer.check(table, row) for row in rows), key=lambda row: row["event_rowid"])
+
+    def user_rates(self, since_ms: int, until_ms: int) -> list[UserRates]:
+        """Per user: decided drafts shown in [since_ms, until_ms) and how many were accepted, rejected, flagged by a
+        rule. Every row counted is checked against its row MAC."""
+        span = "shown_at_ms >= ? AND shown_at_ms < ?"
+        drafts = self._sealer.checked_rows("drafts", span, (since_ms, until_ms))
+        inside = f"draft_id IN (SELECT id FROM drafts WHERE {span})"
+        outcomes = {
+            row["draft_id"]: Action(row["action"])
+            for row in self._sealer.checked_rows("outcomes", inside, (since_ms, until_ms))
+        }
+        flagged = {row["draft_id"] for row in self._sealer.checked_rows("problems", inside, (since_ms, until_ms))}
+        per_user: dict[str, list[int]] = {}
+        for draft in drafts:
+            action = outcomes.get(draft["id"])
+            if action is None:
+                continue
+            counts = per_user.setdefault(draft["user_pseudonym"], [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1] += action == Action.ACCEPT
+            counts[2] += action == Action.REJECT
+            counts[3] += draft["id"] in flagged
+        return [UserRates(user, n, (a, r, f)) for user, (n, a, r, f) in per_user.items()]
 
     # -- signals --------------------------------------------------------------------------------
     def insert_signal(self, signal: SignalRecord) -> None:
