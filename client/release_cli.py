@@ -96,6 +96,25 @@ def rollback(
     _act(config, operator, reason, "rollback")
 
 
+@release_app.command("readmit")
+def readmit(
+    version: str = typer.Option(..., help="The refused or rolled-back version to allow again."),
+    operator: str = OPERATOR,
+    reason: str = typer.Option(..., help="Why (audited)."),
+    config: Path = CONFIG,
+) -> None:
+    """Allow a version this tenant refused or rolled back to be offered and served again."""
+    operator = audited(operator, reason)
+    runtime = open_runtime(config)
+    try:
+        ReleaseController(runtime.store, runtime.settings.release, actor=operator).readmit(version, reason)
+    except ReleaseError as err:
+        fail(str(err))
+    finally:
+        runtime.close()
+    typer.echo(f"{version} re-admitted: the next offer of it may start a canary, and requests may name it")
+
+
 @release_app.command("export")
 def export(
     out: Path = typer.Option(..., help="Directory to write the adapters and routing.json into."),

@@ -60,7 +60,10 @@ class EvaluationKind(StrEnum):
     GENERAL_NLL_INCREASE = "general_nll_increase"  # the forgetting gate
     DEGENERATE_SHARE_INCREASE = "degenerate_share_increase"  # the degeneration gate
     TRAINING = "training"  # a local training run (losses, examples, duration)
-    OFFERED = "offered"  # passed the gates while a canary ran: waits to be the next canary (no metrics)
+    OFFERED = "offered"  # passed the gates while a canary ran: waits to be the next canary
+    REFUSED = "refused"  # the gates refused it: never offered, not servable (metrics: at_ms, why)
+    ROLLED_BACK = "rolled_back"  # rolled back here: never offered again, not servable (metrics: at_ms, why)
+    READMITTED = "readmitted"  # an operator lifted a refusal or rollback by name (metrics: at_ms, why)
 
 
 @dataclass(frozen=True)

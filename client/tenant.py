@@ -51,7 +51,7 @@ from fedloop.shared.adapter import (
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import open_envelope
 from fedloop.shared.keys import Identity, Keyring, key_paths, load_identity, load_public_key
-from fedloop.shared.protocol import GLOBAL, global_binding, message_round, sealed_envelope
+from fedloop.shared.protocol import DECLINED, GLOBAL, global_binding, message_round, sealed_envelope
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import LoraSettings, Settings
 
@@ -351,6 +351,7 @@ class Tenant:
                 )
             else:
                 self.store.audit(ACTOR, "release-refused", f"{candidate}: {verdicts}")
+                self.release.decline(candidate, EvaluationKind.REFUSED, verdicts)
             log.info(
                 "%s evaluated %s: %s; %s%s",
                 self.name,
@@ -360,5 +361,8 @@ class Tenant:
                 " (offered)" if candidate == best else "",
             )
         metrics["gates-passed"] = int(all(g.passed for g in results))
+        metrics[DECLINED] = int(
+            version_id in self.release.declined()
+        )  # HQ does not continue from a version all decline
         metrics["offered-personalised"] = int(best is not None and best != version_id)
         return metrics

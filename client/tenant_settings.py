@@ -170,6 +170,12 @@ class ReleaseSection(Section):
     covariate_days: float = Field(
         28.0, description="days before a canary whose outcomes adjust its comparison for who is in which arm"
     )
+    guard_h: float = Field(
+        72.0,
+        description="hours after a promotion during which holdback_share of users stay on the previous version and "
+        "the same test watches the promoted one (worse: automatic rollback); 0 = no guard",
+    )
+    holdback_share: float = Field(0.05, description="users kept on the previous version during a guard")
     decide_every_outcomes: int = Field(20, description="the controller decides after this many new outcomes ...")
     decide_every_s: float = Field(5.0, description="... and at least this often while outcomes arrive")
     export_dir: str = Field(
@@ -319,9 +325,14 @@ class TenantSettings(Section):
             "an integer >= 2 (a variance over users needs two of them)",
         )
         require(
-            release.canary_dwell_h >= 0 and release.promote_after_h >= 0 and release.covariate_days >= 0,
-            "release.canary_dwell_h / promote_after_h / covariate_days",
-            "numbers >= 0 (hours, hours, days)",
+            min(release.canary_dwell_h, release.promote_after_h, release.covariate_days, release.guard_h) >= 0,
+            "release.canary_dwell_h / promote_after_h / covariate_days / guard_h",
+            "numbers >= 0 (hours, hours, days, hours)",
+        )
+        require(
+            0.0 <= release.holdback_share <= 1.0 - release.widened_share,
+            "release.holdback_share",
+            "a share in [0, 1 - widened_share] (the holdback and the canary's users must not overlap)",
         )
         require(
             release.decide_every_outcomes >= 1 and release.decide_every_s > 0,

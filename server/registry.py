@@ -207,9 +207,11 @@ class VersionRegistry:
         return [self.get(i) for i in ids]
 
     def latest(self) -> VersionRecord | None:
-        """The newest version that was not rolled back: where the next run continues from."""
+        """The newest version that was neither rolled back nor declined by every tenant: where the next run continues
+        from."""
         row = self._db.execute(
-            "SELECT id FROM versions WHERE status != 'rolled_back' ORDER BY created_at DESC, id DESC LIMIT 1"
+            "SELECT id FROM versions WHERE status NOT IN ('rolled_back', 'declined') "
+            "ORDER BY created_at DESC, id DESC LIMIT 1"
         ).fetchone()
         return self.get(row[0]) if row else None
 
@@ -317,6 +319,18 @@ class VersionRegistry:
                     self._rows.insert("releases", {"version": previous.id, "action": "rollback", "at": time.time()})
             self.audit_log.append(actor, "version.rollback", f"{version_id}: {record.status} -> rolled_back")
         return self.stable()
+
+    def decline(self, version_id: str, tenants: list[str], actor: str = "hq") -> None:
+        """Mark a version that every tenant which evaluated it refused or rolled back: no run continues from it."""
+        record = self.get(version_id)
+        if record.status in ("declined", "rolled_back"):
+            return
+        with immediate_transaction(self._db):
+            self._db.execute("UPDATE versions SET status = 'declined' WHERE id = ?", (version_id,))
+            self._rows.set_row_mac("versions", version_id)
+            self.audit_log.append(
+                actor, "version.declined", f"{version_id}: {record.status} -> declined by {', '.join(tenants)}"
+            )
 
 
 def _version(row: sqlite3.Row) -> VersionRecord:

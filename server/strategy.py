@@ -29,6 +29,7 @@ from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.protocol import (
     DATASET_VERSION,
+    DECLINED,
     HIT_RATE,
     NUM_EXAMPLES,
     global_binding,
@@ -283,6 +284,7 @@ class SealedMerge(Strategy):
             except ReplyRefused as err:
                 log.warning("round %d: evaluation of %s refused: %s", server_round, tenant.name, err)
         self.ledger.record_round(report, self.current, self.current_state)
+        self._decline_if_all_declined(server_round, report.evaluation)
         measured = report.measured()
         total = sum(m[NUM_EXAMPLES] for m in measured.values())
         if not total:
@@ -296,6 +298,24 @@ class SealedMerge(Strategy):
             mean_hit,
         )
         return MetricRecord({HIT_RATE: mean_hit, NUM_EXAMPLES: total})
+
+    def _decline_if_all_declined(self, server_round: int, evaluation: dict[str, dict[str, float]]) -> None:
+        """Every tenant that evaluated the current version refused or rolled it back: mark it declined and go on from
+        its parent (the registry's `latest` skips it, so the next run does not continue from it either)."""
+        if not evaluation or not all(metrics.get(DECLINED) == 1 for metrics in evaluation.values()):
+            return
+        declined = self.current
+        self.ledger.registry.decline(declined.id, sorted(evaluation))
+        if declined.parent is not None:
+            self.current = self.ledger.registry.get(declined.parent)
+            self.current_state = adapter_from_bytes(self.ledger.registry.load_adapter(declined.parent))
+        log.warning(
+            "round %d: every tenant declined version %s (%s): the next round trains from %s",
+            server_round,
+            declined.id,
+            ", ".join(sorted(evaluation)),
+            self.current.id,
+        )
 
     def summary(self) -> None:
         """Log the strategy's configuration."""

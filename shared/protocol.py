@@ -31,6 +31,7 @@ SEALED_STYPE = "fedloop.sealed-envelope"  # the Array's serialisation type: raw 
 METRICS = "metrics"
 ENROL = "enrol"
 NUM_EXAMPLES = "num-examples"
+DECLINED = "declined"  # an evaluation metric: 1 when the tenant will not serve the version (refused or rolled back)
 HIT_RATE = "hit-rate"  # a metric name (the share of drafts that hit); not EvaluationKind.HIT_RATE, a record kind
 DATASET_VERSION = "dataset-version"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedloop.server.registry import VersionRegistry
@@ -155,3 +155,36 @@ def test_a_reply_without_a_sealed_array_is_refused_as_malformed(strategy) -> Non
     report = sealed.reports[1]
     assert {report.refusal_reasons[name] for name in ("honest1", "honest2")} == {"malformed"}
     assert "stored as 'numpy.ndarray'" in report.refused["honest2"]
+
+
+def evaluation_reply(node_id: int, declined: int) -> Message:
+    """An evaluation reply of node `node_id`: no held-out finals yet, and whether it declines the version."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    instruction = Message(RecordDict({"x": ConfigRecord({})}), dst_node_id=node_id, message_type="evaluate")
+    TaskIdentity.node_id = node_id
+    metrics = MetricRecord({"num-examples": 0, "gates-passed": 1 - declined, "declined": declined})
+    return Message(RecordDict({"metrics": metrics}), reply_to=instruction)
+
+
+def test_a_version_every_tenant_declined_is_not_where_training_or_the_next_run_continues(strategy) -> None:
+    """Issue 30: v0006, refused by the KL gate at both tenants, was HQ's `newest`, where the next run continued."""
+    sealed, hq, tenants = strategy
+    genesis = sealed.current.id
+    for round_, declined_by in ((1, {"honest1"}), (2, {"honest1", "honest2"})):
+        updates = [
+            reply(
+                TENANTS.index(name) + 1, sealed_update(hq, tenants[name], name, adapter(0.1), sealed.current.id, round_)
+            )
+            for name in ("honest1", "honest2")
+        ]
+        sealed.aggregate_train(round_, updates)
+        made = sealed.current.id
+        replies = [evaluation_reply(TENANTS.index(n) + 1, int(n in declined_by)) for n in ("honest1", "honest2")]
+        sealed.aggregate_evaluate(round_, replies)
+    registry = sealed.ledger.registry
+    first, second = (v for v in registry.versions() if v.id != genesis)
+    assert (first.status, second.status) == ("candidate", "declined") and made == second.id
+    assert sealed.current.id == first.id  # the next round trains from the last version someone kept
+    assert registry.latest().id == first.id  # and so does the next run
+    entry = registry.audit_log.entries()[-1]
+    assert entry.action == "version.declined" and "declined by honest1, honest2" in entry.subject

@@ -12,11 +12,12 @@ import pytest
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.release.canary import bucket, in_canary
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
+from fedloop.client.store_api import EvaluationKind
 from fedloop.client.tenant_settings import ReleaseSection
 
 # No dwell times (the ramp's clock has its own test), few drafts before a decision.
 SETTINGS = ReleaseSection(
-    canary_share=0.05, widened_share=0.30, canary_dwell_h=0, promote_after_h=0, min_drafts_per_arm=30
+    guard_h=0, canary_share=0.05, widened_share=0.30, canary_dwell_h=0, promote_after_h=0, min_drafts_per_arm=30
 )
 # A large canary share, so a few hundred drafts give the sequential test enough of both arms.
 WIDE = SETTINGS.model_copy(update={"canary_share": 0.30, "widened_share": 0.50})
@@ -91,9 +92,9 @@ def canary_running(make_tenant):  # noqa: ANN001, ANN201 - (tenant, controller, 
 def test_a_better_canary_is_widened_then_promoted(make_tenant) -> None:
     tenant = make_tenant()
     controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
-    assert controller.offer("v1", "gates passed").action == "bootstrap"
+    assert (first := controller.offer("v1", "gates passed")) is not None and first.action == "bootstrap"
     assert controller.route(tenant.store.pseudonym("anyone")) == "v1"
-    assert controller.offer("v2", "gates passed").action == "canary"
+    assert (second := controller.offer("v2", "gates passed")) is not None and second.action == "canary"
     served = serve(controller, recorder, tenant.store, {"v1": 0.30, "v2": 0.70}, 500)
     assert served["v2"] / sum(served.values()) == pytest.approx(0.30, abs=0.06)
     comparison = controller.compare()
@@ -131,8 +132,8 @@ def test_the_ramp_waits_its_dwell_times_even_for_a_clearly_better_canary(make_te
 
 def test_a_newer_version_waits_for_the_running_canary_and_follows_it(make_tenant) -> None:
     tenant, controller, _ = canary_running(make_tenant)
-    assert controller.offer("v3", "gates passed").canary == "v2"  # not superseded: v2 keeps its window
-    assert controller.offer("v4", "gates passed").canary == "v2"
+    for newer in ("v3", "v4"):  # not superseded: v2 keeps its window
+        assert (state := controller.offer(newer, "gates passed")) is not None and state.canary == "v2"
     assert controller.waiting() == "v4"  # only the newest waits
     assert [e.action for e in tenant.store.audit_log.entries()][-2:] == ["release-wait", "release-wait"]
     after = controller.promote("operator: v2 is fine")
@@ -254,3 +255,71 @@ def test_complaints_count_only_decided_drafts_and_a_canary_with_many_unanswered_
     canary = comparison.canary
     print(f"canary: {canary.decided} decided, {canary.flagged} flagged among them")
     assert canary.flagged == 0 < canary.decided  # unanswered drafts are in no denominator and no numerator
+
+
+def test_a_rolled_back_version_is_never_offered_again_until_an_operator_readmits_it(make_tenant) -> None:
+    """Issue 30: v0003, rolled back by the operator, was made a canary again by the next run's round 0."""
+    tenant, controller, _ = canary_running(make_tenant)
+    controller.rollback("operator: complaints")
+    assert "v2" in controller.declined() and controller.offer("v2", "round 0 evaluated it again").canary is None
+    assert [e.action for e in tenant.store.audit_log.entries()][-1] == "release-declined"
+    with pytest.raises(ReleaseError, match="nothing to re-admit"):
+        controller.readmit("v1", "operator")
+    controller.readmit("v2", "operator: the complaints were about something else")
+    assert "v2" not in controller.declined()
+    assert (again := controller.offer("v2", "gates passed")) is not None and again.canary == "v2"
+
+
+def test_rolling_back_the_serving_version_declines_it_and_a_refused_version_is_not_offered(make_tenant) -> None:
+    tenant = make_tenant()
+    controller = ReleaseController(tenant.store, SETTINGS)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    controller.promote("operator")
+    assert controller.rollback("operator: the guard was not fast enough").serving == "v1"
+    assert controller.declined()["v2"].startswith("rolled back: operator")
+    controller.decline("v3", EvaluationKind.REFUSED, "kl_to_serving 9.1 (refused)")
+    assert (state := controller.offer("v3", "a later round")) is not None and state.serving == "v1"
+    assert controller.declined() == {
+        "v2": "rolled back: operator: the guard was not fast enough",
+        "v3": "refused: kl_to_serving 9.1 (refused)",
+    }
+
+
+def test_the_guard_rolls_back_a_version_that_turns_worse_after_promotion(make_tenant) -> None:
+    settings = WIDE.model_copy(update={"guard_h": 72.0, "holdback_share": 0.30})
+    tenant = make_tenant()
+    controller, recorder = ReleaseController(tenant.store, settings), FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    canary_users = {u for u in (f"u{i}" for i in range(3000)) if controller.route(tenant.store.pseudonym(u)) == "v2"}
+    guarded = controller.promote("operator: v2 looks good")
+    assert (guarded.action, guarded.serving, guarded.canary, guarded.share) == ("guard", "v2", "v1", 0.30)
+    routes = {u: controller.route(tenant.store.pseudonym(u)) for u in (f"u{i}" for i in range(3000))}
+    holdback = {u for u, version in routes.items() if version == "v1"}
+    assert len(holdback) / len(routes) == pytest.approx(0.30, abs=0.03)
+    assert not holdback & canary_users  # the holdback never saw the canary: its covariates are untouched by it
+    serve(controller, recorder, tenant.store, {"v1": 0.60, "v2": 0.30}, 500)  # v2 drafts worse than it did
+    rolled = controller.decide()
+    assert rolled is not None and (rolled.action, rolled.serving, rolled.canary) == ("rollback", "v1", None)
+    assert rolled.reason.startswith("automatic (guard: hit rate lower with confidence)")
+    assert controller.route(tenant.store.pseudonym("u1")) == "v1" and "v2" in controller.declined()
+
+
+def test_a_guard_without_harm_settles_after_its_window_and_the_waiting_version_follows(make_tenant) -> None:
+    offset = [-80 * HOUR_MS]
+    settings = WIDE.model_copy(update={"guard_h": 72.0, "holdback_share": 0.30})
+    tenant = make_tenant()
+    controller = ReleaseController(tenant.store, settings, clock=lambda: now_ms() + offset[0])
+    recorder = FeedbackRecorder(tenant.pipeline)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    assert controller.promote("operator").action == "guard"
+    controller.offer("v3", "gates passed")  # waits: the guard holds the canary slot
+    serve(controller, recorder, tenant.store, {"v1": 0.50, "v2": 0.50}, 400)
+    offset[0] = -10 * HOUR_MS
+    assert controller.decide() is None  # 70 h of guard: still watching
+    offset[0] = 0
+    assert controller.decide() is not None
+    actions = [record.action for record in tenant.store.versions.release_history()]
+    assert actions[-2:] == ["settle", "canary"] and (after := controller.state()) is not None and after.canary == "v3"

@@ -35,7 +35,12 @@ def endpoint(make_tenant, tiny_model_dir: Path) -> Iterator[Endpoint]:
     runtime = make_tenant(
         "acme",
         release=ReleaseSection(
-            canary_share=0.5, widened_share=0.5, min_drafts_per_arm=5, min_users_per_arm=5, decide_every_outcomes=1
+            canary_share=0.5,
+            widened_share=0.5,
+            min_drafts_per_arm=5,
+            min_users_per_arm=5,
+            decide_every_outcomes=1,
+            guard_h=0,
         ),
     )
     install_versions(runtime, tiny_model_dir, ("v0", "v1"))
@@ -101,6 +106,18 @@ def test_outcomes_by_draft_id_drive_release_decisions_as_they_arrive(endpoint: E
     )  # no round needed
     after = api.chat.completions.create(model="fedloop", messages=QUESTION, user="u1", max_tokens=4)
     assert after.model == "v0"
+
+
+def test_a_rolled_back_version_is_not_listed_and_cannot_be_named_until_readmitted(endpoint: Endpoint) -> None:
+    """Issue 30: v0006, refused at both tenants, was still listed in /v1/models and drafted when named."""
+    api = client(endpoint)
+    endpoint.controller.rollback("operator: complaints")
+    assert [m.id for m in api.models.list().data] == ["fedloop", "v0"]
+    with pytest.raises(openai.NotFoundError, match="refused or rolled back here"):
+        api.chat.completions.create(model="v1", messages=QUESTION, user="named", max_tokens=4)
+    assert httpx.get(f"{endpoint.base_url}/models/v1", timeout=10).status_code == 404
+    endpoint.controller.readmit("v1", "operator: the complaints were about shipping")
+    assert api.chat.completions.create(model="v1", messages=QUESTION, user="named", max_tokens=4).model == "v1"
 
 
 def test_bad_requests_get_a_4xx_naming_the_field_and_store_nothing(endpoint: Endpoint) -> None:
@@ -191,7 +208,7 @@ def test_release_export_writes_peft_directories_and_a_routing_manifest(
     config, federation = tmp_path / "tenant.toml", tmp_path / "federation.toml"
     config.write_text(
         f'[tenant]\nname = "acme"\nkeys_dir = "{settings.tenant.keys_dir}"\n'
-        f'data_dir = "{settings.tenant.data_dir}"\n[release]\ncanary_share = 0.5\nwidened_share = 0.5\n'
+        f'data_dir = "{settings.tenant.data_dir}"\n[release]\ncanary_share = 0.5\nwidened_share = 0.5\nguard_h = 0\n'
     )
     federation.write_text(f'[paths]\nmodel = "{tiny_model_dir}"\n[lora]\nrank = {LORA.rank}\nalpha = {LORA.alpha}\n')
     out = tmp_path / "export"

@@ -66,6 +66,7 @@ mixture_scale = 0.3
 min_drafts_per_arm = 4
 min_users_per_arm = 2
 promote_after_h = 0.0
+guard_h = 0.0
 decide_every_outcomes = 2
 """
 

@@ -3,8 +3,8 @@
 `DIR/<version>/` gets the standard PEFT layout (`adapter_config.json`,
 `adapter_model.safetensors`) for the serving version, the canary and the
 rollback target (so a rollback never routes to a version the server lacks),
-and `DIR/routing.json` says which is which, the canary's share and the bucket
-rule. With `release.export_dir` set, the tenant service exports again after
+and `DIR/routing.json` says which is which, the canary's (or, during a guard,
+the holdback's) share and the bucket rule. With `release.export_dir` set, the tenant service exports again after
 every move of the pointer (`ExportOnMove`). The adapters are written first and the manifest last, each atomically,
 so a reader that follows the manifest never sees half a version. These files
 are outside the tenant's at-rest encryption; every export is audited.
@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedloop.client.release.controller import ReleaseController
+from fedloop.client.release.controller import GUARD, ReleaseController
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import TenantSettings
@@ -26,9 +26,10 @@ from fedloop.shared.files import write_atomic
 from fedloop.shared.settings import Settings
 
 BUCKET_RULE = (
-    "a user is in the canary when int.from_bytes(SM3(b'fedloop/canary/' + pseudonym)[:8], 'big') / 2**64 "
-    "< canary_share, where pseudonym is the tenant's keyed SM3 HMAC of the user id (the key never leaves "
-    "the tenant: route through its draft endpoint, or ask its FeedbackService's RouteDraft)"
+    "a user's bucket is int.from_bytes(SM3(b'fedloop/canary/' + pseudonym)[:8], 'big') / 2**64, where pseudonym is "
+    "the tenant's keyed SM3 HMAC of the user id (the key never leaves the tenant: route through its draft endpoint, "
+    "or ask its FeedbackService's RouteDraft); the canary drafts for buckets < canary_share, the holdback (after a "
+    "promotion, while the guard watches) for buckets >= 1 - holdback_share, the serving version for the rest"
 )
 
 
@@ -51,6 +52,7 @@ def export_release(
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: name a directory")
     target = ReleaseController(store, tenant.release).rollback_target()
+    guarded = state.action == GUARD
     versions = list(dict.fromkeys(v for v in (state.serving, state.canary, target) if v))
     try:
         for version in versions:
@@ -63,8 +65,10 @@ def export_release(
         manifest = {
             "tenant": tenant.tenant.name,
             "serving": state.serving,
-            "canary": state.canary,
-            "canary_share": state.share if state.canary else 0.0,
+            "canary": None if guarded else state.canary,
+            "canary_share": state.share if state.canary and not guarded else 0.0,
+            "holdback": state.canary if guarded else None,
+            "holdback_share": state.share if guarded else 0.0,
             "rollback_target": target,
             "model_alias": tenant.serve.model_alias,
             "base_model": federation.paths.model,

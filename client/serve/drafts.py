@@ -155,9 +155,11 @@ class DraftService:
         """The versions whose adapters are in memory now."""
         return self._engine.loaded()
 
-    def installed(self) -> list[str]:
-        """Ids of the versions this tenant verified and installed, oldest first."""
-        return [v.version_id for v in self._store.versions.installed()]
+    def servable(self) -> list[str]:
+        """Ids of the versions a request may name, oldest first: installed (verified) here, and neither refused by
+        this tenant's gates nor rolled back here (unless an operator re-admitted them)."""
+        declined = self._release.declined()
+        return [v.version_id for v in self._store.versions.installed() if v.version_id not in declined]
 
     @property
     def retry_after_s(self) -> int:
@@ -281,11 +283,11 @@ class DraftService:
         """The version that drafts for this request and whether it is the canary."""
         alias = self._settings.serve.model_alias
         if request.model != alias:
-            if request.model not in self.installed():
+            if request.model not in (servable := self.servable()):
                 raise FeedbackError(
                     "NOT_FOUND",
-                    f"model {echoed(request.model)} is not an installed version: use {alias!r} (routed by the release "
-                    f"pointer) or one of {self.installed()}",
+                    f"model {echoed(request.model)} is not a servable version (not installed, or refused or rolled "
+                    f"back here): use {alias!r} (routed by the release pointer) or one of {servable}",
                     "model",
                 )
             if request.model not in self._engine.loaded():

@@ -10,7 +10,8 @@
   `model` in the response is the version that drafted. Greedy unless
   `temperature` > 0 (then sampled with `top_p` and `seed`).
 - `POST /v1/drafts/{draft_id}/outcome`: what the user did with the draft.
-- `GET /v1/models`, `GET /v1/models/{id}`: the alias and the installed versions.
+- `GET /v1/models`, `GET /v1/models/{id}`: the alias and the servable versions (installed, and neither
+  refused nor rolled back here).
 - `GET /health` (the process answers) and `GET /ready` (worker alive and not
   stuck, queue below its limit, store writable; 503 otherwise): no key needed,
   they tell nothing but these booleans.
@@ -190,14 +191,14 @@ def build_http_app(
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return ModelList(data=[card(n) for n in (model_alias, *service.installed())]).model_dump()
+        return ModelList(data=[card(n) for n in (model_alias, *service.servable())]).model_dump()
 
     @app.get("/v1/models/{model_id}")
     def model(model_id: str) -> dict[str, Any]:
-        if model_id != model_alias and model_id not in service.installed():
+        if model_id != model_alias and model_id not in service.servable():
             raise FeedbackError(
                 "NOT_FOUND",
-                f"model {echoed(model_id)} is not served: use {model_alias!r} or an installed version",
+                f"model {echoed(model_id)} is not served: use {model_alias!r} or a servable version",
                 "model",
             )
         return card(model_id).model_dump()
