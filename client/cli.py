@@ -22,6 +22,7 @@ from fedloop.shared.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from fedloop.client.release.loop import ReleaseLoop
     from fedloop.client.serve.server import HttpServer
+    from fedloop.client.store import FeedbackStore
     from fedloop.client.tenant_runtime import TenantRuntime
 
 tenant_app = command_group("Run a tenant's services.")
@@ -50,6 +51,22 @@ def open_runtime(config: Path) -> TenantRuntime:
     except KeyFileError as err:
         fail(str(err))
     return open_tenant(settings, identity)
+
+
+def open_store(config: Path) -> tuple[TenantSettings, FeedbackStore]:
+    """The tenant's settings and store only, without the privacy pipeline (whose PII models take seconds to load):
+    what an operator's release command needs, so it takes effect within a second or two."""
+    from fedloop.client.store import FeedbackStore  # noqa: F811 - at run time, not only for the type checker
+
+    settings = _settings(config)
+    try:
+        identity = load_identity(Path(settings.tenant.keys_dir), settings.tenant.name)
+    except KeyFileError as err:
+        fail(str(err))
+    store = FeedbackStore(
+        settings.store_path, identity.storage, identity.pseudonym_key, settings.tenant.store_busy_timeout_s
+    )
+    return settings, store
 
 
 def _start_draft_endpoint(

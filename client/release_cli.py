@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fedloop.client.cli import CONFIG, OPERATOR, open_runtime
+from fedloop.client.cli import CONFIG, OPERATOR, open_store
 from fedloop.client.release.controller import Comparison, ReleaseController, ReleaseError, now_ms
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.console import audited, command_group, fail, output_console
@@ -18,14 +18,14 @@ release_app = command_group("The tenant's release pointer: serving version, cana
 @release_app.command("status")
 def status(config: Path = CONFIG) -> None:
     """What serves, which canary runs on what share, how canary and control compare, and the pointer's history."""
-    runtime = open_runtime(config)
+    settings, store = open_store(config)
     try:
-        controller = ReleaseController(runtime.store, runtime.settings.release)
+        controller = ReleaseController(store, settings.release)
         comparison = controller.compare()
-        history = runtime.store.versions.release_history()
+        history = store.versions.release_history()
         waiting = controller.waiting()
     finally:
-        runtime.close()
+        store.close()
     out = output_console()
     if not history:
         out.print("nothing released yet: the first version that passes the gates will serve everyone")
@@ -39,8 +39,8 @@ def status(config: Path = CONFIG) -> None:
     out.print(table)
     if comparison is not None:
         out.print(comparison.summary())
-        out.print(expected_time(comparison, history[-1].at_ms, runtime.settings.release))
-        release = runtime.settings.release
+        out.print(expected_time(comparison, history[-1].at_ms, settings.release))
+        release = settings.release
         out.print(
             f"decision rule: the user is the unit; roll back when the canary is worse with confidence (hit-rate gap "
             f"upper bound < 0, or reject / complaint gap lower bound > 0), from {release.min_drafts_per_arm} decided "
@@ -69,14 +69,14 @@ def expected_time(comparison: Comparison, since_ms: int, release: ReleaseSection
 
 def _act(config: Path, operator: str, reason: str, action: str) -> None:
     operator = audited(operator, reason)
-    runtime = open_runtime(config)
+    settings, store = open_store(config)
     try:
-        controller = ReleaseController(runtime.store, runtime.settings.release, actor=operator)
+        controller = ReleaseController(store, settings.release, actor=operator)
         record = getattr(controller, action)(f"{operator}: {reason}")
     except ReleaseError as err:
         fail(str(err))
     finally:
-        runtime.close()
+        store.close()
     typer.echo(f"{record.action}: serving {record.serving}, canary {record.canary or 'none'}")
 
 
@@ -105,13 +105,13 @@ def readmit(
 ) -> None:
     """Allow a version this tenant refused or rolled back to be offered and served again."""
     operator = audited(operator, reason)
-    runtime = open_runtime(config)
+    settings, store = open_store(config)
     try:
-        ReleaseController(runtime.store, runtime.settings.release, actor=operator).readmit(version, reason)
+        ReleaseController(store, settings.release, actor=operator).readmit(version, reason)
     except ReleaseError as err:
         fail(str(err))
     finally:
-        runtime.close()
+        store.close()
     typer.echo(f"{version} re-admitted: the next offer of it may start a canary, and requests may name it")
 
 
@@ -137,12 +137,12 @@ def export(
         federation = load_settings(settings)
     except ConfigError as err:
         fail(str(err))
-    runtime = open_runtime(config)
+    tenant, store = open_store(config)
     try:
-        manifest = export_release(runtime.store, federation, runtime.settings, out, operator, reason)
+        manifest = export_release(store, federation, tenant, out, operator, reason)
     except ExportError as err:
         fail(str(err))
     finally:
-        runtime.close()
+        store.close()
     canary = f", canary {manifest['canary']} on {manifest['canary_share']:.0%}" if manifest["canary"] else ""
     typer.echo(f"exported serving {manifest['serving']}{canary} to {out} (routing.json; these files are not encrypted)")
