@@ -7,6 +7,8 @@ evaluate: verify and install the global version, report its hit rate on the
           tenant's held-out finals, run the hit-rate, KL and forgetting gates,
           and offer a version none of them refuses to the release controller.
 query enrol: tell HQ which tenant and key this node is.
+query counts: how many new training samples the tenant has since the version it
+          holds (a continuous run starts rounds from these counts).
 
 The same app runs in deployment (deployed.py) and in the Simulation Engine
 (client/simulation/client_app.py), where a simulated product sends each round's
@@ -28,7 +30,16 @@ from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes
 from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
-from fedloop.shared.protocol import ENROL, METRICS, NUM_EXAMPLES, enrol_statement, update_binding, update_content
+from fedloop.shared.protocol import (
+    COUNTS,
+    ENROL,
+    METRICS,
+    NEW_SAMPLES,
+    NUM_EXAMPLES,
+    enrol_statement,
+    update_binding,
+    update_content,
+)
 from fedloop.shared.run_layout import HQ_NAME
 from fedloop.shared.settings import ConfigError, Settings, load_settings
 
@@ -92,6 +103,12 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
             {"tenant": tenant.name, "key_id": key_id, "signature": tenant.identity.signing_key.sign(statement).hex()}
         )
         return Message(RecordDict({ENROL: claim}), reply_to=message)
+
+    @app.query(COUNTS)
+    def counts(message: Message, context: Context) -> Message:
+        return Message(
+            RecordDict({METRICS: MetricRecord({NEW_SAMPLES: tenant_for(context).new_samples()})}), reply_to=message
+        )
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

@@ -339,6 +339,9 @@ class SampleRepository(Protocol):
     def recent_statuses(self, limit: int) -> list[SampleStatus]:
         """Statuses of the latest samples, newest first."""
 
+    def count_admitted_since(self, since_ms: int) -> int:
+        """How many admitted samples were created since `since_ms`."""
+
     def counts(self) -> dict[tuple[SampleStatus, Pool], int]:
         """How many samples have each (status, pool)."""
 
@@ -357,6 +360,9 @@ class VersionRepository(Protocol):
 
     def installed(self) -> list[InstalledVersion]:
         """Installed versions, oldest round first."""
+
+    def last_installed_ms(self) -> int | None:
+        """When the newest version was installed here (ms), or None before any."""
 
     def adapter(self, version_id: str) -> bytes:
         """An installed version's adapter bytes; KeyError if never installed."""

@@ -32,7 +32,7 @@ from fedloop.client.samples.held_out import Reference, held_out_references
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import EvaluationKind, InstalledVersion, TrainingExample
+from fedloop.client.store_api import BASE_VERSION, EvaluationKind, InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.train.personalise import local_part, local_steps, personal_version, shared_part, with_local_part
@@ -186,10 +186,20 @@ class Tenant:
         self.adapters[installed.version_id] = state
         return model, tokenizer
 
-    def held_out(self) -> list[Reference]:
-        """The newest held-out finals of the tenant's own users (never trained on)."""
+    def new_samples(self) -> int:
+        """Admitted samples since the newest global version was installed here: what a continuous run's schedule
+        asks (samples/held_out.py's slice included: the count only triggers a round)."""
+        return self.store.samples.count_admitted_since(self.store.versions.last_installed_ms() or 0)
+
+    def held_out(self, version_id: str) -> list[Reference]:
+        """The newest held-out finals of the tenant's own users (never trained on), less the accepted drafts of
+        `version_id` and of the serving version (or the base model) it is compared with: neither side is scored on
+        its own greedy output."""
         gates = self.settings.evaluation
-        return held_out_references(self.store, gates.held_out_share, gates.max_held_out)
+        current = self.release.state()
+        serving = current.serving if current is not None and current.serving else BASE_VERSION
+        compared = frozenset({version_id, serving})
+        return held_out_references(self.store, gates.held_out_share, gates.max_held_out, compared)
 
     def gate(
         self,
@@ -318,7 +328,7 @@ class Tenant:
         """Gate the loaded global version and the tenant's personalised candidate of it on the held-out finals;
         offer the global version unless the personalised one drafts better with confidence (client/evaluate/
         candidates.py). Returns the metrics HQ gets."""
-        held_out = self.held_out()
+        held_out = self.held_out(version_id)
         assessed = {version_id: self.assess(model, tokenizer, version_id, held_out)}
         hits, results = assessed[version_id]
         metrics = hits.metrics()

@@ -338,14 +338,21 @@ def goals(results: dict[int, tuple[Level, Level]]) -> None:
         print(f"goal: {name} = {value:.2f} ({direction} {goal}): {'met' if met else 'NOT met'}")
 
 
+def canary_again(controller: ReleaseController) -> None:
+    """Serve v1 to everyone again (re-admitted after the previous rollback, which declines it)."""
+    if "v1" in controller.declined():
+        controller.readmit("v1", "bench: measure another rollback")
+    controller.offer("v1", "bench: canary again")
+    controller.promote("bench: v1 serves everyone")
+
+
 def rollback_times(
     client: httpx.Client, controller: ReleaseController, operator: ReleaseController, repeats: int, max_tokens: int
 ) -> list[float]:
     """While a product drafts continuously, roll v1 back from another connection; time to the first v0 draft."""
     times = []
     for _ in range(repeats):
-        controller.offer("v1", "bench: canary again")
-        controller.promote("bench: v1 serves everyone")
+        canary_again(controller)
         stop, first_v0, issued = threading.Event(), list[float](), [0.0]
 
         def product(
@@ -377,8 +384,7 @@ def rollback_times(
 
 def cli_rollback_time(client: httpx.Client, controller: ReleaseController, config: Path) -> float:
     """`fedloop release rollback` as a subprocess: from its start to the first draft served by v0."""
-    controller.offer("v1", "bench: canary again")
-    controller.promote("bench: v1 serves everyone")
+    canary_again(controller)
     started = time.perf_counter()
     subprocess.run(
         [FEDLOOP, "release", "rollback", "--config", str(config), "--operator", "bench", "--reason", "bench"],
@@ -421,11 +427,14 @@ def main() -> None:
         identity = init_keys("tenant", "bench", root / "keys")
         settings = TenantSettings(
             tenant=TenantSection(name="bench", keys_dir=str(root / "keys"), data_dir=str(root / "data")),
-            release=ReleaseSection(canary_share=0.5, widened_share=0.5),
+            release=ReleaseSection(canary_share=0.5, widened_share=0.5, guard_h=0),
             serve=ServeSection(max_new_tokens=max(args.max_tokens, 8), max_batch_size=max(args.levels)),
         )
         config = root / "tenant.toml"
-        config.write_text(f'[tenant]\nname = "bench"\nkeys_dir = "{root / "keys"}"\ndata_dir = "{root / "data"}"\n')
+        config.write_text(
+            f'[tenant]\nname = "bench"\nkeys_dir = "{root / "keys"}"\ndata_dir = "{root / "data"}"\n'
+            "[release]\nguard_h = 0\n"
+        )
         runtime = open_tenant(settings, identity)
         install(runtime.store, args.model, lora)
         controller = ReleaseController(runtime.store, settings.release)

@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedloop.server.continuous import ContinuousRun
 from fedloop.server.registry import VersionRecord, VersionRegistry
 from fedloop.server.replies import ReplyRefused, enrol_claim
 from fedloop.server.round_ledger import RoundLedger
@@ -39,21 +40,10 @@ class RunStartError(RuntimeError):
     """A run cannot start: too few tenants enrolled, or the registry does not fit the settings."""
 
 
-def enrol_tenants(
-    grid: Grid, trusted: Keyring, run_id: int, expected: int, minimum: int, wait_s: float, reply_timeout_s: float
+def enrol_nodes(
+    grid: Grid, trusted: Keyring, run_id: int, node_ids: list[int], reply_timeout_s: float
 ) -> dict[int, PartyPublicKey]:
-    """Wait up to `wait_s` for `expected` nodes, challenge each, keep those that prove they hold a trusted key.
-
-    Each node gets a fresh random challenge and must return its SM2 signature over the challenge, this run's id,
-    its own node id, its tenant name and key id (`enrol_statement`): a claimed key id without the private key, or
-    a signature replayed from another run or node, is not enrolled. The run starts with at least `minimum`
-    enrolled tenants (aggregation.min_tenants); fewer is an error.
-    """
-    deadline = time.monotonic() + wait_s
-    node_ids = list(grid.get_node_ids())
-    while len(node_ids) < expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        node_ids = list(grid.get_node_ids())
+    """Challenge each of `node_ids`; keep those that prove they hold a trusted tenant key (see enrol_tenants)."""
     challenges = {n: secrets.token_hex(32) for n in node_ids}
     queries = [
         Message(
@@ -87,6 +77,25 @@ def enrol_tenants(
             )
             continue
         tenants[node] = key
+    return tenants
+
+
+def enrol_tenants(
+    grid: Grid, trusted: Keyring, run_id: int, expected: int, minimum: int, wait_s: float, reply_timeout_s: float
+) -> dict[int, PartyPublicKey]:
+    """Wait up to `wait_s` for `expected` nodes, challenge each, keep those that prove they hold a trusted key.
+
+    Each node gets a fresh random challenge and must return its SM2 signature over the challenge, this run's id,
+    its own node id, its tenant name and key id (`enrol_statement`): a claimed key id without the private key, or
+    a signature replayed from another run or node, is not enrolled. The run starts with at least `minimum`
+    enrolled tenants (aggregation.min_tenants); fewer is an error.
+    """
+    deadline = time.monotonic() + wait_s
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        node_ids = list(grid.get_node_ids())
+    tenants = enrol_nodes(grid, trusted, run_id, node_ids, reply_timeout_s)
     if len(tenants) < minimum:
         raise RunStartError(
             f"only {len(tenants)} of {expected} tenants enrolled within {wait_s:.0f} s, "
@@ -184,15 +193,27 @@ def run_hq(grid: Grid, settings: Settings, layout: RunLayout, run_id: int) -> No
                 strategy.configure_evaluate(0, arrays, ConfigRecord(), grid), timeout=timeout
             )
             strategy.aggregate_evaluate(0, before)
-            result = strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
+            hit_rates, train_metrics = {}, {}
+            if settings.schedule.continuous:
+                ContinuousRun(
+                    grid,
+                    strategy,
+                    lambda nodes: enrol_nodes(grid, trusted, run_id, nodes, timeout),
+                    settings,
+                    layout.schedule,
+                ).run()
+            else:
+                result = strategy.start(grid, arrays, num_rounds=federation.rounds, timeout=timeout)
+                hit_rates = {str(r): dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
+                train_metrics = {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
         summary = {
             "run": federation.run_name,
             "tenants": sorted(t.name for t in tenants.values()),
             "rounds": [asdict(strategy.reports[r]) for r in sorted(strategy.reports)],
             "lineage": [asdict(v) for v in registry.lineage(strategy.current.id)],
             "signatures_valid": all(registry.signature_valid(v.id) for v in registry.versions()),
-            "hit_rate_by_round": {str(r): dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
-            "train_by_round": {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()},
+            "hit_rate_by_round": hit_rates,
+            "train_by_round": train_metrics,
         }
         layout.summary.write_text(json.dumps(summary, indent=2))
     finally:

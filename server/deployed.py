@@ -33,4 +33,6 @@ def main(grid: Grid, context: Context) -> None:
     if context.run_config.get("workdir"):
         os.chdir(str(context.run_config["workdir"]))
     settings = load_settings(Path(str(context.run_config["settings"])))
+    if context.run_config.get("continuous"):  # `fedloop run --continuous`
+        settings = settings.model_copy(update={"schedule": settings.schedule.model_copy(update={"continuous": True})})
     run_hq(grid, settings, RunLayout(Path(str(context.run_config["home"]))), context.run_id)

@@ -100,15 +100,25 @@ def hq_register_node(
 
 def run(
     settings: Path = typer.Option(..., help="The federation settings TOML (shared with the tenants)."),
+    continuous: bool = typer.Option(
+        False,
+        "--continuous",
+        help="Keep the run alive and start a round whenever the tenants' feedback counts call for one ([schedule]).",
+    ),
     config: Path = HQ_CONFIG,
 ) -> None:
-    """Submit a federated run to the SuperLink (`flwr run`), stream its log, and fail if it did not finish."""
+    """Submit a federated run to the SuperLink (`flwr run`), stream its log, and fail if it did not finish.
+
+    With --continuous (or `schedule.continuous = true`) the run does not stop after `federation.rounds`: between
+    rounds HQ asks the tenants only how many new training samples they have, and starts a round when
+    `schedule.min_tenants` of them have `schedule.min_new_samples`, or after `schedule.max_interval_s`; it ends
+    after `schedule.max_rounds` (0 = when stopped). Why the next round waits: `fedloop status --hq`."""
     home = hq_settings_or_fail(config).home
     summary = RunLayout(home).summary
     started = time.time()
     try:
         load_settings(settings)
-        status = submit_run(home, settings)
+        status = submit_run(home, settings, continuous=continuous)
     except ConfigError as err:
         fail(str(err))
     except DeploymentError as err:

@@ -82,7 +82,7 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
     "rounds": ("seq", "run", "round", "version", "finished_at", "report"),
 }
 UNMACED_TABLES = UNMACED_EVERYWHERE
-STATUSES = ("candidate", "canary", "stable", "rolled_back")
+STATUSES = ("candidate", "canary", "stable", "rolled_back", "declined")
 _NEXT_STATUS = {"candidate": "canary", "canary": "stable"}
 
 

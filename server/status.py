@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from fedloop.server.continuous import read_schedule_state
 from fedloop.server.hq_settings import HQSettings
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import Keyring, key_ages, load_identity
@@ -56,6 +57,7 @@ def hq_status(settings: HQSettings) -> dict[str, Any]:
             else None
         ),
         "refused_by_tenant_gates": {version: sorted(names) for version, names in refused.items()},
+        "continuous_run": read_schedule_state(layout.schedule),
         "trusted_tenants": tenants,
         "keys": key_ages(layout.keys, HQ_NAME),
         "audit": {"entries": verdict.entries, "intact": verdict.ok, "head": verdict.head},

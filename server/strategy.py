@@ -109,7 +109,10 @@ class SealedMerge(Strategy):
         return self.reports.setdefault(server_round, RoundReport(server_round))
 
     def _sealed_messages(self, server_round: int, arrays: ArrayRecord, message_type: str) -> list[Message]:
-        payload = adapter_to_bytes(arrays.to_torch_state_dict())
+        # The current version's own state, not `arrays`: after a version every tenant declined, the strategy goes
+        # back to its parent while Flower's loop still holds the declined arrays.
+        del arrays
+        payload = adapter_to_bytes(self.current_state)
         report = self._report(server_round)
         details = {"parent": self.current.parent, "version_round": self.current.round, "digest": self.current.digest}
         messages = []

@@ -200,11 +200,14 @@ def register_node(home: Path, public_key: Path, name: str) -> str:
     return _flwr(home, "supernode", "register", str(public_key), CONNECTION, "--name", name)
 
 
-def submit_run(home: Path, settings: Path, stream: bool = True, timeout: float | None = None) -> int:
-    """`flwr run` the fedloop Flower App with HQ's settings; streams its log; returns the exit status."""
+def submit_run(
+    home: Path, settings: Path, stream: bool = True, timeout: float | None = None, continuous: bool = False
+) -> int:
+    """`flwr run` the fedloop Flower App with HQ's settings (`continuous`: rounds from feedback counts, until
+    stopped); streams its log; returns the exit status."""
+    config = {"settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())}
     run_config = _config_file(
-        flower_home(home) / "run-config.toml",
-        {"settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())},
+        flower_home(home) / "run-config.toml", {**config, **({"continuous": True} if continuous else {})}
     )
     command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", str(run_config)]
     if stream:

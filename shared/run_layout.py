@@ -33,6 +33,11 @@ class RunLayout:
         return self.root / "product" / f"{name}.jsonl"
 
     @property
+    def schedule(self) -> Path:
+        """Where a continuous run says why its next round has not started yet (server/continuous.py)."""
+        return self.root / "schedule.json"
+
+    @property
     def summary(self) -> Path:
         """The run summary written by HQ at the end."""
         return self.root / "summary.json"

@@ -222,6 +222,23 @@ class TrackingSection(Section):
     )
 
 
+class ScheduleSection(Section):
+    """When rounds start in a continuous run (`fedloop run --continuous`): from the tenants' feedback counts."""
+
+    continuous: bool = Field(
+        False, description="keep one run alive and start rounds from feedback counts (else: federation.rounds, now)"
+    )
+    min_new_samples: int = Field(
+        3000, description="a tenant is ready with this many new training samples since the version it holds"
+    )
+    min_tenants: int = Field(0, description="ready tenants a round needs; 0 = aggregation.min_tenants")
+    max_interval_s: float = Field(
+        86400.0, description="a round starts this long after the previous one even without enough samples; 0 = never"
+    )
+    poll_s: float = Field(60.0, description="how often HQ asks the tenants for their counts (a cheap message)")
+    max_rounds: int = Field(0, description="the continuous run ends after this many rounds; 0 = when stopped")
+
+
 class Settings(Section):
     """Everything a federated run needs."""
 
@@ -232,6 +249,7 @@ class Settings(Section):
     simulation: SimulationSection = Field(default_factory=SimulationSection, description=SimulationSection.__doc__)
     aggregation: AggregationSection = Field(default_factory=AggregationSection, description=AggregationSection.__doc__)
     tracking: TrackingSection = Field(default_factory=TrackingSection, description=TrackingSection.__doc__)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection, description=ScheduleSection.__doc__)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -243,6 +261,17 @@ class Settings(Section):
             "numbers of seconds > 0",
         )
         require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
+        schedule = self.schedule
+        require(
+            schedule.min_new_samples >= 1 and schedule.min_tenants >= 0 and schedule.max_rounds >= 0,
+            "schedule.min_new_samples / min_tenants / max_rounds",
+            "integers: min_new_samples >= 1, the others >= 0",
+        )
+        require(
+            schedule.max_interval_s >= 0 and schedule.poll_s > 0,
+            "schedule.max_interval_s / poll_s",
+            "seconds: max_interval_s >= 0 (0 = never), poll_s > 0",
+        )
         require(
             len(set(self.federation.tenants)) == len(self.federation.tenants), "federation.tenants", "distinct names"
         )

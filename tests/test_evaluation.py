@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 
 import torch
@@ -62,11 +64,11 @@ def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> 
 
     tenant = make_tenant()
     recorder = FeedbackRecorder(tenant.pipeline)
-    for index in range(200):
-        draft_id = recorder.record_draft(
-            f"user-{index}", f"Question number {index} about parcel {index * 7}", "A draft.", "v1"
-        )
-        recorder.record_outcome(draft_id, Action.EDIT, f"Final reply {index} for parcel {index * 7}.", 3000)
+    rng = random.Random(1)
+    for index in range(200):  # 200 distinct questions: 200 clusters of one
+        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(8))
+        draft_id = recorder.record_draft(f"user-{index}", f"Question {index}: {words}?", "A draft.", "v1")
+        recorder.record_outcome(draft_id, Action.EDIT, f"Final reply {index}: {words[::-1]}.", 3000)
     held_out = held_out_references(tenant.store, 0.10, limit=1000)
     assert 8 <= len(held_out) <= 35  # about 10 % of 200
     assert held_out == held_out_references(tenant.store, 0.10, limit=1000)  # the same slice on every call
@@ -74,6 +76,46 @@ def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> 
     assert not trained & {r.prompt for r in held_out} and len(trained) + len(held_out) == 200
     assert all(r.final.startswith("Final reply") for r in held_out)  # the user's own final text is the reference
     assert len(held_out_references(tenant.store, 0.10, limit=5)) == 5
+
+
+def test_near_duplicate_twins_of_a_held_out_sample_never_train(make_tenant) -> None:
+    """Issue 30: the slice was chosen per draft id, so a near-duplicate twin of a held-out sample trained."""
+    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.samples.curation import training_examples
+    from fedloop.client.samples.held_out import held_out_references
+
+    tenant = make_tenant()
+    recorder = FeedbackRecorder(tenant.pipeline)
+    rng = random.Random(3)
+    for topic in range(40):  # 40 topics in words of their own, each asked by 4 users in nearly the same words
+        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(12))
+        for user in range(4):
+            draft_id = recorder.record_draft(f"user-{topic}-{user}", f"Hello, {words}?", "A draft.", "v1")
+            recorder.record_outcome(draft_id, Action.EDIT, f"Sorry: {words[::-1]}{'!' * user}", 3000)
+    samples = tenant.store.samples.find()
+    clusters = {s.prompt: s.cluster_id for s in samples}
+    assert len(set(clusters.values())) < len(samples) / 2  # the twins share clusters
+    held_out = {clusters[r.prompt] for r in held_out_references(tenant.store, 0.25, limit=1000)}
+    trained = {clusters[e.prompt] for e in training_examples(tenant.store, tenant.settings.curation, 0.25)}
+    assert held_out and trained and not held_out & trained
+    assert len(held_out) + len(trained) == len(set(clusters.values()))
+
+
+def test_the_gates_leave_out_references_that_a_compared_version_drafted(make_tenant) -> None:
+    """Issue 30: an accepted draft of the serving version is its own greedy output, which it reproduces offline:
+    a candidate could at best tie on those references."""
+    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.samples.held_out import held_out_references
+
+    tenant = make_tenant()
+    recorder = FeedbackRecorder(tenant.pipeline)
+    for index, (version, action) in enumerate([("v1", Action.ACCEPT), ("v1", Action.EDIT), ("v0", Action.ACCEPT)]):
+        draft_id = recorder.record_draft(f"u{index}", f"Question {index} about invoice {index * 31}", "Draft.", version)
+        recorder.record_outcome(draft_id, action, None if action == Action.ACCEPT else f"Edited {index}.", 3000)
+    every = held_out_references(tenant.store, 1.0, limit=10)
+    assert [r.drafted_by for r in every] == ["v1", None, "v0"]
+    fair = held_out_references(tenant.store, 1.0, limit=10, compared=frozenset({"v1", "v2"}))
+    assert [r.drafted_by for r in fair] == [None, "v0"]  # v1's own accepted draft is out; v0's is a fair reference
 
 
 def test_the_hit_rate_gate_refuses_only_a_version_worse_with_confidence() -> None:

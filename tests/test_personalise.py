@@ -4,6 +4,8 @@ it drafts better."""
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -71,8 +73,10 @@ def _tenant(
 
 def _feedback(tenant: Tenant, count: int) -> None:
     recorder = FeedbackRecorder(tenant.runtime.pipeline)
-    for i in range(count):
-        draft_id = recorder.record_draft(f"user{i % 5}", f"Where is my parcel number {i}?", "I do not know.", "v1")
+    rng = random.Random(count)
+    for i in range(count):  # distinct questions: each its own near-duplicate cluster, so the held-out slice is a share
+        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(8))
+        draft_id = recorder.record_draft(f"user{i % 5}", f"Where is my parcel {words}?", "I do not know.", "v1")
         recorder.record_outcome(draft_id, Action.EDIT, dwell_ms=4000, final_text=REPLY)
 
 

@@ -145,6 +145,15 @@ class SqliteSampleRepository:
         rows = self._db.execute("SELECT status, pool, COUNT(*) AS n FROM samples GROUP BY status, pool").fetchall()
         return {(SampleStatus(r["status"]), Pool(r["pool"])): r["n"] for r in rows}
 
+    def count_admitted_since(self, since_ms: int) -> int:
+        """How many admitted samples were created since `since_ms` (a trigger for a round, not a decision: plain
+        count, no MAC check)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) AS n FROM samples WHERE status = ? AND created_at_ms >= ?",
+            (str(SampleStatus.ADMITTED), since_ms),
+        ).fetchone()
+        return int(row["n"])
+
     def breaker_state(self) -> tuple[bool, str | None]:
         """(tripped, reason) of the moderation breaker."""
         row = self._sealer.checked_row("breaker", "id = 1")

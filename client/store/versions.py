@@ -37,6 +37,11 @@ class SqliteVersionRepository:
             for r in rows
         ]
 
+    def last_installed_ms(self) -> int | None:
+        """When the newest version was installed here (ms), or None before any."""
+        row = self._sealer.db.execute("SELECT MAX(installed_at) AS at FROM installed_versions").fetchone()
+        return None if row["at"] is None else int(row["at"] * 1000)
+
     def adapter(self, version_id: str) -> bytes:
         """The adapter bytes of an installed version, decrypted; KeyError if it was never installed."""
         row = self._sealer.checked_row("installed_versions", "version_id = ?", (version_id,))
