@@ -8,7 +8,8 @@ evaluate: verify and install the global version, report its hit rate on the
           and offer a version none of them refuses to the release controller.
 query enrol: tell HQ which tenant and key this node is.
 query counts: how many new training samples the tenant has since the version it
-          holds (a continuous run starts rounds from these counts).
+          holds (a continuous run starts rounds from these counts), and which
+          versions it refused or rolled back.
 
 The same app runs in deployment (deployed.py) and in the Simulation Engine
 (client/simulation/client_app.py), where a simulated product sends each round's
@@ -32,7 +33,9 @@ from fedloop.shared.envelope import seal
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.protocol import (
     COUNTS,
+    DECLINED,
     ENROL,
+    MAX_DECLINED,
     METRICS,
     NEW_SAMPLES,
     NUM_EXAMPLES,
@@ -106,9 +109,15 @@ def build_client_app(tenant_for: TenantResolver, traffic: RoundTraffic | None = 
 
     @app.query(COUNTS)
     def counts(message: Message, context: Context) -> Message:
-        return Message(
-            RecordDict({METRICS: MetricRecord({NEW_SAMPLES: tenant_for(context).new_samples()})}), reply_to=message
+        tenant = tenant_for(context)
+        declined = list(tenant.release.declined())[-MAX_DECLINED:]  # the newest refusals and rollbacks
+        content = RecordDict(
+            {
+                METRICS: MetricRecord({NEW_SAMPLES: tenant.new_samples()}),
+                DECLINED: ConfigRecord({DECLINED: declined}),
+            }
         )
+        return Message(content, reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

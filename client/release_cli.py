@@ -96,6 +96,25 @@ def rollback(
     _act(config, operator, reason, "rollback")
 
 
+@release_app.command("supersede")
+def supersede(
+    version: str = typer.Option(..., help="The installed version that replaces the running canary."),
+    operator: str = OPERATOR,
+    reason: str = typer.Option(..., help="Why (audited)."),
+    config: Path = CONFIG,
+) -> None:
+    """Replace the running canary by another installed version now (a fresh window; normally newer versions wait)."""
+    operator = audited(operator, reason)
+    settings, store = open_store(config)
+    try:
+        record = ReleaseController(store, settings.release, actor=operator).supersede(version, f"{operator}: {reason}")
+    except ReleaseError as err:
+        fail(str(err))
+    finally:
+        store.close()
+    typer.echo(f"{record.action}: serving {record.serving}, canary {record.canary} on {record.share:.0%}")
+
+
 @release_app.command("readmit")
 def readmit(
     version: str = typer.Option(..., help="The refused or rolled-back version to allow again."),

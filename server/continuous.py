@@ -27,13 +27,15 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedloop.server.registry import RegistryError
 from fedloop.server.strategy import SealedMerge
 from fedloop.shared.files import write_atomic
 from fedloop.shared.keys import PartyPublicKey
-from fedloop.shared.protocol import COUNTS, METRICS, NEW_SAMPLES
+from fedloop.shared.protocol import COUNTS, DECLINED, MAX_DECLINED, METRICS, NEW_SAMPLES
 from fedloop.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+MAX_VERSION_ID = 64  # longer names are not fedloop's version ids
 
 Enrol = Callable[[list[int]], dict[int, PartyPublicKey]]
 
@@ -79,6 +81,16 @@ def schedule_state(
     return ScheduleState(
         now, rounds_done, counts, ready, needed, schedule.min_new_samples, last_round_at, due_at, start, reason
     )
+
+
+def declined_versions(reply: Message) -> set[str]:
+    """The versions a tenant's `counts` reply names as refused or rolled back there (malformed: none)."""
+    if reply.has_error() or DECLINED not in reply.content.config_records:
+        return set()
+    names = reply.content.config_records[DECLINED].get(DECLINED)
+    if not isinstance(names, list) or len(names) > MAX_DECLINED:
+        return set()
+    return {name for name in names if isinstance(name, str) and 0 < len(name) <= MAX_VERSION_ID}
 
 
 def new_samples(reply: Message) -> int | None:
@@ -143,7 +155,8 @@ class ContinuousRun:
             log.info("continuous run: tenant %s (node %s) enrolled", key.name, node)
 
     def _counts(self) -> dict[str, int]:
-        """Each enrolled tenant's new training samples (tenants that do not answer in time count 0)."""
+        """Each enrolled tenant's new training samples (tenants that do not answer in time count 0); a version
+        every enrolled tenant names as refused or rolled back is declined in the registry."""
         tenants = self._strategy.tenants
         queries = [
             Message(
@@ -152,14 +165,28 @@ class ContinuousRun:
             for node in tenants
         ]
         counts = {key.name: 0 for key in tenants.values()}
-        for reply in self._grid.send_and_receive(queries, timeout=self._settings.schedule.poll_s):
+        declined: dict[str, set[str]] = {}
+        for reply in self._grid.send_and_receive(queries, timeout=self._settings.schedule.query_timeout_s):
             key = tenants.get(reply.metadata.src_node_id)
             count = new_samples(reply)
             if key is None or count is None:
                 log.warning("continuous run: node %s sent no usable count", reply.metadata.src_node_id)
                 continue
             counts[key.name] = count
+            declined[key.name] = declined_versions(reply)
+        if declined and len(declined) == len(counts):
+            self._decline(set.intersection(*declined.values()), sorted(declined))
         return counts
+
+    def _decline(self, versions: set[str], tenants: list[str]) -> None:
+        registry = self._strategy.ledger.registry
+        for version in sorted(versions):
+            try:
+                status = registry.get(version).status
+            except RegistryError:
+                continue  # not a version of this registry
+            if status not in ("declined", "rolled_back"):
+                self._strategy.decline(version, tenants)
 
     def run_round(self, round_: int) -> None:
         """One round: train on every enrolled tenant, merge, then let every tenant evaluate the new version."""

@@ -303,22 +303,24 @@ class SealedMerge(Strategy):
         return MetricRecord({HIT_RATE: mean_hit, NUM_EXAMPLES: total})
 
     def _decline_if_all_declined(self, server_round: int, evaluation: dict[str, dict[str, float]]) -> None:
-        """Every tenant that evaluated the current version refused or rolled it back: mark it declined and go on from
-        its parent (the registry's `latest` skips it, so the next run does not continue from it either)."""
-        if not evaluation or not all(metrics.get(DECLINED) == 1 for metrics in evaluation.values()):
+        """Every tenant that evaluated the current version refused or rolled it back: decline it."""
+        if evaluation and all(metrics.get(DECLINED) == 1 for metrics in evaluation.values()):
+            log.warning("round %d: every tenant declined version %s", server_round, self.current.id)
+            self.decline(self.current.id, sorted(evaluation))
+
+    def decline(self, version_id: str, tenants: list[str]) -> None:
+        """Every tenant declined `version_id`: mark it in the registry (whose `latest` then skips it, so no next run
+        continues from it); if training was to go on from it, go on from its nearest ancestor nobody declined (or the
+        first version)."""
+        registry = self.ledger.registry
+        registry.decline(version_id, tenants)
+        if version_id != self.current.id:
             return
-        declined = self.current
-        self.ledger.registry.decline(declined.id, sorted(evaluation))
-        if declined.parent is not None:
-            self.current = self.ledger.registry.get(declined.parent)
-            self.current_state = adapter_from_bytes(self.ledger.registry.load_adapter(declined.parent))
-        log.warning(
-            "round %d: every tenant declined version %s (%s): the next round trains from %s",
-            server_round,
-            declined.id,
-            ", ".join(sorted(evaluation)),
-            self.current.id,
-        )
+        record = registry.get(version_id)
+        while record.parent is not None and record.status in ("declined", "rolled_back"):
+            record = registry.get(record.parent)
+        self.current, self.current_state = record, adapter_from_bytes(registry.load_adapter(record.id))
+        log.warning("declined version %s (%s): training goes on from %s", version_id, ", ".join(tenants), record.id)
 
     def summary(self) -> None:
         """Log the strategy's configuration."""

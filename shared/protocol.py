@@ -31,6 +31,7 @@ SEALED_STYPE = "fedloop.sealed-envelope"  # the Array's serialisation type: raw 
 METRICS = "metrics"
 ENROL = "enrol"
 COUNTS = "counts"  # the cheap query of a continuous run: how much new feedback a tenant has
+MAX_DECLINED = 64  # versions a counts reply names as declined (the newest)
 NEW_SAMPLES = "new-samples"  # its metric: admitted training samples since the global version the tenant holds
 NUM_EXAMPLES = "num-examples"
 DECLINED = "declined"  # an evaluation metric: 1 when the tenant will not serve the version (refused or rolled back)

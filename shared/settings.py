@@ -236,6 +236,9 @@ class ScheduleSection(Section):
         86400.0, description="a round starts this long after the previous one even without enough samples; 0 = never"
     )
     poll_s: float = Field(60.0, description="how often HQ asks the tenants for their counts (a cheap message)")
+    query_timeout_s: float = Field(
+        60.0, description="how long HQ waits for a tenant's count (its ClientApp may be starting); no answer counts 0"
+    )
     max_rounds: int = Field(0, description="the continuous run ends after this many rounds; 0 = when stopped")
 
 
@@ -268,9 +271,9 @@ class Settings(Section):
             "integers: min_new_samples >= 1, the others >= 0",
         )
         require(
-            schedule.max_interval_s >= 0 and schedule.poll_s > 0,
-            "schedule.max_interval_s / poll_s",
-            "seconds: max_interval_s >= 0 (0 = never), poll_s > 0",
+            schedule.max_interval_s >= 0 and schedule.poll_s > 0 and schedule.query_timeout_s > 0,
+            "schedule.max_interval_s / poll_s / query_timeout_s",
+            "seconds: max_interval_s >= 0 (0 = never), poll_s > 0, query_timeout_s > 0",
         )
         require(
             len(set(self.federation.tenants)) == len(self.federation.tenants), "federation.tenants", "distinct names"

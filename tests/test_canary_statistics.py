@@ -11,6 +11,7 @@ the 30-day horizon docs/tenant-operator.md states for 1,000 drafts a day.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,29 @@ def test_the_gap_interval_stays_within_the_possible_gaps_at_a_handful_of_drafts(
     interval = gap_interval(2 / 3 - 2 / 57, 0.5, 1 - 0.05 / 6, DEFAULTS.mixture_scale)
     assert -1.0 <= interval.low < interval.estimate < interval.high <= 1.0
     assert "[-100.0, +100.0]" in interval.describe()
+
+
+def test_the_decision_table_and_the_look_benchmark_run_as_documented() -> None:
+    """docs/benchmarks.md's commands, on a small scale (the figures there come from the full runs)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    table = subprocess.run(
+        [sys.executable, "scripts/canary_decisions.py", "--runs", "2", "--horizon", "3"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "2 runs each" in table and table.count(" pts |") + table.count(" equal |") == 12
+    look = subprocess.run(
+        [sys.executable, "scripts/bench_release_look.py", "--drafts", "300", "--users", "40", "--repeat", "2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "window: 300 decided drafts" in look and "ratio baseline / fedloop (median)" in look

@@ -188,3 +188,20 @@ def test_a_version_every_tenant_declined_is_not_where_training_or_the_next_run_c
     assert registry.latest().id == first.id  # and so does the next run
     entry = registry.audit_log.entries()[-1]
     assert entry.action == "version.declined" and "declined by honest1, honest2" in entry.subject
+
+
+def test_declining_a_version_that_is_not_the_current_one_leaves_training_where_it_is(strategy) -> None:
+    """A continuous run hears of rollbacks between rounds (the counts query): an older version every tenant rolled
+    back is marked, and training goes on from the current version."""
+    sealed, hq, tenants = strategy
+    genesis = sealed.current.id
+    updates = [
+        reply(TENANTS.index(n) + 1, sealed_update(hq, tenants[n], n, adapter(0.1), genesis))
+        for n in ("honest1", "honest2")
+    ]
+    sealed.aggregate_train(1, updates)
+    current = sealed.current.id
+    sealed.decline(genesis, ["honest1", "honest2"])
+    assert sealed.current.id == current and sealed.ledger.registry.get(genesis).status == "declined"
+    sealed.decline(current, ["honest1", "honest2"])
+    assert sealed.current.id == genesis  # every ancestor declined too: training goes back to the first version

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedloop.server.continuous import new_samples, schedule_state
+from fedloop.server.continuous import declined_versions, new_samples, schedule_state
 from fedloop.shared.settings import AggregationSection, ScheduleSection, Settings
 
 SETTINGS = Settings(
@@ -41,3 +41,17 @@ def test_a_counts_reply_that_is_not_a_count_is_ignored() -> None:
     assert new_samples(answer(42)) == 42
     assert [new_samples(answer(v)) for v in (-1, float("inf"), float("nan"))] == [None, None, None]
     assert new_samples(Message(RecordDict({}), reply_to=question)) is None
+
+
+def test_a_counts_reply_names_the_versions_the_tenant_declined_and_a_malformed_list_names_none() -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    question = Message(RecordDict({"counts": ConfigRecord({})}), dst_node_id=5, message_type="query.counts")
+    TaskIdentity.node_id = 5
+
+    def answer(names: list[str]) -> Message:
+        records = {"metrics": MetricRecord({"new-samples": 1}), "declined": ConfigRecord({"declined": names})}
+        return Message(RecordDict(records), reply_to=question)
+
+    assert declined_versions(answer(["v0002-aa", "v0003-bb"])) == {"v0002-aa", "v0003-bb"}
+    assert declined_versions(answer(["v"] * 65)) == set()  # more than a reply may name
+    assert declined_versions(answer(["x" * 65, "v0004-cc"])) == {"v0004-cc"}
