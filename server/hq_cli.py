@@ -61,9 +61,7 @@ def hq_up(config: Path = HQ_CONFIG) -> None:
             superlink_command, gateway_command = spec.command(), gateway.command()
             write_cli_config(settings.home, spec.address, spec.ca_certificate)
             if hq.metrics_address:
-                exporter = serve_metrics(hq_registry(RunLayout(settings.home).hq / "registry.db"), hq.metrics_address)[
-                    0
-                ]
+                exporter = serve_metrics(hq_registry(RunLayout(settings.home)), hq.metrics_address)[0]
                 running.callback(exporter.shutdown)
             superlink = start_flower(superlink_command, settings.home)
             running.callback(stop_flower, superlink)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fedloop.server.continuous import read_schedule_state
 from fedloop.server.registry import STATUSES
 from fedloop.shared.metrics import HQ_METRICS
+from fedloop.shared.run_layout import RunLayout
 
 
 def _counter(metric: str, labels: list[str] | None = None) -> CounterMetricFamily:
@@ -32,10 +35,12 @@ def _gauge(metric: str, labels: list[str] | None = None) -> GaugeMetricFamily:
 
 
 class RegistryCollector(Collector):
-    """Rounds, durations, tenants, refusals, bytes and versions from `registry.db`."""
+    """Rounds, durations, tenants, refusals, bytes and versions from `registry.db`; a continuous run's schedule
+    (why the next round waits) from `schedule.json`."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, schedule: Path) -> None:
         self._database = database
+        self._schedule = schedule
 
     def _rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Round reports (round >= 1, oldest first) and version counts by status; empty if no registry yet."""
@@ -73,10 +78,27 @@ class RegistryCollector(Collector):
         for status in STATUSES:
             versions.add_metric([status], statuses.get(status, 0))
         yield from (rounds, duration, tenants, refused, received, versions)
+        yield from self._schedule_figures()
+
+    def _schedule_figures(self) -> Iterator[Metric]:
+        state = read_schedule_state(self._schedule)
+        if state is None:
+            return
+        ready, needed = _gauge("fedloop_hq_schedule_ready_tenants"), _gauge("fedloop_hq_schedule_needed_tenants")
+        ready.add_metric([], len(state.get("ready", [])))
+        needed.add_metric([], state.get("needed", 0))
+        samples = _gauge("fedloop_hq_schedule_new_samples", ["tenant"])
+        for tenant, count in sorted(state.get("counts", {}).items()):
+            samples.add_metric([tenant], count)
+        yield from (ready, needed, samples)
+        if state.get("next_due_at") is not None:
+            due = _gauge("fedloop_hq_schedule_due_in_seconds")
+            due.add_metric([], max(0.0, state["next_due_at"] - time.time()))
+            yield due
 
 
-def hq_registry(database: Path) -> CollectorRegistry:
-    """A Prometheus registry exporting HQ's metrics from `database`."""
+def hq_registry(layout: RunLayout) -> CollectorRegistry:
+    """A Prometheus registry exporting HQ's metrics from the registry and schedule of `layout`."""
     registry = CollectorRegistry()
-    registry.register(RegistryCollector(database))
+    registry.register(RegistryCollector(layout.hq / "registry.db", layout.schedule))
     return registry

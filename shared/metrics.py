@@ -37,6 +37,10 @@ HQ_METRICS: dict[str, str] = {
     "fedloop_hq_refused_deltas_total": "Tenant updates (sealed adapters) refused, by reason.",
     "fedloop_hq_received_bytes_total": "Bytes of sealed updates received from tenants.",
     "fedloop_hq_versions": "Global versions in the registry, by status.",
+    "fedloop_hq_schedule_ready_tenants": "Continuous run: tenants with schedule.min_new_samples new samples now.",
+    "fedloop_hq_schedule_needed_tenants": "Continuous run: ready tenants a round needs (below it, the round waits).",
+    "fedloop_hq_schedule_new_samples": "Continuous run: each tenant's new training samples at the latest poll.",
+    "fedloop_hq_schedule_due_in_seconds": "Continuous run: seconds until a round is due by schedule.max_interval_s.",
 }
 
 

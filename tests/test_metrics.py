@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import pytest
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
+from fedloop.server.continuous import schedule_state
 from fedloop.server.metrics import hq_registry
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import init_keys
 from fedloop.shared.metrics import HQ_METRICS, TENANT_METRICS, serve_metrics
+from fedloop.shared.run_layout import RunLayout
+from fedloop.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,8 +112,14 @@ def test_hq_endpoint_exports_rounds_refusals_bytes_and_versions(tmp_path: Path) 
         },
     )
     registry.close()
-    samples = scrape(hq_registry(tmp_path / "hq" / "registry.db"))
+    layout = RunLayout(tmp_path)
+    waiting = schedule_state({"acme": 3100, "bolt": 40}, Settings(), time.time(), time.time(), 1)
+    layout.schedule.write_text(json.dumps(waiting.as_dict()))  # a continuous run between rounds
+    samples = scrape(hq_registry(layout))
     assert set(HQ_METRICS) <= names(samples)
+    assert samples["fedloop_hq_schedule_ready_tenants"] == 1 and samples["fedloop_hq_schedule_needed_tenants"] == 1
+    assert samples['fedloop_hq_schedule_new_samples{tenant="bolt"}'] == 40
+    assert 86_000 < samples["fedloop_hq_schedule_due_in_seconds"] <= 86_400
     assert samples["fedloop_hq_rounds_total"] == 1 and samples["fedloop_hq_round_duration_seconds"] == 42.0
     assert samples["fedloop_hq_round_tenants"] == 2 and samples["fedloop_hq_received_bytes_total"] == 150
     assert samples['fedloop_hq_refused_deltas_total{reason="bad-signature"}'] == 1

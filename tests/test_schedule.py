@@ -49,8 +49,8 @@ def test_a_counts_reply_names_the_versions_the_tenant_declined_and_a_malformed_l
     TaskIdentity.node_id = 5
 
     def answer(names: list[str]) -> Message:
-        records = {"metrics": MetricRecord({"new-samples": 1}), "declined": ConfigRecord({"declined": names})}
-        return Message(RecordDict(records), reply_to=question)
+        metrics, declined = MetricRecord({"new-samples": 1}), ConfigRecord({"declined": names})
+        return Message(RecordDict({"metrics": metrics, "declined": declined}), reply_to=question)
 
     assert declined_versions(answer(["v0002-aa", "v0003-bb"])) == {"v0002-aa", "v0003-bb"}
     assert declined_versions(answer(["v"] * 65)) == set()  # more than a reply may name
