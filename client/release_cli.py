@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.table import Table
 
 from fedloop.client.cli import CONFIG, OPERATOR, open_store
 from fedloop.client.release.controller import Comparison, ReleaseController, ReleaseError, now_ms
+from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.console import audited, command_group, fail, output_console
+
+T = TypeVar("T")
 
 release_app = command_group("The tenant's release pointer: serving version, canary, promotion, rollback.")
 
@@ -24,6 +29,7 @@ def status(config: Path = CONFIG) -> None:
         comparison = controller.compare()
         history = store.versions.release_history()
         waiting = controller.waiting()
+        declined = controller.declined()
     finally:
         store.close()
     out = output_console()
@@ -49,6 +55,8 @@ def status(config: Path = CONFIG) -> None:
             f"gap lower bound > {release.promote_margin * 100:+.1f} pts and the canary is {release.promote_after_h:g} "
             f"h old; {release.confidence:.0%} family-wise, valid at every look"
         )
+    for version, why in declined.items():
+        out.print(f"not offered or served here: {version} ({why}); `fedloop release readmit` allows it again")
     if waiting is not None:
         out.print(f"waiting: {waiting} becomes the canary once the running one is decided")
 
@@ -67,17 +75,21 @@ def expected_time(comparison: Comparison, since_ms: int, release: ReleaseSection
     )
 
 
-def _act(config: Path, operator: str, reason: str, action: str) -> None:
+def _act(config: Path, operator: str, reason: str, act: Callable[[ReleaseController, str], T]) -> T:
+    """`act(controller, why)` as the audited operator on the tenant's store (exits naming the problem)."""
     operator = audited(operator, reason)
     settings, store = open_store(config)
     try:
-        controller = ReleaseController(store, settings.release, actor=operator)
-        record = getattr(controller, action)(f"{operator}: {reason}")
+        return act(ReleaseController(store, settings.release, actor=operator), f"{operator}: {reason}")
     except ReleaseError as err:
         fail(str(err))
     finally:
         store.close()
-    typer.echo(f"{record.action}: serving {record.serving}, canary {record.canary or 'none'}")
+
+
+def _moved(record: ReleaseRecord) -> None:
+    canary = f"canary {record.canary} on {record.share:.0%}" if record.canary else "canary none"
+    typer.echo(f"{record.action}: serving {record.serving}, {canary}")
 
 
 @release_app.command("promote")
@@ -85,7 +97,7 @@ def promote(
     operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."), config: Path = CONFIG
 ) -> None:
     """Serve the running canary to everyone now."""
-    _act(config, operator, reason, "promote")
+    _moved(_act(config, operator, reason, ReleaseController.promote))
 
 
 @release_app.command("rollback")
@@ -93,7 +105,7 @@ def rollback(
     operator: str = OPERATOR, reason: str = typer.Option(..., help="Why (audited)."), config: Path = CONFIG
 ) -> None:
     """Drop the running canary, or go back to the version that served before the current one."""
-    _act(config, operator, reason, "rollback")
+    _moved(_act(config, operator, reason, ReleaseController.rollback))
 
 
 @release_app.command("supersede")
@@ -104,15 +116,7 @@ def supersede(
     config: Path = CONFIG,
 ) -> None:
     """Replace the running canary by another installed version now (a fresh window; normally newer versions wait)."""
-    operator = audited(operator, reason)
-    settings, store = open_store(config)
-    try:
-        record = ReleaseController(store, settings.release, actor=operator).supersede(version, f"{operator}: {reason}")
-    except ReleaseError as err:
-        fail(str(err))
-    finally:
-        store.close()
-    typer.echo(f"{record.action}: serving {record.serving}, canary {record.canary} on {record.share:.0%}")
+    _moved(_act(config, operator, reason, lambda controller, why: controller.supersede(version, why)))
 
 
 @release_app.command("readmit")
@@ -123,14 +127,7 @@ def readmit(
     config: Path = CONFIG,
 ) -> None:
     """Allow a version this tenant refused or rolled back to be offered and served again."""
-    operator = audited(operator, reason)
-    settings, store = open_store(config)
-    try:
-        ReleaseController(store, settings.release, actor=operator).readmit(version, reason)
-    except ReleaseError as err:
-        fail(str(err))
-    finally:
-        store.close()
+    _act(config, operator, reason, lambda controller, why: controller.readmit(version, why))
     typer.echo(f"{version} re-admitted: the next offer of it may start a canary, and requests may name it")
 
 

@@ -105,6 +105,17 @@ class Federation:
             self.kill(name)
 
 
+def tenant_store(root: Path, tenant: str):  # noqa: ANN201 - a FeedbackStore (imported here only when used)
+    """A second connection to a deployed tenant's store (`root/<tenant>-home`), with its keys."""
+    from fedloop.client.store import FeedbackStore
+    from fedloop.shared.keys import load_identity
+
+    identity = load_identity(root / f"{tenant}-home" / "keys", tenant)
+    return FeedbackStore(
+        root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage, identity.pseudonym_key
+    )
+
+
 def write_tenant_config(
     root: Path, name: str, home: str, ingest_port: int, tenant: str | None = None, serve_port: int | None = None
 ) -> Path:

@@ -124,22 +124,13 @@ def test_the_decision_table_and_the_look_benchmark_run_as_documented() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
-    table = subprocess.run(
-        [sys.executable, "scripts/canary_decisions.py", "--runs", "2", "--horizon", "3"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
+    def run(*command: str) -> str:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(
+            [sys.executable, *command], cwd=root, capture_output=True, text=True, timeout=300, check=True
+        ).stdout
+
+    table = run("scripts/canary_decisions.py", "--runs", "2", "--horizon", "3")
     assert "2 runs each" in table and table.count(" pts |") + table.count(" equal |") == 12
-    look = subprocess.run(
-        [sys.executable, "scripts/bench_release_look.py", "--drafts", "300", "--users", "40", "--repeat", "2"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
+    look = run("scripts/bench_release_look.py", "--drafts", "300", "--users", "40", "--repeat", "2")
     assert "window: 300 decided drafts" in look and "ratio baseline / fedloop (median)" in look

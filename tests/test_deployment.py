@@ -36,6 +36,7 @@ from deployment_helpers import (
     provision,
     start_hq,
     start_tenant,
+    tenant_store,
     wait_for,
     write_tenant_config,
 )
@@ -329,12 +330,7 @@ def test_hq_and_tenant_metrics_endpoints_report_the_runs(deployed: Federation) -
 
 
 def open_store(federation: Federation, tenant: str):  # noqa: ANN201
-    from fedloop.client.store import FeedbackStore
-
-    identity = load_identity(federation.root / f"{tenant}-home" / "keys", tenant)
-    return FeedbackStore(
-        federation.root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage, identity.pseudonym_key
-    )
+    return tenant_store(federation.root, tenant)
 
 
 def documented_integration() -> str:

@@ -12,7 +12,7 @@ import pytest
 from fedloop.client.feedback import Action, FeedbackRecorder
 from fedloop.client.release.canary import bucket, in_canary
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
-from fedloop.client.store_api import EvaluationKind
+from fedloop.client.store_api import EvaluationKind, InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 
 # No dwell times (the ramp's clock has its own test), few drafts before a decision.
@@ -231,7 +231,26 @@ def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_pa
     store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
     last = store.audit_log.entries()[-1]
     assert (last.actor, last.action) == ("li.wei", "release-rollback")
+    store.versions.install(InstalledVersion("v3", 3, None, "digest-3"), b"adapter")
+    ReleaseController(store, SETTINGS).offer("v2", "round 4 evaluated it again")  # declined: not offered
     store.close()
+
+    def operator(*command: str) -> str:
+        done = runner.invoke(
+            app, ["release", *command, "--config", str(config), "--operator", "li.wei", "--reason", "x"]
+        )
+        assert done.exit_code == 0, done.output
+        return done.output
+
+    status = runner.invoke(app, ["release", "status", "--config", str(config)]).output
+    assert "not offered or served here: v2 (rolled back: li.wei: complaints from the support team)" in status
+    assert "v2 re-admitted" in operator("readmit", "--version", "v2")
+    store = FeedbackStore(tmp_path / "data" / "feedback.db", identity.storage, identity.pseudonym_key)
+    ReleaseController(store, SETTINGS).offer("v2", "round 5")  # re-admitted: a canary again
+    store.close()
+    assert "supersede: serving v1, canary v3 on 5%" in operator("supersede", "--version", "v3")
+    assert "guard: serving v3, canary v1 on 5%" in operator("promote")  # the default guard keeps 5 % on v1
+    assert "settle: serving v3, canary none" in operator("promote")  # an operator ends the guard
 
 
 def test_complaints_count_only_decided_drafts_and_a_canary_with_many_unanswered_drafts_still_decides(

@@ -40,15 +40,14 @@ from deployment_helpers import (
     provision,
     start_hq,
     start_tenant,
+    tenant_store,
     wait_for,
     write_tenant_config,
 )
 
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
-from fedloop.shared.keys import load_identity
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -176,13 +175,6 @@ def product(world: World, tenant: str, port: int, stop: threading.Event, seed: i
                     world.failures.append(f"{tenant} outcome: {answer.status_code} {answer.text[:200]}")
 
 
-def open_store(root: Path, tenant: str) -> FeedbackStore:
-    identity = load_identity(root / f"{tenant}-home" / "keys", tenant)
-    return FeedbackStore(
-        root / f"{tenant}-home" / f"data-{tenant}" / "feedback.db", identity.storage, identity.pseudonym_key
-    )
-
-
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[Federation, World, dict]]:
     root = tmp_path_factory.mktemp("soak")
@@ -249,7 +241,7 @@ def _ready(federation: Federation, tenant: str) -> bool:
 
 def _records(root: Path, tenant: str) -> tuple[list[ReleaseRecord], dict[str, str]]:
     """A tenant's release history and the versions it declined (refused or rolled back), read from its store."""
-    store = open_store(root, tenant)
+    store = tenant_store(root, tenant)
     try:
         return store.versions.release_history(), ReleaseController(store, ReleaseSection()).declined()
     finally:
@@ -281,7 +273,7 @@ def test_rounds_start_on_their_own_and_every_release_decision_is_made_by_the_loo
         assert first[:3] == ["canary", "widen", "guard"], (tenant, first)  # promoted by the test, through the ramp
         assert any(r.action == "rollback" and r.reason.startswith("automatic (guard:") for r in records), tenant
         assert any(v.startswith("v0001") for v in declined) and any(v.startswith("v0002") for v in declined), tenant
-        store = open_store(root, tenant)
+        store = tenant_store(root, tenant)
         try:
             actors = {e.actor for e in store.audit_log.entries() if e.action.startswith("release-")}
             assert actors <= {"release-controller", "fedloop"}, actors  # no operator moved the pointer

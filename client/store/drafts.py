@@ -140,7 +140,8 @@ class SqliteDraftRepository:
             rowids = [
                 row[0]
                 for row in self._db.execute(
-                    f"SELECT t.rowid FROM {table} t JOIN drafts d ON d.id = t.draft_id "
+                    # CROSS JOIN keeps SQLite from walking the window's drafts: new rows first, then their drafts
+                    f"SELECT t.rowid FROM {table} t CROSS JOIN drafts d ON d.id = t.draft_id "
                     f"WHERE t.rowid > ? AND {window} ORDER BY t.rowid",
                     (after, *versions, since_ms),
                 )
