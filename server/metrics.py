@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedloop.server.continuous import read_schedule_state
 from fedloop.server.registry import STATUSES
+from fedloop.server.schedule_state import read_schedule_state
 from fedloop.shared.metrics import HQ_METRICS
 from fedloop.shared.run_layout import RunLayout
 

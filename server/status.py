@@ -6,9 +6,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from fedloop.server.continuous import read_schedule_state
 from fedloop.server.hq_settings import HQSettings
 from fedloop.server.registry import VersionRegistry
+from fedloop.server.schedule_state import read_schedule_state
 from fedloop.shared.keys import Keyring, key_ages, load_identity
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 

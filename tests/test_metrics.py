@@ -13,9 +13,9 @@ import pytest
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
-from fedloop.server.continuous import schedule_state
 from fedloop.server.metrics import hq_registry
 from fedloop.server.registry import VersionRegistry
+from fedloop.server.schedule_state import schedule_state
 from fedloop.shared.keys import init_keys
 from fedloop.shared.metrics import HQ_METRICS, TENANT_METRICS, serve_metrics
 from fedloop.shared.run_layout import RunLayout

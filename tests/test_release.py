@@ -342,3 +342,15 @@ def test_a_guard_without_harm_settles_after_its_window_and_the_waiting_version_f
     assert controller.decide() is not None
     actions = [record.action for record in tenant.store.versions.release_history()]
     assert actions[-2:] == ["settle", "canary"] and (after := controller.state()) is not None and after.canary == "v3"
+
+
+def test_the_release_commands_load_neither_the_model_libraries_nor_the_pii_models() -> None:
+    """Issue 30: `fedloop release rollback` took 29 s from the command to the first draft by the previous version,
+    nearly all of it start-up. The CLI (every command group) must not import what a release move does not need."""
+    probe = (
+        "import sys\nimport fedloop.shared.cli\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'presidio_analyzer', 'spacy', 'flwr') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedloop.server.continuous import declined_versions, new_samples, schedule_state
+from fedloop.server.continuous import declined_versions, new_samples
+from fedloop.server.schedule_state import schedule_state
 from fedloop.shared.settings import AggregationSection, ScheduleSection, Settings
 
 SETTINGS = Settings(
