@@ -38,7 +38,7 @@ class StoreCollector(Collector):
 
     def __init__(self, store: FeedbackStore, release: ReleaseSection) -> None:
         self._store = store
-        self._release = release
+        self._controller = ReleaseController(store, release)  # one, so each scrape reads only new outcomes
 
     def collect(self) -> Iterator[Metric]:
         """Samples by state and pool, breaker, hit rates, canary, rollbacks, latest training."""
@@ -72,7 +72,7 @@ class StoreCollector(Collector):
         yield from (hits, decided)
 
     def _release_figures(self) -> Iterator[Metric]:
-        controller = ReleaseController(self._store, self._release)
+        controller = self._controller
         state = controller.state()
         share = self._gauge("fedloop_tenant_canary_share")
         share.add_metric([], state.share if state and state.canary else 0.0)

@@ -56,3 +56,42 @@ def test_a_counts_reply_names_the_versions_the_tenant_declined_and_a_malformed_l
     assert declined_versions(answer(["v0002-aa", "v0003-bb"])) == {"v0002-aa", "v0003-bb"}
     assert declined_versions(answer(["v"] * 65)) == set()  # more than a reply may name
     assert declined_versions(answer(["x" * 65, "v0004-cc"])) == {"v0004-cc"}
+
+
+def test_a_tenant_that_leaves_is_dropped_and_its_new_node_enrolled_once_it_comes_back(tmp_path) -> None:  # noqa: ANN001
+    """A tenant's SuperNode restarts under a new node id: the run drops the old node and enrols the new one (a
+    fresh challenge); a node that fails enrolment is not challenged again at every poll."""
+    from dataclasses import dataclass, field
+    from typing import Any, cast
+
+    from fedloop.server.continuous import ContinuousRun
+    from fedloop.shared.keys import init_keys
+
+    acme, bolt = (init_keys("tenant", name, tmp_path / "keys").public for name in ("acme", "bolt"))
+
+    @dataclass
+    class Nodes:  # what the SuperLink reports as connected; only get_node_ids is asked here
+        ids: set[int]
+
+        def get_node_ids(self) -> list[int]:
+            return sorted(self.ids)
+
+    @dataclass
+    class Enrolled:
+        tenants: dict[int, Any] = field(default_factory=dict)
+
+    challenged: list[list[int]] = []
+
+    def enrol(nodes: list[int]) -> dict[int, Any]:
+        challenged.append(nodes)
+        return {node: {11: acme, 12: bolt, 21: bolt}[node] for node in nodes if node != 99}
+
+    grid, strategy = Nodes({11, 12}), Enrolled({11: acme, 12: bolt})
+    run = ContinuousRun(cast(Any, grid), cast(Any, strategy), enrol, SETTINGS, tmp_path / "schedule.json")
+    grid.ids = {11}  # bolt's machine went away
+    run._follow_nodes()
+    assert strategy.tenants == {11: acme}
+    grid.ids = {11, 21, 99}  # bolt is back under a new node id; node 99 is no tenant of ours
+    run._follow_nodes()
+    run._follow_nodes()
+    assert strategy.tenants == {11: acme, 21: bolt} and challenged == [[21, 99]]
