@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from fedloop.client.cli import CONFIG, OPERATOR, open_store
-from fedloop.client.release.controller import Comparison, ReleaseController, ReleaseError, now_ms
+from fedloop.client.release.comparison import Comparison
+from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.console import audited, command_group, fail, output_console

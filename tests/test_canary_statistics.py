@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloop.client.release.controller import Comparison, arm_stats
+from fedloop.client.release.comparison import Comparison, arm_stats
 from fedloop.client.release.sequential import gap_interval
 from fedloop.client.simulation.canary_traffic import (
     CanarySimulation,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedloop.client.release.arm_tally import covariates_of
-from fedloop.client.release.controller import interval_level
+from fedloop.client.release.comparison import interval_level
 from fedloop.client.release.sequential import half_width
 from fedloop.client.release.user_statistics import Floats, adjusted_gap, user_sums
 from fedloop.client.store_api import UserRates
