@@ -30,7 +30,7 @@ from fedloop.client.tenant_settings import ReleaseSection
 
 DEFAULTS = ReleaseSection()
 HORIZON_DAYS = 30.0
-EQUAL_RUNS, EFFECT_RUNS = 200, 60
+EQUAL_RUNS, EFFECT_RUNS = 150, 40
 TRAFFICS = [Traffic(300, 0.15, 1000), Traffic(300, 0.08, 1000), Traffic(2000, 0.15, 1000), Traffic(2000, 0.08, 1000)]
 
 

@@ -37,6 +37,7 @@ from deployment_helpers import (
     FEDLOOP,
     Federation,
     free_port,
+    listening,
     provision,
     start_hq,
     start_tenant,
@@ -56,6 +57,7 @@ POISONED = "bolt"
 USERS_PER_TENANT = 40
 CLIENTS_PER_TENANT = 3
 MIN_NEW_SAMPLES = 60
+PAUSE_S = 0.2
 DEADLINE_S = 270
 QUESTIONS = [
     "Where is my parcel?",
@@ -80,6 +82,7 @@ decide_every_s = 1.0
 [evaluation]
 held_out_share = 0.1
 min_held_out = 1
+max_held_out = 16
 kl_bound = 1000000.0
 forgetting_bound = 1000000.0
 degenerate_bound = 0.99
@@ -137,7 +140,7 @@ def product(world: World, tenant: str, port: int, stop: threading.Event, seed: i
     """One product client: users ask for a draft, then accept, edit or reject it."""
     rng = random.Random(seed)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=60) as http:
-        while not stop.is_set():
+        while not stop.wait(PAUSE_S):  # a user pauses between drafts: the rounds need the CPU too
             user = f"{tenant}-customer-{rng.randrange(USERS_PER_TENANT)}"
             question = rng.choice(QUESTIONS)
             reply = http.post(
@@ -185,12 +188,15 @@ def soak(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
     started = time.monotonic()
     try:
         start_hq(federation, TENANTS)
-        for tenant in TENANTS:
-            port, serve_port = free_port(), free_port()
-            federation.serve_ports[tenant] = serve_port
+        ingest_ports = {tenant: free_port() for tenant in TENANTS}
+        for tenant, port in ingest_ports.items():  # both start at once; then wait for both
+            federation.serve_ports[tenant] = serve_port = free_port()
             config = write_tenant_config(root, tenant, f"{tenant}-home", port, serve_port=serve_port)
             config.write_text(config.read_text() + RELEASE)
-            start_tenant(federation, tenant, config, port)
+            start_tenant(federation, tenant, config, None)
+        for tenant, port in ingest_ports.items():
+            process, log = federation.processes[tenant]
+            wait_for(lambda p=port: listening(p), f"{tenant}'s FeedbackService", log, process)
         run, run_log = federation.start(
             "run", "run", "--continuous", "--settings", "settings.toml", "--config", "hq.toml"
         )
