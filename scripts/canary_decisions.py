@@ -76,7 +76,7 @@ def main() -> None:
             f"{share(outcomes, 'promote'):>22} | {median_days(outcomes, verdict) if effect else '-'}"
         )
     if args.days_table:
-        days_table(settings, max(args.runs // 5, 40))
+        days_table(settings, max(args.runs // 5, 1))
 
 
 def days_table(settings: ReleaseSection, runs: int) -> None:

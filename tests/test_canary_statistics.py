@@ -130,7 +130,8 @@ def test_the_decision_table_and_the_look_benchmark_run_as_documented() -> None:
             [sys.executable, *command], cwd=root, capture_output=True, text=True, timeout=300, check=True
         ).stdout
 
-    table = run("scripts/canary_decisions.py", "--runs", "2", "--horizon", "3")
+    table = run("scripts/canary_decisions.py", "--runs", "2", "--horizon", "3", "--days-table")
     assert "2 runs each" in table and table.count(" pts |") + table.count(" equal |") == 12
+    assert "median days to a decision, 1 runs each" in table and table.count("| 10,000 |") == 2
     look = run("scripts/bench_release_look.py", "--drafts", "300", "--users", "40", "--repeat", "2")
     assert "window: 300 decided drafts" in look and "ratio baseline / fedloop (median)" in look
