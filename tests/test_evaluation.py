@@ -78,29 +78,6 @@ def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> 
     assert len(held_out_references(tenant.store, 0.10, limit=5)) == 5
 
 
-def test_near_duplicate_twins_of_a_held_out_sample_never_train(make_tenant) -> None:
-    """Issue 30: the slice was chosen per draft id, so a near-duplicate twin of a held-out sample trained."""
-    from fedloop.client.feedback import Action, FeedbackRecorder
-    from fedloop.client.samples.curation import training_examples
-    from fedloop.client.samples.held_out import held_out_references
-
-    tenant = make_tenant()
-    recorder = FeedbackRecorder(tenant.pipeline)
-    rng = random.Random(3)
-    for topic in range(40):  # 40 topics in words of their own, each asked by 4 users in nearly the same words
-        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(12))
-        for user in range(4):
-            draft_id = recorder.record_draft(f"user-{topic}-{user}", f"Hello, {words}?", "A draft.", "v1")
-            recorder.record_outcome(draft_id, Action.EDIT, f"Sorry: {words[::-1]}{'!' * user}", 3000)
-    samples = tenant.store.samples.find()
-    clusters = {s.prompt: s.cluster_id for s in samples}
-    assert len(set(clusters.values())) < len(samples) / 2  # the twins share clusters
-    held_out = {clusters[r.prompt] for r in held_out_references(tenant.store, 0.25, limit=1000)}
-    trained = {clusters[e.prompt] for e in training_examples(tenant.store, tenant.settings.curation, 0.25)}
-    assert held_out and trained and not held_out & trained
-    assert len(held_out) + len(trained) == len(set(clusters.values()))
-
-
 def test_the_gates_leave_out_references_that_a_compared_version_drafted(make_tenant) -> None:
     """Issue 30: an accepted draft of the serving version is its own greedy output, which it reproduces offline:
     a candidate could at best tie on those references."""

@@ -236,8 +236,7 @@ def training_examples(
 ) -> list[TrainingExample]:
     """Admitted samples with targets, weighted under the poisoning guard, less the held-out slice.
 
-    Samples in the held-out slice (samples/held_out.py, `held_out_share`: whole near-duplicate clusters) never
-    train.
+    Samples in the held-out slice (samples/held_out.py, `held_out_share`) never train.
     Within a near-duplicate cluster, each user's samples share at most
     `per_user_cluster_cap` of weight; clusters backed by fewer than
     `min_distinct_users` users are left out.
@@ -245,7 +244,7 @@ def training_examples(
     samples = [
         s
         for s in store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, pools=pools, trainable=True))
-        if not is_held_out(store, s.cluster_id, held_out_share)
+        if not is_held_out(store, s.draft_id, held_out_share)
     ]
     users_in_cluster: dict[str, set[str]] = defaultdict(set)
     user_cluster_weight: dict[tuple[str, str], float] = defaultdict(float)

@@ -1,11 +1,12 @@
 """The tenant's fixed held-out slice: its own users' finals that never enter training.
 
-A sample is held out when a keyed hash of its near-duplicate cluster (the
-MinHash LSH cluster curation assigned; the tenant's pseudonym key, so nobody
-outside can steer a sample in or out) falls below `evaluation.held_out_share`.
-A whole cluster is in or out, so no near-duplicate twin of a held-out sample
-trains. The choice never changes for a sample, so the slice grows with the
-feedback and a version is never evaluated on what any version trained on.
+A sample is held out when a keyed hash of its draft id (the tenant's
+pseudonym key, so nobody outside can steer a sample in or out) falls below
+`evaluation.held_out_share`. The choice never changes for a sample, so the
+slice grows with the feedback and a version is never evaluated on what any
+version trained on. (Near-duplicate twins of a held-out sample can still
+train: choosing per MinHash cluster was tried for issue 30 and left out, see
+docs/evaluation.md.)
 
 A reference whose final is a draft a version produced and the user accepted
 as it was says which version (`drafted_by`): comparing that version with
@@ -45,9 +46,9 @@ class Reference:
         return conversation(self.context, self.prompt)
 
 
-def is_held_out(store: FeedbackStoreAPI, cluster_id: str, share: float) -> bool:
-    """Whether the samples of near-duplicate cluster `cluster_id` belong to the held-out slice."""
-    return int(store.pseudonym(f"held-out/{cluster_id}")[:16], 16) / _SCALE < share
+def is_held_out(store: FeedbackStoreAPI, draft_id: str, share: float) -> bool:
+    """Whether the sample of `draft_id` belongs to the held-out slice."""
+    return int(store.pseudonym(f"held-out/{draft_id}")[:16], 16) / _SCALE < share
 
 
 def drafted_by(store: FeedbackStoreAPI, sample: SampleRecord) -> str | None:
@@ -69,7 +70,7 @@ def held_out_references(
     for sample in reversed(samples):
         if len(chosen) == limit:
             break
-        if not is_held_out(store, sample.cluster_id, share):
+        if not is_held_out(store, sample.draft_id, share):
             continue
         author = drafted_by(store, sample)
         if author not in compared:
