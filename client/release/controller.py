@@ -258,7 +258,8 @@ class ReleaseController:
                 return None
             reason = f"no harm found in {settings.canary_dwell_h:g} h at {state.share:.0%}: {comparison.summary()}"
             return self._move("widen", state.serving, state.canary, settings.widened_share, reason)
-        old_enough = now - self.canary_since_ms(state) >= settings.promote_after_h * HOUR_MS
+        assert self._tally is not None  # compare() kept this window's tally, and when its canary began
+        old_enough = now - self._tally.window.canary_since_ms >= settings.promote_after_h * HOUR_MS
         if comparison.ready(settings) and old_enough and comparison.wins(settings.promote_margin):
             return self._promote(state, comparison.summary())
         return None
