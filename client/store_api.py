@@ -51,6 +51,25 @@ class SampleStatus(StrEnum):
     RATE_LIMITED = "rate_limited"  # its user sent too many samples in an hour: kept at weight 0
 
 
+class Slice(StrEnum):
+    """Which part of the feedback a sample's near-duplicate cluster belongs to (fixed when the cluster began)."""
+
+    TRAIN = "train"  # may train (subject to status, pool and the poisoning guard)
+    HELD_OUT = "held_out"  # never trains: the finals versions are evaluated on
+    APART = "apart"  # neither: a near-duplicate of both a held-out and a training sample
+
+
+HELD_OUT_CLUSTER = "held-out:"  # how the id of a held-out cluster begins
+APART_CLUSTER = "apart:"  # how the id of a cluster apart from both begins
+
+
+def cluster_slice(cluster_id: str) -> Slice:
+    """The slice a cluster id names (a cluster id without a mark trains)."""
+    if cluster_id.startswith(HELD_OUT_CLUSTER):
+        return Slice.HELD_OUT
+    return Slice.APART if cluster_id.startswith(APART_CLUSTER) else Slice.TRAIN
+
+
 class EvaluationKind(StrEnum):
     """What an evaluation record of a version holds."""
 
@@ -77,6 +96,7 @@ class SampleQuery:
     pools: Sequence[Pool] | None = None
     trainable: bool = False  # only samples with a reply to learn and a positive weight
     with_target: bool = False  # only samples with a reply to learn
+    slice: Slice | None = None  # only samples of clusters in this slice
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ class Tenant:
         current = self.release.state()
         serving = current.serving if current is not None and current.serving else BASE_VERSION
         compared = frozenset({version_id, serving})
-        return held_out_references(self.store, gates.held_out_share, gates.max_held_out, compared)
+        return held_out_references(self.store, gates.max_held_out, compared)
 
     def gate(
         self,
@@ -280,7 +280,7 @@ class Tenant:
 
     def training_examples(self) -> list[TrainingExample]:
         """The product's feedback as curated training examples, less the held-out slice."""
-        return training_examples(self.store, self.settings.curation, self.settings.evaluation.held_out_share)
+        return training_examples(self.store, self.settings.curation)
 
     def personalise(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, version_id: str) -> str | None:
         """Build, install and load the tenant's personalised candidate of global version `version_id` (loaded in

@@ -55,7 +55,7 @@ def open_tenant(
         settings.tenant.store_busy_timeout_s,
     )
     moderation = moderation or LocalModeration(settings.moderation.blocklist, settings.moderation.patterns)
-    curator = Curator(store, settings.curation, settings.moderation, moderation)
+    curator = Curator(store, settings.curation, settings.moderation, moderation, settings.evaluation)
     mac_key = sm3_digest(b"fedloop/event-mac/" + identity.pseudonym_key)
     workers = settings.ingest.redaction_workers
     finder: Finder = PoolFinder(workers) if workers else LocalFinder(redactor or Redactor())

@@ -116,7 +116,11 @@ class EvaluationSection(Section):
         0.05, description="refuse when empty/looping held-out drafts rise by more than this share"
     )
     held_out_share: float = Field(
-        0.10, description="share of the tenant's own finals (keyed hash of the draft id) never trained on"
+        0.10,
+        description="share of new near-duplicate clusters held out: their finals never train (fixed per cluster)",
+    )
+    held_out_after_clusters: int = Field(
+        20, description="the tenant's first this many near-duplicate clusters all train; the slice begins after them"
     )
     min_held_out: int = Field(
         30, description='fewer held-out finals than this: the hit-rate gate says "insufficient evidence"'
@@ -296,6 +300,7 @@ class TenantSettings(Section):
         require(0 <= self.evaluation.degenerate_bound < 1, "evaluation.degenerate_bound", "a share in [0, 1)")
         evaluation = self.evaluation
         require(0.0 <= evaluation.held_out_share < 1.0, "evaluation.held_out_share", "a number in [0, 1)")
+        require(evaluation.held_out_after_clusters >= 0, "evaluation.held_out_after_clusters", "an integer >= 0")
         require(
             1 <= evaluation.min_held_out <= evaluation.max_held_out,
             "evaluation.min_held_out / max_held_out",

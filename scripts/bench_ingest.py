@@ -192,7 +192,7 @@ def bench_lsh(samples: int, queries: int) -> tuple[float, float]:
     timings = []
     for probe in probes:
         started = time.perf_counter()
-        index.cluster_for(probe)
+        index.clusters_near(probe)
         timings.append((time.perf_counter() - started) * 1000)
     return percentile(timings, 50), percentile(timings, 99)
 

@@ -18,7 +18,7 @@ from serve_helpers import Endpoint
 
 from fedloop.client.feedback import FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
-from fedloop.client.samples.held_out import held_out_references
+from fedloop.client.samples.held_out import reference as reference_of
 from fedloop.client.serve.engine import GenerationRequest
 from fedloop.client.train.data import encode
 from fedloop.client.train.generate import chat_text, generate_replies
@@ -60,7 +60,8 @@ def test_the_whole_conversation_is_recorded_and_trained_and_evaluated_as_served(
     assert ids[: len(prompt_ids)] == prompt_ids and all(label == -100 for label in labels[: len(prompt_ids)])
     assert SYSTEM in served_text and "What is wrong with it?" in served_text
 
-    [reference] = held_out_references(store, share=1.0, limit=10)  # as if this final were held out
+    [sample] = store.samples.find()
+    reference = reference_of(store, sample)  # the reference this final gives if its cluster is held out
     assert reference.messages == example.messages and reference.final == final
     settings = endpoint.runtime.settings
     assert settings.held_out_tokens == settings.serve.max_new_tokens  # evaluated with the budget drafts get

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fedloop.client.evaluate.drift import forgetting_gate, general_texts, kl_gate, mean_token_kl
+from fedloop.client.tenant_settings import EvaluationSection
 from fedloop.shared.adapter import adapter_state, attach_lora, load_base_model
 from fedloop.shared.settings import LoraSettings
 
@@ -57,25 +58,84 @@ def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
     ]
 
 
-def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> None:
+def _distinct_questions(tenant, count: int, seed: int, askers: int = 1) -> None:
+    """`count` questions in words of their own (one near-duplicate cluster each), each asked by `askers` users in
+    nearly the same words and answered by an edit."""
     from fedloop.client.feedback import Action, FeedbackRecorder
+
+    recorder = FeedbackRecorder(tenant.pipeline)
+    rng = random.Random(seed)
+    for index in range(count):
+        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(12))
+        for user in range(askers):
+            draft_id = recorder.record_draft(f"user-{index}-{user}", f"Question {words}?", "A draft.", "v1")
+            recorder.record_outcome(draft_id, Action.EDIT, f"Final reply: {words[::-1]}{'!' * user}", 3000)
+
+
+def test_the_held_out_slice_is_fixed_keyed_and_never_trained_on(make_tenant) -> None:
     from fedloop.client.samples.curation import training_examples
     from fedloop.client.samples.held_out import held_out_references
 
-    tenant = make_tenant()
-    recorder = FeedbackRecorder(tenant.pipeline)
-    rng = random.Random(1)
-    for index in range(200):  # 200 distinct questions: 200 clusters of one
-        words = " ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(8))
-        draft_id = recorder.record_draft(f"user-{index}", f"Question {index}: {words}?", "A draft.", "v1")
-        recorder.record_outcome(draft_id, Action.EDIT, f"Final reply {index}: {words[::-1]}.", 3000)
-    held_out = held_out_references(tenant.store, 0.10, limit=1000)
-    assert 8 <= len(held_out) <= 35  # about 10 % of 200
-    assert held_out == held_out_references(tenant.store, 0.10, limit=1000)  # the same slice on every call
-    trained = {e.prompt for e in training_examples(tenant.store, tenant.settings.curation, held_out_share=0.10)}
-    assert not trained & {r.prompt for r in held_out} and len(trained) + len(held_out) == 200
+    tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.2, held_out_after_clusters=20))
+    _distinct_questions(tenant, 200, seed=1)  # 200 distinct questions: 200 clusters of one
+    held_out = held_out_references(tenant.store, limit=1000)
+    assert 15 <= len(held_out) <= 60  # about 20 % of the 180 clusters after the first 20
+    assert held_out == held_out_references(tenant.store, limit=1000)  # the same slice on every call
+    trained = [e.prompt for e in training_examples(tenant.store, tenant.settings.curation)]
+    assert not set(trained) & {r.prompt for r in held_out} and len(trained) + len(held_out) == 200
+    first = [s.prompt for s in tenant.store.samples.find()][:20]
+    assert trained[:20] == first  # the tenant's first 20 clusters all train
     assert all(r.final.startswith("Final reply") for r in held_out)  # the user's own final text is the reference
-    assert len(held_out_references(tenant.store, 0.10, limit=5)) == 5
+    assert len(held_out_references(tenant.store, limit=5)) == 5
+
+
+def test_near_duplicate_twins_of_a_held_out_sample_never_train(make_tenant) -> None:
+    """Issue 30: the slice was chosen per draft id, so a near-duplicate twin of a held-out sample trained."""
+    from fedloop.client.samples.curation import training_examples
+    from fedloop.client.samples.held_out import held_out_references
+
+    tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.25, held_out_after_clusters=0))
+    _distinct_questions(tenant, 40, seed=3, askers=4)  # 40 topics, each asked by 4 users in nearly the same words
+    samples = tenant.store.samples.find()
+    clusters = {s.prompt: s.cluster_id for s in samples}
+    assert len(set(clusters.values())) == 40  # the twins share clusters
+    held_out = {clusters[r.prompt] for r in held_out_references(tenant.store, limit=1000)}
+    trained = {clusters[e.prompt] for e in training_examples(tenant.store, tenant.settings.curation)}
+    assert held_out and trained and not held_out & trained
+    assert len(held_out) + len(trained) == 40
+
+
+def test_a_tenant_whose_feedback_forms_few_clusters_trains_on_all_of_it(make_tenant) -> None:
+    """Held out per cluster from the first sample on, a tenant with one or two clusters held out all of its
+    feedback at the share's odds (it failed deployment-test rounds that way): its first clusters always train."""
+    from fedloop.client.samples.curation import training_examples
+    from fedloop.client.samples.held_out import held_out_references
+
+    tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.9))
+    _distinct_questions(tenant, 2, seed=4, askers=30)
+    assert len(training_examples(tenant.store, tenant.settings.curation)) == 60
+    assert held_out_references(tenant.store, limit=1000) == []  # no held-out finals: the canary decides
+
+
+def test_a_sample_near_both_a_held_out_and_a_training_cluster_stands_apart(make_tenant) -> None:
+    """LSH clusters are not transitive: a sample can be a near-duplicate of a held-out sample and of a training
+    sample at once; it neither trains nor is evaluated on."""
+    from fedloop.client.samples.held_out import cluster_of_new_sample
+    from fedloop.client.store_api import Slice, cluster_slice
+
+    tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.5, held_out_after_clusters=0))
+    evaluation = tenant.settings.evaluation
+    held_out, training = "held-out:s-a", "s-b"
+    assert cluster_of_new_sample(tenant.store, "s-x", {held_out, training}, 9, evaluation) == "apart:s-x"
+    assert cluster_of_new_sample(tenant.store, "s-x", {held_out, "apart:s-c"}, 9, evaluation) == held_out
+    assert cluster_of_new_sample(tenant.store, "s-x", {training, "s-0"}, 9, evaluation) == "s-0"
+    assert cluster_slice("apart:s-x") == Slice.APART and cluster_slice("s-legacy") == Slice.TRAIN
+    new = {cluster_slice(cluster_of_new_sample(tenant.store, f"s-{i}", set(), 9, evaluation)) for i in range(40)}
+    assert new == {Slice.TRAIN, Slice.HELD_OUT}  # a new cluster past the warm-up draws its slice
+    warm_up = EvaluationSection(held_out_share=0.5, held_out_after_clusters=10)
+    assert {cluster_of_new_sample(tenant.store, f"s-{i}", set(), 9, warm_up) for i in range(40)} == {
+        f"s-{i}" for i in range(40)
+    }
 
 
 def test_the_gates_leave_out_references_that_a_compared_version_drafted(make_tenant) -> None:
@@ -84,15 +144,17 @@ def test_the_gates_leave_out_references_that_a_compared_version_drafted(make_ten
     from fedloop.client.feedback import Action, FeedbackRecorder
     from fedloop.client.samples.held_out import held_out_references
 
-    tenant = make_tenant()
+    tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.9, held_out_after_clusters=0))
     recorder = FeedbackRecorder(tenant.pipeline)
-    for index, (version, action) in enumerate([("v1", Action.ACCEPT), ("v1", Action.EDIT), ("v0", Action.ACCEPT)]):
-        draft_id = recorder.record_draft(f"u{index}", f"Question {index} about invoice {index * 31}", "Draft.", version)
+    kinds = [("v1", Action.ACCEPT), ("v1", Action.EDIT), ("v0", Action.ACCEPT)] * 10
+    for index, (version, action) in enumerate(kinds):
+        words = "".join(random.Random(index).choices(string.ascii_lowercase, k=40))
+        draft_id = recorder.record_draft(f"u{index}", f"Question {index} about {words}", "Draft.", version)
         recorder.record_outcome(draft_id, action, None if action == Action.ACCEPT else f"Edited {index}.", 3000)
-    every = held_out_references(tenant.store, 1.0, limit=10)
-    assert [r.drafted_by for r in every] == ["v1", None, "v0"]
-    fair = held_out_references(tenant.store, 1.0, limit=10, compared=frozenset({"v1", "v2"}))
-    assert [r.drafted_by for r in fair] == [None, "v0"]  # v1's own accepted draft is out; v0's is a fair reference
+    every = held_out_references(tenant.store, limit=100)
+    assert {r.drafted_by for r in every} == {"v1", None, "v0"}
+    fair = held_out_references(tenant.store, limit=100, compared=frozenset({"v1", "v2"}))
+    assert fair == [r for r in every if r.drafted_by != "v1"]  # v1's own accepted drafts are out; v0's are fair
 
 
 def test_the_hit_rate_gate_refuses_only_a_version_worse_with_confidence() -> None:

@@ -132,7 +132,13 @@ def test_a_personalised_candidate_is_offered_only_when_it_drafts_better_with_con
 
 def test_a_tenant_gates_both_candidates_and_offers_one(tmp_path: Path, tiny_model_dir: Path) -> None:
     lenient = EvaluationSection(
-        held_out_share=0.3, min_held_out=1, kl_bound=1e6, forgetting_bound=1e6, degenerate_bound=0.99, max_new_tokens=8
+        held_out_share=0.3,
+        held_out_after_clusters=0,
+        min_held_out=1,
+        kl_bound=1e6,
+        forgetting_bound=1e6,
+        degenerate_bound=0.99,
+        max_new_tokens=8,
     )
     tenant = _tenant(tmp_path, tiny_model_dir, "local_steps", evaluation=lenient)
     _feedback(tenant, 30)

@@ -50,13 +50,15 @@ class RecordingGrid:
         return replies
 
 
-# The simulated tenants' own settings: gates and release sized for 12 users per round (as the demo's are), and
+# The simulated tenants' own settings: gates, held-out slice and release sized for 12 users per round (as the
+# demo's are), and
 # drift bounds for a tiny model trained hard on one reply style (it moves KL ~2.7 and general NLL ~45 %).
 TENANT_CONFIG = """
 [evaluation]
 kl_bound = 5.0
 forgetting_bound = 1.0
 held_out_share = 0.25
+held_out_after_clusters = 0
 min_held_out = 4
 max_new_tokens = 24
 [release]

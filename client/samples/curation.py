@@ -27,7 +27,7 @@ from collections import defaultdict
 from rapidfuzz import fuzz
 
 from fedloop.client.privacy.moderation import ModerationFilter
-from fedloop.client.samples.held_out import is_held_out
+from fedloop.client.samples.held_out import cluster_of_new_sample
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
 from fedloop.client.store_api import (
     BASELINE_POOLS,
@@ -39,9 +39,10 @@ from fedloop.client.store_api import (
     SampleQuery,
     SampleRecord,
     SampleStatus,
+    Slice,
     TrainingExample,
 )
-from fedloop.client.tenant_settings import REVIEW_RISKS, CurationSection, ModerationSection
+from fedloop.client.tenant_settings import REVIEW_RISKS, CurationSection, EvaluationSection, ModerationSection
 from fedloop.shared.crypto import sm3_digest
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ class Curator:
         curation: CurationSection,
         moderation_settings: ModerationSection,
         moderation: ModerationFilter,
+        evaluation: EvaluationSection,
     ) -> None:
         self._store = store
         self._settings = curation
+        self._evaluation = evaluation  # the held-out slice's share and warm-up (samples/held_out.py)
         self._moderation_settings = moderation_settings
         self._moderation = moderation
         self._index = NearDuplicateIndex(curation.near_duplicate_threshold)
@@ -108,7 +111,9 @@ class Curator:
         )
         minhash = signature(f"{draft.prompt}\n{target or draft.draft}")
         sample_id = f"s-{draft.id}"
-        cluster_id = self._index.cluster_for(minhash) or sample_id
+        cluster_id = cluster_of_new_sample(
+            self._store, sample_id, self._index.clusters_near(minhash), self._index.cluster_count, self._evaluation
+        )
         status, reason = self._admission(draft, target, rejected)
         if status == SampleStatus.RATE_LIMITED:
             weight = 0.0
@@ -231,21 +236,18 @@ class Curator:
 def training_examples(
     store: FeedbackStoreAPI,
     settings: CurationSection,
-    held_out_share: float = 0.0,
     pools: tuple[Pool, ...] = (Pool.CORE_BASELINE, Pool.SECONDARY_BASELINE, Pool.CANDIDATE, Pool.PROBLEM),
 ) -> list[TrainingExample]:
-    """Admitted samples with targets, weighted under the poisoning guard, less the held-out slice.
+    """Admitted samples with targets, weighted under the poisoning guard, of the training slice.
 
-    Samples in the held-out slice (samples/held_out.py, `held_out_share`) never train.
+    Held-out clusters and clusters apart (samples/held_out.py) never train.
     Within a near-duplicate cluster, each user's samples share at most
     `per_user_cluster_cap` of weight; clusters backed by fewer than
     `min_distinct_users` users are left out.
     """
-    samples = [
-        s
-        for s in store.samples.find(SampleQuery(status=SampleStatus.ADMITTED, pools=pools, trainable=True))
-        if not is_held_out(store, s.draft_id, held_out_share)
-    ]
+    samples = store.samples.find(
+        SampleQuery(status=SampleStatus.ADMITTED, pools=pools, trainable=True, slice=Slice.TRAIN)
+    )
     users_in_cluster: dict[str, set[str]] = defaultdict(set)
     user_cluster_weight: dict[tuple[str, str], float] = defaultdict(float)
     for sample in samples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -49,22 +50,30 @@ class NearDuplicateIndex:
     def __init__(self, threshold: float) -> None:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
         self._cluster_of: dict[str, str] = {}
+        self._cluster_sizes: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._cluster_of)
 
-    def cluster_for(self, minhash: MinHash) -> str | None:
-        """The smallest cluster id among the indexed near-duplicates of `minhash` (so LSH's order does not matter),
-        or None."""
-        matches = self._lsh.query(minhash)
-        return min((self._cluster_of[m] for m in matches), default=None)
+    @property
+    def cluster_count(self) -> int:
+        """How many distinct clusters the indexed samples form."""
+        return len(self._cluster_sizes)
+
+    def clusters_near(self, minhash: MinHash) -> set[str]:
+        """The cluster ids of the indexed near-duplicates of `minhash` (empty: it has none)."""
+        return {self._cluster_of[m] for m in self._lsh.query(minhash)}
 
     def add(self, sample_id: str, cluster_id: str, minhash: MinHash) -> None:
         """Index a sample under its cluster."""
         self._lsh.insert(sample_id, minhash)
         self._cluster_of[sample_id] = cluster_id
+        self._cluster_sizes[cluster_id] += 1
 
     def remove(self, sample_id: str) -> None:
         """Take a sample out of the index."""
         self._lsh.remove(sample_id)
-        del self._cluster_of[sample_id]
+        cluster_id = self._cluster_of.pop(sample_id)
+        self._cluster_sizes[cluster_id] -= 1
+        if not self._cluster_sizes[cluster_id]:
+            del self._cluster_sizes[cluster_id]

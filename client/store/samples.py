@@ -8,7 +8,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from fedloop.client.store.sealing import RowSealer
-from fedloop.client.store_api import Pool, SampleQuery, SampleRecord, SampleStatus
+from fedloop.client.store_api import (
+    APART_CLUSTER,
+    HELD_OUT_CLUSTER,
+    Pool,
+    SampleQuery,
+    SampleRecord,
+    SampleStatus,
+    Slice,
+)
 
 
 class SqliteSampleRepository:
@@ -66,6 +74,13 @@ class SqliteSampleRepository:
             conditions.append("target IS NOT NULL")
         if query.trainable:
             conditions.append("weight > 0")
+        if query.slice is not None:
+            held_out, apart = f"cluster_id LIKE '{HELD_OUT_CLUSTER}%'", f"cluster_id LIKE '{APART_CLUSTER}%'"
+            conditions.append(
+                {Slice.HELD_OUT: held_out, Slice.APART: apart, Slice.TRAIN: f"NOT {held_out} AND NOT {apart}"}[
+                    query.slice
+                ]
+            )
         rows = self._db.execute(
             f"SELECT * FROM samples WHERE {' AND '.join(conditions)} ORDER BY created_at_ms, rowid", params
         ).fetchall()
