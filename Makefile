@@ -8,7 +8,8 @@ NGINX := $(VENV)/nginx/usr/sbin/nginx
 
 .PHONY: install model demo test test-fast check browser gateway proto config-reference clean
 
-install: $(STAMP)
+# Everything `fedloop` needs, HQ's gateway (nginx, for `fedloop hq up`) included.
+install: $(STAMP) gateway
 
 # CPU torch first, from its own pin, so that no dependency pulls the CUDA build.
 $(STAMP): pyproject.toml
@@ -48,12 +49,12 @@ browser:
 
 # HQ's public gateway (`fedloop hq up`) is Debian's nginx: unpacked into .venv/nginx, no service started, nothing
 # installed system-wide. An nginx already on PATH is used as it is.
-gateway:
+gateway: $(STAMP)
 	@command -v nginx >/dev/null 2>&1 || test -x $(NGINX) || { tmp=$$(mktemp -d) && \
 		{ (cd $$tmp && apt-get download -q nginx >/dev/null 2>&1) || \
 		  (apt-get update -q >/dev/null && cd $$tmp && apt-get download -q nginx >/dev/null 2>&1); } && \
 		dpkg -x $$tmp/nginx_*.deb $(VENV)/nginx && rm -rf $$tmp; } || \
-		{ echo "make test needs nginx for HQ's gateway: install Debian's nginx package"; exit 1; }
+		{ echo "fedloop hq up (and make test) need nginx for HQ's gateway: install Debian's nginx package"; exit 1; }
 
 # Regenerate proto/*_pb2*.py from proto/*.proto (the generated files are committed).
 proto: $(STAMP)

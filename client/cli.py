@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fedloop.client.store_api import Pool, SampleQuery, SampleStatus
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
+from fedloop.shared.command_line import FEDERATION_SETTINGS, TENANT_CONFIG
 from fedloop.shared.console import audited, command_group, errors, fail, output_console
 from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.keys import KeyFileError, load_identity
@@ -30,7 +31,8 @@ vault_app = command_group("Reverse placeholders (authorised operators only; ever
 samples_app = command_group("Curated samples: review, pools, sweeps, the moderation breaker.")
 review_app = command_group("Human review of samples and pool promotions.")
 samples_app.add_typer(review_app, name="review")
-CONFIG = typer.Option(Path("configs/tenant.toml"), "--config", help="The tenant's TOML settings.")
+CONFIG = typer.Option(TENANT_CONFIG, "--config", help="The tenant's TOML settings.")
+FEDERATION = typer.Option(FEDERATION_SETTINGS, "--settings", help="The federation settings TOML HQ shared.")
 OPERATOR = typer.Option(..., "--operator", help="Who decides (recorded in the audit log).")
 
 
@@ -197,7 +199,7 @@ def serve(
 @tenant_app.command("up")
 def up(
     config: Path = CONFIG,
-    settings: Path = typer.Option(..., help="The federation settings TOML HQ shared."),
+    settings: Path = FEDERATION,
     superlink: str = typer.Option("127.0.0.1:9300", help="HQ's SuperLink as host:port."),
     ca: Path = typer.Option(Path("certs/ca.crt"), help="The CA certificate HQ's SuperLink is checked against."),
     node_key: Path = typer.Option(..., help="This tenant's SuperNode private key (<tenant>.node)."),
@@ -237,14 +239,14 @@ def reveal(
 ) -> None:
     """Print the original behind a placeholder; the reveal (not the value) is audited."""
     operator = audited(operator, reason)
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     try:
-        with runtime.store.transaction():
-            original = runtime.store.drafts.vault_lookup(record, placeholder)
+        with store.transaction():
+            original = store.drafts.vault_lookup(record, placeholder)
             outcome = "revealed" if original is not None else "not found"
-            runtime.store.audit(operator, "vault.reveal", f"{record} {placeholder} ({outcome}); reason: {reason}")
+            store.audit(operator, "vault.reveal", f"{record} {placeholder} ({outcome}); reason: {reason}")
     finally:
-        runtime.close()
+        store.close()
     if original is None:
         fail(f"no placeholder {placeholder!r} in record {record!r}")
     typer.echo(original)
@@ -269,19 +271,19 @@ def review_list(
     config: Path = CONFIG,
 ) -> None:
     """List samples (redacted)."""
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     query = SampleQuery(status=SampleStatus(status) if status else None, pools=(Pool(pool),) if pool else None)
-    samples = runtime.store.samples.find(query)[-limit:]
-    runtime.close()
+    samples = store.samples.find(query)[-limit:]
+    store.close()
     _print_samples(samples)
 
 
 @review_app.command("show")
 def review_show(sample_id: str, config: Path = CONFIG) -> None:
     """Show one sample in full (redacted texts only)."""
-    runtime = open_runtime(config)
-    found = runtime.store.samples.find(SampleQuery(sample_id=sample_id))
-    runtime.close()
+    _, store = open_store(config)
+    found = store.samples.find(SampleQuery(sample_id=sample_id))
+    store.close()
     if not found:
         fail(f"unknown sample {sample_id!r}")
     for name, value in vars(found[0]).items():
@@ -292,13 +294,13 @@ def review_show(sample_id: str, config: Path = CONFIG) -> None:
 def _review_action(action: str, sample_id: str, value: str, operator: str, config: Path) -> None:
     from fedloop.client.samples import pools
 
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     try:
-        sample = getattr(pools, action)(runtime.store, sample_id, value, operator)
+        sample = getattr(pools, action)(store, sample_id, value, operator)
     except pools.ReviewError as err:
         fail(str(err))
     finally:
-        runtime.close()
+        store.close()
     typer.echo(f"{sample.id}: pool {sample.pool}, status {sample.status}, label {sample.label!r}")
 
 
@@ -350,9 +352,9 @@ def review_export(
     """Export admitted samples as Label Studio tasks (config: configs/label_studio.xml)."""
     from fedloop.client.samples.pools import export_label_studio
 
-    runtime = open_runtime(config)
-    count = export_label_studio(runtime.store, out)
-    runtime.close()
+    _, store = open_store(config)
+    count = export_label_studio(store, out)
+    store.close()
     typer.echo(f"{count} tasks written to {out}")
 
 
@@ -361,13 +363,13 @@ def review_import(path: Path, operator: str = OPERATOR, config: Path = CONFIG) -
     """Apply a Label Studio JSON export: pool choices and labels (all checked before any change)."""
     from fedloop.client.samples.pools import ReviewError, import_label_studio
 
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     try:
-        counts = import_label_studio(runtime.store, path, operator)
+        counts = import_label_studio(store, path, operator)
     except ReviewError as err:
         fail(str(err))
     finally:
-        runtime.close()
+        store.close()
     typer.echo(f"{counts['moved']} samples moved, {counts['labelled']} labelled")
 
 
@@ -396,12 +398,12 @@ def problem_rate(
     config: Path = CONFIG,
 ) -> None:
     """Share of each version's drafts flagged with a problem type."""
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     for version in versions:
-        flagged, total = runtime.store.drafts.problem_rate(problem_type, version)
+        flagged, total = store.drafts.problem_rate(problem_type, version)
         rate = f"{flagged / total:.1%}" if total else "n/a"
         typer.echo(f"{version}\t{problem_type}\t{flagged}/{total}\t{rate}")
-    runtime.close()
+    store.close()
 
 
 def rotate_keys(config: Path, operator: str) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from fedloop.client.cli import open_runtime, rotate_keys, samples_app, tenant_app, vault_app
+from fedloop.client.cli import CONFIG, open_store, rotate_keys, samples_app, tenant_app, vault_app
 from fedloop.client.release_cli import release_app
 from fedloop.shared.command_line import CommandLine
 from fedloop.shared.console import fail
@@ -35,7 +35,7 @@ def register(command_line: CommandLine) -> None:
 
     @command_line.keys.command("rotate")
     def keys_rotate(
-        config: Path = typer.Option(Path("configs/tenant.toml"), help="The tenant's TOML settings."),
+        config: Path = CONFIG,
         operator: str = typer.Option(..., help="Who rotates (audited)."),
     ) -> None:
         """Add a new active SM4 storage key and re-encrypt the tenant's store while it keeps serving."""
@@ -50,21 +50,21 @@ def tenant_status(config: Path) -> dict[str, Any]:
     """`fedloop status --tenant`: the tenant's status document."""
     from fedloop.client.status import tenant_status as status_document
 
-    runtime = open_runtime(config)
+    settings, store = open_store(config)
     try:
-        return status_document(runtime)
+        return status_document(settings, store)
     finally:
-        runtime.close()
+        store.close()
 
 
 @contextmanager
 def tenant_audit_log(config: Path) -> Iterator[AuditLog]:
     """`fedloop audit … --tenant`: the tenant's audit log, open while the block runs."""
-    runtime = open_runtime(config)
+    _, store = open_store(config)
     try:
-        yield runtime.store.audit_log
+        yield store.audit_log
     finally:
-        runtime.close()
+        store.close()
 
 
 def tenant_report(config: Path, version: str | None) -> ReportData:
@@ -72,13 +72,13 @@ def tenant_report(config: Path, version: str | None) -> ReportData:
     from fedloop.client.report_data import add_tenant
     from fedloop.shared.report import ReportData
 
-    runtime = open_runtime(config)
-    name = runtime.settings.tenant.name
-    data = ReportData(f"fedloop evaluation report: tenant {name}", f"tenant store {runtime.settings.store_path}")
+    settings, store = open_store(config)
+    name = settings.tenant.name
+    data = ReportData(f"fedloop evaluation report: tenant {name}", f"tenant store {settings.store_path}")
     try:
-        add_tenant(data, name, runtime.store, _lineage(runtime.store, version))
+        add_tenant(data, name, store, _lineage(store, version))
     finally:
-        runtime.close()
+        store.close()
     return data
 
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 import typer
 from rich.table import Table
 
-from fedloop.client.cli import CONFIG, OPERATOR, open_store
+from fedloop.client.cli import CONFIG, FEDERATION, OPERATOR, open_store
 from fedloop.client.release.comparison import Comparison
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
 from fedloop.client.store_api import ReleaseRecord
@@ -137,9 +137,7 @@ def export(
     out: Path = typer.Option(..., help="Directory to write the adapters and routing.json into."),
     operator: str = OPERATOR,
     reason: str = typer.Option(..., help="Why (audited)."),
-    settings: Path = typer.Option(
-        Path("federation.toml"), help="The federation settings TOML HQ shared (LoRA shape and base model)."
-    ),
+    settings: Path = FEDERATION,
     config: Path = CONFIG,
 ) -> None:
     """Write the serving and canary adapters in the PEFT layout, with a routing manifest, for an inference server.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import EvaluationKind
 from fedloop.shared.protocol import HIT_RATE
-from fedloop.shared.report import ReportData
+from fedloop.shared.report import HIT_RATES, PROBLEM_RATES, SERVED, TRAINING_LOSS, ReportData
 
 
 def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: list[str] | None = None) -> None:
@@ -54,3 +54,26 @@ def add_tenant(data: ReportData, tenant: str, store: FeedbackStore, versions: li
                 }
             )
             previous, previous_rate = version, rate
+    _say_why_empty(data, tenant, store)
+
+
+def _say_why_empty(data: ReportData, tenant: str, store: FeedbackStore) -> None:
+    """Name, for each of the tenant's sections its store could not fill, why."""
+    reasons = {
+        HIT_RATES: (tenant in data.hit_rates, f"{tenant}: no version was evaluated on held-out finals yet"),
+        SERVED: (tenant in data.served, f"{tenant}: no draft has an outcome yet"),
+        TRAINING_LOSS: (tenant in data.train_losses, f"{tenant}: no local training round yet"),
+        PROBLEM_RATES: (
+            any(r["tenant"] == tenant for r in data.problem_rates),
+            f"{tenant}: "
+            + (
+                "no derived-signal rule flagged a draft yet"
+                if store.drafts.signal_kinds()
+                else "no signals received: the problem rules need the product's signals (RecordSignal: clicks, "
+                "orders, user messages; docs/tenant-pipeline.md)"
+            ),
+        ),
+    }
+    for title, (filled, why) in reasons.items():
+        if not filled:
+            data.unfilled[title] = "; ".join(filter(None, (data.unfilled.get(title), why)))

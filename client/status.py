@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.client.store_api import FeedbackStoreAPI
+from fedloop.client.tenant_settings import TenantSettings
 from fedloop.shared.keys import key_ages
 
 
-def tenant_status(runtime: TenantRuntime) -> dict[str, Any]:
+def tenant_status(settings: TenantSettings, store: FeedbackStoreAPI) -> dict[str, Any]:
     """Serving version, canary, last round, samples by pool and state, breaker, key ages, audit head."""
-    store, settings = runtime.store, runtime.settings
     controller = ReleaseController(store, settings.release)
     state = controller.state()
     comparison = controller.compare()

@@ -14,6 +14,8 @@ from fedloop.shared.settings import Section, is_host_port, is_loopback, load_sec
 class TenantSection(Section):
     """Who this tenant is and where its keys and data live."""
 
+    PATH_KEYS = ("keys_dir", "data_dir")
+
     name: str = Field("acme", description="the tenant's name, as in the federation settings and its key files")
     keys_dir: str = Field("keys", description="holds <name>.sm2.key.json, <name>.sm4.key.json and hq.sm2.pub.json")
     data_dir: str = Field("data", description="the store: <data_dir>/feedback.db")
@@ -26,6 +28,8 @@ class TenantSection(Section):
 
 class IngestSection(Section):
     """The gRPC feedback service and its input limits."""
+
+    PATH_KEYS = ("api_keys_file", "tls_certificate", "tls_key")
 
     address: str = Field(
         "127.0.0.1:50051", description="host:port the FeedbackService listens on (off loopback: TLS and keys required)"
@@ -154,6 +158,8 @@ class PersonaliseSection(Section):
 class ReleaseSection(Section):
     """How a version that passed the gates reaches users: canary, widening, promotion, automatic rollback."""
 
+    PATH_KEYS = ("export_dir",)
+
     canary_share: float = Field(0.05, description="users (by hash of their pseudonym) who first see a new version")
     canary_dwell_h: float = Field(
         24.0, description="hours at canary_share before the canary widens (when no harm was found by then)"
@@ -191,6 +197,8 @@ class ReleaseSection(Section):
 
 class ServeSection(Section):
     """The OpenAI-compatible draft endpoint (`POST /v1/chat/completions`)."""
+
+    PATH_KEYS = ("api_keys_file", "tls_certificate", "tls_key")
 
     address: str = Field("127.0.0.1:8000", description='host:port of the HTTP endpoint; "" = no endpoint')
     api_keys_file: str = Field("", description="file of accepted bearer keys, one per line; required off loopback")

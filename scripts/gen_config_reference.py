@@ -18,6 +18,7 @@ from typing import Any
 
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.server.hq_settings import HQSettings
+from fedloop.shared.command_line import FEDERATION_SETTINGS, HQ_CONFIG, TENANT_CONFIG
 from fedloop.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +28,21 @@ FILES = [
         Settings,
         "Federation settings",
         "the TOML HQ and every tenant share (`fedloop demo --config`, `fedloop run "
-        "--settings`, `fedloop tenant up --settings`); example: configs/demo.toml",
+        "--settings`, `fedloop tenant up --settings`); template: configs/federation.toml "
+        "(the demo's: configs/demo.toml)",
     ),
     (
         TenantSettings,
         "Tenant settings",
         "each tenant's own TOML (`fedloop tenant serve|up --config`, "
         "`fedloop samples|vault|release|status --tenant`); "
-        "example: configs/tenant.toml",
+        "template: configs/tenant.toml",
     ),
     (
         HQSettings,
         "HQ settings",
         "HQ's own TOML (`fedloop hq up|register-node --config`, `fedloop run --config`, "
-        "`fedloop status --hq`); example: configs/hq.toml",
+        "`fedloop status --hq`); template: configs/hq.toml",
     ),
 ]
 
@@ -84,6 +86,12 @@ def render() -> str:
         "Every key is optional (the default applies). On start every file is validated: an unknown section",
         "or key, a value of the wrong type or out of range stops the command with the file, the key and",
         "what is allowed.",
+        "",
+        "Where the files are: each party works in a directory of its own, and every command looks for its",
+        f"file there unless told otherwise: `{TENANT_CONFIG}` (a tenant's), `{HQ_CONFIG}` (HQ's) and",
+        f"`{FEDERATION_SETTINGS}` (the federation settings HQ shares), copied from the templates in the",
+        "repository's `configs/`. A relative",
+        "path in a file (keys, data, certificates, the model, exports) resolves against the file's own directory.",
         "",
     ]
     for root, title, where in FILES:

@@ -3,15 +3,17 @@
 For trying a deployment before real users arrive (the operator guides' "from
 nothing to a released version" walk-through uses it). It is a product, not part
 of fedloop: it reaches the tenant only through the public draft endpoint, as
-docs/tenant-operator.md shows. Prompts and the replies users want come from the
-Bitext customer-support CSV (one non-IID category split per tenant, as in
+docs/tenant-operator.md shows. Prompts and the replies users want are the
+demo's embedded support questions, each tenant index with its own preferred
+reply style (client/simulation/product.py), or, with `--data`, the Bitext
+customer-support CSV (one non-IID category split per tenant, as in
 scripts/bench_hit_rate.py); its users judge each draft by the benchmark's fixed
 rule (accept, edit into the wanted reply, or reject and write it).
 
 Printed: one line per 10 drafts, then drafts and accepts per version that drafted.
 
 Run: .venv/bin/python scripts/product_traffic.py --endpoint http://127.0.0.1:8000 --tenant-index 0 \
-        --data ../shared/data/bitext/bitext_customer_support_4514.csv --drafts 60 [--first 0] [--api-key KEY]
+        --drafts 60 [--first 0] [--api-key KEY] [--data bitext_customer_support_4514.csv]
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from bench_hit_rate import JUDGEMENT, split_tenants
 from openai import OpenAI
 
 from fedloop.client.feedback import Action
+from fedloop.client.simulation.product import STYLES, Conversation, TenantTraffic
+
+
+def product_conversations(
+    data: Path | None, tenant_index: int, first: int, count: int, seed: int
+) -> list[Conversation]:
+    """Conversations `first` .. `first + count` of one tenant's users: the demo's questions, or the CSV's split."""
+    if data is None:
+        style = sorted(STYLES)[tenant_index % len(STYLES)]
+        return TenantTraffic(f"tenant-{tenant_index}", style, seed).conversations(first + count, batch=0)[first:]
+    if not data.exists():
+        raise SystemExit(f"--data {data} not found: pass the path of bitext_customer_support_4514.csv, or leave it out")
+    split = split_tenants(data, "category", first + count, 0, 0, seed)[tenant_index]
+    return split.train[first : first + count]
 
 
 def main() -> None:
@@ -33,20 +49,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoint", required=True, help="the tenant's serve.address as a URL")
     parser.add_argument("--api-key", default="unused-on-loopback", help="a key of serve.api_keys_file (off loopback)")
-    parser.add_argument("--data", type=Path, required=True, help="the Bitext customer-support CSV")
-    parser.add_argument("--tenant-index", type=int, default=0, help="which of the 4 category splits (0-3)")
+    parser.add_argument("--data", type=Path, help="the Bitext customer-support CSV (default: the demo's questions)")
+    parser.add_argument("--tenant-index", type=int, default=0, help="which tenant's users (0-3)")
     parser.add_argument("--drafts", type=int, default=60, help="conversations to send")
     parser.add_argument("--first", type=int, default=0, help="skip this many conversations of the split")
     parser.add_argument("--users", type=int, default=400, help="distinct users the conversations cycle through")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    if not args.data.exists():
-        raise SystemExit(f"--data {args.data} not found: pass the path of bitext_customer_support_4514.csv")
     if not 0 <= args.tenant_index < 4:
-        raise SystemExit(f"--tenant-index {args.tenant_index}: give 0 to 3 (the CSV is split into 4 tenants)")
-    split = split_tenants(args.data, "category", args.first + args.drafts, 0, 0, args.seed)[args.tenant_index]
-    conversations = split.train[args.first : args.first + args.drafts]
+        raise SystemExit(f"--tenant-index {args.tenant_index}: give 0 to 3 (the users of 4 tenants)")
+    conversations = product_conversations(args.data, args.tenant_index, args.first, args.drafts, args.seed)
     client = OpenAI(base_url=f"{args.endpoint}/v1", api_key=args.api_key)
     served: Counter[str] = Counter()
     accepted: Counter[str] = Counter()

@@ -11,6 +11,7 @@ import typer
 from fedloop.server.gateway import GatewaySpec
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
+from fedloop.shared.command_line import FEDERATION_SETTINGS, HQ_CONFIG
 from fedloop.shared.console import command_group, fail
 from fedloop.shared.flower_processes import (
     DeploymentError,
@@ -28,7 +29,7 @@ from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import ConfigError, load_settings
 
 hq_app = command_group("Run HQ: the SuperLink, its metrics, and the tenants it admits.")
-HQ_CONFIG = typer.Option(Path("configs/hq.toml"), "--config", help="HQ's TOML settings (home, certs, addresses).")
+CONFIG = typer.Option(HQ_CONFIG, "--config", help="HQ's TOML settings (home, certs, addresses).")
 
 
 def hq_settings_or_fail(config: Path) -> HQSettings:
@@ -40,7 +41,7 @@ def hq_settings_or_fail(config: Path) -> HQSettings:
 
 
 @hq_app.command("up")
-def hq_up(config: Path = HQ_CONFIG) -> None:
+def hq_up(config: Path = CONFIG) -> None:
     """Run the SuperLink on loopback, the public Fleet-only gateway (nginx, TLS) and HQ's metrics until SIGTERM."""
     configure_logging()
     settings = hq_settings_or_fail(config)
@@ -87,7 +88,7 @@ def hq_up(config: Path = HQ_CONFIG) -> None:
 def hq_register_node(
     key: Path = typer.Option(..., help="The tenant's SuperNode public key (<tenant>.node.pub)."),
     name: str = typer.Option(..., help="The tenant's name (shown by `flwr supernode list`)."),
-    config: Path = HQ_CONFIG,
+    config: Path = CONFIG,
 ) -> None:
     """Allow a tenant's SuperNode to connect: register its public key with the running SuperLink."""
     try:
@@ -97,13 +98,13 @@ def hq_register_node(
 
 
 def run(
-    settings: Path = typer.Option(..., help="The federation settings TOML (shared with the tenants)."),
+    settings: Path = typer.Option(FEDERATION_SETTINGS, help="The federation settings TOML (shared with the tenants)."),
     continuous: bool = typer.Option(
         False,
         "--continuous",
         help="Keep the run alive and start a round whenever the tenants' feedback counts call for one ([schedule]).",
     ),
-    config: Path = HQ_CONFIG,
+    config: Path = CONFIG,
 ) -> None:
     """Submit a federated run to the SuperLink (`flwr run`), stream its log, and fail if it did not finish.
 

@@ -13,6 +13,8 @@ from fedloop.shared.settings import Section, is_host_port, load_sections, requir
 class HQSection(Section):
     """The SuperLink HQ runs and the endpoints it serves."""
 
+    PATH_KEYS = ("home", "certs")
+
     home: str = Field(
         "hq-home", description="keys/ (HQ's key pair, tenants' public keys), hq/ (registry), superlink.db, flwr/"
     )

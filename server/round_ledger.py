@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedloop.server.registry import VersionRecord, VersionRegistry
 from fedloop.shared.adapter import AdapterState, adapter_to_bytes
-from fedloop.shared.protocol import HIT_RATE
+from fedloop.shared.protocol import HIT_RATE, NUM_EXAMPLES
 
 if TYPE_CHECKING:
     from fedloop.server.strategy import RoundReport
@@ -46,4 +46,11 @@ class RoundLedger:
         if self.tracker is not None:
             self.tracker.log_round(report.round, document, version.id, state)
         if report.evaluation:
-            self.registry.record_metrics(version.id, {HIT_RATE: {t: m[HIT_RATE] for t, m in report.measured().items()}})
+            measured = report.measured()
+            self.registry.record_metrics(
+                version.id,
+                {
+                    HIT_RATE: {t: m[HIT_RATE] for t, m in measured.items()},
+                    NUM_EXAMPLES: {t: m[NUM_EXAMPLES] for t, m in measured.items()},
+                },
+            )

@@ -27,6 +27,7 @@ from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_
 from fedloop.shared.crypto import CryptoError, sm3_digest
 from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
+from fedloop.shared.pooled_hit_rate import pooled_hit_rate
 from fedloop.shared.protocol import (
     DATASET_VERSION,
     DECLINED,
@@ -267,7 +268,8 @@ class SealedMerge(Strategy):
         return self._sealed_messages(server_round, arrays, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Keep each tenant's offline hit rate; return the sample-weighted mean over tenants that measured one."""
+        """Keep each tenant's offline hit rate; return the pooled rate over tenants that measured one
+        (shared/pooled_hit_rate.py)."""
         report = self._report(server_round)
         if report.started_at:
             report.duration_s = time.time() - report.started_at
@@ -289,18 +291,17 @@ class SealedMerge(Strategy):
         self.ledger.record_round(report, self.current, self.current_state)
         self._decline_if_all_declined(server_round, report.evaluation)
         measured = report.measured()
-        total = sum(m[NUM_EXAMPLES] for m in measured.values())
-        if not total:
+        pooled = pooled_hit_rate(measured)
+        if pooled is None:
             log.info("round %d: no tenant has held-out finals yet: no offline hit rate", server_round)
             return None
-        mean_hit = sum(m[HIT_RATE] * m[NUM_EXAMPLES] for m in measured.values()) / total
         log.info(
-            "round %d: offline hit rate on held-out finals %s (mean %.3f)",
+            "round %d: offline hit rate on held-out finals %s; pooled %s",
             server_round,
-            ", ".join(f"{t}={m['hit-rate']:.3f} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
-            mean_hit,
+            ", ".join(f"{t}={m[HIT_RATE]:.1%} (n={int(m[NUM_EXAMPLES])})" for t, m in measured.items()),
+            pooled,
         )
-        return MetricRecord({HIT_RATE: mean_hit, NUM_EXAMPLES: total})
+        return MetricRecord({HIT_RATE: pooled.rate, NUM_EXAMPLES: pooled.count})
 
     def _decline_if_all_declined(self, server_round: int, evaluation: dict[str, dict[str, float]]) -> None:
         """Every tenant that evaluated the current version refused or rolled it back: decline it."""

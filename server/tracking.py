@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloop.shared.adapter import AdapterState, export_peft
+from fedloop.shared.pooled_hit_rate import pooled_hit_rate
 from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.settings import LoraSettings
 
@@ -60,8 +61,9 @@ class MlflowTracker:
         """The round's figures at step `round_`, and its version as a PEFT-layout artifact."""
         evaluation = {t: m for t, m in report.get("evaluation", {}).items() if m.get("num-examples", 0) > 0}
         metrics: dict[str, float] = {f"{HIT_RATE}/{t}": m[HIT_RATE] for t, m in evaluation.items()}
-        if evaluation:
-            metrics[f"{HIT_RATE}/mean"] = sum(m[HIT_RATE] for m in evaluation.values()) / len(evaluation)
+        pooled = pooled_hit_rate(evaluation)
+        if pooled is not None:
+            metrics[f"{HIT_RATE}/pooled"] = pooled.rate
         metrics.update(
             {
                 "tenants": len(report.get("contributors", {})),

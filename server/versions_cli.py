@@ -15,7 +15,8 @@ from rich.table import Table
 from fedloop.server.registry import RegistryError, VersionRecord, VersionRegistry
 from fedloop.shared.console import audited, command_group, fail, output_console
 from fedloop.shared.keys import KeyFileError, load_identity
-from fedloop.shared.protocol import HIT_RATE
+from fedloop.shared.pooled_hit_rate import pooled_hit_rate
+from fedloop.shared.protocol import HIT_RATE, NUM_EXAMPLES
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import LoraSettings
 
@@ -55,8 +56,10 @@ def _lora(record: VersionRecord) -> LoraSettings:
 
 
 def _mean_hit_rate(record: VersionRecord) -> str:
-    rates = record.metrics.get(HIT_RATE, {})
-    return f"{sum(rates.values()) / len(rates):.1%}" if rates else "-"
+    """The version's pooled hit rate over its tenants' held-out finals, with its interval and count."""
+    rates, counts = record.metrics.get(HIT_RATE, {}), record.metrics.get(NUM_EXAMPLES, {})
+    pooled = pooled_hit_rate({t: {HIT_RATE: rate, NUM_EXAMPLES: counts.get(t, 0)} for t, rate in rates.items()})
+    return "-" if pooled is None else str(pooled)
 
 
 @versions_app.command("list")
@@ -65,7 +68,16 @@ def list_versions(run: RunDir = None, registry: RegistryDir = None, keys: KeysDi
     with open_registry(run, registry, keys) as versions:
         stable = versions.stable()
         table = Table(title="Global versions")
-        for column in ("version", "parent", "run", "round", "method", "status", "contributors", "mean hit rate"):
+        for column in (
+            "version",
+            "parent",
+            "run",
+            "round",
+            "method",
+            "status",
+            "contributors",
+            "hit rate (pooled, 95 %, n)",
+        ):
             table.add_column(column)
         for record in versions.versions():
             marker = " ← stable" if stable and stable.id == record.id else ""

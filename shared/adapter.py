@@ -156,12 +156,19 @@ def adapter_from_bytes(data: bytes) -> AdapterState:
     return load_safetensors(data)
 
 
+def portable_model_name(base_model: str) -> str:
+    """`base_model` as an absolute path when it names a local file or directory; a hub-style name as it is."""
+    local = Path(base_model).expanduser()
+    return str(local.resolve()) if local.exists() else base_model
+
+
 def export_peft(state: AdapterState, settings: LoraSettings, base_model: str, out_dir: Path) -> None:
     """Write the standard PEFT layout (`adapter_config.json` + `adapter_model.safetensors`), readable by its owner
     only (0600 in a 0700 directory: an adapter is a function of the tenant's data; give an inference server running
-    as another user access with a group, on purpose)."""
+    as another user access with a group, on purpose). A `base_model` that is a local path is written absolute, so an
+    inference server started anywhere finds it."""
     config = peft_config(settings)
-    config.base_model_name_or_path = base_model
+    config.base_model_name_or_path = portable_model_name(base_model)
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(out_dir / "adapter_model.safetensors", adapter_to_bytes(state), 0o600)
     document = config.to_dict()  # type: ignore[no-untyped-call]

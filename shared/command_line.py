@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from fedloop.shared.report import ReportData
 
 ENTRY_POINT_GROUP = "fedloop.commands"
+# Where every command looks for its settings unless told otherwise: in the directory it runs in, the party's own
+# working directory (the templates are the repository's configs/; relative paths in each resolve against it).
+TENANT_CONFIG = Path("tenant.toml")
+HQ_CONFIG = Path("hq.toml")
+FEDERATION_SETTINGS = Path("federation.toml")
 
 StatusOf = Callable[[Path], dict[str, Any]]
 AuditLogOf = Callable[[Path], AbstractContextManager["AuditLog"]]

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from fedloop.shared.command_line import CommandLine
+from fedloop.shared.command_line import HQ_CONFIG, TENANT_CONFIG, CommandLine
 from fedloop.shared.console import command_group, fail, output_console
 
-TENANT = typer.Option(None, "--tenant", help="A tenant's TOML (configs/tenant.toml): the tenant's view.")
-HQ = typer.Option(None, "--hq", help="HQ's TOML (configs/hq.toml): HQ's view.")
-SIDE_OPTIONS = {"run": "--run runs/<run>", "hq": "--hq configs/hq.toml", "tenant": "--tenant configs/tenant.toml"}
+TENANT = typer.Option(None, "--tenant", help=f"A tenant's TOML (e.g. {TENANT_CONFIG}): the tenant's view.")
+HQ = typer.Option(None, "--hq", help=f"HQ's TOML (e.g. {HQ_CONFIG}): HQ's view.")
+SIDE_OPTIONS = {"run": "--run runs/<run>", "hq": f"--hq {HQ_CONFIG}", "tenant": f"--tenant {TENANT_CONFIG}"}
 T = TypeVar("T")
 
 

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 @dataclass
 class ReportData:
-    """Everything a report shows; empty parts are left out of the page."""
+    """Everything a report shows; empty parts are left out of the page, or say why (`unfilled`)."""
 
     title: str
     source: str
@@ -47,6 +47,13 @@ class ReportData:
     )  # tenant, problem_type, version, rate, previous, ...
     bytes_per_round: list[dict[str, Any]] = field(default_factory=list)  # round, tenant, to_hq, to_tenant
     dataset_versions: list[dict[str, Any]] = field(default_factory=list)  # round, tenant, dataset_version
+    unfilled: dict[str, str] = field(default_factory=dict)  # section title -> why the source cannot fill it
+
+
+HIT_RATES = "Hit rate per tenant per version"
+SERVED = "Hit rate with users per version (their outcomes)"
+TRAINING_LOSS = "Training loss"
+PROBLEM_RATES = "Problem rate against the previous version"
 
 
 def _png(figure: plt.Figure) -> str:
@@ -140,8 +147,12 @@ def _table(headers: list[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _section(title: str, *parts: str) -> str:
+def _html_section(title: str, *parts: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{''.join(parts)}</section>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def _image(uri: str, alt: str) -> str:
@@ -169,6 +180,12 @@ window.addEventListener("load", () => {
 def render_report(data: ReportData) -> str:
     """The report as one HTML document."""
     sections = []
+    unfilled = dict(data.unfilled)
+
+    def _section(title: str, *parts: str) -> str:  # a section, with why a source could not fill its part, if any
+        why = unfilled.pop(title, None)
+        return _html_section(title, *parts, *([_note(why)] if why else []))
+
     if data.hit_rates:
         rows = [
             [t] + [f"{data.hit_rates[t].get(v, float('nan')):.1%}" for v in data.versions]
@@ -176,7 +193,7 @@ def render_report(data: ReportData) -> str:
         ]
         sections.append(
             _section(
-                "Hit rate per tenant per version",
+                HIT_RATES,
                 _image(
                     _lines(data.hit_rates, data.versions, "hit rate", "Draft hit rate on held-out prompts"),
                     "hit rate per tenant per version",
@@ -200,13 +217,13 @@ def render_report(data: ReportData) -> str:
                 )
         sections.append(
             _section(
-                "Hit rate with users per version (their outcomes)",
+                SERVED,
                 _image(_served_rates(data.served), "hit rate with users per version"),
                 _table(["tenant", "version", "hit rate", "accepted / drafts with an outcome", "95 % interval"], rows),
             )
         )
     if data.train_losses:
-        sections.append(_section("Training loss", _image(_loss_curves(data.train_losses), "training loss curves")))
+        sections.append(_section(TRAINING_LOSS, _image(_loss_curves(data.train_losses), "training loss curves")))
     if data.kl_to_serving:
         sections.append(
             _section(
@@ -221,13 +238,13 @@ def render_report(data: ReportData) -> str:
                     ),
                     "KL to serving",
                 ),
-                '<p class="note">The KL gate refuses a version above its bound (evaluation.kl_bound; dashed).</p>',
+                _note("The KL gate refuses a version above its bound (evaluation.kl_bound; dashed)."),
             )
         )
     if data.problem_rates:
         sections.append(
             _section(
-                "Problem rate against the previous version",
+                PROBLEM_RATES,
                 _table(
                     [
                         "tenant",
@@ -295,10 +312,11 @@ def render_report(data: ReportData) -> str:
                 ),
             )
         )
+    sections += [_html_section(title, _note(why)) for title, why in unfilled.items()]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(data.title)}</h1>"
-        f'<p class="note">{html.escape(data.source)}; generated {generated}</p>{"".join(sections)}'
+        f"{_note(data.source + '; generated ' + generated)}{''.join(sections)}"
         f"<script>{_SCRIPT}</script></body></html>"
     )

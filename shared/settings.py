@@ -14,7 +14,7 @@ import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, get_origin
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -76,6 +76,24 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # The keys of this table that hold a file or directory: a relative one in a file resolves against the file's
+    # own directory (`load_sections`), so a config means the same from wherever a command runs.
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def with_paths_from(self, base: Path) -> Self:
+        """This table (and its sub-tables) with every relative, non-empty path key made absolute under `base`."""
+        changes: dict[str, Any] = {}
+        for name in self.PATH_KEYS:
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_absolute():
+                changes[name] = str((base / value).resolve())
+            elif value:
+                changes[name] = str(Path(value).expanduser())
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Section):
+                changes[name] = value.with_paths_from(base)
+        return self.model_copy(update=changes)
 
     @model_validator(mode="before")
     @classmethod
@@ -114,6 +132,8 @@ class FederationSection(Section):
 
 class PathsSection(Section):
     """Where the base model is (a local HF directory or a .gguf file) and where run outputs go."""
+
+    PATH_KEYS = ("model", "runs_dir")
 
     model: str = Field("models/smollm2-135m-instruct", description="a local Hugging Face directory or .gguf file")
     runs_dir: str = Field("runs", description="where `fedloop demo` creates its run directories")
@@ -196,6 +216,8 @@ class AggregationSection(Section):
 
 class SimulationSection(Section):
     """The simulated product of each tenant (demo, benchmarks, tests): traffic per round, how its users judge drafts."""
+
+    PATH_KEYS = ("tenant_config",)
 
     conversations_per_round: int = Field(24, description="simulated users per tenant per round; 0 = none")
     max_new_tokens: int = Field(40, description="max_tokens the simulated product asks each draft for")
@@ -390,15 +412,20 @@ def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
 
 
 def load_sections(root: type[T], path: Path) -> T:
-    """Read and validate a TOML file into `root`; errors name the file."""
+    """Read and validate a TOML file into `root`; errors name the file. Relative paths in it resolve against the
+    file's own directory."""
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise ConfigError(
+            f"config file {path} not found{where}: run the command in the directory that holds it, pass its path, "
+            f"or copy the template {path.name} from the repository's configs/"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     try:
-        return sections_from_mapping(root, document)
+        return sections_from_mapping(root, document).with_paths_from(path.resolve().parent)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -354,3 +355,35 @@ def test_the_release_commands_load_neither_the_model_libraries_nor_the_pii_model
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
+
+
+def test_status_and_rollback_open_only_the_store_and_keys(make_tenant, tmp_path: Path) -> None:
+    """Issue 31: tenant commands took 11-34 s and 590 MB each, importing Presidio to read a few rows. Run as an
+    operator runs them, `fedloop status --tenant` and `fedloop release rollback` load no PII model, no model
+    library and no near-duplicate index (their time and memory: scripts/bench_cli.py)."""
+    tenant = make_tenant()
+    controller = ReleaseController(tenant.store, tenant.settings.release)
+    controller.offer("v1", "gates passed")
+    controller.offer("v2", "gates passed")
+    config = tmp_path / "tenant.toml"
+    config.write_text(
+        f'[tenant]\nname = "acme"\nkeys_dir = "{tenant.settings.tenant.keys_dir}"\n'
+        f'data_dir = "{tenant.settings.tenant.data_dir}"\n'
+    )
+    heavy = ("torch", "transformers", "peft", "presidio_analyzer", "spacy", "flwr", "datasketch")
+    probe = (
+        "import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+        f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    for command in (
+        ["status", "--tenant", "tenant.toml"],
+        ["release", "rollback", "--operator", "ops", "--reason", "r"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().endswith("LOADED []"), (command, done.stdout[-500:])
+    state = controller.state()
+    assert state is not None and state.canary is None and "v2" in controller.declined()  # the rollback happened

@@ -131,7 +131,10 @@ def test_a_full_queue_answers_503_at_once_and_ready_tells_the_truth(make_tenant,
             results = list(pool.map(timed, range(24)))
         busy = [r for r in results if r[0] == 503]
         assert busy and all(r[2] == "1" for r in busy)
-        assert min(r[1] for r in busy) < 0.5  # refused at once, not after a timeout
+        drafted = [r[1] for r in results if r[0] == 200]
+        # refused at once, not after waiting for a slot: sooner than a draft takes (2 s allows for a loaded CI host;
+        # it failed at 0.50 s against a bound of 0.5 s while another test ran beside it)
+        assert min(r[1] for r in busy) < min(2.0, max(drafted))
         assert {r[0] for r in results} <= {200, 503}
         served.engine.close()  # the worker is gone
         dead = httpx.get(f"{base}/ready", timeout=30)

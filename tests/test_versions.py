@@ -16,6 +16,7 @@ from fedloop.server.registry import RegistryError, VersionRegistry
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.cli import app
 from fedloop.shared.keys import init_keys, load_identity
+from fedloop.shared.pooled_hit_rate import pooled_hit_rate
 from fedloop.shared.run_layout import HQ_NAME, RunLayout
 from fedloop.shared.settings import LoraSettings
 
@@ -39,7 +40,7 @@ def run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, list[str], dict
                 adapter_to_bytes(state), ids[-1], "r", round_, {"acme": 10}, "exact", {"lora": LORA.model_dump()}
             ).id
         )
-    registry.record_metrics(ids[2], {"hit-rate": {"acme": 0.5, "bolt": 0.25}})
+    registry.record_metrics(ids[2], {"hit-rate": {"acme": 0.5, "bolt": 0.3}, "num-examples": {"acme": 30, "bolt": 10}})
     registry.close()
     return layout.root, ids, state
 
@@ -73,7 +74,11 @@ def test_versions_cli(run_dir, tiny_model_dir: Path, tmp_path: Path) -> None:
 
     listed = runner.invoke(app, ["versions", "list", *where])
     assert listed.exit_code == 0, listed.output
-    assert all(i in listed.output for i in ids) and "37.5%" in listed.output
+    pooled = pooled_hit_rate(
+        {"acme": {"hit-rate": 0.5, "num-examples": 30}, "bolt": {"hit-rate": 0.3, "num-examples": 10}}
+    )
+    assert pooled is not None and (pooled.hits, pooled.count) == (18, 40)  # 45 %, not the unweighted 40 %
+    assert all(i in listed.output for i in ids) and "45.0% [" in listed.output and "of 40" in listed.output
 
     shown = json.loads(runner.invoke(app, ["versions", "show", ids[2], *where]).output)
     assert shown["signature_valid"] and shown["lineage"] == ids and shown["status"] == "candidate"

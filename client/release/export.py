@@ -21,7 +21,7 @@ from fedloop.client.release.controller import GUARD, ReleaseController
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import ReleaseRecord
 from fedloop.client.tenant_settings import TenantSettings
-from fedloop.shared.adapter import adapter_from_bytes, export_peft
+from fedloop.shared.adapter import adapter_from_bytes, export_peft, portable_model_name
 from fedloop.shared.files import write_atomic
 from fedloop.shared.settings import Settings
 
@@ -51,6 +51,7 @@ def export_release(
         )
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: name a directory")
+    out = out.resolve()  # routing.json names absolute paths: an inference server may start anywhere
     target = ReleaseController(store, tenant.release).rollback_target()
     guarded = state.action == GUARD
     versions = list(dict.fromkeys(v for v in (state.serving, state.canary, target) if v))
@@ -71,7 +72,7 @@ def export_release(
             "holdback_share": state.share if guarded else 0.0,
             "rollback_target": target,
             "model_alias": tenant.serve.model_alias,
-            "base_model": federation.paths.model,
+            "base_model": portable_model_name(federation.paths.model),
             "bucket_rule": BUCKET_RULE,
             "adapters": {v: str(out / v) for v in versions},
             "pointer_at_ms": state.at_ms,
