@@ -25,8 +25,9 @@ model: $(STAMP)
 demo: model
 	$(VENV)/bin/fedloop demo --config configs/demo.toml
 
+# Two workers, one module each at a time (the longest first: tests/conftest.py); the 15 slowest tests listed.
 test: check browser gateway
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Everyday work: the tests without a marker (no slow, deployment or browser test), in under 3 minutes.
 test-fast: check

@@ -55,3 +55,20 @@ def served_v0(make_tenant: Callable[..., TenantRuntime], tiny_model_dir: Path) -
     served = start_serving_v0(make_tenant, tiny_model_dir)
     yield served
     served.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that start a deployment first, then other slow ones, then the rest (each module kept together):
+    `make test` spreads modules over two workers (pytest-xdist, --dist loadfile), and the longest ones started
+    first keep both busy to the end (the suite took 16 min in one process, 12.4 min on two workers in name
+    order)."""
+
+    def weight(item: pytest.Item) -> int:
+        markers = {m.name for m in item.iter_markers()}
+        return 0 if "deployment" in markers else 1 if "slow" in markers else 2
+
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        module_weight[module] = min(module_weight.get(module, 2), weight(item))
+    items.sort(key=lambda item: module_weight[item.nodeid.split("::")[0]])

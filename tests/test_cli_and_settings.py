@@ -151,3 +151,41 @@ def test_every_side_plugs_its_commands_in() -> None:
     } <= names
     rotate = CliRunner().invoke(app, ["keys", "rotate", "--help"])
     assert rotate.exit_code == 0 and "re-encrypt" in rotate.output
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(tmp_path: Path, monkeypatch) -> None:
+    """Issue 31: paths were relative to the working directory, so the same file meant other keys, another store
+    and another model from another directory."""
+    from fedloop.client.tenant_settings import load_tenant_settings
+    from fedloop.server.hq_settings import load_hq_settings
+
+    home = tmp_path / "acme"
+    home.mkdir()
+    (home / "tenant.toml").write_text('[tenant]\nname = "acme"\n[release]\nexport_dir = "lora"\n')
+    (home / "hq.toml").write_text("[hq]\n")
+    (home / "federation.toml").write_text('[paths]\nmodel = "models/m"\n[simulation]\ntenant_config = "t.toml"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    tenant = load_tenant_settings(Path("acme/tenant.toml"))
+    assert tenant.tenant.keys_dir == str(home / "keys") and tenant.store_path == home / "data" / "feedback.db"
+    assert tenant.release.export_dir == str(home / "lora") and tenant.serve.api_keys_file == ""  # unset stays unset
+    assert load_hq_settings(Path("acme/hq.toml")).home == home / "hq-home"
+    federation = load_settings(Path("acme/federation.toml"))
+    assert federation.paths.model == str(home / "models" / "m")
+    assert federation.simulation.tenant_config == str(home / "t.toml")
+
+
+def test_a_missing_config_names_where_it_was_looked_for_and_the_template(tmp_path: Path) -> None:
+    """Issue 31: the guides' `tenant.toml` and the commands' default `configs/tenant.toml` disagreed, and the error
+    said only `config file configs/tenant.toml not found`. Every command now looks for its file in the directory
+    it runs in."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fedloop"), "release", "status"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "config file tenant.toml not found" in message and str(tmp_path) in message
+    assert "configs/" in message

@@ -238,3 +238,17 @@ def test_the_draft_endpoint_serves_https_with_its_certificate(
     finally:
         http.stop()
         engine.close()
+
+
+def test_hq_up_without_nginx_says_how_to_get_it(tmp_path: Path) -> None:
+    """Issue 31: the HQ guide said `make install` unpacks nginx when only `make test` did; now `make install`
+    does, and `fedloop hq up` on a host without it names both ways to get it."""
+    probe = (
+        "import shutil, sys\nshutil.which = lambda name: None\nsys.prefix = sys.argv[1]\n"
+        "from fedloop.server.gateway import nginx_executable\nnginx_executable()"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "nginx not found: `make install` unpacks" in done.stderr
+    assert "apt-get install nginx" in done.stderr
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "install: $(STAMP) gateway" in makefile
