@@ -38,8 +38,6 @@ check: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	mkdir -p $(VENV)/mypy-path/fedloop && for part in shared server client proto; do \
-		ln -sfn $(CURDIR)/$$part $(VENV)/mypy-path/fedloop/$$part; done
 	$(VENV)/bin/mypy
 
 # The report test opens the HTML report in headless Chromium (Debian's package; no browser download).
@@ -57,7 +55,7 @@ gateway: $(STAMP)
 		dpkg -x $$tmp/nginx_*.deb $(VENV)/nginx && rm -rf $$tmp; } || \
 		{ echo "fedloop hq up (and make test) need nginx for HQ's gateway: install Debian's nginx package"; exit 1; }
 
-# Regenerate proto/*_pb2*.py from proto/*.proto (the generated files are committed).
+# Regenerate src/fedloop/proto/*_pb2*.py from its *.proto (the generated files are committed).
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 

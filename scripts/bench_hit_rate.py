@@ -22,7 +22,7 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
   simulated product asks the tenant's draft service for a draft for each
   training prompt and reports what the simulated user did by draft id; the
   training examples are what the tenant's ingestion and curation made of that
-  feedback (client/samples/curation.py); rejected drafts are the rejected side
+  feedback (src/fedloop/client/samples/curation.py); rejected drafts are the rejected side
   of DPO pairs and KTO's undesirable replies.
 - Arms (every one SFT, lr 2e-3, batch 8, unless named otherwise):
   local: rounds x steps steps per tenant on its own samples;
@@ -30,7 +30,7 @@ Protocol (fixed before any result was seen; see docs/evaluation.md):
   global version, merged by fedloop's default aggregation (the exact merge of
   B·A with the default norm bound); every tenant drafts with the global version;
   personalised: the federated version plus `personal_steps` local SFT steps per
-  tenant (client/train/personalise.py, "local_steps");
+  tenant (src/fedloop/client/train/personalise.py, "local_steps");
   FedSA: A shared and averaged, B kept by each tenant ("local_b"), each tenant
   drafts with the global A and its own B;
   fedloop (gated): per tenant, personalised when it drafts better than
@@ -78,7 +78,6 @@ from fedloop.client.release.controller import ReleaseController
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.transformers_engine import TransformersEngine
-from fedloop.client.simulation.product import Conversation, Decision, SimulatedProduct, UserJudgement
 from fedloop.client.store_api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import EvaluationSection, ServeSection, TenantSection, TenantSettings
@@ -97,6 +96,7 @@ from fedloop.shared.adapter import (
 from fedloop.shared.intervals import paired_difference_interval, wilson_interval
 from fedloop.shared.keys import init_keys
 from fedloop.shared.settings import AggregationSection, LoraSettings, TrainSection
+from fedloop.simulation.product import Conversation, Decision, SimulatedProduct, UserJudgement
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = 4
@@ -263,7 +263,7 @@ def federated(
 ) -> list[AdapterState]:
     """fedloop's loop in-process: each round every tenant trains from the global version, then HQ merges.
 
-    The merge is fedloop's own (server/aggregation.py, default robust settings) with `merge_method`. With
+    The merge is fedloop's own (src/fedloop/server/aggregation.py, default robust settings) with `merge_method`. With
     `keep_b_local` (FedSA) each tenant trains from the global A and its own B and sends only its A (with the
     global B); it then drafts with the global A and its own B. Returns the adapter each tenant drafts with.
     """

@@ -31,12 +31,12 @@ import grpc
 
 from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature
-from fedloop.client.simulation.product import STYLES, TenantTraffic
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import CurationSection, IngestSection, TenantSection, TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.proto import feedback_pb2_grpc as pb_grpc
 from fedloop.shared.keys import init_keys, load_identity
+from fedloop.simulation.product import STYLES, TenantTraffic
 
 BENCH_CURATION = CurationSection(max_samples_per_user_per_hour=10**9)
 

@@ -43,7 +43,7 @@ from fedloop.shared.settings import LoraSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(action) -> float:  # noqa: ANN001 - any callable
+def timed(action) -> float:
     """Seconds `action()` takes."""
     started = time.perf_counter()
     action()

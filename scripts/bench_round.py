@@ -31,14 +31,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulation.client_app import simulated_tenants, simulated_traffic
-from fedloop.client.simulation.federation import prepare_run, run_federation, simulation_backend
 from fedloop.client.store_api import InstalledVersion
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.protocol import NUM_EXAMPLES
 from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
+from fedloop.simulation.client_app import simulated_tenants, simulated_traffic
+from fedloop.simulation.federation import prepare_run, run_federation, simulation_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def plain_client_app(settings: Settings, layout: RunLayout) -> ClientApp:
     traffic = simulated_traffic(settings, layout)
     app = ClientApp()
 
-    def install(message: Message, context: Context, version_id: str):  # noqa: ANN202 - (tenant, model, tokenizer)
+    def install(message: Message, context: Context, version_id: str):
         """Load the received adapter and keep it in the tenant's store (any worker may serve it later)."""
         tenant = resolve(context)
         payload = adapter_to_bytes(message.content.array_records["arrays"].to_torch_state_dict())

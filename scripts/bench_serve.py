@@ -53,7 +53,6 @@ from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import start_http
 from fedloop.client.serve.transformers_engine import TransformersEngine, cores_available
-from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store import FeedbackStore
 from fedloop.client.store_api import InstalledVersion
 from fedloop.client.tenant_runtime import open_tenant
@@ -68,6 +67,7 @@ from fedloop.shared.adapter import (
 )
 from fedloop.shared.keys import init_keys, load_identity
 from fedloop.shared.settings import LoraSettings
+from fedloop.simulation.product import TenantTraffic
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDLOOP = str(Path(sys.executable).parent / "fedloop")

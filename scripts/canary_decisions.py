@@ -3,7 +3,7 @@
 Every run simulates one canary's life with the tenant's default release
 settings (5 % for 24 h, then 30 %; promotion after 72 h; 95 % family-wise
 confidence), users assigned as a whole, a look after every outcome
-(client/simulation/canary_traffic.py, the production statistics).
+(src/fedloop/simulation/canary_traffic.py, the production statistics).
 
 Part 1, at 1,000 decided drafts a day over `--horizon` days: the share of runs
 rolled back, promoted and undecided for an equal (0), a worse (-5 points hit
@@ -21,9 +21,9 @@ import argparse
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 
-from fedloop.client.simulation.canary_traffic import Outcome, Traffic, simulate
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.intervals import wilson_interval
+from fedloop.simulation.canary_traffic import Outcome, Traffic, simulate
 
 EFFECTS = {"equal": 0.0, "-5 pts": -0.05, "+5 pts": 0.05}
 TRAFFICS = [Traffic(300, 0.15, 1000), Traffic(300, 0.08, 1000), Traffic(2000, 0.15, 1000), Traffic(2000, 0.08, 1000)]

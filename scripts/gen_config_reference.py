@@ -1,10 +1,10 @@
 """Write docs/configuration.md from the settings models' JSON schema: every section and key, its type, default
 and meaning.
 
-The schema is pydantic's `model_json_schema()` of the settings models (shared/settings.py,
-client/tenant_settings.py, server/hq_settings.py): a key's meaning is its `Field(description=...)`, a section's is
-its class docstring, a choice lists its allowed values. A test regenerates the page and compares, so the reference
-cannot drift from the code.
+The schema is pydantic's `model_json_schema()` of the settings models (src/fedloop/shared/settings.py,
+src/fedloop/client/tenant_settings.py, src/fedloop/server/hq_settings.py): a key's meaning is its
+`Field(description=...)`, a section's is its class docstring, a choice lists its allowed values. A test
+regenerates the page and compares, so the reference cannot drift from the code.
 
 Run: .venv/bin/python scripts/gen_config_reference.py [--check]
 """

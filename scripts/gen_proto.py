@@ -2,7 +2,7 @@
 
 protoc is given the virtual include path `fedloop/proto=proto`, so the generated
 gRPC module imports `fedloop.proto.feedback_pb2` rather than a bare top-level
-`feedback_pb2`; the output is then copied into proto/.
+`feedback_pb2`; the output is then copied into src/fedloop/proto/.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Generate code for every .proto in proto/ into `out_dir`; returns the written files."""
+    """Generate code for every .proto in src/fedloop/proto/ into `out_dir`; returns the written files."""
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        for proto in sorted((ROOT / "proto").glob("*.proto")):
+        for proto in sorted((ROOT / "src" / "fedloop" / "proto").glob("*.proto")):
             args = [
                 "protoc",
-                f"-Ifedloop/proto={ROOT / 'proto'}",
+                f"-Ifedloop/proto={ROOT / 'src' / 'fedloop' / 'proto'}",
                 f"--python_out={tmp}",
                 f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
@@ -40,5 +40,5 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "proto"):
+    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "src" / "fedloop" / "proto"):
         print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)

@@ -1,6 +1,6 @@
 """How far one federated round moves the model: the KL and forgetting gates' values, to calibrate their bounds.
 
-The KL gate (client/evaluate/drift.py) refuses a version whose mean per-token
+The KL gate (src/fedloop/client/evaluate/drift.py) refuses a version whose mean per-token
 KL(candidate || serving) over the tenant's held-out finals plus fedloop's
 general texts is above `evaluation.kl_bound`; the forgetting gate refuses a
 version that raises the general-text NLL by more than `forgetting_bound`.

@@ -5,7 +5,7 @@ nothing to a released version" walk-through uses it). It is a product, not part
 of fedloop: it reaches the tenant only through the public draft endpoint, as
 docs/tenant-operator.md shows. Prompts and the replies users want are the
 demo's embedded support questions, each tenant index with its own preferred
-reply style (client/simulation/product.py), or, with `--data`, the Bitext
+reply style (src/fedloop/simulation/product.py), or, with `--data`, the Bitext
 customer-support CSV (one non-IID category split per tenant, as in
 scripts/bench_hit_rate.py); its users judge each draft by the benchmark's fixed
 rule (accept, edit into the wanted reply, or reject and write it).
@@ -28,7 +28,7 @@ from bench_hit_rate import JUDGEMENT, split_tenants
 from openai import OpenAI
 
 from fedloop.client.feedback import Action
-from fedloop.client.simulation.product import STYLES, Conversation, TenantTraffic
+from fedloop.simulation.product import STYLES, Conversation, TenantTraffic
 
 
 def product_conversations(

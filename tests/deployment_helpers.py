@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc_helpers import draft, outcome, stub
+from ports import free_port
 
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.certs import make_node_key
@@ -22,17 +23,11 @@ from fedloop.shared.run_layout import HQ_NAME
 FEDLOOP = str(Path(sys.executable).parent / "fedloop")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_for(
     condition,
     what: str,
     log: Path,
-    process: subprocess.Popen | None = None,  # noqa: ANN001
+    process: subprocess.Popen | None = None,
     timeout: float = 120.0,
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -105,7 +100,7 @@ class Federation:
             self.kill(name)
 
 
-def tenant_store(root: Path, tenant: str):  # noqa: ANN201 - a FeedbackStore (imported here only when used)
+def tenant_store(root: Path, tenant: str):
     """A second connection to a deployed tenant's store (`root/<tenant>-home`), with its keys."""
     from fedloop.client.store import FeedbackStore
     from fedloop.shared.keys import load_identity

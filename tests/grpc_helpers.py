@@ -34,7 +34,7 @@ def outcome(event_id: str, draft_id: str, **fields: Any) -> pb.OutcomeEvent:
     return pb.OutcomeEvent(**values)
 
 
-def status_of(call, *args) -> grpc.StatusCode:  # noqa: ANN001 - any stub method
+def status_of(call, *args) -> grpc.StatusCode:
     """The status code a call ends with (OK when it succeeds)."""
     try:
         call(*args, timeout=10)

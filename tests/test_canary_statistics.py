@@ -1,5 +1,5 @@
 """The canary test with users as the unit: simulated heterogeneous users, assigned as a whole, a look after every
-outcome, through the controller's ramp (client/simulation/canary_traffic.py).
+outcome, through the controller's ramp (src/fedloop/simulation/canary_traffic.py).
 
 Issue 30: counting drafts as independent rolled an equally good 5 % canary
 back in 26-44 % of runs when users' own accept rates differ. The bounds here
@@ -18,7 +18,8 @@ import pytest
 
 from fedloop.client.release.comparison import Comparison, arm_stats
 from fedloop.client.release.sequential import gap_interval
-from fedloop.client.simulation.canary_traffic import (
+from fedloop.client.tenant_settings import ReleaseSection
+from fedloop.simulation.canary_traffic import (
     CanarySimulation,
     Outcome,
     Stage,
@@ -26,7 +27,6 @@ from fedloop.client.simulation.canary_traffic import (
     arm_sums_after_each,
     simulate,
 )
-from fedloop.client.tenant_settings import ReleaseSection
 
 DEFAULTS = ReleaseSection()
 HORIZON_DAYS = 30.0
@@ -57,19 +57,19 @@ def rate(results: list[Outcome], verdict: str) -> float:
 
 
 @pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
-def test_an_equally_good_canary_is_rarely_rolled_back_or_promoted(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+def test_an_equally_good_canary_is_rarely_rolled_back_or_promoted(outcomes, traffic: Traffic) -> None:
     results = outcomes[(traffic, 0.0)]
     assert rate(results, "rollback") <= 0.05 and rate(results, "promote") <= 0.05, results
 
 
 @pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
-def test_a_canary_5_points_worse_is_rolled_back(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+def test_a_canary_5_points_worse_is_rolled_back(outcomes, traffic: Traffic) -> None:
     results = outcomes[(traffic, -0.05)]
     assert rate(results, "rollback") >= 0.95 and rate(results, "promote") == 0, results
 
 
 @pytest.mark.parametrize("traffic", TRAFFICS, ids=lambda t: f"{t.users}-users-sd-{t.sd}")
-def test_a_canary_5_points_better_is_promoted_within_the_horizon(outcomes, traffic: Traffic) -> None:  # noqa: ANN001
+def test_a_canary_5_points_better_is_promoted_within_the_horizon(outcomes, traffic: Traffic) -> None:
     results = outcomes[(traffic, 0.05)]
     assert rate(results, "promote") >= 0.80 and rate(results, "rollback") == 0, results
 

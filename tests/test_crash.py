@@ -14,18 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_helpers import draft, outcome, stub
+from ports import free_port
 
 from fedloop.client.store import FeedbackStore
 from fedloop.shared.keys import init_keys, load_identity
 
 CLIENTS = 4
 ACKED_BEFORE_KILL = 200  # events the server has acknowledged when it is killed
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -49,7 +44,7 @@ def _start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     init_keys("tenant", "acme", tmp_path / "keys")
     config = tmp_path / "tenant.toml"
     config.write_text(

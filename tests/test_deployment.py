@@ -337,7 +337,7 @@ def test_hq_and_tenant_metrics_endpoints_report_the_runs(deployed: Federation) -
     assert "fedloop_tenant_train_loss" in tenant and 'fedloop_tenant_pool_samples{pool="candidate"}' in tenant
 
 
-def open_store(federation: Federation, tenant: str):  # noqa: ANN201
+def open_store(federation: Federation, tenant: str):
     return tenant_store(federation.root, tenant)
 
 
@@ -380,7 +380,7 @@ def test_a_product_drafts_with_the_released_version_through_the_openai_client(de
     shown: list[str] = []
     namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
     snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
-    exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)  # noqa: S102 - the documented code, verbatim
+    exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)
     draft: Any = namespace["draft"]  # the documented snippet's ChatCompletion
     assert shown == [draft.choices[0].message.content] and draft.model == routed
     assert store.drafts.get_draft(draft.id).model_version == routed

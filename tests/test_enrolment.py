@@ -12,11 +12,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulation.federation import simulation_backend
 from fedloop.server.app import enrol_tenants
 from fedloop.shared.keys import Keyring, init_keys, key_paths, load_identity, load_public_key
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.sm2 import SM2PrivateKey
+from fedloop.simulation.federation import simulation_backend
 
 
 def _claims(keys: Path) -> ClientApp:

@@ -161,7 +161,7 @@ def test_off_loopback_means_any_address_that_is_not_loopback_once_resolved(host:
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 65, "acme corp"])
 def test_a_tenant_name_that_is_not_a_plain_name_is_refused_everywhere(tmp_path: Path, name: str) -> None:
     """tenant.name = "../x" was accepted (it names key files and directories); `keys export --name ../evil` wrote
-    outside --out. Names are checked once (shared/names.py), in the settings and in every key command."""
+    outside --out. Names are checked once (src/fedloop/shared/names.py), in the settings and in every key command."""
     from fedloop.client.tenant_settings import TenantSection, TenantSettings
     from fedloop.shared.settings import ConfigError, FederationSection, Settings
 

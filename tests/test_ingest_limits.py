@@ -15,7 +15,7 @@ from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.keys import init_keys
 
 
-def _send(service, events) -> tuple[grpc.StatusCode, str, float]:  # noqa: ANN001 - a stub
+def _send(service, events) -> tuple[grpc.StatusCode, str, float]:
     started = time.perf_counter()
     try:
         service.RecordBatch(events, timeout=120)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
@@ -24,13 +24,7 @@ from fedloop.shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def scrape(registry) -> dict[str, float]:  # noqa: ANN001 - a CollectorRegistry
+def scrape(registry) -> dict[str, float]:
     """Serve `registry` on loopback for real, GET /metrics, and return {sample line's name{labels}: value}."""
     address = f"127.0.0.1:{free_port()}"
     server, _ = serve_metrics(registry, address)

@@ -154,7 +154,9 @@ def test_generated_grpc_code_is_reproducible_from_the_proto(tmp_path: Path) -> N
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for generated in module.generate(tmp_path):
-        assert generated.read_text() == (ROOT / "proto" / generated.name).read_text(), generated.name
+        assert generated.read_text() == (ROOT / "src" / "fedloop" / "proto" / generated.name).read_text(), (
+            generated.name
+        )
 
 
 def test_review_cli_lists_promotes_and_reports_problem_rates(make_tenant, tmp_path: Path) -> None:

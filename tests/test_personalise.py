@@ -1,4 +1,4 @@
-"""Personalisation at the tenant: the shared/local split of the adapter (FedSA, B kept), a tenant that keeps
+"""Personalisation at the tenant: the src/fedloop/shared/local split of the adapter (FedSA, B kept), a tenant that keeps
 its B and sends only A, the settings check, and the gates offering a personalised candidate only on evidence that
 it drafts better."""
 

@@ -18,7 +18,6 @@ from test_refusals import reply
 
 from fedloop.client.evaluate.hit_rate import offline_hit_rate
 from fedloop.client.samples.held_out import Reference
-from fedloop.client.simulation.product import TenantTraffic
 from fedloop.client.store_api import Pool, TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry
@@ -36,6 +35,7 @@ from fedloop.shared.envelope import seal
 from fedloop.shared.keys import Keyring, init_keys
 from fedloop.shared.protocol import update_binding
 from fedloop.shared.settings import AggregationSection, LoraSettings, TrainSection
+from fedloop.simulation.product import TenantTraffic
 
 RUN = "poison-run"
 HONEST = ("acme", "bolt", "cobalt", "dune")
@@ -117,7 +117,7 @@ def poisoned(start: AdapterState, honest: AdapterState, attack: str) -> AdapterS
     return {k: start[k] + torch.randn(v.shape, generator=generator) for k, v in start.items()}
 
 
-def global_hit_rate(model, tokenizer, state: AdapterState, held_out) -> float:  # noqa: ANN001
+def global_hit_rate(model, tokenizer, state: AdapterState, held_out) -> float:
     load_adapter_state(model, state)
     return offline_hit_rate(model, tokenizer, held_out, HIT_SIMILARITY, 24).rate
 

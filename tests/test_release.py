@@ -81,7 +81,7 @@ def serve(
     return served
 
 
-def canary_running(make_tenant):  # noqa: ANN001, ANN201 - (tenant, controller, recorder)
+def canary_running(make_tenant):
     """A tenant whose v1 serves and v2 runs as a canary on 30 % of users (WIDE)."""
     tenant = make_tenant()
     controller, recorder = ReleaseController(tenant.store, WIDE), FeedbackRecorder(tenant.pipeline)
@@ -192,7 +192,7 @@ def test_manual_rollback_goes_back_past_rolled_back_versions(make_tenant) -> Non
         controller.rollback("operator")
 
 
-def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_path) -> None:  # noqa: ANN001
+def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from fedloop.client.store import FeedbackStore

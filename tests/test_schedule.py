@@ -58,7 +58,7 @@ def test_a_counts_reply_names_the_versions_the_tenant_declined_and_a_malformed_l
     assert declined_versions(answer(["x" * 65, "v0004-cc"])) == {"v0004-cc"}
 
 
-def test_a_tenant_that_leaves_is_dropped_and_its_new_node_enrolled_once_it_comes_back(tmp_path) -> None:  # noqa: ANN001
+def test_a_tenant_that_leaves_is_dropped_and_its_new_node_enrolled_once_it_comes_back(tmp_path) -> None:
     """A tenant's SuperNode restarts under a new node id: the run drops the old node and enrols the new one (a
     fresh challenge); a node that fails enrolment is not challenged again at every poll."""
     from dataclasses import dataclass, field

@@ -10,8 +10,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.simulation.federation import prepare_run, run_federation
-from fedloop.client.simulation.product import read_product_log
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
@@ -28,6 +26,8 @@ from fedloop.shared.settings import (
     TrackingSection,
     TrainSection,
 )
+from fedloop.simulation.federation import prepare_run, run_federation
+from fedloop.simulation.product import read_product_log
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ class RecordingGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201 - mirrors Grid
+    def send_and_receive(self, messages, *, timeout=None):
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         from flwr.common.serde import recorddict_to_proto
 
@@ -181,12 +181,12 @@ def test_the_product_drafts_through_released_versions_and_the_tenants_learn_its_
     assert last > base + 0.1, (base, last)
 
 
-def _style_similarity(settings: Settings, layout, version: str | None) -> float:  # noqa: ANN001
+def _style_similarity(settings: Settings, layout, version: str | None) -> float:
     """Mean similarity of a version's drafts (None: the base model) to the preferred replies of 48 fresh users."""
     from fedloop.client.evaluate.hit_rate import offline_hit_rate, reference_hit_rate
     from fedloop.client.samples.held_out import Reference
-    from fedloop.client.simulation.product import TenantTraffic
     from fedloop.shared.adapter import adapter_from_bytes, attach_lora, load_adapter_state, load_base_model
+    from fedloop.simulation.product import TenantTraffic
 
     base, tokenizer = load_base_model(Path(settings.paths.model))
     model = attach_lora(base, settings.lora, seed=0)

@@ -265,7 +265,7 @@ def _loop_done(root: Path, tenant: str, world: World) -> bool:
     return guard_rolled_back and any(v.startswith("v0002") for v in declined)
 
 
-def test_rounds_start_on_their_own_and_every_release_decision_is_made_by_the_loop(soak) -> None:  # noqa: ANN001
+def test_rounds_start_on_their_own_and_every_release_decision_is_made_by_the_loop(soak) -> None:
     federation, world, seen = soak
     root = federation.root
     print(seen)

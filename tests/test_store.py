@@ -90,7 +90,7 @@ def test_bad_outcomes_are_refused_and_nothing_is_stored(make_tenant) -> None:
         ("UPDATE outcomes SET action = 'accept'", lambda store, draft_id: store.drafts.window_events(["v1"], 0, 0, 0)),
     ],
 )
-def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:  # noqa: ANN001
+def test_an_sql_edit_of_a_plain_column_is_detected_on_read(make_tenant, edit: str, read) -> None:
     tenant = make_tenant()
     api = FeedbackRecorder(tenant.pipeline)
     draft_id = api.record_draft("u1", "Where is my order?", "On its way.", "v1")
@@ -150,7 +150,7 @@ def test_samples_are_asked_in_types_and_come_back_typed(make_tenant) -> None:
     assert tenant.store.drafts.outcome_counts() == {Action.ACCEPT: 1, Action.REJECT: 1}
 
 
-def _every_table_filled(tenant) -> dict[str, object]:  # noqa: ANN001 - a TenantRuntime
+def _every_table_filled(tenant) -> dict[str, object]:
     """One row or more in every table of the store, through the store's own writes; what the readers need."""
     from fedloop.client.release.controller import ReleaseController
     from fedloop.client.store_api import InstalledVersion, SignalRecord

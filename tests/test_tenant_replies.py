@@ -3,7 +3,7 @@
 A real federated run in Flower's Simulation Engine: two honest tenants, four nodes that answer enrolment with a
 missing, mistyped, oversized or extra field, and one enrolled tenant whose training and evaluation replies are
 malformed in a different way each round. `registered tenant answers enrolment with missing fields` used to raise
-`KeyError: 'key_id'` in server/app.py and abort the whole run.
+`KeyError: 'key_id'` in src/fedloop/server/app.py and abort the whole run.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
-from fedloop.client.simulation.client_app import simulation_client_app
-from fedloop.client.simulation.federation import prepare_run, simulation_backend
 from fedloop.server.app import build_server_app
 from fedloop.server.replies import ReplyRefused, enrol_claim, reported_metrics
 from fedloop.shared.protocol import ENROL, HIT_RATE, METRICS, NUM_EXAMPLES, SEALED, message_round, sealed_record
@@ -30,6 +28,8 @@ from fedloop.shared.settings import (
     SimulationSection,
     TrainSection,
 )
+from fedloop.simulation.client_app import simulation_client_app
+from fedloop.simulation.federation import prepare_run, simulation_backend
 
 ENROL_FUZZ: dict[str, dict[str, Any]] = {
     "eve-missing": {"tenant": "eve-missing", "signature": "00"},  # no key_id: the KeyError that stopped runs

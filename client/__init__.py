@@ -1,1 +1,0 @@
-"""Tenant side of fedloop: feedback store, privacy, local training, Flower ClientApp."""

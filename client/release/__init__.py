@@ -1,1 +1,0 @@
-"""Tenant-side release of global versions: canary routing, promotion and rollback."""

@@ -1,1 +1,0 @@
-"""Curation: sample weights, near-duplicate merging, poisoning guard, pools, derived signals."""

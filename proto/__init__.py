@@ -1,1 +1,0 @@
-"""fedloop's own gRPC APIs (.proto files and generated code); the feedback service lands here."""

@@ -1,1 +1,0 @@
-"""HQ side of fedloop: Flower ServerApp, aggregation strategy and version registry."""

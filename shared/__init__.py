@@ -1,1 +1,0 @@
-"""Code used by HQ and tenants: GM crypto envelope, keys, adapter (de)serialisation, CLI."""

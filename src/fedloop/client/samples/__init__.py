@@ -1,0 +1,2 @@
+"""Curation: sample weights, near-duplicate clusters and the held-out slice, poisoning guard, pools and review,
+derived signals."""

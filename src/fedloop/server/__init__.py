@@ -1,0 +1,2 @@
+"""HQ: the Flower ServerApp, the SealedMerge strategy and aggregation, the version registry, continuous runs and
+the gateway."""
