@@ -55,10 +55,10 @@ def measured(command: list[str], directory: Path) -> tuple[float, float]:
 
 def prepare(directory: Path, drafts: int) -> None:
     """A tenant directory as the guide leaves it, with decided drafts and v1 serving."""
-    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.ingest.recorder import Action, FeedbackRecorder
+    from fedloop.client.ingest.runtime import open_tenant
     from fedloop.client.release.controller import ReleaseController
-    from fedloop.client.store_api import InstalledVersion
-    from fedloop.client.tenant_runtime import open_tenant
+    from fedloop.client.store.api import InstalledVersion
     from fedloop.client.tenant_settings import load_tenant_settings
     from fedloop.shared.keys import init_keys, load_identity
 
@@ -77,9 +77,9 @@ def prepare(directory: Path, drafts: int) -> None:
 
 def offer_canary(directory: Path, number: int) -> None:
     """Install and offer a fresh canary (so there is one to roll back)."""
+    from fedloop.client.ingest.runtime import open_tenant
     from fedloop.client.release.controller import ReleaseController
-    from fedloop.client.store_api import InstalledVersion
-    from fedloop.client.tenant_runtime import open_tenant
+    from fedloop.client.store.api import InstalledVersion
     from fedloop.client.tenant_settings import load_tenant_settings
     from fedloop.shared.keys import load_identity
 

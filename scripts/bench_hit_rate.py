@@ -73,13 +73,13 @@ import torch
 
 from fedloop.client.evaluate.candidates import drafts_better
 from fedloop.client.evaluate.hit_rate import HitRate
-from fedloop.client.feedback import Action
+from fedloop.client.ingest.recorder import Action
+from fedloop.client.ingest.runtime import open_tenant
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.transformers_engine import TransformersEngine
-from fedloop.client.store_api import InstalledVersion, TrainingExample
-from fedloop.client.tenant_runtime import open_tenant
+from fedloop.client.store.api import InstalledVersion, TrainingExample
 from fedloop.client.tenant_settings import EvaluationSection, ServeSection, TenantSection, TenantSettings
 from fedloop.client.train.generate import generate_replies
 from fedloop.client.train.personalise import local_part, local_steps, shared_part, with_local_part

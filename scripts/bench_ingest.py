@@ -29,9 +29,9 @@ from pathlib import Path
 
 import grpc
 
+from fedloop.client.ingest.runtime import open_tenant
 from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature
-from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import CurationSection, IngestSection, TenantSection, TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.proto import feedback_pb2_grpc as pb_grpc

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import Action, DraftRecord, OutcomeRecord
+from fedloop.client.store.api import Action, DraftRecord, OutcomeRecord
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.keys import init_keys
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import InstalledVersion
+from fedloop.client.store.api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.adapter import (

@@ -31,7 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedloop.client.store_api import InstalledVersion
+from fedloop.client.store.api import InstalledVersion
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.crypto import sm3_digest
 from fedloop.shared.protocol import NUM_EXAMPLES

@@ -48,14 +48,14 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
+from fedloop.client.ingest.runtime import open_tenant
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import start_http
 from fedloop.client.serve.transformers_engine import TransformersEngine, cores_available
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import InstalledVersion
-from fedloop.client.tenant_runtime import open_tenant
+from fedloop.client.store.api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection, ServeSection, TenantSection, TenantSettings
 from fedloop.shared.adapter import (
     AdapterState,

@@ -46,7 +46,7 @@ from process_memory import resident_bytes, start_peak_count
 from random_models import parameter_count, qwen2_config, write_random_model
 from transformers import AutoConfig
 
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store.api import TrainingExample
 from fedloop.client.train.data import collate, curriculum, encode, mix
 from fedloop.client.train.recipe import run_recipe
 from fedloop.shared.adapter import Placement, attach_lora, load_base_model

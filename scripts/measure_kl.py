@@ -40,7 +40,7 @@ from bench_hit_rate import TenantData, feedback_examples, split_tenants
 
 from fedloop.client.evaluate.drift import forgetting_gate, general_texts, mean_token_kl
 from fedloop.client.serve.transformers_engine import TransformersEngine
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store.api import TrainingExample
 from fedloop.client.tenant_settings import EvaluationSection, TenantSettings
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.aggregation import TenantUpdate, lora_scaling, merge

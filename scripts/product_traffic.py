@@ -27,7 +27,7 @@ import httpx
 from bench_hit_rate import JUDGEMENT, split_tenants
 from openai import OpenAI
 
-from fedloop.client.feedback import Action
+from fedloop.client.ingest.recorder import Action
 from fedloop.simulation.product import STYLES, Conversation, TenantTraffic
 
 

@@ -10,8 +10,8 @@ import pytest
 from serve_helpers import Endpoint, start_serving_v0
 from tiny_model import build_tiny_model
 
+from fedloop.client.ingest.runtime import TenantRuntime, open_tenant
 from fedloop.client.privacy.redaction import Redactor
-from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.shared.keys import init_keys
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from fedloop.client.ingest.runtime import TenantRuntime
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.http import build_http_app
 from fedloop.client.serve.server import HttpServer, start_http
 from fedloop.client.serve.transformers_engine import TransformersEngine
-from fedloop.client.store_api import InstalledVersion
-from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.client.store.api import InstalledVersion
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
 from fedloop.shared.settings import LoraSettings
 

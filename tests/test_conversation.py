@@ -16,7 +16,7 @@ import openai
 import pytest
 from serve_helpers import Endpoint
 
-from fedloop.client.feedback import FeedbackRecorder
+from fedloop.client.ingest.recorder import FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.samples.held_out import reference as reference_of
 from fedloop.client.serve.engine import GenerationRequest

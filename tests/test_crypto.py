@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloop.shared.crypto import CryptoError, open_field, seal_field
+from fedloop.shared.crypto import CryptoError, decrypt_field, encrypt_field
 from fedloop.shared.envelope import Binding, EnvelopeError, open_envelope, seal
 from fedloop.shared.keys import Identity, KeyFileError, Keyring, init_keys, key_paths, load_identity
 
@@ -93,10 +93,10 @@ def test_truncated_and_foreign_inputs_are_refused(parties, envelope: bytes) -> N
 
 def test_field_encryption_binds_associated_data() -> None:
     key = b"0" * 16
-    sealed = seal_field(key, b"secret", b"drafts/prompt/1")
-    assert open_field(key, sealed, b"drafts/prompt/1") == b"secret"
+    sealed = encrypt_field(key, b"secret", b"drafts/prompt/1")
+    assert decrypt_field(key, sealed, b"drafts/prompt/1") == b"secret"
     with pytest.raises(CryptoError):
-        open_field(key, sealed, b"drafts/prompt/2")
+        decrypt_field(key, sealed, b"drafts/prompt/2")
 
 
 def test_key_files(tmp_path: Path, parties) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 from fedloop.client.samples.curation import reward_and_weight, training_examples
-from fedloop.client.store_api import SampleQuery, SampleStatus
+from fedloop.client.store.api import SampleQuery, SampleStatus
 from fedloop.client.tenant_settings import CurationSection, IngestSection, ModerationSection, SignalsSection
 from fedloop.proto import feedback_pb2 as pb
 

@@ -61,7 +61,7 @@ def test_evaluations_are_stored_with_their_version(make_tenant) -> None:
 def _distinct_questions(tenant, count: int, seed: int, askers: int = 1) -> None:
     """`count` questions in words of their own (one near-duplicate cluster each), each asked by `askers` users in
     nearly the same words and answered by an edit."""
-    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 
     recorder = FeedbackRecorder(tenant.pipeline)
     rng = random.Random(seed)
@@ -121,7 +121,7 @@ def test_a_sample_near_both_a_held_out_and_a_training_cluster_stands_apart(make_
     """LSH clusters are not transitive: a sample can be a near-duplicate of a held-out sample and of a training
     sample at once; it neither trains nor is evaluated on."""
     from fedloop.client.samples.held_out import cluster_of_new_sample
-    from fedloop.client.store_api import Slice, cluster_slice
+    from fedloop.client.store.api import Slice, cluster_slice
 
     tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.5, held_out_after_clusters=0))
     evaluation = tenant.settings.evaluation
@@ -141,7 +141,7 @@ def test_a_sample_near_both_a_held_out_and_a_training_cluster_stands_apart(make_
 def test_the_gates_leave_out_references_that_a_compared_version_drafted(make_tenant) -> None:
     """Issue 30: an accepted draft of the serving version is its own greedy output, which it reproduces offline:
     a candidate could at best tie on those references."""
-    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.ingest.recorder import Action, FeedbackRecorder
     from fedloop.client.samples.held_out import held_out_references
 
     tenant = make_tenant(evaluation=EvaluationSection(held_out_share=0.9, held_out_after_clusters=0))
@@ -195,7 +195,7 @@ def test_looping_and_empty_drafts_are_degenerate_and_a_version_that_loops_more_i
 
 def test_the_tenant_report_plots_its_users_hit_rate_per_version_and_the_kl_bound(make_tenant) -> None:
     """Issue 14: the report shows what the tenant's users did with each version, and the KL bound it gated with."""
-    from fedloop.client.feedback import Action, FeedbackRecorder
+    from fedloop.client.ingest.recorder import Action, FeedbackRecorder
     from fedloop.client.report_data import add_tenant
     from fedloop.shared.report import ReportData, render_report
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
 from fedloop.server.metrics import hq_registry
 from fedloop.server.registry import VersionRegistry

@@ -15,8 +15,8 @@ import torch
 from fedloop.client.evaluate.candidates import Assessment, better_candidate
 from fedloop.client.evaluate.drift import GateResult
 from fedloop.client.evaluate.hit_rate import HitRate
-from fedloop.client.feedback import Action, FeedbackRecorder
-from fedloop.client.store_api import EvaluationKind, InstalledVersion
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
+from fedloop.client.store.api import EvaluationKind, InstalledVersion
 from fedloop.client.tenant import LOCAL_B, Tenant, shared_model
 from fedloop.client.tenant_settings import EvaluationSection, PersonaliseSection, TenantSection, TenantSettings
 from fedloop.client.train.personalise import local_part, personal_version, shared_part, with_local_part

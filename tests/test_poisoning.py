@@ -18,7 +18,7 @@ from test_refusals import reply
 
 from fedloop.client.evaluate.hit_rate import offline_hit_rate
 from fedloop.client.samples.held_out import Reference
-from fedloop.client.store_api import Pool, TrainingExample
+from fedloop.client.store.api import Pool, TrainingExample
 from fedloop.client.train.recipe import run_recipe
 from fedloop.server.registry import VersionRegistry
 from fedloop.server.round_ledger import RoundLedger

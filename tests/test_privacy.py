@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 from fedloop.client.privacy.placeholders import PlaceholderMap
 from fedloop.client.privacy.recognizers import luhn_ok, resident_id_check_digit_ok
 from fedloop.client.privacy.redaction import Redactor

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 from fedloop.client.release.canary import bucket, in_canary
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
-from fedloop.client.store_api import EvaluationKind, InstalledVersion
+from fedloop.client.store.api import EvaluationKind, InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 
 # No dwell times (the ramp's clock has its own test), few drafts before a decision.

@@ -183,7 +183,7 @@ def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(
 def test_truncate_oldest_cuts_the_oldest_turns_and_keeps_the_system_prompt(make_tenant, tiny_model_dir: Path) -> None:
     from serve_helpers import start_serving_v0
 
-    from fedloop.client.feedback import FeedbackError
+    from fedloop.client.ingest.recorder import FeedbackError
     from fedloop.client.tenant_settings import ServeSection
 
     served = start_serving_v0(make_tenant, tiny_model_dir, serve=ServeSection(max_prompt_tokens=120, truncate="oldest"))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import ENCRYPTED_COLUMNS
-from fedloop.client.store_api import InstalledVersion
+from fedloop.client.store.api import InstalledVersion
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
 from fedloop.shared.keys import Identity, init_keys

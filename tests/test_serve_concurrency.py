@@ -25,7 +25,7 @@ from serve_helpers import Endpoint, install_versions, start_endpoint, start_serv
 from tiny_model import build_wider_model
 
 from fedloop.client.serve.engine import GenerationRequest
-from fedloop.client.store_api import ChatMessage
+from fedloop.client.store.api import ChatMessage
 from fedloop.client.tenant_settings import ReleaseSection, ServeSection
 
 PROMPTS = [

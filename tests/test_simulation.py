@@ -9,9 +9,9 @@ import pytest
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedloop.client.feedback import Action, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackRecorder
+from fedloop.client.ingest.runtime import open_tenant
 from fedloop.client.store import FeedbackStore
-from fedloop.client.tenant_runtime import open_tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings
 from fedloop.server.app import run_hq
 from fedloop.server.registry import VersionRegistry

@@ -47,7 +47,7 @@ from deployment_helpers import (
 )
 
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.store.api import ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]

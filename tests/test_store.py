@@ -7,10 +7,10 @@ import sqlite3
 import pytest
 from tamper_helpers import changed_value
 
-from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackError, FeedbackRecorder
 from fedloop.client.samples.curation import training_examples
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import EvaluationKind, Pool, SampleQuery, SampleStatus
+from fedloop.client.store.api import EvaluationKind, Pool, SampleQuery, SampleStatus
 from fedloop.shared.crypto import CryptoError
 
 CANARY = "CANARY-7f3a9c-should-never-be-readable"
@@ -153,7 +153,7 @@ def test_samples_are_asked_in_types_and_come_back_typed(make_tenant) -> None:
 def _every_table_filled(tenant) -> dict[str, object]:
     """One row or more in every table of the store, through the store's own writes; what the readers need."""
     from fedloop.client.release.controller import ReleaseController
-    from fedloop.client.store_api import InstalledVersion, SignalRecord
+    from fedloop.client.store.api import InstalledVersion, SignalRecord
 
     store = tenant.store
     api = FeedbackRecorder(tenant.pipeline)

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig, PreTrainedTokenizerBase, Qwen2Config
 
-from fedloop.client.store_api import Pool, TrainingExample
+from fedloop.client.store.api import Pool, TrainingExample
 from fedloop.client.train.data import WeightedExample, curriculum, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs
 from fedloop.client.train.recipe import _reply_logprobs, kto_items, run_recipe

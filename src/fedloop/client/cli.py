@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from fedloop.client.store_api import Pool, SampleQuery, SampleStatus
+from fedloop.client.store.api import Pool, SampleQuery, SampleStatus
 from fedloop.client.tenant_settings import TenantSettings, load_tenant_settings
 from fedloop.shared.command_line import FEDERATION_SETTINGS, TENANT_CONFIG
 from fedloop.shared.console import audited, command_group, errors, fail, output_console
@@ -21,10 +21,10 @@ from fedloop.shared.metrics import serve_metrics
 from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from fedloop.client.ingest.runtime import TenantRuntime
     from fedloop.client.release.loop import ReleaseLoop
     from fedloop.client.serve.server import HttpServer
     from fedloop.client.store import FeedbackStore
-    from fedloop.client.tenant_runtime import TenantRuntime
 
 tenant_app = command_group("Run a tenant's services.")
 vault_app = command_group("Reverse placeholders (authorised operators only; every reveal is audited).")
@@ -45,7 +45,7 @@ def _settings(config: Path) -> TenantSettings:
 
 def open_runtime(config: Path) -> TenantRuntime:
     """The tenant's store and pipeline from its TOML; exits with a clear error if the config or keys are bad."""
-    from fedloop.client.tenant_runtime import open_tenant
+    from fedloop.client.ingest.runtime import open_tenant
 
     settings = _settings(config)
     try:

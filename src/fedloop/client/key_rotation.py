@@ -19,7 +19,7 @@ from fedloop.client.tenant_settings import TenantSettings
 from fedloop.shared.keys import key_paths, load_identity, rotate_storage_key
 
 if TYPE_CHECKING:
-    from fedloop.client.tenant_runtime import TenantRuntime
+    from fedloop.client.ingest.runtime import TenantRuntime
 
 log = logging.getLogger(__name__)
 SETTLE_S = 2.5  # longer than a running service's key-file poll interval

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import EvaluationKind, Pool, SampleStatus
+from fedloop.client.store.api import EvaluationKind, Pool, SampleStatus
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.metrics import TENANT_METRICS
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from fedloop.client.cli import CONFIG, FEDERATION, OPERATOR, open_store
 from fedloop.client.release.comparison import Comparison
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.store.api import ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.shared.console import audited, command_group, fail, output_console
 

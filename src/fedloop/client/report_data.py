@@ -4,7 +4,7 @@ outcomes), training curves and problem rates."""
 from __future__ import annotations
 
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import EvaluationKind
+from fedloop.client.store.api import EvaluationKind
 from fedloop.shared.protocol import HIT_RATE
 from fedloop.shared.report import HIT_RATES, PROBLEM_RATES, SERVED, TRAINING_LOSS, ReportData
 

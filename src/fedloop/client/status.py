@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.store_api import FeedbackStoreAPI
+from fedloop.client.store.api import FeedbackStoreAPI
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.shared.keys import key_ages
 

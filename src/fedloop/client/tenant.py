@@ -25,6 +25,7 @@ from fedloop.client.evaluate.candidates import Assessment, better_candidate
 from fedloop.client.evaluate.degeneration import degeneration_gate
 from fedloop.client.evaluate.drift import GateResult, forgetting_gate, general_texts, kl_gate
 from fedloop.client.evaluate.hit_rate import HitRate, hit_rate_gate, offline_hit_rate, reference_hit_rate
+from fedloop.client.ingest.runtime import TenantRuntime, open_tenant
 from fedloop.client.privacy.redaction import Redactor
 from fedloop.client.release.controller import ACTOR, ReleaseController
 from fedloop.client.samples.curation import dataset_version, training_examples
@@ -32,8 +33,7 @@ from fedloop.client.samples.held_out import Reference, held_out_references
 from fedloop.client.serve.drafts import DraftService
 from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import BASE_VERSION, EvaluationKind, InstalledVersion, TrainingExample
-from fedloop.client.tenant_runtime import TenantRuntime, open_tenant
+from fedloop.client.store.api import BASE_VERSION, EvaluationKind, InstalledVersion, TrainingExample
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.train.personalise import local_part, local_steps, personal_version, shared_part, with_local_part
 from fedloop.client.train.recipe import run_recipe

@@ -29,6 +29,7 @@ from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import ConfigError, load_settings
 
 hq_app = command_group("Run HQ: the SuperLink, its metrics, and the tenants it admits.")
+FLOWER_APP_DIR = Path(__file__).resolve().parent / "flower_app"  # the Flower App bundle `flwr run` submits
 CONFIG = typer.Option(HQ_CONFIG, "--config", help="HQ's TOML settings (home, certs, addresses).")
 
 
@@ -117,7 +118,7 @@ def run(
     started = time.time()
     try:
         load_settings(settings)
-        status = submit_run(home, settings, continuous=continuous)
+        status = submit_run(home, FLOWER_APP_DIR, settings, continuous=continuous)
     except ConfigError as err:
         fail(str(err))
     except DeploymentError as err:

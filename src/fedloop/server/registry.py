@@ -158,7 +158,9 @@ class VersionRegistry:
             "candidate",
             dict(settings or {}),
         )
-        write_atomic(self._blob_path(record.id), self._hq.storage.seal(adapter, f"version/{record.id}".encode()), 0o600)
+        write_atomic(
+            self._blob_path(record.id), self._hq.storage.encrypt(adapter, f"version/{record.id}".encode()), 0o600
+        )
         signature = self._hq.signing_key.sign(record.manifest())
         self._rows.insert(
             "versions",
@@ -231,7 +233,9 @@ class VersionRegistry:
         """Decrypt a version's adapter and check it against the recorded SM3 digest."""
         record = self.get(version_id)
         try:
-            adapter = self._hq.storage.open(self._blob_path(version_id).read_bytes(), f"version/{version_id}".encode())
+            adapter = self._hq.storage.decrypt(
+                self._blob_path(version_id).read_bytes(), f"version/{version_id}".encode()
+            )
         except (OSError, CryptoError) as err:
             raise RegistryError(f"blob of version {version_id!r} is missing or corrupt: {err}") from None
         if sm3_digest(adapter).hex() != record.digest:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -22,10 +21,10 @@ from flwr.serverapp.strategy import Strategy
 from fedloop.server.aggregation import TenantUpdate, UpdateRejected, check_update, lora_scaling, merge
 from fedloop.server.registry import VersionRecord
 from fedloop.server.replies import ReplyRefused, reported_metrics
-from fedloop.server.round_ledger import RoundLedger
+from fedloop.server.round_ledger import RoundLedger, RoundReport
 from fedloop.shared.adapter import AdapterState, adapter_from_bytes, adapter_to_bytes
 from fedloop.shared.crypto import CryptoError, sm3_digest
-from fedloop.shared.envelope import EnvelopeError, open_envelope, seal
+from fedloop.shared.envelope import EnvelopeError, OpenedEnvelope, open_envelope, seal
 from fedloop.shared.keys import Identity, Keyring, PartyPublicKey
 from fedloop.shared.pooled_hit_rate import pooled_hit_rate
 from fedloop.shared.protocol import (
@@ -42,31 +41,6 @@ from fedloop.shared.protocol import (
 from fedloop.shared.settings import AggregationSection, LoraSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RoundReport:
-    """What happened in one round, for the run summary."""
-
-    round: int
-    version: str | None = None
-    parent: str | None = None
-    contributors: dict[str, int] = field(default_factory=dict)
-    bytes_to_hq: dict[str, int] = field(default_factory=dict)
-    bytes_to_tenant: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # tenant -> why its update was not merged
-    refusal_reasons: dict[str, str] = field(default_factory=dict)  # tenant -> the short reason code
-    refused_by_reason: dict[str, int] = field(default_factory=dict)
-    merge_notes: dict[str, str] = field(default_factory=dict)
-    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    dataset_versions: dict[str, str] = field(default_factory=dict)  # signed by each tenant, no data behind it
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
-    started_at: float = 0.0  # wall clock when the round's first message was sealed
-    duration_s: float = 0.0  # from then until the tenants' evaluations were back
-
-    def measured(self) -> dict[str, dict[str, float]]:
-        """The evaluations of tenants that had held-out finals to measure a hit rate on."""
-        return {t: m for t, m in self.evaluation.items() if m.get(NUM_EXAMPLES, 0) > 0}
 
 
 class UpdateRefused(Exception):
@@ -142,7 +116,8 @@ class SealedMerge(Strategy):
         self._report(server_round).started_at = time.time()
         return self._sealed_messages(server_round, arrays, MessageType.TRAIN)
 
-    def _open_update(self, server_round: int, reply: Message, node_id: int) -> TenantUpdate:
+    def _verify_and_decrypt(self, server_round: int, reply: Message, node_id: int) -> OpenedEnvelope:
+        """The reply's sealed update, its signature and binding verified and its payload decrypted."""
         tenant = self.tenants.get(node_id)
         if tenant is None:
             raise UpdateRefused(f"reply from node {node_id}, which is not enrolled", "unknown-node")
@@ -161,17 +136,21 @@ class SealedMerge(Strategy):
             raise UpdateRefused(f"{tenant.name}'s reply is not a readable sealed update: {err}", "malformed") from None
         if opened.sender.key_id != tenant.key_id:
             raise UpdateRefused(f"update for {tenant.name} is signed by {opened.sender.name!r}", "wrong-sender")
+        return opened
+
+    def _validate(self, opened: OpenedEnvelope, name: str) -> TenantUpdate:
+        """The decrypted update as a merge input: a positive sample count and an adapter shaped like the current one."""
         num_examples = opened.binding.details.get(NUM_EXAMPLES)
         if not isinstance(num_examples, int) or num_examples <= 0:
-            raise UpdateRefused(f"{tenant.name}'s update carries no positive sample count", "no-samples")
+            raise UpdateRefused(f"{name}'s update carries no positive sample count", "no-samples")
         try:
             state = adapter_from_bytes(opened.payload)
-            check_update(state, self.current_state, tenant.name)
+            check_update(state, self.current_state, name)
         except UpdateRejected as err:
             raise UpdateRefused(str(err), err.reason) from None
         except Exception as err:  # safetensors raises its own error types for a corrupt blob
-            raise UpdateRefused(f"{tenant.name}'s adapter is not valid safetensors: {err}", "malformed") from None
-        return TenantUpdate(tenant.name, state, num_examples, str(opened.binding.details.get(DATASET_VERSION, "")))
+            raise UpdateRefused(f"{name}'s adapter is not valid safetensors: {err}", "malformed") from None
+        return TenantUpdate(name, state, num_examples, str(opened.binding.details.get(DATASET_VERSION, "")))
 
     def _check_not_replayed(self, reply: Message, name: str, accepted: set[str]) -> None:
         """Refuse a sealed update already seen in this run, and a second update from a tenant in one round."""
@@ -189,17 +168,32 @@ class SealedMerge(Strategy):
                 f"{name} already sent an accepted update this round; a second one is not merged", "replay"
             )
 
-    def _refuse(self, report: RoundReport, name: str, err: UpdateRefused) -> None:
-        report.refused[name] = str(err)
-        report.refusal_reasons[name] = err.reason
-        report.refused_by_reason[err.reason] = report.refused_by_reason.get(err.reason, 0) + 1
-        log.warning("round %d: refused update from %s (%s): %s", report.round, name, err.reason, err)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Verify and decrypt each update, merge the accepted ones and register the new version."""
+        """Check the replies, verify and decrypt each update, validate it, merge the accepted, record the version."""
         report = self._report(server_round)
+        updates = self._accepted_updates(server_round, replies, report)
+        if len(updates) < self.aggregation.min_tenants:
+            log.warning(
+                "round %d: %d acceptable update(s), fewer than aggregation.min_tenants = %d; global version stays %s",
+                server_round,
+                len(updates),
+                self.aggregation.min_tenants,
+                self.current.id,
+            )
+            report.contributors.clear()
+            return None, None
+        merged = self._merge(updates, report)
+        self._record(merged, report)
+        return ArrayRecord(merged), MetricRecord(
+            {"tenants": len(updates), NUM_EXAMPLES: sum(u.num_examples for u in updates)}
+        )
+
+    def _accepted_updates(
+        self, server_round: int, replies: Iterable[Message], report: RoundReport
+    ) -> list[TenantUpdate]:
+        """Each reply checked (sender, replay), verified and decrypted, validated; refused and silent ones reported."""
         updates: list[TenantUpdate] = []
         silent = dict(self.tenants)
         for reply in replies:
@@ -211,54 +205,42 @@ class SealedMerge(Strategy):
                 report.bytes_to_hq[name] = wire_size(reply.content)
             try:
                 self._check_not_replayed(reply, name, {u.tenant for u in updates})
-                update = self._open_update(server_round, reply, node_id)
+                update = self._validate(self._verify_and_decrypt(server_round, reply, node_id), name)
                 figures = reported_metrics(reply.content, training=True)
             except ReplyRefused as err:
-                self._refuse(report, name, UpdateRefused(f"{name}: {err}", err.reason))
+                report.refuse(name, f"{name}: {err}", err.reason)
                 continue
             except UpdateRefused as err:
-                self._refuse(report, name, err)
+                report.refuse(name, str(err), err.reason)
                 continue
             updates.append(update)
-            report.contributors[update.tenant] = update.num_examples
-            report.dataset_versions[update.tenant] = update.dataset_version
-            report.train_metrics[update.tenant] = figures
+            report.accept(update.tenant, update.num_examples, update.dataset_version, figures)
         for tenant in silent.values():
-            self._refuse(
-                report,
-                tenant.name,
-                UpdateRefused(
-                    f"{tenant.name} sent no reply within the round's timeout (federation.round_timeout_s)", "no-reply"
-                ),
-            )
-        if len(updates) < self.aggregation.min_tenants:
-            log.warning(
-                "round %d: %d acceptable update(s), fewer than aggregation.min_tenants = %d; global version stays %s",
-                server_round,
-                len(updates),
-                self.aggregation.min_tenants,
-                self.current.id,
-            )
-            report.contributors.clear()
-            return None, None
+            message = f"{tenant.name} sent no reply within the round's timeout (federation.round_timeout_s)"
+            report.refuse(tenant.name, message, "no-reply")
+        return updates
+
+    def _merge(self, updates: list[TenantUpdate], report: RoundReport) -> AdapterState:
+        """The accepted updates merged onto the current version (aggregation.method); notes go to the report."""
         merged, report.merge_notes = merge(updates, self.current_state, self.scaling, self.aggregation)
         for name, note in report.merge_notes.items():
-            log.warning("round %d: %s: %s", server_round, name, note)
+            log.warning("round %d: %s: %s", report.round, name, note)
+        return merged
+
+    def _record(self, merged: AdapterState, report: RoundReport) -> None:
+        """Register the merged adapter as the next version, which becomes the current one."""
         record = self.ledger.record_version(
-            merged, self.current, self.rounds_before + server_round, self.aggregation.method, report.contributors
+            merged, self.current, self.rounds_before + report.round, self.aggregation.method, report.contributors
         )
         log.info(
             "round %d: version %s (parent %s, %s) from %s",
-            server_round,
+            report.round,
             record.id,
             record.parent,
             self.aggregation.method,
             ", ".join(f"{t}={n}" for t, n in report.contributors.items()),
         )
         report.version, report.parent, self.current, self.current_state = record.id, record.parent, record, merged
-        return ArrayRecord(merged), MetricRecord(
-            {"tenants": len(updates), NUM_EXAMPLES: sum(u.num_examples for u in updates)}
-        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

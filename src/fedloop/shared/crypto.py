@@ -64,17 +64,17 @@ def sm4_gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> 
         ) from None
 
 
-def seal_field(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def encrypt_field(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt one value at rest: a fresh nonce followed by the SM4-GCM ciphertext."""
     nonce = os.urandom(GCM_NONCE_BYTES)
     return nonce + sm4_gcm_encrypt(key, nonce, plaintext, aad)
 
 
-def open_field(key: bytes, sealed: bytes, aad: bytes) -> bytes:
-    """Decrypt a value written by `seal_field` with the same key and associated data."""
-    if len(sealed) < GCM_NONCE_BYTES + GCM_TAG_BYTES:
-        raise CryptoError("sealed value is truncated")
-    return sm4_gcm_decrypt(key, sealed[:GCM_NONCE_BYTES], sealed[GCM_NONCE_BYTES:], aad)
+def decrypt_field(key: bytes, encrypted: bytes, aad: bytes) -> bytes:
+    """Decrypt a value written by `encrypt_field` with the same key and associated data."""
+    if len(encrypted) < GCM_NONCE_BYTES + GCM_TAG_BYTES:
+        raise CryptoError("encrypted value is truncated")
+    return sm4_gcm_decrypt(key, encrypted[:GCM_NONCE_BYTES], encrypted[GCM_NONCE_BYTES:], aad)
 
 
 def hmac_sm3(key: bytes, data: bytes) -> bytes:

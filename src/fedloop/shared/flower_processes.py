@@ -5,7 +5,7 @@ same environment as fedloop) and the Flower CLI configuration they read; the
 transport, TLS and SuperNode authentication are Flower's. TLS is always on:
 there is no insecure mode. Nothing is installed at run time
 (`--disable-runtime-dependency-installation`): the Flower App bundle carries
-only `src/fedloop/server/flower_app/pyproject.toml`, whose components are fedloop's.
+only HQ's `src/fedloop/server/flower_app/pyproject.toml` (HQ passes its folder), whose components are fedloop's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import tomli_w
 from fedloop.shared.end_with_parent import launcher
 from fedloop.shared.files import FilePermissionError, require_private, write_atomic
 
-FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "server" / "flower_app"
 CONNECTION = "fedloop"
 
 
@@ -201,15 +200,20 @@ def register_node(home: Path, public_key: Path, name: str) -> str:
 
 
 def submit_run(
-    home: Path, settings: Path, stream: bool = True, timeout: float | None = None, continuous: bool = False
+    home: Path,
+    app_dir: Path,
+    settings: Path,
+    stream: bool = True,
+    timeout: float | None = None,
+    continuous: bool = False,
 ) -> int:
-    """`flwr run` the fedloop Flower App with HQ's settings (`continuous`: rounds from feedback counts, until
-    stopped); streams its log; returns the exit status."""
+    """`flwr run` the Flower App in `app_dir` (HQ's) with HQ's settings (`continuous`: rounds from feedback
+    counts, until stopped); streams its log; returns the exit status."""
     config = {"settings": str(settings.resolve()), "home": str(home.resolve()), "workdir": str(Path.cwd())}
     run_config = _config_file(
         flower_home(home) / "run-config.toml", {**config, **({"continuous": True} if continuous else {})}
     )
-    command = [flower_executable("flwr"), "run", str(FLOWER_APP_DIR), CONNECTION, "--run-config", str(run_config)]
+    command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config)]
     if stream:
         command.append("--stream")
     return subprocess.run(command, env=flower_env(home), timeout=timeout).returncode

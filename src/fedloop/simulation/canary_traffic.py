@@ -28,7 +28,7 @@ from fedloop.client.release.arm_tally import covariates_of
 from fedloop.client.release.comparison import interval_level
 from fedloop.client.release.sequential import half_width
 from fedloop.client.release.user_statistics import Floats, adjusted_gap, user_sums
-from fedloop.client.store_api import UserRates
+from fedloop.client.store.api import UserRates
 from fedloop.client.tenant_settings import ReleaseSection
 
 BASE_RATE = 0.30  # the serving version's mean accept rate, and its mean reject rate

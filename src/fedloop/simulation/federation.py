@@ -13,7 +13,7 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.store.api import ReleaseRecord
 from fedloop.client.tenant_settings import load_tenant_settings
 from fedloop.server.app import build_server_app
 from fedloop.shared.keys import init_keys, key_paths, load_identity

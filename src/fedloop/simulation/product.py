@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedloop.client.feedback import Action, FeedbackError
+from fedloop.client.ingest.recorder import Action, FeedbackError
 from fedloop.client.samples.curation import text_similarity
 from fedloop.client.serve.drafts import DraftRequest, DraftService
 

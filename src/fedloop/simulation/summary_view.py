@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.store.api import ReleaseRecord
 from fedloop.simulation.product import ServedRound
 
 

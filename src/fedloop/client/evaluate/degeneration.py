@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from fedloop.client.evaluate.drift import GateResult
-from fedloop.client.store_api import EvaluationKind
+from fedloop.client.store.api import EvaluationKind
 
 TOKEN = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]")  # a CJK character, a word, or a punctuation mark
 NGRAM = 3

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import EvaluationKind
+from fedloop.client.store.api import EvaluationKind
 from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
 
 

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from fedloop.client.evaluate.drift import GateResult
 from fedloop.client.samples.curation import text_similarity
 from fedloop.client.samples.held_out import Reference
-from fedloop.client.store_api import EvaluationKind
+from fedloop.client.store.api import EvaluationKind
 from fedloop.client.train.generate import generate_replies
 from fedloop.shared.adapter import AdapterState, adapter_state, load_adapter_state
 from fedloop.shared.intervals import wilson_interval

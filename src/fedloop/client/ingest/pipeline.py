@@ -21,7 +21,7 @@ from fedloop.client.privacy.finders import Finder
 from fedloop.client.privacy.placeholders import Finding, PlaceholderMap, apply_placeholders
 from fedloop.client.samples.curation import BASE_REWARDS, Curator
 from fedloop.client.samples.signals import absence_flags, immediate_flags
-from fedloop.client.store_api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
+from fedloop.client.store.api import DraftRecord, FeedbackStoreAPI, OutcomeRecord, SignalRecord
 from fedloop.client.tenant_settings import IngestSection, TenantSettings
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.crypto import hmac_sm3

@@ -19,9 +19,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fedloop.client.bearer import bearer_accepted, load_api_keys
+from fedloop.client.ingest.runtime import TenantRuntime
 from fedloop.client.ingest.validation import IngestError
 from fedloop.client.release.controller import ReleaseController
-from fedloop.client.tenant_runtime import TenantRuntime
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.files import require_private_setting
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from fedloop.client.store_api import Action
+from fedloop.client.store.api import Action
 from fedloop.client.tenant_settings import IngestSection
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.echo import echoed

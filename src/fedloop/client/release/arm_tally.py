@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedloop.client.release.user_statistics import METRICS, WIDTH, Floats, shrunk_rate, user_sums
-from fedloop.client.store_api import Action, FeedbackStoreAPI, UserRates
+from fedloop.client.store.api import Action, FeedbackStoreAPI, UserRates
 
 DAY_MS = 86_400_000
 

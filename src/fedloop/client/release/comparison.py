@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fedloop.client.release.sequential import GapInterval, gap_interval, half_width
 from fedloop.client.release.user_statistics import Floats, adjusted_gap, rates
-from fedloop.client.store_api import ArmStats
+from fedloop.client.store.api import ArmStats
 from fedloop.client.tenant_settings import ReleaseSection
 
 ROLLBACK_TESTS = 3  # hit rate, reject rate, complaint rate share the error budget ...

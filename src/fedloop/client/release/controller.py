@@ -41,7 +41,7 @@ from collections.abc import Callable
 from fedloop.client.release.arm_tally import Window, WindowTally
 from fedloop.client.release.canary import in_canary
 from fedloop.client.release.comparison import Comparison, arm_stats
-from fedloop.client.store_api import BASE_VERSION, EvaluationKind, FeedbackStoreAPI, ReleaseRecord
+from fedloop.client.store.api import BASE_VERSION, EvaluationKind, FeedbackStoreAPI, ReleaseRecord
 from fedloop.client.tenant_settings import ReleaseSection
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 from fedloop.client.release.controller import GUARD, ReleaseController
 from fedloop.client.store import FeedbackStore
-from fedloop.client.store_api import ReleaseRecord
+from fedloop.client.store.api import ReleaseRecord
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.shared.adapter import adapter_from_bytes, export_peft, portable_model_name
 from fedloop.shared.files import write_atomic

@@ -29,7 +29,7 @@ from rapidfuzz import fuzz
 from fedloop.client.privacy.moderation import ModerationFilter
 from fedloop.client.samples.held_out import cluster_of_new_sample
 from fedloop.client.samples.minhash_index import NearDuplicateIndex, signature, signature_bytes, signature_from_bytes
-from fedloop.client.store_api import (
+from fedloop.client.store.api import (
     BASELINE_POOLS,
     Action,
     DraftRecord,

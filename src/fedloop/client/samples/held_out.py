@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedloop.client.store_api import (
+from fedloop.client.store.api import (
     APART_CLUSTER,
     HELD_OUT_CLUSTER,
     Action,

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedloop.client.store_api import FeedbackStoreAPI, Pool, SampleQuery, SampleRecord, SampleStatus
+from fedloop.client.store.api import FeedbackStoreAPI, Pool, SampleQuery, SampleRecord, SampleStatus
 
 POOLS: tuple[Pool, ...] = tuple(Pool)  # lifecycle order
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedloop.client.samples.curation import text_similarity
-from fedloop.client.store_api import SignalRecord
+from fedloop.client.store.api import SignalRecord
 from fedloop.client.tenant_settings import SignalsSection
 
 CONVERSIONS = {"CTA_CLICKED", "ORDER_EVENT", "CART_EVENT"}

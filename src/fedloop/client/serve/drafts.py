@@ -22,7 +22,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from fedloop.client.feedback import Action, FeedbackError, FeedbackRecorder
+from fedloop.client.ingest.recorder import Action, FeedbackError, FeedbackRecorder
+from fedloop.client.ingest.runtime import TenantRuntime
 from fedloop.client.ingest.validation import CONTEXT_ROLES, IngestError, check_identifier, check_text
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.release.loop import ReleaseLoop
@@ -35,8 +36,7 @@ from fedloop.client.serve.engine import (
     GenerationRequest,
     Sampling,
 )
-from fedloop.client.store_api import ChatMessage, ReleaseRecord
-from fedloop.client.tenant_runtime import TenantRuntime
+from fedloop.client.store.api import ChatMessage, ReleaseRecord
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.shared.adapter import adapter_from_bytes
 from fedloop.shared.echo import echoed

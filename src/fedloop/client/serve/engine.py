@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fedloop.client.store_api import ChatMessage
+from fedloop.client.store.api import ChatMessage
 from fedloop.shared.adapter import AdapterState
 
 

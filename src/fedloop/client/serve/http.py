@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedloop.client.feedback import FeedbackError
+from fedloop.client.ingest.recorder import FeedbackError
 from fedloop.client.serve.drafts import Draft, DraftRequest, DraftService, PendingDraft
 from fedloop.client.serve.engine import Generation, Sampling
 from fedloop.client.serve.guard import RequestGuard

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedloop.client.store_api import ChatMessage
+from fedloop.client.store.api import ChatMessage
 from fedloop.shared.echo import echoed
 
 METADATA_KEYS = ("user", "session_id", "prompt_version", "draft_id")

@@ -40,7 +40,7 @@ from fedloop.client.serve.engine import (
     GenerationRequest,
 )
 from fedloop.client.serve.running_batch import RunningBatch, joinable
-from fedloop.client.store_api import BASE_VERSION, ChatMessage
+from fedloop.client.store.api import BASE_VERSION, ChatMessage
 from fedloop.client.tenant_settings import ServeSection
 from fedloop.client.train.generate import chat_text
 from fedloop.shared.adapter import CPU_FLOAT32, AdapterState, Placement, load_base_model, peft_config

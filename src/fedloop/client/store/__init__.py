@@ -1,4 +1,4 @@
-"""The tenant's store: SQLite by default, split into repositories by what they store (client/store_api.py)."""
+"""The tenant's store: what it holds and the interface (api.py), SQLite by default, row encryption and MACs."""
 
 from fedloop.client.store.schema import ENCRYPTED_COLUMNS
 from fedloop.client.store.sqlite_store import FeedbackStore

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 
 from fedloop.client.privacy.placeholders import PlaceholderMap
-from fedloop.client.store.sealing import RowSealer
-from fedloop.client.store_api import Action, DraftRecord, OutcomeRecord, SignalRecord, UserRates, WindowEvent
+from fedloop.client.store.api import Action, DraftRecord, OutcomeRecord, SignalRecord, UserRates, WindowEvent
+from fedloop.client.store.row_encryption import RowCipher
 
 _KEYS_PER_QUERY = 500  # keys in one `IN (...)`: well under SQLite's limit of bound parameters
 
@@ -17,20 +17,20 @@ _KEYS_PER_QUERY = 500  # keys in one `IN (...)`: well under SQLite's limit of bo
 class SqliteDraftRepository:
     """The `DraftRepository` of a SQLite store (texts encrypted, drafts and outcomes authenticated)."""
 
-    def __init__(self, sealer: RowSealer) -> None:
-        self._sealer = sealer
-        self._db = sealer.db
+    def __init__(self, cipher: RowCipher) -> None:
+        self._cipher = cipher
+        self._db = cipher.db
 
     # -- events (idempotency) -----------------------------------------------------------------
     def event_mac(self, event_id: str) -> str | None:
         """The content MAC stored for `event_id`, or None if it was never stored."""
-        row = self._sealer.checked_row("events", "event_id = ?", (event_id,))
+        row = self._cipher.checked_row("events", "event_id = ?", (event_id,))
         return None if row is None else str(row["content_mac"])
 
     def insert_event(self, event_id: str, kind: str, content_mac: str) -> None:
         """Remember that `event_id` was stored with this content MAC."""
         columns = {"event_id": event_id, "kind": kind, "content_mac": content_mac, "received_at": time.time()}
-        self._sealer.insert("events", columns)
+        self._cipher.insert("events", columns)
 
     def count_events(self) -> int:
         """How many distinct events are stored."""
@@ -43,33 +43,33 @@ class SqliteDraftRepository:
             "id": draft.id,
             "user_pseudonym": draft.user_pseudonym,
             "session_pseudonym": draft.session_pseudonym,
-            "prompt": self._sealer.seal("drafts", "prompt", draft.id, draft.prompt),
-            "draft": self._sealer.seal("drafts", "draft", draft.id, draft.draft),
+            "prompt": self._cipher.encrypt("drafts", "prompt", draft.id, draft.prompt),
+            "draft": self._cipher.encrypt("drafts", "draft", draft.id, draft.draft),
             "model_version": draft.model_version,
             "prompt_version": draft.prompt_version,
             "position": draft.position,
             "shown_at_ms": draft.shown_at_ms,
-            "context": self._sealer.seal_messages("drafts", "context", draft.id, draft.context),
+            "context": self._cipher.encrypt_messages("drafts", "context", draft.id, draft.context),
         }
-        self._sealer.insert("drafts", columns)
+        self._cipher.insert("drafts", columns)
 
     def get_draft(self, draft_id: str) -> DraftRecord | None:
         """A stored draft, decrypted, or None."""
         row = self._db.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
         if row is None:
             return None
-        self._sealer.check("drafts", row)
+        self._cipher.check("drafts", row)
         return DraftRecord(
             id=row["id"],
             user_pseudonym=row["user_pseudonym"],
             session_pseudonym=row["session_pseudonym"],
-            prompt=self._sealer.open_text("drafts", "prompt", row["id"], row["prompt"]) or "",
-            draft=self._sealer.open_text("drafts", "draft", row["id"], row["draft"]) or "",
+            prompt=self._cipher.decrypt_text("drafts", "prompt", row["id"], row["prompt"]) or "",
+            draft=self._cipher.decrypt_text("drafts", "draft", row["id"], row["draft"]) or "",
             model_version=row["model_version"],
             prompt_version=row["prompt_version"],
             position=row["position"],
             shown_at_ms=row["shown_at_ms"],
-            context=self._sealer.open_messages("drafts", "context", row["id"], row["context"]),
+            context=self._cipher.decrypt_messages("drafts", "context", row["id"], row["context"]),
         )
 
     def has_outcome(self, draft_id: str) -> bool:
@@ -81,23 +81,23 @@ class SqliteDraftRepository:
         columns = {
             "draft_id": outcome.draft_id,
             "action": str(outcome.action),
-            "final_text": self._sealer.seal("outcomes", "final_text", outcome.draft_id, outcome.final_text),
+            "final_text": self._cipher.encrypt("outcomes", "final_text", outcome.draft_id, outcome.final_text),
             "dwell_ms": outcome.dwell_ms,
             "reward": outcome.reward,
             "decided_at_ms": outcome.decided_at_ms,
         }
-        self._sealer.insert("outcomes", columns)
+        self._cipher.insert("outcomes", columns)
 
     def get_outcome(self, draft_id: str) -> OutcomeRecord | None:
         """The outcome of a draft, decrypted, or None."""
         row = self._db.execute("SELECT * FROM outcomes WHERE draft_id = ?", (draft_id,)).fetchone()
         if row is None:
             return None
-        self._sealer.check("outcomes", row)
+        self._cipher.check("outcomes", row)
         return OutcomeRecord(
             draft_id=row["draft_id"],
             action=Action(row["action"]),
-            final_text=self._sealer.open_text("outcomes", "final_text", row["draft_id"], row["final_text"]),
+            final_text=self._cipher.decrypt_text("outcomes", "final_text", row["draft_id"], row["final_text"]),
             dwell_ms=row["dwell_ms"],
             reward=row["reward"],
             decided_at_ms=row["decided_at_ms"],
@@ -172,19 +172,19 @@ class SqliteDraftRepository:
                 f"SELECT rowid AS event_rowid, * FROM {table} WHERE {column} IN ({', '.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
-        return sorted((self._sealer.check(table, row) for row in rows), key=lambda row: row["event_rowid"])
+        return sorted((self._cipher.check(table, row) for row in rows), key=lambda row: row["event_rowid"])
 
     def user_rates(self, since_ms: int, until_ms: int) -> list[UserRates]:
         """Per user: decided drafts shown in [since_ms, until_ms) and how many were accepted, rejected, flagged by a
         rule. Every row counted is checked against its row MAC."""
         span = "shown_at_ms >= ? AND shown_at_ms < ?"
-        drafts = self._sealer.checked_rows("drafts", span, (since_ms, until_ms))
+        drafts = self._cipher.checked_rows("drafts", span, (since_ms, until_ms))
         inside = f"draft_id IN (SELECT id FROM drafts WHERE {span})"
         outcomes = {
             row["draft_id"]: Action(row["action"])
-            for row in self._sealer.checked_rows("outcomes", inside, (since_ms, until_ms))
+            for row in self._cipher.checked_rows("outcomes", inside, (since_ms, until_ms))
         }
-        flagged = {row["draft_id"] for row in self._sealer.checked_rows("problems", inside, (since_ms, until_ms))}
+        flagged = {row["draft_id"] for row in self._cipher.checked_rows("problems", inside, (since_ms, until_ms))}
         per_user: dict[str, list[int]] = {}
         for draft in drafts:
             action = outcomes.get(draft["id"])
@@ -206,10 +206,10 @@ class SqliteDraftRepository:
             "session_pseudonym": signal.session_pseudonym,
             "kind": signal.kind,
             "draft_id": signal.draft_id,
-            "value": self._sealer.seal("signals", "value", signal.event_id, signal.value),
+            "value": self._cipher.encrypt("signals", "value", signal.event_id, signal.value),
             "at_ms": signal.at_ms,
         }
-        self._sealer.insert("signals", columns)
+        self._cipher.insert("signals", columns)
 
     def session_signals(self, session_pseudonym: str, limit: int = 200) -> list[SignalRecord]:
         """The latest `limit` signals of a session, oldest first, decrypted."""
@@ -219,7 +219,7 @@ class SqliteDraftRepository:
             (session_pseudonym, limit),
         ).fetchall()
         for row in rows:
-            self._sealer.check("signals", row)
+            self._cipher.check("signals", row)
         return [
             SignalRecord(
                 event_id=r["event_id"],
@@ -227,7 +227,7 @@ class SqliteDraftRepository:
                 session_pseudonym=r["session_pseudonym"],
                 kind=r["kind"],
                 draft_id=r["draft_id"],
-                value=self._sealer.open_text("signals", "value", r["event_id"], r["value"]),
+                value=self._cipher.decrypt_text("signals", "value", r["event_id"], r["value"]),
                 at_ms=r["at_ms"],
             )
             for r in rows
@@ -259,12 +259,12 @@ class SqliteDraftRepository:
             "model_version": model_version,
             "detected_at_ms": at_ms,
         }
-        return self._sealer.insert("problems", columns, "OR IGNORE")
+        return self._cipher.insert("problems", columns, "OR IGNORE")
 
     def problem_rate(self, problem_type: str, model_version: str) -> tuple[int, int]:
         """(drafts of `model_version` flagged with `problem_type`, all drafts of `model_version`)."""
         flagged = len(
-            self._sealer.checked_rows(
+            self._cipher.checked_rows(
                 "problems", "problem_type = ? AND model_version = ?", (problem_type, model_version)
             )
         )
@@ -275,7 +275,7 @@ class SqliteDraftRepository:
 
     def problem_types(self) -> list[str]:
         """Every problem type a derived-signal rule has flagged so far."""
-        return sorted({row["problem_type"] for row in self._sealer.checked_rows("problems")})
+        return sorted({row["problem_type"] for row in self._cipher.checked_rows("problems")})
 
     # -- vault ----------------------------------------------------------------------------------
     def placeholder_map(self, record_id: str) -> PlaceholderMap:
@@ -287,9 +287,9 @@ class SqliteDraftRepository:
 
     def vault_add(self, record_id: str, placeholder: str, original: str) -> None:
         """Keep the original behind a placeholder, encrypted."""
-        sealed = self._sealer.seal("vault", "original", _vault_key(record_id, placeholder), original)
+        encrypted = self._cipher.encrypt("vault", "original", _vault_key(record_id, placeholder), original)
         self._db.execute(
-            "INSERT INTO vault (record_id, placeholder, original) VALUES (?, ?, ?)", (record_id, placeholder, sealed)
+            "INSERT INTO vault (record_id, placeholder, original) VALUES (?, ?, ?)", (record_id, placeholder, encrypted)
         )
 
     def vault_lookup(self, record_id: str, placeholder: str) -> str | None:
@@ -299,8 +299,8 @@ class SqliteDraftRepository:
         ).fetchone()
         return None if row is None else self._original(record_id, placeholder, row["original"])
 
-    def _original(self, record_id: str, placeholder: str, sealed: bytes) -> str:
-        return self._sealer.open_text("vault", "original", _vault_key(record_id, placeholder), sealed) or ""
+    def _original(self, record_id: str, placeholder: str, encrypted: bytes) -> str:
+        return self._cipher.decrypt_text("vault", "original", _vault_key(record_id, placeholder), encrypted) or ""
 
 
 def _vault_key(record_id: str, placeholder: str) -> str:

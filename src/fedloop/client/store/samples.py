@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from fedloop.client.store.sealing import RowSealer
-from fedloop.client.store_api import (
+from fedloop.client.store.api import (
     APART_CLUSTER,
     HELD_OUT_CLUSTER,
     Pool,
@@ -17,30 +16,31 @@ from fedloop.client.store_api import (
     SampleStatus,
     Slice,
 )
+from fedloop.client.store.row_encryption import RowCipher
 
 
 class SqliteSampleRepository:
     """The `SampleRepository` of a SQLite store (texts and signatures encrypted, rows authenticated)."""
 
-    def __init__(self, sealer: RowSealer, atomic: Callable[[], AbstractContextManager[None]]) -> None:
-        self._sealer = sealer
-        self._db = sealer.db
+    def __init__(self, cipher: RowCipher, atomic: Callable[[], AbstractContextManager[None]]) -> None:
+        self._cipher = cipher
+        self._db = cipher.db
         self._atomic = atomic  # the store's write unit: a change and its new MAC are written together
 
     def insert(self, sample: SampleRecord, signature: bytes) -> None:
         """Store a curated sample with its MinHash signature (both encrypted)."""
-        seal = self._sealer.seal
-        self._sealer.insert(
+        encrypt = self._cipher.encrypt
+        self._cipher.insert(
             "samples",
             {
                 "id": sample.id,
                 "draft_id": sample.draft_id,
                 "cluster_id": sample.cluster_id,
                 "user_pseudonym": sample.user_pseudonym,
-                "prompt": seal("samples", "prompt", sample.id, sample.prompt),
-                "target": seal("samples", "target", sample.id, sample.target),
-                "rejected": seal("samples", "rejected", sample.id, sample.rejected),
-                "signature": seal("samples", "signature", sample.id, signature),
+                "prompt": encrypt("samples", "prompt", sample.id, sample.prompt),
+                "target": encrypt("samples", "target", sample.id, sample.target),
+                "rejected": encrypt("samples", "rejected", sample.id, sample.rejected),
+                "signature": encrypt("samples", "signature", sample.id, signature),
                 "reward": sample.reward,
                 "weight": sample.weight,
                 "pool": str(sample.pool),
@@ -51,7 +51,7 @@ class SqliteSampleRepository:
                 "reason": sample.reason,
                 "label": sample.label,
                 "created_at_ms": sample.created_at_ms,
-                "context": self._sealer.seal_messages("samples", "context", sample.id, sample.context),
+                "context": self._cipher.encrypt_messages("samples", "context", sample.id, sample.context),
             },
         )
 
@@ -87,16 +87,16 @@ class SqliteSampleRepository:
         return [self._record(row) for row in rows]
 
     def _record(self, row: sqlite3.Row) -> SampleRecord:
-        self._sealer.check("samples", row)
+        self._cipher.check("samples", row)
         sample_id = row["id"]
         return SampleRecord(
             id=sample_id,
             draft_id=row["draft_id"],
             cluster_id=row["cluster_id"],
             user_pseudonym=row["user_pseudonym"],
-            prompt=self._sealer.open_text("samples", "prompt", sample_id, row["prompt"]) or "",
-            target=self._sealer.open_text("samples", "target", sample_id, row["target"]),
-            rejected=self._sealer.open_text("samples", "rejected", sample_id, row["rejected"]),
+            prompt=self._cipher.decrypt_text("samples", "prompt", sample_id, row["prompt"]) or "",
+            target=self._cipher.decrypt_text("samples", "target", sample_id, row["target"]),
+            rejected=self._cipher.decrypt_text("samples", "rejected", sample_id, row["rejected"]),
             reward=row["reward"],
             weight=row["weight"],
             pool=Pool(row["pool"]),
@@ -107,7 +107,7 @@ class SqliteSampleRepository:
             reason=row["reason"],
             label=row["label"],
             created_at_ms=row["created_at_ms"],
-            context=self._sealer.open_messages("samples", "context", sample_id, row["context"]),
+            context=self._cipher.decrypt_messages("samples", "context", sample_id, row["context"]),
         )
 
     def move(self, sample_id: str, pool: Pool) -> None:
@@ -129,16 +129,16 @@ class SqliteSampleRepository:
     def _update(self, sample_id: str, changes: dict[str, object]) -> None:
         """Change plain columns of one sample and re-MAC it; an edited row is refused, not laundered."""
         with self._atomic():
-            self._sealer.checked_rows("samples", "id = ?", (sample_id,))
+            self._cipher.checked_rows("samples", "id = ?", (sample_id,))
             assignments = ", ".join(f"{column} = ?" for column in changes)
             self._db.execute(f"UPDATE samples SET {assignments} WHERE id = ?", (*changes.values(), sample_id))
-            self._sealer.set_row_mac("samples", sample_id)
+            self._cipher.set_row_mac("samples", sample_id)
 
     def signatures(self) -> list[tuple[str, str, bytes]]:
         """(sample id, cluster id, MinHash signature) of every sample, for rebuilding the LSH index."""
         rows = self._db.execute("SELECT id, cluster_id, signature FROM samples").fetchall()
         return [
-            (r["id"], r["cluster_id"], self._sealer.open_bytes("samples", "signature", r["id"], r["signature"]))
+            (r["id"], r["cluster_id"], self._cipher.decrypt_bytes("samples", "signature", r["id"], r["signature"]))
             for r in rows
         ]
 
@@ -171,10 +171,10 @@ class SqliteSampleRepository:
 
     def breaker_state(self) -> tuple[bool, str | None]:
         """(tripped, reason) of the moderation breaker."""
-        row = self._sealer.checked_row("breaker", "id = 1")
+        row = self._cipher.checked_row("breaker", "id = 1")
         return (False, None) if row is None else (bool(row["tripped"]), row["reason"])
 
     def set_breaker(self, tripped: bool, reason: str | None) -> None:
         """Trip or reset the moderation breaker."""
         columns = {"id": 1, "tripped": int(tripped), "reason": reason, "changed_at": time.time()}
-        self._sealer.insert("breaker", columns, "OR REPLACE")
+        self._cipher.insert("breaker", columns, "OR REPLACE")

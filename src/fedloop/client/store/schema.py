@@ -91,7 +91,7 @@ MACED_COLUMNS: dict[str, tuple[str, ...]] = {
 # Tables without a row MAC, and what protects them instead.
 UNMACED_TABLES = {
     **UNMACED_EVERYWHERE,
-    "vault": "its one plain value is the placeholder, and the original is SM4-GCM sealed to record/placeholder",
+    "vault": "its one plain value is the placeholder, and the original is SM4-GCM encrypted for record/placeholder",
 }
 # Columns added after stores were first written: (table, column, type); a store without one gets it on open.
 ADDED_COLUMNS = (("drafts", "context", "BLOB"), ("samples", "context", "BLOB"))

@@ -2,7 +2,7 @@
 
 User and session ids are stored only as keyed SM3 HMAC pseudonyms. Writes
 happen inside `transaction()`, so an ingested batch is stored whole or not at
-all. `FeedbackStoreAPI` (src/fedloop/client/store_api.py) is the interface a PostgreSQL
+all. `FeedbackStoreAPI` (src/fedloop/client/store/api.py) is the interface a PostgreSQL
 implementation would fill.
 """
 
@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedloop.client.store.drafts import SqliteDraftRepository
+from fedloop.client.store.row_encryption import RowCipher
 from fedloop.client.store.samples import SqliteSampleRepository
 from fedloop.client.store.schema import ADDED_COLUMNS, ENCRYPTED_COLUMNS, SCHEMA
-from fedloop.client.store.sealing import RowSealer
 from fedloop.client.store.versions import SqliteVersionRepository
 from fedloop.shared.audit import AuditLog, audit_key
 from fedloop.shared.crypto import hmac_sm3
@@ -38,12 +38,12 @@ class FeedbackStore:
         self._db.row_factory = sqlite3.Row  # every repository reads columns by name
         self._add_missing_columns()
         self._lock = threading.RLock()
-        self._sealer = RowSealer(self._db, keys, pseudonym_key, self._atomic)
+        self._cipher = RowCipher(self._db, keys, pseudonym_key, self._atomic)
         self.audit_log = AuditLog(self._db, audit_key(pseudonym_key))
-        self.drafts = SqliteDraftRepository(self._sealer)
-        self.samples = SqliteSampleRepository(self._sealer, self._atomic)
-        self.versions = SqliteVersionRepository(self._sealer)
-        self._sealer.authenticate_old_rows(self.audit_log)
+        self.drafts = SqliteDraftRepository(self._cipher)
+        self.samples = SqliteSampleRepository(self._cipher, self._atomic)
+        self.versions = SqliteVersionRepository(self._cipher)
+        self._cipher.authenticate_old_rows(self.audit_log)
         self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
     def _columns(self, table: str) -> set[str]:
@@ -61,7 +61,7 @@ class FeedbackStore:
 
     def use_keys(self, keys: StorageKeyring) -> None:
         """Switch to a (rotated) keyring: new writes use its active key, old values stay readable."""
-        self._sealer.keys = keys
+        self._cipher.keys = keys
         with self._lock:
             self.audit_log.note_first_use("storage-key", [f"storage key {n}" for n in sorted(keys.keys)])
 
@@ -99,25 +99,25 @@ class FeedbackStore:
             self.audit_log.append(actor, action, subject)
 
     def reencrypt_batch(self, batch_size: int = 500) -> int:
-        """Re-encrypt up to `batch_size` values sealed with a non-active key; returns how many were done.
+        """Re-encrypt up to `batch_size` values encrypted with a non-active key; returns how many were done.
 
         Each batch is its own short transaction, so ingestion keeps running during a rotation.
         """
         done = 0
-        keys = self._sealer.keys
+        keys = self._cipher.keys
         with self.transaction():
             for table, (key_expr, columns) in ENCRYPTED_COLUMNS.items():
                 for column in columns:
                     rows = self._db.execute(
-                        f"SELECT rowid AS row_number, {key_expr} AS row_key, {column} AS sealed FROM {table} "
+                        f"SELECT rowid AS row_number, {key_expr} AS row_key, {column} AS encrypted FROM {table} "
                         f"WHERE {column} IS NOT NULL AND substr({column}, {KEY_TAG_POSITION}, 2) != ? LIMIT ?",
                         (keys.active_tag(), batch_size - done),
                     ).fetchall()
                     for row in rows:
                         aad = f"{table}/{column}/{row['row_key']}".encode()
-                        resealed = keys.seal(keys.open(row["sealed"], aad), aad)
+                        reencrypted = keys.encrypt(keys.decrypt(row["encrypted"], aad), aad)
                         self._db.execute(
-                            f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (resealed, row["row_number"])
+                            f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (reencrypted, row["row_number"])
                         )
                         done += 1
                     if done >= batch_size:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import ChatMessage, TrainingExample
+from fedloop.client.store.api import ChatMessage, TrainingExample
 from fedloop.client.train.generate import chat_text
 from fedloop.shared.settings import TrainSection
 

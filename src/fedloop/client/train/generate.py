@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedloop.client.store_api import ChatMessage
+from fedloop.client.store.api import ChatMessage
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage]) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import TrainingExample
+from fedloop.client.store.api import TrainingExample
 from fedloop.client.train.recipe import TrainReport, run_recipe
 from fedloop.shared.adapter import LORA_B, AdapterState
 from fedloop.shared.settings import TrainSection

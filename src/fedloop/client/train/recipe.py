@@ -25,7 +25,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from fedloop.client.store_api import ChatMessage, TrainingExample
+from fedloop.client.store.api import ChatMessage, TrainingExample
 from fedloop.client.train.data import WeightedExample, collate, curriculum, encode, mix
 from fedloop.client.train.losses import dpo_loss, kto_loss, sequence_logprobs, weighted_sft_loss
 from fedloop.shared.settings import TrainSection

@@ -5,7 +5,7 @@ signals, derived problems and the PII vault), samples and their pools, versions
 and evaluations (with the release pointer), and the audit log. Each is a
 repository protocol asked in types (records, enums, `SampleQuery`), never in SQL,
 so a PostgreSQL store for large tenants fills the same `FeedbackStoreAPI` as the
-SQLite one (src/fedloop/client/store/). Texts in these records are already redacted and ids
+SQLite one (sqlite_store.py). Texts in these records are already redacted and ids
 already pseudonymised when they reach a store.
 """
 

@@ -16,14 +16,14 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
+from fedloop.client.store.api import ChatMessage
 from fedloop.client.store.schema import MACED_COLUMNS
-from fedloop.client.store_api import ChatMessage
 from fedloop.shared.crypto import hmac_sm3
 from fedloop.shared.row_macs import RowAuthenticator
 from fedloop.shared.storage_keys import StorageKeyring
 
 
-class RowSealer(RowAuthenticator):
+class RowCipher(RowAuthenticator):
     """Encryption of values and authentication of rows (MACED_COLUMNS) for one store's connection."""
 
     def __init__(
@@ -36,26 +36,28 @@ class RowSealer(RowAuthenticator):
         super().__init__(db, hmac_sm3(pseudonym_key, b"fedloop/row-mac/1"), MACED_COLUMNS, atomic)
         self.keys = keys  # replaced on rotation (FeedbackStore.use_keys)
 
-    def seal(self, table: str, column: str, row_id: str, value: str | bytes | None) -> bytes | None:
+    def encrypt(self, table: str, column: str, row_id: str, value: str | bytes | None) -> bytes | None:
         """`value` encrypted for `table/column/row_id` (None stays None)."""
         if value is None:
             return None
         data = value.encode() if isinstance(value, str) else value
-        return self.keys.seal(data, f"{table}/{column}/{row_id}".encode())
+        return self.keys.encrypt(data, f"{table}/{column}/{row_id}".encode())
 
-    def seal_messages(self, table: str, column: str, row_id: str, messages: Sequence[ChatMessage]) -> bytes | None:
+    def encrypt_messages(self, table: str, column: str, row_id: str, messages: Sequence[ChatMessage]) -> bytes | None:
         """A conversation encrypted as JSON for `table/column/row_id` (none stays NULL)."""
-        return self.seal(table, column, row_id, json.dumps(list(messages), ensure_ascii=False)) if messages else None
+        return self.encrypt(table, column, row_id, json.dumps(list(messages), ensure_ascii=False)) if messages else None
 
-    def open_messages(self, table: str, column: str, row_id: str, sealed: bytes | None) -> tuple[ChatMessage, ...]:
-        """A sealed conversation, decrypted (NULL: none, as in rows from before conversations were kept)."""
-        text = self.open_text(table, column, row_id, sealed)
+    def decrypt_messages(
+        self, table: str, column: str, row_id: str, encrypted: bytes | None
+    ) -> tuple[ChatMessage, ...]:
+        """An encrypted conversation, decrypted (NULL: none, as in rows from before conversations were kept)."""
+        text = self.decrypt_text(table, column, row_id, encrypted)
         return tuple(json.loads(text)) if text else ()
 
-    def open_text(self, table: str, column: str, row_id: str, sealed: bytes | None) -> str | None:
-        """A sealed text value, decrypted (None stays None)."""
-        return None if sealed is None else self.open_bytes(table, column, row_id, sealed).decode()
+    def decrypt_text(self, table: str, column: str, row_id: str, encrypted: bytes | None) -> str | None:
+        """An encrypted text value, decrypted (None stays None)."""
+        return None if encrypted is None else self.decrypt_bytes(table, column, row_id, encrypted).decode()
 
-    def open_bytes(self, table: str, column: str, row_id: str, sealed: bytes) -> bytes:
-        """A sealed binary value, decrypted."""
-        return self.keys.open(sealed, f"{table}/{column}/{row_id}".encode())
+    def decrypt_bytes(self, table: str, column: str, row_id: str, encrypted: bytes) -> bytes:
+        """An encrypted binary value, decrypted."""
+        return self.keys.decrypt(encrypted, f"{table}/{column}/{row_id}".encode())

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fedloop.client.ingest.pipeline import IngestPipeline
 from fedloop.client.ingest.validation import IngestError, check_dwell
 from fedloop.client.samples.curation import BASE_REWARDS
-from fedloop.client.store_api import Action, ChatMessage
+from fedloop.client.store.api import Action, ChatMessage
 from fedloop.proto import feedback_pb2 as pb
 from fedloop.shared.echo import echoed
 
