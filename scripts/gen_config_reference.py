@@ -18,7 +18,7 @@ from typing import Any
 
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.server.hq_settings import HQSettings
-from fedloop.shared.command_line import FEDERATION_SETTINGS, HQ_CONFIG, TENANT_CONFIG
+from fedloop.shared.config_files import FEDERATION_SETTINGS, HQ_CONFIG, TENANT_CONFIG
 from fedloop.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedloop.cli import app
 from fedloop.client.release.controller import ReleaseController
 from fedloop.client.store import FeedbackStore
 from fedloop.client.tenant_settings import ReleaseSection
 from fedloop.server.registry import VersionRegistry
-from fedloop.shared.cli import app
 from fedloop.shared.keys import init_keys
 
 

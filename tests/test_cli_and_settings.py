@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedloop.shared.cli import app
+from fedloop.cli import app
 from fedloop.shared.settings import ConfigError, SimulationSection, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_keys_init_writes_private_files_0600(tmp_path: Path) -> None:
 def test_keys_init_refuses_bad_role_and_overwrite(tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["keys", "init", "--role", "boss", "--name", "x", "--out", str(tmp_path)])
-    assert bad.exit_code == 2 and "role 'boss' is invalid" in bad.output
+    assert bad.exit_code == 2 and "'boss' is not one of 'hq', 'tenant'" in bad.output  # an Enum option: typer names the choices
     runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
     again = runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
     assert again.exit_code == 2 and "already exist" in again.output
@@ -120,7 +120,7 @@ def test_shipped_configs_are_valid_and_the_reference_is_current() -> None:
 def test_help_loads_no_heavy_library(arguments: list[str]) -> None:
     """`fedloop … --help` imports neither torch nor flwr nor spaCy (nor Presidio): help must be instant."""
     probe = (
-        "import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
+        "import sys\nfrom fedloop.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
         "{'torch', 'flwr', 'spacy', 'presidio_analyzer', 'transformers', 'peft', 'ray'}))"
@@ -189,3 +189,17 @@ def test_a_missing_config_names_where_it_was_looked_for_and_the_template(tmp_pat
     message = " ".join(done.stderr.split())
     assert "config file tenant.toml not found" in message and str(tmp_path) in message
     assert "configs/" in message
+
+
+def test_review_choices_are_enums_that_name_the_allowed_values(tmp_path: Path) -> None:
+    """`samples review decide --decision` and `promote --to` refuse an unknown value before opening anything."""
+    runner = CliRunner()
+    config = tmp_path / "absent.toml"
+    decided = runner.invoke(
+        app, ["samples", "review", "decide", "s1", "--decision", "maybe", "--operator", "o", "--config", str(config)]
+    )
+    assert decided.exit_code == 2 and "'maybe' is not one of 'admit', 'reject'" in decided.output
+    promoted = runner.invoke(
+        app, ["samples", "review", "promote", "s1", "--to", "gold", "--operator", "o", "--config", str(config)]
+    )
+    assert promoted.exit_code == 2 and "'gold' is not one of" in promoted.output

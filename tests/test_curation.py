@@ -204,7 +204,7 @@ def test_a_sample_carrying_a_resident_id_waits_for_a_human_before_it_trains(make
     """Issue 14: a sample with a resident-id number went to `candidate` and into the next round unreviewed."""
     from typer.testing import CliRunner
 
-    from fedloop.shared.cli import app
+    from fedloop.cli import app
 
     tenant = make_tenant()
     api = FeedbackRecorder(tenant.pipeline)

@@ -32,7 +32,7 @@ import pytest
 from deployment_helpers import free_port, listening
 from typer.testing import CliRunner
 
-from fedloop.shared.cli import app
+from fedloop.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -12,10 +12,10 @@ import pytest
 from grpc_helpers import draft, stub
 from typer.testing import CliRunner
 
+from fedloop.cli import app
 from fedloop.client.ingest.service import start_server
 from fedloop.client.tenant_settings import IngestSection
 from fedloop.proto import feedback_pb2 as pb
-from fedloop.shared.cli import app
 from fedloop.shared.flower_processes import DeploymentError, SuperNodeSpec
 from fedloop.shared.keys import KeyFileError, init_keys, key_paths, load_identity
 from fedloop.shared.model_fetch import WHEEL_FILE, ModelFetchError, ensure_default_model

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedloop.cli import app
 from fedloop.client.ingest.recorder import Action, FeedbackRecorder
 from fedloop.client.ingest.service import MaintenanceLoop
 from fedloop.client.key_rotation import StorageKeyWatcher, rotate_tenant_storage_key
 from fedloop.client.samples import pools
 from fedloop.client.store import ENCRYPTED_COLUMNS
 from fedloop.client.store.api import SampleQuery
-from fedloop.shared.cli import app
 from fedloop.shared.keys import load_identity
 from fedloop.shared.storage_keys import StorageKeyring
 

@@ -195,8 +195,8 @@ def test_manual_rollback_goes_back_past_rolled_back_versions(make_tenant) -> Non
 def test_release_cli_shows_and_moves_the_pointer_with_an_audited_operator(tmp_path) -> None:
     from typer.testing import CliRunner
 
+    from fedloop.cli import app
     from fedloop.client.store import FeedbackStore
-    from fedloop.shared.cli import app
     from fedloop.shared.keys import init_keys
 
     identity = init_keys("tenant", "acme", tmp_path / "keys")
@@ -349,7 +349,7 @@ def test_the_release_commands_load_neither_the_model_libraries_nor_the_pii_model
     """Issue 30: `fedloop release rollback` took 29 s from the command to the first draft by the previous version,
     nearly all of it start-up. The CLI (every command group) must not import what a release move does not need."""
     probe = (
-        "import sys\nimport fedloop.shared.cli\n"
+        "import sys\nimport fedloop.cli\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'presidio_analyzer', 'spacy', 'flwr') "
         "if m in sys.modules))"
     )
@@ -372,7 +372,7 @@ def test_status_and_rollback_open_only_the_store_and_keys(make_tenant, tmp_path:
     )
     heavy = ("torch", "transformers", "peft", "presidio_analyzer", "spacy", "flwr", "datasketch")
     probe = (
-        "import sys\nfrom fedloop.shared.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
+        "import sys\nfrom fedloop.cli import main\nsys.argv = ['fedloop', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
         f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules))"
     )

@@ -201,8 +201,8 @@ def test_release_export_writes_peft_directories_and_a_routing_manifest(
     from serve_helpers import LORA
     from typer.testing import CliRunner
 
+    from fedloop.cli import app
     from fedloop.shared.adapter import load_base_model
-    from fedloop.shared.cli import app
 
     settings = endpoint.runtime.settings
     config, federation = tmp_path / "tenant.toml", tmp_path / "federation.toml"

@@ -218,7 +218,7 @@ def test_the_run_report_renders_its_plots_in_a_browser(federated_run, tmp_path: 
 
     from typer.testing import CliRunner
 
-    from fedloop.shared.cli import app
+    from fedloop.cli import app
 
     _, layout, summary, _, _ = federated_run
     out = tmp_path / "report.html"

@@ -125,7 +125,7 @@ def test_interop_with_the_openssl_command_line(tmp_path: Path) -> None:
 def test_keys_export_to_pem_and_init_from_an_openssl_key(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fedloop.shared.cli import app
+    from fedloop.cli import app
     from fedloop.shared.keys import load_identity
 
     runner = CliRunner()

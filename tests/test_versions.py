@@ -12,9 +12,9 @@ from peft import PeftModel
 from tamper_helpers import changed_value
 from typer.testing import CliRunner
 
+from fedloop.cli import app
 from fedloop.server.registry import RegistryError, VersionRegistry
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
-from fedloop.shared.cli import app
 from fedloop.shared.keys import init_keys, load_identity
 from fedloop.shared.pooled_hit_rate import pooled_hit_rate
 from fedloop.shared.run_layout import HQ_NAME, RunLayout

@@ -9,7 +9,7 @@ from typing import TypeVar
 import typer
 from rich.table import Table
 
-from fedloop.client.cli import CONFIG, FEDERATION, OPERATOR, open_store
+from fedloop.client.command_context import CONFIG, FEDERATION, OPERATOR, federation_settings_or_fail, tenant_store
 from fedloop.client.release.comparison import Comparison
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
 from fedloop.client.store.api import ReleaseRecord
@@ -24,15 +24,12 @@ release_app = command_group("The tenant's release pointer: serving version, cana
 @release_app.command("status")
 def status(config: Path = CONFIG) -> None:
     """What serves, which canary runs on what share, how canary and control compare, and the pointer's history."""
-    settings, store = open_store(config)
-    try:
+    with tenant_store(config) as (settings, store):
         controller = ReleaseController(store, settings.release)
         comparison = controller.compare()
         history = store.versions.release_history()
         waiting = controller.waiting()
         declined = controller.declined()
-    finally:
-        store.close()
     out = output_console()
     if not history:
         out.print("nothing released yet: the first version that passes the gates will serve everyone")
@@ -79,13 +76,11 @@ def expected_time(comparison: Comparison, since_ms: int, release: ReleaseSection
 def _act(config: Path, operator: str, reason: str, act: Callable[[ReleaseController, str], T]) -> T:
     """`act(controller, why)` as the audited operator on the tenant's store (exits naming the problem)."""
     operator = audited(operator, reason)
-    settings, store = open_store(config)
-    try:
-        return act(ReleaseController(store, settings.release, actor=operator), f"{operator}: {reason}")
-    except ReleaseError as err:
-        fail(str(err))
-    finally:
-        store.close()
+    with tenant_store(config) as (settings, store):
+        try:
+            return act(ReleaseController(store, settings.release, actor=operator), f"{operator}: {reason}")
+        except ReleaseError as err:
+            fail(str(err))
 
 
 def _moved(record: ReleaseRecord) -> None:
@@ -145,19 +140,13 @@ def export(
     The files leave the tenant's at-rest encryption: keep them where only the inference server reads them.
     """
     from fedloop.client.release.export import ExportError, export_release
-    from fedloop.shared.settings import ConfigError, load_settings
 
     operator = audited(operator, reason)
-    try:
-        federation = load_settings(settings)
-    except ConfigError as err:
-        fail(str(err))
-    tenant, store = open_store(config)
-    try:
-        manifest = export_release(store, federation, tenant, out, operator, reason)
-    except ExportError as err:
-        fail(str(err))
-    finally:
-        store.close()
+    federation = federation_settings_or_fail(settings)
+    with tenant_store(config) as (tenant, store):
+        try:
+            manifest = export_release(store, federation, tenant, out, operator, reason)
+        except ExportError as err:
+            fail(str(err))
     canary = f", canary {manifest['canary']} on {manifest['canary_share']:.0%}" if manifest["canary"] else ""
     typer.echo(f"exported serving {manifest['serving']}{canary} to {out} (routing.json; these files are not encrypted)")

@@ -11,7 +11,7 @@ import typer
 from fedloop.server.gateway import GatewaySpec
 from fedloop.server.hq_settings import HQSettings, load_hq_settings
 from fedloop.server.metrics import hq_registry
-from fedloop.shared.command_line import FEDERATION_SETTINGS, HQ_CONFIG
+from fedloop.shared.config_files import FEDERATION_SETTINGS, HQ_CONFIG
 from fedloop.shared.console import command_group, fail
 from fedloop.shared.flower_processes import (
     DeploymentError,

@@ -2,7 +2,7 @@
 
 The slice is chosen per near-duplicate cluster (the MinHash LSH clusters
 curation assigns), when a cluster begins, and written into its id
-(store_api.cluster_slice), so the choice never changes for any sample:
+(store.api.cluster_slice), so the choice never changes for any sample:
 
 - a sample with no near-duplicate begins a cluster; the tenant's first
   `evaluation.held_out_after_clusters` clusters all train (a tenant whose

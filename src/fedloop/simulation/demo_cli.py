@@ -1,29 +1,15 @@
-"""The simulation's part of the `fedloop` command line (entry point `fedloop.commands: simulation`).
-
-Adds `demo` and answers `report --run` for a simulated run directory.
-"""
+"""`fedloop demo`: a simulated multi-tenant federation (Flower Simulation Engine), and what happened in it."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-from fedloop.shared.command_line import CommandLine
 from fedloop.shared.console import fail, output_console
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.settings import ConfigError, load_settings
-
-if TYPE_CHECKING:
-    from fedloop.shared.report import ReportData
-
-
-def register(command_line: CommandLine) -> None:
-    """Plug `demo` and the run report into the root."""
-    command_line.app.command("demo")(demo)
-    command_line.report_of["run"] = run_report
 
 
 def demo(
@@ -70,27 +56,3 @@ def demo(
     render_releases(release_histories(settings, layout), out)
     out.print(f"run directory: {layout.root}  (registry: {layout.hq}, summary: {layout.summary})")
     out.print(f"wall time: {time.monotonic() - started:.0f} s")
-
-
-def run_report(run: Path, version: str | None) -> ReportData:
-    """`fedloop report --run`: HQ's registry and every simulated tenant's store of a run directory."""
-    from fedloop.client.report_data import add_tenant
-    from fedloop.client.store import FeedbackStore
-    from fedloop.server.report_data import hq_report_data
-    from fedloop.server.versions_cli import open_registry
-    from fedloop.shared.keys import load_identity
-    from fedloop.shared.run_layout import RunLayout
-
-    layout = RunLayout(run)
-    with open_registry(run, None, None) as registry:
-        data = hq_report_data(registry, f"fedloop evaluation report: {run.name}", f"simulated run {run}", version)
-    versions = [v["id"] for v in data.lineage]
-    for store_dir in sorted((layout.root / "tenants").glob("*")):
-        identity = load_identity(layout.keys, store_dir.name)
-        store = FeedbackStore(store_dir / "feedback.db", identity.storage, identity.pseudonym_key)
-        try:
-            data.train_losses.pop(store_dir.name, None)  # the tenant's own step-by-step curves replace HQ's means
-            add_tenant(data, store_dir.name, store, versions)
-        finally:
-            store.close()
-    return data
