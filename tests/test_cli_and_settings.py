@@ -29,7 +29,9 @@ def test_keys_init_writes_private_files_0600(tmp_path: Path) -> None:
 def test_keys_init_refuses_bad_role_and_overwrite(tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["keys", "init", "--role", "boss", "--name", "x", "--out", str(tmp_path)])
-    assert bad.exit_code == 2 and "'boss' is not one of 'hq', 'tenant'" in bad.output  # an Enum option: typer names the choices
+    assert (
+        bad.exit_code == 2 and "'boss' is not one of 'hq', 'tenant'" in bad.output
+    )  # an Enum option: typer names the choices
     runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
     again = runner.invoke(app, ["keys", "init", "--role", "hq", "--name", "hq", "--out", str(tmp_path)])
     assert again.exit_code == 2 and "already exist" in again.output
