@@ -29,7 +29,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
 
 from fedloop.client.store.api import InstalledVersion
 from fedloop.shared.adapter import adapter_state, adapter_to_bytes, attach_lora, load_base_model
@@ -38,7 +37,7 @@ from fedloop.shared.protocol import NUM_EXAMPLES
 from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import FederationSection, PathsSection, Settings, SimulationSection, TrainSection
 from fedloop.simulation.client_app import simulated_tenants, simulated_traffic
-from fedloop.simulation.federation import prepare_run, run_federation, simulation_backend
+from fedloop.simulation.federation import prepare_run, run_federation, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,12 +126,7 @@ def run_plain(settings: Settings, layout: RunLayout) -> float:
 
     tenants = len(settings.federation.tenants)
     layout.root.mkdir(parents=True, exist_ok=True)
-    run_simulation(
-        server_app=app,
-        client_app=plain_client_app(settings, layout),
-        num_supernodes=tenants,
-        backend_config=simulation_backend(tenants),
-    )
+    simulate(app, plain_client_app(settings, layout), tenants)
     return strategy.durations[1]
 
 

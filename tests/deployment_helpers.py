@@ -73,6 +73,14 @@ class Federation:
     processes: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
     serve_ports: dict[str, int] = field(default_factory=dict)
+    # What each tenant's product sent, by whichever fixture or test sent it: tenant -> user -> drafts (each with its
+    # outcome). A test that counts events compares with this, so the tests of a module pass in any order.
+    sent: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def record_sent(self, tenant: str, user: str, drafts: int = 1) -> None:
+        """Note that `tenant`'s product sent `drafts` drafts (and an outcome for each) for `user`."""
+        users = self.sent.setdefault(tenant, {})
+        users[user] = users.get(user, 0) + drafts
 
     def start(self, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"{name}.log"

@@ -59,7 +59,6 @@ DOOMED = "cobalt"  # killed in the middle of the last round
 CANARIES = {tenant: f"CANARY-{tenant}-qx7zv9-do-not-leak" for tenant in TENANTS}
 ROUNDS = 2
 PLANTED_USERS = [f"user-{index}" for index in range(4)]
-PLANTED_EVENTS = 2 * len(PLANTED_USERS)  # a draft and an outcome each
 
 
 def write_settings(path: Path, model: Path, rounds: int) -> None:
@@ -120,6 +119,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
                 port,
             )
             plant_canary(port, tenant)
+            for user in PLANTED_USERS:
+                federation.record_sent(tenant, user)
         # A SuperNode whose node key HQ never registered, claiming to be acme.
         start_tenant(federation, "rogue", write_tenant_config(root, "rogue", "acme-home", free_port(), "acme"), None)
         run, run_log = federation.start("run-1", "run", "--settings", "settings.toml", "--config", "hq.toml")
@@ -333,7 +334,8 @@ def test_hq_and_tenant_metrics_endpoints_report_the_runs(deployed: Federation) -
     assert 'fedloop_hq_versions{status="candidate"} 4.0' in hq
     acme = load_tenant_settings(deployed.root / "acme.toml").metrics.address
     tenant = urlopen(f"http://{acme}/metrics", timeout=10).read().decode()
-    assert 'fedloop_tenant_events_ingested_total{kind="draft"} 4.0' in tenant  # the product's drafts via gRPC
+    drafts = sum(deployed.sent["acme"].values())  # the product's drafts (gRPC and the draft endpoint)
+    assert f'fedloop_tenant_events_ingested_total{{kind="draft"}} {drafts:.1f}' in tenant
     assert "fedloop_tenant_train_loss" in tenant and 'fedloop_tenant_pool_samples{pool="candidate"}' in tenant
 
 
@@ -351,10 +353,11 @@ def test_tenant_stores_hold_exactly_the_product_events_and_no_simulated_user(dep
     for tenant in TENANTS:
         store = open_store(deployed, tenant)
         try:
-            # two rounds trained; nothing else was recorded
-            assert store.drafts.count_events() == PLANTED_EVENTS, tenant
+            # what the product sent (a draft and an outcome each), and nothing else, was recorded
+            sent = deployed.sent[tenant]
+            assert store.drafts.count_events() == 2 * sum(sent.values()), tenant
             users = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM drafts")}
-            assert users == {store.pseudonym(u) for u in PLANTED_USERS}, tenant
+            assert users == {store.pseudonym(u) for u in sent}, tenant
             simulated = {store.pseudonym(f"{t}-user-{n}") for t in TENANTS for n in range(1, 51)}
             samples = {r[0] for r in store.raw_connection().execute("SELECT user_pseudonym FROM samples")}
             assert not (users | samples) & simulated
@@ -381,6 +384,7 @@ def test_a_product_drafts_with_the_released_version_through_the_openai_client(de
     namespace = {"show": shown.append, "wait_for_user": lambda: ("edit", "Your parcel arrives tomorrow.")}
     snippet = documented_integration().replace("127.0.0.1:8000", f"127.0.0.1:{deployed.serve_ports[tenant]}")
     exec(compile(snippet, "docs/tenant-operator.md", "exec"), namespace)
+    deployed.record_sent(tenant, "customer-42")
     draft: Any = namespace["draft"]  # the documented snippet's ChatCompletion
     assert shown == [draft.choices[0].message.content] and draft.model == routed
     assert store.drafts.get_draft(draft.id).model_version == routed

@@ -10,13 +10,12 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
 from fedloop.server.app import enrol_tenants
 from fedloop.shared.keys import Keyring, init_keys, key_paths, load_identity, load_public_key
 from fedloop.shared.protocol import ENROL, enrol_statement
 from fedloop.shared.sm2 import SM2PrivateKey
-from fedloop.simulation.federation import simulation_backend
+from fedloop.simulation.federation import simulate
 
 
 def _claims(keys: Path) -> ClientApp:
@@ -62,9 +61,7 @@ def test_only_a_node_that_signs_this_runs_challenge_with_the_named_key_is_enroll
         enrolled.append(sorted(key.name for key in tenants.values()))
 
     with caplog.at_level(logging.WARNING, logger="fedloop"):
-        run_simulation(
-            server_app=server, client_app=_claims(keys), num_supernodes=3, backend_config=simulation_backend(3)
-        )
+        simulate(server, _claims(keys), 3)
     assert enrolled == [["acme"]]
     refusals = [r.getMessage() for r in caplog.records if "did not prove it holds that key" in r.getMessage()]
     print("\n".join(refusals))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from deployment_helpers import FEDLOOP, free_port, listening, wait_for
 from grpc_helpers import draft, stub
 from memory_helpers import CAPPED_ENV, PeakGrowth, cap_address_space
@@ -24,6 +25,7 @@ def _send(service, events) -> tuple[grpc.StatusCode, str, float]:
     return grpc.StatusCode.OK, "", time.perf_counter() - started
 
 
+@pytest.mark.slow  # 100,000 events streamed: the heavy tier
 def test_long_and_heavy_streams_are_cut_off_with_memory_bounded(tmp_path: Path) -> None:
     init_keys("tenant", "acme", tmp_path / "keys")
     port = free_port()

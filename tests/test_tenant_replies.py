@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.simulation import run_simulation
 
 from fedloop.server.app import build_server_app
 from fedloop.server.replies import ReplyRefused, enrol_claim, reported_metrics
@@ -29,7 +28,7 @@ from fedloop.shared.settings import (
     TrainSection,
 )
 from fedloop.simulation.client_app import simulation_client_app
-from fedloop.simulation.federation import prepare_run, simulation_backend
+from fedloop.simulation.federation import prepare_run, simulate
 
 ENROL_FUZZ: dict[str, dict[str, Any]] = {
     "eve-missing": {"tenant": "eve-missing", "signature": "00"},  # no key_id: the KeyError that stopped runs
@@ -103,11 +102,10 @@ def test_malformed_replies_refuse_their_tenant_and_the_run_goes_on(
     )
     layout = prepare_run(settings, Path(settings.paths.runs_dir))
     with caplog.at_level(logging.WARNING, logger="fedloop"):
-        run_simulation(
-            server_app=build_server_app(settings, layout),
-            client_app=_fuzzing_app(settings, simulation_client_app(settings, layout)),
-            num_supernodes=len(TENANTS),
-            backend_config=simulation_backend(len(TENANTS)),
+        simulate(
+            build_server_app(settings, layout),
+            _fuzzing_app(settings, simulation_client_app(settings, layout)),
+            len(TENANTS),
         )
     assert layout.summary.exists(), "the run did not finish"
     import json

@@ -8,12 +8,15 @@ feedback the tenant trains on arrives the way a real product's does.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from fedloop.client.app import RoundTraffic, TenantResolver, build_client_app, tenant_at
+from fedloop.client.serve.drafts import DraftService
+from fedloop.client.serve.transformers_engine import TransformersEngine
 from fedloop.client.tenant import Tenant
 from fedloop.client.tenant_settings import TenantSection, TenantSettings, load_tenant_settings
 from fedloop.shared.logs import configure_logging
@@ -46,12 +49,21 @@ def simulated_tenants(settings: Settings, layout: RunLayout) -> TenantResolver:
     return resolve
 
 
+@cache
+def draft_service(tenant: Tenant) -> DraftService:
+    """The tenant's draft service (what its HTTP endpoint calls), with its own copy of the base model (one per
+    tenant: the simulated product drafts through it every round)."""
+    federation = tenant.federation
+    engine = TransformersEngine(Path(federation.paths.model), federation.lora, tenant.placement, tenant.settings.serve)
+    return DraftService(tenant.runtime, engine)
+
+
 def simulated_product(tenant: Tenant, settings: Settings, layout: RunLayout | None = None) -> SimulatedProduct:
     """Tenant `tenant`'s simulated product: its users' judgement from `settings.simulation`."""
     sim = settings.simulation
     return SimulatedProduct(
         tenant.name,
-        tenant.drafts,
+        draft_service(tenant),
         UserJudgement(sim.accept_threshold, sim.edit_threshold),
         tenant.settings.serve.model_alias,
         sim.max_new_tokens,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
@@ -93,16 +95,41 @@ def simulation_backend(tenants: int) -> dict[str, Any]:
     }
 
 
+RAY_START_ATTEMPTS = 2  # Ray's start-up can time out on a loaded 2-core machine; a second try has always held
+
+
+def start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray for the Simulation Engine (which then uses it, and stops it at the end of the run).
+
+    A start that fails (e.g. "Timed out waiting for file …/gcs_server_port_…" on a loaded host) is logged and
+    tried once more; a second failure ends the run with Ray's message.
+    """
+    import ray
+
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            return
+        except Exception as err:  # Ray raises plain exceptions (and its own) for a start that did not complete
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS:
+                raise SimulationError(f"Ray did not start after {attempt} attempts: {err}") from None
+            log.warning("Ray did not start (%s); trying once more", err)
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, tenants: int) -> None:
+    """Run `server_app` and `tenants` copies of `client_app` in Flower's Simulation Engine, on Ray started here."""
+    backend = simulation_backend(tenants)
+    start_ray(backend["init_args"])
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=tenants, backend_config=backend)
+
+
 def run_federation(settings: Settings, layout: RunLayout, server_app: ServerApp | None = None) -> dict[str, Any]:
     """Run HQ and the tenants in the Simulation Engine; returns HQ's run summary."""
     tenants = len(settings.federation.tenants)
     log.info("simulating %d tenants for %d rounds in %s", tenants, settings.federation.rounds, layout.root)
-    run_simulation(
-        server_app=server_app or build_server_app(settings, layout),
-        client_app=simulation_client_app(settings, layout),
-        num_supernodes=tenants,
-        backend_config=simulation_backend(tenants),
-    )
+    simulate(server_app or build_server_app(settings, layout), simulation_client_app(settings, layout), tenants)
     if not layout.summary.exists():
         raise SimulationError(f"the federated run in {layout.root} did not finish: see the errors logged above")
     return json.loads(layout.summary.read_text())
