@@ -68,11 +68,37 @@ def type_text(schema: dict[str, Any]) -> str:
     return names[schema["type"]]
 
 
+def number_text(value: float) -> str:
+    """A limit as written: integers whole, other numbers short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def limit_text(schema: dict[str, Any]) -> str:
+    """A key's limits from its JSON schema (the fields' ge/gt/le/lt/min_length): ">= 1", "(0, 1]", or ""."""
+    low = ("[", schema["minimum"]) if "minimum" in schema else ("(", schema.get("exclusiveMinimum"))
+    high = ("]", schema["maximum"]) if "maximum" in schema else (")", schema.get("exclusiveMaximum"))
+    if "minItems" in schema:
+        return f"at least {schema['minItems']} item(s)"
+    if low[1] is not None and high[1] is not None:
+        return f"{low[0]}{number_text(low[1])}, {number_text(high[1])}{high[0]}"
+    if low[1] is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {number_text(low[1])}"
+    if high[1] is not None:
+        return f"{'<=' if high[0] == ']' else '<'} {number_text(high[1])}"
+    return ""
+
+
 def section_rows(section: dict[str, Any]) -> list[str]:
     """Table rows of one section's keys, from its JSON schema."""
     rows = []
     for name, key in section["properties"].items():
-        cells = [f"`{name}`", type_text(key), f"`{default_text(key['default'])}`", key.get("description", "")]
+        cells = [
+            f"`{name}`",
+            type_text(key),
+            limit_text(key),
+            f"`{default_text(key['default'])}`",
+            key.get("description", ""),
+        ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
 
@@ -93,6 +119,16 @@ def render() -> str:
         "repository's `configs/`. A relative",
         "path in a file (keys, data, certificates, the model, exports) resolves against the file's own directory.",
         "",
+        "The *allowed* column is each key's own limit; rules between keys (e.g. `canary_share <= widened_share`)",
+        "are checked too and named in the error.",
+        "",
+        "One run with a different value, without editing a file: `fedloop --set section.key=value <command>`",
+        '(repeatable, before the command; the value is TOML: `4`, `0.5`, `true`, `"text"`, or a bare word). It is',
+        "validated exactly as if the file said it and applies to the file whose settings have that section, in",
+        "the command and in the processes it starts; `fedloop run` submits a copy of the federation settings",
+        "beside the file (`.federation.with-set.toml`) with the overrides applied. For example",
+        "`fedloop --set federation.rounds=1 run` or `fedloop --set release.canary_share=0.1 tenant serve`.",
+        "",
     ]
     for root, title, where in FILES:
         lines += [f"## {title}", "", f"{where[0].upper()}{where[1:]}.", ""]
@@ -104,8 +140,8 @@ def render() -> str:
                 "",
                 section["description"].splitlines()[0],
                 "",
-                "| key | type | default | meaning |",
-                "|---|---|---|---|",
+                "| key | type | allowed | default | meaning |",
+                "|---|---|---|---|---|",
                 *section_rows(section),
                 "",
             ]

@@ -72,7 +72,7 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) 
         ("tenant", "[release]\ncanary_share = 0.5\nwidened_share = 0.3\n", "release.canary_share / widened_share"),
         ("tenant", '[metrics]\naddress = "nowhere"\n', "metrics.address: must be host:port"),
         ("tenant", '[tenant]\nnmae = "acme"\n', r"\[tenant\] has unknown key\(s\) \['nmae'\]; allowed: \['data_dir'"),
-        ("hq", "[hq]\nport = 70000\n", "hq.port: must be a port number"),
+        ("hq", "[hq]\nport = 70000\n", r"hq.port: must be an integer in \[1, 65535\], got 70000"),
         ("hq", '[hq]\nport = "9300"\n', "hq.port: must be of type int"),
         ("hq", "[superlink]\nport = 1\n", r"unknown section\(s\) \['superlink'\]; allowed: \['hq'\]"),
     ],
@@ -205,3 +205,49 @@ def test_review_choices_are_enums_that_name_the_allowed_values(tmp_path: Path) -
         app, ["samples", "review", "promote", "s1", "--to", "gold", "--operator", "o", "--config", str(config)]
     )
     assert promoted.exit_code == 2 and "'gold' is not one of" in promoted.output
+
+
+def test_a_section_built_alone_checks_its_limits_and_the_reference_shows_them() -> None:
+    """Single-field ranges live on the fields: a section validates alone, and docs/configuration.md lists each limit."""
+    from pydantic import ValidationError
+
+    from fedloop.client.tenant_settings import ServeSection
+    from fedloop.shared.settings import TrainSection
+
+    with pytest.raises(ValidationError, match="batch_size"):
+        TrainSection(batch_size=0)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        ServeSection(max_batch_size=257)
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    assert "| `batch_size` | integer | >= 1 |" in reference and "| `max_share` | number | (0, 1] |" in reference
+
+
+def test_set_overrides_a_key_validated_like_the_file_and_reaches_a_run_through_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fedloop --set section.key=value`: the same validation as the file, the file and key named; an unknown
+    section or a malformed override is refused; `fedloop run` submits a copy beside the file with it applied."""
+    from fedloop.shared.overrides import OVERRIDES_ENV, effective_file, keep_overrides
+    from fedloop.shared.settings import load_settings
+
+    monkeypatch.setenv(OVERRIDES_ENV, "[]")  # restored after the test: overrides live in the environment
+    runner = CliRunner()
+    demo = str(ROOT / "configs" / "demo.toml")
+    refused = runner.invoke(app, ["--set", "federation.rounds=0", "demo", "--config", demo])
+    assert refused.exit_code == 2 and "federation.rounds: must be an integer >= 1, got 0" in " ".join(
+        refused.output.split()
+    )
+    assert "with --set federation.rounds=0" in " ".join(refused.output.split())
+    unknown = runner.invoke(app, ["--set", "nowhere.rounds=1", "demo", "--config", demo])
+    assert unknown.exit_code == 2 and "no config file has a [nowhere] section" in " ".join(unknown.output.split())
+    malformed = runner.invoke(app, ["--set", "rounds", "demo", "--config", demo])
+    assert malformed.exit_code == 2 and "write section.key=value" in " ".join(malformed.output.split())
+
+    settings = tmp_path / "federation.toml"
+    settings.write_text('[federation]\nrounds = 3\n[paths]\nmodel = "models/tiny"\n')
+    keep_overrides(["federation.rounds=1", 'federation.run_name="quick"'])
+    loaded = load_settings(settings)
+    assert loaded.federation.rounds == 1 and loaded.federation.run_name == "quick"
+    copy = effective_file(settings, set(type(loaded).model_fields))
+    assert copy.parent == settings.parent and load_settings(copy) == loaded  # relative paths mean the same
+    assert "rounds = 3" in settings.read_text()  # the operator's file is left as it was

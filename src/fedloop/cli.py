@@ -24,9 +24,11 @@ from fedloop.client.keys_cli import keys_rotate
 from fedloop.client.release_cli import release_app
 from fedloop.client.samples_cli import samples_app
 from fedloop.client.tenant_cli import tenant_app
+from fedloop.client.tenant_settings import TenantSettings
 from fedloop.client.vault_cli import vault_app
 from fedloop.client.views import tenant_audit_log, tenant_report, tenant_status
 from fedloop.server.hq_cli import hq_app, run
+from fedloop.server.hq_settings import HQSettings
 from fedloop.server.versions_cli import versions_app
 from fedloop.server.views import hq_audit_log, hq_report, hq_status
 from fedloop.shared.config_files import HQ_CONFIG, TENANT_CONFIG
@@ -34,6 +36,8 @@ from fedloop.shared.console import command_group, errors, fail, output_console
 from fedloop.shared.crypto import CryptoError
 from fedloop.shared.keys_cli import certs, keys_app
 from fedloop.shared.model_cli import model_app
+from fedloop.shared.overrides import OverrideError, keep_overrides
+from fedloop.shared.settings import Settings
 from fedloop.shared.sqlite_db import DatabaseFileError
 from fedloop.simulation.demo_cli import demo
 from fedloop.simulation.views import run_report
@@ -55,6 +59,27 @@ for group, name in (
     (audit_app, "audit"),
 ):
     app.add_typer(group, name=name)
+
+
+@app.callback()
+def overrides(
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override a config key, as section.key=value (repeatable), validated as if the file said it; it "
+        "applies to the file (federation, tenant or HQ) whose settings have that section.",
+    ),
+) -> None:
+    """fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback."""
+    known = set(Settings.model_fields) | set(TenantSettings.model_fields) | set(HQSettings.model_fields)
+    try:
+        for section, key, _ in keep_overrides(set_):
+            if section not in known:
+                fail(f"--set {section}.{key}: no config file has a [{section}] section; sections: {sorted(known)}")
+    except OverrideError as err:
+        fail(str(err))
+
+
 app.command("run")(run)
 app.command("demo")(demo)
 app.command("certs")(certs)

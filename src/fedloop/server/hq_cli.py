@@ -25,8 +25,9 @@ from fedloop.shared.flower_processes import (
 )
 from fedloop.shared.logs import configure_logging
 from fedloop.shared.metrics import serve_metrics
+from fedloop.shared.overrides import effective_file
 from fedloop.shared.run_layout import RunLayout
-from fedloop.shared.settings import ConfigError, load_settings
+from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 hq_app = command_group("Run HQ: the SuperLink, its metrics, and the tenants it admits.")
 FLOWER_APP_DIR = Path(__file__).resolve().parent / "flower_app"  # the Flower App bundle `flwr run` submits
@@ -118,7 +119,9 @@ def run(
     started = time.time()
     try:
         load_settings(settings)
-        status = submit_run(home, FLOWER_APP_DIR, settings, continuous=continuous)
+        status = submit_run(
+            home, FLOWER_APP_DIR, effective_file(settings, set(Settings.model_fields)), continuous=continuous
+        )
     except ConfigError as err:
         fail(str(err))
     except DeploymentError as err:

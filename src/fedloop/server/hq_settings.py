@@ -22,30 +22,28 @@ class HQSection(Section):
     host: str = Field(
         "127.0.0.1", description="address the public gateway (nginx, Fleet API only) listens on (0.0.0.0 for all)"
     )
-    port: int = Field(9300, description="the gateway's port: tenants' SuperNodes connect here")
+    port: int = Field(9300, ge=1, le=65535, description="the gateway's port: tenants' SuperNodes connect here")
     superlink_port: int = Field(
-        9302, description="the SuperLink itself, on 127.0.0.1 only: Control API for HQ's operators"
+        9302, ge=1, le=65535, description="the SuperLink itself, on 127.0.0.1 only: Control API for HQ's operators"
     )
     metrics_address: str = Field("127.0.0.1:9301", description='host:port of HQ\'s /metrics; "" = no endpoint')
+
+    @model_validator(mode="after")
+    def _check_hq(self) -> Self:
+        """This section's own rules beyond each key's range (ConfigError names the key and what is allowed)."""
+        require(self.superlink_port != self.port, "hq.superlink_port", "a port other than hq.port")
+        require(
+            self.metrics_address == "" or is_host_port(self.metrics_address),
+            "hq.metrics_address",
+            'host:port (e.g. 127.0.0.1:9301), or "" for no endpoint',
+        )
+        return self
 
 
 class HQSettings(Section):
     """Everything `fedloop hq` and `fedloop run` need besides the federation settings."""
 
     hq: HQSection = Field(default_factory=HQSection, description=HQSection.__doc__)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        """The cross-field and range rules; ConfigError names the key and what is allowed."""
-        for key, port in (("hq.port", self.hq.port), ("hq.superlink_port", self.hq.superlink_port)):
-            require(0 < port < 65536, key, "a port number in 1..65535")
-        require(self.hq.superlink_port != self.hq.port, "hq.superlink_port", "a port other than hq.port")
-        require(
-            self.hq.metrics_address == "" or is_host_port(self.hq.metrics_address),
-            "hq.metrics_address",
-            'host:port (e.g. 127.0.0.1:9301), or "" for no endpoint',
-        )
-        return self
 
     @property
     def home(self) -> Path:

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 PIPED_WIDTH = 160
 errors = Console(stderr=True)
@@ -23,8 +24,8 @@ def output_console() -> Console:
 
 
 def fail(message: str) -> NoReturn:
-    """Print `message` as an error on stderr and exit with status 2."""
-    errors.print(f"[red]error:[/red] {message}")
+    """Print `message` as an error on stderr and exit with status 2 (as written: "[train]" is not markup)."""
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
 
 

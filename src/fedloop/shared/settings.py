@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from fedloop.shared.names import PARTY_NAME_RULE, is_party_name
+from fedloop.shared.overrides import overrides_for, with_overrides
 from fedloop.shared.run_layout import HQ_NAME
 
 T = TypeVar("T", bound="Section")
@@ -109,9 +111,9 @@ class Section(BaseModel):
 class LoraSettings(Section):
     """The LoRA shape every party of a federation must agree on."""
 
-    rank: int = Field(8, description="LoRA rank r (>= 1)")
+    rank: int = Field(8, ge=1, description="LoRA rank r (>= 1)")
     alpha: int = Field(16, description="LoRA alpha; the update is scaled by alpha / rank")
-    dropout: float = Field(0.0, description="LoRA dropout, in [0, 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout, in [0, 1)")
     target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="module names that get a LoRA adapter")
 
 
@@ -120,14 +122,27 @@ class FederationSection(Section):
 
     run_name: str = Field("demo", description="names the run in the registry and binds every sealed message to it")
     tenants: tuple[str, ...] = Field(
-        ("acme", "bolt", "cobalt"), description="the tenants taking part (simulation: one SuperNode each)"
+        ("acme", "bolt", "cobalt"), min_length=1, description="the tenants taking part (simulation: one SuperNode each)"
     )
-    rounds: int = Field(3, description="federated rounds per run (>= 1)")
+    rounds: int = Field(3, ge=1, description="federated rounds per run (>= 1)")
     seed: int = Field(7, description="seeds LoRA initialisation, data order and simulated users")
     round_timeout_s: float = Field(
-        3600.0, description="HQ stops waiting for a tenant's reply after this; the round goes on"
+        3600.0, gt=0, description="HQ stops waiting for a tenant's reply after this; the round goes on"
     )
-    enrol_timeout_s: float = Field(120.0, description="HQ waits this long for every tenant's SuperNode before starting")
+    enrol_timeout_s: float = Field(
+        120.0, gt=0, description="HQ waits this long for every tenant's SuperNode before starting"
+    )
+
+    @model_validator(mode="after")
+    def _check_federation(self) -> Self:
+        """This section's own rules beyond each key's range (ConfigError names the key and what is allowed)."""
+        require(len(set(self.tenants)) == len(self.tenants), "federation.tenants", "distinct names")
+        require(
+            all(is_party_name(name) and name != HQ_NAME for name in self.tenants),
+            "federation.tenants",
+            f"names of {PARTY_NAME_RULE}, none of them {HQ_NAME!r}",
+        )
+        return self
 
 
 class PathsSection(Section):
@@ -156,35 +171,51 @@ class TrainSection(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory per step, about a third slower"
     )
-    epochs: int = Field(1, description="passes over the training mix (max_steps caps them)")
-    max_steps: int = Field(8, description="optimiser steps per round and phase; 0 = as many as epochs give")
-    batch_size: int = Field(8, description="examples per step (before gradient accumulation)")
-    grad_accum: int = Field(1, description="batches accumulated into one optimiser step")
-    learning_rate: float = Field(2e-3, description="AdamW learning rate, in (0, 1]")
-    warmup_steps: int = Field(0, description="linear warmup steps; 0 = none")
+    epochs: int = Field(1, ge=1, description="passes over the training mix (max_steps caps them)")
+    max_steps: int = Field(8, ge=0, description="optimiser steps per round and phase; 0 = as many as epochs give")
+    batch_size: int = Field(8, ge=1, description="examples per step (before gradient accumulation)")
+    grad_accum: int = Field(1, ge=1, description="batches accumulated into one optimiser step")
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="AdamW learning rate, in (0, 1]")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps; 0 = none")
     max_seq_len: int = Field(160, description="tokens of prompt + reply kept (left-truncated)")
-    dpo_beta: float = Field(0.1, description="DPO temperature beta, > 0")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO temperature beta, > 0")
     dpo_learning_rate: float = Field(
-        2e-4, description="AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate"
+        2e-4, ge=0.0, le=1.0, description="AdamW learning rate of the DPO phase, in [0, 1]; 0 = learning_rate"
     )
-    kto_beta: float = Field(0.1, description="KTO temperature beta, > 0")
+    kto_beta: float = Field(0.1, gt=0, description="KTO temperature beta, > 0")
     kto_learning_rate: float = Field(
-        2e-4, description="AdamW learning rate of the KTO phase, in [0, 1]; 0 = learning_rate"
+        2e-4, ge=0.0, le=1.0, description="AdamW learning rate of the KTO phase, in [0, 1]; 0 = learning_rate"
     )
-    kto_desirable_weight: float = Field(1.0, description="KTO's lambda_D: weight of desirable replies, > 0")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO's lambda_D: weight of desirable replies, > 0")
     kto_undesirable_weight: float = Field(
-        1.0, description="KTO's lambda_U: weight of undesirable (rejected) drafts, > 0"
+        1.0, gt=0, description="KTO's lambda_U: weight of undesirable (rejected) drafts, > 0"
     )
-    proximal_mu: float = Field(0.0, description="FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training")
-    weight_core_baseline: float = Field(1.0, description="pool weight, multiplied by each sample's curated weight")
-    weight_secondary_baseline: float = Field(0.8, description="pool weight of secondary_baseline samples")
-    weight_candidate: float = Field(0.6, description="pool weight of candidate samples")
-    weight_problem: float = Field(0.4, description="pool weight of current problem samples")
+    proximal_mu: float = Field(
+        0.0, ge=0, description="FedProx: weight of (mu/2)·‖w − w_global‖²; 0 = plain local training"
+    )
+    weight_core_baseline: float = Field(
+        1.0, ge=0, description="pool weight, multiplied by each sample's curated weight"
+    )
+    weight_secondary_baseline: float = Field(0.8, ge=0, description="pool weight of secondary_baseline samples")
+    weight_candidate: float = Field(0.6, ge=0, description="pool weight of candidate samples")
+    weight_problem: float = Field(0.4, ge=0, description="pool weight of current problem samples")
     curriculum: tuple[float, ...] = Field((0.8, 0.5, 0.0), description="stage thresholds, highest first, in [0, 1]")
 
     def pool_weight(self, pool: Pool) -> float:
         """The configured weight of a sample pool."""
         return float(getattr(self, f"weight_{pool}"))
+
+    @model_validator(mode="after")
+    def _check_train(self) -> Self:
+        """This section's own rules beyond each key's range (ConfigError names the key and what is allowed)."""
+        require(
+            len(self.curriculum) >= 1
+            and list(self.curriculum) == sorted(self.curriculum, reverse=True)
+            and all(0.0 <= c <= 1.0 for c in self.curriculum),
+            "train.curriculum",
+            "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]",
+        )
+        return self
 
 
 class AggregationSection(Section):
@@ -197,20 +228,24 @@ class AggregationSection(Section):
         "none", description='"trimmed_mean" or "krum" (Flower\'s) on top of the norm bound'
     )
     norm_bound: float = Field(
-        3.0, description="an update's distance to the current version is cut to this × the median; 0 = off"
+        3.0, ge=0, description="an update's distance to the current version is cut to this × the median; 0 = off"
     )
     trim_fraction: float = Field(
-        0.34, description="share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)"
+        0.34, ge=0.0, lt=0.5, description="share cut from each end by the trimmed mean (0.34 of 3 tenants = 1)"
     )
-    krum_malicious: int = Field(1, description="tenants Krum assumes may be malicious")
-    min_tenants: int = Field(1, description="fewest accepted updates for a round to produce a version")
+    krum_malicious: int = Field(1, ge=0, description="tenants Krum assumes may be malicious")
+    min_tenants: int = Field(1, ge=1, description="fewest accepted updates for a round to produce a version")
     max_share: float = Field(
-        0.5, description="most of a merge's sample weight one tenant may hold, in (0, 1]; 1 = uncapped"
+        0.5, gt=0, le=1, description="most of a merge's sample weight one tenant may hold, in (0, 1]; 1 = uncapped"
     )
-    outlier_factor: float = Field(10.0, description="a count above this x the round's median is flagged as an outlier")
-    dp_clipping_norm: float = Field(0.0, description="central DP: clip each tenant's update to this L2 norm; 0 = off")
+    outlier_factor: float = Field(
+        10.0, gt=1, description="a count above this x the round's median is flagged as an outlier"
+    )
+    dp_clipping_norm: float = Field(
+        0.0, ge=0, description="central DP: clip each tenant's update to this L2 norm; 0 = off"
+    )
     dp_noise_multiplier: float = Field(
-        0.0, description="central DP: Gaussian noise std = this × clipping norm / tenants"
+        0.0, ge=0, description="central DP: Gaussian noise std = this × clipping norm / tenants"
     )
 
 
@@ -219,11 +254,13 @@ class SimulationSection(Section):
 
     PATH_KEYS = ("tenant_config",)
 
-    conversations_per_round: int = Field(24, description="simulated users per tenant per round; 0 = none")
+    conversations_per_round: int = Field(24, ge=0, description="simulated users per tenant per round; 0 = none")
     max_new_tokens: int = Field(40, description="max_tokens the simulated product asks each draft for")
-    accept_threshold: float = Field(0.8, description="similarity at or above which a simulated user accepts the draft")
+    accept_threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="similarity at or above which a simulated user accepts the draft"
+    )
     edit_threshold: float = Field(
-        0.45, description="similarity at or above which a simulated user edits instead of rejecting"
+        0.45, ge=0.0, le=1.0, description="similarity at or above which a simulated user edits instead of rejecting"
     )
     styles: tuple[str, ...] = Field(
         ("formal", "friendly", "brief"), description="hidden preferred styles, tenant i gets i mod n"
@@ -251,17 +288,21 @@ class ScheduleSection(Section):
         False, description="keep one run alive and start rounds from feedback counts (else: federation.rounds, now)"
     )
     min_new_samples: int = Field(
-        3000, description="a tenant is ready with this many new training samples since the version it holds"
+        3000, ge=1, description="a tenant is ready with this many new training samples since the version it holds"
     )
-    min_tenants: int = Field(0, description="ready tenants a round needs; 0 = aggregation.min_tenants")
+    min_tenants: int = Field(0, ge=0, description="ready tenants a round needs; 0 = aggregation.min_tenants")
     max_interval_s: float = Field(
-        86400.0, description="a round starts this long after the previous one even without enough samples; 0 = never"
+        86400.0,
+        ge=0,
+        description="a round starts this long after the previous one even without enough samples; 0 = never",
     )
-    poll_s: float = Field(60.0, description="how often HQ asks the tenants for their counts (a cheap message)")
+    poll_s: float = Field(60.0, gt=0, description="how often HQ asks the tenants for their counts (a cheap message)")
     query_timeout_s: float = Field(
-        60.0, description="how long HQ waits for a tenant's count (its ClientApp may be starting); no answer counts 0"
+        60.0,
+        gt=0,
+        description="how long HQ waits for a tenant's count (its ClientApp may be starting); no answer counts 0",
     )
-    max_rounds: int = Field(0, description="the continuous run ends after this many rounds; 0 = when stopped")
+    max_rounds: int = Field(0, ge=0, description="the continuous run ends after this many rounds; 0 = when stopped")
 
 
 class Settings(Section):
@@ -278,87 +319,17 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        """The cross-field and range rules; ConfigError names the key and what is allowed."""
-        require(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1")
-        require(
-            self.federation.round_timeout_s > 0 and self.federation.enrol_timeout_s > 0,
-            "federation.round_timeout_s / enrol_timeout_s",
-            "numbers of seconds > 0",
-        )
-        require(len(self.federation.tenants) >= 1, "federation.tenants", "a non-empty list of names")
-        schedule = self.schedule
-        require(
-            schedule.min_new_samples >= 1 and schedule.min_tenants >= 0 and schedule.max_rounds >= 0,
-            "schedule.min_new_samples / min_tenants / max_rounds",
-            "integers: min_new_samples >= 1, the others >= 0",
-        )
-        require(
-            schedule.max_interval_s >= 0 and schedule.poll_s > 0 and schedule.query_timeout_s > 0,
-            "schedule.max_interval_s / poll_s / query_timeout_s",
-            "seconds: max_interval_s >= 0 (0 = never), poll_s > 0, query_timeout_s > 0",
-        )
-        require(
-            len(set(self.federation.tenants)) == len(self.federation.tenants), "federation.tenants", "distinct names"
-        )
-        require(
-            all(is_party_name(name) and name != HQ_NAME for name in self.federation.tenants),
-            "federation.tenants",
-            f"names of {PARTY_NAME_RULE}, none of them {HQ_NAME!r}",
-        )
-        require(self.lora.rank >= 1, "lora.rank", "an integer >= 1")
-        require(0.0 <= self.lora.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
-        train = self.train
-        require(
-            train.epochs >= 1 and train.batch_size >= 1 and train.grad_accum >= 1,
-            "train.epochs / batch_size / grad_accum",
-            "integers >= 1",
-        )
-        require(
-            train.max_steps >= 0 and train.warmup_steps >= 0,
-            "train.max_steps / warmup_steps",
-            "integers >= 0 (max_steps 0 = no cap)",
-        )
-        require(train.dpo_beta > 0 and train.kto_beta > 0, "train.dpo_beta / kto_beta", "numbers > 0")
-        require(
-            train.kto_desirable_weight > 0 and train.kto_undesirable_weight > 0,
-            "train.kto_desirable_weight / kto_undesirable_weight",
-            "numbers > 0",
-        )
-        require(train.proximal_mu >= 0, "train.proximal_mu", "a number >= 0 (0 = off; FedProx typically 0.001-1)")
-        require(all(0.0 <= train.pool_weight(p) for p in Pool), "train.weight_*", "numbers >= 0")
-        require(
-            len(train.curriculum) >= 1
-            and list(train.curriculum) == sorted(train.curriculum, reverse=True)
-            and all(0.0 <= c <= 1.0 for c in train.curriculum),
-            "train.curriculum",
-            "confidence thresholds in [0, 1], highest first, e.g. [0.8, 0.5, 0.0]",
-        )
-        require(0.0 < self.train.learning_rate <= 1.0, "train.learning_rate", "a number in (0, 1]")
-        require(
-            0.0 <= train.dpo_learning_rate <= 1.0 and 0.0 <= train.kto_learning_rate <= 1.0,
-            "train.dpo_learning_rate / kto_learning_rate",
-            "numbers in [0, 1] (0 = the SFT learning_rate)",
-        )
+        """The rules between sections; ConfigError names the keys and what is allowed."""
         require(
             0.0 <= self.simulation.edit_threshold <= self.simulation.accept_threshold <= 1.0,
             "simulation.edit_threshold / accept_threshold",
             "0 <= edit_threshold <= accept_threshold <= 1",
         )
         merging = self.aggregation
-        require(merging.norm_bound >= 0, "aggregation.norm_bound", "a number >= 0 (0 = off)")
-        require(0 < merging.max_share <= 1, "aggregation.max_share", "a share in (0, 1], e.g. 0.5 (1 = uncapped)")
-        require(merging.outlier_factor > 1, "aggregation.outlier_factor", "a number > 1, e.g. 10")
-        require(0.0 <= merging.trim_fraction < 0.5, "aggregation.trim_fraction", "a number in [0, 0.5)")
-        require(merging.krum_malicious >= 0, "aggregation.krum_malicious", "an integer >= 0")
         require(
             1 <= merging.min_tenants <= len(self.federation.tenants),
             "aggregation.min_tenants",
             "an integer between 1 and the number of tenants",
-        )
-        require(
-            merging.dp_clipping_norm >= 0 and merging.dp_noise_multiplier >= 0,
-            "aggregation.dp_clipping_norm / dp_noise_multiplier",
-            "numbers >= 0 (clipping norm 0 = DP off)",
         )
         require(
             merging.dp_clipping_norm == 0 or (merging.method == "fedavg" and merging.robust == "none"),
@@ -366,19 +337,58 @@ class Settings(Section):
             '"fedavg" and "none" when dp_clipping_norm > 0 (the DP '
             "guarantee holds for the clipped parameter average only)",
         )
-        require(
-            self.simulation.conversations_per_round >= 0,
-            "simulation.conversations_per_round",
-            "an integer >= 0 (0 = no simulated traffic: train on what the tenant's service collected)",
-        )
         return self
 
 
-def _describe(error: ErrorDetails) -> str:
+RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short")
+
+
+def allowed_range(field: FieldInfo) -> str:
+    """What a key's limits allow, in words: "an integer >= 1", "a number in (0, 1]", "at least 1 item"."""
+    bounds = {
+        name: getattr(m, name)
+        for m in field.metadata
+        for name in ("ge", "gt", "le", "lt", "min_length")
+        if getattr(m, name, None) is not None
+    }
+    if "min_length" in bounds:
+        return "a non-empty list" if bounds["min_length"] == 1 else f"a list of at least {bounds['min_length']}"
+    noun = "an integer" if field.annotation is int else "a number"
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"{noun} in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    if low:
+        return f"{noun} {'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    if high:
+        return f"{noun} {'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+    return noun
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _field_at(root: type[Section], location: list[str]) -> FieldInfo | None:
+    """The field a validation error's location names (None if it is not a key of a section)."""
+    model: Any = root
+    field = None
+    for part in location:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = field.annotation
+    return field
+
+
+def _describe(root: type[Section], error: ErrorDetails) -> str:
     """One pydantic error (other than an unknown key) as fedloop says it: the key, what is wrong, what is allowed."""
     location = [str(part) for part in error["loc"]]
     key, given = ".".join(location), error.get("input")
     kind = error["type"]
+    field = _field_at(root, location) if kind in RANGE_ERRORS else None
+    if field is not None:
+        return f"{key}: must be {allowed_range(field)}, got {given!r}"
     if kind in ("model_type", "dict_type") and len(location) == 1:
         return f"[{location[0]}] must be a table"
     if kind == "literal_error":
@@ -407,7 +417,7 @@ def sections_from_mapping(root: type[T], document: dict[str, Any]) -> T:
     except ValidationError as err:
         errors = err.errors()
         unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-        message = _unknown_keys(root, unknown) if unknown else "; ".join(_describe(e) for e in errors)
+        message = _unknown_keys(root, unknown) if unknown else "; ".join(_describe(root, e) for e in errors)
         raise ConfigError(message) from None
 
 
@@ -424,10 +434,12 @@ def load_sections(root: type[T], path: Path) -> T:
         ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    sections = set(root.model_fields)
+    overridden = ", ".join(f"{s}.{k}={v!r}" for s, k, v in overrides_for(sections))
     try:
-        return sections_from_mapping(root, document).with_paths_from(path.resolve().parent)
+        return sections_from_mapping(root, with_overrides(document, sections)).with_paths_from(path.resolve().parent)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {err}" + (f" (with --set {overridden})" if overridden else "")) from None
 
 
 def load_settings(path: Path) -> Settings:
