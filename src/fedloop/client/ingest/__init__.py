@@ -1,1 +1,1 @@
-"""Feedback ingestion: validation, the pipeline from event to sample, the gRPC service."""
+"""Feedback ingestion: validation, the pipeline from event to sample, its runtime, the gRPC service and the recorder."""
