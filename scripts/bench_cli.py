@@ -30,7 +30,7 @@ FEDLOOP = str(Path(sys.executable).parent / "fedloop")
 BASELINE = """
 import sys
 from pathlib import Path
-from fedloop.client.command_context import open_runtime
+from fedloop.client.commands.context import open_runtime
 from fedloop.client.status import tenant_status
 runtime = open_runtime(Path("tenant.toml"))
 if sys.argv[1] == "status":

@@ -20,27 +20,27 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedloop.client.keys_cli import keys_rotate
-from fedloop.client.release_cli import release_app
-from fedloop.client.samples_cli import samples_app
-from fedloop.client.tenant_cli import tenant_app
+from fedloop.client.commands.keys import keys_rotate
+from fedloop.client.commands.release import release_app
+from fedloop.client.commands.samples import samples_app
+from fedloop.client.commands.tenant import tenant_app
+from fedloop.client.commands.vault import vault_app
+from fedloop.client.commands.views import tenant_audit_log, tenant_report, tenant_status
 from fedloop.client.tenant_settings import TenantSettings
-from fedloop.client.vault_cli import vault_app
-from fedloop.client.views import tenant_audit_log, tenant_report, tenant_status
-from fedloop.server.hq_cli import hq_app, run
+from fedloop.server.commands.hq import hq_app, run
+from fedloop.server.commands.versions import versions_app
+from fedloop.server.commands.views import hq_audit_log, hq_report, hq_status
 from fedloop.server.hq_settings import HQSettings
-from fedloop.server.versions_cli import versions_app
-from fedloop.server.views import hq_audit_log, hq_report, hq_status
+from fedloop.shared.commands.keys import certs, keys_app
+from fedloop.shared.commands.model import model_app
 from fedloop.shared.config_files import HQ_CONFIG, TENANT_CONFIG
 from fedloop.shared.console import command_group, errors, fail, output_console
 from fedloop.shared.crypto import CryptoError
-from fedloop.shared.keys_cli import certs, keys_app
-from fedloop.shared.model_cli import model_app
 from fedloop.shared.overrides import OverrideError, keep_overrides
 from fedloop.shared.settings import Settings
 from fedloop.shared.sqlite_db import DatabaseFileError
-from fedloop.simulation.demo_cli import demo
-from fedloop.simulation.views import run_report
+from fedloop.simulation.commands.demo import demo
+from fedloop.simulation.commands.views import run_report
 
 app = command_group(
     "fedloop: federated LoRA fine-tuning from users' accept/edit/reject feedback.", add_completion=False

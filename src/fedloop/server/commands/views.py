@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedloop.server.hq_cli import hq_settings_or_fail
-from fedloop.server.versions_cli import open_registry
+from fedloop.server.commands.hq import hq_settings_or_fail
+from fedloop.server.commands.versions import open_registry
 from fedloop.shared.console import fail
 from fedloop.shared.run_layout import RunLayout
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedloop.client.command_context import CONFIG, OPERATOR, tenant_store
+from fedloop.client.commands.context import CONFIG, OPERATOR, tenant_store
 from fedloop.shared.console import audited, command_group, fail
 
 vault_app = command_group("Reverse placeholders (authorised operators only; every reveal is audited).")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedloop.client.command_context import CONFIG, tenant_settings_or_fail
+from fedloop.client.commands.context import CONFIG, tenant_settings_or_fail
 from fedloop.shared.console import errors, fail
 from fedloop.shared.keys import KeyFileError
 

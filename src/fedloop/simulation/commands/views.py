@@ -13,8 +13,8 @@ def run_report(run: Path, version: str | None) -> ReportData:
     """`fedloop report --run`: HQ's registry and every simulated tenant's store of a run directory."""
     from fedloop.client.report_data import add_tenant
     from fedloop.client.store import FeedbackStore
+    from fedloop.server.commands.versions import open_registry
     from fedloop.server.report_data import hq_report_data
-    from fedloop.server.versions_cli import open_registry
     from fedloop.shared.keys import load_identity
     from fedloop.shared.run_layout import RunLayout
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 import typer
 from rich.table import Table
 
-from fedloop.client.command_context import CONFIG, FEDERATION, OPERATOR, federation_settings_or_fail, tenant_store
+from fedloop.client.commands.context import CONFIG, FEDERATION, OPERATOR, federation_settings_or_fail, tenant_store
 from fedloop.client.release.comparison import Comparison
 from fedloop.client.release.controller import ReleaseController, ReleaseError, now_ms
 from fedloop.client.store.api import ReleaseRecord

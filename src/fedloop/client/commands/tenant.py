@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from fedloop.client.command_context import CONFIG, FEDERATION, federation_settings_or_fail, open_runtime
+from fedloop.client.commands.context import CONFIG, FEDERATION, federation_settings_or_fail, open_runtime
 from fedloop.shared.console import command_group, errors, fail
 from fedloop.shared.flower_processes import stop_on_signals
 from fedloop.shared.logs import configure_logging

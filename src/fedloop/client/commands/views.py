@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedloop.client.command_context import tenant_store
+from fedloop.client.commands.context import tenant_store
 from fedloop.shared.console import fail
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fedloop.client.command_context import CONFIG, OPERATOR, tenant_runtime, tenant_store
+from fedloop.client.commands.context import CONFIG, OPERATOR, tenant_runtime, tenant_store
 from fedloop.client.samples.pools import Decision
 from fedloop.client.store.api import Pool, SampleQuery, SampleRecord, SampleStatus
 from fedloop.shared.console import command_group, fail, output_console

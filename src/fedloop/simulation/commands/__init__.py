@@ -1,0 +1,1 @@
+"""`fedloop demo`, and the simulation's answer to `report --run` (views.py)."""
