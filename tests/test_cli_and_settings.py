@@ -251,3 +251,9 @@ def test_set_overrides_a_key_validated_like_the_file_and_reaches_a_run_through_a
     copy = effective_file(settings, set(type(loaded).model_fields))
     assert copy.parent == settings.parent and load_settings(copy) == loaded  # relative paths mean the same
     assert "rounds = 3" in settings.read_text()  # the operator's file is left as it was
+
+
+def test_the_flower_app_bundle_that_fedloop_run_submits_is_where_hq_looks() -> None:
+    from fedloop.server.commands.hq import FLOWER_APP_DIR
+
+    assert (FLOWER_APP_DIR / "pyproject.toml").is_file(), FLOWER_APP_DIR

@@ -30,7 +30,7 @@ from fedloop.shared.run_layout import RunLayout
 from fedloop.shared.settings import ConfigError, Settings, load_settings
 
 hq_app = command_group("Run HQ: the SuperLink, its metrics, and the tenants it admits.")
-FLOWER_APP_DIR = Path(__file__).resolve().parent / "flower_app"  # the Flower App bundle `flwr run` submits
+FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "flower_app"  # server/flower_app: the bundle `flwr run` submits
 CONFIG = typer.Option(HQ_CONFIG, "--config", help="HQ's TOML settings (home, certs, addresses).")
 
 
