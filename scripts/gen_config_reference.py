@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic.fields import FieldInfo
-
 from fedloop.client.tenant_settings import TenantSettings
 from fedloop.server.hq_settings import HQSettings
 from fedloop.shared.config_files import FEDERATION_SETTINGS, HQ_CONFIG, TENANT_CONFIG
-from fedloop.shared.settings import Settings, range_text
+from fedloop.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "configuration.md"
@@ -70,14 +68,34 @@ def type_text(schema: dict[str, Any]) -> str:
     return names[schema["type"]]
 
 
-def section_rows(section: dict[str, Any], fields: dict[str, FieldInfo]) -> list[str]:
-    """Table rows of one section's keys, from its JSON schema and its fields' limits."""
+def number_text(value: float) -> str:
+    """A limit as written: integers whole, other numbers short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def limit_text(schema: dict[str, Any]) -> str:
+    """A key's limits from its JSON schema (the fields' ge/gt/le/lt/min_length): ">= 1", "(0, 1]", or ""."""
+    low = ("[", schema["minimum"]) if "minimum" in schema else ("(", schema.get("exclusiveMinimum"))
+    high = ("]", schema["maximum"]) if "maximum" in schema else (")", schema.get("exclusiveMaximum"))
+    if "minItems" in schema:
+        return f"at least {schema['minItems']} item(s)"
+    if low[1] is not None and high[1] is not None:
+        return f"{low[0]}{number_text(low[1])}, {number_text(high[1])}{high[0]}"
+    if low[1] is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {number_text(low[1])}"
+    if high[1] is not None:
+        return f"{'<=' if high[0] == ']' else '<'} {number_text(high[1])}"
+    return ""
+
+
+def section_rows(section: dict[str, Any]) -> list[str]:
+    """Table rows of one section's keys, from its JSON schema."""
     rows = []
     for name, key in section["properties"].items():
         cells = [
             f"`{name}`",
             type_text(key),
-            range_text(fields[name]),
+            limit_text(key),
             f"`{default_text(key['default'])}`",
             key.get("description", ""),
         ]
@@ -124,7 +142,7 @@ def render() -> str:
                 "",
                 "| key | type | allowed | default | meaning |",
                 "|---|---|---|---|---|",
-                *section_rows(section, root.model_fields[name].annotation.model_fields),  # type: ignore[attr-defined]
+                *section_rows(section),
                 "",
             ]
     return "\n".join(lines)

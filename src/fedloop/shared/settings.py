@@ -343,38 +343,26 @@ class Settings(Section):
 RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short")
 
 
-def _bounds(field: FieldInfo) -> dict[str, Any]:
-    return {
+def allowed_range(field: FieldInfo) -> str:
+    """What a key's limits allow, in words: "an integer >= 1", "a number in (0, 1]", "at least 1 item"."""
+    bounds = {
         name: getattr(m, name)
         for m in field.metadata
         for name in ("ge", "gt", "le", "lt", "min_length")
         if getattr(m, name, None) is not None
     }
-
-
-def range_text(field: FieldInfo) -> str:
-    """A key's own limit, as the configuration reference shows it: ">= 1", "(0, 1]", "non-empty", or ""."""
-    bounds = _bounds(field)
     if "min_length" in bounds:
-        return "non-empty" if bounds["min_length"] == 1 else f"at least {bounds['min_length']} items"
+        return "a non-empty list" if bounds["min_length"] == 1 else f"a list of at least {bounds['min_length']}"
+    noun = "an integer" if field.annotation is int else "a number"
     low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
     high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
     if low and high:
-        return f"{low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+        return f"{noun} in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
     if low:
-        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+        return f"{noun} {'>=' if low[0] == '[' else '>'} {_number(low[1])}"
     if high:
-        return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
-    return ""
-
-
-def allowed_range(field: FieldInfo) -> str:
-    """What a key's limits allow, in words: "an integer >= 1", "a number in (0, 1]", "a non-empty list"."""
-    limit = range_text(field)
-    if "min_length" in _bounds(field):
-        return "a non-empty list" if limit == "non-empty" else f"a list of {limit}"
-    noun = "an integer" if field.annotation is int else "a number"
-    return f"{noun} in {limit}" if limit.startswith(("[", "(")) else f"{noun} {limit}".rstrip()
+        return f"{noun} {'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+    return noun
 
 
 def _number(value: float) -> str:

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from fedloop.client.commands.context import CONFIG, OPERATOR, tenant_runtime, tenant_store
-from fedloop.client.samples import pools
 from fedloop.client.samples.pools import Decision
 from fedloop.client.store.api import Pool, SampleQuery, SampleRecord, SampleStatus
 from fedloop.shared.console import command_group, fail, output_console
@@ -56,14 +55,25 @@ def review_show(sample_id: str, config: Path = CONFIG) -> None:
             typer.echo(f"{name:19} {value}")
 
 
-def _review(action: ReviewAction, sample_id: str, value: str, operator: str, config: Path) -> None:
-    """Apply one audited review action and print where the sample now stands."""
+def _review(action: Callable[[], ReviewAction], sample_id: str, value: str, operator: str, config: Path) -> None:
+    """Apply one audited review action (imported when used) and print where the sample now stands."""
+    from fedloop.client.samples.pools import ReviewError
+
     with tenant_store(config) as (_, store):
         try:
-            sample = action(store, sample_id, value, operator)
-        except pools.ReviewError as err:
+            sample = action()(store, sample_id, value, operator)
+        except ReviewError as err:
             fail(str(err))
     typer.echo(f"{sample.id}: pool {sample.pool}, status {sample.status}, label {sample.label!r}")
+
+
+def _pools_action(name: str) -> Callable[[], ReviewAction]:
+    def action() -> ReviewAction:
+        from fedloop.client.samples import pools
+
+        return {"promote": pools.promote, "demote": pools.demote, "decide": pools.decide, "label": pools.label}[name]
+
+    return action
 
 
 @review_app.command("promote")
@@ -74,7 +84,7 @@ def review_promote(
     config: Path = CONFIG,
 ) -> None:
     """Move a sample up the pool lifecycle (a human decision, audited)."""
-    _review(pools.promote, sample_id, to, operator, config)
+    _review(_pools_action("promote"), sample_id, to, operator, config)
 
 
 @review_app.command("demote")
@@ -85,7 +95,7 @@ def review_demote(
     config: Path = CONFIG,
 ) -> None:
     """Move a sample down the pool lifecycle (audited)."""
-    _review(pools.demote, sample_id, to, operator, config)
+    _review(_pools_action("demote"), sample_id, to, operator, config)
 
 
 @review_app.command("decide")
@@ -96,7 +106,7 @@ def review_decide(
     config: Path = CONFIG,
 ) -> None:
     """Decide on a sample that waits for review (high-risk PII, curation.review_risk); audited."""
-    _review(pools.decide, sample_id, decision, operator, config)
+    _review(_pools_action("decide"), sample_id, decision, operator, config)
 
 
 @review_app.command("label")
@@ -107,7 +117,7 @@ def review_label(
     config: Path = CONFIG,
 ) -> None:
     """Attach a label to a sample (audited)."""
-    _review(pools.label, sample_id, text, operator, config)
+    _review(_pools_action("label"), sample_id, text, operator, config)
 
 
 @review_app.command("export")
